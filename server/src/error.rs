@@ -1,0 +1,99 @@
+//! The server crate's one error type.
+
+use std::fmt;
+
+/// Why a request was rejected, as a short stable tag (the `reason` label of
+/// `spanprof_rejected_requests_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reject {
+    BadName,
+    BadLabel,
+    BadTimestamp,
+    UnknownFormat,
+    InvalidPprof,
+    InvalidProtobuf,
+    InvalidJson,
+    InvalidGzip,
+    InvalidFolded,
+    InvalidMultipart,
+    TooLarge,
+    UnsupportedMediaType,
+    BadQuery,
+}
+
+impl Reject {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reject::BadName => "bad_name",
+            Reject::BadLabel => "bad_label",
+            Reject::BadTimestamp => "bad_timestamp",
+            Reject::UnknownFormat => "unknown_format",
+            Reject::InvalidPprof => "invalid_pprof",
+            Reject::InvalidProtobuf => "invalid_protobuf",
+            Reject::InvalidJson => "invalid_json",
+            Reject::InvalidGzip => "invalid_gzip",
+            Reject::InvalidFolded => "invalid_folded",
+            Reject::InvalidMultipart => "invalid_multipart",
+            Reject::TooLarge => "too_large",
+            Reject::UnsupportedMediaType => "unsupported_media_type",
+            Reject::BadQuery => "bad_query",
+        }
+    }
+}
+
+impl fmt::Display for Reject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Everything that can go wrong in the server.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The client sent something we cannot accept; nothing was stored.
+    #[error("{message}")]
+    Rejected { reason: Reject, message: String },
+    /// The embedded database failed.
+    #[error("storage: {0}")]
+    Storage(String),
+    /// A stored record could not be decoded (corruption or a format from a newer version).
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+    /// The store is shutting down or its writer is gone.
+    #[error("the store is not accepting writes (shutting down)")]
+    Unavailable,
+    /// Too many inserts are waiting for the disk; the client should retry.
+    #[error("the store is overloaded; retry later")]
+    Overloaded,
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Error {
+    /// A rejection of client input.
+    pub fn rejected(reason: Reject, message: impl Into<String>) -> Self {
+        Error::Rejected { reason, message: message.into() }
+    }
+}
+
+macro_rules! storage_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Error {
+            fn from(e: $t) -> Self {
+                Error::Storage(e.to_string())
+            }
+        }
+    )*};
+}
+
+storage_from!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

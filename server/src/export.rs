@@ -1,0 +1,223 @@
+//! Exports of a profile: pprof (gzip), folded stacks, speedscope JSON and an SVG flame graph.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::Arc;
+
+use prost::Message;
+
+use crate::error::{Error, Result};
+use crate::proto::pprof::{Function, Label, Line, Location, Profile, Sample, ValueType};
+
+/// Export formats of `?format=`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Pprof,
+    Folded,
+    Speedscope,
+    Svg,
+}
+
+impl Format {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "" | "json" => Format::Json,
+            "pprof" => Format::Pprof,
+            "folded" | "collapsed" => Format::Folded,
+            "speedscope" => Format::Speedscope,
+            "svg" => Format::Svg,
+            _ => return None,
+        })
+    }
+}
+
+/// What an exported profile is about; becomes names, comments and pprof labels.
+pub struct ExportMeta<'a> {
+    pub title: &'a str,
+    pub period_ns: u64,
+    pub time_ms: u64,
+    pub duration_ms: u64,
+    /// String labels put on every pprof sample (e.g. `span_id`, `trace_id`).
+    pub labels: &'a [(&'a str, String)],
+}
+
+type StacksRef<'a> = &'a [(Vec<Arc<str>>, u64)];
+
+/// Folded stacks: `a;b;c 12` per line, sorted for stable output.
+pub fn folded(stacks: StacksRef<'_>) -> String {
+    let mut lines: Vec<String> = stacks
+        .iter()
+        .map(|(frames, count)| {
+            let names: Vec<&str> = frames.iter().map(|f| &**f).collect();
+            format!("{} {count}", names.join(";"))
+        })
+        .collect();
+    lines.sort();
+    let mut out = lines.join("\n");
+    out.push('\n');
+    out
+}
+
+/// A gzipped pprof with sample types `samples/count` and `cpu/nanoseconds`.
+pub fn pprof(stacks: StacksRef<'_>, meta: &ExportMeta<'_>) -> Result<Vec<u8>> {
+    let mut strings: Vec<String> = vec![String::new()];
+    let mut index: HashMap<String, i64> = HashMap::new();
+    let mut intern = |s: &str, strings: &mut Vec<String>| -> i64 {
+        if s.is_empty() {
+            return 0;
+        }
+        if let Some(&i) = index.get(s) {
+            return i;
+        }
+        strings.push(s.to_owned());
+        let i = (strings.len() - 1) as i64;
+        index.insert(s.to_owned(), i);
+        i
+    };
+    let samples_t = intern("samples", &mut strings);
+    let count_u = intern("count", &mut strings);
+    let cpu_t = intern("cpu", &mut strings);
+    let ns_u = intern("nanoseconds", &mut strings);
+    let mut p = Profile {
+        sample_type: vec![ValueType { r#type: samples_t, unit: count_u }, ValueType { r#type: cpu_t, unit: ns_u }],
+        period_type: Some(ValueType { r#type: cpu_t, unit: ns_u }),
+        period: meta.period_ns as i64,
+        time_nanos: (meta.time_ms as i64).saturating_mul(1_000_000),
+        duration_nanos: (meta.duration_ms as i64).saturating_mul(1_000_000),
+        ..Default::default()
+    };
+    let comment = intern(&format!("spanprof: {}", meta.title), &mut strings);
+    p.comment.push(comment);
+    let labels: Vec<Label> = meta
+        .labels
+        .iter()
+        .map(|(k, v)| Label { key: intern(k, &mut strings), str: intern(v, &mut strings), ..Default::default() })
+        .collect();
+    let mut function_ids: HashMap<Arc<str>, u64> = HashMap::new();
+    for (frames, count) in stacks {
+        let mut location_id = Vec::with_capacity(frames.len());
+        for f in frames.iter().rev() {
+            let next = function_ids.len() as u64 + 1;
+            let id = *function_ids.entry(f.clone()).or_insert_with(|| {
+                let name = intern(f, &mut strings);
+                p.function.push(Function { id: next, name, system_name: name, ..Default::default() });
+                p.location.push(Location {
+                    id: next,
+                    line: vec![Line { function_id: next, line: 0, column: 0 }],
+                    ..Default::default()
+                });
+                next
+            });
+            location_id.push(id);
+        }
+        let value = vec![*count as i64, (*count as i64).saturating_mul(meta.period_ns as i64)];
+        p.sample.push(Sample { location_id, value, label: labels.clone() });
+    }
+    p.string_table = strings;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&p.encode_to_vec())?;
+    Ok(gz.finish()?)
+}
+
+/// A speedscope "sampled" profile (https://www.speedscope.app/file-format-schema.json).
+pub fn speedscope(stacks: StacksRef<'_>, meta: &ExportMeta<'_>) -> serde_json::Value {
+    let mut frame_index: HashMap<Arc<str>, usize> = HashMap::new();
+    let mut frames = Vec::new();
+    let mut samples = Vec::with_capacity(stacks.len());
+    let mut weights = Vec::with_capacity(stacks.len());
+    let mut sorted: Vec<&(Vec<Arc<str>>, u64)> = stacks.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    for (stack, count) in sorted {
+        let idx: Vec<usize> = stack
+            .iter()
+            .map(|f| {
+                *frame_index.entry(f.clone()).or_insert_with(|| {
+                    frames.push(serde_json::json!({ "name": &**f }));
+                    frames.len() - 1
+                })
+            })
+            .collect();
+        samples.push(idx);
+        weights.push(count.saturating_mul(meta.period_ns));
+    }
+    let total: u64 = weights.iter().sum();
+    serde_json::json!({
+        "$schema": "https://www.speedscope.app/file-format-schema.json",
+        "exporter": concat!("spanprof ", env!("CARGO_PKG_VERSION")),
+        "name": meta.title,
+        "activeProfileIndex": 0,
+        "shared": { "frames": frames },
+        "profiles": [{
+            "type": "sampled",
+            "name": meta.title,
+            "unit": "nanoseconds",
+            "startValue": 0,
+            "endValue": total,
+            "samples": samples,
+            "weights": weights,
+        }],
+    })
+}
+
+/// An interactive SVG flame graph rendered by inferno.
+pub fn svg(stacks: StacksRef<'_>, meta: &ExportMeta<'_>) -> Result<Vec<u8>> {
+    let text = folded(stacks);
+    let mut opts = inferno::flamegraph::Options::default();
+    opts.title = meta.title.to_owned();
+    opts.count_name = "samples".to_owned();
+    opts.hash = true;
+    let mut out = Vec::new();
+    if stacks.is_empty() {
+        return Err(Error::Corrupt("no stacks to draw".into()));
+    }
+    inferno::flamegraph::from_lines(&mut opts, text.lines(), &mut out)
+        .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn stacks() -> Vec<(Vec<Arc<str>>, u64)> {
+        vec![
+            (vec![Arc::from("main"), Arc::from("work"), Arc::from("hot")], 7),
+            (vec![Arc::from("main"), Arc::from("idle")], 3),
+        ]
+    }
+
+    fn meta() -> ExportMeta<'static> {
+        ExportMeta { title: "t", period_ns: 10_000_000, time_ms: 1, duration_ms: 2, labels: &[] }
+    }
+
+    #[test]
+    fn folded_lines() {
+        assert_eq!(folded(&stacks()), "main;idle 3\nmain;work;hot 7\n");
+    }
+
+    #[test]
+    fn pprof_round_trips_through_ingest() {
+        let gz = pprof(&stacks(), &meta()).unwrap();
+        let mut raw = Vec::new();
+        flate2::read::GzDecoder::new(gz.as_slice()).read_to_end(&mut raw).unwrap();
+        let p = Profile::decode(raw.as_slice()).unwrap();
+        let split = crate::ingest::pprof::split(&p, None).unwrap();
+        assert_eq!(split.process.total(), 10);
+        assert_eq!(split.period_ns, 10_000_000);
+    }
+
+    #[test]
+    fn speedscope_weights_are_nanoseconds() {
+        let v = speedscope(&stacks(), &meta());
+        assert_eq!(v["profiles"][0]["endValue"], 100_000_000);
+        assert_eq!(v["shared"]["frames"].as_array().unwrap().len(), 4);
+    }
+
+    #[test]
+    fn svg_has_frames() {
+        let s = String::from_utf8(svg(&stacks(), &meta()).unwrap()).unwrap();
+        assert!(s.starts_with("<?xml") && s.contains("hot"), "{}", &s[..200]);
+    }
+}

@@ -1,0 +1,575 @@
+//! The HTTP surface on one port: ingest (Pyroscope protocols), the JSON query API with exports,
+//! the web UI, and `/healthz`, `/readyz`, `/metrics`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::error::{Error, Reject};
+use crate::export::{self, ExportMeta};
+use crate::flame;
+use crate::ingest::{self, Limits};
+use crate::model::{ProfileId, SeriesBatch, TraceId};
+use crate::metrics::{Metrics, ProtocolLabel, ResultLabel};
+use crate::store::{Cursor, ProfileStore, SpanProfile, SpanQuery, SpanSummary, Stacks};
+
+/// Shared state of every handler.
+pub struct AppState {
+    pub store: Arc<dyn ProfileStore>,
+    pub limits: Limits,
+    pub metrics: Metrics,
+    pub ready: AtomicBool,
+}
+
+type St = State<Arc<AppState>>;
+
+/// The whole HTTP application.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/ingest", post(ingest_legacy))
+        .route("/push.v1.PusherService/Push", post(push))
+        .route("/api/v1/profiles", get(list_profiles))
+        .route("/api/v1/profiles/{id}", get(get_profile))
+        .route("/api/v1/traces/{id}", get(get_trace))
+        .route("/api/v1/services", get(list_services))
+        .route("/api/v1/services/{name}/profile", get(service_profile))
+        .route("/api/v1/labels", get(label_names))
+        .route("/api/v1/labels/{name}/values", get(label_values))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/", get(index))
+        .route("/profiles/{id}", get(index))
+        .route("/traces/{id}", get(index))
+        .route("/services/{name}", get(index))
+        .route("/ui/app.js", get(|| async { asset("text/javascript; charset=utf-8", crate::ui::APP_JS) }))
+        .route("/ui/style.css", get(|| async { asset("text/css; charset=utf-8", crate::ui::STYLE_CSS) }))
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], body).into_response()
+}
+
+async fn index() -> Response {
+    asset("text/html; charset=utf-8", crate::ui::INDEX_HTML)
+}
+
+async fn readyz(State(s): St) -> Response {
+    if s.ready.load(Ordering::Acquire) {
+        "ready".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+    }
+}
+
+async fn metrics(State(s): St) -> Response {
+    let store = s.store.clone();
+    if let Ok(Ok(stats)) = tokio::task::spawn_blocking(move || store.stats()).await {
+        s.metrics.store_file_bytes.set(stats.file_bytes as i64);
+        s.metrics.store_record_bytes.set(stats.record_bytes as i64);
+        s.metrics.store_span_profiles.set(stats.span_profiles as i64);
+    }
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        s.metrics.render(),
+    )
+        .into_response()
+}
+
+/// A JSON error body: `{"error": "...", "reason": "..."}`.
+fn error_response(status: StatusCode, reason: &str, message: impl Into<String>) -> Response {
+    (status, axum::Json(json!({ "error": message.into(), "reason": reason }))).into_response()
+}
+
+/// Maps an error to a response and counts rejections.
+fn fail(s: &AppState, e: Error) -> Response {
+    match e {
+        Error::Rejected { reason, message } => {
+            s.metrics.reject(reason.as_str());
+            let status = match reason {
+                Reject::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+                Reject::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            tracing::debug!(%reason, %message, "request rejected");
+            error_response(status, reason.as_str(), message)
+        }
+        Error::Overloaded => {
+            s.metrics.reject("overloaded");
+            let mut r = error_response(StatusCode::SERVICE_UNAVAILABLE, "overloaded", e.to_string());
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            r
+        }
+        Error::Unavailable => error_response(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),
+        other => {
+            tracing::error!(error = %other, "request failed");
+            error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal", other.to_string())
+        }
+    }
+}
+
+/// Reads the body up to the configured limit and undoes `Content-Encoding: gzip`.
+async fn read_body(s: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes, Error> {
+    let limit = s.limits.max_body_bytes;
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        Error::rejected(Reject::TooLarge, format!("request body is larger than the limit of {limit} bytes"))
+    })?;
+    match headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).map(str::trim) {
+        None | Some("") | Some("identity") => Ok(bytes),
+        Some("gzip") => {
+            Ok(ingest::decode::gunzip_limited(&bytes, s.limits.max_decompressed_bytes, "request body")?.into())
+        }
+        Some(other) => Err(Error::rejected(
+            Reject::UnsupportedMediaType,
+            format!("unsupported Content-Encoding {other:?}: gzip or identity"),
+        )),
+    }
+}
+
+async fn store_batches(s: &Arc<AppState>, batches: Vec<SeriesBatch>, protocol: &str) -> Result<(), Error> {
+    let store = s.store.clone();
+    let stats = tokio::task::spawn_blocking(move || store.insert(batches))
+        .await
+        .map_err(|e| Error::Storage(format!("insert task failed: {e}")))??;
+    let m = &s.metrics;
+    m.ingest_requests.get_or_create(&ProtocolLabel { protocol: protocol.to_owned() }).inc();
+    m.ingested_samples.inc_by(stats.samples);
+    m.span_profiles.get_or_create(&ResultLabel { result: "created".into() }).inc_by(stats.span_profiles_created);
+    m.span_profiles.get_or_create(&ResultLabel { result: "merged".into() }).inc_by(stats.span_profiles_merged);
+    Ok(())
+}
+
+async fn ingest_legacy(State(s): St, req: Request) -> Response {
+    match ingest_legacy_inner(&s, req).await {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(e) => fail(&s, e),
+    }
+}
+
+async fn ingest_legacy_inner(s: &Arc<AppState>, req: Request) -> Result<(), Error> {
+    let (parts, body) = req.into_parts();
+    let mut params = ingest::legacy::parse_params(parts.uri.query().unwrap_or(""), now_ms())?;
+    let body = read_body(s, &parts.headers, body).await?;
+    let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let payload = if content_type.starts_with("multipart/form-data") {
+        let boundary = multer::parse_boundary(content_type).map_err(|e| {
+            Error::rejected(Reject::InvalidMultipart, format!("multipart Content-Type without a boundary: {e}"))
+        })?;
+        // Multipart bodies carry pprof (as @pyroscope/nodejs and pyroscope-go send it).
+        params.format = ingest::legacy::Format::Pprof;
+        ingest::legacy::multipart_profile(body, &boundary).await?
+    } else {
+        body.to_vec()
+    };
+    let batch = ingest::legacy::build_batch(params, &payload, &s.limits)?;
+    if batch.spans.is_empty() && batch.process.is_empty() {
+        return Ok(());
+    }
+    store_batches(s, vec![batch], "ingest").await
+}
+
+/// Connect error codes and their HTTP statuses.
+fn connect_error(s: &AppState, e: Error) -> Response {
+    let (status, code) = match &e {
+        Error::Rejected { reason: Reject::TooLarge, .. } => (StatusCode::BAD_REQUEST, "resource_exhausted"),
+        Error::Rejected { reason: Reject::UnsupportedMediaType, .. } => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unimplemented"),
+        Error::Rejected { .. } => (StatusCode::BAD_REQUEST, "invalid_argument"),
+        Error::Overloaded | Error::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+    };
+    match &e {
+        Error::Rejected { reason, .. } => s.metrics.reject(reason.as_str()),
+        Error::Overloaded => s.metrics.reject("overloaded"),
+        Error::Unavailable => {}
+        other => tracing::error!(error = %other, "push failed"),
+    }
+    (status, axum::Json(json!({ "code": code, "message": e.to_string() }))).into_response()
+}
+
+async fn push(State(s): St, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let ct = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let Some(encoding) = ingest::push::Encoding::from_content_type(ct) else {
+        return connect_error(
+            &s,
+            Error::rejected(
+                Reject::UnsupportedMediaType,
+                format!("unsupported Content-Type {ct:?}: application/proto or application/json"),
+            ),
+        );
+    };
+    let result = async {
+        let body = read_body(&s, &parts.headers, body).await?;
+        let req = ingest::push::decode_request(&body, encoding)?;
+        let batches = ingest::push::to_batches(req, &s.limits, now_ms())?;
+        store_batches(&s, batches, "push").await
+    }
+    .await;
+    match result {
+        Ok(()) => match encoding {
+            ingest::push::Encoding::Proto => ([(header::CONTENT_TYPE, "application/proto")], Vec::new()).into_response(),
+            ingest::push::Encoding::Json => ([(header::CONTENT_TYPE, "application/json")], "{}").into_response(),
+        },
+        Err(e) => connect_error(&s, e),
+    }
+}
+
+/// A span profile's metadata as the API shows it.
+#[derive(Serialize)]
+struct SummaryJson<'a> {
+    profile_id: String,
+    trace_id: Option<String>,
+    service_name: &'a str,
+    span_name: &'a str,
+    samples: u64,
+    cpu_ns: u64,
+    first_seen_ms: u64,
+    last_seen_ms: u64,
+    labels: &'a std::collections::BTreeMap<String, String>,
+}
+
+fn summary_json(s: &SpanSummary) -> SummaryJson<'_> {
+    SummaryJson {
+        profile_id: s.profile_id.to_string(),
+        trace_id: s.trace_id.map(|t| t.to_string()),
+        service_name: &s.service_name,
+        span_name: &s.span_name,
+        samples: s.samples,
+        cpu_ns: s.samples.saturating_mul(s.period_ns),
+        first_seen_ms: s.first_seen_ms,
+        last_seen_ms: s.last_seen_ms,
+        labels: &s.labels,
+    }
+}
+
+/// Parses a time for the query API: `now`, `now-15m` (s, m, h, d), or a Unix timestamp whose
+/// unit is told by its digit count.
+pub fn parse_time(v: &str, now: u64, what: &str) -> Result<u64, Error> {
+    let v = v.trim();
+    if v == "now" {
+        return Ok(now);
+    }
+    if let Some(rel) = v.strip_prefix("now-") {
+        let bad = || Error::rejected(Reject::BadTimestamp, format!("`{what}` {v:?}: expected now-<n><s|m|h|d>"));
+        let (n, unit) = rel.split_at(rel.len().saturating_sub(1));
+        let n: u64 = n.parse().map_err(|_| bad())?;
+        let ms = match unit {
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            _ => return Err(bad()),
+        };
+        return Ok(now.saturating_sub(n.saturating_mul(ms)));
+    }
+    ingest::legacy::parse_timestamp_ms(v, what)
+}
+
+fn bad_query(msg: String) -> Error {
+    Error::rejected(Reject::BadQuery, msg)
+}
+
+async fn list_profiles(State(s): St, Query(q): Query<HashMap<String, String>>) -> Response {
+    let started = Instant::now();
+    let query = (|| -> Result<SpanQuery, Error> {
+        let now = now_ms();
+        let nonempty = |k: &str| q.get(k).filter(|v| !v.is_empty()).cloned();
+        Ok(SpanQuery {
+            service: nonempty("service").or_else(|| nonempty("service_name")),
+            span_name: nonempty("span_name"),
+            trace_id: nonempty("trace_id")
+                .map(|t| TraceId::parse(&t).ok_or_else(|| bad_query(format!("trace_id {t:?} is not 32 hex digits"))))
+                .transpose()?,
+            from_ms: nonempty("from").map(|v| parse_time(&v, now, "from")).transpose()?,
+            until_ms: nonempty("until").map(|v| parse_time(&v, now, "until")).transpose()?,
+            min_samples: nonempty("min_samples")
+                .map(|v| v.parse().map_err(|_| bad_query(format!("min_samples {v:?} is not a number"))))
+                .transpose()?
+                .unwrap_or(0),
+            limit: nonempty("limit")
+                .map(|v| match v.parse::<usize>() {
+                    Ok(n) if (1..=1000).contains(&n) => Ok(n),
+                    _ => Err(bad_query(format!("limit {v:?} is not in 1..=1000"))),
+                })
+                .transpose()?
+                .unwrap_or(50),
+            after: nonempty("cursor")
+                .map(|c| Cursor::decode(&c).ok_or_else(|| bad_query(format!("invalid cursor {c:?}"))))
+                .transpose()?,
+        })
+    })();
+    let query = match query {
+        Ok(q) => q,
+        Err(e) => return fail(&s, e),
+    };
+    let store = s.store.clone();
+    let page = match tokio::task::spawn_blocking(move || store.search_spans(&query)).await {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => return fail(&s, e),
+        Err(e) => return fail(&s, Error::Storage(e.to_string())),
+    };
+    let body = json!({
+        "profiles": page.profiles.iter().map(summary_json).collect::<Vec<_>>(),
+        "next_cursor": page.next.map(|c| c.encode()),
+    });
+    s.metrics.observe_query("list_profiles", started.elapsed().as_secs_f64());
+    axum::Json(body).into_response()
+}
+
+fn export_format(q: &HashMap<String, String>) -> Result<export::Format, Error> {
+    let f = q.get("format").map(String::as_str).unwrap_or("json");
+    export::Format::parse(f).ok_or_else(|| {
+        Error::rejected(
+            Reject::UnknownFormat,
+            format!("unknown format {f:?}: json, pprof, folded, speedscope or svg"),
+        )
+    })
+}
+
+/// Renders stacks in the requested format; `json` gets `extra` fields plus the tree and top.
+fn render(
+    format: export::Format,
+    stacks: &Stacks,
+    meta: &ExportMeta<'_>,
+    file_stem: &str,
+    mut extra: serde_json::Map<String, serde_json::Value>,
+) -> Result<Response, Error> {
+    let attachment = |ext: &str| format!("inline; filename=\"{file_stem}.{ext}\"");
+    Ok(match format {
+        export::Format::Json => {
+            let iter = || stacks.iter().map(|(f, c)| (f.as_slice(), *c));
+            extra.insert("period_ns".into(), json!(meta.period_ns));
+            extra.insert("flamegraph".into(), json!(flame::tree(iter())));
+            extra.insert("top".into(), json!(flame::top_functions(iter(), 200)));
+            axum::Json(serde_json::Value::Object(extra)).into_response()
+        }
+        export::Format::Folded => (
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8".to_owned()), (header::CONTENT_DISPOSITION, attachment("folded"))],
+            export::folded(stacks),
+        )
+            .into_response(),
+        export::Format::Pprof => (
+            [
+                (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+                (header::CONTENT_DISPOSITION, attachment("pb.gz").replace("inline", "attachment")),
+            ],
+            export::pprof(stacks, meta)?,
+        )
+            .into_response(),
+        export::Format::Speedscope => (
+            [(header::CONTENT_TYPE, "application/json".to_owned()), (header::CONTENT_DISPOSITION, attachment("speedscope.json"))],
+            export::speedscope(stacks, meta).to_string(),
+        )
+            .into_response(),
+        export::Format::Svg => (
+            [(header::CONTENT_TYPE, "image/svg+xml".to_owned()), (header::CONTENT_DISPOSITION, attachment("svg"))],
+            export::svg(stacks, meta)?,
+        )
+            .into_response(),
+    })
+}
+
+fn no_samples(what: &str) -> Response {
+    error_response(StatusCode::NOT_FOUND, "no_samples", format!("no samples for {what} yet"))
+}
+
+fn invalid_id(s: &AppState, msg: String) -> Response {
+    s.metrics.reject("invalid_id");
+    error_response(StatusCode::BAD_REQUEST, "invalid_id", msg)
+}
+
+async fn get_profile(State(s): St, Path(id): Path<String>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let started = Instant::now();
+    let Some(pid) = ProfileId::parse(&id) else {
+        return invalid_id(&s, format!("{id:?} is not a span ID (16 hex digits)"));
+    };
+    let format = match export_format(&q) {
+        Ok(f) => f,
+        Err(e) => return fail(&s, e),
+    };
+    let store = s.store.clone();
+    let profile = match tokio::task::spawn_blocking(move || store.span_profile(pid)).await {
+        Ok(Ok(Some(p))) => p,
+        Ok(Ok(None)) => return no_samples(&format!("span {pid}")),
+        Ok(Err(e)) => return fail(&s, e),
+        Err(e) => return fail(&s, Error::Storage(e.to_string())),
+    };
+    let sm = &profile.summary;
+    let mut labels = vec![("span_id", sm.profile_id.to_string()), ("span_name", sm.span_name.clone())];
+    if let Some(t) = sm.trace_id {
+        labels.push(("trace_id", t.to_string()));
+    }
+    let title = format!("{} {} ({})", sm.service_name, sm.span_name, sm.profile_id);
+    let meta = ExportMeta {
+        title: &title,
+        period_ns: sm.period_ns,
+        time_ms: sm.first_seen_ms,
+        duration_ms: sm.last_seen_ms.saturating_sub(sm.first_seen_ms),
+        labels: &labels,
+    };
+    let mut extra = serde_json::Map::new();
+    extra.insert("profile".into(), json!(summary_json(sm)));
+    let r = render(format, &profile.stacks, &meta, &format!("span-{pid}"), extra);
+    s.metrics.observe_query("profile", started.elapsed().as_secs_f64());
+    r.unwrap_or_else(|e| fail(&s, e))
+}
+
+/// Merges the stacks of several span profiles onto the first one's period.
+fn merge_spans(profiles: &[SpanProfile]) -> (u64, Stacks) {
+    let period = profiles.first().map_or(crate::model::DEFAULT_PERIOD_NS, |p| p.summary.period_ns);
+    let mut merged: HashMap<Vec<Arc<str>>, u64> = HashMap::new();
+    for p in profiles {
+        for (stack, count) in &p.stacks {
+            let c = if p.summary.period_ns == period || period == 0 {
+                *count
+            } else {
+                (count.saturating_mul(p.summary.period_ns) / period).max(1)
+            };
+            *merged.entry(stack.clone()).or_insert(0) += c;
+        }
+    }
+    (period, merged.into_iter().collect())
+}
+
+async fn get_trace(State(s): St, Path(id): Path<String>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let started = Instant::now();
+    let Some(tid) = TraceId::parse(&id) else {
+        return invalid_id(&s, format!("{id:?} is not a trace ID (32 hex digits)"));
+    };
+    let format = match export_format(&q) {
+        Ok(f) => f,
+        Err(e) => return fail(&s, e),
+    };
+    let store = s.store.clone();
+    let profiles = match tokio::task::spawn_blocking(move || store.trace(tid)).await {
+        Ok(Ok(p)) if !p.is_empty() => p,
+        Ok(Ok(_)) => return no_samples(&format!("trace {tid}")),
+        Ok(Err(e)) => return fail(&s, e),
+        Err(e) => return fail(&s, Error::Storage(e.to_string())),
+    };
+    let (period_ns, stacks) = merge_spans(&profiles);
+    let samples: u64 = stacks.iter().map(|(_, c)| c).sum();
+    let first = profiles.iter().map(|p| p.summary.first_seen_ms).min().unwrap_or(0);
+    let last = profiles.iter().map(|p| p.summary.last_seen_ms).max().unwrap_or(0);
+    let labels = vec![("trace_id", tid.to_string())];
+    let title = format!("trace {tid}");
+    let meta = ExportMeta { title: &title, period_ns, time_ms: first, duration_ms: last.saturating_sub(first), labels: &labels };
+    let mut extra = serde_json::Map::new();
+    extra.insert("trace_id".into(), json!(tid.to_string()));
+    extra.insert(
+        "profiles".into(),
+        json!(profiles.iter().map(|p| summary_json(&p.summary)).collect::<Vec<_>>()),
+    );
+    extra.insert("samples".into(), json!(samples));
+    extra.insert("cpu_ns".into(), json!(samples.saturating_mul(period_ns)));
+    let r = render(format, &stacks, &meta, &format!("trace-{tid}"), extra);
+    s.metrics.observe_query("trace", started.elapsed().as_secs_f64());
+    r.unwrap_or_else(|e| fail(&s, e))
+}
+
+async fn list_services(State(s): St) -> Response {
+    let store = s.store.clone();
+    match tokio::task::spawn_blocking(move || store.services()).await {
+        Ok(Ok(services)) => axum::Json(json!({ "services": services })).into_response(),
+        Ok(Err(e)) => fail(&s, e),
+        Err(e) => fail(&s, Error::Storage(e.to_string())),
+    }
+}
+
+async fn label_names(State(s): St) -> Response {
+    let store = s.store.clone();
+    match tokio::task::spawn_blocking(move || store.label_names()).await {
+        Ok(Ok(names)) => axum::Json(json!({ "names": names })).into_response(),
+        Ok(Err(e)) => fail(&s, e),
+        Err(e) => fail(&s, Error::Storage(e.to_string())),
+    }
+}
+
+async fn label_values(State(s): St, Path(name): Path<String>) -> Response {
+    let store = s.store.clone();
+    let n = name.clone();
+    match tokio::task::spawn_blocking(move || store.label_values(&n)).await {
+        Ok(Ok(values)) => axum::Json(json!({ "name": name, "values": values })).into_response(),
+        Ok(Err(e)) => fail(&s, e),
+        Err(e) => fail(&s, Error::Storage(e.to_string())),
+    }
+}
+
+async fn service_profile(
+    State(s): St,
+    Path(service): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let started = Instant::now();
+    let now = now_ms();
+    let range = (|| -> Result<(u64, u64, export::Format), Error> {
+        let from = q.get("from").map(|v| parse_time(v, now, "from")).transpose()?.unwrap_or(now - 3_600_000);
+        let until = q.get("until").map(|v| parse_time(v, now, "until")).transpose()?.unwrap_or(now);
+        if from > until {
+            return Err(Error::rejected(Reject::BadTimestamp, "`from` is after `until`"));
+        }
+        Ok((from, until, export_format(&q)?))
+    })();
+    let (from, until, format) = match range {
+        Ok(r) => r,
+        Err(e) => return fail(&s, e),
+    };
+    let store = s.store.clone();
+    let svc = service.clone();
+    let profile = match tokio::task::spawn_blocking(move || store.process_profile(&svc, from, until)).await {
+        Ok(Ok(Some(p))) => p,
+        Ok(Ok(None)) => return no_samples(&format!("service {service:?} in this time range")),
+        Ok(Err(e)) => return fail(&s, e),
+        Err(e) => return fail(&s, Error::Storage(e.to_string())),
+    };
+    let samples: u64 = profile.stacks.iter().map(|(_, c)| c).sum();
+    let title = format!("{service} (whole process)");
+    let labels = vec![("service_name", service.clone())];
+    let meta = ExportMeta {
+        title: &title,
+        period_ns: profile.period_ns,
+        time_ms: from,
+        duration_ms: until - from,
+        labels: &labels,
+    };
+    let mut extra = serde_json::Map::new();
+    extra.insert("service_name".into(), json!(service));
+    extra.insert("from_ms".into(), json!(from));
+    extra.insert("until_ms".into(), json!(until));
+    extra.insert("samples".into(), json!(samples));
+    extra.insert("cpu_ns".into(), json!(samples.saturating_mul(profile.period_ns)));
+    let stem: String = service.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+    let r = render(format, &profile.stacks, &meta, &stem, extra);
+    s.metrics.observe_query("service_profile", started.elapsed().as_secs_f64());
+    r.unwrap_or_else(|e| fail(&s, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_times() {
+        assert_eq!(parse_time("now-15m", 1_000_000, "from").unwrap(), 100_000);
+        assert_eq!(parse_time("now", 5, "from").unwrap(), 5);
+        assert_eq!(parse_time("1764097000", 0, "from").unwrap(), 1_764_097_000_000);
+        assert!(parse_time("now-5x", 0, "from").is_err());
+        assert!(parse_time("yesterday", 0, "from").is_err());
+    }
+}

@@ -1,0 +1,334 @@
+//! Reading pprof profiles: picks the CPU sample type, resolves stacks to frame names and splits
+//! samples into span profiles (by the `span_id`/`profile_id`, `trace_id`, `span_name` sample labels)
+//! and the whole-process rest.
+
+use std::collections::HashMap;
+
+use prost::Message;
+
+use crate::error::{Error, Reject, Result};
+use crate::model::{DEFAULT_PERIOD_NS, ProfileId, SpanContribution, StackCounts, TraceId};
+use crate::proto::pprof::{Function, Location, Mapping, Profile};
+
+/// The samples of one pprof, split by span.
+#[derive(Debug, Default)]
+pub struct SplitProfile {
+    pub period_ns: u64,
+    /// Profile time range from `time_nanos`/`duration_nanos`, Unix ms, when the profile says.
+    pub time_range_ms: Option<(u64, u64)>,
+    pub spans: Vec<SpanContribution>,
+    pub process: StackCounts,
+}
+
+/// Decodes a (possibly gzipped) pprof.
+pub fn decode(data: &[u8], max_decompressed: usize) -> Result<Profile> {
+    let raw = super::decode::maybe_gunzip(data, max_decompressed, "pprof profile")?;
+    Profile::decode(raw.as_slice())
+        .map_err(|e| Error::rejected(Reject::InvalidPprof, format!("invalid pprof protobuf: {e}")))
+}
+
+struct Strings<'a>(&'a [String]);
+
+impl<'a> Strings<'a> {
+    fn get(&self, i: i64) -> Result<&'a str> {
+        usize::try_from(i)
+            .ok()
+            .and_then(|i| self.0.get(i))
+            .map(String::as_str)
+            .ok_or_else(|| invalid(format!("string index {i} out of range ({} strings)", self.0.len())))
+    }
+}
+
+fn invalid(msg: String) -> Error {
+    Error::rejected(Reject::InvalidPprof, format!("invalid pprof: {msg}"))
+}
+
+/// How sample values turn into sample counts.
+#[derive(Clone, Copy, Debug)]
+struct ValuePick {
+    index: usize,
+    /// Divide values by this to get samples (1 when values already count samples).
+    divisor: u64,
+    period_ns: u64,
+}
+
+fn pick_value(p: &Profile, s: &Strings<'_>) -> Result<ValuePick> {
+    if p.sample_type.is_empty() {
+        return Err(invalid("no sample_type".into()));
+    }
+    let period_ns = match p.period_type {
+        Some(pt) if s.get(pt.unit)? == "nanoseconds" && p.period > 0 => p.period as u64,
+        _ => DEFAULT_PERIOD_NS,
+    };
+    let mut types = Vec::with_capacity(p.sample_type.len());
+    for vt in &p.sample_type {
+        types.push((s.get(vt.r#type)?, s.get(vt.unit)?));
+    }
+    if let Some(i) = types.iter().position(|&(t, u)| t == "samples" && u == "count") {
+        return Ok(ValuePick { index: i, divisor: 1, period_ns });
+    }
+    if let Some(i) = types.iter().position(|&(t, u)| (t == "cpu" || t == "wall") && u == "nanoseconds") {
+        return Ok(ValuePick { index: i, divisor: period_ns, period_ns });
+    }
+    // Another profile type (e.g. allocations): keep its values as they are.
+    let default = s.get(p.default_sample_type).unwrap_or("");
+    let index = types.iter().position(|&(t, _)| !default.is_empty() && t == default).unwrap_or(0);
+    Ok(ValuePick { index, divisor: 1, period_ns })
+}
+
+/// Resolves frame names for every location, root-most inlined frame first.
+fn location_frames(p: &Profile, s: &Strings<'_>) -> Result<HashMap<u64, Vec<String>>> {
+    let functions: HashMap<u64, &Function> = p.function.iter().map(|f| (f.id, f)).collect();
+    let mappings: HashMap<u64, &Mapping> = p.mapping.iter().map(|m| (m.id, m)).collect();
+    let mut out = HashMap::with_capacity(p.location.len());
+    for loc in &p.location {
+        out.insert(loc.id, frames_of(loc, &functions, &mappings, s)?);
+    }
+    Ok(out)
+}
+
+fn frames_of(
+    loc: &Location,
+    functions: &HashMap<u64, &Function>,
+    mappings: &HashMap<u64, &Mapping>,
+    s: &Strings<'_>,
+) -> Result<Vec<String>> {
+    let mut frames = Vec::with_capacity(loc.line.len().max(1));
+    // The last line is the caller the earlier ones were inlined into: root first means reversed.
+    for line in loc.line.iter().rev() {
+        let f = functions
+            .get(&line.function_id)
+            .ok_or_else(|| invalid(format!("location {} refers to unknown function {}", loc.id, line.function_id)))?;
+        let mut name = s.get(f.name)?;
+        if name.is_empty() {
+            name = s.get(f.system_name)?;
+        }
+        if !name.is_empty() {
+            frames.push(name.to_owned());
+        }
+    }
+    if frames.is_empty() {
+        // Unsymbolized: `module+0xoffset`, never dropped.
+        let frame = match mappings.get(&loc.mapping_id) {
+            Some(m) => {
+                let file = s.get(m.filename)?;
+                let base = file.rsplit('/').next().unwrap_or(file);
+                let offset = loc.address.wrapping_sub(m.memory_start).wrapping_add(m.file_offset);
+                if base.is_empty() { format!("0x{:x}", loc.address) } else { format!("{base}+0x{offset:x}") }
+            }
+            None => format!("0x{:x}", loc.address),
+        };
+        frames.push(frame);
+    }
+    Ok(frames)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct SpanKey {
+    id: ProfileId,
+    trace: Option<TraceId>,
+    name: i64,
+}
+
+/// Splits a pprof into span profiles and the whole-process rest. `forced_span` (the legacy
+/// `/ingest` `span_id` label) puts every sample into that span.
+pub fn split(p: &Profile, forced_span: Option<&SpanContribution>) -> Result<SplitProfile> {
+    let s = Strings(&p.string_table);
+    if p.string_table.first().is_some_and(|s| !s.is_empty()) {
+        return Err(invalid("string_table[0] must be the empty string".into()));
+    }
+    let pick = pick_value(p, &s)?;
+    let frames = location_frames(p, &s)?;
+    let key_of = |name: &str| p.string_table.iter().position(|k| k == name).map(|i| i as i64);
+    let (k_span, k_profile, k_trace, k_name) =
+        (key_of("span_id"), key_of("profile_id"), key_of("trace_id"), key_of("span_name"));
+
+    let mut spans: HashMap<SpanKey, StackCounts> = HashMap::new();
+    let mut process = StackCounts::new();
+    for (n, sample) in p.sample.iter().enumerate() {
+        if sample.value.len() != p.sample_type.len() {
+            return Err(invalid(format!(
+                "sample {n} has {} values for {} sample types",
+                sample.value.len(),
+                p.sample_type.len()
+            )));
+        }
+        let value = sample.value[pick.index];
+        if value <= 0 {
+            continue;
+        }
+        // Round to the nearest sample; a positive value is at least one sample.
+        let value = value as u64;
+        let count = if pick.divisor > 1 { value.saturating_add(pick.divisor / 2) / pick.divisor } else { value }.max(1);
+        let mut stack = Vec::with_capacity(sample.location_id.len() * 2);
+        for loc_id in sample.location_id.iter().rev() {
+            let f = frames
+                .get(loc_id)
+                .ok_or_else(|| invalid(format!("sample {n} refers to unknown location {loc_id}")))?;
+            stack.extend(f.iter().cloned());
+        }
+        if stack.is_empty() {
+            stack.push("[unknown]".to_owned());
+        }
+
+        let mut span_id = None;
+        let mut trace = None;
+        let mut name = 0;
+        for l in &sample.label {
+            if Some(l.key) == k_span || Some(l.key) == k_profile {
+                let v = s.get(l.str)?;
+                span_id = Some(ProfileId::parse(v).ok_or_else(|| {
+                    Error::rejected(Reject::BadLabel, format!("sample {n}: span_id {v:?} is not 16 hex digits"))
+                })?);
+            } else if Some(l.key) == k_trace {
+                let v = s.get(l.str)?;
+                trace = Some(TraceId::parse(v).ok_or_else(|| {
+                    Error::rejected(Reject::BadLabel, format!("sample {n}: trace_id {v:?} is not 32 hex digits"))
+                })?);
+            } else if Some(l.key) == k_name {
+                s.get(l.str)?;
+                name = l.str;
+            }
+        }
+        match (forced_span, span_id) {
+            (Some(f), _) => spans
+                .entry(SpanKey { id: f.profile_id, trace: f.trace_id, name: -1 })
+                .or_default()
+                .add(stack, count),
+            (None, Some(id)) => spans.entry(SpanKey { id, trace, name }).or_default().add(stack, count),
+            (None, None) => process.add(stack, count),
+        }
+    }
+
+    let mut merged: HashMap<ProfileId, SpanContribution> = HashMap::new();
+    for (key, stacks) in spans {
+        let span_name = match (key.name, forced_span) {
+            (-1, Some(f)) => f.span_name.clone(),
+            (0, _) => None,
+            (i, _) => Some(s.get(i)?.to_owned()),
+        };
+        let entry = merged.entry(key.id).or_insert_with(|| SpanContribution {
+            profile_id: key.id,
+            trace_id: None,
+            span_name: None,
+            stacks: StackCounts::new(),
+        });
+        entry.trace_id = entry.trace_id.or(key.trace);
+        if entry.span_name.is_none() {
+            entry.span_name = span_name;
+        }
+        entry.stacks.merge(stacks);
+    }
+    let mut spans: Vec<SpanContribution> = merged.into_values().collect();
+    spans.sort_by_key(|s| s.profile_id);
+
+    let time_range_ms = (p.time_nanos > 0).then(|| {
+        let from = p.time_nanos as u64 / 1_000_000;
+        (from, from + (p.duration_nanos.max(0) as u64) / 1_000_000)
+    });
+    Ok(SplitProfile { period_ns: pick.period_ns, time_range_ms, spans, process })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::proto::pprof::{Label, Line, Sample, ValueType};
+
+    /// Builds a pprof: `stacks` are (root-first frames, cpu ns, span labels).
+    pub(crate) fn build(stacks: &[(&[&str], i64, &[(&str, &str)])]) -> Profile {
+        let mut strings: Vec<String> = vec![String::new()];
+        let mut idx = |s: &str, strings: &mut Vec<String>| -> i64 {
+            if let Some(i) = strings.iter().position(|x| x == s) {
+                return i as i64;
+            }
+            strings.push(s.to_owned());
+            (strings.len() - 1) as i64
+        };
+        let cpu = idx("cpu", &mut strings);
+        let ns = idx("nanoseconds", &mut strings);
+        let mut p = Profile {
+            sample_type: vec![ValueType { r#type: cpu, unit: ns }],
+            period_type: Some(ValueType { r#type: cpu, unit: ns }),
+            period: 10_000_000,
+            ..Default::default()
+        };
+        let mut fn_ids: HashMap<String, u64> = HashMap::new();
+        for (frames, value, labels) in stacks {
+            let mut locs = Vec::new();
+            for f in frames.iter().rev() {
+                let next = fn_ids.len() as u64 + 1;
+                let id = *fn_ids.entry(f.to_string()).or_insert_with(|| {
+                    let name = idx(f, &mut strings);
+                    p.function.push(Function { id: next, name, ..Default::default() });
+                    p.location.push(Location {
+                        id: next,
+                        line: vec![Line { function_id: next, line: 1, column: 0 }],
+                        ..Default::default()
+                    });
+                    next
+                });
+                locs.push(id);
+            }
+            let label = labels
+                .iter()
+                .map(|(k, v)| Label { key: idx(k, &mut strings), str: idx(v, &mut strings), ..Default::default() })
+                .collect();
+            p.sample.push(Sample { location_id: locs, value: vec![*value], label });
+        }
+        p.string_table = strings;
+        p
+    }
+
+    #[test]
+    fn splits_spans_from_whole_process_samples() {
+        let span = "00f067aa0ba902b7";
+        let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let p = build(&[
+            (&["main", "work", "hot"], 30_000_000, &[("span_id", span), ("trace_id", trace), ("span_name", "Order")]),
+            (&["main", "work", "hot"], 20_000_000, &[("profile_id", span)]),
+            (&["main", "idle"], 10_000_000, &[]),
+        ]);
+        let split = split(&p, None).unwrap();
+        assert_eq!(split.period_ns, 10_000_000);
+        assert_eq!(split.spans.len(), 1);
+        let sc = &split.spans[0];
+        assert_eq!(sc.profile_id.to_string(), span);
+        assert_eq!(sc.trace_id.unwrap().to_string(), trace);
+        assert_eq!(sc.span_name.as_deref(), Some("Order"));
+        assert_eq!(sc.stacks.total(), 5);
+        assert_eq!(split.process.total(), 1);
+        let (stack, _) = split.process.iter().next().unwrap();
+        assert_eq!(stack, ["main", "idle"]);
+    }
+
+    #[test]
+    fn rejects_bad_references_and_labels() {
+        let mut p = build(&[(&["a"], 10_000_000, &[])]);
+        p.sample[0].location_id = vec![99];
+        assert!(split(&p, None).unwrap_err().to_string().contains("unknown location 99"));
+        let p = build(&[(&["a"], 10_000_000, &[("span_id", "xyz")])]);
+        assert!(matches!(split(&p, None), Err(Error::Rejected { reason: Reject::BadLabel, .. })));
+        let mut p = build(&[(&["a"], 10_000_000, &[])]);
+        p.function[0].name = 1000;
+        assert!(split(&p, None).unwrap_err().to_string().contains("out of range"));
+        assert!(decode(b"\xff\xff\xff", 1000).is_err());
+    }
+
+    #[test]
+    fn inlined_frames_and_unsymbolized_addresses() {
+        let mut p = build(&[(&["outer"], 10_000_000, &[])]);
+        // Inline "inner" into the location of "outer": the last line is the caller.
+        let inner = p.string_table.len() as i64;
+        p.string_table.push("inner".into());
+        p.function.push(Function { id: 50, name: inner, ..Default::default() });
+        p.location[0].line.insert(0, Line { function_id: 50, line: 3, column: 0 });
+        let file = p.string_table.len() as i64;
+        p.string_table.push("/usr/lib/libfoo.so".into());
+        p.mapping.push(Mapping { id: 7, memory_start: 0x1000, file_offset: 0x200, filename: file, ..Default::default() });
+        p.location.push(Location { id: 60, mapping_id: 7, address: 0x1234, ..Default::default() });
+        p.sample[0].location_id.insert(0, 60);
+        let split = split(&p, None).unwrap();
+        let (stack, _) = split.process.iter().next().unwrap();
+        assert_eq!(stack, ["outer", "inner", "libfoo.so+0x434"]);
+    }
+}

@@ -1,0 +1,90 @@
+//! `spanprof-server`: parses flags, builds a [`Config`], runs the server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use spanprof_server::Config;
+use spanprof_server::ingest::Limits;
+use spanprof_server::store::Retention;
+use spanprof_server::store::embedded::EmbeddedOptions;
+
+/// spanprof server: Pyroscope-compatible ingest, span profiles merged by ID, query API and UI.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Address for the UI, the API and ingest.
+    #[arg(long, env = "SPANPROF_LISTEN", default_value = "0.0.0.0:4040")]
+    listen: SocketAddr,
+    /// Directory of the embedded store.
+    #[arg(long, env = "SPANPROF_DATA_DIR", default_value = "./spanprof-data")]
+    data_dir: PathBuf,
+    /// Delete profiles older than this (e.g. 7d, 12h, 30m; 0 keeps them forever).
+    #[arg(long, env = "SPANPROF_RETENTION_AGE", default_value = "7d", value_parser = parse_duration)]
+    retention_age: Duration,
+    /// Keep stored profile records under this many bytes, oldest deleted first (0 = no limit).
+    #[arg(long, env = "SPANPROF_RETENTION_BYTES", default_value_t = 10 << 30)]
+    retention_bytes: u64,
+    /// How often retention runs.
+    #[arg(long, env = "SPANPROF_RETENTION_INTERVAL", default_value = "1m", value_parser = parse_duration)]
+    retention_interval: Duration,
+    /// Largest request body accepted, bytes.
+    #[arg(long, env = "SPANPROF_MAX_BODY_BYTES", default_value_t = 16 << 20)]
+    max_body_bytes: usize,
+    /// Largest size a compressed payload may expand to, bytes.
+    #[arg(long, env = "SPANPROF_MAX_DECOMPRESSED_BYTES", default_value_t = 64 << 20)]
+    max_decompressed_bytes: usize,
+    /// Inserts that may wait for the disk; more get 503 and are retried by clients.
+    #[arg(long, env = "SPANPROF_INGEST_QUEUE", default_value_t = 256)]
+    ingest_queue: usize,
+    /// Page cache of the embedded store, MiB.
+    #[arg(long, env = "SPANPROF_CACHE_MB", default_value_t = 256)]
+    cache_mb: usize,
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "SPANPROF_LOG_JSON")]
+    log_json: bool,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or("missing unit (s, m, h or d)")?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().map_err(|_| format!("{s:?} is not a duration like 7d, 12h, 30m or 10s"))?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("unknown unit {unit:?} (s, m, h or d)")),
+    };
+    Ok(Duration::from_secs(n * secs))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if args.log_json {
+        tracing_subscriber::fmt().json().with_env_filter(filter).init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+    let config = Config {
+        listen: args.listen,
+        data_dir: args.data_dir,
+        retention: Retention {
+            max_age: (!args.retention_age.is_zero()).then_some(args.retention_age),
+            max_bytes: (args.retention_bytes > 0).then_some(args.retention_bytes),
+        },
+        retention_interval: args.retention_interval.max(Duration::from_secs(1)),
+        limits: Limits { max_body_bytes: args.max_body_bytes, max_decompressed_bytes: args.max_decompressed_bytes },
+        store: EmbeddedOptions { queue_depth: args.ingest_queue.max(1), cache_bytes: args.cache_mb << 20, ..Default::default() },
+    };
+    spanprof_server::run(config, None).await?;
+    Ok(())
+}

@@ -1,0 +1,101 @@
+//! Prometheus metrics of the server, rendered on `/metrics` in the OpenMetrics text format.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProtocolLabel {
+    pub protocol: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabel {
+    pub endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+/// Every metric the server exports.
+pub struct Metrics {
+    registry: Registry,
+    pub ingest_requests: Family<ProtocolLabel, Counter>,
+    pub ingested_samples: Counter,
+    pub span_profiles: Family<ResultLabel, Counter>,
+    pub rejected_requests: Family<ReasonLabel, Counter>,
+    pub query_duration: Family<EndpointLabel, Histogram>,
+    pub retention_deleted: Family<KindLabel, Counter>,
+    pub store_file_bytes: Gauge,
+    pub store_record_bytes: Gauge,
+    pub store_span_profiles: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("spanprof");
+        let m = Metrics {
+            ingest_requests: Family::default(),
+            ingested_samples: Counter::default(),
+            span_profiles: Family::default(),
+            rejected_requests: Family::default(),
+            query_duration: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 14))),
+            retention_deleted: Family::default(),
+            store_file_bytes: Gauge::default(),
+            store_record_bytes: Gauge::default(),
+            store_span_profiles: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register("ingest_requests", "Ingest requests accepted, by protocol", m.ingest_requests.clone());
+        registry.register("ingested_samples", "Samples stored", m.ingested_samples.clone());
+        registry.register(
+            "ingested_span_profiles",
+            "Span profile writes, by result (created or merged into an existing profile)",
+            m.span_profiles.clone(),
+        );
+        registry.register("rejected_requests", "Requests rejected, by reason", m.rejected_requests.clone());
+        registry.register(
+            "query_duration_seconds",
+            "Query API latency, by endpoint",
+            m.query_duration.clone(),
+        );
+        registry.register("retention_deleted", "Records deleted by retention, by kind", m.retention_deleted.clone());
+        registry.register("store_file_bytes", "Size of the store's file on disk", m.store_file_bytes.clone());
+        registry.register("store_record_bytes", "Bytes of stored profile records", m.store_record_bytes.clone());
+        registry.register("store_span_profiles", "Span profiles stored", m.store_span_profiles.clone());
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    pub fn reject(&self, reason: &str) {
+        self.rejected_requests.get_or_create(&ReasonLabel { reason: reason.to_owned() }).inc();
+    }
+
+    pub fn observe_query(&self, endpoint: &str, seconds: f64) {
+        self.query_duration.get_or_create(&EndpointLabel { endpoint: endpoint.to_owned() }).observe(seconds);
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,7 @@
+//! Wire formats spanprof speaks: pprof's `profile.proto` and Pyroscope's push API.
+//!
+//! The messages are written by hand with `prost` derives from the public field numbers of
+//! `perftools.profiles.Profile` and `push.v1.PushRequest`, so no `protoc` is needed to build.
+
+pub mod pprof;
+pub mod push;

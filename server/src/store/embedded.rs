@@ -1,0 +1,861 @@
+//! The embedded store: one redb file in the data directory, written by one writer thread that
+//! group-commits concurrent inserts (one fsync for many requests) and read by any thread through
+//! MVCC snapshots, so queries never wait for ingest.
+//!
+//! Tables: span metadata and stacks by span ID, with indexes by last-seen time, service and trace;
+//! whole-process stacks by (series, minute bucket) with a time index; frames and stacks interned
+//! once (records hold stack IDs). See the README's "Storage" section for why redb.
+
+use std::collections::{BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use prost::Message;
+use redb::{Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+
+use super::codec::{self, Counts, SpanMetaRecord, StackRecord, StacksRecord};
+use super::{
+    Cursor, InsertStats, Page, ProcessProfile, ProfileStore, Retention, RetentionStats, SpanProfile, SpanQuery,
+    SpanSummary, Stacks, StoreStats,
+};
+use crate::error::{Error, Result};
+use crate::model::{Labels, ProfileId, SeriesBatch, StackCounts, TraceId};
+use crate::proto::push::LabelPair;
+
+const SPAN_META: TableDefinition<u64, &[u8]> = TableDefinition::new("span_meta");
+const SPAN_STACKS: TableDefinition<u64, &[u8]> = TableDefinition::new("span_stacks");
+/// (last_seen_ms, span id)
+const SPANS_BY_TIME: TableDefinition<(u64, u64), ()> = TableDefinition::new("spans_by_time");
+/// (service, last_seen_ms, span id)
+const SPANS_BY_SERVICE: TableDefinition<(&str, u64, u64), ()> = TableDefinition::new("spans_by_service");
+/// (trace id, span id)
+const SPANS_BY_TRACE: TableDefinition<(u128, u64), ()> = TableDefinition::new("spans_by_trace");
+const FRAMES: TableDefinition<u32, &str> = TableDefinition::new("frames");
+const STACKS: TableDefinition<u32, &[u8]> = TableDefinition::new("stacks");
+/// series id → labels (a `SeriesRecord`)
+const SERIES: TableDefinition<u64, &[u8]> = TableDefinition::new("series");
+/// (service, series id)
+const SERIES_BY_SERVICE: TableDefinition<(&str, u64), ()> = TableDefinition::new("series_by_service");
+/// (series id, bucket start ms) → stacks
+const PROCESS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("process");
+/// (bucket start ms, series id)
+const PROCESS_BY_TIME: TableDefinition<(u64, u64), ()> = TableDefinition::new("process_by_time");
+/// Counters: `record_bytes`.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+const RECORD_BYTES: &str = "record_bytes";
+const SPAN_COUNT: &str = "span_profiles";
+
+/// Whole-process profiles are kept in buckets of this many milliseconds.
+pub const BUCKET_MS: u64 = 60_000;
+/// Most rows one retention step deletes before letting queued inserts through.
+const RETENTION_STEP_ROWS: usize = 2_000;
+/// Index entries one listing call examines at most before returning a partial page.
+const SCAN_BUDGET: usize = 100_000;
+
+/// Labels of one series.
+#[derive(Clone, PartialEq, prost::Message)]
+struct SeriesRecord {
+    #[prost(message, repeated, tag = "1")]
+    labels: Vec<LabelPair>,
+}
+
+/// Tuning of the embedded store.
+#[derive(Clone, Debug)]
+pub struct EmbeddedOptions {
+    /// Inserts waiting for the writer at most; more are refused (HTTP 503) rather than queued.
+    pub queue_depth: usize,
+    /// Most inserts committed together in one transaction.
+    pub max_group: usize,
+    /// redb page cache, bytes.
+    pub cache_bytes: usize,
+}
+
+impl Default for EmbeddedOptions {
+    fn default() -> Self {
+        EmbeddedOptions { queue_depth: 256, max_group: 64, cache_bytes: 256 << 20 }
+    }
+}
+
+enum Command {
+    Insert(Vec<SeriesBatch>, SyncSender<Result<InsertStats>>),
+    Retention(Retention, u64, SyncSender<Result<RetentionStats>>),
+}
+
+/// The embedded redb store. Cheap to share: clone the `Arc`.
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+    path: PathBuf,
+    tx: Mutex<Option<SyncSender<Command>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store in `dir`, recovering from an unclean shutdown if needed.
+    pub fn open(dir: &Path, options: EmbeddedOptions) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join("spanprof.redb");
+        let db = Database::builder().set_cache_size(options.cache_bytes).create(&path)?;
+        let db = Arc::new(db);
+        let mut interner = Interner::default();
+        {
+            let w = db.begin_write()?;
+            for_each_table(&w)?;
+            w.commit()?;
+            let r = db.begin_read()?;
+            interner.load(&r)?;
+        }
+        let (tx, rx) = mpsc::sync_channel(options.queue_depth);
+        let writer_db = db.clone();
+        let max_group = options.max_group.max(1);
+        let writer = std::thread::Builder::new()
+            .name("spanprof-store-writer".into())
+            .spawn(move || writer_loop(&writer_db, rx, interner, max_group))?;
+        Ok(EmbeddedStore { db, path, tx: Mutex::new(Some(tx)), writer: Mutex::new(Some(writer)) })
+    }
+
+    fn send(&self, cmd: Command) -> Result<()> {
+        let guard = self.tx.lock().map_err(|_| Error::Unavailable)?;
+        let tx = guard.as_ref().ok_or(Error::Unavailable)?;
+        match tx.try_send(cmd) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(Error::Overloaded),
+            Err(TrySendError::Disconnected(_)) => Err(Error::Unavailable),
+        }
+    }
+
+    /// Stops accepting inserts, lets the writer commit everything queued, and waits for it.
+    pub fn close(&self) {
+        if let Ok(mut tx) = self.tx.lock() {
+            tx.take();
+        }
+        if let Some(handle) = self.writer.lock().ok().and_then(|mut w| w.take()) {
+            let _ = handle.join();
+        }
+    }
+
+    fn read(&self) -> Result<ReadTransaction> {
+        Ok(self.db.begin_read()?)
+    }
+}
+
+impl Drop for EmbeddedStore {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Creates every table, so read transactions never meet a missing one.
+fn for_each_table(w: &WriteTransaction) -> Result<()> {
+    w.open_table(SPAN_META)?;
+    w.open_table(SPAN_STACKS)?;
+    w.open_table(SPANS_BY_TIME)?;
+    w.open_table(SPANS_BY_SERVICE)?;
+    w.open_table(SPANS_BY_TRACE)?;
+    w.open_table(FRAMES)?;
+    w.open_table(STACKS)?;
+    w.open_table(SERIES)?;
+    w.open_table(SERIES_BY_SERVICE)?;
+    w.open_table(PROCESS)?;
+    w.open_table(PROCESS_BY_TIME)?;
+    w.open_table(META)?;
+    Ok(())
+}
+
+fn stack_hash(frames: &[u32]) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    frames.hash(&mut h);
+    h.finish()
+}
+
+/// The writer's in-memory view of the frame and stack tables, so interning is a hash lookup.
+/// Only committed entries live here; a transaction's new entries join after its commit.
+#[derive(Default)]
+struct Interner {
+    frames: HashMap<Arc<str>, u32>,
+    /// Hash of a stack's frame IDs → stack ID (the stack table has the frames).
+    stacks: HashMap<u64, u32>,
+    next_frame: u32,
+    next_stack: u32,
+}
+
+impl Interner {
+    fn load(&mut self, r: &ReadTransaction) -> Result<()> {
+        for row in r.open_table(FRAMES)?.iter()? {
+            let (id, name) = row?;
+            self.frames.insert(Arc::from(name.value()), id.value());
+            self.next_frame = self.next_frame.max(id.value() + 1);
+        }
+        for row in r.open_table(STACKS)?.iter()? {
+            let (id, bytes) = row?;
+            let rec: StackRecord = codec::decode(bytes.value(), "stack")?;
+            self.stacks.insert(stack_hash(&rec.frame_ids), id.value());
+            self.next_stack = self.next_stack.max(id.value() + 1);
+        }
+        Ok(())
+    }
+}
+
+/// New frames and stacks of one transaction, merged into the [`Interner`] after commit.
+#[derive(Default)]
+struct PendingInterns {
+    frames: HashMap<Arc<str>, u32>,
+    stacks: HashMap<u64, u32>,
+    next_frame: u32,
+    next_stack: u32,
+}
+
+impl PendingInterns {
+    fn new(i: &Interner) -> Self {
+        PendingInterns { next_frame: i.next_frame, next_stack: i.next_stack, ..Default::default() }
+    }
+
+    fn frame(&mut self, i: &Interner, w: &WriteTransaction, name: &str) -> Result<u32> {
+        if let Some(&id) = i.frames.get(name).or_else(|| self.frames.get(name)) {
+            return Ok(id);
+        }
+        let id = self.next_frame;
+        self.next_frame += 1;
+        w.open_table(FRAMES)?.insert(id, name)?;
+        self.frames.insert(Arc::from(name), id);
+        Ok(id)
+    }
+
+    fn stack(&mut self, i: &Interner, w: &WriteTransaction, frames: &[String]) -> Result<u32> {
+        let mut ids = Vec::with_capacity(frames.len());
+        for f in frames {
+            ids.push(self.frame(i, w, f)?);
+        }
+        let h = stack_hash(&ids);
+        if let Some(&id) = i.stacks.get(&h).or_else(|| self.stacks.get(&h)) {
+            return Ok(id);
+        }
+        let id = self.next_stack;
+        self.next_stack += 1;
+        w.open_table(STACKS)?.insert(id, StackRecord { frame_ids: ids }.encode_to_vec().as_slice())?;
+        self.stacks.insert(h, id);
+        Ok(id)
+    }
+
+    fn counts(&mut self, i: &Interner, w: &WriteTransaction, stacks: &StackCounts) -> Result<Counts> {
+        let mut out = Vec::with_capacity(stacks.len());
+        for (frames, count) in stacks.iter() {
+            out.push((self.stack(i, w, frames)?, count));
+        }
+        Ok(codec::normalize(out))
+    }
+
+    fn commit_into(self, i: &mut Interner) {
+        i.frames.extend(self.frames);
+        i.stacks.extend(self.stacks);
+        i.next_frame = self.next_frame;
+        i.next_stack = self.next_stack;
+    }
+}
+
+fn writer_loop(db: &Database, rx: Receiver<Command>, mut interner: Interner, max_group: usize) {
+    while let Ok(first) = rx.recv() {
+        let mut inserts = Vec::new();
+        let mut others = Vec::new();
+        match first {
+            Command::Insert(b, reply) => inserts.push((b, reply)),
+            other => others.push(other),
+        }
+        while inserts.len() < max_group {
+            match rx.try_recv() {
+                Ok(Command::Insert(b, reply)) => inserts.push((b, reply)),
+                Ok(other) => others.push(other),
+                Err(_) => break,
+            }
+        }
+        if !inserts.is_empty() {
+            let result = insert_group(db, &mut interner, &inserts);
+            match result {
+                Ok(stats) => {
+                    for ((_, reply), s) in inserts.into_iter().zip(stats) {
+                        let _ = reply.send(Ok(s));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "insert transaction failed; nothing of it was stored");
+                    for (_, reply) in inserts {
+                        let _ = reply.send(Err(Error::Storage(e.to_string())));
+                    }
+                }
+            }
+        }
+        for cmd in others {
+            if let Command::Retention(policy, now_ms, reply) = cmd {
+                let _ = reply.send(retention_step(db, &policy, now_ms));
+            }
+        }
+    }
+}
+
+/// Applies a group of inserts in one transaction and commits it durably.
+fn insert_group(
+    db: &Database,
+    interner: &mut Interner,
+    inserts: &[(Vec<SeriesBatch>, SyncSender<Result<InsertStats>>)],
+) -> Result<Vec<InsertStats>> {
+    let mut w = db.begin_write()?;
+    w.set_durability(Durability::Immediate)?;
+    let mut pending = PendingInterns::new(interner);
+    let mut stats = Vec::with_capacity(inserts.len());
+    let mut bytes_delta: i64 = 0;
+    let mut spans_delta: i64 = 0;
+    for (batches, _) in inserts {
+        let mut s = InsertStats::default();
+        for batch in batches {
+            s += insert_batch(&w, interner, &mut pending, batch, &mut bytes_delta, &mut spans_delta)?;
+        }
+        stats.push(s);
+    }
+    {
+        let mut meta = w.open_table(META)?;
+        add_counter(&mut meta, RECORD_BYTES, bytes_delta)?;
+        add_counter(&mut meta, SPAN_COUNT, spans_delta)?;
+    }
+    w.commit()?;
+    pending.commit_into(interner);
+    Ok(stats)
+}
+
+fn add_counter(meta: &mut redb::Table<&str, u64>, key: &str, delta: i64) -> Result<()> {
+    if delta == 0 {
+        return Ok(());
+    }
+    let cur = meta.get(key)?.map(|v| v.value()).unwrap_or(0);
+    meta.insert(key, cur.saturating_add_signed(delta))?;
+    Ok(())
+}
+
+fn series_key(labels: &Labels) -> String {
+    let mut s = String::new();
+    for (k, v) in labels {
+        s.push_str(k);
+        s.push('=');
+        s.push_str(v);
+        s.push('\u{0}');
+    }
+    s
+}
+
+fn series_id(w: &WriteTransaction, labels: &Labels) -> Result<u64> {
+    // A hash of the canonical label set; collisions are checked against the stored labels.
+    let key = series_key(labels);
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    let mut id = h.finish();
+    let record = SeriesRecord {
+        labels: labels.iter().map(|(k, v)| LabelPair { name: k.clone(), value: v.clone() }).collect(),
+    };
+    let mut series = w.open_table(SERIES)?;
+    loop {
+        let existing = series.get(id)?.map(|v| v.value().to_vec());
+        match existing {
+            None => {
+                series.insert(id, record.encode_to_vec().as_slice())?;
+                let service = labels.get("service_name").map(String::as_str).unwrap_or("");
+                w.open_table(SERIES_BY_SERVICE)?.insert((service, id), ())?;
+                return Ok(id);
+            }
+            Some(bytes) if bytes == record.encode_to_vec() => return Ok(id),
+            Some(_) => id = id.wrapping_add(1),
+        }
+    }
+}
+
+fn insert_batch(
+    w: &WriteTransaction,
+    interner: &Interner,
+    pending: &mut PendingInterns,
+    batch: &SeriesBatch,
+    bytes_delta: &mut i64,
+    spans_delta: &mut i64,
+) -> Result<InsertStats> {
+    let mut stats = InsertStats { samples: batch.total_samples(), ..Default::default() };
+    let service = batch.service_name();
+    let span_labels: Vec<LabelPair> = batch
+        .labels
+        .iter()
+        .filter(|(k, _)| k.as_str() != "service_name" && k.as_str() != "__name__")
+        .map(|(k, v)| LabelPair { name: k.clone(), value: v.clone() })
+        .collect();
+
+    if !batch.process.is_empty() {
+        let sid = series_id(w, &batch.labels)?;
+        let bucket = batch.from_ms / BUCKET_MS * BUCKET_MS;
+        let counts = pending.counts(interner, w, &batch.process)?;
+        let mut process = w.open_table(PROCESS)?;
+        let old = process.get((sid, bucket))?.map(|v| v.value().to_vec());
+        let (merged, period) = match &old {
+            Some(bytes) => {
+                let rec: StacksRecord = codec::decode(bytes, "process bucket")?;
+                let incoming = rescaled(&batch.process, batch.period_ns, rec.period_ns, interner, pending, w, counts)?;
+                (codec::merge_counts(&rec.to_counts()?, &incoming), rec.period_ns)
+            }
+            None => {
+                w.open_table(PROCESS_BY_TIME)?.insert((bucket, sid), ())?;
+                (counts, batch.period_ns)
+            }
+        };
+        let encoded = StacksRecord::from_counts(&merged, period).encode_to_vec();
+        *bytes_delta += encoded.len() as i64 - old.map_or(0, |o| o.len() as i64);
+        process.insert((sid, bucket), encoded.as_slice())?;
+        stats.process_buckets += 1;
+    }
+
+    let mut meta_t = w.open_table(SPAN_META)?;
+    let mut stacks_t = w.open_table(SPAN_STACKS)?;
+    let mut by_time = w.open_table(SPANS_BY_TIME)?;
+    let mut by_service = w.open_table(SPANS_BY_SERVICE)?;
+    let mut by_trace = w.open_table(SPANS_BY_TRACE)?;
+    for span in &batch.spans {
+        let id = span.profile_id.0;
+        let counts = pending.counts(interner, w, &span.stacks)?;
+        let samples = span.stacks.total();
+        let old_meta = meta_t.get(id)?.map(|v| v.value().to_vec());
+        let (meta, merged, old_len) = match old_meta {
+            Some(old_bytes) => {
+                let mut meta: SpanMetaRecord = codec::decode(&old_bytes, "span meta")?;
+                let old_stacks = stacks_t.get(id)?.map(|v| v.value().to_vec()).unwrap_or_default();
+                let rec: StacksRecord = codec::decode(&old_stacks, "span stacks")?;
+                let incoming = rescaled(&span.stacks, batch.period_ns, meta.period_ns, interner, pending, w, counts)?;
+                by_time.remove((meta.last_seen_ms, id))?;
+                by_service.remove((meta.service_name.as_str(), meta.last_seen_ms, id))?;
+                meta.samples = meta.samples.saturating_add(incoming.iter().map(|c| c.1).sum());
+                meta.first_seen_ms = meta.first_seen_ms.min(batch.from_ms);
+                meta.last_seen_ms = meta.last_seen_ms.max(batch.until_ms);
+                if meta.trace_id.is_empty() {
+                    meta.trace_id = codec::trace_to_bytes(span.trace_id);
+                }
+                if meta.span_name.is_empty() {
+                    meta.span_name = span.span_name.clone().unwrap_or_default();
+                }
+                for l in &span_labels {
+                    if !meta.labels.iter().any(|m| m.name == l.name) {
+                        meta.labels.push(l.clone());
+                    }
+                }
+                let merged = codec::merge_counts(&rec.to_counts()?, &incoming);
+                stats.span_profiles_merged += 1;
+                (meta, merged, old_bytes.len() + old_stacks.len())
+            }
+            None => {
+                stats.span_profiles_created += 1;
+                *spans_delta += 1;
+                let meta = SpanMetaRecord {
+                    trace_id: codec::trace_to_bytes(span.trace_id),
+                    service_name: service.to_owned(),
+                    span_name: span.span_name.clone().unwrap_or_default(),
+                    samples,
+                    period_ns: batch.period_ns,
+                    first_seen_ms: batch.from_ms,
+                    last_seen_ms: batch.until_ms,
+                    labels: span_labels.clone(),
+                };
+                (meta, counts, 0)
+            }
+        };
+        if let Some(t) = codec::trace_from_bytes(&meta.trace_id) {
+            by_trace.insert((t.0, id), ())?;
+        }
+        by_time.insert((meta.last_seen_ms, id), ())?;
+        by_service.insert((meta.service_name.as_str(), meta.last_seen_ms, id), ())?;
+        let meta_bytes = meta.encode_to_vec();
+        let stack_bytes = StacksRecord::from_counts(&merged, meta.period_ns).encode_to_vec();
+        *bytes_delta += (meta_bytes.len() + stack_bytes.len()) as i64 - old_len as i64;
+        meta_t.insert(id, meta_bytes.as_slice())?;
+        stacks_t.insert(id, stack_bytes.as_slice())?;
+    }
+    Ok(stats)
+}
+
+/// Interned counts of `stacks`, rescaled from `from_period` to `to_period` when they differ.
+fn rescaled(
+    stacks: &StackCounts,
+    from_period: u64,
+    to_period: u64,
+    interner: &Interner,
+    pending: &mut PendingInterns,
+    w: &WriteTransaction,
+    counts: Counts,
+) -> Result<Counts> {
+    if from_period == to_period || to_period == 0 {
+        return Ok(counts);
+    }
+    let mut s = stacks.clone();
+    s.rescale(from_period, to_period);
+    pending.counts(interner, w, &s)
+}
+
+/// One bounded retention step: deletes at most [`RETENTION_STEP_ROWS`] expired rows.
+fn retention_step(db: &Database, policy: &Retention, now_ms: u64) -> Result<RetentionStats> {
+    let mut stats = RetentionStats::default();
+    let w = db.begin_write()?;
+    let mut bytes_delta = 0i64;
+    let mut spans_delta = 0i64;
+    {
+        let cutoff = policy.max_age.map(|a| now_ms.saturating_sub(a.as_millis() as u64));
+        let mut record_bytes = w.open_table(META)?.get(RECORD_BYTES)?.map(|v| v.value()).unwrap_or(0);
+        let mut by_time = w.open_table(SPANS_BY_TIME)?;
+        let mut process_by_time = w.open_table(PROCESS_BY_TIME)?;
+        let mut deleted = 0;
+        while deleted < RETENTION_STEP_ROWS {
+            let over_size = policy.max_bytes.is_some_and(|m| record_bytes > m);
+            let oldest_span = by_time.first()?.map(|(k, _)| k.value());
+            let oldest_bucket = process_by_time.first()?.map(|(k, _)| k.value());
+            // The older of the two oldest entries goes first.
+            let span_first = match (oldest_span, oldest_bucket) {
+                (Some((t, _)), Some((b, _))) => t <= b + BUCKET_MS,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => break,
+            };
+            let oldest_time = if span_first { oldest_span.map(|k| k.0) } else { oldest_bucket.map(|k| k.0 + BUCKET_MS) };
+            let expired = matches!((cutoff, oldest_time), (Some(c), Some(t)) if t < c);
+            if !expired && !over_size {
+                break;
+            }
+            let freed = if span_first {
+                let Some((last_seen, id)) = oldest_span else { break };
+                by_time.remove((last_seen, id))?;
+                stats.span_profiles_deleted += 1;
+                spans_delta -= 1;
+                delete_span(&w, id, last_seen)?
+            } else {
+                let Some((bucket, sid)) = oldest_bucket else { break };
+                process_by_time.remove((bucket, sid))?;
+                stats.process_buckets_deleted += 1;
+                let old = w.open_table(PROCESS)?.remove((sid, bucket))?.map(|v| v.value().len());
+                old.unwrap_or(0) as u64
+            };
+            record_bytes = record_bytes.saturating_sub(freed);
+            bytes_delta -= freed as i64;
+            deleted += 1;
+        }
+    }
+    {
+        let mut meta = w.open_table(META)?;
+        add_counter(&mut meta, RECORD_BYTES, bytes_delta)?;
+        add_counter(&mut meta, SPAN_COUNT, spans_delta)?;
+    }
+    w.commit()?;
+    Ok(stats)
+}
+
+/// Deletes a span's records and its service and trace index entries; returns the bytes freed.
+fn delete_span(w: &WriteTransaction, id: u64, last_seen: u64) -> Result<u64> {
+    let meta_bytes = w.open_table(SPAN_META)?.remove(id)?.map(|v| v.value().to_vec());
+    let stacks_len = w.open_table(SPAN_STACKS)?.remove(id)?.map(|v| v.value().len()).unwrap_or(0);
+    let Some(meta_bytes) = meta_bytes else { return Ok(stacks_len as u64) };
+    let meta: SpanMetaRecord = codec::decode(&meta_bytes, "span meta")?;
+    w.open_table(SPANS_BY_SERVICE)?.remove((meta.service_name.as_str(), last_seen, id))?;
+    if let Some(t) = codec::trace_from_bytes(&meta.trace_id) {
+        w.open_table(SPANS_BY_TRACE)?.remove((t.0, id))?;
+    }
+    Ok((meta_bytes.len() + stacks_len) as u64)
+}
+
+/// Resolves stack IDs to frame names within one read snapshot, caching what it has seen.
+struct Resolver<'r> {
+    stacks: redb::ReadOnlyTable<u32, &'static [u8]>,
+    frames: redb::ReadOnlyTable<u32, &'static str>,
+    frame_cache: HashMap<u32, Arc<str>>,
+    _r: std::marker::PhantomData<&'r ()>,
+}
+
+impl<'r> Resolver<'r> {
+    fn new(r: &'r ReadTransaction) -> Result<Self> {
+        Ok(Resolver {
+            stacks: r.open_table(STACKS)?,
+            frames: r.open_table(FRAMES)?,
+            frame_cache: HashMap::new(),
+            _r: std::marker::PhantomData,
+        })
+    }
+
+    fn frame(&mut self, id: u32) -> Result<Arc<str>> {
+        if let Some(f) = self.frame_cache.get(&id) {
+            return Ok(f.clone());
+        }
+        let name: Arc<str> = match self.frames.get(id)? {
+            Some(v) => Arc::from(v.value()),
+            None => return Err(Error::Corrupt(format!("frame {id} missing"))),
+        };
+        self.frame_cache.insert(id, name.clone());
+        Ok(name)
+    }
+
+    fn resolve(&mut self, counts: &Counts) -> Result<Stacks> {
+        let mut out = Vec::with_capacity(counts.len());
+        for &(sid, count) in counts {
+            let rec: StackRecord = match self.stacks.get(sid)? {
+                Some(v) => codec::decode(v.value(), "stack")?,
+                None => return Err(Error::Corrupt(format!("stack {sid} missing"))),
+            };
+            let mut frames = Vec::with_capacity(rec.frame_ids.len());
+            for f in rec.frame_ids {
+                frames.push(self.frame(f)?);
+            }
+            out.push((frames, count));
+        }
+        Ok(out)
+    }
+}
+
+fn summary(id: u64, meta: SpanMetaRecord) -> SpanSummary {
+    SpanSummary {
+        profile_id: ProfileId(id),
+        trace_id: codec::trace_from_bytes(&meta.trace_id),
+        service_name: meta.service_name,
+        span_name: meta.span_name,
+        samples: meta.samples,
+        period_ns: meta.period_ns,
+        first_seen_ms: meta.first_seen_ms,
+        last_seen_ms: meta.last_seen_ms,
+        labels: meta.labels.into_iter().map(|l| (l.name, l.value)).collect(),
+    }
+}
+
+fn load_span(r: &ReadTransaction, resolver: &mut Resolver<'_>, id: u64) -> Result<Option<SpanProfile>> {
+    let Some(meta) = r.open_table(SPAN_META)?.get(id)?.map(|v| v.value().to_vec()) else { return Ok(None) };
+    let meta: SpanMetaRecord = codec::decode(&meta, "span meta")?;
+    let stacks: StacksRecord = match r.open_table(SPAN_STACKS)?.get(id)? {
+        Some(v) => codec::decode(v.value(), "span stacks")?,
+        None => StacksRecord::default(),
+    };
+    let stacks = resolver.resolve(&stacks.to_counts()?)?;
+    Ok(Some(SpanProfile { summary: summary(id, meta), stacks }))
+}
+
+impl ProfileStore for EmbeddedStore {
+    fn insert(&self, batches: Vec<SeriesBatch>) -> Result<InsertStats> {
+        if batches.is_empty() {
+            return Ok(InsertStats::default());
+        }
+        let (reply_tx, reply_rx) = mpsc::sync_channel(1);
+        self.send(Command::Insert(batches, reply_tx))?;
+        reply_rx.recv().map_err(|_| Error::Unavailable)?
+    }
+
+    fn span_profile(&self, id: ProfileId) -> Result<Option<SpanProfile>> {
+        let r = self.read()?;
+        let mut resolver = Resolver::new(&r)?;
+        load_span(&r, &mut resolver, id.0)
+    }
+
+    fn search_spans(&self, q: &SpanQuery) -> Result<Page> {
+        let r = self.read()?;
+        let meta_t = r.open_table(SPAN_META)?;
+        let limit = q.limit.clamp(1, 1000);
+        let mut page = Page::default();
+        let from = q.from_ms.unwrap_or(0);
+        // Upper bound of the scan, exclusive of the cursor position.
+        let (hi_t, hi_id) = match q.after {
+            Some(c) => (c.last_seen_ms, c.profile_id.0),
+            None => (u64::MAX, u64::MAX),
+        };
+        let accept = |id: u64, last_seen: u64, page: &mut Page| -> Result<bool> {
+            let Some(v) = meta_t.get(id)? else { return Ok(false) };
+            let meta: SpanMetaRecord = codec::decode(v.value(), "span meta")?;
+            let ok = meta.samples >= q.min_samples
+                && q.span_name.as_deref().is_none_or(|n| meta.span_name == n)
+                && q.service.as_deref().is_none_or(|s| meta.service_name == s)
+                && q.until_ms.is_none_or(|u| meta.first_seen_ms <= u)
+                && last_seen >= from;
+            if ok {
+                page.profiles.push(summary(id, meta));
+            }
+            Ok(page.profiles.len() >= limit)
+        };
+        let mut examined = 0usize;
+        let mut last = None;
+        if let Some(trace) = q.trace_id {
+            // A trace has few spans: collect, sort newest first, then page.
+            let by_trace = r.open_table(SPANS_BY_TRACE)?;
+            let mut rows = Vec::new();
+            for row in by_trace.range((trace.0, 0)..=(trace.0, u64::MAX))? {
+                let id = row?.0.value().1;
+                if let Some(v) = meta_t.get(id)? {
+                    let m: SpanMetaRecord = codec::decode(v.value(), "span meta")?;
+                    rows.push((m.last_seen_ms, id));
+                }
+            }
+            rows.sort_unstable_by(|a, b| b.cmp(a));
+            for (t, id) in rows.into_iter().filter(|&(t, id)| (t, id) < (hi_t, hi_id)) {
+                last = Some((t, id));
+                if accept(id, t, &mut page)? {
+                    break;
+                }
+            }
+        } else if let Some(service) = q.service.as_deref() {
+            let by_service = r.open_table(SPANS_BY_SERVICE)?;
+            for row in by_service.range((service, from, 0)..(service, hi_t, hi_id))?.rev() {
+                let (_, t, id) = row?.0.value();
+                last = Some((t, id));
+                examined += 1;
+                if accept(id, t, &mut page)? || examined >= SCAN_BUDGET {
+                    break;
+                }
+            }
+        } else {
+            let by_time = r.open_table(SPANS_BY_TIME)?;
+            for row in by_time.range((from, 0)..(hi_t, hi_id))?.rev() {
+                let (t, id) = row?.0.value();
+                last = Some((t, id));
+                examined += 1;
+                if accept(id, t, &mut page)? || examined >= SCAN_BUDGET {
+                    break;
+                }
+            }
+        }
+        let full = page.profiles.len() >= limit || examined >= SCAN_BUDGET;
+        if full {
+            page.next = last.map(|(t, id)| Cursor { last_seen_ms: t, profile_id: ProfileId(id) });
+        }
+        Ok(page)
+    }
+
+    fn trace(&self, trace_id: TraceId) -> Result<Vec<SpanProfile>> {
+        let r = self.read()?;
+        let mut resolver = Resolver::new(&r)?;
+        let by_trace = r.open_table(SPANS_BY_TRACE)?;
+        let mut out = Vec::new();
+        for row in by_trace.range((trace_id.0, 0)..=(trace_id.0, u64::MAX))? {
+            let id = row?.0.value().1;
+            if let Some(p) = load_span(&r, &mut resolver, id)? {
+                out.push(p);
+            }
+        }
+        out.sort_by_key(|p| (p.summary.first_seen_ms, p.summary.profile_id));
+        Ok(out)
+    }
+
+    fn services(&self) -> Result<Vec<String>> {
+        let r = self.read()?;
+        let mut out = BTreeSet::new();
+        for row in r.open_table(SERIES_BY_SERVICE)?.iter()? {
+            out.insert(row?.0.value().0.to_owned());
+        }
+        // Services that only ever sent span profiles have no whole-process series.
+        let by_service = r.open_table(SPANS_BY_SERVICE)?;
+        let mut next: Option<String> = None;
+        loop {
+            let row = match &next {
+                None => by_service.first()?.map(|(k, _)| k.value().0.to_owned()),
+                Some(s) => {
+                    let mut range = by_service.range((s.as_str(), u64::MAX, u64::MAX)..)?;
+                    let mut found = None;
+                    for row in range.by_ref() {
+                        let key = row?.0;
+                        let svc = key.value().0;
+                        if svc != s {
+                            found = Some(svc.to_owned());
+                            break;
+                        }
+                    }
+                    found
+                }
+            };
+            match row {
+                Some(s) => {
+                    out.insert(s.clone());
+                    next = Some(s);
+                }
+                None => break,
+            }
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    fn label_values(&self, name: &str) -> Result<Vec<String>> {
+        let r = self.read()?;
+        let mut out = BTreeSet::new();
+        for row in r.open_table(SERIES)?.iter()? {
+            let rec: SeriesRecord = codec::decode(row?.1.value(), "series")?;
+            out.extend(rec.labels.into_iter().filter(|l| l.name == name).map(|l| l.value));
+        }
+        if name == "service_name" {
+            out.extend(self.services()?);
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    fn label_names(&self) -> Result<Vec<String>> {
+        let r = self.read()?;
+        let mut out = BTreeSet::new();
+        for row in r.open_table(SERIES)?.iter()? {
+            let rec: SeriesRecord = codec::decode(row?.1.value(), "series")?;
+            out.extend(rec.labels.into_iter().map(|l| l.name));
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    fn process_profile(&self, service: &str, from_ms: u64, until_ms: u64) -> Result<Option<ProcessProfile>> {
+        let r = self.read()?;
+        let series: Vec<u64> = r
+            .open_table(SERIES_BY_SERVICE)?
+            .range((service, 0)..=(service, u64::MAX))?
+            .map(|row| row.map(|(k, _)| k.value().1))
+            .collect::<Result<_, _>>()?;
+        let process = r.open_table(PROCESS)?;
+        let first_bucket = from_ms / BUCKET_MS * BUCKET_MS;
+        let mut total: Counts = Vec::new();
+        let mut period = 0;
+        let mut any = false;
+        for sid in series {
+            for row in process.range((sid, first_bucket)..=(sid, until_ms))? {
+                let (_, v) = row?;
+                let rec: StacksRecord = codec::decode(v.value(), "process bucket")?;
+                let mut counts = rec.to_counts()?;
+                if period == 0 {
+                    period = rec.period_ns;
+                } else if rec.period_ns != period && period > 0 {
+                    for c in &mut counts {
+                        c.1 = (c.1 * rec.period_ns / period).max(1);
+                    }
+                }
+                total = codec::merge_counts(&total, &counts);
+                any = true;
+            }
+        }
+        if !any {
+            return Ok(None);
+        }
+        let mut resolver = Resolver::new(&r)?;
+        Ok(Some(ProcessProfile { period_ns: period, stacks: resolver.resolve(&total)? }))
+    }
+
+    fn enforce_retention(&self, policy: &Retention, now_ms: u64) -> Result<RetentionStats> {
+        let mut total = RetentionStats::default();
+        if policy.max_age.is_none() && policy.max_bytes.is_none() {
+            return Ok(total);
+        }
+        loop {
+            let (reply_tx, reply_rx) = mpsc::sync_channel(1);
+            self.send(Command::Retention(*policy, now_ms, reply_tx))?;
+            let step = reply_rx.recv().map_err(|_| Error::Unavailable)??;
+            total.span_profiles_deleted += step.span_profiles_deleted;
+            total.process_buckets_deleted += step.process_buckets_deleted;
+            if step.span_profiles_deleted + step.process_buckets_deleted < RETENTION_STEP_ROWS as u64 {
+                return Ok(total);
+            }
+        }
+    }
+
+    fn stats(&self) -> Result<StoreStats> {
+        let r = self.read()?;
+        let meta = r.open_table(META)?;
+        let get = |k: &str| -> Result<u64> { Ok(meta.get(k)?.map(|v| v.value()).unwrap_or(0)) };
+        Ok(StoreStats {
+            file_bytes: std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0),
+            record_bytes: get(RECORD_BYTES)?,
+            span_profiles: get(SPAN_COUNT)?,
+        })
+    }
+}

@@ -1,0 +1,152 @@
+//! Profile storage: the [`ProfileStore`] trait the HTTP layer uses, its query and result types,
+//! and the embedded on-disk implementation ([`embedded::EmbeddedStore`], on redb).
+//!
+//! Profiles with the same ID are merged upon insert. Span profiles (keyed by span ID) are kept
+//! apart from whole-process profiles (keyed by series and minute bucket).
+
+pub mod codec;
+pub mod embedded;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::Result;
+use crate::model::{Labels, ProfileId, SeriesBatch, TraceId};
+
+/// One span profile's metadata.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpanSummary {
+    pub profile_id: ProfileId,
+    pub trace_id: Option<TraceId>,
+    pub service_name: String,
+    pub span_name: String,
+    /// Samples over all stacks.
+    pub samples: u64,
+    /// Sampling period, so CPU time = samples × period.
+    pub period_ns: u64,
+    pub first_seen_ms: u64,
+    pub last_seen_ms: u64,
+    /// Series labels of the first push (namespace, pod, container, node, …).
+    pub labels: Labels,
+}
+
+/// Stacks (root first) with sample counts, frame names shared.
+pub type Stacks = Vec<(Vec<Arc<str>>, u64)>;
+
+/// A span profile: metadata and stacks.
+#[derive(Clone, Debug)]
+pub struct SpanProfile {
+    pub summary: SpanSummary,
+    pub stacks: Stacks,
+}
+
+/// A whole-process profile of one service over a time range.
+#[derive(Clone, Debug)]
+pub struct ProcessProfile {
+    pub period_ns: u64,
+    pub stacks: Stacks,
+}
+
+/// Position in the newest-first listing, for pagination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cursor {
+    pub last_seen_ms: u64,
+    pub profile_id: ProfileId,
+}
+
+impl Cursor {
+    /// Opaque text form used by the API.
+    pub fn encode(&self) -> String {
+        format!("{:x}.{}", self.last_seen_ms, self.profile_id)
+    }
+
+    pub fn decode(s: &str) -> Option<Self> {
+        let (t, id) = s.split_once('.')?;
+        Some(Cursor { last_seen_ms: u64::from_str_radix(t, 16).ok()?, profile_id: ProfileId::parse(id)? })
+    }
+}
+
+/// Filters for listing span profiles, newest (by last seen) first.
+#[derive(Clone, Debug, Default)]
+pub struct SpanQuery {
+    pub service: Option<String>,
+    pub span_name: Option<String>,
+    pub trace_id: Option<TraceId>,
+    /// Only profiles seen at or after this time (Unix ms).
+    pub from_ms: Option<u64>,
+    /// Only profiles first seen at or before this time (Unix ms).
+    pub until_ms: Option<u64>,
+    pub min_samples: u64,
+    pub limit: usize,
+    pub after: Option<Cursor>,
+}
+
+/// A page of span profiles.
+#[derive(Clone, Debug, Default)]
+pub struct Page {
+    pub profiles: Vec<SpanSummary>,
+    /// Where the next page starts, when there may be more.
+    pub next: Option<Cursor>,
+}
+
+/// What an insert did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InsertStats {
+    pub samples: u64,
+    pub span_profiles_created: u64,
+    pub span_profiles_merged: u64,
+    pub process_buckets: u64,
+}
+
+impl std::ops::AddAssign for InsertStats {
+    fn add_assign(&mut self, o: Self) {
+        self.samples += o.samples;
+        self.span_profiles_created += o.span_profiles_created;
+        self.span_profiles_merged += o.span_profiles_merged;
+        self.process_buckets += o.process_buckets;
+    }
+}
+
+/// How much data to keep.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Retention {
+    pub max_age: Option<Duration>,
+    /// Upper bound on the stored profile bytes (records, not the file's free pages).
+    pub max_bytes: Option<u64>,
+}
+
+/// What one retention pass removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RetentionStats {
+    pub span_profiles_deleted: u64,
+    pub process_buckets_deleted: u64,
+}
+
+/// Sizes for `/metrics`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StoreStats {
+    pub file_bytes: u64,
+    pub record_bytes: u64,
+    pub span_profiles: u64,
+}
+
+/// A profile store. Calls block (disk I/O); the HTTP layer runs them on blocking threads.
+pub trait ProfileStore: Send + Sync + 'static {
+    /// Stores the batches durably and atomically, merging span profiles with the same ID.
+    /// When this returns `Ok`, the data is on disk.
+    fn insert(&self, batches: Vec<SeriesBatch>) -> Result<InsertStats>;
+    fn span_profile(&self, id: ProfileId) -> Result<Option<SpanProfile>>;
+    fn search_spans(&self, query: &SpanQuery) -> Result<Page>;
+    /// All span profiles of a trace, oldest first.
+    fn trace(&self, trace_id: TraceId) -> Result<Vec<SpanProfile>>;
+    fn services(&self) -> Result<Vec<String>>;
+    /// Values of a series label, over every series stored.
+    fn label_values(&self, name: &str) -> Result<Vec<String>>;
+    /// Label names over every series stored.
+    fn label_names(&self) -> Result<Vec<String>>;
+    /// The whole-process profile of a service (samples outside spans) over `[from_ms, until_ms]`.
+    fn process_profile(&self, service: &str, from_ms: u64, until_ms: u64) -> Result<Option<ProcessProfile>>;
+    /// Deletes what the policy no longer keeps; works in small steps so ingest is not held up.
+    fn enforce_retention(&self, policy: &Retention, now_ms: u64) -> Result<RetentionStats>;
+    fn stats(&self) -> Result<StoreStats>;
+}

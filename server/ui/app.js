@@ -1,0 +1,1054 @@
+// spanprof web UI: a dependency-free single-page app (ES2020, no build step).
+//
+// Routes (the server answers index.html for each of them):
+//   /                  search by span/trace ID, recent span profiles, services
+//   /profiles/{id}     one span profile (profile ID = local root span ID)
+//   /traces/{id}       all span profiles of one trace, merged
+//   /services/{name}   whole-process profile of a service over a time range
+//
+// Every string that comes from the API is put into the page with textContent or
+// setAttribute, never with innerHTML.
+'use strict';
+
+(() => {
+  const HEX16 = /^[0-9a-fA-F]{16}$/;
+  const HEX32 = /^[0-9a-fA-F]{32}$/;
+  const TRACEPARENT = /^[0-9a-fA-F]{2}-([0-9a-fA-F]{32})-([0-9a-fA-F]{16})-[0-9a-fA-F]{2}$/;
+  const DEFAULT_PERIOD_NS = 10_000_000; // 100 Hz
+  const RANGES = [
+    ['15m', 'Last 15 minutes', 15 * 60e3],
+    ['1h', 'Last hour', 60 * 60e3],
+    ['6h', 'Last 6 hours', 6 * 60 * 60e3],
+    ['24h', 'Last 24 hours', 24 * 60 * 60e3],
+  ];
+  const EXPORTS = [
+    ['pprof', 'pprof', 'gzipped pprof protobuf: go tool pprof, Grafana Pyroscope', '.pb.gz'],
+    ['folded', 'folded', 'folded stacks, one "a;b;c 12" per line: flamegraph.pl, inferno', '.folded.txt'],
+    ['speedscope', 'speedscope', 'speedscope JSON file', '.speedscope.json'],
+    ['svg', 'SVG', 'static flame graph image', null],
+    ['json', 'JSON', 'this API response as JSON', null],
+  ];
+
+  const app = document.getElementById('app');
+  const tooltip = document.getElementById('tooltip');
+  const navSlot = document.getElementById('nav-search-slot');
+
+  // ---------------------------------------------------------------- DOM helpers
+
+  /** Creates an element. Children that are not Nodes become text nodes. */
+  function h(tag, props, ...children) {
+    const e = document.createElement(tag);
+    if (props) {
+      for (const [k, v] of Object.entries(props)) {
+        if (v == null || v === false) continue;
+        if (k === 'class') e.className = v;
+        else if (k === 'text') e.textContent = String(v);
+        else if (k === 'dataset') Object.assign(e.dataset, v);
+        else if (k.startsWith('on') && typeof v === 'function') e.addEventListener(k.slice(2), v);
+        else e.setAttribute(k, v === true ? '' : String(v));
+      }
+    }
+    for (const c of children.flat(Infinity)) {
+      if (c == null || c === false) continue;
+      e.append(c instanceof Node ? c : String(c));
+    }
+    return e;
+  }
+
+  function setPage(title, ...nodes) {
+    document.title = title ? `${title} — spanprof` : 'spanprof';
+    hideTooltip();
+    app.replaceChildren(...nodes.flat());
+  }
+
+  // ---------------------------------------------------------------- formatting
+
+  const intFmt = new Intl.NumberFormat('en-US');
+  const fmtInt = (n) => (Number.isFinite(n) ? intFmt.format(n) : '—');
+
+  /** CPU time from nanoseconds: "130 ms", "1.20 s". */
+  function fmtCpu(ns) {
+    if (!Number.isFinite(ns)) return '—';
+    if (ns === 0) return '0 ms';
+    const a = Math.abs(ns);
+    if (a >= 3600e9) return `${(ns / 3600e9).toFixed(1)} h`;
+    if (a >= 120e9) return `${(ns / 60e9).toFixed(1)} min`;
+    if (a >= 1e9) {
+      const s = ns / 1e9;
+      return `${s >= 10 ? s.toFixed(1) : s.toFixed(2)} s`;
+    }
+    if (a >= 1e6) {
+      const ms = ns / 1e6;
+      return `${ms >= 10 ? Math.round(ms) : ms.toFixed(1)} ms`;
+    }
+    if (a >= 1e3) return `${Math.round(ns / 1e3)} µs`;
+    return `${Math.round(ns)} ns`;
+  }
+
+  function fmtPct(v, total) {
+    if (!total || !Number.isFinite(v)) return '—';
+    const p = (100 * v) / total;
+    if (p > 0 && p < 0.1) return '<0.1%';
+    return `${p.toFixed(1)}%`;
+  }
+
+  function fmtRel(ms) {
+    if (!Number.isFinite(ms)) return '—';
+    const s = Math.round((Date.now() - ms) / 1000);
+    if (s < -5) return 'in the future';
+    if (s < 1) return 'just now';
+    if (s < 60) return `${s} s ago`;
+    if (s < 3600) return `${Math.floor(s / 60)} min ago`;
+    if (s < 86400) return `${Math.floor(s / 3600)} h ago`;
+    return `${Math.floor(s / 86400)} d ago`;
+  }
+
+  function fmtAbs(ms) {
+    if (!Number.isFinite(ms)) return '—';
+    const d = new Date(ms);
+    if (Number.isNaN(d.getTime())) return '—';
+    return d.toLocaleString(undefined, {
+      year: 'numeric', month: 'short', day: 'numeric',
+      hour: '2-digit', minute: '2-digit', second: '2-digit',
+    });
+  }
+
+  /** A relative time ("12 s ago") with the absolute time as title; refreshed every 5 s. */
+  function timeEl(ms) {
+    if (!Number.isFinite(ms)) return h('span', { class: 'muted' }, '—');
+    return h('time', {
+      datetime: new Date(ms).toISOString(),
+      title: fmtAbs(ms),
+      dataset: { ms: String(ms) },
+    }, fmtRel(ms));
+  }
+  setInterval(() => {
+    for (const t of document.querySelectorAll('time[data-ms]')) {
+      const txt = fmtRel(Number(t.dataset.ms));
+      if (t.textContent !== txt) t.textContent = txt;
+    }
+  }, 5000);
+
+  /** Absolute time followed by the relative time. */
+  function whenEl(ms) {
+    if (!Number.isFinite(ms)) return h('span', { class: 'muted' }, '—');
+    return h('span', null, fmtAbs(ms), ' ', h('span', { class: 'muted' }, '(', timeEl(ms), ')'));
+  }
+
+  // ---------------------------------------------------------------- API
+
+  class ApiError extends Error {
+    constructor(status, body, message) {
+      super(message);
+      this.status = status;
+      this.body = body;
+      this.reason = body && typeof body === 'object' ? body.reason : undefined;
+    }
+  }
+
+  async function api(path) {
+    let res;
+    try {
+      res = await fetch(path, { headers: { Accept: 'application/json' } });
+    } catch (e) {
+      throw new ApiError(0, null, `Could not reach the spanprof server (${e && e.message ? e.message : e}).`);
+    }
+    let text = '';
+    try {
+      text = await res.text();
+    } catch (e) {
+      throw new ApiError(res.status, null, `The connection broke while reading the answer (${e.message}).`);
+    }
+    let body = null;
+    try {
+      body = text ? JSON.parse(text) : null;
+    } catch (_) {
+      body = null;
+    }
+    if (!res.ok) {
+      const detail = body && typeof body.error === 'string' ? body.error : text.slice(0, 300).trim();
+      throw new ApiError(res.status, body,
+        `The server answered ${res.status}${res.statusText ? ' ' + res.statusText : ''}${detail ? ': ' + detail : '.'}`);
+    }
+    if (body === null || typeof body !== 'object') {
+      throw new ApiError(res.status, null, 'The server sent an answer that is not JSON.');
+    }
+    return body;
+  }
+
+  const enc = encodeURIComponent;
+
+  // ---------------------------------------------------------------- shared widgets
+
+  /** Parses what a person pasted: a span ID, a trace ID or a W3C traceparent. */
+  function parseId(raw) {
+    const v = raw.trim().replace(/^0x/i, '');
+    if (HEX16.test(v)) return { kind: 'span', id: v.toLowerCase(), url: `/profiles/${v.toLowerCase()}` };
+    if (HEX32.test(v)) return { kind: 'trace', id: v.toLowerCase(), url: `/traces/${v.toLowerCase()}` };
+    const tp = TRACEPARENT.exec(v);
+    if (tp) return { kind: 'trace', id: tp[1].toLowerCase(), url: `/traces/${tp[1].toLowerCase()}` };
+    return null;
+  }
+
+  function searchForm(idPrefix, big) {
+    const input = h('input', {
+      id: `${idPrefix}-input`,
+      class: 'search-input',
+      type: 'search',
+      name: 'id',
+      placeholder: big ? 'Span ID (16 hex digits) or trace ID (32 hex digits)' : 'Span or trace ID',
+      autocomplete: 'off',
+      spellcheck: 'false',
+      'aria-label': 'Span ID or trace ID',
+      'aria-describedby': `${idPrefix}-error`,
+    });
+    const err = h('div', { id: `${idPrefix}-error`, class: 'search-error', role: 'alert', hidden: true });
+    const form = h('form', { class: big ? 'search big' : 'search compact', role: 'search' },
+      h('div', { class: 'search-row' }, input, h('button', { type: 'submit', class: 'btn primary' }, big ? 'Open' : 'Go')),
+      err);
+    input.addEventListener('input', () => { err.hidden = true; input.removeAttribute('aria-invalid'); });
+    form.addEventListener('submit', (ev) => {
+      ev.preventDefault();
+      const value = input.value.trim();
+      const parsed = parseId(value);
+      if (!parsed) {
+        err.textContent = value === ''
+          ? 'Enter a span ID (16 hex digits) or a trace ID (32 hex digits).'
+          : `"${value.length > 80 ? value.slice(0, 80) + '…' : value}" is neither a span ID (16 hex digits) nor a trace ID (32 hex digits).`;
+        err.hidden = false;
+        input.setAttribute('aria-invalid', 'true');
+        input.focus();
+        return;
+      }
+      location.assign(parsed.url);
+    });
+    return { form, input };
+  }
+
+  function idLink(kind, id) {
+    if (!id) return h('span', { class: 'muted' }, '—');
+    const href = kind === 'trace' ? `/traces/${enc(id)}` : `/profiles/${enc(id)}`;
+    return h('a', { class: 'mono id', href }, id);
+  }
+
+  function serviceLink(name) {
+    if (!name) return h('span', { class: 'muted' }, '—');
+    return h('a', { href: `/services/${enc(name)}` }, name);
+  }
+
+  function metaList(items) {
+    return h('dl', { class: 'meta' },
+      items.filter(Boolean).map(([label, value]) =>
+        h('div', { class: 'meta-item' }, h('dt', null, label), h('dd', null, value))));
+  }
+
+  function labelChips(labels) {
+    if (!labels || typeof labels !== 'object') return null;
+    const keys = Object.keys(labels).sort();
+    if (!keys.length) return null;
+    return h('span', { class: 'chips' }, keys.map((k) => h('span', { class: 'chip' }, `${k}=${labels[k]}`)));
+  }
+
+  function exportLinks(basePath, extraQuery, stem) {
+    return h('nav', { class: 'exports', 'aria-label': 'Export this profile' },
+      h('span', { class: 'exports-label' }, 'Export'),
+      EXPORTS.map(([format, label, title, ext]) => {
+        const q = new URLSearchParams(extraQuery || '');
+        q.set('format', format);
+        return h('a', {
+          class: 'export',
+          href: `${basePath}?${q.toString()}`,
+          title,
+          dataset: { format },
+          download: ext ? `${stem}${ext}` : null,
+          target: ext ? null : '_blank',
+          rel: ext ? null : 'noopener',
+        }, label);
+      }));
+  }
+
+  function crumbs(...parts) {
+    const out = [];
+    parts.forEach((p, i) => {
+      if (i) out.push(h('span', { class: 'sep', 'aria-hidden': 'true' }, '/'));
+      out.push(Array.isArray(p) ? h('a', { href: p[1] }, p[0]) : h('span', null, p));
+    });
+    return h('nav', { class: 'crumbs', 'aria-label': 'Breadcrumb' }, out);
+  }
+
+  function loadingEl(what) {
+    return h('p', { class: 'loading' }, `Loading ${what}…`);
+  }
+
+  function messagePage(title, kind, ...body) {
+    setPage(title, h('section', { class: `message ${kind}` }, h('h1', null, title), body));
+  }
+
+  function errorPage(what, err, retry) {
+    messagePage(`Could not load ${what}`, 'error',
+      h('p', { class: 'error-box' }, err && err.message ? err.message : String(err)),
+      h('p', null,
+        retry ? h('button', { class: 'btn primary', type: 'button', onclick: retry }, 'Try again') : null,
+        ' ', h('a', { class: 'btn', href: '/' }, 'Back to search')));
+  }
+
+  function unknownIdPage(kind, id) {
+    const s = searchForm('retry-search', true);
+    s.input.value = id;
+    const other = kind === 'span' && HEX32.test(id) ? ['trace', `/traces/${id.toLowerCase()}`]
+      : kind === 'trace' && HEX16.test(id) ? ['span', `/profiles/${id.toLowerCase()}`] : null;
+    messagePage('Unknown ID', 'unknown',
+      h('p', null, '“', h('code', null, id.length > 120 ? id.slice(0, 120) + '…' : id), `” is not a valid ${kind} ID.`),
+      h('p', null, 'A span ID is 16 hexadecimal digits (for example ', h('code', null, '00f067aa0ba902b7'),
+        ') and a trace ID is 32 (for example ', h('code', null, '4bf92f3577b34da6a3ce929d0e0e4736'), ').'),
+      other ? h('p', null, 'This looks like a ', other[0], ' ID: ', h('a', { href: other[1] }, `open the ${other[0]} page`), '.') : null,
+      s.form);
+  }
+
+  /** "No samples yet" page that checks again by itself every 10 s, `retriesLeft` more times. */
+  function noSamplesPage(kind, id, reload, retriesLeft) {
+    const status = h('p', { class: 'muted retry-status', 'aria-live': 'polite' });
+    const retryBtn = h('button', { class: 'btn primary', type: 'button', onclick: () => reload({}) }, 'Retry now');
+    const what = kind === 'trace' ? 'trace' : 'span';
+    messagePage(`No samples for this ${what} yet`, 'empty',
+      h('p', null, `spanprof has no CPU samples for ${what} ID `, h('code', { class: 'mono' }, id), ' yet.'),
+      h('ul', { class: 'reasons' },
+        h('li', null, h('strong', null, 'Short spans may have no samples. '),
+          'The sampler takes one sample per sampling period of CPU time: 10 ms at the default 100 Hz. ',
+          `A ${what} that used less CPU than that may never be sampled.`),
+        h('li', null, h('strong', null, 'Uploads are batched. '),
+          'The sidecar uploads every 10 s, so a request that just finished may not be here yet. Retry shortly.'),
+        kind === 'trace'
+          ? h('li', null, 'Only services whose pods run the spanprof sampler produce span profiles.')
+          : h('li', null, 'The profile ID is the span ID of the local root span: the first span this process created for the request.')),
+      h('p', { class: 'actions' }, retryBtn, ' ', h('a', { class: 'btn', href: '/' }, 'Back to search')),
+      status);
+    if (!(retriesLeft > 0)) {
+      status.textContent = 'Still no samples. Use “Retry now” to check again.';
+      return;
+    }
+    let secs = 10;
+    status.textContent = `Checking again in ${secs} s…`;
+    const timer = setInterval(() => {
+      if (!status.isConnected) { clearInterval(timer); return; }
+      secs -= 1;
+      if (secs > 0) { status.textContent = `Checking again in ${secs} s…`; return; }
+      clearInterval(timer);
+      status.textContent = 'Checking…';
+      reload({ quiet: true, retriesLeft: retriesLeft - 1 });
+    }, 1000);
+  }
+
+  // ---------------------------------------------------------------- tooltip
+
+  function showTooltip(children, x, y) {
+    tooltip.replaceChildren(...children);
+    tooltip.hidden = false;
+    const pad = 14;
+    const r = tooltip.getBoundingClientRect();
+    let left = x + pad;
+    let top = y + pad;
+    if (left + r.width > window.innerWidth - 8) left = Math.max(8, x - r.width - pad);
+    if (top + r.height > window.innerHeight - 8) top = Math.max(8, y - r.height - pad);
+    tooltip.style.left = `${left}px`;
+    tooltip.style.top = `${top}px`;
+  }
+
+  function hideTooltip() {
+    tooltip.hidden = true;
+  }
+
+  // ---------------------------------------------------------------- flame graph
+
+  const ROW_PX = 18;
+  const LABEL_MIN_PX = 20; // frames narrower than this get no text label
+  const MAX_FRAMES = 12000; // DOM elements per render; the width threshold grows to stay under it
+
+  function hashString(s) {
+    let x = 2166136261;
+    for (let i = 0; i < s.length; i++) {
+      x ^= s.charCodeAt(i);
+      x = Math.imul(x, 16777619);
+    }
+    return x >>> 0;
+  }
+
+  const colourCache = new Map();
+  /** A stable warm colour per function name. */
+  function frameColour(name) {
+    let c = colourCache.get(name);
+    if (c) return c;
+    const x = hashString(name);
+    const hue = 8 + (x % 44); // red → orange → yellow
+    const sat = 72 + ((x >>> 8) % 20);
+    const light = 56 + ((x >>> 16) % 12);
+    c = `hsl(${hue} ${sat}% ${light}%)`;
+    if (colourCache.size > 50000) colourCache.clear();
+    colourCache.set(name, c);
+    return c;
+  }
+
+  class FlameGraph {
+    /**
+     * @param {object} root   Node tree ({name, self, total, children}), root named "total"
+     * @param {number} period nanoseconds of CPU time per sample
+     */
+    constructor(root, period) {
+      this.root = root;
+      this.period = period || DEFAULT_PERIOD_NS;
+      this.focus = root;
+      this.term = '';
+      this.nodes = [];
+      this.lastWidth = 0;
+      this.maxDepth = this.prepare(root);
+      this.total = root.total || 0;
+
+      this.searchInput = h('input', {
+        class: 'fg-search', id: 'fg-search', type: 'search', placeholder: 'Search functions…',
+        'aria-label': 'Search functions in the flame graph', autocomplete: 'off', spellcheck: 'false',
+      });
+      this.matchInfo = h('span', { class: 'fg-match', id: 'fg-match', 'aria-live': 'polite' });
+      this.resetBtn = h('button', { class: 'btn', id: 'fg-reset', type: 'button', disabled: true }, 'Reset zoom');
+      this.zoomInfo = h('span', { class: 'fg-zoom muted' });
+      this.graph = h('div', { class: 'flamegraph', id: 'flamegraph', role: 'img', 'aria-label': 'Flame graph' });
+      this.note = h('p', { class: 'fg-note muted' });
+      this.el = h('section', { class: 'card fg-card' },
+        h('div', { class: 'card-head' },
+          h('h2', null, 'Flame graph'),
+          h('div', { class: 'fg-toolbar' }, this.zoomInfo, this.matchInfo, this.searchInput, this.resetBtn)),
+        h('p', { class: 'hint muted' }, 'Width is CPU time. Click a frame to zoom in, click a bar above it to zoom out; hover for details.'),
+        this.graph, this.note);
+
+      let searchTimer = 0;
+      this.searchInput.addEventListener('input', () => {
+        clearTimeout(searchTimer);
+        searchTimer = setTimeout(() => this.search(this.searchInput.value), 120);
+      });
+      this.searchInput.addEventListener('keydown', (e) => {
+        if (e.key === 'Enter') { clearTimeout(searchTimer); this.search(this.searchInput.value); }
+        if (e.key === 'Escape') { this.searchInput.value = ''; this.search(''); }
+      });
+      this.resetBtn.addEventListener('click', () => this.zoom(this.root));
+      this.graph.addEventListener('click', (e) => {
+        const f = e.target.closest('.frame');
+        if (!f) return;
+        const n = this.nodes[Number(f.dataset.idx)];
+        if (n) this.zoom(n === this.focus && n._parent ? n._parent : n);
+      });
+      this.graph.addEventListener('mousemove', (e) => {
+        const f = e.target.closest('.frame');
+        if (!f) { hideTooltip(); return; }
+        const n = this.nodes[Number(f.dataset.idx)];
+        if (n) showTooltip(this.tooltipContent(n), e.clientX, e.clientY);
+      });
+      this.graph.addEventListener('mouseleave', hideTooltip);
+
+      if (typeof ResizeObserver === 'function') {
+        let raf = 0;
+        new ResizeObserver(() => {
+          cancelAnimationFrame(raf);
+          raf = requestAnimationFrame(() => {
+            if (this.graph.clientWidth && this.graph.clientWidth !== this.lastWidth) this.render();
+          });
+        }).observe(this.graph);
+      } else {
+        window.addEventListener('resize', () => this.render());
+      }
+    }
+
+    /** Adds parent/depth to every node, without recursion (stacks can be very deep). */
+    prepare(root) {
+      let maxDepth = 0;
+      root._parent = null;
+      root._depth = 0;
+      const stack = [root];
+      while (stack.length) {
+        const n = stack.pop();
+        if (typeof n.name !== 'string') n.name = n.name == null ? '(unknown)' : String(n.name);
+        if (!Number.isFinite(n.total)) n.total = 0;
+        if (!Number.isFinite(n.self)) n.self = 0;
+        if (!Array.isArray(n.children)) n.children = [];
+        if (n._depth > maxDepth) maxDepth = n._depth;
+        for (const c of n.children) {
+          c._parent = n;
+          c._depth = n._depth + 1;
+          stack.push(c);
+        }
+      }
+      return maxDepth;
+    }
+
+    tooltipContent(n) {
+      const p = this.period;
+      const rows = [
+        h('div', { class: 'tt-name' }, n.name),
+        h('div', { class: 'tt-row' }, h('span', { class: 'tt-k' }, 'Total'),
+          `${fmtInt(n.total)} samples · ${fmtCpu(n.total * p)} · ${fmtPct(n.total, this.total)} of total`),
+        h('div', { class: 'tt-row' }, h('span', { class: 'tt-k' }, 'Self'),
+          `${fmtInt(n.self)} samples · ${fmtCpu(n.self * p)} · ${fmtPct(n.self, this.total)} of total`),
+      ];
+      if (this.focus !== this.root && n._depth > this.focus._depth) {
+        rows.push(h('div', { class: 'tt-row muted' }, `${fmtPct(n.total, this.focus.total)} of the zoomed frame`));
+      }
+      rows.push(h('div', { class: 'tt-hint' }, n === this.focus && n._parent ? 'Click to zoom out' : 'Click to zoom'));
+      return rows;
+    }
+
+    matches(n) {
+      return this.term !== '' && n !== this.root && n.name.toLowerCase().includes(this.term);
+    }
+
+    search(term) {
+      this.term = (term || '').trim().toLowerCase();
+      if (!this.term) {
+        this.matchInfo.textContent = '';
+      } else {
+        // Sum of the totals of matching frames, without counting a match inside a match twice.
+        let matched = 0;
+        const stack = [[this.root, false]];
+        while (stack.length) {
+          const [n, inside] = stack.pop();
+          let inMatch = inside;
+          if (!inside && this.matches(n)) { matched += n.total; inMatch = true; }
+          if (!inMatch) for (const c of n.children) stack.push([c, false]);
+        }
+        this.matchInfo.textContent = `matched: ${fmtPct(matched, this.total)} of total`;
+      }
+      for (const f of this.graph.children) {
+        const n = this.nodes[Number(f.dataset.idx)];
+        if (n) f.classList.toggle('highlighted', this.matches(n));
+      }
+    }
+
+    zoom(n) {
+      this.focus = n || this.root;
+      this.resetBtn.disabled = this.focus === this.root;
+      this.zoomInfo.textContent = this.focus === this.root ? '' : `Zoomed: ${fmtPct(this.focus.total, this.total)} of total`;
+      hideTooltip();
+      this.render();
+    }
+
+    countVisible(focus, scale, minPx) {
+      let count = 0;
+      const stack = [focus];
+      while (stack.length) {
+        const n = stack.pop();
+        count++;
+        if (count > MAX_FRAMES) return count;
+        for (const c of n.children) if (c.total * scale >= minPx) stack.push(c);
+      }
+      return count;
+    }
+
+    render() {
+      const W = this.graph.clientWidth;
+      if (!W) return;
+      this.lastWidth = W;
+      if (!this.total) {
+        this.graph.style.height = 'auto';
+        this.graph.replaceChildren(h('p', { class: 'empty-graph' }, 'This profile has no samples.'));
+        return;
+      }
+      const F = this.focus;
+      const scale = W / (F.total || 1);
+      let minPx = 0.5;
+      while (this.countVisible(F, scale, minPx) > MAX_FRAMES && minPx < W) minPx *= 2;
+
+      const frag = document.createDocumentFragment();
+      this.nodes = [];
+      let maxRow = 0;
+      let hidden = 0;
+      const add = (n, x, w, row, extra) => {
+        const d = document.createElement('div');
+        let cls = 'frame';
+        if (extra) cls += ' ' + extra;
+        if (n === this.root) cls += ' root';
+        if (w < LABEL_MIN_PX) cls += ' narrow';
+        if (this.matches(n)) cls += ' highlighted';
+        d.className = cls;
+        // Numbers and our own colour only: no API string goes into cssText.
+        d.style.cssText = `left:${((100 * x) / W).toFixed(4)}%;width:${((100 * w) / W).toFixed(4)}%;top:${row * ROW_PX}px`
+          + (n !== this.root ? `;background-color:${frameColour(n.name)}` : '');
+        d.setAttribute('data-name', n.name);
+        d.setAttribute('data-idx', String(this.nodes.length));
+        // A label cannot show even one character in a narrow frame; leaving it out
+        // keeps layout fast with thousands of frames (the name is in data-name and the tooltip).
+        if (w >= LABEL_MIN_PX) d.textContent = n.name;
+        this.nodes.push(n);
+        frag.appendChild(d);
+        if (row > maxRow) maxRow = row;
+      };
+      // Ancestors of the zoomed frame: full-width bars above it.
+      const ancestors = [];
+      for (let a = F._parent; a; a = a._parent) ancestors.push(a);
+      ancestors.reverse().forEach((a, i) => add(a, 0, W, i, 'ancestor'));
+      // The zoomed frame and everything under it that is wide enough to see.
+      const stack = [[F, 0]];
+      while (stack.length) {
+        const [n, x] = stack.pop();
+        add(n, x, n.total * scale, n._depth, n === F && F !== this.root ? 'focus' : '');
+        let cx = x;
+        const ch = n.children;
+        for (let i = 0; i < ch.length; i++) {
+          const c = ch[i];
+          const cw = c.total * scale;
+          if (cw >= minPx) stack.push([c, cx]);
+          else hidden++;
+          cx += cw;
+        }
+      }
+      this.graph.style.height = `${(maxRow + 1) * ROW_PX}px`;
+      this.graph.replaceChildren(frag);
+      this.note.textContent = hidden
+        ? `${fmtInt(this.nodes.length)} frames shown; ${fmtInt(hidden)} call paths narrower than ${minPx} px are hidden — zoom in to see them.`
+        : '';
+    }
+  }
+
+  // ---------------------------------------------------------------- top functions
+
+  function topTable(top, rootTotal, period, onPick) {
+    const rows = Array.isArray(top) ? top.slice() : [];
+    const cols = [
+      { key: 'name', label: 'Function', num: false },
+      { key: 'self', label: 'Self', num: true },
+      { key: 'selfPct', label: 'Self %', num: true, by: 'self' },
+      { key: 'total', label: 'Total', num: true },
+      { key: 'totalPct', label: 'Total %', num: true, by: 'total' },
+    ];
+    let sortKey = 'self';
+    let desc = true;
+    let limit = 100;
+    const thead = h('thead');
+    const tbody = h('tbody');
+    const more = h('p', { class: 'table-more' });
+    const table = h('table', { class: 'data top-table', id: 'top-table' }, thead, tbody);
+
+    const valueCell = (v) => h('td', { class: 'num' }, fmtCpu(v * period), h('span', { class: 'samples' }, fmtInt(v)));
+    const pctCell = (v) => {
+      const p = rootTotal ? Math.min(100, (100 * v) / rootTotal) : 0;
+      const td = h('td', { class: 'num pct' }, fmtPct(v, rootTotal));
+      td.style.setProperty('--p', `${p.toFixed(2)}%`);
+      return td;
+    };
+
+    function draw() {
+      const by = (cols.find((c) => c.key === sortKey) || cols[1]).by || sortKey;
+      rows.sort((a, b) => {
+        const r = by === 'name' ? String(a.name).localeCompare(String(b.name)) : (a[by] || 0) - (b[by] || 0);
+        return desc ? -r : r;
+      });
+      thead.replaceChildren(h('tr', null, cols.map((c) => {
+        const active = (c.by || c.key) === by && (c.key === sortKey);
+        const th = h('th', {
+          class: c.num ? 'num sortable' : 'sortable',
+          scope: 'col',
+          'aria-sort': active ? (desc ? 'descending' : 'ascending') : 'none',
+          dataset: { key: c.key },
+        }, h('button', { type: 'button', class: 'sort-btn' }, c.label,
+          h('span', { class: 'sort-ind', 'aria-hidden': 'true' }, active ? (desc ? ' ▼' : ' ▲') : '')));
+        th.addEventListener('click', () => {
+          if (sortKey === c.key) desc = !desc;
+          else { sortKey = c.key; desc = c.key !== 'name'; }
+          draw();
+        });
+        return th;
+      })));
+      if (!rows.length) {
+        tbody.replaceChildren(h('tr', null, h('td', { colspan: 5, class: 'empty' }, 'No functions.')));
+      } else {
+        tbody.replaceChildren(...rows.slice(0, limit).map((r) => h('tr', null,
+          h('td', { class: 'fn' }, h('button', {
+            type: 'button', class: 'fn-btn', title: `Highlight ${r.name} in the flame graph`,
+            onclick: () => onPick && onPick(r.name),
+          }, String(r.name))),
+          valueCell(r.self || 0), pctCell(r.self || 0), valueCell(r.total || 0), pctCell(r.total || 0))));
+      }
+      more.replaceChildren();
+      if (rows.length > limit) {
+        more.append(`Showing ${fmtInt(limit)} of ${fmtInt(rows.length)} functions. `,
+          h('button', { type: 'button', class: 'btn', onclick: () => { limit = rows.length; draw(); } }, 'Show all'));
+      }
+    }
+    draw();
+    return h('section', { class: 'card' },
+      h('div', { class: 'card-head' }, h('h2', null, 'Top functions'),
+        h('span', { class: 'muted' }, 'Self: CPU spent in the function itself. Total: including its callees. % of the whole profile.')),
+      h('div', { class: 'table-wrap' }, table), more);
+  }
+
+  /** Flame graph + top table, wired together. Returns the nodes to insert. */
+  function profileBody(flamegraph, top, period) {
+    const root = flamegraph && typeof flamegraph === 'object' ? flamegraph : { name: 'total', self: 0, total: 0, children: [] };
+    const fg = new FlameGraph(root, period);
+    const pick = (name) => {
+      fg.searchInput.value = name;
+      fg.search(name);
+      fg.el.scrollIntoView({ behavior: 'smooth', block: 'start' });
+    };
+    const table = topTable(top, root.total || 0, fg.period, pick);
+    return { nodes: [fg.el, table], after: () => fg.render() };
+  }
+
+  // ---------------------------------------------------------------- pages
+
+  function mountNavSearch(show) {
+    navSlot.replaceChildren();
+    if (show) navSlot.append(searchForm('nav-search', false).form);
+  }
+
+  // ---- home
+
+  function renderHome() {
+    mountNavSearch(false);
+    const params = new URLSearchParams(location.search);
+    const search = searchForm('search', true);
+
+    const services = h('div', { class: 'services-list', id: 'services-list' }, loadingEl('services'));
+    const datalist = h('datalist', { id: 'services-datalist' });
+    const fService = h('input', {
+      id: 'filter-service', type: 'search', placeholder: 'Service', list: 'services-datalist',
+      'aria-label': 'Filter by service', autocomplete: 'off', value: params.get('service') || '',
+    });
+    const fSpan = h('input', {
+      id: 'filter-span', type: 'search', placeholder: 'Span name', 'aria-label': 'Filter by span name',
+      autocomplete: 'off', value: params.get('span_name') || '',
+    });
+    const tbody = h('tbody');
+    const status = h('p', { class: 'table-status', 'aria-live': 'polite' });
+    const loadMore = h('button', { class: 'btn', id: 'load-more', type: 'button', hidden: true }, 'Load more');
+    const table = h('table', { class: 'data recent-table', id: 'recent-table' },
+      h('thead', null, h('tr', null,
+        h('th', { scope: 'col' }, 'Service'), h('th', { scope: 'col' }, 'Span'),
+        h('th', { scope: 'col' }, 'Span ID'), h('th', { scope: 'col' }, 'Trace ID'),
+        h('th', { scope: 'col', class: 'num' }, 'Samples'), h('th', { scope: 'col', class: 'num' }, 'CPU time'),
+        h('th', { scope: 'col' }, 'Last seen'))),
+      tbody);
+
+    setPage('',
+      h('section', { class: 'hero' },
+        h('h1', null, 'Find a request’s CPU profile'),
+        h('p', { class: 'muted' }, 'Paste the span ID of a local root span (the profile ID) or a trace ID from your tracing tool.'),
+        search.form),
+      h('section', { class: 'card' },
+        h('div', { class: 'card-head' }, h('h2', null, 'Services'),
+          h('span', { class: 'muted' }, 'Whole-process CPU profiles, including samples outside any span.')),
+        services),
+      h('section', { class: 'card' },
+        h('div', { class: 'card-head' }, h('h2', null, 'Recent span profiles'),
+          h('form', { class: 'filters', role: 'search', onsubmit: (e) => { e.preventDefault(); reload(); } },
+            fService, datalist, fSpan, h('button', { class: 'btn', type: 'submit' }, 'Filter'))),
+        h('div', { class: 'table-wrap' }, table),
+        h('div', { class: 'table-foot' }, status, loadMore)));
+    search.input.focus();
+
+    // services
+    api('/api/v1/services').then((body) => {
+      const list = Array.isArray(body.services) ? body.services : [];
+      datalist.replaceChildren(...list.map((s) => h('option', { value: s })));
+      if (!list.length) {
+        services.replaceChildren(h('p', { class: 'muted' },
+          'No services yet. They appear once a spanprof sidecar (or a Pyroscope SDK) pushes profiles to this server.'));
+      } else {
+        services.replaceChildren(h('ul', { class: 'service-chips' },
+          list.map((s) => h('li', null, h('a', { class: 'service-chip', href: `/services/${enc(s)}` }, s)))));
+      }
+    }).catch((e) => {
+      services.replaceChildren(h('p', { class: 'error-box' }, `Could not load services. ${e.message}`));
+    });
+
+    // recent profiles
+    let cursor = null;
+    let gen = 0;
+    let shown = 0;
+
+    function row(p) {
+      return h('tr', { dataset: { profileId: p.profile_id || '' } },
+        h('td', null, serviceLink(p.service_name)),
+        h('td', { class: 'span-name' }, p.span_name || h('span', { class: 'muted' }, '(unnamed)')),
+        h('td', null, idLink('span', p.profile_id)),
+        h('td', null, idLink('trace', p.trace_id)),
+        h('td', { class: 'num' }, fmtInt(p.samples)),
+        h('td', { class: 'num' }, fmtCpu(p.cpu_ns)),
+        h('td', null, timeEl(p.last_seen_ms)));
+    }
+
+    async function load(reset) {
+      const my = reset ? ++gen : gen;
+      const q = new URLSearchParams();
+      const svc = fService.value.trim();
+      const span = fSpan.value.trim();
+      if (svc) q.set('service', svc);
+      if (span) q.set('span_name', span);
+      q.set('limit', '50');
+      if (!reset && cursor) q.set('cursor', cursor);
+      if (reset) {
+        const pageQ = new URLSearchParams();
+        if (svc) pageQ.set('service', svc);
+        if (span) pageQ.set('span_name', span);
+        const qs = pageQ.toString();
+        history.replaceState(null, '', qs ? `/?${qs}` : '/');
+      }
+      status.textContent = 'Loading…';
+      status.classList.remove('error-box');
+      loadMore.disabled = true;
+      try {
+        const body = await api(`/api/v1/profiles?${q.toString()}`);
+        if (my !== gen) return;
+        const list = Array.isArray(body.profiles) ? body.profiles : [];
+        if (reset) { tbody.replaceChildren(); shown = 0; }
+        tbody.append(...list.map(row));
+        shown += list.length;
+        cursor = body.next_cursor || null;
+        loadMore.hidden = !cursor;
+        loadMore.disabled = false;
+        if (!shown) {
+          tbody.replaceChildren(h('tr', null, h('td', { colspan: 7, class: 'empty' },
+            svc || span
+              ? 'No span profiles match these filters.'
+              : 'No span profiles yet. A span profile appears here once the sidecar has uploaded samples for a traced request (every 10 s).')));
+          status.textContent = '';
+        } else {
+          status.textContent = `${fmtInt(shown)} span profile${shown === 1 ? '' : 's'}${cursor ? ' shown' : ''}, newest first.`;
+        }
+      } catch (e) {
+        if (my !== gen) return;
+        loadMore.disabled = false;
+        status.textContent = `Could not load span profiles. ${e.message}`;
+        status.classList.add('error-box');
+      }
+    }
+    function reload() { cursor = null; load(true); }
+
+    let t = 0;
+    const debounced = () => { clearTimeout(t); t = setTimeout(reload, 300); };
+    fService.addEventListener('input', debounced);
+    fSpan.addEventListener('input', debounced);
+    loadMore.addEventListener('click', () => load(false));
+    reload();
+  }
+
+  // ---- one span profile
+
+  async function renderProfile(rawId, opts = {}) {
+    mountNavSearch(true);
+    let id = rawId;
+    if (HEX16.test(id) && id !== id.toLowerCase()) {
+      id = id.toLowerCase();
+      history.replaceState(null, '', `/profiles/${id}`);
+    }
+    if (!opts.quiet) setPage('Span profile', loadingEl('profile'));
+    let body;
+    try {
+      body = await api(`/api/v1/profiles/${enc(id)}`);
+    } catch (e) {
+      if (e.status === 404 && e.reason === 'no_samples') {
+        noSamplesPage('span', id, (o) => renderProfile(id, o), opts.retriesLeft ?? 6);
+      } else if (e.status === 400) {
+        unknownIdPage('span', id);
+      } else {
+        errorPage('this span profile', e, () => renderProfile(id));
+      }
+      return;
+    }
+    const p = body.profile || {};
+    const period = body.period_ns || DEFAULT_PERIOD_NS;
+    const pid = p.profile_id || id;
+    const { nodes, after } = profileBody(body.flamegraph, body.top, period);
+    setPage(`${p.span_name || 'Span'} ${pid}`,
+      h('section', { class: 'page-head' },
+        crumbs(['Profiles', '/'], p.service_name ? [p.service_name, `/services/${enc(p.service_name)}`] : 'span', 'span profile'),
+        h('h1', null, p.span_name || '(unnamed span)', ' ', h('span', { class: 'kind' }, 'span profile')),
+        metaList([
+          ['Service', serviceLink(p.service_name)],
+          ['Span name', p.span_name || '—'],
+          ['Span ID', h('code', { class: 'mono' }, pid)],
+          ['Trace ID', idLink('trace', p.trace_id)],
+          ['Samples', fmtInt(p.samples)],
+          ['CPU time', fmtCpu(p.cpu_ns)],
+          ['First seen', whenEl(p.first_seen_ms)],
+          ['Last seen', whenEl(p.last_seen_ms)],
+          labelChips(p.labels) ? ['Labels', labelChips(p.labels)] : null,
+        ]),
+        exportLinks(`/api/v1/profiles/${enc(pid)}`, null, `span-${pid}`)),
+      nodes);
+    after();
+  }
+
+  // ---- one trace
+
+  async function renderTrace(rawId, opts = {}) {
+    mountNavSearch(true);
+    let id = rawId;
+    if (HEX32.test(id) && id !== id.toLowerCase()) {
+      id = id.toLowerCase();
+      history.replaceState(null, '', `/traces/${id}`);
+    }
+    if (!opts.quiet) setPage('Trace', loadingEl('trace'));
+    let body;
+    try {
+      body = await api(`/api/v1/traces/${enc(id)}`);
+    } catch (e) {
+      if (e.status === 404 && e.reason === 'no_samples') {
+        noSamplesPage('trace', id, (o) => renderTrace(id, o), opts.retriesLeft ?? 6);
+      } else if (e.status === 400) {
+        unknownIdPage('trace', id);
+      } else {
+        errorPage('this trace', e, () => renderTrace(id));
+      }
+      return;
+    }
+    const tid = body.trace_id || id;
+    const profiles = Array.isArray(body.profiles) ? body.profiles : [];
+    const period = body.period_ns || DEFAULT_PERIOD_NS;
+    const services = [...new Set(profiles.map((p) => p.service_name).filter(Boolean))].sort();
+    const firsts = profiles.map((p) => p.first_seen_ms).filter(Number.isFinite);
+    const lasts = profiles.map((p) => p.last_seen_ms).filter(Number.isFinite);
+    const spansTable = h('table', { class: 'data spans-table', id: 'trace-spans' },
+      h('thead', null, h('tr', null,
+        h('th', { scope: 'col' }, 'Span'), h('th', { scope: 'col' }, 'Service'), h('th', { scope: 'col' }, 'Span ID'),
+        h('th', { scope: 'col', class: 'num' }, 'Samples'), h('th', { scope: 'col', class: 'num' }, 'CPU time'),
+        h('th', { scope: 'col', class: 'num' }, 'Share'), h('th', { scope: 'col' }, 'Last seen'))),
+      h('tbody', null, profiles.map((p) => h('tr', null,
+        h('td', { class: 'span-name' }, h('a', { href: `/profiles/${enc(p.profile_id)}` }, p.span_name || '(unnamed)')),
+        h('td', null, serviceLink(p.service_name)),
+        h('td', null, idLink('span', p.profile_id)),
+        h('td', { class: 'num' }, fmtInt(p.samples)),
+        h('td', { class: 'num' }, fmtCpu(p.cpu_ns)),
+        h('td', { class: 'num' }, fmtPct(p.samples, body.samples)),
+        h('td', null, timeEl(p.last_seen_ms))))));
+    const { nodes, after } = profileBody(body.flamegraph, body.top, period);
+    setPage(`Trace ${tid}`,
+      h('section', { class: 'page-head' },
+        crumbs(['Profiles', '/'], 'trace'),
+        h('h1', null, 'Trace ', h('span', { class: 'mono h1-id' }, tid)),
+        metaList([
+          ['Trace ID', h('code', { class: 'mono' }, tid)],
+          ['Services', services.length ? h('span', { class: 'list-inline' }, services.map(serviceLink)) : '—'],
+          ['Span profiles', fmtInt(profiles.length)],
+          ['Samples', fmtInt(body.samples)],
+          ['CPU time', fmtCpu(body.cpu_ns)],
+          ['First seen', whenEl(firsts.length ? Math.min(...firsts) : NaN)],
+          ['Last seen', whenEl(lasts.length ? Math.max(...lasts) : NaN)],
+        ]),
+        exportLinks(`/api/v1/traces/${enc(tid)}`, null, `trace-${tid}`)),
+      h('section', { class: 'card' },
+        h('div', { class: 'card-head' }, h('h2', null, 'Span profiles in this trace'),
+          h('span', { class: 'muted' }, 'One per local root span; the flame graph below merges them.')),
+        h('div', { class: 'table-wrap' }, spansTable)),
+      nodes);
+    after();
+  }
+
+  // ---- one service
+
+  function renderService(name) {
+    mountNavSearch(true);
+    const params = new URLSearchParams(location.search);
+    let range = RANGES.some((r) => r[0] === params.get('range')) ? params.get('range') : '1h';
+    const select = h('select', { id: 'range-select', 'aria-label': 'Time range' },
+      RANGES.map(([v, label]) => h('option', { value: v, selected: v === range }, label)));
+    const meta = h('div', { class: 'service-meta' });
+    const body = h('div', { class: 'service-body' }, loadingEl('profile'));
+    setPage(name,
+      h('section', { class: 'page-head' },
+        crumbs(['Profiles', '/'], 'service'),
+        h('div', { class: 'head-row' },
+          h('h1', null, name, ' ', h('span', { class: 'kind' }, 'whole-process profile')),
+          h('label', { class: 'range' }, 'Time range ', select)),
+        h('p', { class: 'muted' }, 'All CPU samples of the service, inside spans or not. ',
+          h('a', { href: `/?service=${enc(name)}` }, 'Span profiles of this service →')),
+        meta),
+      body);
+
+    let gen = 0;
+    async function load() {
+      const my = ++gen;
+      const spec = RANGES.find((r) => r[0] === range) || RANGES[1];
+      const until = Date.now();
+      const from = until - spec[2];
+      const base = `/api/v1/services/${enc(name)}/profile`;
+      const qs = `from=${from}&until=${until}`;
+      body.replaceChildren(loadingEl('profile'));
+      let data;
+      try {
+        data = await api(`${base}?${qs}`);
+      } catch (e) {
+        if (my !== gen) return;
+        meta.replaceChildren();
+        if (e.status === 404 && e.reason === 'no_samples') {
+          body.replaceChildren(h('section', { class: 'message empty' },
+            h('h2', null, `No samples for ${name} in the ${spec[1].toLowerCase()}`),
+            h('p', null, 'Try a longer time range. The sidecar uploads every 10 s; a service that just started may need a moment.')));
+        } else {
+          body.replaceChildren(h('section', { class: 'message error' },
+            h('h2', null, 'Could not load this profile'),
+            h('p', { class: 'error-box' }, e.message),
+            h('p', null, h('button', { class: 'btn primary', type: 'button', onclick: load }, 'Try again'))));
+        }
+        return;
+      }
+      if (my !== gen) return;
+      const period = data.period_ns || DEFAULT_PERIOD_NS;
+      meta.replaceChildren(
+        metaList([
+          ['Service', data.service_name || name],
+          ['Samples', fmtInt(data.samples)],
+          ['CPU time', fmtCpu(data.cpu_ns)],
+          ['From', whenEl(data.from_ms ?? from)],
+          ['Until', whenEl(data.until_ms ?? until)],
+        ]),
+        exportLinks(base, qs, `${name}-${range}`));
+      const { nodes, after } = profileBody(data.flamegraph, data.top, period);
+      body.replaceChildren(...nodes);
+      after();
+    }
+    select.addEventListener('change', () => {
+      range = select.value;
+      const q = new URLSearchParams(location.search);
+      q.set('range', range);
+      history.replaceState(null, '', `${location.pathname}?${q.toString()}`);
+      load();
+    });
+    load();
+  }
+
+  // ---------------------------------------------------------------- router
+
+  function decodeSegment(s) {
+    try {
+      return decodeURIComponent(s);
+    } catch (_) {
+      return s;
+    }
+  }
+
+  function route() {
+    const path = location.pathname.replace(/\/+$/, '') || '/';
+    let m;
+    try {
+      if (path === '/' || path === '/index.html') return renderHome();
+      if ((m = /^\/profiles\/([^/]+)$/.exec(path))) return renderProfile(decodeSegment(m[1]));
+      if ((m = /^\/traces\/([^/]+)$/.exec(path))) return renderTrace(decodeSegment(m[1]));
+      if ((m = /^\/services\/([^/]+)$/.exec(path))) return renderService(decodeSegment(m[1]));
+      mountNavSearch(true);
+      return messagePage('Page not found', 'unknown',
+        h('p', null, 'There is no page at ', h('code', null, location.pathname), '.'),
+        h('p', null, h('a', { class: 'btn', href: '/' }, 'Back to search')));
+    } catch (e) {
+      errorPage('this page', e, () => location.reload());
+    }
+    return undefined;
+  }
+
+  window.addEventListener('error', (e) => {
+    if (!app.firstElementChild || app.querySelector('.loading')) {
+      errorPage('this page', e.error || e.message);
+    }
+  });
+  window.addEventListener('unhandledrejection', (e) => {
+    if (!app.firstElementChild || app.querySelector('.loading')) errorPage('this page', e.reason);
+  });
+
+  route();
+})();
