@@ -95,7 +95,7 @@
   function fmtRel(ms) {
     if (!Number.isFinite(ms)) return '—';
     const s = Math.round((Date.now() - ms) / 1000);
-    if (s < -5) return 'in the future';
+    if (s < -60) return 'in the future'; // clock skew between hosts
     if (s < 1) return 'just now';
     if (s < 60) return `${s} s ago`;
     if (s < 3600) return `${Math.floor(s / 60)} min ago`;
@@ -103,14 +103,14 @@
     return `${Math.floor(s / 86400)} d ago`;
   }
 
-  function fmtAbs(ms) {
+  /** Absolute local time; `compact` leaves out the year when it is this year. */
+  function fmtAbs(ms, compact) {
     if (!Number.isFinite(ms)) return '—';
     const d = new Date(ms);
     if (Number.isNaN(d.getTime())) return '—';
-    return d.toLocaleString(undefined, {
-      year: 'numeric', month: 'short', day: 'numeric',
-      hour: '2-digit', minute: '2-digit', second: '2-digit',
-    });
+    const opts = { month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit', second: '2-digit' };
+    if (!compact || d.getFullYear() !== new Date().getFullYear()) opts.year = 'numeric';
+    return d.toLocaleString(undefined, opts);
   }
 
   /** A relative time ("12 s ago") with the absolute time as title; refreshed every 5 s. */
@@ -132,7 +132,7 @@
   /** Absolute time followed by the relative time. */
   function whenEl(ms) {
     if (!Number.isFinite(ms)) return h('span', { class: 'muted' }, '—');
-    return h('span', null, fmtAbs(ms), ' ', h('span', { class: 'muted' }, '(', timeEl(ms), ')'));
+    return h('span', { title: fmtAbs(ms) }, fmtAbs(ms, true), ' ', h('span', { class: 'muted' }, '(', timeEl(ms), ')'));
   }
 
   // ---------------------------------------------------------------- API
@@ -541,6 +541,7 @@
     }
 
     render() {
+      const t0 = performance.now();
       const W = this.graph.clientWidth;
       if (!W) return;
       this.lastWidth = W;
@@ -599,6 +600,9 @@
       }
       this.graph.style.height = `${(maxRow + 1) * ROW_PX}px`;
       this.graph.replaceChildren(frag);
+      this.renders = (this.renders || 0) + 1;
+      this.graph.dataset.renderMs = String(Math.round(performance.now() - t0));
+      this.graph.dataset.renders = String(this.renders);
       this.note.textContent = hidden
         ? `${fmtInt(this.nodes.length)} frames shown; ${fmtInt(hidden)} call paths narrower than ${minPx} px are hidden — zoom in to see them.`
         : '';

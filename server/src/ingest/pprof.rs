@@ -237,7 +237,7 @@ pub(crate) mod tests {
     /// Builds a pprof: `stacks` are (root-first frames, cpu ns, span labels).
     pub(crate) fn build(stacks: &[(&[&str], i64, &[(&str, &str)])]) -> Profile {
         let mut strings: Vec<String> = vec![String::new()];
-        let mut idx = |s: &str, strings: &mut Vec<String>| -> i64 {
+        let idx = |s: &str, strings: &mut Vec<String>| -> i64 {
             if let Some(i) = strings.iter().position(|x| x == s) {
                 return i as i64;
             }

@@ -1,0 +1,82 @@
+//! Bad input gets a 4xx that says what was wrong, stores nothing, and never crashes the server.
+
+mod common;
+
+use common::*;
+use prost::Message;
+
+async fn send(url: &str, headers: &[(&str, &str)], body: Vec<u8>) -> (u16, serde_json::Value) {
+    let mut req = reqwest::Client::new().post(url).body(body);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+#[tokio::test]
+async fn every_bad_request_is_a_clear_4xx_and_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(config(dir.path())).await;
+    let good = pprof(&[(&["main", "a"], 2, &[("span_id", SPAN_A)])]).encode_to_vec();
+    let push_url = srv.url("/push.v1.PusherService/Push");
+    let proto = [("Content-Type", "application/proto")];
+    let proto_gz = [("Content-Type", "application/proto"), ("Content-Encoding", "gzip")];
+    let valid_push = push_request("ride", &pprof(&[(&["main", "a"], 2, &[("span_id", SPAN_A)])])).encode_to_vec();
+
+    let bomb = gzip(&vec![0u8; 32 << 20]);
+    let mut bad_label = push_request("ride", &pprof(&[(&["a"], 1, &[])]));
+    bad_label.series[0].labels.push(spanprof_server::proto::push::LabelPair { name: "bad-label".into(), value: "x".into() });
+    let bad_span = push_request("ride", &pprof(&[(&["a"], 1, &[("span_id", "short")])]));
+    let bad_trace = push_request("ride", &pprof(&[(&["a"], 1, &[("span_id", SPAN_A), ("trace_id", "zz")])]));
+    let mut truncated_profile = push_request("ride", &pprof(&[(&["a"], 1, &[])]));
+    let raw = &mut truncated_profile.series[0].samples[0].raw_profile;
+    raw.truncate(raw.len() - 3);
+    let mut dangling = pprof(&[(&["a"], 1, &[])]);
+    dangling.sample[0].location_id.push(4242);
+
+    let cases: Vec<(&str, String, Vec<(&str, &str)>, Vec<u8>, u16, &str)> = vec![
+        ("truncated protobuf", push_url.clone(), proto.to_vec(), valid_push[..valid_push.len() - 5].to_vec(), 400, "invalid"),
+        ("garbage protobuf", push_url.clone(), proto.to_vec(), b"\x0a\xff\xff\xff\xff\x0f".to_vec(), 400, "invalid PushRequest"),
+        ("invalid gzip", push_url.clone(), proto_gz.to_vec(), b"\x1f\x8b\x08\x00garbage".to_vec(), 400, "gzip"),
+        ("gzip bomb", push_url.clone(), proto_gz.to_vec(), bomb.clone(), 400, "decompresses to more than"),
+        ("oversize body", push_url.clone(), proto.to_vec(), vec![0u8; 2 << 20], 400, "larger than the limit"),
+        ("bad label name", push_url.clone(), proto.to_vec(), bad_label.encode_to_vec(), 400, "invalid label name"),
+        ("bad span id", push_url.clone(), proto.to_vec(), bad_span.encode_to_vec(), 400, "span_id"),
+        ("bad trace id", push_url.clone(), proto.to_vec(), bad_trace.encode_to_vec(), 400, "trace_id"),
+        ("truncated raw profile", push_url.clone(), proto.to_vec(), truncated_profile.encode_to_vec(), 400, "invalid pprof"),
+        ("dangling location", push_url.clone(), proto.to_vec(), push_request("ride", &dangling).encode_to_vec(), 400, "unknown location 4242"),
+        ("unknown content type", push_url.clone(), vec![("Content-Type", "text/csv")], valid_push.clone(), 415, "Content-Type"),
+        ("unknown encoding", push_url.clone(), vec![("Content-Type", "application/proto"), ("Content-Encoding", "br")], valid_push.clone(), 415, "Content-Encoding"),
+        ("bad json", push_url.clone(), vec![("Content-Type", "application/json")], b"{\"series\": [".to_vec(), 400, "JSON"),
+        ("json bad base64", push_url.clone(), vec![("Content-Type", "application/json")], br#"{"series":[{"samples":[{"rawProfile":"@@@"}]}]}"#.to_vec(), 400, "base64"),
+        ("missing name", srv.url("/ingest?format=folded"), vec![], b"a;b 1".to_vec(), 400, "missing `name`"),
+        ("bad name", srv.url("/ingest?name=app%7Bk%3Dv"), vec![], b"a;b 1".to_vec(), 400, "closing"),
+        ("bad label", srv.url("/ingest?name=app%7B9x%3Dv%7D"), vec![], b"a;b 1".to_vec(), 400, "invalid label name"),
+        ("bad timestamp", srv.url("/ingest?name=app&from=yesterday"), vec![], b"a;b 1".to_vec(), 400, "Unix timestamp"),
+        ("from after until", srv.url("/ingest?name=app&from=1764097010&until=1764097000"), vec![], b"a;b 1".to_vec(), 400, "after"),
+        ("unknown format", srv.url("/ingest?name=app&format=jfr"), vec![], b"x".to_vec(), 400, "unsupported format"),
+        ("bad folded line", srv.url("/ingest?name=app"), vec![], b"a;b 1\na;b many\n".to_vec(), 400, "line 2"),
+        ("bad pprof body", srv.url("/ingest?name=app&format=pprof"), vec![], good[..good.len() - 2].to_vec(), 400, "pprof"),
+        ("multipart without profile", srv.url("/ingest?name=app"), vec![("Content-Type", "multipart/form-data; boundary=xx")], b"--xx\r\nContent-Disposition: form-data; name=\"other\"\r\n\r\nhi\r\n--xx--\r\n".to_vec(), 400, "no `profile` part"),
+        ("ingest gzip bomb", srv.url("/ingest?name=app&format=pprof"), vec![], bomb, 413, "decompresses to more than"),
+    ];
+    for (what, url, headers, body, status, needle) in cases {
+        let (got, body) = send(&url, &headers, body).await;
+        let msg = body["error"].as_str().or(body["message"].as_str()).unwrap_or_default().to_owned();
+        assert_eq!(got, status, "{what}: {body}");
+        assert!(msg.contains(needle), "{what}: message {msg:?} should mention {needle:?}");
+    }
+    // Nothing was stored, and the server still serves.
+    let (status, list) = get_json(&srv.url("/api/v1/profiles")).await;
+    assert_eq!(status, 200);
+    assert_eq!(list["profiles"].as_array().unwrap().len(), 0, "{list}");
+    let (_, services) = get_json(&srv.url("/api/v1/services")).await;
+    assert_eq!(services["services"].as_array().unwrap().len(), 0, "{services}");
+    let (status, _) = push(&srv.base, &push_request("ride", &pprof(&[(&["main", "a"], 2, &[("span_id", SPAN_A)])]))).await;
+    assert_eq!(status, 200);
+    let m = reqwest::get(srv.url("/metrics")).await.unwrap().text().await.unwrap();
+    assert!(m.contains("spanprof_rejected_requests_total{reason=\"too_large\"} 3"), "{m}");
+    srv.stop().await;
+}

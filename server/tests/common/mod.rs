@@ -1,0 +1,164 @@
+//! Shared helpers of the server's integration tests: a server on a real socket and pprof builders.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use prost::Message;
+use spanprof_server::Config;
+use spanprof_server::ingest::Limits;
+use spanprof_server::proto::pprof::{Function, Label, Line, Location, Profile, Sample, ValueType};
+use spanprof_server::proto::push::{LabelPair, PushRequest, RawProfileSeries, RawSample};
+use spanprof_server::store::Retention;
+use spanprof_server::store::embedded::EmbeddedOptions;
+
+pub const SPAN_A: &str = "00f067aa0ba902b7";
+pub const SPAN_B: &str = "1111222233334444";
+pub const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+/// A server running in this process on 127.0.0.1:<random port>.
+pub struct TestServer {
+    pub base: String,
+    pub addr: SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<spanprof_server::Result<()>>>,
+}
+
+pub fn config(dir: &Path) -> Config {
+    Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.to_path_buf(),
+        retention: Retention::default(),
+        retention_interval: Duration::from_secs(3600),
+        limits: Limits { max_body_bytes: 1 << 20, max_decompressed_bytes: 4 << 20 },
+        store: EmbeddedOptions::default(),
+    }
+}
+
+impl TestServer {
+    pub async fn start(config: Config) -> TestServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let handle = tokio::spawn(spanprof_server::serve(config, listener, Some(rx)));
+        let base = format!("http://{addr}");
+        for _ in 0..100 {
+            if reqwest::get(format!("{base}/readyz")).await.is_ok_and(|r| r.status().is_success()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        TestServer { base, addr, shutdown: Some(tx), handle: Some(handle) }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Graceful shutdown; waits until the store is closed.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            h.await.unwrap().unwrap();
+        }
+    }
+}
+
+/// A pprof with `cpu/nanoseconds` values at a 10 ms period. Each entry: root-first frames,
+/// sample count, and sample labels.
+pub fn pprof(stacks: &[(&[&str], i64, &[(&str, &str)])]) -> Profile {
+    let mut strings: Vec<String> = vec![String::new()];
+    let idx = |s: &str, strings: &mut Vec<String>| -> i64 {
+        if let Some(i) = strings.iter().position(|x| x == s) {
+            return i as i64;
+        }
+        strings.push(s.to_owned());
+        (strings.len() - 1) as i64
+    };
+    let cpu = idx("cpu", &mut strings);
+    let ns = idx("nanoseconds", &mut strings);
+    let mut p = Profile {
+        sample_type: vec![ValueType { r#type: cpu, unit: ns }],
+        period_type: Some(ValueType { r#type: cpu, unit: ns }),
+        period: 10_000_000,
+        ..Default::default()
+    };
+    let mut ids: HashMap<String, u64> = HashMap::new();
+    for (frames, samples, labels) in stacks {
+        let mut locs = Vec::new();
+        for f in frames.iter().rev() {
+            let next = ids.len() as u64 + 1;
+            let id = *ids.entry(f.to_string()).or_insert_with(|| {
+                let name = idx(f, &mut strings);
+                p.function.push(Function { id: next, name, ..Default::default() });
+                p.location.push(Location {
+                    id: next,
+                    line: vec![Line { function_id: next, line: 1, column: 0 }],
+                    ..Default::default()
+                });
+                next
+            });
+            locs.push(id);
+        }
+        let label =
+            labels.iter().map(|(k, v)| Label { key: idx(k, &mut strings), str: idx(v, &mut strings), ..Default::default() }).collect();
+        p.sample.push(Sample { location_id: locs, value: vec![samples * 10_000_000], label });
+    }
+    p.string_table = strings;
+    p
+}
+
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+/// A one-series push request as pyroscope-rs sends it.
+pub fn push_request(service: &str, profile: &Profile) -> PushRequest {
+    PushRequest {
+        series: vec![RawProfileSeries {
+            labels: vec![
+                LabelPair { name: "__name__".into(), value: "process_cpu".into() },
+                LabelPair { name: "service_name".into(), value: service.into() },
+                LabelPair { name: "namespace".into(), value: "default".into() },
+                LabelPair { name: "pod".into(), value: "ride-7d4f".into() },
+            ],
+            samples: vec![RawSample { raw_profile: profile.encode_to_vec(), id: "0b1c".into() }],
+        }],
+    }
+}
+
+/// Pushes with the Connect protocol (protobuf, gzip), returning status and body.
+pub async fn push(base: &str, req: &PushRequest) -> (u16, String) {
+    let r = reqwest::Client::new()
+        .post(format!("{base}/push.v1.PusherService/Push"))
+        .header("Content-Type", "application/proto")
+        .header("Content-Encoding", "gzip")
+        .header("Connect-Protocol-Version", "1")
+        .body(gzip(&req.encode_to_vec()))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+pub async fn get_json(url: &str) -> (u16, serde_json::Value) {
+    let r = reqwest::get(url).await.unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+}
+
+/// Finds a node by name anywhere in a flame-graph tree.
+pub fn find<'a>(node: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Value> {
+    if node["name"] == name {
+        return Some(node);
+    }
+    node["children"].as_array()?.iter().find_map(|c| find(c, name))
+}

@@ -1,0 +1,109 @@
+//! The real binary: what was answered 2xx survives `kill -9` and a restart; SIGTERM shuts down
+//! cleanly; retention deletes old profiles in the background.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+async fn spawn(dir: &std::path::Path, extra: &[&str]) -> Server {
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_spanprof-server"))
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(dir)
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    for _ in 0..200 {
+        if reqwest::get(format!("{base}/readyz")).await.is_ok_and(|r| r.status().is_success()) {
+            return Server { child, base };
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("server did not become ready");
+}
+
+#[tokio::test]
+async fn acknowledged_pushes_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut srv = spawn(dir.path(), &[]).await;
+    let mut acked = 0u64;
+    for i in 0..40i64 {
+        let p = pprof(&[
+            (&["main", "handle", "find_nearest_vehicle"], 1 + i % 3, &[("span_id", SPAN_A), ("trace_id", TRACE)]),
+            (&["main", "bg"], 1, &[]),
+        ]);
+        let (status, _) = push(&srv.base, &push_request("ride", &p)).await;
+        assert_eq!(status, 200);
+        acked += (1 + i % 3) as u64;
+    }
+    srv.child.kill().unwrap(); // SIGKILL: no shutdown path runs
+    srv.child.wait().unwrap();
+
+    let mut srv = spawn(dir.path(), &[]).await;
+    let (status, body) = get_json(&format!("{}/api/v1/profiles/{SPAN_A}", srv.base)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["profile"]["samples"], acked);
+    let (_, body) = get_json(&format!("{}/api/v1/services/ride/profile?from=now-1h", srv.base)).await;
+    assert_eq!(body["samples"], 40);
+
+    // Merging continues on the recovered store.
+    let p = pprof(&[(&["main", "handle", "find_nearest_vehicle"], 5, &[("span_id", SPAN_A)])]);
+    assert_eq!(push(&srv.base, &push_request("ride", &p)).await.0, 200);
+    let (_, body) = get_json(&format!("{}/api/v1/profiles/{SPAN_A}", srv.base)).await;
+    assert_eq!(body["profile"]["samples"], acked + 5);
+
+    // SIGTERM: graceful shutdown, exit status 0.
+    let pid = srv.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = srv.child.wait().unwrap();
+    assert!(status.success(), "graceful shutdown exited with {status}");
+}
+
+#[tokio::test]
+async fn retention_deletes_profiles_older_than_the_age_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut srv = spawn(dir.path(), &["--retention-age", "1h", "--retention-interval", "1s"]).await;
+    let client = reqwest::Client::new();
+    // One profile from two days ago, one from now.
+    let old_s = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() - 2 * 86_400).to_string();
+    let url = format!("{}/ingest?name=ride.cpu%7Bspan_id%3D{SPAN_A}%7D&from={old_s}&until={old_s}", srv.base);
+    assert_eq!(client.post(url).body("main;old 3\n").send().await.unwrap().status(), 200);
+    let url = format!("{}/ingest?name=ride.cpu&from={old_s}&until={old_s}", srv.base);
+    assert_eq!(client.post(url).body("main;old_process 3\n").send().await.unwrap().status(), 200);
+    let url = format!("{}/ingest?name=ride.cpu%7Bspan_id%3D{SPAN_B}%7D", srv.base);
+    assert_eq!(client.post(url).body("main;new 3\n").send().await.unwrap().status(), 200);
+
+    let mut deleted = false;
+    for _ in 0..100 {
+        let (status, _) = get_json(&format!("{}/api/v1/profiles/{SPAN_A}", srv.base)).await;
+        if status == 404 {
+            deleted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(deleted, "the two-day-old profile was not deleted");
+    let (status, _) = get_json(&format!("{}/api/v1/profiles/{SPAN_B}", srv.base)).await;
+    assert_eq!(status, 200, "a fresh profile was deleted");
+    let m = reqwest::get(format!("{}/metrics", srv.base)).await.unwrap().text().await.unwrap();
+    assert!(m.contains("spanprof_retention_deleted_total{kind=\"span_profile\"} 1"), "{m}");
+    assert!(m.contains("spanprof_retention_deleted_total{kind=\"process_bucket\"} 1"), "{m}");
+    srv.child.kill().unwrap();
+    srv.child.wait().unwrap();
+}
