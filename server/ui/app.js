@@ -809,7 +809,7 @@
         if (!shown) {
           tbody.replaceChildren(h('tr', null, h('td', { colspan: 7, class: 'empty' },
             svc || span
-              ? 'No span profiles match these filters.'
+              ? 'No span profiles match these filters (service and span name must match exactly).'
               : 'No span profiles yet. A span profile appears here once the sidecar has uploaded samples for a traced request (every 10 s).')));
           status.textContent = '';
         } else {
@@ -822,12 +822,22 @@
         status.classList.add('error-box');
       }
     }
-    function reload() { cursor = null; load(true); }
+    function reload() {
+      applied = `${fService.value.trim()}\n${fSpan.value.trim()}`;
+      cursor = null;
+      load(true);
+    }
 
-    let t = 0;
-    const debounced = () => { clearTimeout(t); t = setTimeout(reload, 300); };
-    fService.addEventListener('input', debounced);
-    fSpan.addEventListener('input', debounced);
+    // The API matches service and span name exactly: filter on Enter, on the Filter button,
+    // on picking a service from the list, or when a field is cleared (not on every keystroke).
+    let applied = `${fService.value.trim()}\n${fSpan.value.trim()}`;
+    const maybeReload = () => {
+      const now = `${fService.value.trim()}\n${fSpan.value.trim()}`;
+      if (now !== applied) reload();
+    };
+    fService.addEventListener('change', maybeReload);
+    fService.addEventListener('input', () => { if (!fService.value || [...datalist.options].some((o) => o.value === fService.value)) maybeReload(); });
+    fSpan.addEventListener('input', () => { if (!fSpan.value) maybeReload(); });
     loadMore.addEventListener('click', () => load(false));
     reload();
   }
