@@ -532,7 +532,8 @@ async fn service_profile(
     };
     let store = s.store.clone();
     let svc = service.clone();
-    let profile = match tokio::task::spawn_blocking(move || store.process_profile(&svc, from, until)).await {
+    let profile_type = q.get("type").filter(|t| !t.is_empty()).cloned().unwrap_or_else(|| "process_cpu".into());
+    let profile = match tokio::task::spawn_blocking(move || store.process_profile(&svc, &profile_type, from, until)).await {
         Ok(Ok(Some(p))) => p,
         Ok(Ok(None)) => return no_samples(&format!("service {service:?} in this time range")),
         Ok(Err(e)) => return fail(&s, e),

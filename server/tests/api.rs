@@ -261,3 +261,22 @@ async fn health_metrics_and_ui_routes() {
     assert!(js.headers()["content-type"].to_str().unwrap().starts_with("text/javascript"));
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn non_cpu_profiles_never_mix_into_span_or_cpu_profiles() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(config(dir.path())).await;
+    let url = folded_url(&srv.base, &format!("ride.alloc_objects{{span_id={SPAN_A}}}"), "");
+    assert_eq!(post(&url, "main;alloc_buffers 500\n").await, 200);
+    let url = folded_url(&srv.base, "ride.cpu", "");
+    assert_eq!(post(&url, "main;cpu_work 5\n").await, 200);
+
+    let (status, _) = get_json(&srv.url(&format!("/api/v1/profiles/{SPAN_A}"))).await;
+    assert_eq!(status, 404, "allocation samples must not form a CPU span profile");
+    let (_, cpu) = get_json(&srv.url("/api/v1/services/ride/profile")).await;
+    assert_eq!(cpu["samples"], 5, "{cpu}");
+    let (_, mem) = get_json(&srv.url("/api/v1/services/ride/profile?type=memory")).await;
+    assert_eq!(mem["samples"], 500, "{mem}");
+    assert!(find(&mem["flamegraph"], "alloc_buffers").is_some());
+    srv.stop().await;
+}

@@ -276,7 +276,9 @@ pub fn build_batch(params: IngestParams, payload: &[u8], limits: &Limits) -> Res
         }
     };
     spans.retain(|s| !s.stacks.is_empty());
-    Ok(SeriesBatch { labels, period_ns, from_ms, until_ms, spans, process })
+    let mut batch = SeriesBatch { labels, period_ns, from_ms, until_ms, spans, process };
+    super::keep_spans_for_cpu_only(&mut batch);
+    Ok(batch)
 }
 
 #[cfg(test)]

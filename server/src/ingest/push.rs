@@ -90,14 +90,16 @@ pub fn to_batches(req: PushRequest, limits: &Limits, now_ms: u64) -> Result<Vec<
             if spans.is_empty() && split.process.is_empty() {
                 continue;
             }
-            out.push(SeriesBatch {
+            let mut batch = SeriesBatch {
                 labels: labels.clone(),
                 period_ns: split.period_ns,
                 from_ms,
                 until_ms,
                 spans,
                 process: split.process,
-            });
+            };
+            super::keep_spans_for_cpu_only(&mut batch);
+            out.push(batch);
         }
     }
     Ok(out)

@@ -796,13 +796,24 @@ impl ProfileStore for EmbeddedStore {
         Ok(out.into_iter().collect())
     }
 
-    fn process_profile(&self, service: &str, from_ms: u64, until_ms: u64) -> Result<Option<ProcessProfile>> {
+    fn process_profile(
+        &self,
+        service: &str,
+        profile_type: &str,
+        from_ms: u64,
+        until_ms: u64,
+    ) -> Result<Option<ProcessProfile>> {
         let r = self.read()?;
-        let series: Vec<u64> = r
-            .open_table(SERIES_BY_SERVICE)?
-            .range((service, 0)..=(service, u64::MAX))?
-            .map(|row| row.map(|(k, _)| k.value().1))
-            .collect::<Result<_, _>>()?;
+        let series_t = r.open_table(SERIES)?;
+        let mut series = Vec::new();
+        for row in r.open_table(SERIES_BY_SERVICE)?.range((service, 0)..=(service, u64::MAX))? {
+            let sid = row?.0.value().1;
+            let Some(v) = series_t.get(sid)? else { continue };
+            let rec: SeriesRecord = codec::decode(v.value(), "series")?;
+            if rec.labels.iter().any(|l| l.name == "__name__" && l.value == profile_type) {
+                series.push(sid);
+            }
+        }
         let process = r.open_table(PROCESS)?;
         let first_bucket = from_ms / BUCKET_MS * BUCKET_MS;
         let mut total: Counts = Vec::new();

@@ -144,8 +144,15 @@ pub trait ProfileStore: Send + Sync + 'static {
     fn label_values(&self, name: &str) -> Result<Vec<String>>;
     /// Label names over every series stored.
     fn label_names(&self) -> Result<Vec<String>>;
-    /// The whole-process profile of a service (samples outside spans) over `[from_ms, until_ms]`.
-    fn process_profile(&self, service: &str, from_ms: u64, until_ms: u64) -> Result<Option<ProcessProfile>>;
+    /// The whole-process profile of a service (samples outside spans) over `[from_ms, until_ms]`,
+    /// merged over the service's series of the profile type `profile_type` (`__name__`).
+    fn process_profile(
+        &self,
+        service: &str,
+        profile_type: &str,
+        from_ms: u64,
+        until_ms: u64,
+    ) -> Result<Option<ProcessProfile>>;
     /// Deletes what the policy no longer keeps; works in small steps so ingest is not held up.
     fn enforce_retention(&self, policy: &Retention, now_ms: u64) -> Result<RetentionStats>;
     fn stats(&self) -> Result<StoreStats>;
