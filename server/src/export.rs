@@ -7,7 +7,7 @@ use std::sync::Arc;
 use prost::Message;
 
 use crate::error::{Error, Result};
-use crate::proto::pprof::{Function, Label, Line, Location, Profile, Sample, ValueType};
+use crate::proto::pprof::{Function, Label, Line, Location, Mapping, Profile, Sample, ValueType};
 
 /// Export formats of `?format=`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,6 +87,17 @@ pub fn pprof(stacks: StacksRef<'_>, meta: &ExportMeta<'_>) -> Result<Vec<u8>> {
         duration_nanos: (meta.duration_ms as i64).saturating_mul(1_000_000),
         ..Default::default()
     };
+    // One mapping for the symbolized frames, so tools don't look for a binary to symbolize with.
+    let filename = intern("spanprof", &mut strings);
+    p.mapping.push(Mapping {
+        id: 1,
+        filename,
+        has_functions: true,
+        has_filenames: false,
+        has_line_numbers: false,
+        has_inline_frames: true,
+        ..Default::default()
+    });
     let comment = intern(&format!("spanprof: {}", meta.title), &mut strings);
     p.comment.push(comment);
     let labels: Vec<Label> = meta
@@ -104,6 +115,7 @@ pub fn pprof(stacks: StacksRef<'_>, meta: &ExportMeta<'_>) -> Result<Vec<u8>> {
                 p.function.push(Function { id: next, name, system_name: name, ..Default::default() });
                 p.location.push(Location {
                     id: next,
+                    mapping_id: 1,
                     line: vec![Line { function_id: next, line: 0, column: 0 }],
                     ..Default::default()
                 });
