@@ -1,0 +1,55 @@
+//! A real third-party client: Grafana's Python SDK (pyroscope-io, which embeds pyroscope-rs, with
+//! pyroscope-otel for span profiles) pushes to spanprof-server with the Connect push API.
+//! `scripts/test` installs the client into `target/test-venv` from `tests/clients/requirements.txt`.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::*;
+
+#[tokio::test]
+async fn pyroscope_python_sdk_span_profiles_land_and_merge() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let python = root.join("target/test-venv/bin/python");
+    assert!(python.exists(), "{} is missing: run scripts/test (it installs the Pyroscope client)", python.display());
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(config(dir.path())).await;
+
+    let base = srv.base.clone();
+    let script = root.join("tests/clients/pyroscope_otel_app.py");
+    // The SDK uploads every 10 s and once more on shutdown.
+    let out = tokio::task::spawn_blocking(move || Command::new(python).arg(script).arg(base).arg("12").output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "client failed: {}\n{}", stdout, String::from_utf8_lossy(&out.stderr));
+    let spans: Vec<(&str, &str)> = stdout.lines().filter_map(|l| l.split_once(' ')).collect();
+    assert!(spans.len() > 20, "the client ran too few spans: {stdout}");
+
+    let (_, services) = get_json(&srv.url("/api/v1/services")).await;
+    assert_eq!(services["services"], serde_json::json!(["pyride"]));
+
+    // Spans of ~100 ms of CPU each: nearly all have samples, with the hot function in them.
+    let mut found = 0;
+    let mut samples = 0;
+    for (span_id, trace_id) in &spans {
+        let (status, body) = get_json(&srv.url(&format!("/api/v1/profiles/{span_id}"))).await;
+        if status != 200 {
+            continue;
+        }
+        found += 1;
+        samples += body["profile"]["samples"].as_u64().unwrap();
+        assert_eq!(body["profile"]["trace_id"], *trace_id);
+        assert_eq!(body["profile"]["span_name"], "OrderVehicle");
+        assert_eq!(body["profile"]["labels"]["region"], "eu");
+        assert!(find(&body["flamegraph"], "find_nearest_vehicle").is_some(), "{body}");
+    }
+    assert!(found * 10 >= spans.len() * 7, "only {found} of {} spans have a profile", spans.len());
+    assert!(samples as usize >= found * 3, "implausibly few samples: {samples} over {found} spans");
+    let (status, body) = get_json(&srv.url("/api/v1/services/pyride/profile")).await;
+    assert_eq!(status, 200, "{body}");
+    srv.stop().await;
+}
