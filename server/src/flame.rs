@@ -92,7 +92,7 @@ mod tests {
 
     #[test]
     fn tree_totals_and_self() {
-        let stacks = vec![(s(&["main", "a", "b"]), 3), (s(&["main", "a"]), 2), (s(&["main", "c"]), 5)];
+        let stacks = [(s(&["main", "a", "b"]), 3), (s(&["main", "a"]), 2), (s(&["main", "c"]), 5)];
         let t = tree(stacks.iter().map(|(f, c)| (f.as_slice(), *c)));
         assert_eq!(t.total, 10);
         let main = &t.children[0];
@@ -104,7 +104,7 @@ mod tests {
 
     #[test]
     fn top_counts_recursion_once() {
-        let stacks = vec![(s(&["main", "f", "f", "g"]), 4), (s(&["main", "f"]), 1)];
+        let stacks = [(s(&["main", "f", "f", "g"]), 4), (s(&["main", "f"]), 1)];
         let top = top_functions(stacks.iter().map(|(f, c)| (f.as_slice(), *c)), 10);
         assert_eq!(&*top[0].name, "g");
         let f = top.iter().find(|t| &*t.name == "f").unwrap();

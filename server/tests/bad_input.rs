@@ -36,7 +36,8 @@ async fn every_bad_request_is_a_clear_4xx_and_stores_nothing() {
     let mut dangling = pprof(&[(&["a"], 1, &[])]);
     dangling.sample[0].location_id.push(4242);
 
-    let cases: Vec<(&str, String, Vec<(&str, &str)>, Vec<u8>, u16, &str)> = vec![
+    type Case<'a> = (&'a str, String, Vec<(&'a str, &'a str)>, Vec<u8>, u16, &'a str);
+    let cases: Vec<Case<'_>> = vec![
         ("truncated protobuf", push_url.clone(), proto.to_vec(), valid_push[..valid_push.len() - 5].to_vec(), 400, "invalid"),
         ("garbage protobuf", push_url.clone(), proto.to_vec(), b"\x0a\xff\xff\xff\xff\x0f".to_vec(), 400, "invalid PushRequest"),
         ("invalid gzip", push_url.clone(), proto_gz.to_vec(), b"\x1f\x8b\x08\x00garbage".to_vec(), 400, "gzip"),

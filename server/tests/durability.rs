@@ -19,7 +19,7 @@ fn free_port() -> u16 {
 
 async fn spawn(dir: &std::path::Path, extra: &[&str]) -> Server {
     let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_spanprof-server"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_spanprof-server"))
         .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
         .arg(dir)
         .args(extra)
@@ -35,6 +35,8 @@ async fn spawn(dir: &std::path::Path, extra: &[&str]) -> Server {
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("server did not become ready");
 }
 

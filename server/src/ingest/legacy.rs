@@ -107,15 +107,15 @@ pub fn parse_params(query: &str, now_ms: u64) -> Result<IngestParams> {
             _ => return Err(Error::rejected(Reject::BadQuery, format!("sampleRate {r:?} is not a rate in 1..=1000000 Hz"))),
         },
     };
-    if let Some(u) = q.get("units") {
-        if !matches!(u.as_str(), "" | "samples" | "objects" | "bytes" | "goroutines" | "lock_samples" | "lock_nanoseconds") {
-            return Err(Error::rejected(Reject::BadQuery, format!("unknown units {u:?}")));
-        }
+    if let Some(u) = q.get("units")
+        && !matches!(u.as_str(), "" | "samples" | "objects" | "bytes" | "goroutines" | "lock_samples" | "lock_nanoseconds")
+    {
+        return Err(Error::rejected(Reject::BadQuery, format!("unknown units {u:?}")));
     }
-    if let Some(a) = q.get("aggregationType") {
-        if !matches!(a.as_str(), "" | "sum" | "average") {
-            return Err(Error::rejected(Reject::BadQuery, format!("unknown aggregationType {a:?}: sum or average")));
-        }
+    if let Some(a) = q.get("aggregationType")
+        && !matches!(a.as_str(), "" | "sum" | "average")
+    {
+        return Err(Error::rejected(Reject::BadQuery, format!("unknown aggregationType {a:?}: sum or average")));
     }
     Ok(IngestParams { labels, from_ms, until_ms, format, period_ns, span })
 }

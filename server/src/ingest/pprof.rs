@@ -235,7 +235,10 @@ pub(crate) mod tests {
     use crate::proto::pprof::{Label, Line, Sample, ValueType};
 
     /// Builds a pprof: `stacks` are (root-first frames, cpu ns, span labels).
-    pub(crate) fn build(stacks: &[(&[&str], i64, &[(&str, &str)])]) -> Profile {
+    /// Root-first frames, CPU nanoseconds, sample labels.
+    pub(crate) type StackSpec<'a> = (&'a [&'a str], i64, &'a [(&'a str, &'a str)]);
+
+    pub(crate) fn build(stacks: &[StackSpec<'_>]) -> Profile {
         let mut strings: Vec<String> = vec![String::new()];
         let idx = |s: &str, strings: &mut Vec<String>| -> i64 {
             if let Some(i) = strings.iter().position(|x| x == s) {

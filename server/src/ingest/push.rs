@@ -41,12 +41,14 @@ pub fn decode_request(body: &[u8], encoding: Encoding) -> Result<PushRequest> {
                 .map_err(|e| Error::rejected(Reject::InvalidJson, format!("invalid PushRequest JSON: {e}")))?;
             let mut req = PushRequest::default();
             for s in json.series {
-                let mut series = crate::proto::push::RawProfileSeries::default();
-                series.labels = s
-                    .labels
-                    .into_iter()
-                    .map(|l| crate::proto::push::LabelPair { name: l.name, value: l.value })
-                    .collect();
+                let mut series = crate::proto::push::RawProfileSeries {
+                    labels: s
+                        .labels
+                        .into_iter()
+                        .map(|l| crate::proto::push::LabelPair { name: l.name, value: l.value })
+                        .collect(),
+                    samples: Vec::with_capacity(s.samples.len()),
+                };
                 for sample in s.samples {
                     let raw_profile = base64::engine::general_purpose::STANDARD
                         .decode(sample.raw_profile.as_bytes())

@@ -71,7 +71,10 @@ impl TestServer {
 
 /// A pprof with `cpu/nanoseconds` values at a 10 ms period. Each entry: root-first frames,
 /// sample count, and sample labels.
-pub fn pprof(stacks: &[(&[&str], i64, &[(&str, &str)])]) -> Profile {
+/// Root-first frames, sample count, sample labels.
+pub type StackSpec<'a> = (&'a [&'a str], i64, &'a [(&'a str, &'a str)]);
+
+pub fn pprof(stacks: &[StackSpec<'_>]) -> Profile {
     let mut strings: Vec<String> = vec![String::new()];
     let idx = |s: &str, strings: &mut Vec<String>| -> i64 {
         if let Some(i) = strings.iter().position(|x| x == s) {
