@@ -1,0 +1,92 @@
+//! spanprof: a `tracing` layer that tells the spanprof sampler which local root span each thread
+//! is running, so that every traced request gets its own CPU profile.
+//!
+//! The *local root* of a span is the first span of its trace in this process (a span with no
+//! parent here). Whenever the root of the innermost span entered on a thread changes — including
+//! to "none" — the layer writes `(thread, CLOCK_MONOTONIC time, root span ID, trace ID, name)`
+//! into the span-context channel (see the `spanprof-channel` crate), a memory-mapped file in
+//! `SPANPROF_CONTEXT_DIR` that the `spanprof-sidecar` reads to label its samples. Each root span
+//! gets a random non-zero 64-bit span ID — its *profile ID* — and a random 128-bit trace ID.
+//!
+//! Enter and exit never block, allocate or make a system call (the clock is read through the
+//! vDSO); async tasks are followed poll by poll, whichever thread polls them.
+//!
+//! # Adding it to an app
+//!
+//! ```no_run
+//! use tracing_subscriber::prelude::*;
+//! tracing_subscriber::registry()
+//!     .with(spanprof::SpanProfLayer::from_env()?)
+//!     .with(tracing_subscriber::fmt::layer())
+//!     .init();
+//! # Ok::<(), spanprof::Error>(())
+//! ```
+//!
+//! | env | meaning |
+//! |---|---|
+//! | `SPANPROF_CONTEXT_DIR` | directory of the channel file (the injected volume, `/var/run/spanprof`); unset or empty: the layer does nothing |
+//! | `SPANPROF_PROFILE_URL` | profile URL template with `{profile_id}`, for [`RootSpan::profile_url`] |
+//! | `SPANPROF_SERVICE_NAME` | read by the sidecar, not the SDK |
+//!
+//! [`root_of`] gives a span's root IDs, e.g. to log the profile URL of a request.
+#![forbid(unsafe_code)]
+
+mod error;
+mod ids;
+mod layer;
+
+pub use error::{Error, Result};
+pub use layer::{Builder, CONTEXT_DIR_ENV, PROFILE_URL_ENV, SpanProfLayer};
+
+use layer::RootExt;
+use tracing_subscriber::registry::{LookupSpan, Registry};
+
+/// The local root a span belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RootSpan {
+    /// The root span's ID: the profile ID.
+    pub profile_id: u64,
+    pub trace_id: u128,
+}
+
+impl RootSpan {
+    /// The profile ID as 16 lowercase hex digits.
+    pub fn profile_id_hex(&self) -> String {
+        format!("{:016x}", self.profile_id)
+    }
+
+    /// The trace ID as 32 lowercase hex digits.
+    pub fn trace_id_hex(&self) -> String {
+        format!("{:032x}", self.trace_id)
+    }
+
+    /// `template` with every `{profile_id}` replaced by the profile ID.
+    pub fn profile_url(&self, template: &str) -> String {
+        template.replace("{profile_id}", &self.profile_id_hex())
+    }
+}
+
+/// The local root of `span`, when an enabled [`SpanProfLayer`] over a
+/// `tracing_subscriber::Registry` recorded it.
+pub fn root_of(span: &tracing::Span) -> Option<RootSpan> {
+    span.with_subscriber(|(id, dispatch)| {
+        let registry = dispatch.downcast_ref::<Registry>()?;
+        let data = registry.span(id)?;
+        let RootExt(root) = *data.extensions().get::<RootExt>()?;
+        Some(RootSpan { profile_id: root.span_id, trace_id: root.trace_id })
+    })
+    .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_format_as_fixed_width_lowercase_hex() {
+        let r = RootSpan { profile_id: 0xab, trace_id: 0x1F };
+        assert_eq!(r.profile_id_hex(), "00000000000000ab");
+        assert_eq!(r.trace_id_hex(), "0000000000000000000000000000001f");
+        assert_eq!(r.profile_url("http://ui/profiles/{profile_id}?x={profile_id}"), "http://ui/profiles/00000000000000ab?x=00000000000000ab");
+    }
+}
