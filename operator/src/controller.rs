@@ -1,0 +1,232 @@
+//! The status controller: watches SpanProfilings and the pods injected with them, and reports
+//! each SpanProfiling's `Ready` condition, observed generation and injected-pod count by
+//! server-side apply, with Events on `Ready` transitions and backoff on errors.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+
+use crate::crd::{SpanProfiling, SpanProfilingSpec, SpanProfilingStatus};
+use crate::error::Error;
+use crate::inject::{Defaults, profiling_key};
+use crate::metrics::Metrics;
+use crate::names::{ANNOTATION_INJECTED, LABEL_INJECTED, MANAGER};
+
+/// How often a healthy SpanProfiling is re-checked without any watch event.
+const RESYNC: Duration = Duration::from_secs(300);
+const BACKOFF_BASE: Duration = Duration::from_secs(5);
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// What every reconciliation shares.
+pub struct Context {
+    pub client: Client,
+    /// Metadata of the pods labelled as injected, across namespaces.
+    pub pods: Store<PartialObjectMeta<Pod>>,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub defaults: Defaults,
+    /// Consecutive failures per SpanProfiling, for exponential backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, pods: Store<PartialObjectMeta<Pod>>, recorder: Recorder, metrics: Arc<Metrics>, defaults: Defaults) -> Self {
+        Context { client, pods, recorder, metrics, defaults, failures: Mutex::default() }
+    }
+}
+
+/// Semantic checks beyond what the CRD schema enforces (objects may predate the schema).
+pub fn validate(spec: &SpanProfilingSpec, defaults: &Defaults) -> Result<(), String> {
+    let server = spec.server_url.as_deref().unwrap_or(&defaults.server_url);
+    if !(server.starts_with("http://") || server.starts_with("https://")) {
+        return Err(format!("serverUrl {server:?} is not an http(s) URL"));
+    }
+    if let Some(base) = &spec.profile_url_base
+        && !(base.starts_with("http://") || base.starts_with("https://"))
+    {
+        return Err(format!("profileUrlBase {base:?} is not an http(s) URL"));
+    }
+    if !(1..=1000).contains(&spec.sample_rate_hz) {
+        return Err(format!("sampleRateHz {} is outside 1..1000", spec.sample_rate_hz));
+    }
+    if !(1024..=65528).contains(&spec.stack_copy_bytes) || !spec.stack_copy_bytes.is_multiple_of(8) {
+        return Err(format!("stackCopyBytes {} is not a multiple of 8 in 1024..65528", spec.stack_copy_bytes));
+    }
+    let interval = &spec.upload_interval;
+    let valid_interval = interval.len() > 1
+        && (interval.ends_with('s') || interval.ends_with('m'))
+        && interval[..interval.len() - 1].parse::<u32>().is_ok_and(|n| n > 0);
+    if !valid_interval {
+        return Err(format!("uploadInterval {interval:?} is not like 10s or 1m"));
+    }
+    if spec.sidecar.image.as_deref().unwrap_or(&defaults.sidecar_image).trim().is_empty() {
+        return Err("no sampler image (sidecar.image, or the operator's --sidecar-image)".into());
+    }
+    Ok(())
+}
+
+/// The status `sp` should have, given the injected pods the operator sees. Conditions keep their
+/// `lastTransitionTime` while their status does not change, as Kubernetes' condition rules ask.
+pub fn desired_status(
+    sp: &SpanProfiling,
+    pods: &[Arc<PartialObjectMeta<Pod>>],
+    defaults: &Defaults,
+    now: Timestamp,
+) -> SpanProfilingStatus {
+    let previous = sp.status.clone().unwrap_or_default();
+    let key = profiling_key(sp);
+    let mine: Vec<&Arc<PartialObjectMeta<Pod>>> = pods
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none() && p.annotations().get(ANNOTATION_INJECTED) == Some(&key))
+        .collect();
+    let newest = mine.iter().filter_map(|p| p.metadata.creation_timestamp.clone()).max_by_key(|t| t.0);
+    let last_injection_time = match (previous.last_injection_time.clone(), newest) {
+        (Some(a), Some(b)) => Some(if b.0 > a.0 { b } else { a }),
+        (a, b) => a.or(b),
+    };
+    let generation = sp.metadata.generation;
+    let (status, reason, message) = match validate(&sp.spec, defaults) {
+        Ok(()) => ("True", "Configured", format!("pods annotated spanprof.dev/inject get the sampler ({} injected)", mine.len())),
+        Err(e) => ("False", "InvalidSpec", e),
+    };
+    let old_ready = previous.conditions.iter().find(|c| c.type_ == "Ready");
+    let last_transition_time = match old_ready {
+        Some(c) if c.status == status => c.last_transition_time.clone(),
+        _ => Time(now),
+    };
+    let ready = Condition {
+        type_: "Ready".into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+        observed_generation: generation,
+        last_transition_time,
+    };
+    SpanProfilingStatus {
+        observed_generation: generation,
+        conditions: vec![ready],
+        injected_pods: u32::try_from(mine.len()).unwrap_or(u32::MAX),
+        last_injection_time,
+    }
+}
+
+/// Brings one SpanProfiling's status up to date.
+pub async fn reconcile(sp: Arc<SpanProfiling>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.metrics.reconciles.inc();
+    let namespace = sp.namespace().unwrap_or_default();
+    let name = sp.name_any();
+    let status = desired_status(&sp, &ctx.pods.state(), &ctx.defaults, Timestamp::now());
+    if sp.status.as_ref() != Some(&status) {
+        let api: Api<SpanProfiling> = Api::namespaced(ctx.client.clone(), &namespace);
+        let patch = json!({
+            "apiVersion": SpanProfiling::api_version(&()),
+            "kind": SpanProfiling::kind(&()),
+            "status": status,
+        });
+        api.patch_status(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await?;
+        let ready = |s: Option<&SpanProfilingStatus>| {
+            s.and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready")).map(|c| c.status.clone())
+        };
+        let (was, now) = (ready(sp.status.as_ref()), ready(Some(&status)));
+        if was != now
+            && let Some(cond) = status.conditions.first()
+        {
+            let event = Event {
+                type_: if cond.status == "True" { EventType::Normal } else { EventType::Warning },
+                reason: cond.reason.clone(),
+                note: Some(cond.message.clone()),
+                action: "Reconcile".into(),
+                secondary: None,
+            };
+            ctx.recorder.publish(&event, &sp.object_ref(&())).await?;
+        }
+    }
+    if let Ok(mut failures) = ctx.failures.lock() {
+        failures.remove(&format!("{namespace}/{name}"));
+    }
+    Ok(Action::requeue(RESYNC))
+}
+
+/// Requeues a failed SpanProfiling after 5 s, doubling per consecutive failure up to 5 min.
+pub fn error_policy(sp: Arc<SpanProfiling>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_failures.inc();
+    let key = profiling_key(&sp);
+    let n = match ctx.failures.lock() {
+        Ok(mut failures) => {
+            let n = failures.entry(key.clone()).or_insert(0);
+            *n = n.saturating_add(1);
+            *n
+        }
+        Err(_) => 1,
+    };
+    let delay = backoff(n);
+    tracing::warn!(profiling = key, error = %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// The delay after `failures` consecutive failures.
+pub fn backoff(failures: u32) -> Duration {
+    BACKOFF_BASE.saturating_mul(1u32 << failures.saturating_sub(1).min(10)).min(BACKOFF_MAX)
+}
+
+/// The SpanProfiling an injected pod belongs to.
+pub fn profiling_of(pod: &PartialObjectMeta<Pod>) -> Option<ObjectRef<SpanProfiling>> {
+    let (ns, name) = pod.annotations().get(ANNOTATION_INJECTED)?.split_once('/')?;
+    Some(ObjectRef::new(name).within(ns))
+}
+
+/// Watch events of injected pods' metadata, after they reached the pod store.
+pub trait PodEvents: futures::Stream<Item = Result<PartialObjectMeta<Pod>, watcher::Error>> + Send + 'static {}
+impl<S: futures::Stream<Item = Result<PartialObjectMeta<Pod>, watcher::Error>> + Send + 'static> PodEvents for S {}
+
+/// The controller (whose `store()` is the SpanProfiling cache the webhook reads), the cache of
+/// injected pods, and the pod events that drive both.
+pub fn controller(client: Client) -> (Controller<SpanProfiling>, Store<PartialObjectMeta<Pod>>, impl PodEvents) {
+    let (pod_reader, pod_writer) = reflector::store();
+    let pods = reflector::reflector(
+        pod_writer,
+        // Metadata only, and only pods labelled as injected: the operator never sees pod specs.
+        watcher(
+            Api::<PartialObjectMeta<Pod>>::all(client.clone()),
+            watcher::Config::default().labels(&format!("{LABEL_INJECTED}=true")),
+        ),
+    )
+    .default_backoff()
+    .touched_objects();
+    let controller = Controller::new(Api::<SpanProfiling>::all(client), watcher::Config::default());
+    (controller, pod_reader, pods)
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    controller: Controller<SpanProfiling>,
+    pods: impl PodEvents,
+    ctx: Arc<Context>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    controller
+        .watches_stream(pods, |pod| profiling_of(&pod))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            match res {
+                Ok((obj, _)) => tracing::debug!(profiling = %obj, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "reconcile error"),
+            }
+        })
+        .await;
+}

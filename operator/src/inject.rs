@@ -1,0 +1,456 @@
+//! Whether and how to inject the sampler into a pod: pure functions from the admitted pod and the
+//! SpanProfiling to a JSON patch, so every case is tested without a cluster.
+
+use std::fmt;
+use std::sync::Arc;
+
+use json_patch::jsonptr::PointerBuf;
+use json_patch::{AddOperation, Patch, PatchOperation};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, ObjectFieldSelector, Pod,
+    SecurityContext, Volume, VolumeMount,
+};
+use kube::ResourceExt;
+use serde_json::{Value, json};
+
+use crate::crd::{CapabilityMode, SpanProfiling};
+use crate::names::*;
+
+/// Operator-wide settings the injection falls back to.
+#[derive(Clone, Debug)]
+pub struct Defaults {
+    /// Server URL for SpanProfilings that set none.
+    pub server_url: String,
+    /// Sampler image for SpanProfilings that set none.
+    pub sidecar_image: String,
+    /// The operator's own namespace: its pods are never injected.
+    pub operator_namespace: String,
+}
+
+/// Why a pod was admitted unmodified.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Skip {
+    /// No `spanprof.dev/inject` annotation, or `"false"`.
+    NotRequested,
+    /// The pod runs in the operator's own namespace.
+    OperatorNamespace,
+    /// `spanprof.dev/injected` is already set (re-invocation, or a pod copied from an injected one).
+    AlreadyInjected(String),
+    /// A container named `spanprof-sampler` already exists.
+    SidecarExists,
+    /// The annotation value is none of the accepted forms.
+    InvalidAnnotation(String),
+    /// `"true"`, but the namespace has no SpanProfiling.
+    NoProfiling { namespace: String },
+    /// `"true"`, but the namespace has several SpanProfilings.
+    AmbiguousProfiling { namespace: String, names: Vec<String> },
+    /// The named SpanProfiling does not exist.
+    ProfilingNotFound { namespace: String, name: String },
+    /// The pod set `shareProcessNamespace: false`; the sampler could not see the app.
+    ProcessNamespaceDisabled,
+    /// The pod uses the host's PID namespace, which excludes `shareProcessNamespace`.
+    HostPid,
+    /// The container selection names none of the pod's containers.
+    NoContainersSelected { requested: Vec<String> },
+    /// Building the patch failed (a bug); the pod must still be admitted.
+    Internal(String),
+}
+
+impl Skip {
+    /// Whether the user asked for injection and did not get it: answered with a warning and an Event.
+    pub fn is_problem(&self) -> bool {
+        !matches!(self, Skip::NotRequested | Skip::OperatorNamespace | Skip::AlreadyInjected(_))
+    }
+
+    /// Short stable tag: the Event reason and (snake-cased) the metric outcome.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Skip::NotRequested => "NotRequested",
+            Skip::OperatorNamespace => "OperatorNamespace",
+            Skip::AlreadyInjected(_) => "AlreadyInjected",
+            Skip::SidecarExists => "SidecarExists",
+            Skip::InvalidAnnotation(_) => "InvalidAnnotation",
+            Skip::NoProfiling { .. } => "NoSpanProfiling",
+            Skip::AmbiguousProfiling { .. } => "AmbiguousSpanProfiling",
+            Skip::ProfilingNotFound { .. } => "SpanProfilingNotFound",
+            Skip::ProcessNamespaceDisabled => "ProcessNamespaceDisabled",
+            Skip::HostPid => "HostPID",
+            Skip::NoContainersSelected { .. } => "NoContainersSelected",
+            Skip::Internal(_) => "InternalError",
+        }
+    }
+}
+
+impl fmt::Display for Skip {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let p = "spanprof: not injected:";
+        match self {
+            Skip::NotRequested => write!(f, "{p} no {ANNOTATION_INJECT} annotation"),
+            Skip::OperatorNamespace => write!(f, "{p} pods of the operator's namespace are never injected"),
+            Skip::AlreadyInjected(by) => write!(f, "{p} already injected by {by}"),
+            Skip::SidecarExists => write!(f, "{p} the pod already has a {SIDECAR_NAME} container"),
+            Skip::InvalidAnnotation(v) => write!(
+                f,
+                "{p} {ANNOTATION_INJECT}={v:?} is not \"true\", \"false\", \"<name>\" or \"<namespace>/<name>\""
+            ),
+            Skip::NoProfiling { namespace } => {
+                write!(f, "{p} {ANNOTATION_INJECT}=true but namespace {namespace} has no SpanProfiling")
+            }
+            Skip::AmbiguousProfiling { namespace, names } => write!(
+                f,
+                "{p} {ANNOTATION_INJECT}=true but namespace {namespace} has several SpanProfilings ({}); name one",
+                names.join(", ")
+            ),
+            Skip::ProfilingNotFound { namespace, name } => write!(f, "{p} SpanProfiling {namespace}/{name} not found"),
+            Skip::ProcessNamespaceDisabled => write!(
+                f,
+                "{p} the pod sets shareProcessNamespace: false, so the sampler could not see its processes"
+            ),
+            Skip::HostPid => write!(f, "{p} the pod uses hostPID, which cannot be combined with shareProcessNamespace"),
+            Skip::NoContainersSelected { requested } => {
+                write!(f, "{p} no container of the pod is named {}", requested.join(", "))
+            }
+            Skip::Internal(e) => write!(f, "{p} internal error: {e}"),
+        }
+    }
+}
+
+/// What to do with an admitted pod.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decision {
+    /// Apply `patch`; `profiling` is `"<namespace>/<name>"` of the SpanProfiling used.
+    Inject { profiling: String, patch: Patch },
+    /// Admit unmodified.
+    Skip(Skip),
+}
+
+/// Decides for a pod being created in `namespace`, given every SpanProfiling the operator knows.
+pub fn decide(pod: &Pod, namespace: &str, profilings: &[Arc<SpanProfiling>], defaults: &Defaults) -> Decision {
+    match resolve(pod, namespace, profilings, defaults) {
+        Ok(sp) => match patch(pod, sp, defaults) {
+            Ok(patch) => Decision::Inject { profiling: profiling_key(sp), patch },
+            Err(skip) => Decision::Skip(skip),
+        },
+        Err(skip) => Decision::Skip(skip),
+    }
+}
+
+/// `"<namespace>/<name>"` of a SpanProfiling, as written into `spanprof.dev/injected`.
+pub fn profiling_key(sp: &SpanProfiling) -> String {
+    format!("{}/{}", sp.namespace().unwrap_or_default(), sp.name_any())
+}
+
+/// Picks the SpanProfiling the pod asks for, or says why none applies.
+pub fn resolve<'a>(
+    pod: &Pod,
+    namespace: &str,
+    profilings: &'a [Arc<SpanProfiling>],
+    defaults: &Defaults,
+) -> Result<&'a SpanProfiling, Skip> {
+    let annotations = pod.annotations();
+    let Some(value) = annotations.get(ANNOTATION_INJECT).map(|v| v.trim()) else {
+        return Err(Skip::NotRequested);
+    };
+    if value.eq_ignore_ascii_case("false") {
+        return Err(Skip::NotRequested);
+    }
+    if namespace == defaults.operator_namespace {
+        return Err(Skip::OperatorNamespace);
+    }
+    if let Some(by) = annotations.get(ANNOTATION_INJECTED) {
+        return Err(Skip::AlreadyInjected(by.clone()));
+    }
+    let in_ns = |ns: &str| -> Vec<&'a Arc<SpanProfiling>> {
+        profilings.iter().filter(|p| p.namespace().as_deref() == Some(ns)).collect()
+    };
+    if value.eq_ignore_ascii_case("true") {
+        let mut found = in_ns(namespace);
+        return match found.len() {
+            1 => Ok(found[0]),
+            0 => Err(Skip::NoProfiling { namespace: namespace.to_owned() }),
+            _ => {
+                found.sort_by_key(|p| p.name_any());
+                Err(Skip::AmbiguousProfiling {
+                    namespace: namespace.to_owned(),
+                    names: found.iter().map(|p| p.name_any()).collect(),
+                })
+            }
+        };
+    }
+    let (ns, name) = match value.split_once('/') {
+        Some((ns, name)) => (ns, name),
+        None => (namespace, value),
+    };
+    if !is_dns_name(ns) || !is_dns_name(name) {
+        return Err(Skip::InvalidAnnotation(value.to_owned()));
+    }
+    in_ns(ns)
+        .into_iter()
+        .find(|p| p.name_any() == name)
+        .map(|p| p.as_ref())
+        .ok_or_else(|| Skip::ProfilingNotFound { namespace: ns.to_owned(), name: name.to_owned() })
+}
+
+/// A lowercase RFC 1123 subdomain, what namespace and object names are.
+fn is_dns_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+/// The JSON patch that injects `sp` into `pod`.
+pub fn patch(pod: &Pod, sp: &SpanProfiling, defaults: &Defaults) -> Result<Patch, Skip> {
+    let spec = pod.spec.clone().unwrap_or_default();
+    match spec.share_process_namespace {
+        Some(false) => return Err(Skip::ProcessNamespaceDisabled),
+        _ if spec.host_pid == Some(true) => return Err(Skip::HostPid),
+        _ => {}
+    }
+    let has_sidecar = spec.containers.iter().chain(spec.init_containers.iter().flatten()).any(|c| c.name == SIDECAR_NAME);
+    if has_sidecar {
+        return Err(Skip::SidecarExists);
+    }
+    let selected = selected_containers(pod, sp)?;
+    let service = service_name(pod, sp);
+    let server_url = sp.spec.server_url.clone().unwrap_or_else(|| defaults.server_url.clone());
+    let url_base = sp.spec.profile_url_base.clone().unwrap_or_else(|| server_url.clone());
+    let profile_url = format!("{}/profiles/{{profile_id}}", url_base.trim_end_matches('/'));
+
+    let mut ops = Ops::default();
+    // Metadata first: the annotation makes a re-invocation a no-op, the label lets the controller
+    // select injected pods.
+    let key = profiling_key(sp);
+    ops.add_to_map(&["metadata", "annotations"], pod.metadata.annotations.is_some(), ANNOTATION_INJECTED, json!(key));
+    ops.add_to_map(&["metadata", "labels"], pod.metadata.labels.is_some(), LABEL_INJECTED, json!("true"));
+    if spec.share_process_namespace != Some(true) {
+        ops.add(&["spec", "shareProcessNamespace"], json!(true));
+    }
+    // A volume the user already declared under our name is theirs and wins.
+    if !spec.volumes.iter().flatten().any(|v| v.name == VOLUME_NAME) {
+        ops.add_to_list(&["spec", "volumes"], spec.volumes.is_some(), false, to_value(&context_volume())?);
+    }
+    let app_env = [
+        plain_env(ENV_CONTEXT_DIR, CONTEXT_DIR),
+        plain_env(ENV_SERVICE_NAME, &service),
+        plain_env(ENV_PROFILE_URL, &profile_url),
+    ];
+    for (i, c) in spec.containers.iter().enumerate() {
+        if !selected.contains(&c.name) {
+            continue;
+        }
+        let idx = i.to_string();
+        let env_path = ["spec", "containers", idx.as_str(), "env"];
+        let existing = c.env.as_deref().unwrap_or_default();
+        let missing: Vec<&EnvVar> = app_env.iter().filter(|e| !existing.iter().any(|x| x.name == e.name)).collect();
+        if c.env.is_none() {
+            ops.add(&env_path, to_value(&missing)?);
+        } else {
+            for e in missing {
+                ops.add_to_list(&env_path, true, false, to_value(e)?);
+            }
+        }
+        let mounts = c.volume_mounts.as_deref().unwrap_or_default();
+        if !mounts.iter().any(|m| m.name == VOLUME_NAME || m.mount_path.trim_end_matches('/') == CONTEXT_DIR) {
+            let mounts_path = ["spec", "containers", idx.as_str(), "volumeMounts"];
+            ops.add_to_list(&mounts_path, c.volume_mounts.is_some(), false, to_value(&context_mount())?);
+        }
+    }
+    let sampler = sampler_container(sp, defaults, &server_url, &service);
+    if sp.spec.sidecar.native {
+        // First, so it runs before (and samples) the pod's other init containers, as Istio and
+        // Linkerd place their native sidecars.
+        ops.add_to_list(&["spec", "initContainers"], spec.init_containers.is_some(), true, to_value(&sampler)?);
+    } else {
+        ops.add_to_list(&["spec", "containers"], true, false, to_value(&sampler)?);
+    }
+    Ok(Patch(ops.0))
+}
+
+/// Names of the app containers to configure: the annotation's list, else the spec's, else all.
+fn selected_containers(pod: &Pod, sp: &SpanProfiling) -> Result<Vec<String>, Skip> {
+    let all: Vec<String> = pod.spec.iter().flat_map(|s| s.containers.iter().map(|c| c.name.clone())).collect();
+    let requested: Vec<String> = match pod.annotations().get(ANNOTATION_CONTAINER_NAMES) {
+        Some(list) => list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+        None => sp.spec.containers.clone(),
+    };
+    if requested.is_empty() {
+        return Ok(all);
+    }
+    let selected: Vec<String> = requested.iter().filter(|r| all.contains(r)).cloned().collect();
+    if selected.is_empty() {
+        return Err(Skip::NoContainersSelected { requested });
+    }
+    Ok(selected)
+}
+
+/// The `service_name` of the pod's profiles: annotation, spec, well-known labels, owner workload,
+/// then the pod's own name.
+pub fn service_name(pod: &Pod, sp: &SpanProfiling) -> String {
+    if let Some(s) = pod.annotations().get(ANNOTATION_SERVICE_NAME).filter(|s| !s.trim().is_empty()) {
+        return s.trim().to_owned();
+    }
+    if let Some(s) = &sp.spec.service_name {
+        return s.clone();
+    }
+    let labels = pod.labels();
+    for key in ["app.kubernetes.io/name", "app"] {
+        if let Some(v) = labels.get(key).filter(|v| !v.is_empty()) {
+            return v.clone();
+        }
+    }
+    let owners = pod.owner_references();
+    if let Some(owner) = owners.iter().find(|o| o.controller == Some(true)).or(owners.first()) {
+        // A Deployment's pods are owned by a ReplicaSet named `<deployment>-<pod-template-hash>`.
+        if owner.kind == "ReplicaSet"
+            && let Some(hash) = labels.get("pod-template-hash")
+            && let Some(deployment) = owner.name.strip_suffix(&format!("-{hash}"))
+        {
+            return deployment.to_owned();
+        }
+        return owner.name.clone();
+    }
+    if let Some(name) = pod.metadata.name.as_deref().filter(|n| !n.is_empty()) {
+        return name.to_owned();
+    }
+    match pod.metadata.generate_name.as_deref().map(|g| g.trim_end_matches('-')) {
+        Some(g) if !g.is_empty() => g.to_owned(),
+        _ => "unknown".to_owned(),
+    }
+}
+
+fn plain_env(name: &str, value: &str) -> EnvVar {
+    EnvVar { name: name.to_owned(), value: Some(value.to_owned()), ..Default::default() }
+}
+
+fn field_env(name: &str, field_path: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector { field_path: field_path.to_owned(), api_version: None }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn context_volume() -> Volume {
+    Volume {
+        name: VOLUME_NAME.to_owned(),
+        empty_dir: Some(EmptyDirVolumeSource { medium: Some("Memory".to_owned()), ..Default::default() }),
+        ..Default::default()
+    }
+}
+
+fn context_mount() -> VolumeMount {
+    VolumeMount { name: VOLUME_NAME.to_owned(), mount_path: CONTEXT_DIR.to_owned(), ..Default::default() }
+}
+
+/// The security context a capability mode gives the sampler.
+pub fn security_context(mode: CapabilityMode) -> SecurityContext {
+    let caps = |add: &[&str]| Capabilities {
+        add: (!add.is_empty()).then(|| add.iter().map(|s| (*s).to_owned()).collect()),
+        drop: Some(vec!["ALL".to_owned()]),
+    };
+    match mode {
+        // Added capabilities only become effective for root (Kubernetes sets no ambient
+        // capabilities), so the sampler runs as UID 0 with nothing but these two.
+        CapabilityMode::Perfmon => SecurityContext {
+            capabilities: Some(caps(&["PERFMON", "SYS_PTRACE"])),
+            run_as_user: Some(0),
+            run_as_non_root: Some(false),
+            allow_privilege_escalation: Some(false),
+            privileged: Some(false),
+            read_only_root_filesystem: Some(true),
+            ..Default::default()
+        },
+        CapabilityMode::Privileged => SecurityContext {
+            privileged: Some(true),
+            run_as_user: Some(0),
+            run_as_non_root: Some(false),
+            read_only_root_filesystem: Some(true),
+            ..Default::default()
+        },
+        CapabilityMode::None => SecurityContext {
+            capabilities: Some(caps(&[])),
+            allow_privilege_escalation: Some(false),
+            privileged: Some(false),
+            read_only_root_filesystem: Some(true),
+            ..Default::default()
+        },
+    }
+}
+
+/// The `spanprof-sampler` container.
+pub fn sampler_container(sp: &SpanProfiling, defaults: &Defaults, server_url: &str, service: &str) -> Container {
+    let s = &sp.spec;
+    let mut env = vec![
+        plain_env(ENV_SERVER_URL, server_url),
+        plain_env(ENV_SAMPLE_RATE_HZ, &s.sample_rate_hz.to_string()),
+        plain_env(ENV_UPLOAD_INTERVAL, &s.upload_interval),
+        plain_env(ENV_STACK_COPY_BYTES, &s.stack_copy_bytes.to_string()),
+        plain_env(ENV_CONTEXT_DIR, CONTEXT_DIR),
+        plain_env(ENV_SERVICE_NAME, service),
+        field_env(ENV_POD_NAME, "metadata.name"),
+        field_env(ENV_POD_NAMESPACE, "metadata.namespace"),
+        field_env(ENV_NODE_NAME, "spec.nodeName"),
+    ];
+    for extra in &s.sidecar.env {
+        match env.iter_mut().find(|e| e.name == extra.name) {
+            Some(slot) => *slot = extra.clone(),
+            None => env.push(extra.clone()),
+        }
+    }
+    Container {
+        name: SIDECAR_NAME.to_owned(),
+        image: Some(s.sidecar.image.clone().unwrap_or_else(|| defaults.sidecar_image.clone())),
+        image_pull_policy: Some(s.sidecar.image_pull_policy.as_str().to_owned()),
+        env: Some(env),
+        resources: Some(s.sidecar.resources.clone()),
+        security_context: Some(
+            s.sidecar.security_context.clone().unwrap_or_else(|| security_context(s.sidecar.capabilities)),
+        ),
+        volume_mounts: Some(vec![context_mount()]),
+        restart_policy: s.sidecar.native.then(|| "Always".to_owned()),
+        termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
+        ..Default::default()
+    }
+}
+
+fn to_value<T: serde::Serialize>(v: &T) -> Result<Value, Skip> {
+    serde_json::to_value(v).map_err(|e| Skip::Internal(e.to_string()))
+}
+
+/// JSON patch operations, built with paths from tokens so keys like `spanprof.dev/injected`
+/// are escaped (`~1`) correctly.
+#[derive(Default)]
+struct Ops(Vec<PatchOperation>);
+
+impl Ops {
+    fn add(&mut self, path: &[&str], value: Value) {
+        self.0.push(PatchOperation::Add(AddOperation { path: PointerBuf::from_tokens(path.iter().copied()), value }));
+    }
+
+    /// Sets `key` in the map at `path`, creating the map when the pod has none.
+    fn add_to_map(&mut self, path: &[&str], exists: bool, key: &str, value: Value) {
+        if exists {
+            let mut full = path.to_vec();
+            full.push(key);
+            self.add(&full, value);
+        } else {
+            self.add(path, json!({ key: value }));
+        }
+    }
+
+    /// Appends to (or with `first`, prepends to) the list at `path`, creating it when absent.
+    fn add_to_list(&mut self, path: &[&str], exists: bool, first: bool, value: Value) {
+        if exists {
+            let mut full = path.to_vec();
+            full.push(if first { "0" } else { "-" });
+            self.add(&full, value);
+        } else {
+            self.add(path, Value::Array(vec![value]));
+        }
+    }
+}

@@ -1,0 +1,349 @@
+//! The controller and the TLS Secret handling against kube's tower-test mock API server: every
+//! request is asserted exactly (method, path, query, content type, body).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::client::Body;
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector;
+use kube::runtime::watcher;
+use kube::{Api, Client};
+use serde_json::{Value, json};
+use spanprof_operator::controller::{self, Context};
+use spanprof_operator::crd::{SpanProfiling, SpanProfilingSpec};
+use spanprof_operator::inject::Defaults;
+use spanprof_operator::metrics::Metrics;
+use spanprof_operator::tls::{self, CertBundle, Ensured, SecretStore};
+use tower_test::mock::{self, Handle};
+
+type ApiHandle = Handle<Request<Body>, Response<Body>>;
+
+fn mock_client() -> (Client, ApiHandle) {
+    let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+    (Client::new(service, "default"), handle)
+}
+
+/// Takes the next request, checks method and path, answers `status` + `reply`, and returns the
+/// query string, content type and JSON body for further assertions.
+async fn expect(handle: &mut ApiHandle, method: &str, path: &str, status: u16, reply: Value) -> (String, String, Value) {
+    let (req, send) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
+        .await
+        .unwrap_or_else(|_| panic!("no request; expected {method} {path}"))
+        .expect("service dropped");
+    assert_eq!((req.method().as_str(), req.uri().path()), (method, path));
+    let query = req.uri().query().unwrap_or_default().to_owned();
+    let content_type = req.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+    let bytes = req.into_body().collect().await.unwrap().to_bytes();
+    let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
+    send.send_response(Response::builder().status(status).body(Body::from(serde_json::to_vec(&reply).unwrap())).unwrap());
+    (query, content_type, body)
+}
+
+/// Nothing was sent (the client may already be gone, which closes the mock).
+async fn assert_no_request(handle: &mut ApiHandle) {
+    if let Ok(Some((req, _))) = tokio::time::timeout(Duration::from_millis(50), handle.next_request()).await {
+        panic!("unexpected request {} {}", req.method(), req.uri());
+    }
+}
+
+fn defaults() -> Defaults {
+    Defaults {
+        server_url: "http://spanprof-server.spanprof.svc:4040".into(),
+        sidecar_image: "ghcr.io/spanprof/spanprof-sidecar:0.1.0".into(),
+        operator_namespace: "spanprof".into(),
+    }
+}
+
+fn pod(name: &str, injected: &str, created: &str, deleting: bool) -> PartialObjectMeta<Pod> {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "PartialObjectMetadata",
+        "metadata": {
+            "name": name, "namespace": "shop", "creationTimestamp": created,
+            "deletionTimestamp": if deleting { json!("2025-06-01T12:00:00Z") } else { Value::Null },
+            "annotations": {"spanprof.dev/injected": injected},
+            "labels": {"spanprof.dev/injected": "true"}
+        }
+    }))
+    .unwrap()
+}
+
+fn context(client: Client) -> Arc<Context> {
+    let (pods, mut writer) = reflector::store();
+    writer.apply_watcher_event(&watcher::Event::Init);
+    for p in [
+        pod("ride-1", "shop/default", "2025-06-01T10:00:00Z", false),
+        pod("ride-2", "shop/default", "2025-06-01T11:00:00Z", false),
+        pod("ride-3", "shop/default", "2025-06-01T11:30:00Z", true),
+        pod("other", "shop/other", "2025-06-01T11:59:00Z", false),
+    ] {
+        writer.apply_watcher_event(&watcher::Event::InitApply(p));
+    }
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+    std::mem::forget(writer);
+    let recorder = Recorder::new(client.clone(), Reporter { controller: "spanprof-operator".into(), instance: Some("op-0".into()) });
+    Arc::new(Context::new(client, pods, recorder, Arc::new(Metrics::default()), defaults()))
+}
+
+fn profiling(spec: SpanProfilingSpec) -> SpanProfiling {
+    let mut sp = SpanProfiling::new("default", spec);
+    sp.metadata.namespace = Some("shop".into());
+    sp.metadata.generation = Some(3);
+    sp.metadata.uid = Some("2f9b1a64-8a3e-4c55-9d43-7e0a1b2c3d4e".into());
+    sp
+}
+
+const STATUS_PATH: &str = "/apis/spanprof.dev/v1alpha1/namespaces/shop/spanprofilings/default/status";
+const EVENTS_PATH: &str = "/apis/events.k8s.io/v1/namespaces/shop/events";
+
+fn sorted_query(q: &str) -> Vec<String> {
+    let mut parts: Vec<String> = q.split('&').filter(|s| !s.is_empty()).map(str::to_owned).collect();
+    parts.sort();
+    parts
+}
+
+#[tokio::test]
+async fn new_profiling_gets_its_status_applied_and_a_ready_event() {
+    let (client, mut handle) = mock_client();
+    let ctx = context(client);
+    let sp = Arc::new(profiling(SpanProfilingSpec::default()));
+    let run = tokio::spawn(controller::reconcile(sp.clone(), ctx.clone()));
+
+    let (query, content_type, body) = expect(&mut handle, "PATCH", STATUS_PATH, 200, serde_json::to_value(&*sp).unwrap()).await;
+    assert_eq!(sorted_query(&query), ["fieldManager=spanprof-operator", "force=true"]);
+    assert_eq!(content_type, "application/apply-patch+yaml");
+    assert_eq!(body["apiVersion"], "spanprof.dev/v1alpha1");
+    assert_eq!(body["kind"], "SpanProfiling");
+    let status = &body["status"];
+    assert_eq!(status["observedGeneration"], 3);
+    assert_eq!(status["injectedPods"], 2, "terminating pods and other profilings' pods are not counted");
+    assert_eq!(status["lastInjectionTime"], "2025-06-01T11:00:00Z");
+    let ready = &status["conditions"][0];
+    assert_eq!((ready["type"].as_str(), ready["status"].as_str(), ready["reason"].as_str()), (Some("Ready"), Some("True"), Some("Configured")));
+    assert_eq!(ready["observedGeneration"], 3);
+    assert!(ready["lastTransitionTime"].is_string());
+    assert_eq!(body.as_object().unwrap().len(), 3, "only apiVersion, kind and status are applied: {body}");
+
+    let (_, _, event) = expect(&mut handle, "POST", EVENTS_PATH, 201, json!({})).await;
+    assert_eq!(event["type"], "Normal");
+    assert_eq!(event["reason"], "Configured");
+    assert_eq!(event["action"], "Reconcile");
+    assert_eq!(event["reportingController"], "spanprof-operator");
+    assert_eq!(event["reportingInstance"], "op-0");
+    assert_eq!(event["regarding"]["kind"], "SpanProfiling");
+    assert_eq!(event["regarding"]["name"], "default");
+    assert_eq!(event["regarding"]["uid"], "2f9b1a64-8a3e-4c55-9d43-7e0a1b2c3d4e");
+
+    let action = run.await.unwrap().unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+}
+
+#[tokio::test]
+async fn up_to_date_status_makes_no_request() {
+    let (client, mut handle) = mock_client();
+    let ctx = context(client);
+    let mut sp = profiling(SpanProfilingSpec::default());
+    sp.status = Some(controller::desired_status(&sp, &ctx.pods.state(), &defaults(), k8s_openapi::jiff::Timestamp::now()));
+    let run = tokio::spawn(controller::reconcile(Arc::new(sp), ctx));
+    assert_no_request(&mut handle).await;
+    assert_eq!(run.await.unwrap().unwrap(), Action::requeue(Duration::from_secs(300)));
+}
+
+#[tokio::test]
+async fn invalid_spec_is_reported_not_ready_with_a_warning_event() {
+    let (client, mut handle) = mock_client();
+    let ctx = context(client);
+    let mut sp = profiling(SpanProfilingSpec { server_url: Some("ftp://files".into()), ..Default::default() });
+    // It was Ready before: the transition must get a new lastTransitionTime and an Event.
+    let mut before = controller::desired_status(&profiling(SpanProfilingSpec::default()), &[], &defaults(), "2025-01-01T00:00:00Z".parse().unwrap());
+    before.injected_pods = 2;
+    sp.status = Some(before);
+    let reply = serde_json::to_value(&sp).unwrap();
+    let run = tokio::spawn(controller::reconcile(Arc::new(sp), ctx));
+    let (_, _, body) = expect(&mut handle, "PATCH", STATUS_PATH, 200, reply).await;
+    let ready = &body["status"]["conditions"][0];
+    assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("False"), Some("InvalidSpec")));
+    assert!(ready["message"].as_str().unwrap().contains("ftp://files"));
+    assert_ne!(ready["lastTransitionTime"], "2025-01-01T00:00:00Z");
+    let (_, _, event) = expect(&mut handle, "POST", EVENTS_PATH, 201, json!({})).await;
+    assert_eq!((event["type"].as_str(), event["reason"].as_str()), (Some("Warning"), Some("InvalidSpec")));
+    run.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn unchanged_condition_keeps_its_transition_time_and_publishes_no_event() {
+    let (client, mut handle) = mock_client();
+    let ctx = context(client);
+    let mut sp = profiling(SpanProfilingSpec::default());
+    sp.status = Some(controller::desired_status(&sp, &[], &defaults(), "2025-01-01T00:00:00Z".parse().unwrap()));
+    let reply = serde_json::to_value(&sp).unwrap();
+    let run = tokio::spawn(controller::reconcile(Arc::new(sp), ctx));
+    let (_, _, body) = expect(&mut handle, "PATCH", STATUS_PATH, 200, reply).await;
+    assert_eq!(body["status"]["injectedPods"], 2);
+    assert_eq!(body["status"]["conditions"][0]["lastTransitionTime"], "2025-01-01T00:00:00Z");
+    run.await.unwrap().unwrap();
+    assert_no_request(&mut handle).await;
+}
+
+#[tokio::test]
+async fn api_errors_fail_the_reconcile_and_back_off_exponentially() {
+    let (client, mut handle) = mock_client();
+    let ctx = context(client);
+    let sp = Arc::new(profiling(SpanProfilingSpec::default()));
+    let run = tokio::spawn(controller::reconcile(sp.clone(), ctx.clone()));
+    let failure = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": "etcd timeout", "reason": "InternalError", "code": 500});
+    expect(&mut handle, "PATCH", STATUS_PATH, 500, failure).await;
+    let err = run.await.unwrap().unwrap_err();
+    assert!(err.to_string().contains("etcd timeout"), "{err}");
+    let delays: Vec<Action> = (0..3).map(|_| controller::error_policy(sp.clone(), &err, ctx.clone())).collect();
+    assert_eq!(delays, [5, 10, 20].map(|s| Action::requeue(Duration::from_secs(s))));
+    assert_eq!(controller::backoff(30), Duration::from_secs(300));
+    assert!(ctx.metrics.render().contains("spanprof_operator_reconcile_failures_total 3"));
+}
+
+#[test]
+fn injected_pods_map_to_their_profiling() {
+    let p = pod("ride-1", "shared/central", "2025-06-01T10:00:00Z", false);
+    let r = controller::profiling_of(&p).unwrap();
+    assert_eq!((r.name.as_str(), r.namespace.as_deref()), ("central", Some("shared")));
+    assert!(controller::profiling_of(&pod("x", "garbage", "2025-06-01T10:00:00Z", false)).is_none());
+}
+
+// --- TLS Secret and caBundle ---
+
+const SECRET_PATH: &str = "/api/v1/namespaces/spanprof/secrets/spanprof-operator-tls";
+const DAY: i64 = 86_400;
+
+fn store(client: Client) -> SecretStore {
+    SecretStore {
+        api: Api::namespaced(client, "spanprof"),
+        name: "spanprof-operator-tls".into(),
+        namespace: "spanprof".into(),
+        dns_names: tls::service_dns_names("spanprof-operator", "spanprof"),
+        validity: Duration::from_secs(90 * DAY as u64),
+    }
+}
+
+fn not_found() -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "secrets \"spanprof-operator-tls\" not found"})
+}
+
+fn conflict() -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409, "message": "the object has been modified"})
+}
+
+fn stored(bundle: &CertBundle, rv: &str) -> Value {
+    let mut v = serde_json::to_value(bundle.to_secret("spanprof-operator-tls", "spanprof", Some(rv.into()))).unwrap();
+    v["apiVersion"] = json!("v1");
+    v["kind"] = json!("Secret");
+    v
+}
+
+#[tokio::test]
+async fn first_replica_creates_the_secret() {
+    let (client, mut handle) = mock_client();
+    let now = 1_750_000_000;
+    let run = tokio::spawn(async move { store(client).ensure(now).await });
+    expect(&mut handle, "GET", SECRET_PATH, 404, not_found()).await;
+    let (_, _, body) = expect(&mut handle, "POST", "/api/v1/namespaces/spanprof/secrets", 201, json!({})).await;
+    assert_eq!(body["type"], "kubernetes.io/tls");
+    assert!(body["metadata"].get("resourceVersion").is_none());
+    let secret: Secret = serde_json::from_value(body).unwrap();
+    let written = CertBundle::from_secret(&secret).unwrap();
+    match run.await.unwrap().unwrap() {
+        Ensured::Generated { bundle, .. } => assert_eq!(bundle, written),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(written.not_after - now, 90 * DAY);
+}
+
+#[tokio::test]
+async fn a_replica_losing_the_create_race_uses_the_winners_certificate() {
+    let (client, mut handle) = mock_client();
+    let now = 1_750_000_000;
+    let winner = CertBundle::generate(&tls::service_dns_names("spanprof-operator", "spanprof"), now, Duration::from_secs(90 * DAY as u64), None).unwrap();
+    let run = tokio::spawn(async move { store(client).ensure(now + 1).await });
+    expect(&mut handle, "GET", SECRET_PATH, 404, not_found()).await;
+    let conflict_exists = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "AlreadyExists", "code": 409, "message": "already exists"});
+    expect(&mut handle, "POST", "/api/v1/namespaces/spanprof/secrets", 409, conflict_exists).await;
+    expect(&mut handle, "GET", SECRET_PATH, 200, stored(&winner, "12")).await;
+    assert_eq!(run.await.unwrap().unwrap(), Ensured::Existing(winner));
+}
+
+#[tokio::test]
+async fn rotation_is_a_compare_and_swap_and_the_loser_rereads() {
+    let (client, mut handle) = mock_client();
+    let dns = tls::service_dns_names("spanprof-operator", "spanprof");
+    let issued = 1_750_000_000;
+    let old = CertBundle::generate(&dns, issued, Duration::from_secs(90 * DAY as u64), None).unwrap();
+    // 61 days in: less than a third of 90 days left.
+    let now = issued + 61 * DAY;
+    let run = tokio::spawn(async move { store(client).ensure(now).await });
+    expect(&mut handle, "GET", SECRET_PATH, 200, stored(&old, "41")).await;
+    let (_, _, put) = expect(&mut handle, "PUT", SECRET_PATH, 409, conflict()).await;
+    assert_eq!(put["metadata"]["resourceVersion"], "41", "the replace only wins if nobody wrote since the read");
+    // Another replica rotated first; we adopt its bundle.
+    let theirs = CertBundle::generate(&dns, now, Duration::from_secs(90 * DAY as u64), Some(old.ca_cert_pem.clone())).unwrap();
+    expect(&mut handle, "GET", SECRET_PATH, 200, stored(&theirs, "42")).await;
+    let got = run.await.unwrap().unwrap();
+    assert_eq!(got, Ensured::Existing(theirs.clone()));
+    assert!(got.bundle().ca_bundle().contains(&old.ca_cert_pem), "the old CA stays trusted during the rotation");
+}
+
+#[tokio::test]
+async fn rotation_writes_a_new_bundle_keeping_the_previous_ca() {
+    let (client, mut handle) = mock_client();
+    let dns = tls::service_dns_names("spanprof-operator", "spanprof");
+    let old = CertBundle::generate(&dns, 1_750_000_000, Duration::from_secs(90 * DAY as u64), None).unwrap();
+    let now = 1_750_000_000 + 70 * DAY;
+    let run = tokio::spawn(async move { store(client).ensure(now).await });
+    expect(&mut handle, "GET", SECRET_PATH, 200, stored(&old, "41")).await;
+    let (_, _, put) = expect(&mut handle, "PUT", SECRET_PATH, 200, json!({})).await;
+    let written = CertBundle::from_secret(&serde_json::from_value(put).unwrap()).unwrap();
+    assert_eq!(written.previous_ca_pem.as_deref(), Some(old.ca_cert_pem.as_str()));
+    assert_eq!(written.not_after, now + 90 * DAY);
+    assert!(matches!(run.await.unwrap().unwrap(), Ensured::Generated { .. }));
+}
+
+#[test]
+fn rotation_is_due_when_a_third_is_left_or_names_change() {
+    let dns = tls::service_dns_names("spanprof-operator", "spanprof");
+    let b = CertBundle::generate(&dns, 1_000_000, Duration::from_secs(90 * DAY as u64), None).unwrap();
+    assert_eq!(b.needs_rotation(&dns, 1_000_000), None);
+    assert_eq!(b.needs_rotation(&dns, 1_000_000 + 59 * DAY), None);
+    assert!(b.needs_rotation(&dns, 1_000_000 + 61 * DAY).is_some());
+    assert!(b.needs_rotation(&tls::service_dns_names("other", "spanprof"), 1_000_000).is_some());
+    assert!(b.needs_rotation(&dns, 1_000_000 - DAY).is_some());
+    // A Secret edited into garbage is regenerated rather than served.
+    let mut broken = b.to_secret("s", "spanprof", None);
+    broken.data.as_mut().unwrap().insert("tls.key".into(), k8s_openapi::ByteString(b"nope".to_vec()));
+    assert!(CertBundle::from_secret(&broken).is_err());
+    assert_eq!(CertBundle::from_secret(&b.to_secret("s", "spanprof", None)).unwrap(), b);
+}
+
+#[tokio::test]
+async fn ca_bundle_is_server_side_applied_to_our_webhook_only() {
+    let (client, mut handle) = mock_client();
+    let api: Api<MutatingWebhookConfiguration> = Api::all(client);
+    let run = tokio::spawn(async move { tls::apply_ca_bundle(&api, "spanprof-operator", "-----BEGIN CERTIFICATE-----\nx\n").await });
+    let path = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/spanprof-operator";
+    let (query, content_type, body) = expect(&mut handle, "PATCH", path, 200, json!({})).await;
+    assert_eq!(sorted_query(&query), ["fieldManager=spanprof-operator", "force=true"]);
+    assert_eq!(content_type, "application/apply-patch+yaml");
+    assert_eq!(
+        body,
+        json!({
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "MutatingWebhookConfiguration",
+            "metadata": {"name": "spanprof-operator"},
+            "webhooks": [{"name": "inject.spanprof.dev", "clientConfig": {"caBundle": "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCngK"}}]
+        })
+    );
+    run.await.unwrap().unwrap();
+}

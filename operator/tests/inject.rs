@@ -1,0 +1,442 @@
+//! Injection over realistic admitted pods: the patch is applied with json-patch, the result
+//! parsed as a k8s-openapi Pod, and its shape compared exactly.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::{Value, json};
+use spanprof_operator::crd::{CapabilityMode, SpanProfiling, SpanProfilingSpec};
+use spanprof_operator::inject::{self, Decision, Defaults, Skip};
+
+fn defaults() -> Defaults {
+    Defaults {
+        server_url: "http://spanprof-server.spanprof.svc:4040".into(),
+        sidecar_image: "ghcr.io/spanprof/spanprof-sidecar:0.1.0".into(),
+        operator_namespace: "spanprof".into(),
+    }
+}
+
+fn profiling(namespace: &str, name: &str, spec: SpanProfilingSpec) -> Arc<SpanProfiling> {
+    let mut sp = SpanProfiling::new(name, spec);
+    sp.metadata.namespace = Some(namespace.into());
+    Arc::new(sp)
+}
+
+/// A Deployment's pod as the API server hands it to the webhook: no name yet (generateName), owned
+/// by a ReplicaSet, with the service account token volume the ServiceAccount admission added.
+fn deployment_pod(annotations: Value) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "generateName": "ride-7d9f8b6c5d-",
+            "namespace": "shop",
+            "labels": {"app.kubernetes.io/name": "ride", "pod-template-hash": "7d9f8b6c5d"},
+            "annotations": annotations,
+            "ownerReferences": [{
+                "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "ride-7d9f8b6c5d",
+                "uid": "6f1c2a8e-1d2b-4c3d-9e8f-0a1b2c3d4e5f", "controller": true, "blockOwnerDeletion": true
+            }]
+        },
+        "spec": {
+            "volumes": [{"name": "kube-api-access-x7k2p", "projected": {"sources": [{"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}}], "defaultMode": 420}}],
+            "containers": [{
+                "name": "ride",
+                "image": "registry.example.com/ride:1.4.2",
+                "ports": [{"containerPort": 5050, "protocol": "TCP"}],
+                "resources": {},
+                "volumeMounts": [{"name": "kube-api-access-x7k2p", "readOnly": true, "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}],
+                "terminationMessagePath": "/dev/termination-log",
+                "terminationMessagePolicy": "File",
+                "imagePullPolicy": "IfNotPresent"
+            }],
+            "restartPolicy": "Always",
+            "terminationGracePeriodSeconds": 30,
+            "dnsPolicy": "ClusterFirst",
+            "serviceAccountName": "default",
+            "serviceAccount": "default",
+            "securityContext": {},
+            "schedulerName": "default-scheduler",
+            "enableServiceLinks": true,
+            "preemptionPolicy": "PreemptLowerPriority",
+            "priority": 0
+        },
+        "status": {}
+    })
+}
+
+fn parse(pod: &Value) -> Pod {
+    serde_json::from_value(pod.clone()).expect("fixture is a Pod")
+}
+
+/// Decides for `pod`; on injection applies the patch and returns the patched pod (re-serialised
+/// through k8s-openapi, so it must be a valid Pod).
+fn run(pod: &Value, namespace: &str, profilings: &[Arc<SpanProfiling>]) -> Result<Value, Skip> {
+    match inject::decide(&parse(pod), namespace, profilings, &defaults()) {
+        Decision::Inject { patch, .. } => {
+            let mut doc = pod.clone();
+            json_patch::patch(&mut doc, &patch).expect("patch applies");
+            let typed: Pod = serde_json::from_value(doc.clone()).expect("patched pod parses");
+            assert_eq!(serde_json::to_value(&typed).expect("serialises"), doc, "patch produced fields Pod does not know");
+            Ok(doc)
+        }
+        Decision::Skip(skip) => Err(skip),
+    }
+}
+
+fn sampler_env(service: &str) -> Value {
+    json!([
+        {"name": "SPANPROF_SERVER_URL", "value": "http://spanprof-server.spanprof.svc:4040"},
+        {"name": "SPANPROF_SAMPLE_RATE_HZ", "value": "100"},
+        {"name": "SPANPROF_UPLOAD_INTERVAL", "value": "10s"},
+        {"name": "SPANPROF_STACK_COPY_BYTES", "value": "16384"},
+        {"name": "SPANPROF_CONTEXT_DIR", "value": "/var/run/spanprof"},
+        {"name": "SPANPROF_SERVICE_NAME", "value": service},
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}
+    ])
+}
+
+fn sampler(service: &str, native: bool) -> Value {
+    let mut c = json!({
+        "name": "spanprof-sampler",
+        "image": "ghcr.io/spanprof/spanprof-sidecar:0.1.0",
+        "imagePullPolicy": "IfNotPresent",
+        "env": sampler_env(service),
+        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"cpu": "500m", "memory": "256Mi"}},
+        "securityContext": {
+            "capabilities": {"add": ["PERFMON", "SYS_PTRACE"], "drop": ["ALL"]},
+            "runAsUser": 0,
+            "runAsNonRoot": false,
+            "allowPrivilegeEscalation": false,
+            "privileged": false,
+            "readOnlyRootFilesystem": true
+        },
+        "volumeMounts": [{"name": "spanprof-context", "mountPath": "/var/run/spanprof"}],
+        "terminationMessagePolicy": "FallbackToLogsOnError"
+    });
+    if native {
+        c["restartPolicy"] = json!("Always");
+    }
+    c
+}
+
+#[test]
+fn single_container_deployment_pod_gets_exactly_the_sidecar_volume_and_env() {
+    let pod = deployment_pod(json!({"spanprof.dev/inject": "true"}));
+    let sps = [profiling("shop", "default", SpanProfilingSpec::default())];
+    let got = run(&pod, "shop", &sps).expect("injected");
+
+    let mut want = pod.clone();
+    want["metadata"]["annotations"]["spanprof.dev/injected"] = json!("shop/default");
+    want["metadata"]["labels"]["spanprof.dev/injected"] = json!("true");
+    want["spec"]["shareProcessNamespace"] = json!(true);
+    want["spec"]["volumes"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "spanprof-context", "emptyDir": {"medium": "Memory"}}));
+    let app = &mut want["spec"]["containers"][0];
+    app["env"] = json!([
+        {"name": "SPANPROF_CONTEXT_DIR", "value": "/var/run/spanprof"},
+        {"name": "SPANPROF_SERVICE_NAME", "value": "ride"},
+        {"name": "SPANPROF_PROFILE_URL", "value": "http://spanprof-server.spanprof.svc:4040/profiles/{profile_id}"}
+    ]);
+    app["volumeMounts"].as_array_mut().unwrap().push(json!({"name": "spanprof-context", "mountPath": "/var/run/spanprof"}));
+    want["spec"]["initContainers"] = json!([sampler("ride", true)]);
+    assert_eq!(got, want);
+}
+
+#[test]
+fn pod_without_annotations_labels_or_volumes_gets_the_maps_and_lists_created() {
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "worker", "namespace": "shop", "annotations": {"spanprof.dev/inject": "default"}},
+        "spec": {"containers": [{"name": "worker", "image": "worker:1"}]}
+    });
+    let mut pod_no_labels = pod.clone();
+    pod_no_labels["metadata"].as_object_mut().unwrap().remove("labels");
+    let sps = [profiling("shop", "default", SpanProfilingSpec::default())];
+    let got = run(&pod_no_labels, "shop", &sps).expect("injected");
+    let want = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {
+            "name": "worker", "namespace": "shop",
+            "annotations": {"spanprof.dev/inject": "default", "spanprof.dev/injected": "shop/default"},
+            "labels": {"spanprof.dev/injected": "true"}
+        },
+        "spec": {
+            "shareProcessNamespace": true,
+            "volumes": [{"name": "spanprof-context", "emptyDir": {"medium": "Memory"}}],
+            "containers": [{
+                "name": "worker", "image": "worker:1",
+                "env": [
+                    {"name": "SPANPROF_CONTEXT_DIR", "value": "/var/run/spanprof"},
+                    {"name": "SPANPROF_SERVICE_NAME", "value": "worker"},
+                    {"name": "SPANPROF_PROFILE_URL", "value": "http://spanprof-server.spanprof.svc:4040/profiles/{profile_id}"}
+                ],
+                "volumeMounts": [{"name": "spanprof-context", "mountPath": "/var/run/spanprof"}]
+            }],
+            "initContainers": [sampler("worker", true)]
+        }
+    });
+    assert_eq!(got, want);
+}
+
+#[test]
+fn multi_container_pod_keeps_user_env_mounts_volumes_and_init_containers() {
+    let mut pod = deployment_pod(json!({"spanprof.dev/inject": "shop/tuned"}));
+    pod["spec"]["initContainers"] = json!([{"name": "migrate", "image": "ride-migrate:1"}]);
+    pod["spec"]["volumes"].as_array_mut().unwrap().push(json!({"name": "cache", "emptyDir": {}}));
+    pod["spec"]["containers"][0]["env"] = json!([
+        {"name": "RUST_LOG", "value": "info"},
+        {"name": "SPANPROF_SERVICE_NAME", "value": "ride-custom"}
+    ]);
+    pod["spec"]["containers"].as_array_mut().unwrap().push(json!({
+        "name": "envoy", "image": "envoyproxy/envoy:v1.31",
+        "volumeMounts": [{"name": "cache", "mountPath": "/cache"}]
+    }));
+    let spec = SpanProfilingSpec {
+        sample_rate_hz: 49,
+        profile_url_base: Some("https://spanprof.example.com/".into()),
+        ..Default::default()
+    };
+    let sps = [profiling("shop", "tuned", spec), profiling("shop", "other", SpanProfilingSpec::default())];
+    let got = run(&pod, "shop", &sps).expect("injected");
+
+    let ride = &got["spec"]["containers"][0];
+    assert_eq!(
+        ride["env"],
+        json!([
+            {"name": "RUST_LOG", "value": "info"},
+            {"name": "SPANPROF_SERVICE_NAME", "value": "ride-custom"},
+            {"name": "SPANPROF_CONTEXT_DIR", "value": "/var/run/spanprof"},
+            {"name": "SPANPROF_PROFILE_URL", "value": "https://spanprof.example.com/profiles/{profile_id}"}
+        ]),
+        "the user's SPANPROF_SERVICE_NAME wins"
+    );
+    let envoy = &got["spec"]["containers"][1];
+    assert_eq!(envoy["env"][0], json!({"name": "SPANPROF_CONTEXT_DIR", "value": "/var/run/spanprof"}));
+    assert_eq!(
+        envoy["volumeMounts"],
+        json!([{"name": "cache", "mountPath": "/cache"}, {"name": "spanprof-context", "mountPath": "/var/run/spanprof"}])
+    );
+    let names: Vec<&str> =
+        got["spec"]["initContainers"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["spanprof-sampler", "migrate"], "the sampler starts before the pod's init containers");
+    assert_eq!(got["spec"]["initContainers"][0]["env"][1], json!({"name": "SPANPROF_SAMPLE_RATE_HZ", "value": "49"}));
+    let volumes: Vec<&str> = got["spec"]["volumes"].as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
+    assert_eq!(volumes, ["kube-api-access-x7k2p", "cache", "spanprof-context"]);
+    assert_eq!(got["metadata"]["annotations"]["spanprof.dev/injected"], "shop/tuned");
+}
+
+#[test]
+fn explicit_share_process_namespace_false_is_not_injected() {
+    let mut pod = deployment_pod(json!({"spanprof.dev/inject": "true"}));
+    pod["spec"]["shareProcessNamespace"] = json!(false);
+    let sps = [profiling("shop", "default", SpanProfilingSpec::default())];
+    let skip = run(&pod, "shop", &sps).unwrap_err();
+    assert_eq!(skip, Skip::ProcessNamespaceDisabled);
+    assert!(skip.is_problem());
+    assert!(skip.to_string().contains("shareProcessNamespace: false"), "{skip}");
+}
+
+#[test]
+fn share_process_namespace_already_true_is_left_as_is() {
+    let mut pod = deployment_pod(json!({"spanprof.dev/inject": "true"}));
+    pod["spec"]["shareProcessNamespace"] = json!(true);
+    let sps = [profiling("shop", "default", SpanProfilingSpec::default())];
+    let patch = match inject::decide(&parse(&pod), "shop", &sps, &defaults()) {
+        Decision::Inject { patch, .. } => patch,
+        other => panic!("{other:?}"),
+    };
+    let paths: Vec<String> = patch.0.iter().map(|op| serde_json::to_value(op).unwrap()["path"].as_str().unwrap().to_owned()).collect();
+    assert!(!paths.iter().any(|p| p == "/spec/shareProcessNamespace"), "{paths:?}");
+    assert_eq!(paths[0], "/metadata/annotations/spanprof.dev~1injected", "keys with '/' are escaped");
+}
+
+#[test]
+fn host_pid_pod_is_not_injected() {
+    let mut pod = deployment_pod(json!({"spanprof.dev/inject": "true"}));
+    pod["spec"]["hostPID"] = json!(true);
+    let sps = [profiling("shop", "default", SpanProfilingSpec::default())];
+    assert_eq!(run(&pod, "shop", &sps).unwrap_err(), Skip::HostPid);
+}
+
+#[test]
+fn already_injected_pod_is_left_alone_so_reinvocation_is_a_no_op() {
+    let pod = deployment_pod(json!({"spanprof.dev/inject": "true"}));
+    let sps = [profiling("shop", "default", SpanProfilingSpec::default())];
+    let injected = run(&pod, "shop", &sps).expect("injected");
+    let skip = run(&injected, "shop", &sps).unwrap_err();
+    assert_eq!(skip, Skip::AlreadyInjected("shop/default".into()));
+    assert!(!skip.is_problem());
+}
+
+#[test]
+fn a_sampler_container_added_by_hand_is_not_duplicated() {
+    let mut pod = deployment_pod(json!({"spanprof.dev/inject": "true"}));
+    pod["spec"]["containers"].as_array_mut().unwrap().push(json!({"name": "spanprof-sampler", "image": "x"}));
+    let sps = [profiling("shop", "default", SpanProfilingSpec::default())];
+    assert_eq!(run(&pod, "shop", &sps).unwrap_err(), Skip::SidecarExists);
+}
+
+fn two_container_pod(annotations: Value) -> Value {
+    let mut pod = deployment_pod(annotations);
+    pod["spec"]["containers"].as_array_mut().unwrap().push(json!({"name": "envoy", "image": "envoyproxy/envoy:v1.31"}));
+    pod
+}
+
+fn configured(pod: &Value) -> Vec<String> {
+    pod["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["env"].as_array().is_some_and(|e| e.iter().any(|v| v["name"] == "SPANPROF_CONTEXT_DIR")))
+        .map(|c| c["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn container_names_annotation_selects_the_app_containers() {
+    let pod = two_container_pod(json!({"spanprof.dev/inject": "true", "spanprof.dev/container-names": " envoy , nope"}));
+    let sps = [profiling("shop", "default", SpanProfilingSpec::default())];
+    let got = run(&pod, "shop", &sps).expect("injected");
+    assert_eq!(configured(&got), ["envoy"]);
+    assert!(got["spec"]["containers"][0].get("env").is_none(), "unselected containers are untouched");
+    assert_eq!(got["spec"]["containers"][0]["volumeMounts"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn spec_containers_select_and_the_annotation_wins_over_them() {
+    let spec = SpanProfilingSpec { containers: vec!["ride".into()], ..Default::default() };
+    let sps = [profiling("shop", "default", spec)];
+    let got = run(&two_container_pod(json!({"spanprof.dev/inject": "true"})), "shop", &sps).expect("injected");
+    assert_eq!(configured(&got), ["ride"]);
+    let pod = two_container_pod(json!({"spanprof.dev/inject": "true", "spanprof.dev/container-names": "envoy"}));
+    assert_eq!(configured(&run(&pod, "shop", &sps).expect("injected")), ["envoy"]);
+    let all = [profiling("shop", "default", SpanProfilingSpec::default())];
+    assert_eq!(configured(&run(&two_container_pod(json!({"spanprof.dev/inject": "true"})), "shop", &all).unwrap()), ["ride", "envoy"]);
+}
+
+#[test]
+fn a_selection_naming_no_container_is_not_injected() {
+    let pod = two_container_pod(json!({"spanprof.dev/inject": "true", "spanprof.dev/container-names": "web"}));
+    let sps = [profiling("shop", "default", SpanProfilingSpec::default())];
+    assert_eq!(run(&pod, "shop", &sps).unwrap_err(), Skip::NoContainersSelected { requested: vec!["web".into()] });
+}
+
+#[test]
+fn annotation_forms_resolve_or_say_why_not() {
+    let sps = [
+        profiling("shop", "a", SpanProfilingSpec::default()),
+        profiling("shop", "b", SpanProfilingSpec::default()),
+        profiling("shared", "central", SpanProfilingSpec::default()),
+    ];
+    let key = |v: Option<&str>, ns: &str, sps: &[Arc<SpanProfiling>]| {
+        let pod = match v {
+            Some(v) => deployment_pod(json!({"spanprof.dev/inject": v})),
+            None => deployment_pod(json!({})),
+        };
+        match inject::decide(&parse(&pod), ns, sps, &defaults()) {
+            Decision::Inject { profiling, .. } => Ok(profiling),
+            Decision::Skip(s) => Err(s),
+        }
+    };
+    assert_eq!(key(Some("b"), "shop", &sps), Ok("shop/b".into()));
+    assert_eq!(key(Some("shared/central"), "shop", &sps), Ok("shared/central".into()));
+    assert_eq!(key(Some("true"), "shared", &sps), Ok("shared/central".into()));
+    assert_eq!(
+        key(Some("true"), "shop", &sps),
+        Err(Skip::AmbiguousProfiling { namespace: "shop".into(), names: vec!["a".into(), "b".into()] })
+    );
+    assert_eq!(key(Some("true"), "empty", &sps), Err(Skip::NoProfiling { namespace: "empty".into() }));
+    assert_eq!(key(Some("c"), "shop", &sps), Err(Skip::ProfilingNotFound { namespace: "shop".into(), name: "c".into() }));
+    assert_eq!(key(Some("false"), "shop", &sps), Err(Skip::NotRequested));
+    assert_eq!(key(None, "shop", &sps), Err(Skip::NotRequested));
+    assert_eq!(key(Some("Yes please"), "shop", &sps), Err(Skip::InvalidAnnotation("Yes please".into())));
+    assert_eq!(key(Some("a/b/c"), "shop", &sps), Err(Skip::InvalidAnnotation("a/b/c".into())));
+    assert_eq!(key(Some("true"), "spanprof", &sps), Err(Skip::OperatorNamespace));
+    for s in [Skip::AmbiguousProfiling { namespace: "n".into(), names: vec![] }, Skip::NoProfiling { namespace: "n".into() }] {
+        assert!(s.is_problem());
+    }
+    assert!(!Skip::NotRequested.is_problem());
+}
+
+#[test]
+fn non_native_mode_appends_a_regular_container() {
+    let spec = SpanProfilingSpec {
+        sidecar: spanprof_operator::crd::SidecarSpec { native: false, ..Default::default() },
+        ..Default::default()
+    };
+    let sps = [profiling("shop", "default", spec)];
+    let got = run(&deployment_pod(json!({"spanprof.dev/inject": "true"})), "shop", &sps).expect("injected");
+    assert!(got["spec"].get("initContainers").is_none());
+    assert_eq!(got["spec"]["containers"][1], sampler("ride", false));
+}
+
+#[test]
+fn capability_modes_and_security_context_override() {
+    let with = |capabilities, security_context| {
+        let spec = SpanProfilingSpec {
+            sidecar: spanprof_operator::crd::SidecarSpec { capabilities, security_context, ..Default::default() },
+            ..Default::default()
+        };
+        let sps = [profiling("shop", "default", spec)];
+        run(&deployment_pod(json!({"spanprof.dev/inject": "true"})), "shop", &sps).expect("injected")["spec"]["initContainers"][0]
+            ["securityContext"]
+            .clone()
+    };
+    assert_eq!(
+        with(CapabilityMode::Privileged, None),
+        json!({"privileged": true, "runAsUser": 0, "runAsNonRoot": false, "readOnlyRootFilesystem": true})
+    );
+    assert_eq!(
+        with(CapabilityMode::None, None),
+        json!({"capabilities": {"drop": ["ALL"]}, "allowPrivilegeEscalation": false, "privileged": false, "readOnlyRootFilesystem": true})
+    );
+    let own = serde_json::from_value(json!({"runAsUser": 1000})).unwrap();
+    assert_eq!(with(CapabilityMode::Perfmon, Some(own)), json!({"runAsUser": 1000}));
+}
+
+#[test]
+fn sidecar_extra_env_replaces_ours_and_adds_new() {
+    let spec = SpanProfilingSpec {
+        server_url: Some("http://pyroscope.obs:4040".into()),
+        sidecar: spanprof_operator::crd::SidecarSpec {
+            env: serde_json::from_value(json!([{"name": "SPANPROF_UPLOAD_INTERVAL", "value": "30s"}, {"name": "RUST_LOG", "value": "debug"}])).unwrap(),
+            image: Some("my/sampler:dev".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let sps = [profiling("shop", "default", spec)];
+    let got = run(&deployment_pod(json!({"spanprof.dev/inject": "true"})), "shop", &sps).expect("injected");
+    let c = &got["spec"]["initContainers"][0];
+    assert_eq!(c["image"], "my/sampler:dev");
+    assert_eq!(c["env"][0], json!({"name": "SPANPROF_SERVER_URL", "value": "http://pyroscope.obs:4040"}));
+    assert_eq!(c["env"][2], json!({"name": "SPANPROF_UPLOAD_INTERVAL", "value": "30s"}));
+    assert_eq!(c["env"][9], json!({"name": "RUST_LOG", "value": "debug"}));
+    assert_eq!(c["env"].as_array().unwrap().len(), 10);
+}
+
+#[test]
+fn service_name_precedence() {
+    let sp = |service_name: Option<&str>| {
+        SpanProfiling::new("d", SpanProfilingSpec { service_name: service_name.map(Into::into), ..Default::default() })
+    };
+    let mut pod = deployment_pod(json!({"spanprof.dev/service-name": "from-annotation"}));
+    assert_eq!(inject::service_name(&parse(&pod), &sp(Some("from-spec"))), "from-annotation");
+    pod["metadata"]["annotations"] = json!({});
+    assert_eq!(inject::service_name(&parse(&pod), &sp(Some("from-spec"))), "from-spec");
+    assert_eq!(inject::service_name(&parse(&pod), &sp(None)), "ride");
+    pod["metadata"]["labels"] = json!({"app": "legacy", "pod-template-hash": "7d9f8b6c5d"});
+    assert_eq!(inject::service_name(&parse(&pod), &sp(None)), "legacy");
+    pod["metadata"]["labels"] = json!({"pod-template-hash": "7d9f8b6c5d"});
+    assert_eq!(inject::service_name(&parse(&pod), &sp(None)), "ride", "Deployment name from the ReplicaSet");
+    pod["metadata"]["ownerReferences"][0]["kind"] = json!("StatefulSet");
+    pod["metadata"]["ownerReferences"][0]["name"] = json!("ledger");
+    assert_eq!(inject::service_name(&parse(&pod), &sp(None)), "ledger");
+    pod["metadata"].as_object_mut().unwrap().remove("ownerReferences");
+    assert_eq!(inject::service_name(&parse(&pod), &sp(None)), "ride-7d9f8b6c5d", "generateName without the dash");
+}
