@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::sync::Arc;
 
 /// The default sampling period: 100 Hz.
 pub const DEFAULT_PERIOD_NS: u64 = 10_000_000;
@@ -48,10 +49,57 @@ impl fmt::Display for TraceId {
     }
 }
 
-/// Stacks (root first) with sample counts; identical stacks add up.
+/// Frame names of one batch, each stored once; stacks refer to them by index, so ingest hashes
+/// and copies small integers instead of strings.
+#[derive(Clone, Debug, Default)]
+pub struct Frames {
+    names: Vec<Arc<str>>,
+    index: HashMap<Arc<str>, u32>,
+}
+
+impl Frames {
+    /// The index of `name`, adding it when new.
+    pub fn intern(&mut self, name: &str) -> u32 {
+        if let Some(&i) = self.index.get(name) {
+            return i;
+        }
+        let i = self.names.len() as u32;
+        let name: Arc<str> = Arc::from(name);
+        self.names.push(name.clone());
+        self.index.insert(name, i);
+        i
+    }
+
+    pub fn names(&self) -> &[Arc<str>] {
+        &self.names
+    }
+
+    pub fn name(&self, i: u32) -> &str {
+        self.names.get(i as usize).map_or("[unknown]", |n| n)
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+}
+
+impl PartialEq for Frames {
+    fn eq(&self, other: &Self) -> bool {
+        self.names == other.names
+    }
+}
+
+impl Eq for Frames {}
+
+/// Stacks (root first, as indices into a batch's [`Frames`]) with sample counts; identical
+/// stacks add up.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StackCounts {
-    counts: HashMap<Vec<String>, u64>,
+    counts: HashMap<Box<[u32]>, u64>,
 }
 
 impl StackCounts {
@@ -59,18 +107,28 @@ impl StackCounts {
         Self::default()
     }
 
-    /// Adds `count` samples of `stack` (root first). Zero counts and empty stacks are ignored.
-    pub fn add(&mut self, stack: Vec<String>, count: u64) {
+    /// Adds `count` samples of `stack`. Zero counts and empty stacks are ignored.
+    pub fn add(&mut self, stack: &[u32], count: u64) {
         if count == 0 || stack.is_empty() {
             return;
         }
-        *self.counts.entry(stack).or_insert(0) += count;
+        match self.counts.get_mut(stack) {
+            Some(c) => *c = c.saturating_add(count),
+            None => {
+                self.counts.insert(stack.into(), count);
+            }
+        }
     }
 
-    /// Adds every stack of `other`.
+    /// Adds every stack of `other` (same frame table).
     pub fn merge(&mut self, other: StackCounts) {
         for (stack, count) in other.counts {
-            self.add(stack, count);
+            match self.counts.get_mut(&stack) {
+                Some(c) => *c = c.saturating_add(count),
+                None => {
+                    self.counts.insert(stack, count);
+                }
+            }
         }
     }
 
@@ -85,34 +143,22 @@ impl StackCounts {
 
     /// Total samples over all stacks.
     pub fn total(&self) -> u64 {
-        self.counts.values().sum()
+        self.counts.values().fold(0, |a, c| a.saturating_add(*c))
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&[String], u64)> {
-        self.counts.iter().map(|(s, c)| (s.as_slice(), *c))
-    }
-
-    /// Scales every count by `num / den` (used to bring samples taken at another period onto
-    /// a stored profile's period); a non-zero count never rounds down to zero.
-    pub fn rescale(&mut self, num: u64, den: u64) {
-        if num == den || den == 0 {
-            return;
-        }
-        for c in self.counts.values_mut() {
-            let scaled = (u128::from(*c) * u128::from(num) + u128::from(den / 2)) / u128::from(den);
-            *c = u64::try_from(scaled).unwrap_or(u64::MAX).max(1);
-        }
+    pub fn iter(&self) -> impl Iterator<Item = (&[u32], u64)> {
+        self.counts.iter().map(|(s, c)| (&**s, *c))
     }
 }
 
-impl FromIterator<(Vec<String>, u64)> for StackCounts {
-    fn from_iter<I: IntoIterator<Item = (Vec<String>, u64)>>(iter: I) -> Self {
-        let mut s = StackCounts::new();
-        for (stack, count) in iter {
-            s.add(stack, count);
-        }
-        s
+/// Scales a count taken at one sampling period onto another (`num / den`, rounded); a non-zero
+/// count never rounds down to zero.
+pub fn rescale_count(count: u64, num: u64, den: u64) -> u64 {
+    if num == den || den == 0 || count == 0 {
+        return count;
     }
+    let scaled = (u128::from(count) * u128::from(num) + u128::from(den / 2)) / u128::from(den);
+    u64::try_from(scaled).unwrap_or(u64::MAX).max(1)
 }
 
 /// Series labels (`service_name`, `namespace`, `pod`, …), sorted by name.
@@ -137,6 +183,8 @@ pub struct SeriesBatch {
     /// Start and end of the profiled interval, Unix milliseconds.
     pub from_ms: u64,
     pub until_ms: u64,
+    /// Frame names the stacks of `spans` and `process` refer to.
+    pub frames: Frames,
     pub spans: Vec<SpanContribution>,
     /// Samples outside any span: the series' whole-process profile.
     pub process: StackCounts,
@@ -150,6 +198,14 @@ impl SeriesBatch {
     /// Samples in spans plus samples outside them.
     pub fn total_samples(&self) -> u64 {
         self.process.total() + self.spans.iter().map(|s| s.stacks.total()).sum::<u64>()
+    }
+
+    /// `stacks` with frame names, sorted (for tests and debugging).
+    pub fn named(&self, stacks: &StackCounts) -> Vec<(Vec<&str>, u64)> {
+        let mut out: Vec<(Vec<&str>, u64)> =
+            stacks.iter().map(|(s, c)| (s.iter().map(|&f| self.frames.name(f)).collect(), c)).collect();
+        out.sort();
+        out
     }
 }
 
@@ -171,13 +227,17 @@ mod tests {
 
     #[test]
     fn identical_stacks_add_up_and_rescale_keeps_nonzero() {
+        let mut frames = Frames::default();
+        let (a, b) = (frames.intern("a"), frames.intern("b"));
+        assert_eq!(frames.intern("a"), a);
         let mut s = StackCounts::new();
-        s.add(vec!["a".into(), "b".into()], 2);
-        s.add(vec!["a".into(), "b".into()], 3);
-        s.add(vec!["a".into()], 0);
+        s.add(&[a, b], 2);
+        s.add(&[a, b], 3);
+        s.add(&[a], 0);
         assert_eq!(s.len(), 1);
         assert_eq!(s.total(), 5);
-        s.rescale(1, 10);
-        assert_eq!(s.total(), 1);
+        assert_eq!(rescale_count(5, 1, 10), 1);
+        assert_eq!(rescale_count(1, 1, 10), 1);
+        assert_eq!(rescale_count(7, 20, 10), 14);
     }
 }

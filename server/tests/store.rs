@@ -2,20 +2,23 @@
 
 use std::sync::Arc;
 
-use spanprof_server::model::{Labels, ProfileId, SeriesBatch, SpanContribution, StackCounts};
+use spanprof_server::model::{Frames, Labels, ProfileId, SeriesBatch, SpanContribution, StackCounts};
 use spanprof_server::store::embedded::{EmbeddedOptions, EmbeddedStore};
 use spanprof_server::store::{ProfileStore, Retention, SpanQuery};
 
 fn batch(id: u64, t_ms: u64, frames: &[&str], count: u64) -> SeriesBatch {
     let mut labels = Labels::new();
     labels.insert("service_name".into(), "svc".into());
+    let mut table = Frames::default();
+    let ids: Vec<u32> = frames.iter().map(|f| table.intern(f)).collect();
     let mut stacks = StackCounts::new();
-    stacks.add(frames.iter().map(|f| f.to_string()).collect(), count);
+    stacks.add(&ids, count);
     SeriesBatch {
         labels,
         period_ns: 10_000_000,
         from_ms: t_ms,
         until_ms: t_ms,
+        frames: table,
         spans: vec![SpanContribution { profile_id: ProfileId(id), trace_id: None, span_name: Some("S".into()), stacks }],
         process: StackCounts::new(),
     }

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use crate::error::{Error, Reject, Result};
-use crate::model::{Labels, ProfileId, SeriesBatch, SpanContribution, StackCounts, TraceId};
+use crate::model::{Frames, Labels, ProfileId, SeriesBatch, SpanContribution, StackCounts, TraceId};
 
 use super::Limits;
 
@@ -213,7 +213,7 @@ pub fn parse_timestamp_ms(v: &str, what: &str) -> Result<u64> {
 }
 
 /// Parses folded stacks (`a;b;c 12` per line); with `lines`, each line is one sample.
-pub fn parse_stacks(body: &[u8], format: Format) -> Result<StackCounts> {
+pub fn parse_stacks(body: &[u8], format: Format, frames: &mut Frames) -> Result<StackCounts> {
     let text = std::str::from_utf8(body)
         .map_err(|e| Error::rejected(Reject::InvalidFolded, format!("body is not UTF-8: {e}")))?;
     let mut out = StackCounts::new();
@@ -230,8 +230,8 @@ pub fn parse_stacks(body: &[u8], format: Format) -> Result<StackCounts> {
                 (stack, count.trim().parse::<u64>().map_err(|_| bad())?)
             }
         };
-        let frames: Vec<String> = stack.split(';').filter(|f| !f.is_empty()).map(str::to_owned).collect();
-        out.add(frames, count);
+        let ids: Vec<u32> = stack.split(';').filter(|f| !f.is_empty()).map(|f| frames.intern(f)).collect();
+        out.add(&ids, count);
     }
     Ok(out)
 }
@@ -258,25 +258,26 @@ pub async fn multipart_profile(body: bytes::Bytes, boundary: &str) -> Result<Vec
 /// Builds the batch of one `/ingest` request from its params and decoded payload.
 pub fn build_batch(params: IngestParams, payload: &[u8], limits: &Limits) -> Result<SeriesBatch> {
     let IngestParams { labels, from_ms, until_ms, format, period_ns, span } = params;
-    let (period_ns, mut spans, process) = match format {
+    let (period_ns, frames, mut spans, process) = match format {
         Format::Folded | Format::Lines => {
-            let stacks = parse_stacks(payload, format)?;
+            let mut frames = Frames::default();
+            let stacks = parse_stacks(payload, format, &mut frames)?;
             match span {
                 Some(mut s) => {
                     s.stacks = stacks;
-                    (period_ns, vec![s], StackCounts::new())
+                    (period_ns, frames, vec![s], StackCounts::new())
                 }
-                None => (period_ns, vec![], stacks),
+                None => (period_ns, frames, vec![], stacks),
             }
         }
         Format::Pprof => {
             let profile = super::pprof::decode(payload, limits.max_decompressed_bytes)?;
             let split = super::pprof::split(&profile, span.as_ref())?;
-            (split.period_ns, split.spans, split.process)
+            (split.period_ns, split.frames, split.spans, split.process)
         }
     };
     spans.retain(|s| !s.stacks.is_empty());
-    let mut batch = SeriesBatch { labels, period_ns, from_ms, until_ms, spans, process };
+    let mut batch = SeriesBatch { labels, period_ns, from_ms, until_ms, frames, spans, process };
     super::keep_spans_for_cpu_only(&mut batch);
     Ok(batch)
 }
@@ -330,16 +331,18 @@ mod tests {
 
     #[test]
     fn folded_and_lines() {
-        let s = parse_stacks(b"a;b;c 12\n\na;b;c 3\nx 1\r\n", Format::Folded).unwrap();
+        let mut f = Frames::default();
+        let s = parse_stacks(b"a;b;c 12\n\na;b;c 3\nx 1\r\n", Format::Folded, &mut f).unwrap();
         assert_eq!(s.total(), 16);
         assert_eq!(s.len(), 2);
-        let s = parse_stacks(b"a;b\na;b\nc\n", Format::Lines).unwrap();
+        let s = parse_stacks(b"a;b\na;b\nc\n", Format::Lines, &mut f).unwrap();
         assert_eq!(s.total(), 3);
-        let err = parse_stacks(b"a;b;c twelve\n", Format::Folded).unwrap_err();
+        let err = parse_stacks(b"a;b;c twelve\n", Format::Folded, &mut f).unwrap_err();
         assert!(err.to_string().contains("line 1"), "{err}");
         // Frames with spaces: the count is after the last space.
-        let s = parse_stacks(b"std::vec::Vec<T> as Drop;main 4\n", Format::Folded).unwrap();
-        assert_eq!(s.iter().next().unwrap().0[0], "std::vec::Vec<T> as Drop");
+        let mut f = Frames::default();
+        let s = parse_stacks(b"std::vec::Vec<T> as Drop;main 4\n", Format::Folded, &mut f).unwrap();
+        assert_eq!(f.name(s.iter().next().unwrap().0[0]), "std::vec::Vec<T> as Drop");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use prost::Message;
 
 use crate::error::{Error, Reject, Result};
-use crate::model::{DEFAULT_PERIOD_NS, ProfileId, SpanContribution, StackCounts, TraceId};
+use crate::model::{DEFAULT_PERIOD_NS, Frames, ProfileId, SpanContribution, StackCounts, TraceId};
 use crate::proto::pprof::{Function, Location, Mapping, Profile};
 
 /// The samples of one pprof, split by span.
@@ -16,6 +16,7 @@ pub struct SplitProfile {
     pub period_ns: u64,
     /// Profile time range from `time_nanos`/`duration_nanos`, Unix ms, when the profile says.
     pub time_range_ms: Option<(u64, u64)>,
+    pub frames: Frames,
     pub spans: Vec<SpanContribution>,
     pub process: StackCounts,
 }
@@ -76,13 +77,13 @@ fn pick_value(p: &Profile, s: &Strings<'_>) -> Result<ValuePick> {
     Ok(ValuePick { index, divisor: 1, period_ns })
 }
 
-/// Resolves frame names for every location, root-most inlined frame first.
-fn location_frames(p: &Profile, s: &Strings<'_>) -> Result<HashMap<u64, Vec<String>>> {
+/// Resolves every location to frame indices in `frames`, root-most inlined frame first.
+fn location_frames(p: &Profile, s: &Strings<'_>, frames: &mut Frames) -> Result<HashMap<u64, Vec<u32>>> {
     let functions: HashMap<u64, &Function> = p.function.iter().map(|f| (f.id, f)).collect();
     let mappings: HashMap<u64, &Mapping> = p.mapping.iter().map(|m| (m.id, m)).collect();
     let mut out = HashMap::with_capacity(p.location.len());
     for loc in &p.location {
-        out.insert(loc.id, frames_of(loc, &functions, &mappings, s)?);
+        out.insert(loc.id, frames_of(loc, &functions, &mappings, s, frames)?);
     }
     Ok(out)
 }
@@ -92,7 +93,8 @@ fn frames_of(
     functions: &HashMap<u64, &Function>,
     mappings: &HashMap<u64, &Mapping>,
     s: &Strings<'_>,
-) -> Result<Vec<String>> {
+    table: &mut Frames,
+) -> Result<Vec<u32>> {
     let mut frames = Vec::with_capacity(loc.line.len().max(1));
     // The last line is the caller the earlier ones were inlined into: root first means reversed.
     for line in loc.line.iter().rev() {
@@ -104,7 +106,7 @@ fn frames_of(
             name = s.get(f.system_name)?;
         }
         if !name.is_empty() {
-            frames.push(name.to_owned());
+            frames.push(table.intern(name));
         }
     }
     if frames.is_empty() {
@@ -118,7 +120,7 @@ fn frames_of(
             }
             None => format!("0x{:x}", loc.address),
         };
-        frames.push(frame);
+        frames.push(table.intern(&frame));
     }
     Ok(frames)
 }
@@ -138,13 +140,16 @@ pub fn split(p: &Profile, forced_span: Option<&SpanContribution>) -> Result<Spli
         return Err(invalid("string_table[0] must be the empty string".into()));
     }
     let pick = pick_value(p, &s)?;
-    let frames = location_frames(p, &s)?;
+    let mut table = Frames::default();
+    let frames = location_frames(p, &s, &mut table)?;
+    let unknown = table.intern("[unknown]");
     let key_of = |name: &str| p.string_table.iter().position(|k| k == name).map(|i| i as i64);
     let (k_span, k_profile, k_trace, k_name) =
         (key_of("span_id"), key_of("profile_id"), key_of("trace_id"), key_of("span_name"));
 
     let mut spans: HashMap<SpanKey, StackCounts> = HashMap::new();
     let mut process = StackCounts::new();
+    let mut stack: Vec<u32> = Vec::with_capacity(64);
     for (n, sample) in p.sample.iter().enumerate() {
         if sample.value.len() != p.sample_type.len() {
             return Err(invalid(format!(
@@ -160,15 +165,15 @@ pub fn split(p: &Profile, forced_span: Option<&SpanContribution>) -> Result<Spli
         // Round to the nearest sample; a positive value is at least one sample.
         let value = value as u64;
         let count = if pick.divisor > 1 { value.saturating_add(pick.divisor / 2) / pick.divisor } else { value }.max(1);
-        let mut stack = Vec::with_capacity(sample.location_id.len() * 2);
+        stack.clear();
         for loc_id in sample.location_id.iter().rev() {
             let f = frames
                 .get(loc_id)
                 .ok_or_else(|| invalid(format!("sample {n} refers to unknown location {loc_id}")))?;
-            stack.extend(f.iter().cloned());
+            stack.extend_from_slice(f);
         }
         if stack.is_empty() {
-            stack.push("[unknown]".to_owned());
+            stack.push(unknown);
         }
 
         let mut span_id = None;
@@ -194,9 +199,9 @@ pub fn split(p: &Profile, forced_span: Option<&SpanContribution>) -> Result<Spli
             (Some(f), _) => spans
                 .entry(SpanKey { id: f.profile_id, trace: f.trace_id, name: -1 })
                 .or_default()
-                .add(stack, count),
-            (None, Some(id)) => spans.entry(SpanKey { id, trace, name }).or_default().add(stack, count),
-            (None, None) => process.add(stack, count),
+                .add(&stack, count),
+            (None, Some(id)) => spans.entry(SpanKey { id, trace, name }).or_default().add(&stack, count),
+            (None, None) => process.add(&stack, count),
         }
     }
 
@@ -226,7 +231,7 @@ pub fn split(p: &Profile, forced_span: Option<&SpanContribution>) -> Result<Spli
         let from = p.time_nanos as u64 / 1_000_000;
         (from, from + (p.duration_nanos.max(0) as u64) / 1_000_000)
     });
-    Ok(SplitProfile { period_ns: pick.period_ns, time_range_ms, spans, process })
+    Ok(SplitProfile { period_ns: pick.period_ns, time_range_ms, frames: table, spans, process })
 }
 
 #[cfg(test)]
@@ -300,8 +305,8 @@ pub(crate) mod tests {
         assert_eq!(sc.span_name.as_deref(), Some("Order"));
         assert_eq!(sc.stacks.total(), 5);
         assert_eq!(split.process.total(), 1);
-        let (stack, _) = split.process.iter().next().unwrap();
-        assert_eq!(stack, ["main", "idle"]);
+        let names: Vec<&str> = split.process.iter().next().unwrap().0.iter().map(|&f| split.frames.name(f)).collect();
+        assert_eq!(names, ["main", "idle"]);
     }
 
     #[test]
@@ -331,7 +336,7 @@ pub(crate) mod tests {
         p.location.push(Location { id: 60, mapping_id: 7, address: 0x1234, ..Default::default() });
         p.sample[0].location_id.insert(0, 60);
         let split = split(&p, None).unwrap();
-        let (stack, _) = split.process.iter().next().unwrap();
-        assert_eq!(stack, ["outer", "inner", "libfoo.so+0x434"]);
+        let names: Vec<&str> = split.process.iter().next().unwrap().0.iter().map(|&f| split.frames.name(f)).collect();
+        assert_eq!(names, ["outer", "inner", "libfoo.so+0x434"]);
     }
 }

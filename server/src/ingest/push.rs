@@ -97,6 +97,7 @@ pub fn to_batches(req: PushRequest, limits: &Limits, now_ms: u64) -> Result<Vec<
                 period_ns: split.period_ns,
                 from_ms,
                 until_ms,
+                frames: split.frames,
                 spans,
                 process: split.process,
             };

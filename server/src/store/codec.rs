@@ -6,9 +6,10 @@ use prost::Message;
 use crate::error::{Error, Result};
 use crate::proto::push::LabelPair;
 
-/// Metadata of one span profile (table `span_meta`).
+/// One span profile (table `spans`): metadata and stack counts in one record, so a merge is one
+/// read and one write.
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct SpanMetaRecord {
+pub struct SpanRecord {
     /// 16 bytes big-endian, or empty when unknown.
     #[prost(bytes = "vec", tag = "1")]
     pub trace_id: Vec<u8>,
@@ -26,6 +27,21 @@ pub struct SpanMetaRecord {
     pub last_seen_ms: u64,
     #[prost(message, repeated, tag = "8")]
     pub labels: Vec<LabelPair>,
+    /// Stack IDs sorted ascending, delta-encoded (see [`StacksRecord`]).
+    #[prost(uint32, repeated, tag = "9")]
+    pub stack_id_deltas: Vec<u32>,
+    #[prost(uint64, repeated, tag = "10")]
+    pub counts: Vec<u64>,
+}
+
+impl SpanRecord {
+    pub fn stack_counts(&self) -> Result<Counts> {
+        decode_deltas(&self.stack_id_deltas, &self.counts)
+    }
+
+    pub fn set_stack_counts(&mut self, counts: &Counts) {
+        (self.stack_id_deltas, self.counts) = encode_deltas(counts);
+    }
 }
 
 /// Stack counts of one profile (tables `span_stacks` and `process`): stack IDs sorted
@@ -52,32 +68,38 @@ pub type Counts = Vec<(u32, u64)>;
 
 impl StacksRecord {
     pub fn from_counts(counts: &Counts, period_ns: u64) -> Self {
-        let mut prev = 0;
-        let mut rec = StacksRecord {
-            stack_id_deltas: Vec::with_capacity(counts.len()),
-            counts: Vec::with_capacity(counts.len()),
-            period_ns,
-        };
-        for &(id, c) in counts {
-            rec.stack_id_deltas.push(id - prev);
-            rec.counts.push(c);
-            prev = id;
-        }
-        rec
+        let (stack_id_deltas, counts) = encode_deltas(counts);
+        StacksRecord { stack_id_deltas, counts, period_ns }
     }
 
     pub fn to_counts(&self) -> Result<Counts> {
-        if self.stack_id_deltas.len() != self.counts.len() {
-            return Err(Error::Corrupt("stack ids and counts differ in length".into()));
-        }
-        let mut id = 0u32;
-        let mut out = Vec::with_capacity(self.counts.len());
-        for (d, &c) in self.stack_id_deltas.iter().zip(&self.counts) {
-            id = id.checked_add(*d).ok_or_else(|| Error::Corrupt("stack id overflow".into()))?;
-            out.push((id, c));
-        }
-        Ok(out)
+        decode_deltas(&self.stack_id_deltas, &self.counts)
     }
+}
+
+fn encode_deltas(counts: &Counts) -> (Vec<u32>, Vec<u64>) {
+    let mut prev = 0;
+    let mut ids = Vec::with_capacity(counts.len());
+    let mut values = Vec::with_capacity(counts.len());
+    for &(id, c) in counts {
+        ids.push(id - prev);
+        values.push(c);
+        prev = id;
+    }
+    (ids, values)
+}
+
+fn decode_deltas(deltas: &[u32], counts: &[u64]) -> Result<Counts> {
+    if deltas.len() != counts.len() {
+        return Err(Error::Corrupt("stack ids and counts differ in length".into()));
+    }
+    let mut id = 0u32;
+    let mut out = Vec::with_capacity(counts.len());
+    for (d, &c) in deltas.iter().zip(counts) {
+        id = id.checked_add(*d).ok_or_else(|| Error::Corrupt("stack id overflow".into()))?;
+        out.push((id, c));
+    }
+    Ok(out)
 }
 
 /// Merges two sorted count lists; counts of the same stack add up.

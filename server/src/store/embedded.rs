@@ -16,17 +16,17 @@ use std::thread::JoinHandle;
 use prost::Message;
 use redb::{Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
-use super::codec::{self, Counts, SpanMetaRecord, StackRecord, StacksRecord};
+use super::codec::{self, Counts, SpanRecord, StackRecord, StacksRecord};
 use super::{
     Cursor, InsertStats, Page, ProcessProfile, ProfileStore, Retention, RetentionStats, SpanProfile, SpanQuery,
     SpanSummary, Stacks, StoreStats,
 };
 use crate::error::{Error, Result};
-use crate::model::{Labels, ProfileId, SeriesBatch, StackCounts, TraceId};
+use crate::model::{Frames, Labels, ProfileId, SeriesBatch, StackCounts, TraceId, rescale_count};
 use crate::proto::push::LabelPair;
 
-const SPAN_META: TableDefinition<u64, &[u8]> = TableDefinition::new("span_meta");
-const SPAN_STACKS: TableDefinition<u64, &[u8]> = TableDefinition::new("span_stacks");
+/// span id → `SpanRecord` (metadata and stack counts)
+const SPANS: TableDefinition<u64, &[u8]> = TableDefinition::new("spans");
 /// (last_seen_ms, span id)
 const SPANS_BY_TIME: TableDefinition<(u64, u64), ()> = TableDefinition::new("spans_by_time");
 /// (service, last_seen_ms, span id)
@@ -150,8 +150,7 @@ impl Drop for EmbeddedStore {
 
 /// Creates every table, so read transactions never meet a missing one.
 fn for_each_table(w: &WriteTransaction) -> Result<()> {
-    w.open_table(SPAN_META)?;
-    w.open_table(SPAN_STACKS)?;
+    w.open_table(SPANS)?;
     w.open_table(SPANS_BY_TIME)?;
     w.open_table(SPANS_BY_SERVICE)?;
     w.open_table(SPANS_BY_TRACE)?;
@@ -224,26 +223,46 @@ impl PendingInterns {
         Ok(id)
     }
 
-    fn stack(&mut self, i: &Interner, w: &WriteTransaction, frames: &[String]) -> Result<u32> {
-        let mut ids = Vec::with_capacity(frames.len());
-        for f in frames {
-            ids.push(self.frame(i, w, f)?);
-        }
-        let h = stack_hash(&ids);
+    fn stack(&mut self, i: &Interner, w: &WriteTransaction, ids: &[u32]) -> Result<u32> {
+        let h = stack_hash(ids);
         if let Some(&id) = i.stacks.get(&h).or_else(|| self.stacks.get(&h)) {
             return Ok(id);
         }
         let id = self.next_stack;
         self.next_stack += 1;
-        w.open_table(STACKS)?.insert(id, StackRecord { frame_ids: ids }.encode_to_vec().as_slice())?;
+        w.open_table(STACKS)?.insert(id, StackRecord { frame_ids: ids.to_vec() }.encode_to_vec().as_slice())?;
         self.stacks.insert(h, id);
         Ok(id)
     }
 
-    fn counts(&mut self, i: &Interner, w: &WriteTransaction, stacks: &StackCounts) -> Result<Counts> {
+    /// Interns a batch's stacks: `frame_ids` maps the batch's frame indices to global frame IDs
+    /// (filled lazily, so each distinct frame name is looked up once per batch).
+    fn counts(
+        &mut self,
+        i: &Interner,
+        w: &WriteTransaction,
+        frames: &Frames,
+        frame_ids: &mut Vec<Option<u32>>,
+        stacks: &StackCounts,
+    ) -> Result<Counts> {
+        frame_ids.resize(frames.len(), None);
+        let mut global = Vec::with_capacity(64);
         let mut out = Vec::with_capacity(stacks.len());
-        for (frames, count) in stacks.iter() {
-            out.push((self.stack(i, w, frames)?, count));
+        for (stack, count) in stacks.iter() {
+            global.clear();
+            for &f in stack {
+                let slot = frame_ids.get_mut(f as usize).ok_or_else(|| Error::Corrupt(format!("frame index {f}")))?;
+                let id = match *slot {
+                    Some(id) => id,
+                    None => {
+                        let id = self.frame(i, w, frames.name(f))?;
+                        *slot = Some(id);
+                        id
+                    }
+                };
+                global.push(id);
+            }
+            out.push((self.stack(i, w, &global)?, count));
         }
         Ok(codec::normalize(out))
     }
@@ -385,17 +404,18 @@ fn insert_batch(
         .filter(|(k, _)| k.as_str() != "service_name" && k.as_str() != "__name__")
         .map(|(k, v)| LabelPair { name: k.clone(), value: v.clone() })
         .collect();
+    let mut frame_ids = Vec::new();
 
     if !batch.process.is_empty() {
         let sid = series_id(w, &batch.labels)?;
         let bucket = batch.from_ms / BUCKET_MS * BUCKET_MS;
-        let counts = pending.counts(interner, w, &batch.process)?;
+        let counts = pending.counts(interner, w, &batch.frames, &mut frame_ids, &batch.process)?;
         let mut process = w.open_table(PROCESS)?;
         let old = process.get((sid, bucket))?.map(|v| v.value().to_vec());
         let (merged, period) = match &old {
             Some(bytes) => {
                 let rec: StacksRecord = codec::decode(bytes, "process bucket")?;
-                let incoming = rescaled(&batch.process, batch.period_ns, rec.period_ns, interner, pending, w, counts)?;
+                let incoming = rescaled(counts, batch.period_ns, rec.period_ns);
                 (codec::merge_counts(&rec.to_counts()?, &incoming), rec.period_ns)
             }
             None => {
@@ -409,88 +429,81 @@ fn insert_batch(
         stats.process_buckets += 1;
     }
 
-    let mut meta_t = w.open_table(SPAN_META)?;
-    let mut stacks_t = w.open_table(SPAN_STACKS)?;
+    let mut spans_t = w.open_table(SPANS)?;
     let mut by_time = w.open_table(SPANS_BY_TIME)?;
     let mut by_service = w.open_table(SPANS_BY_SERVICE)?;
     let mut by_trace = w.open_table(SPANS_BY_TRACE)?;
     for span in &batch.spans {
         let id = span.profile_id.0;
-        let counts = pending.counts(interner, w, &span.stacks)?;
-        let samples = span.stacks.total();
-        let old_meta = meta_t.get(id)?.map(|v| v.value().to_vec());
-        let (meta, merged, old_len) = match old_meta {
+        let counts = pending.counts(interner, w, &batch.frames, &mut frame_ids, &span.stacks)?;
+        let old = spans_t.get(id)?.map(|v| v.value().to_vec());
+        let old_len = old.as_ref().map_or(0, Vec::len);
+        let rec = match old {
             Some(old_bytes) => {
-                let mut meta: SpanMetaRecord = codec::decode(&old_bytes, "span meta")?;
-                let old_stacks = stacks_t.get(id)?.map(|v| v.value().to_vec()).unwrap_or_default();
-                let rec: StacksRecord = codec::decode(&old_stacks, "span stacks")?;
-                let incoming = rescaled(&span.stacks, batch.period_ns, meta.period_ns, interner, pending, w, counts)?;
-                by_time.remove((meta.last_seen_ms, id))?;
-                by_service.remove((meta.service_name.as_str(), meta.last_seen_ms, id))?;
-                meta.samples = meta.samples.saturating_add(incoming.iter().map(|c| c.1).sum());
-                meta.first_seen_ms = meta.first_seen_ms.min(batch.from_ms);
-                meta.last_seen_ms = meta.last_seen_ms.max(batch.until_ms);
-                if meta.trace_id.is_empty() {
-                    meta.trace_id = codec::trace_to_bytes(span.trace_id);
-                }
-                if meta.span_name.is_empty() {
-                    meta.span_name = span.span_name.clone().unwrap_or_default();
-                }
-                for l in &span_labels {
-                    if !meta.labels.iter().any(|m| m.name == l.name) {
-                        meta.labels.push(l.clone());
+                let mut rec: SpanRecord = codec::decode(&old_bytes, "span")?;
+                let incoming = rescaled(counts, batch.period_ns, rec.period_ns);
+                by_time.remove((rec.last_seen_ms, id))?;
+                by_service.remove((rec.service_name.as_str(), rec.last_seen_ms, id))?;
+                rec.samples = rec.samples.saturating_add(incoming.iter().map(|c| c.1).sum());
+                rec.first_seen_ms = rec.first_seen_ms.min(batch.from_ms);
+                rec.last_seen_ms = rec.last_seen_ms.max(batch.until_ms);
+                if rec.trace_id.is_empty() && span.trace_id.is_some() {
+                    rec.trace_id = codec::trace_to_bytes(span.trace_id);
+                    if let Some(t) = span.trace_id {
+                        by_trace.insert((t.0, id), ())?;
                     }
                 }
-                let merged = codec::merge_counts(&rec.to_counts()?, &incoming);
+                if rec.span_name.is_empty() {
+                    rec.span_name = span.span_name.clone().unwrap_or_default();
+                }
+                for l in &span_labels {
+                    if !rec.labels.iter().any(|m| m.name == l.name) {
+                        rec.labels.push(l.clone());
+                    }
+                }
+                let merged = codec::merge_counts(&rec.stack_counts()?, &incoming);
+                rec.set_stack_counts(&merged);
                 stats.span_profiles_merged += 1;
-                (meta, merged, old_bytes.len() + old_stacks.len())
+                rec
             }
             None => {
                 stats.span_profiles_created += 1;
                 *spans_delta += 1;
-                let meta = SpanMetaRecord {
+                if let Some(t) = span.trace_id {
+                    by_trace.insert((t.0, id), ())?;
+                }
+                let mut rec = SpanRecord {
                     trace_id: codec::trace_to_bytes(span.trace_id),
                     service_name: service.to_owned(),
                     span_name: span.span_name.clone().unwrap_or_default(),
-                    samples,
+                    samples: span.stacks.total(),
                     period_ns: batch.period_ns,
                     first_seen_ms: batch.from_ms,
                     last_seen_ms: batch.until_ms,
                     labels: span_labels.clone(),
+                    ..Default::default()
                 };
-                (meta, counts, 0)
+                rec.set_stack_counts(&counts);
+                rec
             }
         };
-        if let Some(t) = codec::trace_from_bytes(&meta.trace_id) {
-            by_trace.insert((t.0, id), ())?;
-        }
-        by_time.insert((meta.last_seen_ms, id), ())?;
-        by_service.insert((meta.service_name.as_str(), meta.last_seen_ms, id), ())?;
-        let meta_bytes = meta.encode_to_vec();
-        let stack_bytes = StacksRecord::from_counts(&merged, meta.period_ns).encode_to_vec();
-        *bytes_delta += (meta_bytes.len() + stack_bytes.len()) as i64 - old_len as i64;
-        meta_t.insert(id, meta_bytes.as_slice())?;
-        stacks_t.insert(id, stack_bytes.as_slice())?;
+        by_time.insert((rec.last_seen_ms, id), ())?;
+        by_service.insert((rec.service_name.as_str(), rec.last_seen_ms, id), ())?;
+        let bytes = rec.encode_to_vec();
+        *bytes_delta += bytes.len() as i64 - old_len as i64;
+        spans_t.insert(id, bytes.as_slice())?;
     }
     Ok(stats)
 }
 
-/// Interned counts of `stacks`, rescaled from `from_period` to `to_period` when they differ.
-fn rescaled(
-    stacks: &StackCounts,
-    from_period: u64,
-    to_period: u64,
-    interner: &Interner,
-    pending: &mut PendingInterns,
-    w: &WriteTransaction,
-    counts: Counts,
-) -> Result<Counts> {
-    if from_period == to_period || to_period == 0 {
-        return Ok(counts);
+/// `counts` taken at `from_period`, rescaled onto `to_period` when they differ.
+fn rescaled(mut counts: Counts, from_period: u64, to_period: u64) -> Counts {
+    if from_period != to_period && to_period != 0 {
+        for c in &mut counts {
+            c.1 = rescale_count(c.1, from_period, to_period);
+        }
     }
-    let mut s = stacks.clone();
-    s.rescale(from_period, to_period);
-    pending.counts(interner, w, &s)
+    counts
 }
 
 /// One bounded retention step: deletes at most [`RETENTION_STEP_ROWS`] expired rows.
@@ -548,17 +561,15 @@ fn retention_step(db: &Database, policy: &Retention, now_ms: u64) -> Result<Rete
     Ok(stats)
 }
 
-/// Deletes a span's records and its service and trace index entries; returns the bytes freed.
+/// Deletes a span's record and its service and trace index entries; returns the bytes freed.
 fn delete_span(w: &WriteTransaction, id: u64, last_seen: u64) -> Result<u64> {
-    let meta_bytes = w.open_table(SPAN_META)?.remove(id)?.map(|v| v.value().to_vec());
-    let stacks_len = w.open_table(SPAN_STACKS)?.remove(id)?.map(|v| v.value().len()).unwrap_or(0);
-    let Some(meta_bytes) = meta_bytes else { return Ok(stacks_len as u64) };
-    let meta: SpanMetaRecord = codec::decode(&meta_bytes, "span meta")?;
-    w.open_table(SPANS_BY_SERVICE)?.remove((meta.service_name.as_str(), last_seen, id))?;
-    if let Some(t) = codec::trace_from_bytes(&meta.trace_id) {
+    let Some(bytes) = w.open_table(SPANS)?.remove(id)?.map(|v| v.value().to_vec()) else { return Ok(0) };
+    let rec: SpanRecord = codec::decode(&bytes, "span")?;
+    w.open_table(SPANS_BY_SERVICE)?.remove((rec.service_name.as_str(), last_seen, id))?;
+    if let Some(t) = codec::trace_from_bytes(&rec.trace_id) {
         w.open_table(SPANS_BY_TRACE)?.remove((t.0, id))?;
     }
-    Ok((meta_bytes.len() + stacks_len) as u64)
+    Ok(bytes.len() as u64)
 }
 
 /// Resolves stack IDs to frame names within one read snapshot, caching what it has seen.
@@ -608,7 +619,7 @@ impl<'r> Resolver<'r> {
     }
 }
 
-fn summary(id: u64, meta: SpanMetaRecord) -> SpanSummary {
+fn summary(id: u64, meta: SpanRecord) -> SpanSummary {
     SpanSummary {
         profile_id: ProfileId(id),
         trace_id: codec::trace_from_bytes(&meta.trace_id),
@@ -623,14 +634,10 @@ fn summary(id: u64, meta: SpanMetaRecord) -> SpanSummary {
 }
 
 fn load_span(r: &ReadTransaction, resolver: &mut Resolver<'_>, id: u64) -> Result<Option<SpanProfile>> {
-    let Some(meta) = r.open_table(SPAN_META)?.get(id)?.map(|v| v.value().to_vec()) else { return Ok(None) };
-    let meta: SpanMetaRecord = codec::decode(&meta, "span meta")?;
-    let stacks: StacksRecord = match r.open_table(SPAN_STACKS)?.get(id)? {
-        Some(v) => codec::decode(v.value(), "span stacks")?,
-        None => StacksRecord::default(),
-    };
-    let stacks = resolver.resolve(&stacks.to_counts()?)?;
-    Ok(Some(SpanProfile { summary: summary(id, meta), stacks }))
+    let Some(bytes) = r.open_table(SPANS)?.get(id)?.map(|v| v.value().to_vec()) else { return Ok(None) };
+    let rec: SpanRecord = codec::decode(&bytes, "span")?;
+    let stacks = resolver.resolve(&rec.stack_counts()?)?;
+    Ok(Some(SpanProfile { summary: summary(id, rec), stacks }))
 }
 
 impl ProfileStore for EmbeddedStore {
@@ -651,7 +658,7 @@ impl ProfileStore for EmbeddedStore {
 
     fn search_spans(&self, q: &SpanQuery) -> Result<Page> {
         let r = self.read()?;
-        let meta_t = r.open_table(SPAN_META)?;
+        let meta_t = r.open_table(SPANS)?;
         let limit = q.limit.clamp(1, 1000);
         let mut page = Page::default();
         let from = q.from_ms.unwrap_or(0);
@@ -662,7 +669,7 @@ impl ProfileStore for EmbeddedStore {
         };
         let accept = |id: u64, last_seen: u64, page: &mut Page| -> Result<bool> {
             let Some(v) = meta_t.get(id)? else { return Ok(false) };
-            let meta: SpanMetaRecord = codec::decode(v.value(), "span meta")?;
+            let meta: SpanRecord = codec::decode(v.value(), "span")?;
             let ok = meta.samples >= q.min_samples
                 && q.span_name.as_deref().is_none_or(|n| meta.span_name == n)
                 && q.service.as_deref().is_none_or(|s| meta.service_name == s)
@@ -682,7 +689,7 @@ impl ProfileStore for EmbeddedStore {
             for row in by_trace.range((trace.0, 0)..=(trace.0, u64::MAX))? {
                 let id = row?.0.value().1;
                 if let Some(v) = meta_t.get(id)? {
-                    let m: SpanMetaRecord = codec::decode(v.value(), "span meta")?;
+                    let m: SpanRecord = codec::decode(v.value(), "span")?;
                     rows.push((m.last_seen_ms, id));
                 }
             }
