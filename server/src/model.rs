@@ -1,6 +1,8 @@
 //! The server's vocabulary: profile and trace IDs, stacks with counts, and what one ingest adds.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use ahash::AHashMap as HashMap;
 use std::fmt;
 use std::sync::Arc;
 

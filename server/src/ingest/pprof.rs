@@ -2,7 +2,7 @@
 //! samples into span profiles (by the `span_id`/`profile_id`, `trace_id`, `span_name` sample labels)
 //! and the whole-process rest.
 
-use std::collections::HashMap;
+use ahash::AHashMap as HashMap;
 
 use prost::Message;
 
@@ -150,6 +150,8 @@ pub fn split(p: &Profile, forced_span: Option<&SpanContribution>) -> Result<Spli
     let mut spans: HashMap<SpanKey, StackCounts> = HashMap::new();
     let mut process = StackCounts::new();
     let mut stack: Vec<u32> = Vec::with_capacity(64);
+    let mut span_ids: HashMap<i64, ProfileId> = HashMap::new();
+    let mut trace_ids: HashMap<i64, TraceId> = HashMap::new();
     for (n, sample) in p.sample.iter().enumerate() {
         if sample.value.len() != p.sample_type.len() {
             return Err(invalid(format!(
@@ -181,15 +183,32 @@ pub fn split(p: &Profile, forced_span: Option<&SpanContribution>) -> Result<Spli
         let mut name = 0;
         for l in &sample.label {
             if Some(l.key) == k_span || Some(l.key) == k_profile {
-                let v = s.get(l.str)?;
-                span_id = Some(ProfileId::parse(v).ok_or_else(|| {
-                    Error::rejected(Reject::BadLabel, format!("sample {n}: span_id {v:?} is not 16 hex digits"))
-                })?);
+                // Many samples share a span: parse each distinct string once.
+                let id = match span_ids.get(&l.str) {
+                    Some(&id) => id,
+                    None => {
+                        let v = s.get(l.str)?;
+                        let id = ProfileId::parse(v).ok_or_else(|| {
+                            Error::rejected(Reject::BadLabel, format!("sample {n}: span_id {v:?} is not 16 hex digits"))
+                        })?;
+                        span_ids.insert(l.str, id);
+                        id
+                    }
+                };
+                span_id = Some(id);
             } else if Some(l.key) == k_trace {
-                let v = s.get(l.str)?;
-                trace = Some(TraceId::parse(v).ok_or_else(|| {
-                    Error::rejected(Reject::BadLabel, format!("sample {n}: trace_id {v:?} is not 32 hex digits"))
-                })?);
+                let id = match trace_ids.get(&l.str) {
+                    Some(&id) => id,
+                    None => {
+                        let v = s.get(l.str)?;
+                        let id = TraceId::parse(v).ok_or_else(|| {
+                            Error::rejected(Reject::BadLabel, format!("sample {n}: trace_id {v:?} is not 32 hex digits"))
+                        })?;
+                        trace_ids.insert(l.str, id);
+                        id
+                    }
+                };
+                trace = Some(id);
             } else if Some(l.key) == k_name {
                 s.get(l.str)?;
                 name = l.str;

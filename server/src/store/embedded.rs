@@ -6,8 +6,10 @@
 //! whole-process stacks by (series, minute bucket) with a time index; frames and stacks interned
 //! once (records hold stack IDs). See the README's "Storage" section for why redb.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::hash::{Hash, Hasher};
+
+use ahash::AHashMap as HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
@@ -164,10 +166,11 @@ fn for_each_table(w: &WriteTransaction) -> Result<()> {
     Ok(())
 }
 
+/// A fixed-seed hash of a stack's frame IDs: the interner is rebuilt from the stack table at
+/// start-up, so the function only has to agree with itself within one process.
 fn stack_hash(frames: &[u32]) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    frames.hash(&mut h);
-    h.finish()
+    const STATE: ahash::RandomState = ahash::RandomState::with_seeds(0x5eed, 0x5a4f, 0x9e37_79b9, 0x7f4a_7c15);
+    STATE.hash_one(frames)
 }
 
 /// The writer's in-memory view of the frame and stack tables, so interning is a hash lookup.
