@@ -34,6 +34,7 @@ async fn pyroscope_python_sdk_span_profiles_land_and_merge() {
 
     // Spans of ~100 ms of CPU each: nearly all have samples, with the hot function in them.
     let mut found = 0;
+    let mut hot = 0;
     let mut samples = 0;
     for (span_id, trace_id) in &spans {
         let (status, body) = get_json(&srv.url(&format!("/api/v1/profiles/{span_id}"))).await;
@@ -45,9 +46,11 @@ async fn pyroscope_python_sdk_span_profiles_land_and_merge() {
         assert_eq!(body["profile"]["trace_id"], *trace_id);
         assert_eq!(body["profile"]["span_name"], "OrderVehicle");
         assert_eq!(body["profile"]["labels"]["region"], "eu");
-        assert!(find(&body["flamegraph"], "find_nearest_vehicle").is_some(), "{body}");
+        // A span's few samples may all fall into the SDK's own span bookkeeping on a busy machine.
+        hot += usize::from(find(&body["flamegraph"], "find_nearest_vehicle").is_some());
     }
     assert!(found * 10 >= spans.len() * 7, "only {found} of {} spans have a profile", spans.len());
+    assert!(hot * 10 >= found * 8, "only {hot} of {found} span profiles show find_nearest_vehicle");
     assert!(samples as usize >= found * 3, "implausibly few samples: {samples} over {found} spans");
     let (status, body) = get_json(&srv.url("/api/v1/services/pyride/profile")).await;
     assert_eq!(status, 200, "{body}");
