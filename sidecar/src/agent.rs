@@ -1,0 +1,371 @@
+//! The sampling loop: discovers target processes, drains the rings, unwinds and joins each
+//! sample, aggregates, and hands each interval's aggregate to the symbolizer.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::SyncSender;
+use std::time::{Duration, Instant, SystemTime};
+
+use spanprof_channel::Reader;
+
+use crate::aggregate::Aggregate;
+use crate::error::Error;
+use crate::join::{self, Attribution, Channel};
+use crate::metrics::Metrics;
+use crate::modules::Registry;
+use crate::perf::Sampler;
+use crate::perf::record::{self, Record};
+use crate::procfs;
+use crate::unwind::{FrameKey, Outcome, Process};
+
+/// Which processes to sample.
+#[derive(Clone, Debug, Default)]
+pub struct Targets {
+    /// Only these PIDs; empty: every process of the PID namespace but the sidecar's own.
+    pub pids: Vec<u32>,
+    /// Only processes that have a channel file.
+    pub require_channel: bool,
+}
+
+/// One interval's samples, on their way to the symbolizer.
+pub struct Batch {
+    pub aggregate: Aggregate,
+    pub start: SystemTime,
+    pub duration: Duration,
+}
+
+pub struct AgentConfig {
+    pub targets: Targets,
+    pub context_dir: Option<PathBuf>,
+    pub service_name: Option<String>,
+    pub upload_interval: Duration,
+    pub poll_interval: Duration,
+}
+
+struct Proc {
+    start_time: u64,
+    /// Start time (clock ticks since boot) at which we attached: threads started later are
+    /// followed by the kernel through inherited events.
+    attached_at_ticks: u64,
+    service: Arc<str>,
+    unwind: Process,
+    channel: Option<Channel<Reader>>,
+}
+
+pub struct Agent {
+    sampler: Sampler,
+    registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
+    config: AgentConfig,
+    procs: HashMap<u32, Proc>,
+    aggregate: Aggregate,
+    interval_start: (Instant, SystemTime),
+    own_pid: u32,
+    frames: Vec<FrameKey>,
+    warned_permission: bool,
+}
+
+fn uptime_ticks() -> u64 {
+    let secs: f64 = std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0);
+    (secs * crate::perf::clock_ticks_per_second() as f64) as u64
+}
+
+impl Agent {
+    pub fn new(
+        sampler: Sampler,
+        registry: Arc<Registry>,
+        metrics: Arc<Metrics>,
+        config: AgentConfig,
+    ) -> Agent {
+        metrics
+            .kernel_excluded
+            .set(i64::from(sampler.excludes_kernel()));
+        Agent {
+            sampler,
+            registry,
+            metrics,
+            config,
+            procs: HashMap::new(),
+            aggregate: Aggregate::default(),
+            interval_start: (Instant::now(), SystemTime::now()),
+            own_pid: std::process::id(),
+            frames: Vec::with_capacity(128),
+            warned_permission: false,
+        }
+    }
+
+    /// Runs until `stop` is set, then flushes what it has.
+    pub fn run(mut self, stop: &AtomicBool, batches: SyncSender<Batch>) {
+        let mut buf = Vec::with_capacity(1 << 20);
+        let mut next_discovery = Instant::now();
+        while !stop.load(Ordering::Acquire) {
+            self.drain(&mut buf);
+            if Instant::now() >= next_discovery {
+                self.discover();
+                next_discovery = Instant::now() + Duration::from_secs(1);
+            }
+            if self.interval_start.0.elapsed() >= self.config.upload_interval {
+                self.flush(&batches);
+            }
+            std::thread::sleep(self.config.poll_interval);
+        }
+        self.drain(&mut buf);
+        self.flush(&batches);
+    }
+
+    fn drain(&mut self, buf: &mut Vec<u8>) {
+        buf.clear();
+        if self.sampler.drain(buf) == 0 {
+            return;
+        }
+        let bytes = std::mem::take(buf);
+        let r = record::for_each(&bytes, |r| self.handle(r));
+        if r.is_err() {
+            self.metrics.malformed_records.inc();
+        }
+        *buf = bytes;
+    }
+
+    fn handle(&mut self, r: Record<'_>) {
+        match r {
+            Record::Sample(s) => self.sample(s),
+            Record::Mmap { pid, exec: true } | Record::Exec { pid } => {
+                if let Some(p) = self.procs.get_mut(&pid) {
+                    p.unwind.invalidate();
+                }
+            }
+            Record::Fork { pid, tid } => {
+                self.sampler.note_fork(pid, tid);
+            }
+            Record::Exit { pid, tid } => {
+                self.sampler.note_exit(pid, tid);
+            }
+            Record::Lost(n) => {
+                self.metrics.lost_records.inc_by(n);
+            }
+            Record::Throttle => {
+                self.metrics.throttled.inc();
+            }
+            Record::Mmap { .. } | Record::Other => {}
+        }
+    }
+
+    fn sample(&mut self, s: record::Sample<'_>) {
+        if !self.procs.contains_key(&s.pid) {
+            // A child process of a target, followed through inheritance.
+            let Some(mut p) = self.new_proc(s.pid) else {
+                return;
+            };
+            // Every thread of such a process is followed by the kernel.
+            p.attached_at_ticks = p.start_time;
+            self.procs.insert(s.pid, p);
+        }
+        let Some(p) = self.procs.get_mut(&s.pid) else {
+            return;
+        };
+        self.frames.clear();
+        if s.kernel {
+            self.frames.push(FrameKey::KERNEL);
+        }
+        match s.regs {
+            Some(regs) => match p
+                .unwind
+                .unwind(&self.registry, regs, s.stack, &mut self.frames)
+            {
+                Outcome::Complete => {}
+                Outcome::Truncated => {
+                    self.metrics.unwind_truncated.inc();
+                }
+                Outcome::Failed => {
+                    self.metrics.unwind_failures.inc();
+                }
+            },
+            None => {
+                self.metrics.unwind_failures.inc();
+            }
+        }
+        let attribution = join::attribute(p.channel.as_mut(), s.tid, s.time_ns);
+        let span = match attribution {
+            Attribution::Span(l) => {
+                self.metrics.sample("span");
+                Some(l)
+            }
+            Attribution::NoSpan => {
+                self.metrics.sample("no_span");
+                None
+            }
+            Attribution::Unknown => {
+                self.metrics.sample("unknown");
+                self.metrics.unattributed.inc();
+                None
+            }
+            Attribution::NoChannel => {
+                self.metrics.sample("no_channel");
+                self.metrics.unattributed.inc();
+                None
+            }
+        };
+        let service = Arc::clone(&p.service);
+        self.aggregate.add(&service, span, &self.frames);
+    }
+
+    fn flush(&mut self, batches: &SyncSender<Batch>) {
+        let (started, wall) = std::mem::replace(
+            &mut self.interval_start,
+            (Instant::now(), SystemTime::now()),
+        );
+        if self.aggregate.is_empty() {
+            return;
+        }
+        let batch = Batch {
+            aggregate: std::mem::take(&mut self.aggregate),
+            start: wall,
+            duration: started.elapsed(),
+        };
+        if batches.try_send(batch).is_err() {
+            // The symbolizer is behind: drop this interval rather than grow without bound.
+            self.metrics.dropped_uploads.inc();
+            tracing::warn!("symbolizer behind: dropped an interval of samples");
+        }
+    }
+
+    fn channel_for(&self, pid: u32, start_time: u64) -> Option<Channel<Reader>> {
+        let dir = self.config.context_dir.as_ref()?;
+        join::open_channel(dir, pid, start_time).map(Channel::new)
+    }
+
+    fn new_proc(&self, pid: u32) -> Option<Proc> {
+        let (start_time, comm) = procfs::stat(pid)?;
+        let service: Arc<str> = Arc::from(self.config.service_name.clone().unwrap_or(comm));
+        Some(Proc {
+            start_time,
+            attached_at_ticks: uptime_ticks(),
+            service,
+            unwind: Process::new(pid),
+            channel: self.channel_for(pid, start_time),
+        })
+    }
+
+    fn candidates(&self) -> Vec<u32> {
+        if !self.config.targets.pids.is_empty() {
+            return self.config.targets.pids.clone();
+        }
+        let mut pids = procfs::numeric_entries(std::path::Path::new("/proc")).unwrap_or_default();
+        pids.retain(|&p| p != self.own_pid && procfs::is_user_process(p));
+        pids
+    }
+
+    /// Attaches to new processes, follows threads the kernel does not, detaches from processes
+    /// that exited, and handles PID reuse (same PID, other start time).
+    pub fn discover(&mut self) {
+        let explicit = !self.config.targets.pids.is_empty();
+        for pid in self.candidates() {
+            let Some((start, comm)) = procfs::stat(pid) else {
+                continue;
+            };
+            if !explicit && (comm == "pause" || pid == 0) {
+                continue;
+            }
+            if self.config.targets.require_channel {
+                let has = self
+                    .config
+                    .context_dir
+                    .as_ref()
+                    .is_some_and(|d| d.join(spanprof_channel::file_name(pid)).exists());
+                if !has {
+                    continue;
+                }
+            }
+            match self.procs.get(&pid) {
+                Some(p) if p.start_time == start => {}
+                Some(_) => {
+                    tracing::info!(pid, "PID reused by a new process: re-attaching");
+                    self.sampler.detach(pid);
+                    self.procs.remove(&pid);
+                }
+                None => {}
+            }
+            if !self.procs.contains_key(&pid) {
+                let Some(mut p) = self.new_proc(pid) else {
+                    continue;
+                };
+                if self.sampler.is_attached(pid) {
+                    // Already followed through inheritance (a target's child).
+                    p.attached_at_ticks = p.start_time;
+                }
+                tracing::info!(pid, comm = %comm, service = %p.service, channel = p.channel.is_some(), "attaching");
+                self.procs.insert(pid, p);
+            }
+            self.follow_threads(pid);
+            // A channel file may appear after the process started.
+            if let Some(p) = self.procs.get(&pid)
+                && p.channel.is_none()
+                && let Some(c) = self.channel_for(pid, p.start_time)
+                && let Some(p) = self.procs.get_mut(&pid)
+            {
+                tracing::info!(pid, "span-context channel found");
+                p.channel = Some(c);
+            }
+        }
+        let gone: Vec<u32> = self
+            .procs
+            .iter()
+            .filter(|(pid, p)| procfs::stat(**pid).is_none_or(|(s, _)| s != p.start_time))
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in gone {
+            tracing::info!(pid, "process exited: detaching");
+            self.sampler.detach(pid);
+            self.procs.remove(&pid);
+        }
+        self.metrics.attached_processes.set(self.procs.len() as i64);
+        self.metrics
+            .attached_threads
+            .set(self.sampler.thread_count() as i64);
+    }
+
+    /// Opens events for threads that existed before we attached and are not sampled yet.
+    fn follow_threads(&mut self, pid: u32) {
+        let Some(p) = self.procs.get(&pid) else {
+            return;
+        };
+        let first = !self.sampler.is_attached(pid);
+        let attached_at = p.attached_at_ticks;
+        let tids = procfs::numeric_entries(&procfs::proc_dir(pid).join("task")).unwrap_or_default();
+        for tid in tids {
+            if self.sampler.covers(pid, tid) {
+                continue;
+            }
+            if !first {
+                // Threads started after we attached are inherited from their creator.
+                let path = procfs::proc_dir(pid).join(format!("task/{tid}/stat"));
+                let started = std::fs::read_to_string(path)
+                    .ok()
+                    .and_then(|s| procfs::parse_stat(&s))
+                    .map(|s| s.0);
+                if started.is_none_or(|t| t >= attached_at) {
+                    continue;
+                }
+            }
+            match self.sampler.attach_thread(pid, tid) {
+                Ok(()) => {}
+                Err(Error::PerfNotPermitted(hint)) => {
+                    self.metrics.attach_errors.inc();
+                    if !self.warned_permission {
+                        tracing::error!(pid, tid, %hint, "cannot sample the target");
+                        self.warned_permission = true;
+                    }
+                }
+                Err(e) => {
+                    self.metrics.attach_errors.inc();
+                    tracing::debug!(pid, tid, error = %e, "cannot attach to thread (exited?)");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,355 @@
+//! Aggregation per upload interval and the pprof it becomes (pure).
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::sync::Arc;
+
+use prost::Message;
+
+use crate::join::SpanLabels;
+use crate::proto::{self, Function, Label, Line, Location, Profile, Sample, ValueType};
+use crate::symbolize::Names;
+use crate::unwind::FrameKey;
+
+/// A stack (leaf first) and the span it ran for.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct StackKey {
+    pub span: Option<SpanLabels>,
+    pub frames: Box<[FrameKey]>,
+}
+
+/// Sample counts of one interval, per service.
+#[derive(Debug, Default)]
+pub struct Aggregate {
+    pub series: BTreeMap<Arc<str>, HashMap<StackKey, u64>>,
+    samples: u64,
+}
+
+impl Aggregate {
+    pub fn add(&mut self, service: &Arc<str>, span: Option<SpanLabels>, frames: &[FrameKey]) {
+        let stacks = self.series.entry(Arc::clone(service)).or_default();
+        *stacks
+            .entry(StackKey {
+                span,
+                frames: frames.into(),
+            })
+            .or_default() += 1;
+        self.samples += 1;
+    }
+
+    pub fn samples(&self) -> u64 {
+        self.samples
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.samples == 0
+    }
+
+    /// Every frame, for the symbolizer.
+    pub fn frames(&self) -> impl Iterator<Item = &FrameKey> {
+        self.series
+            .values()
+            .flat_map(|s| s.keys())
+            .flat_map(|k| k.frames.iter())
+    }
+}
+
+/// Interns strings into a pprof string table (index 0 is "").
+struct Strings {
+    table: Vec<String>,
+    index: HashMap<String, i64>,
+}
+
+impl Strings {
+    fn new() -> Strings {
+        Strings {
+            table: vec![String::new()],
+            index: HashMap::from([(String::new(), 0)]),
+        }
+    }
+    fn get(&mut self, s: &str) -> i64 {
+        if let Some(&i) = self.index.get(s) {
+            return i;
+        }
+        let i = self.table.len() as i64;
+        self.table.push(s.to_owned());
+        self.index.insert(s.to_owned(), i);
+        i
+    }
+}
+
+/// Time range and sampling period of a profile.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    pub period_ns: i64,
+    pub time_unix_ns: i64,
+    pub duration_ns: i64,
+}
+
+/// Builds the pprof of one service's interval: sample types `cpu`/`nanoseconds` and
+/// `samples`/`count`, period `1e9 / Hz`, and the sample labels `span_id`, `trace_id`,
+/// `span_name` on span samples.
+pub fn build_profile(
+    stacks: &HashMap<StackKey, u64>,
+    names: impl Fn(FrameKey) -> Names,
+    timing: Timing,
+) -> Profile {
+    let mut s = Strings::new();
+    let (cpu, ns, samples, count) = (
+        s.get("cpu"),
+        s.get("nanoseconds"),
+        s.get("samples"),
+        s.get("count"),
+    );
+    let (k_span, k_trace, k_name) = (s.get("span_id"), s.get("trace_id"), s.get("span_name"));
+    let mut functions: HashMap<Arc<str>, u64> = HashMap::new();
+    let mut function = Vec::new();
+    let mut locations: HashMap<FrameKey, u64> = HashMap::new();
+    let mut location = Vec::new();
+    let mut sample = Vec::with_capacity(stacks.len());
+    // Deterministic output: sort the stacks.
+    let mut sorted: Vec<_> = stacks.iter().collect();
+    sorted.sort_by(|a, b| (&a.0.span, &a.0.frames).cmp(&(&b.0.span, &b.0.frames)));
+    for (key, &n) in sorted {
+        let mut location_id = Vec::with_capacity(key.frames.len());
+        for &f in key.frames.iter() {
+            let id = *locations.entry(f).or_insert_with(|| {
+                let id = location.len() as u64 + 1;
+                let line = names(f)
+                    .iter()
+                    .map(|name| {
+                        let function_id = *functions.entry(Arc::clone(name)).or_insert_with(|| {
+                            let fid = function.len() as u64 + 1;
+                            let n = s.get(name);
+                            function.push(Function {
+                                id: fid,
+                                name: n,
+                                system_name: n,
+                            });
+                            fid
+                        });
+                        Line { function_id }
+                    })
+                    .collect();
+                location.push(Location {
+                    id,
+                    address: f.addr,
+                    line,
+                });
+                id
+            });
+            location_id.push(id);
+        }
+        let mut label = Vec::new();
+        if let Some(span) = &key.span {
+            label.push(Label {
+                key: k_span,
+                str: s.get(&format!("{:016x}", span.span_id)),
+            });
+            label.push(Label {
+                key: k_trace,
+                str: s.get(&format!("{:032x}", span.trace_id)),
+            });
+            if !span.name.is_empty() {
+                label.push(Label {
+                    key: k_name,
+                    str: s.get(&span.name),
+                });
+            }
+        }
+        let n = n as i64;
+        sample.push(Sample {
+            location_id,
+            value: vec![n.saturating_mul(timing.period_ns), n],
+            label,
+        });
+    }
+    Profile {
+        sample_type: vec![
+            ValueType {
+                r#type: cpu,
+                unit: ns,
+            },
+            ValueType {
+                r#type: samples,
+                unit: count,
+            },
+        ],
+        sample,
+        location,
+        function,
+        string_table: s.table,
+        time_nanos: timing.time_unix_ns,
+        duration_nanos: timing.duration_ns,
+        period_type: Some(ValueType {
+            r#type: cpu,
+            unit: ns,
+        }),
+        period: timing.period_ns,
+        default_sample_type: 0,
+    }
+}
+
+pub fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(
+        Vec::with_capacity(bytes.len() / 4 + 64),
+        flate2::Compression::fast(),
+    );
+    // Writing into a Vec cannot fail.
+    let _ = e.write_all(bytes);
+    e.finish().unwrap_or_default()
+}
+
+/// The series labels of a service's uploads.
+pub fn series_labels(service: &str, extra: &[(String, String)]) -> Vec<proto::LabelPair> {
+    let mut labels = vec![
+        proto::LabelPair {
+            name: "__name__".into(),
+            value: "process_cpu".into(),
+        },
+        proto::LabelPair {
+            name: "service_name".into(),
+            value: service.into(),
+        },
+    ];
+    labels.extend(
+        extra
+            .iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| proto::LabelPair {
+                name: k.clone(),
+                value: v.clone(),
+            }),
+    );
+    labels
+}
+
+/// One `PushRequest` (protobuf) with a gzipped pprof per service.
+pub fn push_request(profiles: Vec<(Vec<proto::LabelPair>, Profile)>, upload_id: &str) -> Vec<u8> {
+    let series = profiles
+        .into_iter()
+        .map(|(labels, p)| proto::RawProfileSeries {
+            labels,
+            samples: vec![proto::RawSample {
+                raw_profile: gzip(&p.encode_to_vec()),
+                id: upload_id.to_owned(),
+            }],
+        })
+        .collect();
+    proto::PushRequest { series }.encode_to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn k(m: u32, a: u64) -> FrameKey {
+        FrameKey { module: m, addr: a }
+    }
+
+    fn names(f: FrameKey) -> Names {
+        match f.addr {
+            1 => Arc::from([Arc::from("inlined_leaf"), Arc::from("find_nearest_vehicle")]),
+            a => Arc::from([Arc::from(format!("f{a}"))]),
+        }
+    }
+
+    #[test]
+    fn aggregates_and_builds_a_labelled_pprof() {
+        let svc: Arc<str> = Arc::from("ride");
+        let span = SpanLabels {
+            span_id: 0xab,
+            trace_id: 0xcd,
+            name: Arc::from("OrderVehicle"),
+        };
+        let mut agg = Aggregate::default();
+        for _ in 0..3 {
+            agg.add(&svc, Some(span.clone()), &[k(0, 1), k(0, 2), k(0, 3)]);
+        }
+        agg.add(&svc, None, &[k(0, 2), k(0, 3)]);
+        agg.add(&Arc::from("other"), None, &[k(1, 9)]);
+        assert_eq!(agg.samples(), 5);
+        assert_eq!(agg.series.len(), 2);
+        assert_eq!(agg.frames().count(), 3 + 2 + 1);
+
+        let timing = Timing {
+            period_ns: 10_000_000,
+            time_unix_ns: 1_700_000_000_000_000_000,
+            duration_ns: 10_000_000_000,
+        };
+        let p = build_profile(&agg.series[&svc], names, timing);
+        let st = |i: i64| p.string_table[i as usize].as_str();
+        assert_eq!(st(0), "");
+        assert_eq!(
+            (st(p.sample_type[0].r#type), st(p.sample_type[0].unit)),
+            ("cpu", "nanoseconds")
+        );
+        assert_eq!(
+            (st(p.sample_type[1].r#type), st(p.sample_type[1].unit)),
+            ("samples", "count")
+        );
+        assert_eq!(p.period, 10_000_000);
+        assert_eq!(p.sample.len(), 2);
+        let spanned = p.sample.iter().find(|s| !s.label.is_empty()).unwrap();
+        assert_eq!(spanned.value, vec![30_000_000, 3]);
+        let labels: Vec<(&str, &str)> = spanned
+            .label
+            .iter()
+            .map(|l| (st(l.key), st(l.str)))
+            .collect();
+        assert_eq!(
+            labels,
+            vec![
+                ("span_id", "00000000000000ab"),
+                ("trace_id", "000000000000000000000000000000cd"),
+                ("span_name", "OrderVehicle")
+            ]
+        );
+        // Leaf first; the leaf location carries the inlined function first.
+        let leaf = &p.location[(spanned.location_id[0] - 1) as usize];
+        let fname = |id: u64| st(p.function[(id - 1) as usize].name);
+        assert_eq!(
+            leaf.line
+                .iter()
+                .map(|l| fname(l.function_id))
+                .collect::<Vec<_>>(),
+            vec!["inlined_leaf", "find_nearest_vehicle"]
+        );
+        // Locations and functions are shared between samples.
+        assert_eq!(p.location.len(), 3);
+        assert_eq!(p.function.len(), 4);
+        let plain = p.sample.iter().find(|s| s.label.is_empty()).unwrap();
+        assert_eq!(plain.value, vec![10_000_000, 1]);
+
+        let body = push_request(
+            vec![(
+                series_labels(
+                    "ride",
+                    &[("pod".into(), "p-1".into()), ("node".into(), String::new())],
+                ),
+                p,
+            )],
+            "u1",
+        );
+        let req = proto::PushRequest::decode(body.as_slice()).unwrap();
+        let labels: Vec<_> = req.series[0]
+            .labels
+            .iter()
+            .map(|l| (l.name.as_str(), l.value.as_str()))
+            .collect();
+        assert_eq!(
+            labels,
+            vec![
+                ("__name__", "process_cpu"),
+                ("service_name", "ride"),
+                ("pod", "p-1")
+            ]
+        );
+        let raw = &req.series[0].samples[0].raw_profile;
+        assert_eq!(&raw[..2], &[0x1f, 0x8b]);
+        let mut d = flate2::read::GzDecoder::new(raw.as_slice());
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut d, &mut out).unwrap();
+        assert_eq!(Profile::decode(out.as_slice()).unwrap().sample.len(), 2);
+    }
+}

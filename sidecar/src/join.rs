@@ -1,0 +1,184 @@
+//! Joining samples to the span-context channel: which local root span was thread `tid` running
+//! at the sample's time? A span, no span (whole-process only), or unknown (never guessed).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use spanprof_channel::{Answer, NameRef, Reader};
+
+/// The span labels a sample carries.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SpanLabels {
+    pub span_id: u64,
+    pub trace_id: u128,
+    pub name: Arc<str>,
+}
+
+/// Where a sample goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Attribution {
+    Span(SpanLabels),
+    /// The thread was in no span: whole-process profile only.
+    NoSpan,
+    /// The channel cannot tell (overrun, unregistered thread): counted, unattributed.
+    Unknown,
+    /// The process has no (valid) channel file.
+    NoChannel,
+}
+
+/// What the join needs of a channel (the real [`Reader`], or a table in tests).
+pub trait SpanLookup {
+    fn lookup(&self, tid: u32, t_ns: u64) -> Answer;
+    fn name(&self, r: NameRef) -> Option<String>;
+}
+
+impl SpanLookup for Reader {
+    fn lookup(&self, tid: u32, t_ns: u64) -> Answer {
+        Reader::lookup(self, tid, t_ns)
+    }
+    fn name(&self, r: NameRef) -> Option<String> {
+        Reader::name(self, r)
+    }
+}
+
+/// A process's channel with its span names cached.
+pub struct Channel<L> {
+    lookup: L,
+    names: HashMap<NameRef, Arc<str>>,
+}
+
+impl<L: SpanLookup> Channel<L> {
+    pub fn new(lookup: L) -> Channel<L> {
+        Channel {
+            lookup,
+            names: HashMap::new(),
+        }
+    }
+
+    pub fn attribute(&mut self, tid: u32, t_ns: u64) -> Attribution {
+        match self.lookup.lookup(tid, t_ns) {
+            Answer::Span(s) => {
+                let lookup = &self.lookup;
+                let name = self
+                    .names
+                    .entry(s.name)
+                    .or_insert_with(|| Arc::from(lookup.name(s.name).unwrap_or_default()))
+                    .clone();
+                Attribution::Span(SpanLabels {
+                    span_id: s.span_id,
+                    trace_id: s.trace_id,
+                    name,
+                })
+            }
+            Answer::NoSpan => Attribution::NoSpan,
+            Answer::Unknown => Attribution::Unknown,
+        }
+    }
+}
+
+/// Attributes a sample of a process that may have no channel.
+pub fn attribute<L: SpanLookup>(
+    channel: Option<&mut Channel<L>>,
+    tid: u32,
+    t_ns: u64,
+) -> Attribution {
+    match channel {
+        Some(c) => c.attribute(tid, t_ns),
+        None => Attribution::NoChannel,
+    }
+}
+
+/// Opens `<dir>/<pid>.spanctx` when it belongs to this very process (same PID and start time:
+/// a file left by an earlier process with the same PID is stale).
+pub fn open_channel(dir: &Path, pid: u32, start_time: u64) -> Option<Reader> {
+    let path = dir.join(spanprof_channel::file_name(pid));
+    let reader = match Reader::open(&path) {
+        Ok(r) => r,
+        Err(e) => {
+            if path.exists() {
+                tracing::warn!(path = %path.display(), error = %e, "unusable channel file");
+            }
+            return None;
+        }
+    };
+    let h = reader.header();
+    if h.pid != pid || h.start_time != start_time {
+        tracing::debug!(path = %path.display(), "stale channel file (another process with this PID)");
+        return None;
+    }
+    Some(reader)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spanprof_channel::{Options, SpanAt, Writer};
+
+    struct Table(Vec<(u32, u64, Answer)>);
+    impl SpanLookup for Table {
+        fn lookup(&self, tid: u32, t: u64) -> Answer {
+            self.0
+                .iter()
+                .rev()
+                .find(|(x, from, _)| *x == tid && *from <= t)
+                .map_or(Answer::Unknown, |e| e.2)
+        }
+        fn name(&self, r: NameRef) -> Option<String> {
+            (r.0 == 1).then(|| "OrderVehicle".to_owned())
+        }
+    }
+
+    #[test]
+    fn answers_map_to_attributions() {
+        let span = SpanAt {
+            span_id: 0xab,
+            trace_id: 0xcd,
+            name: NameRef(1),
+        };
+        let mut c = Channel::new(Table(vec![
+            (5, 100, Answer::NoSpan),
+            (5, 200, Answer::Span(span)),
+            (5, 300, Answer::NoSpan),
+        ]));
+        assert_eq!(c.attribute(5, 150), Attribution::NoSpan);
+        let labels = SpanLabels {
+            span_id: 0xab,
+            trace_id: 0xcd,
+            name: Arc::from("OrderVehicle"),
+        };
+        assert_eq!(c.attribute(5, 250), Attribution::Span(labels.clone()));
+        assert_eq!(c.attribute(5, 299), Attribution::Span(labels));
+        assert_eq!(c.attribute(5, 50), Attribution::Unknown);
+        assert_eq!(c.attribute(6, 250), Attribution::Unknown);
+        assert_eq!(attribute::<Table>(None, 5, 250), Attribution::NoChannel);
+    }
+
+    #[test]
+    fn opens_only_the_channel_of_this_very_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid = std::process::id();
+        let (start, _) = crate::procfs::stat(pid).unwrap();
+        let w = std::sync::Arc::new(Writer::create(dir.path(), &Options::default()).unwrap());
+        let mut slot = w.register_thread().unwrap();
+        let name = w.intern("CarHandler");
+        let tid = slot.tid();
+        slot.record(Some(&spanprof_channel::Root {
+            span_id: 0x77,
+            trace_id: 0x88,
+            name,
+        }));
+        let t = spanprof_channel::monotonic_ns();
+        let reader = open_channel(dir.path(), pid, start).unwrap();
+        let mut c = Channel::new(reader);
+        match c.attribute(tid, t) {
+            Attribution::Span(s) => assert_eq!(
+                (s.span_id, s.trace_id, &*s.name),
+                (0x77, 0x88, "CarHandler")
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(open_channel(dir.path(), pid, start + 1).is_none());
+        assert!(open_channel(dir.path(), pid + 1, start).is_none());
+    }
+}

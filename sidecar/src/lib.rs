@@ -1,0 +1,300 @@
+//! spanprof-sidecar: samples an app's threads with `perf_event_open` (CPU clock, user registers
+//! and stack copy), unwinds with DWARF CFI (framehop), joins each sample to the root span the
+//! thread was running (the span-context channel), aggregates per upload interval into pprof,
+//! symbolizes (blazesym) and pushes to the server with Pyroscope's push API.
+//!
+//! Threads: the sampling loop ([`agent`]) owns the perf rings and per-process unwinders; a
+//! symbolizer thread turns each interval into gzipped pprof; a small tokio runtime pushes the
+//! byte-bounded backlog ([`upload`]) and serves `/healthz`, `/readyz` and `/metrics`.
+// `deny`, not `forbid`: `perf::sys` alone opts back in and justifies every block.
+#![deny(unsafe_code)]
+
+pub mod agent;
+pub mod aggregate;
+pub mod error;
+pub mod join;
+pub mod metrics;
+pub mod modules;
+pub mod perf;
+pub mod procfs;
+pub mod proto;
+pub mod symbolize;
+pub mod unwind;
+pub mod upload;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, UNIX_EPOCH};
+
+pub use error::{Error, Result};
+
+use agent::{Agent, AgentConfig, Batch, Targets};
+use metrics::Metrics;
+use modules::Registry;
+use symbolize::Symbolizer;
+use upload::Uploads;
+
+/// Everything the sidecar runs with.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub server_url: String,
+    pub context_dir: Option<PathBuf>,
+    pub sample_rate_hz: u64,
+    pub upload_interval: Duration,
+    pub targets: Targets,
+    pub stack_bytes: u32,
+    pub max_buffer_bytes: usize,
+    pub listen: SocketAddr,
+    pub service_name: Option<String>,
+    /// Extra series labels: namespace, pod, container, node (empty values are left out).
+    pub series_labels: Vec<(String, String)>,
+}
+
+/// Parses durations such as `10s`, `500ms`, `2m` or `1.5` (seconds).
+pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: use e.g. 10s, 500ms, 1m"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("invalid duration unit in {s:?}: ms, s, m or h")),
+    };
+    if !(secs.is_finite() && secs > 0.0) {
+        return Err(format!("duration {s:?} must be positive"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+impl Config {
+    fn check(&self) -> Result<()> {
+        if !(1..=10_000).contains(&self.sample_rate_hz) {
+            return Err(Error::Config(format!(
+                "--sample-rate-hz {} must be within 1..=10000",
+                self.sample_rate_hz
+            )));
+        }
+        if self.stack_bytes < 512
+            || self.stack_bytes > 65_000
+            || !self.stack_bytes.is_multiple_of(8)
+        {
+            return Err(Error::Config(format!(
+                "--stack-bytes {} must be a multiple of 8 within 512..=65000",
+                self.stack_bytes
+            )));
+        }
+        if !(self.server_url.starts_with("http://") || self.server_url.starts_with("https://")) {
+            return Err(Error::Config(format!(
+                "--server-url {:?} must start with http:// or https://",
+                self.server_url
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Turns each interval's aggregate into one push request; runs until the agent hangs up.
+fn symbolize_loop(
+    batches: Receiver<Batch>,
+    registry: Arc<Registry>,
+    uploads: Arc<Uploads>,
+    metrics: Arc<Metrics>,
+    config: Config,
+) {
+    let mut symbolizer = Symbolizer::new();
+    let period_ns = 1_000_000_000 / config.sample_rate_hz as i64;
+    let mut n = 0u64;
+    for batch in batches {
+        symbolizer.resolve(&registry, batch.aggregate.frames());
+        metrics.symbols_cached.set(symbolizer.cached() as i64);
+        let timing = aggregate::Timing {
+            period_ns,
+            time_unix_ns: batch
+                .start
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos() as i64)
+                .unwrap_or(0),
+            duration_ns: batch.duration.as_nanos() as i64,
+        };
+        let profiles = batch
+            .aggregate
+            .series
+            .iter()
+            .map(|(service, stacks)| {
+                let p =
+                    aggregate::build_profile(stacks, |f| symbolizer.names(&registry, f), timing);
+                (aggregate::series_labels(service, &config.series_labels), p)
+            })
+            .collect();
+        n += 1;
+        let body = aggregate::push_request(profiles, &format!("{}-{n}", std::process::id()));
+        tracing::debug!(
+            samples = batch.aggregate.samples(),
+            bytes = body.len(),
+            "interval ready"
+        );
+        uploads.enqueue(body);
+    }
+}
+
+async fn serve_http(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+) -> Result<()> {
+    use axum::routing::get;
+    let app = axum::Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = Arc::clone(&ready);
+                async move {
+                    if ready.load(Ordering::Acquire) {
+                        (axum::http::StatusCode::OK, "ready")
+                    } else {
+                        (axum::http::StatusCode::SERVICE_UNAVAILABLE, "not ready")
+                    }
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = Arc::clone(&metrics);
+                async move {
+                    (
+                        [(
+                            "content-type",
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        metrics.render(),
+                    )
+                }
+            }),
+        );
+    axum::serve(listener, app).await.map_err(Error::Serve)
+}
+
+async fn signalled() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = ctrl_c.await;
+        }
+    }
+}
+
+/// Runs the sidecar until SIGINT/SIGTERM; then uploads what it has (for a few seconds at most).
+pub fn run(config: Config) -> Result<()> {
+    config.check()?;
+    let metrics = Arc::new(Metrics::default());
+    let sampler = perf::Sampler::new(perf::Settings {
+        freq_hz: config.sample_rate_hz,
+        stack_bytes: config.stack_bytes,
+    })?;
+    sampler.start()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .thread_name("spanprof-io")
+        .build()
+        .map_err(Error::Serve)?;
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(config.listen))
+        .map_err(Error::Serve)?;
+    tracing::info!(listen = %config.listen, server = %config.server_url, hz = config.sample_rate_hz,
+        interval = ?config.upload_interval, "spanprof-sidecar started");
+    let ready = Arc::new(AtomicBool::new(false));
+    rt.spawn({
+        let (m, r) = (Arc::clone(&metrics), Arc::clone(&ready));
+        async move {
+            if let Err(e) = serve_http(listener, m, r).await {
+                tracing::error!(error = %e, "metrics server stopped");
+            }
+        }
+    });
+    let uploads = Arc::new(Uploads::new(config.max_buffer_bytes, Arc::clone(&metrics)));
+    let pusher = rt.spawn(upload::run(
+        Arc::clone(&uploads),
+        config.server_url.clone(),
+        Duration::from_secs(5),
+    ));
+
+    let registry = Arc::new(Registry::default());
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(2);
+    let symbolizer = std::thread::Builder::new()
+        .name("spanprof-symbolize".into())
+        .spawn({
+            let (r, u, m, c) = (
+                Arc::clone(&registry),
+                Arc::clone(&uploads),
+                Arc::clone(&metrics),
+                config.clone(),
+            );
+            move || symbolize_loop(rx, r, u, m, c)
+        })
+        .map_err(Error::Serve)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let agent = Agent::new(
+        sampler,
+        Arc::clone(&registry),
+        Arc::clone(&metrics),
+        AgentConfig {
+            targets: config.targets.clone(),
+            context_dir: config.context_dir.clone(),
+            service_name: config.service_name.clone(),
+            upload_interval: config.upload_interval,
+            poll_interval: Duration::from_millis(50),
+        },
+    );
+    let sampling = std::thread::Builder::new()
+        .name("spanprof-sample".into())
+        .spawn({
+            let stop = Arc::clone(&stop);
+            move || agent.run(&stop, tx)
+        })
+        .map_err(Error::Serve)?;
+    ready.store(true, Ordering::Release);
+
+    rt.block_on(signalled());
+    tracing::info!("shutting down: uploading what is left");
+    stop.store(true, Ordering::Release);
+    let _ = sampling.join();
+    let _ = symbolizer.join();
+    uploads.close();
+    let _ = rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), pusher).await });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_durations() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5d").is_err());
+    }
+}

@@ -1,0 +1,174 @@
+//! Prometheus metrics of the sidecar, served on `/metrics` (OpenMetrics text).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AttributionLabel {
+    /// `span`, `no_span`, `unknown` (channel could not tell), `no_channel` (process has none).
+    pub attribution: String,
+}
+
+/// Every metric the sidecar exports (prefix `spanprof_sidecar_`).
+pub struct Metrics {
+    registry: Registry,
+    pub samples: Family<AttributionLabel, Counter>,
+    pub unattributed: Counter,
+    pub lost_records: Counter,
+    pub throttled: Counter,
+    pub unwind_failures: Counter,
+    pub unwind_truncated: Counter,
+    pub malformed_records: Counter,
+    pub uploads: Counter,
+    pub push_errors: Counter,
+    pub dropped_bytes: Counter,
+    pub dropped_uploads: Counter,
+    pub buffered_bytes: Gauge,
+    pub attached_threads: Gauge,
+    pub attached_processes: Gauge,
+    pub attach_errors: Counter,
+    pub kernel_excluded: Gauge,
+    pub symbols_cached: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("spanprof_sidecar");
+        let m = Metrics {
+            samples: Family::default(),
+            unattributed: Counter::default(),
+            lost_records: Counter::default(),
+            throttled: Counter::default(),
+            unwind_failures: Counter::default(),
+            unwind_truncated: Counter::default(),
+            malformed_records: Counter::default(),
+            uploads: Counter::default(),
+            push_errors: Counter::default(),
+            dropped_bytes: Counter::default(),
+            dropped_uploads: Counter::default(),
+            buffered_bytes: Gauge::default(),
+            attached_threads: Gauge::default(),
+            attached_processes: Gauge::default(),
+            attach_errors: Counter::default(),
+            kernel_excluded: Gauge::default(),
+            symbols_cached: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "samples",
+            "Samples taken, by attribution",
+            m.samples.clone(),
+        );
+        registry.register(
+            "unattributed_samples",
+            "Samples the channel could not attribute (unknown or no channel): whole-process only",
+            m.unattributed.clone(),
+        );
+        registry.register(
+            "lost_records",
+            "Records the kernel dropped because a ring buffer was full",
+            m.lost_records.clone(),
+        );
+        registry.register(
+            "throttled",
+            "Throttle records (the kernel lowered the sampling rate)",
+            m.throttled.clone(),
+        );
+        registry.register(
+            "unwind_failures",
+            "Samples whose stack could not be unwound beyond the leaf",
+            m.unwind_failures.clone(),
+        );
+        registry.register("unwind_truncated", "Samples whose unwind stopped before the stack's end (stack copy too small, no unwind info)", m.unwind_truncated.clone());
+        registry.register(
+            "malformed_records",
+            "Ring-buffer runs that could not be parsed",
+            m.malformed_records.clone(),
+        );
+        registry.register(
+            "uploads",
+            "Uploads accepted by the server",
+            m.uploads.clone(),
+        );
+        registry.register(
+            "push_errors",
+            "Failed upload attempts (retried while buffered)",
+            m.push_errors.clone(),
+        );
+        registry.register(
+            "dropped_bytes",
+            "Upload bytes dropped (oldest first) to stay within the buffer limit, or rejected",
+            m.dropped_bytes.clone(),
+        );
+        registry.register(
+            "dropped_uploads",
+            "Uploads dropped (buffer full, rejected by the server, or pipeline full)",
+            m.dropped_uploads.clone(),
+        );
+        registry.register(
+            "buffered_bytes",
+            "Upload bytes waiting to be pushed",
+            m.buffered_bytes.clone(),
+        );
+        registry.register(
+            "attached_threads",
+            "Threads with perf events open",
+            m.attached_threads.clone(),
+        );
+        registry.register(
+            "attached_processes",
+            "Processes sampled",
+            m.attached_processes.clone(),
+        );
+        registry.register(
+            "attach_errors",
+            "perf_event_open failures on a target thread",
+            m.attach_errors.clone(),
+        );
+        registry.register("kernel_samples_excluded", "1 when kernel-mode samples are excluded (no CAP_PERFMON): time in the kernel is not sampled", m.kernel_excluded.clone());
+        registry.register(
+            "symbols_cached",
+            "Symbolized addresses in the cache",
+            m.symbols_cached.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    pub fn sample(&self, attribution: &str) {
+        self.samples
+            .get_or_create(&AttributionLabel {
+                attribution: attribution.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn renders_counters() {
+        let m = super::Metrics::default();
+        m.sample("span");
+        m.lost_records.inc_by(3);
+        let text = m.render();
+        assert!(
+            text.contains("spanprof_sidecar_samples_total{attribution=\"span\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("spanprof_sidecar_lost_records_total 3"));
+        assert!(text.contains("spanprof_sidecar_attached_threads 0"));
+    }
+}

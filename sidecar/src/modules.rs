@@ -1,0 +1,301 @@
+//! Executable modules (ELF files and the vDSO): their unwind sections for framehop, the load-bias
+//! arithmetic, and a registry shared with the symbolizer.
+
+use std::collections::HashMap;
+use std::ops::{Deref, Range};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use object::{Object, ObjectSection, ObjectSegment, SegmentFlags};
+
+use crate::error::{Error, Result};
+
+/// Section bytes shared between every process that maps the module.
+#[derive(Clone, Debug, Default)]
+pub struct Bytes(pub Arc<[u8]>);
+
+impl Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// A loadable segment: `p_vaddr`, `p_offset`, `p_filesz`, executable or not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segment {
+    pub vaddr: u64,
+    pub offset: u64,
+    pub filesz: u64,
+    pub exec: bool,
+}
+
+/// What the unwinder needs of an ELF file.
+#[derive(Clone, Debug, Default)]
+pub struct ElfInfo {
+    pub segments: Vec<Segment>,
+    pub text: Option<(Range<u64>, Bytes)>,
+    pub eh_frame: Option<(Range<u64>, Bytes)>,
+    pub eh_frame_hdr: Option<(Range<u64>, Bytes)>,
+    pub got: Option<Range<u64>>,
+}
+
+/// `.text` larger than this is not copied (framehop then skips prologue/epilogue analysis).
+const MAX_TEXT_BYTES: u64 = 32 << 20;
+
+fn parse<'d, R: object::ReadRef<'d>>(data: R, path: &Path) -> Result<ElfInfo> {
+    let bad = |e: object::Error| Error::Elf {
+        path: path.to_owned(),
+        message: e.to_string(),
+    };
+    let file = object::File::parse(data).map_err(bad)?;
+    let section = |name: &str, copy: bool| -> Result<Option<(Range<u64>, Bytes)>> {
+        let Some(s) = file.section_by_name(name) else {
+            return Ok(None);
+        };
+        let range = s.address()..s.address() + s.size();
+        if !copy || s.size() > MAX_TEXT_BYTES {
+            return Ok(None);
+        }
+        Ok(Some((range, Bytes(Arc::from(s.data().map_err(bad)?)))))
+    };
+    let segments = file
+        .segments()
+        .filter_map(|s| {
+            let (offset, filesz) = s.file_range();
+            let exec = matches!(s.flags(), SegmentFlags::Elf { p_flags } if p_flags & object::elf::PF_X != 0);
+            Some(Segment { vaddr: s.address(), offset, filesz, exec }).filter(|s| s.filesz > 0)
+        })
+        .collect();
+    Ok(ElfInfo {
+        segments,
+        text: section(".text", true)?,
+        eh_frame: section(".eh_frame", true)?,
+        eh_frame_hdr: section(".eh_frame_hdr", true)?,
+        got: file
+            .section_by_name(".got")
+            .map(|s| s.address()..s.address() + s.size()),
+    })
+}
+
+/// Reads the unwind sections of the ELF file at `path`, section by section.
+pub fn load_elf(path: &Path) -> Result<ElfInfo> {
+    let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let cache = object::ReadCache::new(f);
+    parse(&cache, path)
+}
+
+/// Parses an ELF image held in memory (the vDSO).
+pub fn load_elf_bytes(bytes: &[u8], name: &Path) -> Result<ElfInfo> {
+    parse(bytes, name)
+}
+
+impl ElfInfo {
+    /// The load bias (`avma - svma`) of a mapping of this file at `map_start` with file offset
+    /// `map_offset`. The segment is the one whose page-aligned file range holds `map_offset`,
+    /// executable first: a Rust binary's executable segment starts at a file offset that is not
+    /// page aligned while the mapping's is, so the arithmetic must use that segment's own
+    /// `p_vaddr`/`p_offset` (`svma = p_vaddr + (map_offset - p_offset)`).
+    pub fn bias(
+        &self,
+        map_start: u64,
+        map_offset: u64,
+        exec_mapping: bool,
+        page: u64,
+    ) -> Option<u64> {
+        let holds =
+            |s: &&Segment| s.offset & !(page - 1) <= map_offset && map_offset < s.offset + s.filesz;
+        let seg = self
+            .segments
+            .iter()
+            .filter(holds)
+            .find(|s| s.exec == exec_mapping)
+            .or_else(|| self.segments.iter().find(holds))?;
+        let svma = seg.vaddr.wrapping_add(map_offset).wrapping_sub(seg.offset);
+        Some(map_start.wrapping_sub(svma))
+    }
+
+    /// File offset of `svma` (for `module+0xoffset` names), through the segment that holds it.
+    pub fn file_offset(&self, svma: u64) -> Option<u64> {
+        let s = self
+            .segments
+            .iter()
+            .find(|s| s.vaddr <= svma && svma < s.vaddr + s.filesz)?;
+        Some(svma - s.vaddr + s.offset)
+    }
+}
+
+/// Identity of a module file across processes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ModuleKey {
+    pub dev: String,
+    pub inode: u64,
+    pub path: String,
+}
+
+/// A module as the symbolizer sees it.
+#[derive(Debug)]
+pub struct ModuleMeta {
+    pub id: u32,
+    /// File name shown for unsymbolized frames (`libfoo.so+0x1234`).
+    pub name: String,
+    /// Where to open it (through `/proc/<pid>/root`); `None` for the vDSO.
+    pub open_path: Option<PathBuf>,
+    pub elf: Option<Arc<ElfInfo>>,
+}
+
+/// Every module seen, with stable small IDs. Shared by the sampler and the symbolizer.
+#[derive(Debug, Default)]
+pub struct Registry {
+    inner: Mutex<RegistryInner>,
+}
+
+#[derive(Debug, Default)]
+struct RegistryInner {
+    by_key: HashMap<ModuleKey, u32>,
+    metas: Vec<Arc<ModuleMeta>>,
+}
+
+impl Registry {
+    /// The module for `key`, loading it with `load` the first time.
+    pub fn get_or_insert(
+        &self,
+        key: ModuleKey,
+        load: impl FnOnce() -> (Option<PathBuf>, Option<Arc<ElfInfo>>),
+    ) -> Arc<ModuleMeta> {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(&id) = inner.by_key.get(&key)
+            && let Some(m) = inner.metas.get(id as usize)
+        {
+            return Arc::clone(m);
+        }
+        let (open_path, elf) = load();
+        let id = inner.metas.len() as u32;
+        let name = key
+            .path
+            .rsplit('/')
+            .next()
+            .unwrap_or(&key.path)
+            .trim_end_matches(" (deleted)")
+            .to_owned();
+        let meta = Arc::new(ModuleMeta {
+            id,
+            name,
+            open_path,
+            elf,
+        });
+        inner.metas.push(Arc::clone(&meta));
+        inner.by_key.insert(key, id);
+        meta
+    }
+
+    pub fn get(&self, id: u32) -> Option<Arc<ModuleMeta>> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .metas
+            .get(id as usize)
+            .cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .metas
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rust_like() -> ElfInfo {
+        // As `readelf -l` shows for a Rust PIE: the executable segment's offset is not page aligned.
+        ElfInfo {
+            segments: vec![
+                Segment {
+                    vaddr: 0,
+                    offset: 0,
+                    filesz: 0x5b8c0,
+                    exec: false,
+                },
+                Segment {
+                    vaddr: 0x5c8c0,
+                    offset: 0x5b8c0,
+                    filesz: 0x1a0000,
+                    exec: true,
+                },
+                Segment {
+                    vaddr: 0x1fd8c0,
+                    offset: 0x1fb8c0,
+                    filesz: 0x10000,
+                    exec: false,
+                },
+            ],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn bias_uses_the_executable_segment() {
+        let elf = rust_like();
+        // The kernel maps the executable segment at bias + page_down(p_vaddr), file offset
+        // page_down(p_offset).
+        let bias = 0x5555_0000_0000;
+        let start = bias + 0x5c000;
+        assert_eq!(elf.bias(start, 0x5b000, true, 0x1000), Some(bias));
+        // The read-only first mapping gives the same bias.
+        assert_eq!(elf.bias(bias, 0, false, 0x1000), Some(bias));
+        // Non-PIE: bias 0.
+        assert_eq!(elf.bias(0x5c000, 0x5b000, true, 0x1000), Some(0));
+        assert_eq!(elf.file_offset(0x5c8c0 + 0x10), Some(0x5b8c0 + 0x10));
+        assert_eq!(elf.file_offset(0x9999_0000), None);
+    }
+
+    #[test]
+    fn loads_its_own_binary_and_finds_unwind_sections() {
+        let exe = std::env::current_exe().unwrap();
+        let elf = load_elf(&exe).unwrap();
+        assert!(elf.eh_frame.is_some() && elf.eh_frame_hdr.is_some() && elf.text.is_some());
+        assert!(elf.segments.iter().any(|s| s.exec));
+        // The bias computed from our own maps puts our own code inside .text.
+        let maps = crate::procfs::maps(std::process::id()).unwrap();
+        let canon = exe.canonicalize().unwrap();
+        let m = maps
+            .iter()
+            .find(|m| m.exec && Path::new(&m.path) == canon)
+            .unwrap();
+        let bias = elf.bias(m.start, m.offset, true, 4096).unwrap();
+        let here = loads_its_own_binary_and_finds_unwind_sections as *const () as u64;
+        let text = &elf.text.as_ref().unwrap().0;
+        assert!(
+            text.contains(&(here - bias)),
+            "{:x} not in {:x?}",
+            here - bias,
+            text
+        );
+    }
+
+    #[test]
+    fn registry_gives_stable_ids() {
+        let r = Registry::default();
+        let key = |p: &str| ModuleKey {
+            dev: "fd:01".into(),
+            inode: 1,
+            path: p.into(),
+        };
+        let a = r.get_or_insert(key("/usr/lib/libc.so.6"), || (None, None));
+        let b = r.get_or_insert(key("/usr/lib/libc.so.6"), || panic!("loaded twice"));
+        let c = r.get_or_insert(key("/app/demo (deleted)"), || (None, None));
+        assert_eq!((a.id, b.id, c.id), (0, 0, 1));
+        assert_eq!((a.name.as_str(), c.name.as_str()), ("libc.so.6", "demo"));
+        assert_eq!(r.get(1).unwrap().id, 1);
+        assert_eq!(r.len(), 2);
+    }
+}

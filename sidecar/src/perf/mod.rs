@@ -1,0 +1,333 @@
+//! perf_event sampling of target processes: one ring buffer per CPU, one inherited CPU-clock
+//! event per (thread, CPU) redirected into that CPU's ring, so the kernel follows threads created
+//! later. Side-band records (MMAP2, COMM with exec, FORK, EXIT) come through the same rings.
+
+pub mod record;
+mod sys;
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+
+use crate::error::{Error, Result};
+pub use sys::clock_ticks_per_second;
+use sys::{EventFd, EventKind, Ring};
+
+/// How to sample.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    pub freq_hz: u64,
+    /// User-stack bytes copied per sample (multiple of 8, below 64 KiB).
+    pub stack_bytes: u32,
+}
+
+struct Target {
+    /// Events per thread (one per CPU).
+    threads: HashMap<u32, Vec<EventFd>>,
+    /// Threads the kernel follows through inheritance (seen in FORK records).
+    inherited: HashSet<u32>,
+}
+
+/// The sampler: rings per CPU and the events of every attached process.
+pub struct Sampler {
+    rings: Vec<(i32, Ring)>,
+    targets: HashMap<u32, Target>,
+    settings: Settings,
+    exclude_kernel: bool,
+}
+
+/// The actionable explanation of a refused `perf_event_open`.
+pub fn permission_hint(e: &io::Error) -> String {
+    let paranoid = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "?".into());
+    match e.raw_os_error() {
+        Some(libc::ENOENT) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP) => format!(
+            "{e}: this kernel has no perf events (CONFIG_PERF_EVENTS) or /proc/sys/kernel/perf_event_paranoid is missing"
+        ),
+        _ => format!(
+            "{e}. kernel.perf_event_paranoid is {paranoid}. Sampling other processes needs CAP_PERFMON (kernel >= 5.8; \
+             CAP_SYS_ADMIN before) and ptrace access to the target (CAP_SYS_PTRACE or the same user), or \
+             perf_event_paranoid <= 2 for a same-user target; a seccomp profile must allow perf_event_open \
+             (Docker's default blocks it; Kubernetes RuntimeDefault allows it with CAP_PERFMON). In Kubernetes: \
+             securityContext.capabilities.add [PERFMON, SYS_PTRACE] on the sidecar and shareProcessNamespace: true."
+        ),
+    }
+}
+
+fn online_cpus() -> Vec<i32> {
+    let text = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap_or_default();
+    let cpus = parse_cpu_list(&text);
+    if cpus.is_empty() {
+        let n = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        (0..n as i32).collect()
+    } else {
+        cpus
+    }
+}
+
+/// Parses a kernel CPU list such as `0-3,5,7-8`.
+pub fn parse_cpu_list(text: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for part in text.trim().split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                if let (Ok(a), Ok(b)) = (a.parse::<i32>(), b.parse::<i32>()) {
+                    out.extend(a..=b);
+                }
+            }
+            None => out.extend(part.parse::<i32>().ok()),
+        }
+    }
+    out
+}
+
+fn is_permission(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EPERM))
+}
+
+impl Sampler {
+    /// Opens a ring per online CPU and checks that sampling is permitted (with kernel-mode
+    /// samples if allowed, else user mode only).
+    pub fn new(settings: Settings) -> Result<Sampler> {
+        let record_bytes = u64::from(settings.stack_bytes) + 128;
+        // Half a second of samples per CPU, times two (see notes/sampling.md).
+        let want = settings.freq_hz.max(1) * record_bytes;
+        let pages = (want / sys::page_size() as u64).max(16) as usize;
+        let mut rings = Vec::new();
+        for cpu in online_cpus() {
+            let owner = EventFd::open(EventKind::RingOwner, 0, cpu).map_err(|e| {
+                if is_permission(&e) {
+                    Error::PerfNotPermitted(permission_hint(&e))
+                } else {
+                    Error::Perf {
+                        what: format!("CPU {cpu} ring"),
+                        source: e,
+                    }
+                }
+            })?;
+            let ring = Ring::map(owner, pages).map_err(|e| Error::Perf {
+                what: format!("mapping the CPU {cpu} ring"),
+                source: e,
+            })?;
+            rings.push((cpu, ring));
+        }
+        // Probe: sample ourselves with kernel samples; fall back to user-only.
+        let probe = |exclude_kernel| {
+            let kind = EventKind::Sampling {
+                freq_hz: settings.freq_hz,
+                stack_bytes: settings.stack_bytes,
+                exclude_kernel,
+            };
+            EventFd::open(kind, 0, rings.first().map_or(0, |r| r.0))
+        };
+        let exclude_kernel = match probe(false) {
+            Ok(_) => false,
+            Err(e) if is_permission(&e) => match probe(true) {
+                Ok(_) => {
+                    tracing::warn!(
+                        "no CAP_PERFMON: kernel-mode samples are excluded (time in system calls is not sampled)"
+                    );
+                    true
+                }
+                Err(e) => return Err(Error::PerfNotPermitted(permission_hint(&e))),
+            },
+            Err(e) => {
+                return Err(Error::Perf {
+                    what: "a CPU-clock sampling event".into(),
+                    source: e,
+                });
+            }
+        };
+        Ok(Sampler {
+            rings,
+            targets: HashMap::new(),
+            settings,
+            exclude_kernel,
+        })
+    }
+
+    pub fn excludes_kernel(&self) -> bool {
+        self.exclude_kernel
+    }
+
+    pub fn is_attached(&self, pid: u32) -> bool {
+        self.targets.contains_key(&pid)
+    }
+
+    pub fn attached(&self) -> impl Iterator<Item = u32> + '_ {
+        self.targets.keys().copied()
+    }
+
+    /// Threads with events of their own or followed through inheritance.
+    pub fn thread_count(&self) -> usize {
+        self.targets
+            .values()
+            .map(|t| t.threads.len() + t.inherited.len())
+            .sum()
+    }
+
+    /// Starts sampling thread `tid` of process `pid` on every CPU (idempotent).
+    pub fn attach_thread(&mut self, pid: u32, tid: u32) -> Result<()> {
+        let target = self.targets.entry(pid).or_insert_with(|| Target {
+            threads: HashMap::new(),
+            inherited: HashSet::new(),
+        });
+        if target.threads.contains_key(&tid) || target.inherited.contains(&tid) {
+            return Ok(());
+        }
+        let kind = EventKind::Sampling {
+            freq_hz: self.settings.freq_hz,
+            stack_bytes: self.settings.stack_bytes,
+            exclude_kernel: self.exclude_kernel,
+        };
+        let mut events = Vec::with_capacity(self.rings.len());
+        for (cpu, ring) in &self.rings {
+            let setup = || -> io::Result<EventFd> {
+                let ev = EventFd::open(kind, tid as i32, *cpu)?;
+                ev.set_output(ring)?;
+                ev.enable()?;
+                Ok(ev)
+            };
+            match setup() {
+                Ok(ev) => events.push(ev),
+                Err(e) if is_permission(&e) => {
+                    return Err(Error::PerfNotPermitted(permission_hint(&e)));
+                }
+                Err(e) => {
+                    return Err(Error::Perf {
+                        what: format!("thread {tid} of process {pid} on CPU {cpu}"),
+                        source: e,
+                    });
+                }
+            }
+        }
+        target.threads.insert(tid, events);
+        Ok(())
+    }
+
+    /// Whether `tid` of `pid` is sampled already.
+    pub fn covers(&self, pid: u32, tid: u32) -> bool {
+        self.targets
+            .get(&pid)
+            .is_some_and(|t| t.threads.contains_key(&tid) || t.inherited.contains(&tid))
+    }
+
+    /// A FORK record: the kernel now samples `tid` (a new thread of a target, or the first
+    /// thread of a target's child process) through an inherited event.
+    pub fn note_fork(&mut self, pid: u32, tid: u32) {
+        let t = self.targets.entry(pid).or_insert_with(|| Target {
+            threads: HashMap::new(),
+            inherited: HashSet::new(),
+        });
+        t.inherited.insert(tid);
+    }
+
+    /// An EXIT record: forget the thread (its events are dead).
+    pub fn note_exit(&mut self, pid: u32, tid: u32) {
+        if let Some(t) = self.targets.get_mut(&pid) {
+            t.inherited.remove(&tid);
+            t.threads.remove(&tid);
+        }
+    }
+
+    /// Stops sampling `pid` and closes its events.
+    pub fn detach(&mut self, pid: u32) {
+        self.targets.remove(&pid);
+    }
+
+    /// Appends everything the rings hold to `out` (whole records).
+    pub fn drain(&mut self, out: &mut Vec<u8>) -> usize {
+        self.rings.iter_mut().map(|(_, r)| r.drain(out)).sum()
+    }
+
+    /// The kernel's ring-owner event is bound to the sidecar and samples nothing; only targets do.
+    pub fn ring_count(&self) -> usize {
+        self.rings.len()
+    }
+
+    /// Enables the ring owners (they record nothing themselves).
+    pub fn start(&self) -> Result<()> {
+        for (cpu, r) in &self.rings {
+            r.event().enable().map_err(|e| Error::Perf {
+                what: format!("enabling the CPU {cpu} ring"),
+                source: e,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_cpu_lists() {
+        assert_eq!(parse_cpu_list("0-3,5,7-8\n"), vec![0, 1, 2, 3, 5, 7, 8]);
+        assert_eq!(parse_cpu_list("0"), vec![0]);
+        assert_eq!(parse_cpu_list(""), Vec::<i32>::new());
+        assert!(!online_cpus().is_empty());
+    }
+
+    #[test]
+    fn permission_errors_say_what_to_grant() {
+        let hint = permission_hint(&io::Error::from_raw_os_error(libc::EACCES));
+        assert!(
+            hint.contains("CAP_PERFMON") && hint.contains("perf_event_paranoid"),
+            "{hint}"
+        );
+    }
+
+    /// Samples a busy thread of this very process: real perf events, real records.
+    #[test]
+    fn samples_a_busy_thread_of_this_process() {
+        let mut s = Sampler::new(Settings {
+            freq_hz: 200,
+            stack_bytes: 8192,
+        })
+        .expect("perf_event_open (root or CAP_PERFMON needed)");
+        s.start().unwrap();
+        let pid = std::process::id();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let worker = std::thread::spawn(move || {
+            tx.send(spanprof_channel::current_tid()).unwrap();
+            let mut x = 0u64;
+            while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+            }
+            x
+        });
+        let tid = rx.recv().unwrap();
+        s.attach_thread(pid, tid).unwrap();
+        assert!(s.covers(pid, tid));
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        worker.join().unwrap();
+        let mut buf = Vec::new();
+        s.drain(&mut buf);
+        let mut samples = 0;
+        let mut times = Vec::new();
+        record::for_each(&buf, |r| {
+            if let record::Record::Sample(smp) = r
+                && smp.tid == tid
+            {
+                samples += 1;
+                times.push(smp.time_ns);
+                assert!(smp.regs.is_some());
+                assert!(!smp.stack.is_empty());
+            }
+        })
+        .unwrap();
+        // 200 Hz of on-CPU time for ~0.3 s; the machine is shared, so be lenient.
+        assert!(samples >= 10, "{samples} samples");
+        // CLOCK_MONOTONIC timestamps, comparable with our own clock.
+        let now = spanprof_channel::monotonic_ns();
+        assert!(times.iter().all(|&t| t <= now && now - t < 5_000_000_000));
+        s.detach(pid);
+        assert!(!s.is_attached(pid));
+    }
+}

@@ -1,0 +1,231 @@
+//! The only module of the sidecar with `unsafe` code: `perf_event_open`, its ioctls, and the
+//! memory-mapped ring buffers the kernel writes samples into. Everything it exports is safe.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use perf_event_open_sys as sys;
+use sys::bindings::{self as b, perf_event_attr, perf_event_mmap_page};
+
+/// x86-64 perf register numbers (`arch/x86/include/uapi/asm/perf_regs.h`): BP, SP, IP. The kernel
+/// writes sampled registers in mask-bit order, so a sample's registers come back as `[bp, sp, ip]`.
+pub const REGS_MASK: u64 = (1 << 6) | (1 << 7) | (1 << 8);
+
+/// The sample fields we ask for; [`super::record`] parses exactly this layout.
+pub const SAMPLE_TYPE: u64 = (b::PERF_SAMPLE_TID
+    | b::PERF_SAMPLE_TIME
+    | b::PERF_SAMPLE_CPU
+    | b::PERF_SAMPLE_REGS_USER
+    | b::PERF_SAMPLE_STACK_USER) as u64;
+
+/// What kind of event to open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// CPU-clock sampling of a thread (inherited by the threads it creates), with side-band
+    /// MMAP2/COMM/FORK/EXIT records.
+    Sampling {
+        freq_hz: u64,
+        stack_bytes: u32,
+        exclude_kernel: bool,
+    },
+    /// A dummy event of the sidecar itself, bound to one CPU: owns that CPU's ring buffer.
+    RingOwner,
+}
+
+/// An open perf event.
+#[derive(Debug)]
+pub struct EventFd(OwnedFd);
+
+fn attr_for(kind: EventKind) -> perf_event_attr {
+    let mut attr = perf_event_attr {
+        size: std::mem::size_of::<perf_event_attr>() as u32,
+        ..Default::default()
+    };
+    attr.type_ = b::PERF_TYPE_SOFTWARE;
+    attr.set_use_clockid(1);
+    attr.clockid = libc::CLOCK_MONOTONIC;
+    attr.set_disabled(1);
+    attr.set_exclude_hv(1);
+    attr.sample_type = SAMPLE_TYPE;
+    attr.set_sample_id_all(1);
+    // The kernel rejects REGS_USER with an empty mask, even on the ring owner.
+    attr.sample_regs_user = REGS_MASK;
+    match kind {
+        EventKind::Sampling {
+            freq_hz,
+            stack_bytes,
+            exclude_kernel,
+        } => {
+            attr.config = u64::from(b::PERF_COUNT_SW_CPU_CLOCK);
+            attr.set_freq(1);
+            attr.__bindgen_anon_1.sample_freq = freq_hz;
+            attr.sample_stack_user = stack_bytes;
+            attr.set_exclude_kernel(u64::from(exclude_kernel));
+            attr.set_inherit(1);
+            attr.set_mmap2(1);
+            attr.set_comm(1);
+            attr.set_comm_exec(1);
+            attr.set_task(1);
+        }
+        EventKind::RingOwner => {
+            attr.config = u64::from(b::PERF_COUNT_SW_DUMMY);
+            attr.set_exclude_kernel(1);
+        }
+    }
+    attr
+}
+
+impl EventFd {
+    /// `perf_event_open(attr, pid, cpu, -1, PERF_FLAG_FD_CLOEXEC)`.
+    pub fn open(kind: EventKind, pid: i32, cpu: i32) -> io::Result<EventFd> {
+        let mut attr = attr_for(kind);
+        // SAFETY: `attr` is a fully initialised `perf_event_attr` whose `size` field is its own
+        // size; the kernel only reads it. The returned value is a new fd or -1.
+        let fd = unsafe {
+            sys::perf_event_open(
+                &mut attr,
+                pid,
+                cpu,
+                -1,
+                libc::c_ulong::from(b::PERF_FLAG_FD_CLOEXEC),
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
+        Ok(EventFd(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    pub fn enable(&self) -> io::Result<()> {
+        // SAFETY: ENABLE takes an integer argument; the fd is a perf event we own.
+        check(unsafe { sys::ioctls::ENABLE(self.0.as_raw_fd(), 0) })
+    }
+
+    /// Redirects this event's records into `ring`'s buffer (same CPU, same clock).
+    pub fn set_output(&self, ring: &Ring) -> io::Result<()> {
+        // SAFETY: SET_OUTPUT takes another perf event fd, which `ring` keeps open.
+        check(unsafe { sys::ioctls::SET_OUTPUT(self.0.as_raw_fd(), ring.fd.0.as_raw_fd()) })
+    }
+}
+
+fn check(r: libc::c_int) -> io::Result<()> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// The system page size.
+pub fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if n > 0 { n as usize } else { 4096 }
+}
+
+/// `sysconf(_SC_CLK_TCK)`: the unit of process start times in `/proc/<pid>/stat`.
+pub fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if n > 0 { n as u64 } else { 100 }
+}
+
+/// A perf ring buffer: one metadata page and `2^n` data pages, shared with the kernel.
+#[derive(Debug)]
+pub struct Ring {
+    fd: EventFd,
+    base: *mut libc::c_void,
+    len: usize,
+    page: usize,
+    data_size: u64,
+}
+
+// SAFETY: the mapping is owned by this value alone; the kernel is the only other party, and it
+// synchronises through the head/tail words with the orderings used below.
+unsafe impl Send for Ring {}
+
+impl Ring {
+    /// Maps a ring of `data_pages` (rounded up to a power of two) data pages for `fd`.
+    pub fn map(fd: EventFd, data_pages: usize) -> io::Result<Ring> {
+        let page = page_size();
+        let data_pages = data_pages.max(1).next_power_of_two();
+        let len = page * (1 + data_pages);
+        // SAFETY: a fresh shared mapping of a perf fd; the kernel validates the length. The
+        // pointer is checked against MAP_FAILED and unmapped in Drop.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.0.as_raw_fd(),
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Ring {
+            fd,
+            base,
+            len,
+            page,
+            data_size: (data_pages * page) as u64,
+        })
+    }
+
+    /// The event that owns the buffer (enable it, redirect others to it).
+    pub fn event(&self) -> &EventFd {
+        &self.fd
+    }
+
+    fn head_tail(&self) -> (&AtomicU64, &AtomicU64) {
+        let meta = self.base.cast::<perf_event_mmap_page>();
+        // SAFETY: `meta` points at the mapped metadata page, which lives as long as `self`;
+        // `data_head`/`data_tail` are naturally aligned u64 words the kernel accesses
+        // atomically, so viewing them as `AtomicU64` is sound.
+        unsafe {
+            (
+                AtomicU64::from_ptr(std::ptr::addr_of_mut!((*meta).data_head)),
+                AtomicU64::from_ptr(std::ptr::addr_of_mut!((*meta).data_tail)),
+            )
+        }
+    }
+
+    /// Appends every complete record the kernel has written since the last call to `out` (as
+    /// contiguous bytes, wrap-around undone) and frees their space. Returns the bytes copied.
+    pub fn drain(&mut self, out: &mut Vec<u8>) -> usize {
+        let (head_w, tail_w) = self.head_tail();
+        let head = head_w.load(Ordering::Acquire);
+        let tail = tail_w.load(Ordering::Relaxed);
+        let avail = head.wrapping_sub(tail).min(self.data_size);
+        if avail == 0 {
+            return 0;
+        }
+        let size = self.data_size as usize;
+        let start = (tail % self.data_size) as usize;
+        let first = (size - start).min(avail as usize);
+        // SAFETY: the data area is `[base + page, base + page + size)`; `start + first <= size`
+        // and `avail - first <= size`. The kernel does not write to `[tail, head)` until we
+        // advance `data_tail` below (after copying).
+        unsafe {
+            let data = self.base.cast::<u8>().add(self.page);
+            out.extend_from_slice(std::slice::from_raw_parts(data.add(start), first));
+            out.extend_from_slice(std::slice::from_raw_parts(data, avail as usize - first));
+        }
+        tail_w.store(tail.wrapping_add(avail), Ordering::Release);
+        avail as usize
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        // SAFETY: `base`/`len` describe the mapping created in `map`, unmapped only here.
+        unsafe {
+            libc::munmap(self.base, self.len);
+        }
+    }
+}

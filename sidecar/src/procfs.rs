@@ -1,0 +1,146 @@
+//! Reading `/proc`: processes, threads, start times and memory maps. Parsing is pure.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// One line of `/proc/<pid>/maps`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapEntry {
+    pub start: u64,
+    pub end: u64,
+    pub exec: bool,
+    /// File offset of `start`.
+    pub offset: u64,
+    pub dev: String,
+    pub inode: u64,
+    /// File path, `[vdso]` and the like, or empty.
+    pub path: String,
+}
+
+/// Parses `/proc/<pid>/maps`; malformed lines are skipped.
+pub fn parse_maps(text: &str) -> Vec<MapEntry> {
+    text.lines().filter_map(parse_map_line).collect()
+}
+
+fn parse_map_line(line: &str) -> Option<MapEntry> {
+    let mut it = line.splitn(6, ' ');
+    let (range, perms, offset, dev, inode) =
+        (it.next()?, it.next()?, it.next()?, it.next()?, it.next()?);
+    let path = it.next().unwrap_or("").trim_start().to_owned();
+    let (start, end) = range.split_once('-')?;
+    Some(MapEntry {
+        start: u64::from_str_radix(start, 16).ok()?,
+        end: u64::from_str_radix(end, 16).ok()?,
+        exec: perms.as_bytes().get(2) == Some(&b'x'),
+        offset: u64::from_str_radix(offset, 16).ok()?,
+        dev: dev.to_owned(),
+        inode: inode.parse().ok()?,
+        path,
+    })
+}
+
+/// Field 22 of `/proc/<pid>/stat` (start time in clock ticks since boot) and field 2 (comm).
+pub fn parse_stat(text: &str) -> Option<(u64, String)> {
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let comm = text.get(open + 1..close)?.to_owned();
+    // After ")": field 3 (state) is the first; field 22 is the 20th.
+    let start = text
+        .get(close + 1..)?
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()?;
+    Some((start, comm))
+}
+
+/// A process as seen in `/proc`: PID plus start time identifies it across PID reuse.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ProcId {
+    pub pid: u32,
+    pub start_time: u64,
+}
+
+pub fn proc_dir(pid: u32) -> PathBuf {
+    PathBuf::from(format!("/proc/{pid}"))
+}
+
+/// Start time and comm of `pid`, `None` when it is gone.
+pub fn stat(pid: u32) -> Option<(u64, String)> {
+    parse_stat(&std::fs::read_to_string(proc_dir(pid).join("stat")).ok()?)
+}
+
+/// Numeric entries of a `/proc` directory (`/proc` or `/proc/<pid>/task`).
+pub fn numeric_entries(dir: &Path) -> Result<Vec<u32>> {
+    let rd = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    Ok(rd
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect())
+}
+
+pub fn maps(pid: u32) -> Result<Vec<MapEntry>> {
+    let path = proc_dir(pid).join("maps");
+    Ok(parse_maps(
+        &std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?,
+    ))
+}
+
+/// A user-space process (kernel threads have no memory map).
+pub fn is_user_process(pid: u32) -> bool {
+    std::fs::metadata(proc_dir(pid).join("exe")).is_ok()
+        && std::fs::read(proc_dir(pid).join("cmdline")).is_ok_and(|c| !c.is_empty())
+}
+
+/// Reads `/proc/self/mem` at `[start, end)` (the sidecar's own vDSO, identical in every process).
+pub fn read_own_memory(start: u64, end: u64) -> Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let path = "/proc/self/mem";
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    f.seek(SeekFrom::Start(start))
+        .map_err(|e| Error::io(path, e))?;
+    let mut buf = vec![0; usize::try_from(end.saturating_sub(start)).unwrap_or(0)];
+    f.read_exact(&mut buf).map_err(|e| Error::io(path, e))?;
+    Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_maps_lines() {
+        let text = "55d0c0a00000-55d0c0a5b000 r--p 00000000 fd:01 1234   /usr/bin/demo app\n\
+55d0c0a5b000-55d0c0c00000 r-xp 0005b000 fd:01 1234   /usr/bin/demo app\n\
+7ffd1b9f0000-7ffd1b9f2000 r-xp 00000000 00:00 0                          [vdso]\n\
+7f0000000000-7f0000001000 rw-p 00000000 00:00 0 \n\
+garbage\n";
+        let m = parse_maps(text);
+        assert_eq!(m.len(), 4);
+        assert_eq!(
+            m[1],
+            MapEntry {
+                start: 0x55d0c0a5b000,
+                end: 0x55d0c0c00000,
+                exec: true,
+                offset: 0x5b000,
+                dev: "fd:01".into(),
+                inode: 1234,
+                path: "/usr/bin/demo app".into()
+            }
+        );
+        assert!(!m[0].exec);
+        assert_eq!(m[2].path, "[vdso]");
+        assert_eq!(m[3].path, "");
+    }
+
+    #[test]
+    fn parses_stat_with_odd_comm() {
+        let stat =
+            "4242 (a) b (c)) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 3 0 987654 1000 200";
+        assert_eq!(parse_stat(stat), Some((987654, "a) b (c)".into())));
+        assert_eq!(parse_stat("12 (x) S 1"), None);
+        let own = super::stat(std::process::id()).unwrap();
+        assert!(own.0 > 0);
+    }
+}

@@ -1,0 +1,192 @@
+//! Symbolization off the sampling path: once per upload, each new (module, address) is resolved
+//! with blazesym through the module's file (read via `/proc/<pid>/root`), then cached. Rust and
+//! C++ names come demangled; what cannot be resolved is named `module+0xoffset`, never dropped.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use blazesym::symbolize::source::{Elf, Source};
+use blazesym::symbolize::{Input, Symbolized};
+
+use crate::modules::Registry;
+use crate::unwind::FrameKey;
+
+/// Names of one frame, innermost (inlined) first, as pprof's `Location.line` wants them.
+pub type Names = Arc<[Arc<str>]>;
+
+/// Entries kept at most; past that the cache starts over (bounded memory).
+const MAX_CACHED: usize = 500_000;
+
+pub struct Symbolizer {
+    inner: blazesym::symbolize::Symbolizer,
+    cache: HashMap<FrameKey, Names>,
+}
+
+impl Default for Symbolizer {
+    fn default() -> Self {
+        Symbolizer::new()
+    }
+}
+
+impl Symbolizer {
+    pub fn new() -> Symbolizer {
+        let inner = blazesym::symbolize::Symbolizer::builder()
+            .enable_code_info(false)
+            .enable_inlined_fns(true)
+            .enable_demangling(true)
+            .build();
+        Symbolizer {
+            inner,
+            cache: HashMap::new(),
+        }
+    }
+
+    pub fn cached(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// Resolves every frame of `frames` not cached yet.
+    pub fn resolve<'a>(
+        &mut self,
+        registry: &Registry,
+        frames: impl IntoIterator<Item = &'a FrameKey>,
+    ) {
+        if self.cache.len() > MAX_CACHED {
+            self.cache.clear();
+        }
+        let mut todo: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+        for f in frames {
+            if !self.cache.contains_key(f) {
+                todo.entry(f.module).or_default().push(f.addr);
+            }
+        }
+        for (module, mut addrs) in todo {
+            addrs.sort_unstable();
+            addrs.dedup();
+            let names = self.lookup(registry, module, &addrs);
+            for (addr, names) in addrs.into_iter().zip(names) {
+                self.cache.insert(FrameKey { module, addr }, names);
+            }
+        }
+    }
+
+    fn lookup(&self, registry: &Registry, module: u32, addrs: &[u64]) -> Vec<Names> {
+        let meta = registry.get(module);
+        let fallback = |addr: u64| -> Names {
+            Arc::from([fallback_name(registry, FrameKey { module, addr })])
+        };
+        let Some(path) = meta.as_ref().and_then(|m| m.open_path.clone()) else {
+            return addrs.iter().map(|&a| fallback(a)).collect();
+        };
+        let src = Source::Elf(Elf::new(path));
+        match self.inner.symbolize(&src, Input::VirtOffset(addrs)) {
+            Ok(syms) if syms.len() == addrs.len() => syms
+                .into_iter()
+                .zip(addrs)
+                .map(|(s, &addr)| match s {
+                    Symbolized::Sym(sym) => {
+                        let mut names: Vec<Arc<str>> = sym
+                            .inlined
+                            .iter()
+                            .rev()
+                            .map(|f| Arc::from(f.name.as_ref()))
+                            .collect();
+                        names.push(Arc::from(sym.name.as_ref()));
+                        Arc::from(names)
+                    }
+                    Symbolized::Unknown(_) => fallback(addr),
+                })
+                .collect(),
+            Ok(_) => addrs.iter().map(|&a| fallback(a)).collect(),
+            Err(e) => {
+                tracing::debug!(module, error = %e, "symbolization failed");
+                addrs.iter().map(|&a| fallback(a)).collect()
+            }
+        }
+    }
+
+    /// The names of a resolved frame (resolve first).
+    pub fn names(&self, registry: &Registry, f: FrameKey) -> Names {
+        match self.cache.get(&f) {
+            Some(n) => Arc::clone(n),
+            None => Arc::from([fallback_name(registry, f)]),
+        }
+    }
+}
+
+/// `module+0xfileoffset` for frames without a symbol; `[kernel]`; `0xaddr` outside any module.
+pub fn fallback_name(registry: &Registry, f: FrameKey) -> Arc<str> {
+    if f == FrameKey::KERNEL {
+        return Arc::from("[kernel]");
+    }
+    if f.module == FrameKey::NO_MODULE {
+        return Arc::from(format!("0x{:x}", f.addr));
+    }
+    match registry.get(f.module) {
+        Some(m) => {
+            let off = m
+                .elf
+                .as_ref()
+                .and_then(|e| e.file_offset(f.addr))
+                .unwrap_or(f.addr);
+            Arc::from(format!("{}+0x{off:x}", m.name))
+        }
+        None => Arc::from(format!("0x{:x}", f.addr)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::unwind::Process;
+
+    #[inline(never)]
+    fn a_distinctly_named_function_for_symbolization(x: u64) -> u64 {
+        std::hint::black_box(x.wrapping_mul(0x9e37_79b9).rotate_left(7))
+    }
+
+    #[test]
+    fn resolves_own_functions_demangled_and_falls_back_to_offsets() {
+        let registry = Registry::default();
+        let mut p = Process::new(std::process::id());
+        p.refresh(&registry).unwrap();
+        let here = a_distinctly_named_function_for_symbolization as *const () as u64;
+        assert_eq!(
+            a_distinctly_named_function_for_symbolization(1),
+            a_distinctly_named_function_for_symbolization(1)
+        );
+        // Through the unwinder's own mapping of addresses to modules.
+        let mut frames = Vec::new();
+        let stack = [0u8; 64];
+        let _ = p.unwind(&registry, [0, 0x1000, here + 1], &stack, &mut frames);
+        let key = frames[0];
+        assert_ne!(key.module, FrameKey::NO_MODULE);
+        let mut s = Symbolizer::new();
+        let unknown = FrameKey {
+            module: key.module,
+            addr: 0x7fff_ffff_0000,
+        };
+        s.resolve(&registry, [&key, &unknown, &FrameKey::KERNEL]);
+        let names = s.names(&registry, key);
+        let leaf = names.last().unwrap();
+        assert!(
+            leaf.ends_with("a_distinctly_named_function_for_symbolization"),
+            "{names:?}"
+        );
+        assert!(!leaf.contains("::h"), "hash not stripped: {leaf}");
+        let name = registry.get(key.module).unwrap().name.clone();
+        assert!(s.names(&registry, unknown)[0].starts_with(&format!("{name}+0x")));
+        assert_eq!(&*s.names(&registry, FrameKey::KERNEL)[0], "[kernel]");
+        assert_eq!(
+            &*fallback_name(
+                &registry,
+                FrameKey {
+                    module: FrameKey::NO_MODULE,
+                    addr: 0x42
+                }
+            ),
+            "0x42"
+        );
+        assert!(s.cached() >= 2);
+    }
+}

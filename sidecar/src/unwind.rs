@@ -1,0 +1,314 @@
+//! Per-process unwinding with framehop: DWARF CFI from `.eh_frame`/`.eh_frame_hdr` of every
+//! executable mapping (read through `/proc/<pid>/root`), frame pointers where there is none.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64};
+use framehop::{ExplicitModuleSectionInfo, FrameAddress, Module, Unwinder};
+
+use crate::error::Result;
+use crate::modules::{self, Bytes, ElfInfo, ModuleKey, Registry};
+use crate::procfs;
+
+/// One frame, as aggregated before symbolization: a module and an address in its own address
+/// space (svma, the lookup address of a return address: return address − 1), or a raw address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FrameKey {
+    pub module: u32,
+    pub addr: u64,
+}
+
+impl FrameKey {
+    /// `module` of an address in no known module.
+    pub const NO_MODULE: u32 = u32::MAX;
+    /// The leaf of a sample taken in kernel mode.
+    pub const KERNEL: FrameKey = FrameKey {
+        module: u32::MAX - 1,
+        addr: 0,
+    };
+}
+
+/// How an unwind went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Reached the end of the stack.
+    Complete,
+    /// Stopped early (framehop gave up after these frames, or the stack copy ended).
+    Truncated,
+    /// Not even one step beyond the leaf.
+    Failed,
+}
+
+struct Mapped {
+    range: std::ops::Range<u64>,
+    module: u32,
+    bias: u64,
+}
+
+/// A process's modules and unwinder.
+pub struct Process {
+    pub pid: u32,
+    unwinder: UnwinderX86_64<Bytes>,
+    cache: CacheX86_64,
+    mapped: Vec<Mapped>,
+    dirty: bool,
+    refreshed: Option<Instant>,
+}
+
+/// How often a process's maps are re-read at most when an address falls outside every module.
+const REFRESH_EVERY: Duration = Duration::from_secs(1);
+
+fn section_info(elf: &ElfInfo) -> ExplicitModuleSectionInfo<Bytes> {
+    let split = |s: &Option<(std::ops::Range<u64>, Bytes)>| {
+        (
+            s.as_ref().map(|s| s.0.clone()),
+            s.as_ref().map(|s| s.1.clone()),
+        )
+    };
+    let (text_svma, text) = split(&elf.text);
+    let (eh_frame_svma, eh_frame) = split(&elf.eh_frame);
+    let (eh_frame_hdr_svma, eh_frame_hdr) = split(&elf.eh_frame_hdr);
+    ExplicitModuleSectionInfo {
+        base_svma: 0,
+        text_svma,
+        text,
+        got_svma: elf.got.clone(),
+        eh_frame_svma,
+        eh_frame,
+        eh_frame_hdr_svma,
+        eh_frame_hdr,
+        ..Default::default()
+    }
+}
+
+/// The sidecar's own vDSO image (the kernel maps the same one into every process).
+fn own_vdso() -> Option<Arc<ElfInfo>> {
+    let maps = procfs::maps(std::process::id()).ok()?;
+    let v = maps.iter().find(|m| m.path == "[vdso]")?;
+    let bytes = procfs::read_own_memory(v.start, v.end).ok()?;
+    modules::load_elf_bytes(&bytes, std::path::Path::new("[vdso]"))
+        .ok()
+        .map(Arc::new)
+}
+
+impl Process {
+    pub fn new(pid: u32) -> Process {
+        Process {
+            pid,
+            unwinder: UnwinderX86_64::new(),
+            cache: CacheX86_64::new(),
+            mapped: Vec::new(),
+            dirty: true,
+            refreshed: None,
+        }
+    }
+
+    /// The process mapped or unmapped code: re-read its maps before the next unwind.
+    pub fn invalidate(&mut self) {
+        self.dirty = true;
+    }
+
+    /// Re-reads `/proc/<pid>/maps` and rebuilds the unwinder.
+    pub fn refresh(&mut self, registry: &Registry) -> Result<()> {
+        self.refreshed = Some(Instant::now());
+        self.dirty = false;
+        let maps = procfs::maps(self.pid)?;
+        let root = procfs::proc_dir(self.pid).join("root");
+        let page = 4096;
+        let mut unwinder = UnwinderX86_64::new();
+        let mut mapped = Vec::new();
+        for m in maps.iter().filter(|m| m.exec) {
+            let vdso = m.path == "[vdso]";
+            if !(vdso || m.path.starts_with('/')) {
+                continue;
+            }
+            let key = ModuleKey {
+                dev: m.dev.clone(),
+                inode: m.inode,
+                path: m.path.clone(),
+            };
+            let meta = registry.get_or_insert(key, || {
+                if vdso {
+                    return (None, own_vdso());
+                }
+                let path: PathBuf = root.join(
+                    m.path
+                        .trim_start_matches('/')
+                        .trim_end_matches(" (deleted)"),
+                );
+                match modules::load_elf(&path) {
+                    Ok(elf) => (Some(path), Some(Arc::new(elf))),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "module without unwind information");
+                        (Some(path), None)
+                    }
+                }
+            });
+            let Some(elf) = meta.elf.as_ref() else {
+                mapped.push(Mapped {
+                    range: m.start..m.end,
+                    module: meta.id,
+                    bias: m.start.wrapping_sub(m.offset),
+                });
+                continue;
+            };
+            // The vDSO image is mapped whole: file offsets are its memory offsets.
+            let Some(bias) = elf.bias(m.start, m.offset, true, page) else {
+                continue;
+            };
+            unwinder.add_module(Module::new(
+                meta.name.clone(),
+                m.start..m.end,
+                bias,
+                section_info(elf),
+            ));
+            mapped.push(Mapped {
+                range: m.start..m.end,
+                module: meta.id,
+                bias,
+            });
+        }
+        mapped.sort_by_key(|m| m.range.start);
+        self.unwinder = unwinder;
+        self.mapped = mapped;
+        Ok(())
+    }
+
+    fn module_of(&self, avma: u64) -> Option<&Mapped> {
+        let i = self.mapped.partition_point(|m| m.range.start <= avma);
+        self.mapped
+            .get(i.checked_sub(1)?)
+            .filter(|m| m.range.contains(&avma))
+    }
+
+    fn key(&self, lookup_avma: u64) -> FrameKey {
+        match self.module_of(lookup_avma) {
+            Some(m) => FrameKey {
+                module: m.module,
+                addr: lookup_avma.wrapping_sub(m.bias),
+            },
+            None => FrameKey {
+                module: FrameKey::NO_MODULE,
+                addr: lookup_avma,
+            },
+        }
+    }
+
+    /// Unwinds one sample from its registers `[bp, sp, ip]` and user-stack copy; pushes the
+    /// frames leaf first into `out`.
+    pub fn unwind(
+        &mut self,
+        registry: &Registry,
+        regs: [u64; 3],
+        stack: &[u8],
+        out: &mut Vec<FrameKey>,
+    ) -> Outcome {
+        let [bp, sp, ip] = regs;
+        let stale = self.refreshed.is_none_or(|t| t.elapsed() >= REFRESH_EVERY);
+        if stale
+            && (self.dirty || self.module_of(ip).is_none())
+            && let Err(e) = self.refresh(registry)
+        {
+            tracing::debug!(pid = self.pid, error = %e, "cannot read maps");
+        }
+        let mut read_stack = |addr: u64| -> Result<u64, ()> {
+            let off = usize::try_from(addr.checked_sub(sp).ok_or(())?).map_err(|_| ())?;
+            let word = stack.get(off..off.checked_add(8).ok_or(())?).ok_or(())?;
+            Ok(u64::from_le_bytes(word.try_into().map_err(|_| ())?))
+        };
+        let mut addrs = Vec::with_capacity(32);
+        let mut frames = self.unwinder.iter_frames(
+            ip,
+            UnwindRegsX86_64::new(ip, sp, bp),
+            &mut self.cache,
+            &mut read_stack,
+        );
+        let mut n = 0usize;
+        let outcome = loop {
+            match frames.next() {
+                Ok(Some(f)) => {
+                    n += 1;
+                    addrs.push(match f {
+                        FrameAddress::InstructionPointer(_) => f.address(),
+                        FrameAddress::ReturnAddress(_) => f.address_for_lookup(),
+                    });
+                    if n > 512 {
+                        break Outcome::Truncated;
+                    }
+                }
+                Ok(None) => break Outcome::Complete,
+                Err(_) if n <= 1 => break Outcome::Failed,
+                Err(_) => break Outcome::Truncated,
+            }
+        };
+        out.extend(addrs.into_iter().map(|a| self.key(a)));
+        outcome
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_map_addresses_into_module_space() {
+        let mut p = Process::new(1);
+        p.mapped = vec![
+            Mapped {
+                range: 0x1000..0x2000,
+                module: 3,
+                bias: 0x800,
+            },
+            Mapped {
+                range: 0x5000..0x6000,
+                module: 4,
+                bias: 0x5000,
+            },
+        ];
+        assert_eq!(
+            p.key(0x1010),
+            FrameKey {
+                module: 3,
+                addr: 0x810
+            }
+        );
+        assert_eq!(
+            p.key(0x5fff),
+            FrameKey {
+                module: 4,
+                addr: 0xfff
+            }
+        );
+        assert_eq!(
+            p.key(0x2000),
+            FrameKey {
+                module: FrameKey::NO_MODULE,
+                addr: 0x2000
+            }
+        );
+        assert_eq!(
+            p.key(0x10),
+            FrameKey {
+                module: FrameKey::NO_MODULE,
+                addr: 0x10
+            }
+        );
+    }
+
+    #[test]
+    fn refresh_finds_the_own_binary_and_the_vdso() {
+        let registry = Registry::default();
+        let mut p = Process::new(std::process::id());
+        p.refresh(&registry).unwrap();
+        let here = refresh_finds_the_own_binary_and_the_vdso as *const () as u64;
+        let k = p.key(here);
+        assert_ne!(k.module, FrameKey::NO_MODULE);
+        let meta = registry.get(k.module).unwrap();
+        assert!(meta.elf.is_some());
+        let text = &meta.elf.as_ref().unwrap().text.as_ref().unwrap().0;
+        assert!(text.contains(&k.addr));
+        assert!((0..registry.len() as u32).any(|i| registry.get(i).unwrap().name == "[vdso]"));
+    }
+}

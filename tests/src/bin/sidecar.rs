@@ -1,0 +1,41 @@
+//! `e2e-sidecar`: the sampler with a short upload interval, configured by `E2E_*` variables:
+//! `E2E_SERVER_URL`, `E2E_CONTEXT_DIR` (optional), `E2E_PID` (optional; without it every process
+//! with a channel file), `E2E_LISTEN` (metrics).
+#![forbid(unsafe_code)]
+
+use std::time::Duration;
+
+use spanprof_sidecar::Config;
+use spanprof_sidecar::agent::Targets;
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+        .with_writer(std::io::stderr)
+        .init();
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let pids: Vec<u32> = var("E2E_PID")
+        .map(|p| p.parse())
+        .transpose()?
+        .into_iter()
+        .collect();
+    let config = Config {
+        server_url: var("E2E_SERVER_URL").unwrap_or_else(|| "http://127.0.0.1:4040".into()),
+        context_dir: var("E2E_CONTEXT_DIR").map(Into::into),
+        sample_rate_hz: 100,
+        upload_interval: Duration::from_secs(1),
+        targets: Targets {
+            require_channel: pids.is_empty(),
+            pids,
+        },
+        stack_bytes: 16384,
+        max_buffer_bytes: 8 << 20,
+        listen: var("E2E_LISTEN")
+            .unwrap_or_else(|| "127.0.0.1:0".into())
+            .parse()?,
+        service_name: Some("e2e".into()),
+        series_labels: vec![("namespace".into(), "test".into())],
+    };
+    spanprof_sidecar::run(config)?;
+    Ok(())
+}

@@ -1,0 +1,485 @@
+//! End to end with real processes: spanprof-server (embedded store), a workload that runs root
+//! spans `alpha`/`beta` burning CPU in known functions and logs each span's window, and the
+//! sampler sidecar attached to it. Needs perf_event_open on other processes (root or CAP_PERFMON).
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// The tests share two cores: one at a time keeps sample counts meaningful.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+struct Proc(Child);
+
+impl Proc {
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+    /// SIGTERM (graceful: the sidecar uploads what it has) and wait, bounded.
+    fn terminate(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn http() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+fn start_server(port: u16, data: &Path) -> Proc {
+    let p = Proc(
+        Command::new(env!("CARGO_BIN_EXE_e2e-server"))
+            .arg(format!("127.0.0.1:{port}"))
+            .arg(data)
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http()
+        .get(format!("http://127.0.0.1:{port}/readyz"))
+        .send()
+        .map(|r| r.status().is_success())
+        .ok()
+        != Some(true)
+    {
+        assert!(Instant::now() < deadline, "server never became ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    p
+}
+
+struct Workload {
+    proc: Proc,
+    out: BufReader<ChildStdout>,
+}
+
+fn start_workload(ctx: Option<&Path>, vars: &[(&str, &str)]) -> Workload {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_e2e-workload"));
+    cmd.stdout(Stdio::piped())
+        .env_remove("SPANPROF_CONTEXT_DIR");
+    if let Some(ctx) = ctx {
+        cmd.env("SPANPROF_CONTEXT_DIR", ctx);
+    }
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert!(line.starts_with("ready"), "{line}");
+    Workload {
+        proc: Proc(child),
+        out,
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Window {
+    span_id: String,
+    name: String,
+    start_ns: u64,
+    end_ns: u64,
+    cpu_ns: u64,
+}
+
+impl Workload {
+    /// Reads span windows until the workload says it is done.
+    fn windows(&mut self) -> Vec<Window> {
+        let mut out = Vec::new();
+        for line in (&mut self.out).lines() {
+            let line = line.unwrap();
+            if line == "done" {
+                break;
+            }
+            let kv: HashMap<&str, &str> = line
+                .split_whitespace()
+                .filter_map(|w| w.split_once('='))
+                .collect();
+            out.push(Window {
+                span_id: kv["span_id"].to_owned(),
+                name: kv["name"].to_owned(),
+                start_ns: kv["start_ns"].parse().unwrap(),
+                end_ns: kv["end_ns"].parse().unwrap(),
+                cpu_ns: kv["cpu_ns"].parse().unwrap(),
+            });
+        }
+        out
+    }
+}
+
+fn start_sidecar(server_port: u16, ctx: &Path, pid: Option<u32>) -> (Proc, u16) {
+    let metrics = free_port();
+    let p = Command::new(env!("CARGO_BIN_EXE_e2e-sidecar"))
+        .env("E2E_SERVER_URL", format!("http://127.0.0.1:{server_port}"))
+        .env("E2E_CONTEXT_DIR", ctx)
+        .env("E2E_PID", pid.map(|p| p.to_string()).unwrap_or_default())
+        .env("E2E_LISTEN", format!("127.0.0.1:{metrics}"))
+        .spawn()
+        .unwrap();
+    let p = Proc(p);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http()
+        .get(format!("http://127.0.0.1:{metrics}/readyz"))
+        .send()
+        .map(|r| r.status().is_success())
+        .ok()
+        != Some(true)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "sidecar never became ready (perf_event_open permitted?)"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (p, metrics)
+}
+
+fn metric(port: u16, name: &str) -> u64 {
+    let text = http()
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Folded stacks of a span profile (empty when it has no samples).
+fn span_folded(server: u16, span_id: &str) -> Vec<(String, u64)> {
+    let r = http()
+        .get(format!(
+            "http://127.0.0.1:{server}/api/v1/profiles/{span_id}?format=folded"
+        ))
+        .send()
+        .unwrap();
+    if r.status().as_u16() == 404 {
+        return Vec::new();
+    }
+    assert!(r.status().is_success(), "{}", r.status());
+    parse_folded(&r.text().unwrap())
+}
+
+fn parse_folded(text: &str) -> Vec<(String, u64)> {
+    text.lines()
+        .filter_map(|l| l.rsplit_once(' '))
+        .map(|(s, n)| (s.to_owned(), n.parse().unwrap_or(0)))
+        .collect()
+}
+
+fn process_folded(server: u16) -> Vec<(String, u64)> {
+    let r = http().get(format!("http://127.0.0.1:{server}/api/v1/services/e2e/profile?format=folded&from=now-1h&until=now")).send().unwrap();
+    if !r.status().is_success() {
+        return Vec::new();
+    }
+    parse_folded(&r.text().unwrap())
+}
+
+/// Samples per span: (right function, wrong function), and samples of either function that
+/// ended up in the whole-process profile.
+#[derive(Debug, Default)]
+struct Tally {
+    right: u64,
+    wrong: u64,
+    leaked: u64,
+    spans_with_samples: usize,
+}
+
+fn tally(server: u16, windows: &[Window]) -> Tally {
+    let mut t = Tally::default();
+    for w in windows {
+        let (mine, other) = if w.name == "alpha" {
+            ("spin_alpha", "spin_beta")
+        } else {
+            ("spin_beta", "spin_alpha")
+        };
+        let folded = span_folded(server, &w.span_id);
+        if !folded.is_empty() {
+            t.spans_with_samples += 1;
+        }
+        for (stack, n) in folded {
+            if stack.contains(mine) {
+                t.right += n;
+            } else if stack.contains(other) {
+                t.wrong += n;
+            }
+        }
+    }
+    for (stack, n) in process_folded(server) {
+        if stack.contains("spin_alpha") || stack.contains("spin_beta") {
+            t.leaked += n;
+        }
+    }
+    t
+}
+
+#[test]
+fn span_profiles_hold_their_own_functions_and_attribution_is_exact() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let (data, ctx) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let port = free_port();
+    let server = start_server(port, data.path());
+    // The workload's threads start after the sidecar attached: they are followed by inheritance.
+    let mut w = start_workload(
+        Some(ctx.path()),
+        &[
+            ("E2E_THREADS", "2"),
+            ("E2E_SPANS", "16"),
+            ("E2E_SPAN_MS", "60"),
+            ("E2E_THREAD_DELAY_MS", "1000"),
+        ],
+    );
+    let (sidecar, metrics) = start_sidecar(port, ctx.path(), Some(w.proc.pid()));
+    let windows = w.windows();
+    assert_eq!(windows.len(), 32);
+    assert!(metric(metrics, "spanprof_sidecar_attached_processes") == 1);
+    let lost = metric(metrics, "spanprof_sidecar_lost_records_total");
+    let incomplete = metric(metrics, "spanprof_sidecar_unwind_truncated_total")
+        + metric(metrics, "spanprof_sidecar_unwind_failures_total");
+    let sampled = metric(metrics, "spanprof_sidecar_samples_total");
+    sidecar.terminate();
+
+    let t = tally(port, &windows);
+    // 100 Hz of each thread's on-CPU time inside its spans (as the workload measured it).
+    let expected = windows.iter().map(|w| w.cpu_ns).sum::<u64>() / 10_000_000;
+    let wall = windows.iter().map(|w| w.end_ns - w.start_ns).sum::<u64>() / 10_000_000;
+    eprintln!(
+        "{t:?}, expected {expected} samples from on-CPU time ({wall} from wall time), lost records {lost}"
+    );
+    assert_eq!(t.wrong, 0, "samples attributed to the wrong span");
+    let total = t.right + t.wrong + t.leaked;
+    assert!(
+        t.right as f64 >= 0.99 * total as f64,
+        "only {} of {total} samples in the right span",
+        t.right
+    );
+    assert!(
+        expected >= 20,
+        "the workload got too little CPU to judge: {expected}"
+    );
+    assert!(
+        t.right * 10 >= expected * 5 && t.right * 10 <= expected * 15,
+        "{t:?}: {} samples for {expected} expected",
+        t.right
+    );
+    assert!(
+        t.spans_with_samples * 10 >= windows.len() * 8,
+        "{} of {} spans have samples",
+        t.spans_with_samples,
+        windows.len()
+    );
+
+    // A span profile by ID: its name, its functions (symbolized, demangled), plausible counts.
+    let alpha = windows
+        .iter()
+        .find(|w| w.name == "alpha" && !span_folded(port, &w.span_id).is_empty())
+        .unwrap();
+    let json: serde_json::Value = http()
+        .get(format!(
+            "http://127.0.0.1:{port}/api/v1/profiles/{}",
+            alpha.span_id
+        ))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(json["profile"]["span_name"], "alpha");
+    assert_eq!(json["profile"]["service_name"], "e2e");
+    let samples = json["profile"]["samples"].as_u64().unwrap();
+    assert!(
+        (1..=12).contains(&samples),
+        "{samples} samples for a 60 ms span at 100 Hz"
+    );
+    let folded = span_folded(port, &alpha.span_id);
+    assert!(
+        folded
+            .iter()
+            .any(|(s, _)| s.contains("e2e_workload::spin_alpha;e2e_workload::burn_alpha")),
+        "{folded:?}"
+    );
+    // Complete DWARF stacks, down to the thread entry point, for (nearly) every sample.
+    let complete: u64 = folded
+        .iter()
+        .filter(|(s, _)| s.starts_with("clone3;start_thread;"))
+        .map(|(_, n)| n)
+        .sum();
+    let all: u64 = folded.iter().map(|(_, n)| n).sum();
+    assert!(complete * 2 >= all, "{folded:?}");
+    assert!(
+        incomplete * 20 <= sampled,
+        "{incomplete} of {sampled} samples not unwound to the end"
+    );
+    drop(server);
+}
+
+#[test]
+fn without_a_channel_the_whole_process_profile_still_works() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let (data, ctx) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let port = free_port();
+    let _server = start_server(port, data.path());
+    let mut w = start_workload(
+        None,
+        &[
+            ("E2E_SPANS", "10"),
+            ("E2E_SPAN_MS", "60"),
+            ("E2E_THREAD_DELAY_MS", "300"),
+        ],
+    );
+    let (sidecar, metrics) = start_sidecar(port, ctx.path(), Some(w.proc.pid()));
+    let windows = w.windows();
+    assert!(
+        windows.iter().all(|w| w.span_id.is_empty()),
+        "the SDK must be off without SPANPROF_CONTEXT_DIR"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let no_channel = metric(
+        metrics,
+        "spanprof_sidecar_samples_total{attribution=\"no_channel\"}",
+    );
+    let unattributed = metric(metrics, "spanprof_sidecar_unattributed_samples_total");
+    sidecar.terminate();
+    assert!(no_channel > 10, "{no_channel} samples without channel");
+    assert_eq!(unattributed, no_channel);
+    let folded = process_folded(port);
+    let alpha: u64 = folded
+        .iter()
+        .filter(|(s, _)| s.contains("spin_alpha"))
+        .map(|(_, n)| n)
+        .sum();
+    let beta: u64 = folded
+        .iter()
+        .filter(|(s, _)| s.contains("spin_beta"))
+        .map(|(_, n)| n)
+        .sum();
+    assert!(
+        alpha > 5 && beta > 5,
+        "whole-process profile: alpha {alpha}, beta {beta}"
+    );
+}
+
+#[test]
+fn server_down_then_up_delivers_the_buffered_profiles() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let (data, ctx) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let port = free_port();
+    let mut w = start_workload(
+        Some(ctx.path()),
+        &[
+            ("E2E_SPANS", "24"),
+            ("E2E_SPAN_MS", "60"),
+            ("E2E_THREAD_DELAY_MS", "300"),
+        ],
+    );
+    let (sidecar, metrics) = start_sidecar(port, ctx.path(), Some(w.proc.pid()));
+    // Nothing listens yet: uploads fail and wait.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(metrics, "spanprof_sidecar_push_errors_total") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no push attempt failed while the server was down"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(metric(metrics, "spanprof_sidecar_uploads_total"), 0);
+    let _server = start_server(port, data.path());
+    let windows = w.windows();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while metric(metrics, "spanprof_sidecar_buffered_bytes") > 0
+        || metric(metrics, "spanprof_sidecar_uploads_total") == 0
+    {
+        assert!(Instant::now() < deadline, "the backlog was never delivered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(metric(metrics, "spanprof_sidecar_dropped_uploads_total"), 0);
+    sidecar.terminate();
+    let t = tally(port, &windows);
+    eprintln!("{t:?}");
+    assert_eq!(t.wrong, 0);
+    // The spans that ran while the server was down are there too.
+    let first = &windows[0];
+    assert!(
+        !span_folded(port, &first.span_id).is_empty()
+            || !span_folded(port, &windows[1].span_id).is_empty()
+    );
+    assert!(
+        t.spans_with_samples * 10 >= windows.len() * 8,
+        "{} of {} spans have samples",
+        t.spans_with_samples,
+        windows.len()
+    );
+}
+
+#[test]
+fn discovers_processes_by_channel_and_follows_a_restarted_target() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let (data, ctx) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let port = free_port();
+    let _server = start_server(port, data.path());
+    // No --pid: every process with a channel file in the directory.
+    let (sidecar, metrics) = start_sidecar(port, ctx.path(), None);
+    let mut all = Vec::new();
+    for _ in 0..2 {
+        // Discovery runs every second: the threads start after it found the process.
+        let mut w = start_workload(
+            Some(ctx.path()),
+            &[
+                ("E2E_SPANS", "8"),
+                ("E2E_SPAN_MS", "60"),
+                ("E2E_THREAD_DELAY_MS", "1500"),
+            ],
+        );
+        all.push(w.windows());
+        drop(w);
+    }
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(
+        metric(metrics, "spanprof_sidecar_attached_processes"),
+        0,
+        "exited targets must be detached"
+    );
+    sidecar.terminate();
+    for windows in &all {
+        let t = tally(port, windows);
+        eprintln!("{t:?}");
+        assert_eq!(t.wrong, 0);
+        assert!(
+            t.spans_with_samples * 10 >= windows.len() * 7,
+            "{} of {} spans have samples",
+            t.spans_with_samples,
+            windows.len()
+        );
+    }
+}
