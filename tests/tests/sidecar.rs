@@ -215,6 +215,9 @@ struct Tally {
     wrong: u64,
     leaked: u64,
     spans_with_samples: usize,
+    /// A few span stacks with neither workload function, to tell what went wrong when a count
+    /// is off (e.g. unsymbolized or truncated stacks).
+    neither: Vec<String>,
 }
 
 fn tally(server: u16, windows: &[Window]) -> Tally {
@@ -234,6 +237,8 @@ fn tally(server: u16, windows: &[Window]) -> Tally {
                 t.right += n;
             } else if stack.contains(other) {
                 t.wrong += n;
+            } else if t.neither.len() < 3 {
+                t.neither.push(format!("{stack} {n}"));
             }
         }
     }
