@@ -287,6 +287,8 @@ impl ThreadSlot {
 
     /// Publishes "from now on this thread runs `root`" (`None`: no span) and returns the timestamp
     /// written. Never blocks, never allocates; the only system interaction is the vDSO clock.
+    // Inlined into the SDK's publishing path: it runs on every root change.
+    #[inline]
     pub fn record(&mut self, root: Option<&Root>) -> u64 {
         let words = self.writer.words();
         let n = self.next;

@@ -12,6 +12,11 @@
 //! ID's hash, and an entry is only trusted while its stamp is still current. A span can only be
 //! entered after it was created, which happens after the close that freed its ID, so the thread
 //! entering it sees the bumped stamp and never takes a stale root for it.
+//!
+//! With the `opentelemetry` feature a span's root is only *settled* when it is first needed (its
+//! first enter, a child's creation, [`crate::root_of`]) rather than at creation: until
+//! `tracing-opentelemetry` starts the span, `set_parent` may still give it a remote parent and
+//! its span ID does not exist yet (see the `otel` module). Only settled roots enter the cache.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -24,7 +29,7 @@ use spanprof_channel::{NameRef, Options, Root, ThreadSlot, Writer};
 use tracing_core::span::{Attributes, Id};
 use tracing_core::{Metadata, Subscriber};
 use tracing_subscriber::layer::{Context, Layer};
-use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::registry::{LookupSpan, SpanRef};
 
 use crate::error::{Error, Result};
 use crate::ids;
@@ -37,7 +42,14 @@ pub const PROFILE_URL_ENV: &str = "SPANPROF_PROFILE_URL";
 
 /// The local root of a span, kept in the span's extensions.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct RootExt(pub(crate) Root);
+pub(crate) enum RootExt {
+    /// Final.
+    Known(Root),
+    /// Not settled yet (see the module docs); `inherited` is the root of the span's parent in
+    /// this process, if it has one.
+    #[cfg(feature = "opentelemetry")]
+    Pending { inherited: Option<Root> },
+}
 
 /// A root as the hot path copies it: plain words (a `u128` field would make every copy a 16-byte
 /// aligned move that stalls on store forwarding).
@@ -107,17 +119,29 @@ static NEXT_LAYER_ID: AtomicU64 = AtomicU64::new(1);
 ///     .init();
 /// # Ok::<(), spanprof::Error>(())
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct SpanProfLayer {
     inner: Option<Arc<Inner>>,
+    /// The dispatch this instance was installed in: `tracing-opentelemetry` only hands out a
+    /// span's OpenTelemetry context through it. Weak, because the dispatch owns this layer.
+    #[cfg(feature = "opentelemetry")]
+    dispatch: std::sync::OnceLock<tracing_core::dispatcher::WeakDispatch>,
+}
+
+impl Clone for SpanProfLayer {
+    /// A clone shares the channel but not the installation: it learns its own dispatch when it is
+    /// installed (asking another dispatch about this one's span IDs would be wrong).
+    fn clone(&self) -> Self {
+        SpanProfLayer::with_inner(self.inner.clone())
+    }
 }
 
 #[derive(Debug)]
 struct Inner {
     /// Tells this layer's per-thread state apart from another instance's.
     id: u64,
-    /// Close stamps (see the module docs).
-    stamps: Box<[AtomicU64]>,
+    /// Close stamps (see the module docs). A fixed-size array: masked indices need no bounds check.
+    stamps: Box<[AtomicU64; STAMPS]>,
     writer: Arc<Writer>,
     profile_url: Option<String>,
 }
@@ -171,14 +195,12 @@ impl Builder {
             return Err(Error::Config { name: CONTEXT_DIR_ENV, reason: format!("{} is not a directory", dir.display()) });
         }
         let writer = Writer::create(&dir, &self.options)?;
-        Ok(SpanProfLayer {
-            inner: Some(Arc::new(Inner {
-                id: NEXT_LAYER_ID.fetch_add(1, Ordering::Relaxed),
-                stamps: (0..STAMPS).map(|_| AtomicU64::new(0)).collect(),
-                writer: Arc::new(writer),
-                profile_url: self.profile_url,
-            })),
-        })
+        Ok(SpanProfLayer::with_inner(Some(Arc::new(Inner {
+            id: NEXT_LAYER_ID.fetch_add(1, Ordering::Relaxed),
+            stamps: Box::new([const { AtomicU64::new(0) }; STAMPS]),
+            writer: Arc::new(writer),
+            profile_url: self.profile_url,
+        }))))
     }
 }
 
@@ -187,9 +209,17 @@ impl SpanProfLayer {
         Builder::default()
     }
 
+    fn with_inner(inner: Option<Arc<Inner>>) -> SpanProfLayer {
+        SpanProfLayer {
+            inner,
+            #[cfg(feature = "opentelemetry")]
+            dispatch: std::sync::OnceLock::new(),
+        }
+    }
+
     /// A layer that does nothing.
     pub fn disabled() -> SpanProfLayer {
-        SpanProfLayer { inner: None }
+        SpanProfLayer::with_inner(None)
     }
 
     /// Configured from `SPANPROF_CONTEXT_DIR` and `SPANPROF_PROFILE_URL`; a no-op when
@@ -232,61 +262,160 @@ impl SpanProfLayer {
     pub fn dropped_transitions(&self) -> u64 {
         self.inner.as_ref().map_or(0, |i| i.writer.dropped_transitions())
     }
+
+    /// The root of `span`, settling it first if it is still pending. `None` when the span was
+    /// created while this layer did not see it (or the layer is disabled). Call it holding no lock
+    /// on the span's extensions.
+    pub(crate) fn root_of_span<'a, R: LookupSpan<'a>>(&self, span: &SpanRef<'a, R>) -> Option<Root> {
+        // Copied out, so the extensions lock is released before settling takes it again.
+        let ext = span.extensions().get::<RootExt>().copied()?;
+        match ext {
+            RootExt::Known(root) => Some(root),
+            #[cfg(feature = "opentelemetry")]
+            RootExt::Pending { inherited } => self.settle(span, inherited),
+        }
+    }
+
+    /// Decides a pending span's root from its OpenTelemetry context: a span in the trace of its
+    /// parent's root belongs to that root; a span without a parent here, or whose OpenTelemetry
+    /// parent is in another trace (a remote parent set with `set_parent`), is a local root with the
+    /// OpenTelemetry span and trace IDs — or random IDs when OpenTelemetry does not know the span.
+    #[cfg(feature = "opentelemetry")]
+    #[inline(never)]
+    fn settle<'a, R: LookupSpan<'a>>(&self, span: &SpanRef<'a, R>, inherited: Option<Root>) -> Option<Root> {
+        let inner = self.inner.as_ref()?;
+        let otel = self.own_dispatch().and_then(|d| crate::otel::span_of(&d, &span.id()));
+        let (root, marks) = match (inherited, &otel) {
+            (Some(parent), Some(o)) if o.trace_id == parent.trace_id => (parent, false),
+            (Some(parent), None) => (parent, false),
+            (_, Some(o)) => (Root { span_id: o.span_id, trace_id: o.trace_id, name: inner.name_of(span.metadata()) }, true),
+            (None, None) => (inner.new_root(span.metadata()), false),
+        };
+        {
+            let mut ext = span.extensions_mut();
+            match ext.get_mut::<RootExt>() {
+                // Another thread settled it meanwhile (e.g. `root_of` racing an enter): its answer
+                // stands, so the span never has two roots (random fallback IDs would differ).
+                Some(RootExt::Known(first)) => return Some(*first),
+                Some(pending) => *pending = RootExt::Known(root),
+                None => return None,
+            }
+        }
+        if marks && let Some(o) = &otel {
+            crate::otel::mark_root(o, inner.profile_url.as_deref());
+        }
+        Some(root)
+    }
+
+    /// The dispatch this instance is installed in, if it is still alive.
+    #[cfg(feature = "opentelemetry")]
+    fn own_dispatch(&self) -> Option<tracing_core::Dispatch> {
+        let dispatch = self.dispatch.get()?.upgrade()?;
+        // It holds this very instance, so span IDs given to this layer are its spans (asking
+        // `tracing-opentelemetry` about an ID unknown to the dispatch would make it panic).
+        let ours = dispatch.downcast_ref::<SpanProfLayer>().is_some_and(|l| std::ptr::eq(l, self));
+        ours.then_some(dispatch)
+    }
+
+    /// The root of span `id` of `registry`, the registry of the dispatch this layer is in.
+    pub(crate) fn root_in<'a, R: LookupSpan<'a>>(&self, registry: &'a R, id: &Id) -> Option<Root> {
+        self.inner.as_ref()?;
+        let span = registry.span(id)?;
+        self.root_of_span(&span)
+    }
 }
 
 /// One thread's view for one layer instance.
 struct ThreadState {
     layer: u64,
+    /// The root span ID last published (0: none).
+    current: u64,
+    /// Entered spans, innermost last, with their roots.
+    stack: Vec<(u64, Packed)>,
+    /// Span → root cache.
+    cache: Box<[Cached; CACHE_ENTRIES]>,
     /// Claimed on the first transition.
     slot: Option<ThreadSlot>,
     /// Countdown to the next registration attempt after a failed one.
     retry_in: u32,
-    /// Entered spans, innermost last, with their roots.
-    stack: Vec<(u64, Packed)>,
-    /// The root last published (0: none).
-    current: u64,
     /// Interned names by callsite metadata address.
     names: HashMap<usize, NameRef>,
-    /// Span → root cache, `CACHE_ENTRIES` long.
-    cache: Vec<Cached>,
+}
+
+impl ThreadState {
+    fn new(layer: u64) -> ThreadState {
+        ThreadState {
+            layer,
+            current: 0,
+            stack: Vec::with_capacity(STACK_CAPACITY),
+            cache: Box::new([EMPTY; CACHE_ENTRIES]),
+            slot: None,
+            retry_in: 0,
+            names: HashMap::new(),
+        }
+    }
+
+    /// The cached root of span `id`, valid only if `stamp` is the span's current close stamp.
+    #[inline]
+    fn cached(&self, id: u64, stamp: u64) -> Option<Packed> {
+        let c = &self.cache[cache_index(id)];
+        (c.id == id && c.stamp == stamp).then_some(c.root)
+    }
+
+    /// `stamp` must have been read while the span was known to be open.
+    fn cache_put(&mut self, id: u64, stamp: u64, root: Packed) {
+        self.cache[cache_index(id)] = Cached { id, stamp, root };
+    }
+}
+
+/// Every layer instance's state on this thread. Almost every process has one layer, so its state
+/// sits inline in `first`: one thread-local access and no search on the hot path.
+struct Threads {
+    first: Option<ThreadState>,
+    others: Vec<ThreadState>,
 }
 
 thread_local! {
-    static THREADS: RefCell<Vec<ThreadState>> = const { RefCell::new(Vec::new()) };
+    static THREADS: RefCell<Threads> = const { RefCell::new(Threads { first: None, others: Vec::new() }) };
 }
 
 impl Inner {
-    /// Runs `f` on this thread's state for this layer. Skipped (and so a no-op) while the thread
+    /// Runs `f` on this thread's state for this layer. `None` (and `f` not run) while the thread
     /// is being torn down or if re-entered.
-    fn with_state(&self, f: impl FnOnce(&mut ThreadState)) {
-        let _ = THREADS.try_with(|threads| {
-            let Ok(mut threads) = threads.try_borrow_mut() else { return };
-            let index = match threads.iter().position(|s| s.layer == self.id) {
-                Some(i) => i,
-                None => {
-                    threads.push(ThreadState {
-                        layer: self.id,
-                        slot: None,
-                        retry_in: 0,
-                        stack: Vec::with_capacity(STACK_CAPACITY),
-                        current: 0,
-                        names: HashMap::new(),
-                        cache: vec![EMPTY; CACHE_ENTRIES],
-                    });
-                    threads.len() - 1
-                }
-            };
-            f(&mut threads[index]);
-        });
+    #[inline]
+    fn with_state<R>(&self, f: impl FnOnce(&mut ThreadState) -> R) -> Option<R> {
+        THREADS
+            .try_with(|threads| {
+                let mut threads = threads.try_borrow_mut().ok()?;
+                let threads = &mut *threads;
+                let first_is_mine = threads.first.as_ref().is_some_and(|s| s.layer == self.id);
+                let state = if first_is_mine { threads.first.as_mut() } else { self.other_state(threads) };
+                state.map(f)
+            })
+            .ok()
+            .flatten()
     }
 
-    /// Publishes `root` as the thread's current root if it differs from the last one published.
-    fn switch_to(&self, st: &mut ThreadState, root: Option<Packed>) {
-        let id = root.map_or(0, |r| r.span_id);
-        if id == st.current {
-            return;
+    /// This layer's state when it is not in `first`, created on first use.
+    #[cold]
+    fn other_state<'t>(&self, threads: &'t mut Threads) -> Option<&'t mut ThreadState> {
+        if threads.first.is_none() {
+            return Some(threads.first.insert(ThreadState::new(self.id)));
         }
-        st.current = id;
+        let index = match threads.others.iter().position(|s| s.layer == self.id) {
+            Some(i) => i,
+            None => {
+                threads.others.push(ThreadState::new(self.id));
+                threads.others.len() - 1
+            }
+        };
+        threads.others.get_mut(index)
+    }
+
+    /// Publishes `root` as the thread's current root; the caller checked that it changed.
+    #[inline(never)]
+    fn publish(&self, st: &mut ThreadState, root: Option<Packed>) {
+        st.current = root.map_or(0, |r| r.span_id);
         if st.slot.is_none() {
             if st.retry_in > 0 {
                 st.retry_in -= 1;
@@ -306,44 +435,41 @@ impl Inner {
         }
     }
 
+    /// Pushes an entered span and publishes its root if that changes the thread's root.
+    #[inline]
+    fn push(&self, st: &mut ThreadState, id: u64, root: Packed) {
+        st.stack.push((id, root));
+        if root.span_id != st.current {
+            self.publish(st, Some(root));
+        }
+    }
+
+    #[inline]
     fn stamp(&self, id: u64) -> u64 {
         // Relaxed is enough: the close that bumped it happens-before the creation of any span
         // reusing the ID, which happens-before that span is entered here; coherence of this one
         // atomic then guarantees the load sees the bump.
-        self.stamps.get(stamp_index(id)).map_or(0, |s| s.load(Ordering::Relaxed))
+        self.stamps[stamp_index(id)].load(Ordering::Relaxed)
     }
 
     /// The span `id` closed: the ID may be reused from now on, so every thread's cached root for
     /// it must be dropped.
     fn closed(&self, id: u64) {
-        if let Some(s) = self.stamps.get(stamp_index(id)) {
-            s.fetch_add(1, Ordering::Relaxed);
-        }
+        self.stamps[stamp_index(id)].fetch_add(1, Ordering::Relaxed);
     }
 
-    fn cache_get(&self, st: &ThreadState, id: u64) -> Option<Packed> {
-        let c = st.cache.get(cache_index(id))?;
-        (c.id == id && c.stamp == self.stamp(id)).then_some(c.root)
-    }
-
-    /// `stamp` must have been read while the span was known to be open.
-    fn cache_put(st: &mut ThreadState, id: u64, stamp: u64, root: Packed) {
-        if let Some(c) = st.cache.get_mut(cache_index(id)) {
-            *c = Cached { id, stamp, root };
-        }
+    /// A new local root with random IDs.
+    fn new_root(&self, meta: &'static Metadata<'static>) -> Root {
+        Root { span_id: ids::nonzero_u64(), trace_id: ids::nonzero_u128(), name: self.name_of(meta) }
     }
 
     fn name_of(&self, meta: &'static Metadata<'static>) -> NameRef {
         let key = meta as *const Metadata<'static> as usize;
-        let mut cached = None;
-        self.with_state(|st| cached = st.names.get(&key).copied());
-        if let Some(r) = cached {
+        if let Some(Some(r)) = self.with_state(|st| st.names.get(&key).copied()) {
             return r;
         }
         let r = self.writer.intern(meta.name());
-        self.with_state(|st| {
-            st.names.insert(key, r);
-        });
+        self.with_state(|st| st.names.insert(key, r));
         r
     }
 }
@@ -352,59 +478,92 @@ impl<S> Layer<S> for SpanProfLayer
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
+    #[cfg(feature = "opentelemetry")]
+    fn on_register_dispatch(&self, dispatch: &tracing_core::Dispatch) {
+        // Set once: an instance is installed in exactly one dispatch (clones start empty).
+        let _ = self.dispatch.set(dispatch.downgrade());
+    }
+
     fn on_new_span(&self, _attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
         let Some(inner) = &self.inner else { return };
         let Some(span) = ctx.span(id) else { return };
         // The registry has already resolved the parent (explicit, or the current span).
-        let inherited = span.parent().and_then(|p| p.extensions().get::<RootExt>().copied());
-        let root = match inherited {
-            Some(RootExt(root)) => root,
+        let inherited = span.parent().and_then(|p| self.root_of_span(&p));
+        #[cfg(feature = "opentelemetry")]
+        {
+            // Settled on first use, once OpenTelemetry has fixed the span's parent and IDs.
+            let _ = inner;
+            span.extensions_mut().replace(RootExt::Pending { inherited });
+        }
+        #[cfg(not(feature = "opentelemetry"))]
+        {
             // No parent in this process: this span is a local root.
-            None => Root { span_id: ids::nonzero_u64(), trace_id: ids::nonzero_u128(), name: inner.name_of(span.metadata()) },
-        };
-        span.extensions_mut().replace(RootExt(root));
-        let key = id.into_u64();
-        let stamp = inner.stamp(key);
-        inner.with_state(|st| Inner::cache_put(st, key, stamp, root.into()));
+            let root = inherited.unwrap_or_else(|| inner.new_root(span.metadata()));
+            span.extensions_mut().replace(RootExt::Known(root));
+            let key = id.into_u64();
+            let stamp = inner.stamp(key);
+            inner.with_state(|st| st.cache_put(key, stamp, root.into()));
+        }
     }
 
     fn on_enter(&self, id: &Id, ctx: Context<'_, S>) {
         let Some(inner) = &self.inner else { return };
         let key = id.into_u64();
-        inner.with_state(|st| {
-            let root = match inner.cache_get(st, key) {
-                Some(root) => root,
-                None => {
-                    // The span is open (it is being entered), so this stamp is current for it.
-                    let stamp = inner.stamp(key);
-                    let Some(RootExt(root)) = ctx.span(id).and_then(|s| s.extensions().get::<RootExt>().copied()) else {
-                        return;
-                    };
-                    let root = Packed::from(root);
-                    Inner::cache_put(st, key, stamp, root);
-                    root
-                }
-            };
-            st.stack.push((key, root));
-            inner.switch_to(st, Some(root));
+        // The span is open (it is being entered), so this stamp is current for it.
+        let stamp = inner.stamp(key);
+        let hit = inner.with_state(|st| match st.cached(key, stamp) {
+            Some(root) => {
+                inner.push(st, key, root);
+                true
+            }
+            None => false,
         });
+        if hit == Some(false) {
+            self.enter_uncached(inner, id, stamp, &ctx);
+        }
     }
 
     fn on_exit(&self, id: &Id, _ctx: Context<'_, S>) {
         let Some(inner) = &self.inner else { return };
+        let key = id.into_u64();
         inner.with_state(|st| {
-            let key = id.into_u64();
-            // Usually the innermost; tracing allows exits out of order.
-            let Some(pos) = st.stack.iter().rposition(|(k, _)| *k == key) else { return };
-            st.stack.remove(pos);
+            match st.stack.last() {
+                Some((top, _)) if *top == key => {
+                    st.stack.pop();
+                }
+                // tracing allows exits out of order.
+                _ => {
+                    let Some(pos) = st.stack.iter().rposition(|(k, _)| *k == key) else { return };
+                    st.stack.remove(pos);
+                }
+            }
             let top = st.stack.last().map(|(_, r)| *r);
-            inner.switch_to(st, top);
+            if top.map_or(0, |r| r.span_id) != st.current {
+                inner.publish(st, top);
+            }
         });
     }
 
     fn on_close(&self, id: Id, _ctx: Context<'_, S>) {
         let Some(inner) = &self.inner else { return };
         inner.closed(id.into_u64());
+    }
+}
+
+impl SpanProfLayer {
+    /// `on_enter` of a span missing from this thread's cache: looks it up in the registry (and
+    /// settles its root) outside the thread state, which settling may need itself.
+    #[inline(never)]
+    fn enter_uncached<S>(&self, inner: &Inner, id: &Id, stamp: u64, ctx: &Context<'_, S>)
+    where
+        S: Subscriber + for<'a> LookupSpan<'a>,
+    {
+        let Some(root) = ctx.span(id).and_then(|span| self.root_of_span(&span)) else { return };
+        let (key, root) = (id.into_u64(), Packed::from(root));
+        inner.with_state(|st| {
+            st.cache_put(key, stamp, root);
+            inner.push(st, key, root);
+        });
     }
 }
 
@@ -420,21 +579,45 @@ mod tests {
         let root = Packed::from(Root { span_id: 9, trace_id: 9 << 70, name: NameRef(3) });
         assert_eq!(Root::from(root), Root { span_id: 9, trace_id: 9 << 70, name: NameRef(3) });
         let (id, other) = (42u64, (1..).find(|&x| stamp_index(x) != stamp_index(42)).unwrap());
-        let mut hits = Vec::new();
-        inner.with_state(|st| {
-            Inner::cache_put(st, id, inner.stamp(id), root);
-            hits.push(inner.cache_get(st, id));
-            inner.closed(other);
-            hits.push(inner.cache_get(st, id));
-            inner.closed(id);
-            hits.push(inner.cache_get(st, id));
-            Inner::cache_put(st, id, inner.stamp(id), root);
-            hits.push(inner.cache_get(st, id));
-            // Another ID in the same cache entry evicts it.
-            let rival = (1..).find(|&x| x != id && cache_index(x) == cache_index(id)).unwrap();
-            Inner::cache_put(st, rival, inner.stamp(rival), root);
-            hits.push(inner.cache_get(st, id));
-        });
+        let hits = inner
+            .with_state(|st| {
+                let mut hits = Vec::new();
+                st.cache_put(id, inner.stamp(id), root);
+                hits.push(st.cached(id, inner.stamp(id)));
+                inner.closed(other);
+                hits.push(st.cached(id, inner.stamp(id)));
+                inner.closed(id);
+                hits.push(st.cached(id, inner.stamp(id)));
+                st.cache_put(id, inner.stamp(id), root);
+                hits.push(st.cached(id, inner.stamp(id)));
+                // Another ID in the same cache entry evicts it.
+                let rival = (1..).find(|&x| x != id && cache_index(x) == cache_index(id)).unwrap();
+                st.cache_put(rival, inner.stamp(rival), root);
+                hits.push(st.cached(id, inner.stamp(id)));
+                hits
+            })
+            .unwrap();
         assert_eq!(hits, vec![Some(root), Some(root), None, Some(root), None]);
+    }
+
+    #[test]
+    fn each_layer_instance_keeps_its_own_thread_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = SpanProfLayer::builder().context_dir(dir.path()).build().unwrap();
+        let b = SpanProfLayer::builder().context_dir(dir.path()).build().unwrap();
+        let (a, b) = (a.inner.as_ref().unwrap(), b.inner.as_ref().unwrap());
+        std::thread::spawn({
+            let (a, b) = (Arc::clone(a), Arc::clone(b));
+            move || {
+                a.with_state(|st| st.current = 1).unwrap();
+                b.with_state(|st| st.current = 2).unwrap();
+                assert_eq!(a.with_state(|st| st.current), Some(1));
+                assert_eq!(b.with_state(|st| st.current), Some(2));
+                // Re-entered: skipped, never a second mutable borrow.
+                assert_eq!(a.with_state(|_| b.with_state(|_| ())), Some(None));
+            }
+        })
+        .join()
+        .unwrap();
     }
 }

@@ -6,7 +6,8 @@
 //! to "none" — the layer writes `(thread, CLOCK_MONOTONIC time, root span ID, trace ID, name)`
 //! into the span-context channel (see the `spanprof-channel` crate), a memory-mapped file in
 //! `SPANPROF_CONTEXT_DIR` that the `spanprof-sidecar` reads to label its samples. Each root span
-//! gets a random non-zero 64-bit span ID — its *profile ID* — and a random 128-bit trace ID.
+//! gets a span ID — its *profile ID* — and a trace ID: random (non-zero 64 and 128 bits), or the
+//! OpenTelemetry IDs with the `opentelemetry` feature (below).
 //!
 //! Enter and exit never block, allocate or make a system call (the clock is read through the
 //! vDSO); async tasks are followed poll by poll, whichever thread polls them.
@@ -29,17 +30,49 @@
 //! | `SPANPROF_SERVICE_NAME` | read by the sidecar, not the SDK |
 //!
 //! [`root_of`] gives a span's root IDs, e.g. to log the profile URL of a request.
+//!
+//! # OpenTelemetry (feature `opentelemetry`)
+//!
+//! With `tracing-opentelemetry` in the same subscriber (either order), the profile ID is the
+//! OpenTelemetry span ID of the local root span and the trace ID its OpenTelemetry trace ID; a
+//! span whose OpenTelemetry parent is remote (`OpenTelemetrySpanExt::set_parent` with a context
+//! extracted from a `traceparent` header) is a local root too; and local root spans get the
+//! attributes `pyroscope.profile.id` (the profile ID, for Grafana's traces-to-profiles link) and
+//! `spanprof.profile.url` (when `SPANPROF_PROFILE_URL` is set). A span's root is settled when first needed — first enter, a
+//! child's creation, [`root_of`] — which starts its OpenTelemetry span: call `set_parent` before.
+//! Spans OpenTelemetry does not see keep random IDs.
+//!
+//! ```no_run
+//! # #[cfg(feature = "opentelemetry")]
+//! # fn main() -> Result<(), spanprof::Error> {
+//! use opentelemetry::trace::TracerProvider as _;
+//! use tracing_subscriber::prelude::*;
+//! let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+//!     // .with_batch_exporter(…): your exporter, e.g. opentelemetry-otlp's
+//!     .build();
+//! tracing_subscriber::registry()
+//!     .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("ride-sharing")))
+//!     .with(spanprof::SpanProfLayer::from_env()?)
+//!     .init();
+//! # Ok(())
+//! # }
+//! # #[cfg(not(feature = "opentelemetry"))]
+//! # fn main() {}
+//! ```
 #![forbid(unsafe_code)]
 
 mod error;
 mod ids;
 mod layer;
+#[cfg(feature = "opentelemetry")]
+mod otel;
 
 pub use error::{Error, Result};
 pub use layer::{Builder, CONTEXT_DIR_ENV, PROFILE_URL_ENV, SpanProfLayer};
+#[cfg(feature = "opentelemetry")]
+pub use otel::{PROFILE_ID_ATTRIBUTE, PROFILE_URL_ATTRIBUTE};
 
-use layer::RootExt;
-use tracing_subscriber::registry::{LookupSpan, Registry};
+use tracing_subscriber::registry::Registry;
 
 /// The local root a span belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -67,12 +100,14 @@ impl RootSpan {
 }
 
 /// The local root of `span`, when an enabled [`SpanProfLayer`] over a
-/// `tracing_subscriber::Registry` recorded it.
+/// `tracing_subscriber::Registry` recorded it. With the `opentelemetry` feature this settles the
+/// span's root if it was not yet entered, which starts its OpenTelemetry span: call it after
+/// `set_parent`.
 pub fn root_of(span: &tracing::Span) -> Option<RootSpan> {
     span.with_subscriber(|(id, dispatch)| {
+        let layer = dispatch.downcast_ref::<SpanProfLayer>()?;
         let registry = dispatch.downcast_ref::<Registry>()?;
-        let data = registry.span(id)?;
-        let RootExt(root) = *data.extensions().get::<RootExt>()?;
+        let root = layer.root_in(registry, id)?;
         Some(RootSpan { profile_id: root.span_id, trace_id: root.trace_id })
     })
     .flatten()
