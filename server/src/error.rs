@@ -53,7 +53,7 @@ pub enum Error {
     /// The client sent something we cannot accept; nothing was stored.
     #[error("{message}")]
     Rejected { reason: Reject, message: String },
-    /// The embedded database failed.
+    /// The embedded database (redb or fjall) failed.
     #[error("storage: {0}")]
     Storage(String),
     /// A stored record could not be decoded (corruption or a format from a newer version).
@@ -93,7 +93,8 @@ storage_from!(
     redb::TableError,
     redb::StorageError,
     redb::CommitError,
-    redb::SetDurabilityError
+    redb::SetDurabilityError,
+    fjall::Error
 );
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 pub use error::{Error, Result};
 
-use store::embedded::{EmbeddedOptions, EmbeddedStore};
+use store::embedded::EmbeddedOptions;
 use store::Retention;
 
 /// Everything the server needs to run.
@@ -33,6 +33,7 @@ pub struct Config {
     /// How often retention runs.
     pub retention_interval: Duration,
     pub limits: ingest::Limits,
+    /// Store tuning, and which engine (`store.engine`: redb or fjall).
     pub store: EmbeddedOptions,
 }
 
@@ -51,9 +52,9 @@ pub async fn serve(
 ) -> Result<()> {
     let dir = config.data_dir.clone();
     let options = config.store.clone();
-    let store = Arc::new(tokio::task::spawn_blocking(move || EmbeddedStore::open(&dir, options)).await.map_err(
-        |e| Error::Storage(format!("opening the store failed: {e}")),
-    )??);
+    let store = tokio::task::spawn_blocking(move || store::open(&dir, options))
+        .await
+        .map_err(|e| Error::Storage(format!("opening the store failed: {e}")))??;
     let state = Arc::new(http::AppState {
         store: store.clone(),
         limits: config.limits,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 use spanprof_server::Config;
 use spanprof_server::ingest::Limits;
-use spanprof_server::store::Retention;
+use spanprof_server::store::{Engine, Retention};
 use spanprof_server::store::embedded::EmbeddedOptions;
 
 /// spanprof server: Pyroscope-compatible ingest, span profiles merged by ID, query API and UI.
@@ -38,6 +38,10 @@ struct Args {
     /// Inserts that may wait for the disk; more get 503 and are retried by clients.
     #[arg(long, env = "SPANPROF_INGEST_QUEUE", default_value_t = 256)]
     ingest_queue: usize,
+    /// Storage engine of the embedded store: redb or fjall. Each keeps its own files in the data
+    /// directory; switching does not migrate data.
+    #[arg(long, env = "SPANPROF_STORE_ENGINE", default_value = "redb")]
+    store_engine: Engine,
     /// Page cache of the embedded store, MiB.
     #[arg(long, env = "SPANPROF_CACHE_MB", default_value_t = 256)]
     cache_mb: usize,
@@ -83,7 +87,12 @@ async fn main() -> anyhow::Result<()> {
         },
         retention_interval: args.retention_interval.max(Duration::from_secs(1)),
         limits: Limits { max_body_bytes: args.max_body_bytes, max_decompressed_bytes: args.max_decompressed_bytes },
-        store: EmbeddedOptions { queue_depth: args.ingest_queue.max(1), cache_bytes: args.cache_mb << 20, ..Default::default() },
+        store: EmbeddedOptions {
+            queue_depth: args.ingest_queue.max(1),
+            cache_bytes: args.cache_mb << 20,
+            engine: args.store_engine,
+            ..Default::default()
+        },
     };
     spanprof_server::run(config, None).await?;
     Ok(())

@@ -1,5 +1,6 @@
-//! The real binary: what was answered 2xx survives `kill -9` and a restart; SIGTERM shuts down
-//! cleanly; retention deletes old profiles in the background.
+//! The real binary, on both store engines (redb, the default, and `--store-engine fjall`): what
+//! was answered 2xx survives `kill -9` and a restart; SIGTERM shuts down cleanly; retention
+//! deletes old profiles in the background.
 
 mod common;
 
@@ -42,8 +43,17 @@ async fn spawn(dir: &std::path::Path, extra: &[&str]) -> Server {
 
 #[tokio::test]
 async fn acknowledged_pushes_survive_kill_9() {
+    survive_kill_9(&[]).await;
+}
+
+#[tokio::test]
+async fn acknowledged_pushes_survive_kill_9_fjall() {
+    survive_kill_9(&["--store-engine", "fjall"]).await;
+}
+
+async fn survive_kill_9(engine: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
-    let mut srv = spawn(dir.path(), &[]).await;
+    let mut srv = spawn(dir.path(), engine).await;
     let mut acked = 0u64;
     for i in 0..40i64 {
         let p = pprof(&[
@@ -56,8 +66,11 @@ async fn acknowledged_pushes_survive_kill_9() {
     }
     srv.child.kill().unwrap(); // SIGKILL: no shutdown path runs
     srv.child.wait().unwrap();
+    let fjall = engine.contains(&"fjall");
+    assert_eq!(dir.path().join("spanprof.fjall").is_dir(), fjall, "the chosen engine holds the data");
+    assert_eq!(dir.path().join("spanprof.redb").is_file(), !fjall, "the chosen engine holds the data");
 
-    let mut srv = spawn(dir.path(), &[]).await;
+    let mut srv = spawn(dir.path(), engine).await;
     let (status, body) = get_json(&format!("{}/api/v1/profiles/{SPAN_A}", srv.base)).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["profile"]["samples"], acked);
@@ -79,8 +92,18 @@ async fn acknowledged_pushes_survive_kill_9() {
 
 #[tokio::test]
 async fn retention_deletes_profiles_older_than_the_age_limit() {
+    retention_by_age("redb").await;
+}
+
+#[tokio::test]
+async fn retention_deletes_profiles_older_than_the_age_limit_fjall() {
+    retention_by_age("fjall").await;
+}
+
+async fn retention_by_age(engine: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let mut srv = spawn(dir.path(), &["--retention-age", "1h", "--retention-interval", "1s"]).await;
+    let args = ["--retention-age", "1h", "--retention-interval", "1s", "--store-engine", engine];
+    let mut srv = spawn(dir.path(), &args).await;
     let client = reqwest::Client::new();
     // One profile from two days ago, one from now.
     let old_s = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() - 2 * 86_400).to_string();

@@ -1,10 +1,35 @@
-//! The embedded store through its trait: size-based retention and concurrent group commits.
+//! The embedded store through its trait, on both engines (redb and fjall): size-based
+//! retention, concurrent group commits, merges within one transaction and reopening.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use spanprof_server::model::{Frames, Labels, ProfileId, SeriesBatch, SpanContribution, StackCounts};
-use spanprof_server::store::embedded::{EmbeddedOptions, EmbeddedStore};
-use spanprof_server::store::{ProfileStore, Retention, SpanQuery};
+use spanprof_server::store::embedded::EmbeddedOptions;
+use spanprof_server::store::{self, Engine, ProfileStore, Retention, SpanQuery};
+
+fn open(engine: Engine, dir: &Path) -> Arc<dyn ProfileStore> {
+    store::open(dir, EmbeddedOptions { engine, ..Default::default() }).unwrap()
+}
+
+/// Runs a test body once per engine, as separate `#[test]`s so a failure names the engine.
+macro_rules! both_engines {
+    ($($name:ident),* $(,)?) => {
+        mod redb {
+            $(#[test] fn $name() { super::$name(spanprof_server::store::Engine::Redb) })*
+        }
+        mod fjall {
+            $(#[test] fn $name() { super::$name(spanprof_server::store::Engine::Fjall) })*
+        }
+    };
+}
+
+both_engines!(
+    size_retention_deletes_oldest_first,
+    concurrent_inserts_to_one_id_all_count,
+    one_id_twice_in_one_transaction_merges,
+    reopen_keeps_profiles_and_interned_stacks,
+);
 
 fn batch(id: u64, t_ms: u64, frames: &[&str], count: u64) -> SeriesBatch {
     let mut labels = Labels::new();
@@ -24,10 +49,9 @@ fn batch(id: u64, t_ms: u64, frames: &[&str], count: u64) -> SeriesBatch {
     }
 }
 
-#[test]
-fn size_retention_deletes_oldest_first() {
+fn size_retention_deletes_oldest_first(engine: Engine) {
     let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap();
+    let store = open(engine, dir.path());
     for i in 1..=300u64 {
         let f = format!("frame_{i}");
         store.insert(vec![batch(i, 1_000 + i, &["main", &f], i)]).unwrap();
@@ -46,10 +70,9 @@ fn size_retention_deletes_oldest_first() {
     assert_eq!(page.profiles.len() as u64, after.span_profiles, "index and records agree");
 }
 
-#[test]
-fn concurrent_inserts_to_one_id_all_count() {
+fn concurrent_inserts_to_one_id_all_count(engine: Engine) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap());
+    let store = open(engine, dir.path());
     let threads: Vec<_> = (0..8)
         .map(|t| {
             let store = store.clone();
@@ -69,4 +92,49 @@ fn concurrent_inserts_to_one_id_all_count() {
     assert_eq!(p.stacks.len(), 2);
     store.close();
     assert!(store.insert(vec![batch(1, 1, &["x"], 1)]).is_err(), "a closed store refuses inserts");
+}
+
+fn one_id_twice_in_one_transaction_merges(engine: Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(engine, dir.path());
+    // Two batches of one insert are one transaction: the second must see the first's record.
+    let stats = store
+        .insert(vec![batch(7, 1_000, &["main", "a"], 2), batch(7, 2_000, &["main", "b"], 3), batch(8, 1_500, &["x"], 1)])
+        .unwrap();
+    assert_eq!((stats.span_profiles_created, stats.span_profiles_merged), (2, 1));
+    let p = store.span_profile(ProfileId(7)).unwrap().unwrap();
+    assert_eq!(p.summary.samples, 5);
+    assert_eq!((p.summary.first_seen_ms, p.summary.last_seen_ms), (1_000, 2_000));
+    assert_eq!(p.stacks.len(), 2);
+    assert_eq!(store.stats().unwrap().span_profiles, 2);
+    // The time index holds the merged profile once, at its new last-seen time.
+    let page = store.search_spans(&SpanQuery { limit: 10, ..Default::default() }).unwrap();
+    let ids: Vec<u64> = page.profiles.iter().map(|s| s.profile_id.0).collect();
+    assert_eq!(ids, vec![7, 8]);
+    let page = store.search_spans(&SpanQuery { limit: 10, service: Some("svc".into()), ..Default::default() }).unwrap();
+    assert_eq!(page.profiles.len(), 2);
+    assert_eq!(store.services().unwrap(), vec!["svc".to_string()]);
+}
+
+fn reopen_keeps_profiles_and_interned_stacks(engine: Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(engine, dir.path());
+        store.insert(vec![batch(1, 1_000, &["main", "a"], 2)]).unwrap();
+        store.close();
+    }
+    let store = open(engine, dir.path());
+    // New frames after the reopen must get fresh IDs, not overwrite the stored ones.
+    store.insert(vec![batch(2, 2_000, &["main", "c", "d"], 1), batch(1, 2_000, &["main", "a"], 1)]).unwrap();
+    let p1 = store.span_profile(ProfileId(1)).unwrap().unwrap();
+    assert_eq!(p1.summary.samples, 3);
+    let names: Vec<&str> = p1.stacks[0].0.iter().map(|f| &**f).collect();
+    assert_eq!(names, ["main", "a"]);
+    let p2 = store.span_profile(ProfileId(2)).unwrap().unwrap();
+    let names: Vec<&str> = p2.stacks[0].0.iter().map(|f| &**f).collect();
+    assert_eq!(names, ["main", "c", "d"]);
+    let s = store.stats().unwrap();
+    assert_eq!(s.span_profiles, 2);
+    assert!(s.file_bytes > 0 && s.record_bytes > 0, "{s:?}");
+    store.close();
 }

@@ -4,10 +4,10 @@
 //!
 //! Tables: span metadata and stacks by span ID, with indexes by last-seen time, service and trace;
 //! whole-process stacks by (series, minute bucket) with a time index; frames and stacks interned
-//! once (records hold stack IDs). See the README's "Storage" section for why redb.
+//! once (records hold stack IDs). See the README's "Storage" section for why redb; the fjall
+//! engine ([`super::fjall_store`]) stores the same records in an LSM tree.
 
 use std::collections::BTreeSet;
-use std::hash::{Hash, Hasher};
 
 use ahash::AHashMap as HashMap;
 use std::path::{Path, PathBuf};
@@ -19,13 +19,17 @@ use prost::Message;
 use redb::{Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
 use super::codec::{self, Counts, SpanRecord, StackRecord, StacksRecord};
+pub use super::shared::BUCKET_MS;
+use super::shared::{
+    InternSink, Interner, MergedSpan, PendingInterns, RETENTION_STEP_ROWS, SCAN_BUDGET, SeriesRecord, merge_span,
+    rescaled, series_id_seed, span_labels, summary,
+};
 use super::{
-    Cursor, InsertStats, Page, ProcessProfile, ProfileStore, Retention, RetentionStats, SpanProfile, SpanQuery,
-    SpanSummary, Stacks, StoreStats,
+    Cursor, Engine, InsertStats, Page, ProcessProfile, ProfileStore, Retention, RetentionStats, SpanProfile,
+    SpanQuery, Stacks, StoreStats,
 };
 use crate::error::{Error, Result};
-use crate::model::{Frames, Labels, ProfileId, SeriesBatch, StackCounts, TraceId, rescale_count};
-use crate::proto::push::LabelPair;
+use crate::model::{Labels, ProfileId, SeriesBatch, TraceId};
 
 /// span id → `SpanRecord` (metadata and stack counts)
 const SPANS: TableDefinition<u64, &[u8]> = TableDefinition::new("spans");
@@ -51,20 +55,6 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const RECORD_BYTES: &str = "record_bytes";
 const SPAN_COUNT: &str = "span_profiles";
 
-/// Whole-process profiles are kept in buckets of this many milliseconds.
-pub const BUCKET_MS: u64 = 60_000;
-/// Most rows one retention step deletes before letting queued inserts through.
-const RETENTION_STEP_ROWS: usize = 2_000;
-/// Index entries one listing call examines at most before returning a partial page.
-const SCAN_BUDGET: usize = 100_000;
-
-/// Labels of one series.
-#[derive(Clone, PartialEq, prost::Message)]
-struct SeriesRecord {
-    #[prost(message, repeated, tag = "1")]
-    labels: Vec<LabelPair>,
-}
-
 /// Tuning of the embedded store.
 #[derive(Clone, Debug)]
 pub struct EmbeddedOptions {
@@ -72,13 +62,15 @@ pub struct EmbeddedOptions {
     pub queue_depth: usize,
     /// Most inserts committed together in one transaction.
     pub max_group: usize,
-    /// redb page cache, bytes.
+    /// Page cache (redb) or block cache (fjall), bytes.
     pub cache_bytes: usize,
+    /// Which engine stores the data.
+    pub engine: Engine,
 }
 
 impl Default for EmbeddedOptions {
     fn default() -> Self {
-        EmbeddedOptions { queue_depth: 256, max_group: 64, cache_bytes: 256 << 20 }
+        EmbeddedOptions { queue_depth: 256, max_group: 64, cache_bytes: 256 << 20, engine: Engine::default() }
     }
 }
 
@@ -108,7 +100,7 @@ impl EmbeddedStore {
             for_each_table(&w)?;
             w.commit()?;
             let r = db.begin_read()?;
-            interner.load(&r)?;
+            load_interner(&mut interner, &r)?;
         }
         let (tx, rx) = mpsc::sync_channel(options.queue_depth);
         let writer_db = db.clone();
@@ -166,116 +158,32 @@ fn for_each_table(w: &WriteTransaction) -> Result<()> {
     Ok(())
 }
 
-/// A fixed-seed hash of a stack's frame IDs: the interner is rebuilt from the stack table at
-/// start-up, so the function only has to agree with itself within one process.
-fn stack_hash(frames: &[u32]) -> u64 {
-    const STATE: ahash::RandomState = ahash::RandomState::with_seeds(0x5eed, 0x5a4f, 0x9e37_79b9, 0x7f4a_7c15);
-    STATE.hash_one(frames)
-}
+/// Writes a transaction's new frames and stacks into redb's tables.
+struct RedbInterns<'a>(&'a WriteTransaction);
 
-/// The writer's in-memory view of the frame and stack tables, so interning is a hash lookup.
-/// Only committed entries live here; a transaction's new entries join after its commit.
-#[derive(Default)]
-struct Interner {
-    frames: HashMap<Arc<str>, u32>,
-    /// Hash of a stack's frame IDs → stack ID (the stack table has the frames).
-    stacks: HashMap<u64, u32>,
-    next_frame: u32,
-    next_stack: u32,
-}
+impl InternSink for RedbInterns<'_> {
+    fn put_frame(&mut self, id: u32, name: &str) -> Result<()> {
+        self.0.open_table(FRAMES)?.insert(id, name)?;
+        Ok(())
+    }
 
-impl Interner {
-    fn load(&mut self, r: &ReadTransaction) -> Result<()> {
-        for row in r.open_table(FRAMES)?.iter()? {
-            let (id, name) = row?;
-            self.frames.insert(Arc::from(name.value()), id.value());
-            self.next_frame = self.next_frame.max(id.value() + 1);
-        }
-        for row in r.open_table(STACKS)?.iter()? {
-            let (id, bytes) = row?;
-            let rec: StackRecord = codec::decode(bytes.value(), "stack")?;
-            self.stacks.insert(stack_hash(&rec.frame_ids), id.value());
-            self.next_stack = self.next_stack.max(id.value() + 1);
-        }
+    fn put_stack(&mut self, id: u32, record: &[u8]) -> Result<()> {
+        self.0.open_table(STACKS)?.insert(id, record)?;
         Ok(())
     }
 }
 
-/// New frames and stacks of one transaction, merged into the [`Interner`] after commit.
-#[derive(Default)]
-struct PendingInterns {
-    frames: HashMap<Arc<str>, u32>,
-    stacks: HashMap<u64, u32>,
-    next_frame: u32,
-    next_stack: u32,
-}
-
-impl PendingInterns {
-    fn new(i: &Interner) -> Self {
-        PendingInterns { next_frame: i.next_frame, next_stack: i.next_stack, ..Default::default() }
+/// Fills the interner from the committed frame and stack tables.
+fn load_interner(i: &mut Interner, r: &ReadTransaction) -> Result<()> {
+    for row in r.open_table(FRAMES)?.iter()? {
+        let (id, name) = row?;
+        i.load_frame(id.value(), name.value());
     }
-
-    fn frame(&mut self, i: &Interner, w: &WriteTransaction, name: &str) -> Result<u32> {
-        if let Some(&id) = i.frames.get(name).or_else(|| self.frames.get(name)) {
-            return Ok(id);
-        }
-        let id = self.next_frame;
-        self.next_frame += 1;
-        w.open_table(FRAMES)?.insert(id, name)?;
-        self.frames.insert(Arc::from(name), id);
-        Ok(id)
+    for row in r.open_table(STACKS)?.iter()? {
+        let (id, bytes) = row?;
+        i.load_stack(id.value(), bytes.value())?;
     }
-
-    fn stack(&mut self, i: &Interner, w: &WriteTransaction, ids: &[u32]) -> Result<u32> {
-        let h = stack_hash(ids);
-        if let Some(&id) = i.stacks.get(&h).or_else(|| self.stacks.get(&h)) {
-            return Ok(id);
-        }
-        let id = self.next_stack;
-        self.next_stack += 1;
-        w.open_table(STACKS)?.insert(id, StackRecord { frame_ids: ids.to_vec() }.encode_to_vec().as_slice())?;
-        self.stacks.insert(h, id);
-        Ok(id)
-    }
-
-    /// Interns a batch's stacks: `frame_ids` maps the batch's frame indices to global frame IDs
-    /// (filled lazily, so each distinct frame name is looked up once per batch).
-    fn counts(
-        &mut self,
-        i: &Interner,
-        w: &WriteTransaction,
-        frames: &Frames,
-        frame_ids: &mut Vec<Option<u32>>,
-        stacks: &StackCounts,
-    ) -> Result<Counts> {
-        frame_ids.resize(frames.len(), None);
-        let mut global = Vec::with_capacity(64);
-        let mut out = Vec::with_capacity(stacks.len());
-        for (stack, count) in stacks.iter() {
-            global.clear();
-            for &f in stack {
-                let slot = frame_ids.get_mut(f as usize).ok_or_else(|| Error::Corrupt(format!("frame index {f}")))?;
-                let id = match *slot {
-                    Some(id) => id,
-                    None => {
-                        let id = self.frame(i, w, frames.name(f))?;
-                        *slot = Some(id);
-                        id
-                    }
-                };
-                global.push(id);
-            }
-            out.push((self.stack(i, w, &global)?, count));
-        }
-        Ok(codec::normalize(out))
-    }
-
-    fn commit_into(self, i: &mut Interner) {
-        i.frames.extend(self.frames);
-        i.stacks.extend(self.stacks);
-        i.next_frame = self.next_frame;
-        i.next_stack = self.next_stack;
-    }
+    Ok(())
 }
 
 fn writer_loop(db: &Database, rx: Receiver<Command>, mut interner: Interner, max_group: usize) {
@@ -355,26 +263,10 @@ fn add_counter(meta: &mut redb::Table<&str, u64>, key: &str, delta: i64) -> Resu
     Ok(())
 }
 
-fn series_key(labels: &Labels) -> String {
-    let mut s = String::new();
-    for (k, v) in labels {
-        s.push_str(k);
-        s.push('=');
-        s.push_str(v);
-        s.push('\u{0}');
-    }
-    s
-}
-
 fn series_id(w: &WriteTransaction, labels: &Labels) -> Result<u64> {
     // A hash of the canonical label set; collisions are checked against the stored labels.
-    let key = series_key(labels);
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    key.hash(&mut h);
-    let mut id = h.finish();
-    let record = SeriesRecord {
-        labels: labels.iter().map(|(k, v)| LabelPair { name: k.clone(), value: v.clone() }).collect(),
-    };
+    let mut id = series_id_seed(labels);
+    let record = SeriesRecord::from_labels(labels);
     let mut series = w.open_table(SERIES)?;
     loop {
         let existing = series.get(id)?.map(|v| v.value().to_vec());
@@ -400,19 +292,13 @@ fn insert_batch(
     spans_delta: &mut i64,
 ) -> Result<InsertStats> {
     let mut stats = InsertStats { samples: batch.total_samples(), ..Default::default() };
-    let service = batch.service_name();
-    let span_labels: Vec<LabelPair> = batch
-        .labels
-        .iter()
-        .filter(|(k, _)| k.as_str() != "service_name" && k.as_str() != "__name__")
-        .map(|(k, v)| LabelPair { name: k.clone(), value: v.clone() })
-        .collect();
+    let span_labels = span_labels(batch);
     let mut frame_ids = Vec::new();
 
     if !batch.process.is_empty() {
         let sid = series_id(w, &batch.labels)?;
         let bucket = batch.from_ms / BUCKET_MS * BUCKET_MS;
-        let counts = pending.counts(interner, w, &batch.frames, &mut frame_ids, &batch.process)?;
+        let counts = pending.counts(interner, &mut RedbInterns(w), &batch.frames, &mut frame_ids, &batch.process)?;
         let mut process = w.open_table(PROCESS)?;
         let old = process.get((sid, bucket))?.map(|v| v.value().to_vec());
         let (merged, period) = match &old {
@@ -438,58 +324,25 @@ fn insert_batch(
     let mut by_trace = w.open_table(SPANS_BY_TRACE)?;
     for span in &batch.spans {
         let id = span.profile_id.0;
-        let counts = pending.counts(interner, w, &batch.frames, &mut frame_ids, &span.stacks)?;
+        let counts = pending.counts(interner, &mut RedbInterns(w), &batch.frames, &mut frame_ids, &span.stacks)?;
         let old = spans_t.get(id)?.map(|v| v.value().to_vec());
         let old_len = old.as_ref().map_or(0, Vec::len);
-        let rec = match old {
-            Some(old_bytes) => {
-                let mut rec: SpanRecord = codec::decode(&old_bytes, "span")?;
-                let incoming = rescaled(counts, batch.period_ns, rec.period_ns);
-                by_time.remove((rec.last_seen_ms, id))?;
-                by_service.remove((rec.service_name.as_str(), rec.last_seen_ms, id))?;
-                rec.samples = rec.samples.saturating_add(incoming.iter().map(|c| c.1).sum());
-                rec.first_seen_ms = rec.first_seen_ms.min(batch.from_ms);
-                rec.last_seen_ms = rec.last_seen_ms.max(batch.until_ms);
-                if rec.trace_id.is_empty() && span.trace_id.is_some() {
-                    rec.trace_id = codec::trace_to_bytes(span.trace_id);
-                    if let Some(t) = span.trace_id {
-                        by_trace.insert((t.0, id), ())?;
-                    }
-                }
-                if rec.span_name.is_empty() {
-                    rec.span_name = span.span_name.clone().unwrap_or_default();
-                }
-                for l in &span_labels {
-                    if !rec.labels.iter().any(|m| m.name == l.name) {
-                        rec.labels.push(l.clone());
-                    }
-                }
-                let merged = codec::merge_counts(&rec.stack_counts()?, &incoming);
-                rec.set_stack_counts(&merged);
+        let MergedSpan { rec, old_last_seen, new_trace } =
+            merge_span(old.as_deref(), batch, span, &span_labels, counts)?;
+        match old_last_seen {
+            Some(t) => {
+                by_time.remove((t, id))?;
+                by_service.remove((rec.service_name.as_str(), t, id))?;
                 stats.span_profiles_merged += 1;
-                rec
             }
             None => {
                 stats.span_profiles_created += 1;
                 *spans_delta += 1;
-                if let Some(t) = span.trace_id {
-                    by_trace.insert((t.0, id), ())?;
-                }
-                let mut rec = SpanRecord {
-                    trace_id: codec::trace_to_bytes(span.trace_id),
-                    service_name: service.to_owned(),
-                    span_name: span.span_name.clone().unwrap_or_default(),
-                    samples: span.stacks.total(),
-                    period_ns: batch.period_ns,
-                    first_seen_ms: batch.from_ms,
-                    last_seen_ms: batch.until_ms,
-                    labels: span_labels.clone(),
-                    ..Default::default()
-                };
-                rec.set_stack_counts(&counts);
-                rec
             }
-        };
+        }
+        if let Some(t) = new_trace {
+            by_trace.insert((t.0, id), ())?;
+        }
         by_time.insert((rec.last_seen_ms, id), ())?;
         by_service.insert((rec.service_name.as_str(), rec.last_seen_ms, id), ())?;
         let bytes = rec.encode_to_vec();
@@ -497,16 +350,6 @@ fn insert_batch(
         spans_t.insert(id, bytes.as_slice())?;
     }
     Ok(stats)
-}
-
-/// `counts` taken at `from_period`, rescaled onto `to_period` when they differ.
-fn rescaled(mut counts: Counts, from_period: u64, to_period: u64) -> Counts {
-    if from_period != to_period && to_period != 0 {
-        for c in &mut counts {
-            c.1 = rescale_count(c.1, from_period, to_period);
-        }
-    }
-    counts
 }
 
 /// One bounded retention step: deletes at most [`RETENTION_STEP_ROWS`] expired rows.
@@ -619,20 +462,6 @@ impl<'r> Resolver<'r> {
             out.push((frames, count));
         }
         Ok(out)
-    }
-}
-
-fn summary(id: u64, meta: SpanRecord) -> SpanSummary {
-    SpanSummary {
-        profile_id: ProfileId(id),
-        trace_id: codec::trace_from_bytes(&meta.trace_id),
-        service_name: meta.service_name,
-        span_name: meta.span_name,
-        samples: meta.samples,
-        period_ns: meta.period_ns,
-        first_seen_ms: meta.first_seen_ms,
-        last_seen_ms: meta.last_seen_ms,
-        labels: meta.labels.into_iter().map(|l| (l.name, l.value)).collect(),
     }
 }
 
@@ -878,5 +707,9 @@ impl ProfileStore for EmbeddedStore {
             record_bytes: get(RECORD_BYTES)?,
             span_profiles: get(SPAN_COUNT)?,
         })
+    }
+
+    fn close(&self) {
+        EmbeddedStore::close(self);
     }
 }

@@ -1,17 +1,60 @@
 //! Profile storage: the [`ProfileStore`] trait the HTTP layer uses, its query and result types,
-//! and the embedded on-disk implementation ([`embedded::EmbeddedStore`], on redb).
+//! and the embedded on-disk implementations ([`embedded::EmbeddedStore`] on redb,
+//! [`fjall_store::FjallStore`] on fjall), chosen by [`Engine`].
 //!
 //! Profiles with the same ID are merged upon insert. Span profiles (keyed by span ID) are kept
 //! apart from whole-process profiles (keyed by series and minute bucket).
 
 pub mod codec;
 pub mod embedded;
+pub mod fjall_store;
+mod shared;
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::Result;
 use crate::model::{Labels, ProfileId, SeriesBatch, TraceId};
+
+/// The storage engine behind the embedded store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Engine {
+    /// redb: copy-on-write B-tree in one file.
+    #[default]
+    Redb,
+    /// fjall: LSM tree; cheaper random-key writes at millions of span profiles.
+    Fjall,
+}
+
+impl std::str::FromStr for Engine {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "redb" => Ok(Engine::Redb),
+            "fjall" => Ok(Engine::Fjall),
+            other => Err(format!("unknown store engine {other:?} (fjall or redb)")),
+        }
+    }
+}
+
+impl std::fmt::Display for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Engine::Redb => "redb",
+            Engine::Fjall => "fjall",
+        })
+    }
+}
+
+/// Opens the store of `options.engine` in `dir`.
+pub fn open(dir: &Path, options: embedded::EmbeddedOptions) -> Result<Arc<dyn ProfileStore>> {
+    Ok(match options.engine {
+        Engine::Redb => Arc::new(embedded::EmbeddedStore::open(dir, options)?),
+        Engine::Fjall => Arc::new(fjall_store::FjallStore::open(dir, options)?),
+    })
+}
 
 /// One span profile's metadata.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -156,4 +199,6 @@ pub trait ProfileStore: Send + Sync + 'static {
     /// Deletes what the policy no longer keeps; works in small steps so ingest is not held up.
     fn enforce_retention(&self, policy: &Retention, now_ms: u64) -> Result<RetentionStats>;
     fn stats(&self) -> Result<StoreStats>;
+    /// Stops accepting inserts, commits everything queued and waits for the writer.
+    fn close(&self);
 }

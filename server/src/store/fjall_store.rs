@@ -1,0 +1,771 @@
+//! The fjall engine of the embedded store: the same records, merge rules and group commit as the
+//! redb store ([`super::embedded`]), kept in fjall's LSM tree, whose appends cost the same at
+//! millions of random span IDs where a copy-on-write B-tree dirties pages all over its file.
+//!
+//! One directory `spanprof.fjall` in the data directory, one keyspace per redb table. Tuple keys
+//! are encoded big-endian (and strings length-prefixed) so byte order is tuple order and range
+//! and reverse scans work as on redb. One writer thread group-commits inserts in a single-writer
+//! transaction (which reads its own writes, so several inserts of one span ID in a group merge)
+//! and fsyncs the journal before anyone is answered; readers use snapshots, so a listing never
+//! sees half a commit.
+
+use std::collections::BTreeSet;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use ahash::AHashMap as HashMap;
+use fjall::{
+    KeyspaceCreateOptions, PersistMode, Readable, SingleWriterTxDatabase, SingleWriterTxKeyspace, SingleWriterWriteTx,
+    Snapshot,
+};
+use prost::Message;
+
+use super::codec::{self, Counts, SpanRecord, StackRecord, StacksRecord};
+use super::embedded::EmbeddedOptions;
+use super::shared::{
+    BUCKET_MS, InternSink, Interner, MergedSpan, PendingInterns, RETENTION_STEP_ROWS, SCAN_BUDGET, SeriesRecord,
+    merge_span, rescaled, series_id_seed, span_labels, summary,
+};
+use super::{
+    Cursor, InsertStats, Page, ProcessProfile, ProfileStore, Retention, RetentionStats, SpanProfile, SpanQuery, Stacks,
+    StoreStats,
+};
+use crate::error::{Error, Result};
+use crate::model::{Labels, ProfileId, SeriesBatch, TraceId};
+
+const RECORD_BYTES: &str = "record_bytes";
+const SPAN_COUNT: &str = "span_profiles";
+
+/// The keyspaces, named and keyed like the redb tables.
+struct Keyspaces {
+    db: SingleWriterTxDatabase,
+    /// span id (8) → `SpanRecord`
+    spans: SingleWriterTxKeyspace,
+    /// (last_seen_ms, span id): 16 bytes
+    spans_by_time: SingleWriterTxKeyspace,
+    /// (service, last_seen_ms, span id): [`svc_key`]
+    spans_by_service: SingleWriterTxKeyspace,
+    /// (trace id, span id): 24 bytes
+    spans_by_trace: SingleWriterTxKeyspace,
+    /// frame id (4) → name
+    frames: SingleWriterTxKeyspace,
+    /// stack id (4) → `StackRecord`
+    stacks: SingleWriterTxKeyspace,
+    /// series id (8) → `SeriesRecord`
+    series: SingleWriterTxKeyspace,
+    /// (service, series id): [`svc_key`]
+    series_by_service: SingleWriterTxKeyspace,
+    /// (series id, bucket start ms) → `StacksRecord`
+    process: SingleWriterTxKeyspace,
+    /// (bucket start ms, series id)
+    process_by_time: SingleWriterTxKeyspace,
+    /// counter name → u64 BE
+    meta: SingleWriterTxKeyspace,
+}
+
+impl Keyspaces {
+    fn open(path: &Path, cache_bytes: u64) -> Result<Self> {
+        let db = SingleWriterTxDatabase::builder(path).cache_size(cache_bytes).open()?;
+        let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
+        Ok(Keyspaces {
+            spans: ks("spans")?,
+            spans_by_time: ks("spans_by_time")?,
+            spans_by_service: ks("spans_by_service")?,
+            spans_by_trace: ks("spans_by_trace")?,
+            frames: ks("frames")?,
+            stacks: ks("stacks")?,
+            series: ks("series")?,
+            series_by_service: ks("series_by_service")?,
+            process: ks("process")?,
+            process_by_time: ks("process_by_time")?,
+            meta: ks("meta")?,
+            db,
+        })
+    }
+}
+
+fn k2(a: u64, b: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&a.to_be_bytes());
+    k[8..].copy_from_slice(&b.to_be_bytes());
+    k
+}
+
+fn trace_key(trace: u128, id: u64) -> [u8; 24] {
+    let mut k = [0u8; 24];
+    k[..16].copy_from_slice(&trace.to_be_bytes());
+    k[16..].copy_from_slice(&id.to_be_bytes());
+    k
+}
+
+/// A service name as a key prefix: length first, so one service's keys are exactly those with
+/// its prefix whatever bytes the name holds (order across services does not matter).
+fn svc_prefix(service: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(4 + service.len() + 16);
+    k.extend_from_slice(&(service.len() as u32).to_be_bytes());
+    k.extend_from_slice(service.as_bytes());
+    k
+}
+
+/// `svc_prefix(service)` followed by big-endian u64s.
+fn svc_key(service: &str, rest: &[u64]) -> Vec<u8> {
+    let mut k = svc_prefix(service);
+    for v in rest {
+        k.extend_from_slice(&v.to_be_bytes());
+    }
+    k
+}
+
+/// The service name of a [`svc_key`].
+fn svc_of(key: &[u8]) -> Result<String> {
+    let corrupt = || Error::Corrupt("service index key".into());
+    let len = key.get(..4).and_then(|b| <[u8; 4]>::try_from(b).ok()).ok_or_else(corrupt)?;
+    let name = key.get(4..4 + u32::from_be_bytes(len) as usize).ok_or_else(corrupt)?;
+    String::from_utf8(name.to_vec()).map_err(|_| corrupt())
+}
+
+/// The big-endian u64 ending `key` `from_end` u64s before its end (0 = the last one).
+fn u64_at_end(key: &[u8], from_end: usize) -> Result<u64> {
+    let end = key.len().checked_sub(8 * from_end).ok_or_else(|| Error::Corrupt("short index key".into()))?;
+    let start = end.checked_sub(8).ok_or_else(|| Error::Corrupt("short index key".into()))?;
+    key.get(start..end)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| Error::Corrupt("short index key".into()))
+}
+
+fn u32_key(key: &[u8]) -> Result<u32> {
+    <[u8; 4]>::try_from(key).map(u32::from_be_bytes).map_err(|_| Error::Corrupt("id key".into()))
+}
+
+fn counter(r: &impl Readable, k: &Keyspaces, name: &str) -> Result<u64> {
+    match r.get(k.meta.inner(), name)? {
+        Some(v) => {
+            <[u8; 8]>::try_from(&*v).map(u64::from_be_bytes).map_err(|_| Error::Corrupt(format!("counter {name}")))
+        }
+        None => Ok(0),
+    }
+}
+
+fn add_counter(w: &mut SingleWriterWriteTx<'_>, k: &Keyspaces, name: &str, delta: i64) -> Result<()> {
+    if delta == 0 {
+        return Ok(());
+    }
+    let cur = counter(w, k, name)?;
+    w.insert(&k.meta, name, cur.saturating_add_signed(delta).to_be_bytes());
+    Ok(())
+}
+
+enum Command {
+    Insert(Vec<SeriesBatch>, SyncSender<Result<InsertStats>>),
+    Retention(Retention, u64, SyncSender<Result<RetentionStats>>),
+}
+
+/// The embedded store on fjall. Cheap to share: clone the `Arc`.
+pub struct FjallStore {
+    ks: Arc<Keyspaces>,
+    path: PathBuf,
+    tx: Mutex<Option<SyncSender<Command>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl FjallStore {
+    /// Opens (or creates) the store in `dir`, replaying the journal after an unclean shutdown.
+    pub fn open(dir: &Path, options: EmbeddedOptions) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join("spanprof.fjall");
+        let ks = Arc::new(Keyspaces::open(&path, options.cache_bytes as u64)?);
+        let mut interner = Interner::default();
+        {
+            let r = ks.db.read_tx();
+            for row in r.iter(ks.frames.inner()) {
+                let (id, name) = row.into_inner()?;
+                let name = std::str::from_utf8(&name).map_err(|_| Error::Corrupt("frame name".into()))?;
+                interner.load_frame(u32_key(&id)?, name);
+            }
+            for row in r.iter(ks.stacks.inner()) {
+                let (id, bytes) = row.into_inner()?;
+                interner.load_stack(u32_key(&id)?, &bytes)?;
+            }
+        }
+        let (tx, rx) = mpsc::sync_channel(options.queue_depth);
+        let writer_ks = ks.clone();
+        let max_group = options.max_group.max(1);
+        let writer = std::thread::Builder::new()
+            .name("spanprof-store-writer".into())
+            .spawn(move || writer_loop(&writer_ks, rx, interner, max_group))?;
+        Ok(FjallStore { ks, path, tx: Mutex::new(Some(tx)), writer: Mutex::new(Some(writer)) })
+    }
+
+    fn send(&self, cmd: Command) -> Result<()> {
+        let guard = self.tx.lock().map_err(|_| Error::Unavailable)?;
+        let tx = guard.as_ref().ok_or(Error::Unavailable)?;
+        match tx.try_send(cmd) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(Error::Overloaded),
+            Err(TrySendError::Disconnected(_)) => Err(Error::Unavailable),
+        }
+    }
+
+    /// Stops accepting inserts, lets the writer commit everything queued, and waits for it.
+    pub fn close(&self) {
+        if let Ok(mut tx) = self.tx.lock() {
+            tx.take();
+        }
+        if let Some(handle) = self.writer.lock().ok().and_then(|mut w| w.take()) {
+            let _ = handle.join();
+        }
+    }
+
+    fn read(&self) -> Snapshot {
+        self.ks.db.read_tx()
+    }
+}
+
+impl Drop for FjallStore {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Writes a transaction's new frames and stacks into their keyspaces.
+struct FjallInterns<'a, 'tx> {
+    w: &'a mut SingleWriterWriteTx<'tx>,
+    k: &'a Keyspaces,
+}
+
+impl InternSink for FjallInterns<'_, '_> {
+    fn put_frame(&mut self, id: u32, name: &str) -> Result<()> {
+        self.w.insert(&self.k.frames, id.to_be_bytes(), name);
+        Ok(())
+    }
+
+    fn put_stack(&mut self, id: u32, record: &[u8]) -> Result<()> {
+        self.w.insert(&self.k.stacks, id.to_be_bytes(), record);
+        Ok(())
+    }
+}
+
+fn writer_loop(k: &Keyspaces, rx: Receiver<Command>, mut interner: Interner, max_group: usize) {
+    while let Ok(first) = rx.recv() {
+        let mut inserts = Vec::new();
+        let mut others = Vec::new();
+        match first {
+            Command::Insert(b, reply) => inserts.push((b, reply)),
+            other => others.push(other),
+        }
+        while inserts.len() < max_group {
+            match rx.try_recv() {
+                Ok(Command::Insert(b, reply)) => inserts.push((b, reply)),
+                Ok(other) => others.push(other),
+                Err(_) => break,
+            }
+        }
+        if !inserts.is_empty() {
+            match insert_group(k, &mut interner, &inserts) {
+                Ok(stats) => {
+                    for ((_, reply), s) in inserts.into_iter().zip(stats) {
+                        let _ = reply.send(Ok(s));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "insert transaction failed; nothing of it was stored");
+                    for (_, reply) in inserts {
+                        let _ = reply.send(Err(Error::Storage(e.to_string())));
+                    }
+                }
+            }
+        }
+        for cmd in others {
+            if let Command::Retention(policy, now_ms, reply) = cmd {
+                let _ = reply.send(retention_step(k, &policy, now_ms));
+            }
+        }
+    }
+    // Every commit was already fsynced; this only covers anything fjall buffered on its own.
+    if let Err(e) = k.db.persist(PersistMode::SyncAll) {
+        tracing::error!(error = %e, "persisting the fjall journal at close failed");
+    }
+}
+
+/// Applies a group of inserts in one transaction and commits it durably (journal fsynced).
+fn insert_group(
+    k: &Keyspaces,
+    interner: &mut Interner,
+    inserts: &[(Vec<SeriesBatch>, SyncSender<Result<InsertStats>>)],
+) -> Result<Vec<InsertStats>> {
+    let mut w = k.db.write_tx().durability(Some(PersistMode::SyncAll));
+    let mut pending = PendingInterns::new(interner);
+    let mut stats = Vec::with_capacity(inserts.len());
+    let mut bytes_delta: i64 = 0;
+    let mut spans_delta: i64 = 0;
+    for (batches, _) in inserts {
+        let mut s = InsertStats::default();
+        for batch in batches {
+            s += insert_batch(&mut w, k, interner, &mut pending, batch, &mut bytes_delta, &mut spans_delta)?;
+        }
+        stats.push(s);
+    }
+    add_counter(&mut w, k, RECORD_BYTES, bytes_delta)?;
+    add_counter(&mut w, k, SPAN_COUNT, spans_delta)?;
+    w.commit()?;
+    pending.commit_into(interner);
+    Ok(stats)
+}
+
+fn series_id(w: &mut SingleWriterWriteTx<'_>, k: &Keyspaces, labels: &Labels) -> Result<u64> {
+    let mut id = series_id_seed(labels);
+    let record = SeriesRecord::from_labels(labels).encode_to_vec();
+    loop {
+        match w.get(k.series.inner(), id.to_be_bytes())? {
+            None => {
+                w.insert(&k.series, id.to_be_bytes(), record.as_slice());
+                let service = labels.get("service_name").map(String::as_str).unwrap_or("");
+                w.insert(&k.series_by_service, svc_key(service, &[id]), []);
+                return Ok(id);
+            }
+            Some(bytes) if *bytes == *record => return Ok(id),
+            Some(_) => id = id.wrapping_add(1),
+        }
+    }
+}
+
+fn insert_batch(
+    w: &mut SingleWriterWriteTx<'_>,
+    k: &Keyspaces,
+    interner: &Interner,
+    pending: &mut PendingInterns,
+    batch: &SeriesBatch,
+    bytes_delta: &mut i64,
+    spans_delta: &mut i64,
+) -> Result<InsertStats> {
+    let mut stats = InsertStats { samples: batch.total_samples(), ..Default::default() };
+    let span_labels = span_labels(batch);
+    let mut frame_ids = Vec::new();
+
+    if !batch.process.is_empty() {
+        let sid = series_id(w, k, &batch.labels)?;
+        let bucket = batch.from_ms / BUCKET_MS * BUCKET_MS;
+        let counts =
+            pending.counts(interner, &mut FjallInterns { w, k }, &batch.frames, &mut frame_ids, &batch.process)?;
+        let key = k2(sid, bucket);
+        let old = w.get(k.process.inner(), key)?;
+        let (merged, period) = match &old {
+            Some(bytes) => {
+                let rec: StacksRecord = codec::decode(bytes, "process bucket")?;
+                let incoming = rescaled(counts, batch.period_ns, rec.period_ns);
+                (codec::merge_counts(&rec.to_counts()?, &incoming), rec.period_ns)
+            }
+            None => {
+                w.insert(&k.process_by_time, k2(bucket, sid), []);
+                (counts, batch.period_ns)
+            }
+        };
+        let encoded = StacksRecord::from_counts(&merged, period).encode_to_vec();
+        *bytes_delta += encoded.len() as i64 - old.map_or(0, |o| o.len() as i64);
+        w.insert(&k.process, key, encoded);
+        stats.process_buckets += 1;
+    }
+
+    for span in &batch.spans {
+        let id = span.profile_id.0;
+        let counts =
+            pending.counts(interner, &mut FjallInterns { w, k }, &batch.frames, &mut frame_ids, &span.stacks)?;
+        // The transaction reads its own writes: an ID pushed twice in one group merges twice.
+        let old = w.get(k.spans.inner(), id.to_be_bytes())?;
+        let old_len = old.as_ref().map_or(0, |o| o.len());
+        let MergedSpan { rec, old_last_seen, new_trace } =
+            merge_span(old.as_deref(), batch, span, &span_labels, counts)?;
+        match old_last_seen {
+            Some(t) => {
+                w.remove(&k.spans_by_time, k2(t, id));
+                w.remove(&k.spans_by_service, svc_key(&rec.service_name, &[t, id]));
+                stats.span_profiles_merged += 1;
+            }
+            None => {
+                stats.span_profiles_created += 1;
+                *spans_delta += 1;
+            }
+        }
+        if let Some(t) = new_trace {
+            w.insert(&k.spans_by_trace, trace_key(t.0, id), []);
+        }
+        w.insert(&k.spans_by_time, k2(rec.last_seen_ms, id), []);
+        w.insert(&k.spans_by_service, svc_key(&rec.service_name, &[rec.last_seen_ms, id]), []);
+        let bytes = rec.encode_to_vec();
+        *bytes_delta += bytes.len() as i64 - old_len as i64;
+        w.insert(&k.spans, id.to_be_bytes(), bytes);
+    }
+    Ok(stats)
+}
+
+/// The first `n` keys of an index of (u64, u64) keys, decoded.
+fn oldest(w: &SingleWriterWriteTx<'_>, ks: &SingleWriterTxKeyspace, n: usize) -> Result<Vec<(u64, u64)>> {
+    let mut out = Vec::with_capacity(n.min(1024));
+    for row in w.iter(ks.inner()).take(n) {
+        let key = row.key()?;
+        out.push((u64_at_end(&key, 1)?, u64_at_end(&key, 0)?));
+    }
+    Ok(out)
+}
+
+/// One bounded retention step: deletes at most [`RETENTION_STEP_ROWS`] expired rows.
+fn retention_step(k: &Keyspaces, policy: &Retention, now_ms: u64) -> Result<RetentionStats> {
+    let mut stats = RetentionStats::default();
+    let mut w = k.db.write_tx().durability(Some(PersistMode::SyncAll));
+    let mut bytes_delta = 0i64;
+    let mut spans_delta = 0i64;
+    let cutoff = policy.max_age.map(|a| now_ms.saturating_sub(a.as_millis() as u64));
+    let mut record_bytes = counter(&w, k, RECORD_BYTES)?;
+    // A step deletes at most RETENTION_STEP_ROWS rows, so the oldest that many entries of each
+    // index are all it can reach: read them once rather than re-scanning past the tombstones
+    // this step leaves at the front of the index after every delete.
+    let spans = oldest(&w, &k.spans_by_time, RETENTION_STEP_ROWS)?;
+    let buckets = oldest(&w, &k.process_by_time, RETENTION_STEP_ROWS)?;
+    let (mut si, mut bi) = (0, 0);
+    let mut deleted = 0;
+    while deleted < RETENTION_STEP_ROWS {
+        let over_size = policy.max_bytes.is_some_and(|m| record_bytes > m);
+        let oldest_span = spans.get(si).copied();
+        let oldest_bucket = buckets.get(bi).copied();
+        // The older of the two oldest entries goes first.
+        let span_first = match (oldest_span, oldest_bucket) {
+            (Some((t, _)), Some((b, _))) => t <= b + BUCKET_MS,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (None, None) => break,
+        };
+        let oldest_time = if span_first { oldest_span.map(|k| k.0) } else { oldest_bucket.map(|k| k.0 + BUCKET_MS) };
+        let expired = matches!((cutoff, oldest_time), (Some(c), Some(t)) if t < c);
+        if !expired && !over_size {
+            break;
+        }
+        let freed = if span_first {
+            let Some((last_seen, id)) = oldest_span else { break };
+            si += 1;
+            w.remove(&k.spans_by_time, k2(last_seen, id));
+            stats.span_profiles_deleted += 1;
+            spans_delta -= 1;
+            delete_span(&mut w, k, id, last_seen)?
+        } else {
+            let Some((bucket, sid)) = oldest_bucket else { break };
+            bi += 1;
+            w.remove(&k.process_by_time, k2(bucket, sid));
+            stats.process_buckets_deleted += 1;
+            let old = w.get(k.process.inner(), k2(sid, bucket))?.map(|v| v.len());
+            w.remove(&k.process, k2(sid, bucket));
+            old.unwrap_or(0) as u64
+        };
+        record_bytes = record_bytes.saturating_sub(freed);
+        bytes_delta -= freed as i64;
+        deleted += 1;
+    }
+    add_counter(&mut w, k, RECORD_BYTES, bytes_delta)?;
+    add_counter(&mut w, k, SPAN_COUNT, spans_delta)?;
+    w.commit()?;
+    Ok(stats)
+}
+
+/// Deletes a span's record and its service and trace index entries; returns the bytes freed.
+fn delete_span(w: &mut SingleWriterWriteTx<'_>, k: &Keyspaces, id: u64, last_seen: u64) -> Result<u64> {
+    let Some(bytes) = w.get(k.spans.inner(), id.to_be_bytes())? else { return Ok(0) };
+    w.remove(&k.spans, id.to_be_bytes());
+    let rec: SpanRecord = codec::decode(&bytes, "span")?;
+    w.remove(&k.spans_by_service, svc_key(&rec.service_name, &[last_seen, id]));
+    if let Some(t) = codec::trace_from_bytes(&rec.trace_id) {
+        w.remove(&k.spans_by_trace, trace_key(t.0, id));
+    }
+    Ok(bytes.len() as u64)
+}
+
+/// Resolves stack IDs to frame names within one snapshot, caching what it has seen.
+struct Resolver<'r> {
+    snap: &'r Snapshot,
+    k: &'r Keyspaces,
+    frame_cache: HashMap<u32, Arc<str>>,
+}
+
+impl<'r> Resolver<'r> {
+    fn new(snap: &'r Snapshot, k: &'r Keyspaces) -> Self {
+        Resolver { snap, k, frame_cache: HashMap::new() }
+    }
+
+    fn frame(&mut self, id: u32) -> Result<Arc<str>> {
+        if let Some(f) = self.frame_cache.get(&id) {
+            return Ok(f.clone());
+        }
+        let name: Arc<str> = match self.snap.get(self.k.frames.inner(), id.to_be_bytes())? {
+            Some(v) => Arc::from(std::str::from_utf8(&v).map_err(|_| Error::Corrupt(format!("frame {id} name")))?),
+            None => return Err(Error::Corrupt(format!("frame {id} missing"))),
+        };
+        self.frame_cache.insert(id, name.clone());
+        Ok(name)
+    }
+
+    fn resolve(&mut self, counts: &Counts) -> Result<Stacks> {
+        let mut out = Vec::with_capacity(counts.len());
+        for &(sid, count) in counts {
+            let rec: StackRecord = match self.snap.get(self.k.stacks.inner(), sid.to_be_bytes())? {
+                Some(v) => codec::decode(&v, "stack")?,
+                None => return Err(Error::Corrupt(format!("stack {sid} missing"))),
+            };
+            let mut frames = Vec::with_capacity(rec.frame_ids.len());
+            for f in rec.frame_ids {
+                frames.push(self.frame(f)?);
+            }
+            out.push((frames, count));
+        }
+        Ok(out)
+    }
+}
+
+fn load_span(resolver: &mut Resolver<'_>, id: u64) -> Result<Option<SpanProfile>> {
+    let Some(bytes) = resolver.snap.get(resolver.k.spans.inner(), id.to_be_bytes())? else { return Ok(None) };
+    let rec: SpanRecord = codec::decode(&bytes, "span")?;
+    let stacks = resolver.resolve(&rec.stack_counts()?)?;
+    Ok(Some(SpanProfile { summary: summary(id, rec), stacks }))
+}
+
+/// Bytes of every file under `path` (the engine's directory: tables, journals, manifests).
+fn dir_bytes(path: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+impl ProfileStore for FjallStore {
+    fn insert(&self, batches: Vec<SeriesBatch>) -> Result<InsertStats> {
+        if batches.is_empty() {
+            return Ok(InsertStats::default());
+        }
+        let (reply_tx, reply_rx) = mpsc::sync_channel(1);
+        self.send(Command::Insert(batches, reply_tx))?;
+        reply_rx.recv().map_err(|_| Error::Unavailable)?
+    }
+
+    fn span_profile(&self, id: ProfileId) -> Result<Option<SpanProfile>> {
+        let r = self.read();
+        load_span(&mut Resolver::new(&r, &self.ks), id.0)
+    }
+
+    fn search_spans(&self, q: &SpanQuery) -> Result<Page> {
+        let r = self.read();
+        let k = &*self.ks;
+        let limit = q.limit.clamp(1, 1000);
+        let mut page = Page::default();
+        let from = q.from_ms.unwrap_or(0);
+        // Upper bound of the scan, exclusive of the cursor position.
+        let (hi_t, hi_id) = match q.after {
+            Some(c) => (c.last_seen_ms, c.profile_id.0),
+            None => (u64::MAX, u64::MAX),
+        };
+        let accept = |id: u64, last_seen: u64, page: &mut Page| -> Result<bool> {
+            let Some(v) = r.get(k.spans.inner(), id.to_be_bytes())? else { return Ok(false) };
+            let meta: SpanRecord = codec::decode(&v, "span")?;
+            let ok = meta.samples >= q.min_samples
+                && q.span_name.as_deref().is_none_or(|n| meta.span_name == n)
+                && q.service.as_deref().is_none_or(|s| meta.service_name == s)
+                && q.until_ms.is_none_or(|u| meta.first_seen_ms <= u)
+                && last_seen >= from;
+            if ok {
+                page.profiles.push(summary(id, meta));
+            }
+            Ok(page.profiles.len() >= limit)
+        };
+        let mut examined = 0usize;
+        let mut last = None;
+        if let Some(trace) = q.trace_id {
+            // A trace has few spans: collect, sort newest first, then page.
+            let mut rows = Vec::new();
+            for row in r.range(k.spans_by_trace.inner(), trace_key(trace.0, 0)..=trace_key(trace.0, u64::MAX)) {
+                let id = u64_at_end(&row.key()?, 0)?;
+                if let Some(v) = r.get(k.spans.inner(), id.to_be_bytes())? {
+                    let m: SpanRecord = codec::decode(&v, "span")?;
+                    rows.push((m.last_seen_ms, id));
+                }
+            }
+            rows.sort_unstable_by(|a, b| b.cmp(a));
+            for (t, id) in rows.into_iter().filter(|&(t, id)| (t, id) < (hi_t, hi_id)) {
+                last = Some((t, id));
+                if accept(id, t, &mut page)? {
+                    break;
+                }
+            }
+        } else if let Some(service) = q.service.as_deref() {
+            let lo = svc_key(service, &[from, 0]);
+            let hi = svc_key(service, &[hi_t, hi_id]);
+            for row in r.range(k.spans_by_service.inner(), lo..hi).rev() {
+                let key = row.key()?;
+                let (t, id) = (u64_at_end(&key, 1)?, u64_at_end(&key, 0)?);
+                last = Some((t, id));
+                examined += 1;
+                if accept(id, t, &mut page)? || examined >= SCAN_BUDGET {
+                    break;
+                }
+            }
+        } else {
+            for row in r.range(k.spans_by_time.inner(), k2(from, 0)..k2(hi_t, hi_id)).rev() {
+                let key = row.key()?;
+                let (t, id) = (u64_at_end(&key, 1)?, u64_at_end(&key, 0)?);
+                last = Some((t, id));
+                examined += 1;
+                if accept(id, t, &mut page)? || examined >= SCAN_BUDGET {
+                    break;
+                }
+            }
+        }
+        let full = page.profiles.len() >= limit || examined >= SCAN_BUDGET;
+        if full {
+            page.next = last.map(|(t, id)| Cursor { last_seen_ms: t, profile_id: ProfileId(id) });
+        }
+        Ok(page)
+    }
+
+    fn trace(&self, trace_id: TraceId) -> Result<Vec<SpanProfile>> {
+        let r = self.read();
+        let k = &*self.ks;
+        let mut resolver = Resolver::new(&r, k);
+        let mut out = Vec::new();
+        for row in r.range(k.spans_by_trace.inner(), trace_key(trace_id.0, 0)..=trace_key(trace_id.0, u64::MAX)) {
+            let id = u64_at_end(&row.key()?, 0)?;
+            if let Some(p) = load_span(&mut resolver, id)? {
+                out.push(p);
+            }
+        }
+        out.sort_by_key(|p| (p.summary.first_seen_ms, p.summary.profile_id));
+        Ok(out)
+    }
+
+    fn services(&self) -> Result<Vec<String>> {
+        let r = self.read();
+        let k = &*self.ks;
+        let mut out = BTreeSet::new();
+        for row in r.iter(k.series_by_service.inner()) {
+            out.insert(svc_of(&row.key()?)?);
+        }
+        // Services that only ever sent span profiles have no whole-process series. Skip from
+        // one service to the next rather than walking every span's index entry.
+        let mut next: Option<String> = None;
+        loop {
+            let first = match &next {
+                None => r.iter(k.spans_by_service.inner()).next(),
+                Some(s) => {
+                    let past: (Bound<Vec<u8>>, Bound<Vec<u8>>) =
+                        (Bound::Excluded(svc_key(s, &[u64::MAX, u64::MAX])), Bound::Unbounded);
+                    r.range(k.spans_by_service.inner(), past).next()
+                }
+            };
+            let Some(row) = first else { break };
+            let s = svc_of(&row.key()?)?;
+            out.insert(s.clone());
+            next = Some(s);
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    fn label_values(&self, name: &str) -> Result<Vec<String>> {
+        let r = self.read();
+        let mut out = BTreeSet::new();
+        for row in r.iter(self.ks.series.inner()) {
+            let rec: SeriesRecord = codec::decode(&row.value()?, "series")?;
+            out.extend(rec.labels.into_iter().filter(|l| l.name == name).map(|l| l.value));
+        }
+        if name == "service_name" {
+            out.extend(self.services()?);
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    fn label_names(&self) -> Result<Vec<String>> {
+        let r = self.read();
+        let mut out = BTreeSet::new();
+        for row in r.iter(self.ks.series.inner()) {
+            let rec: SeriesRecord = codec::decode(&row.value()?, "series")?;
+            out.extend(rec.labels.into_iter().map(|l| l.name));
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    fn process_profile(
+        &self,
+        service: &str,
+        profile_type: &str,
+        from_ms: u64,
+        until_ms: u64,
+    ) -> Result<Option<ProcessProfile>> {
+        let r = self.read();
+        let k = &*self.ks;
+        let mut series = Vec::new();
+        for row in r.prefix(k.series_by_service.inner(), svc_prefix(service)) {
+            let sid = u64_at_end(&row.key()?, 0)?;
+            let Some(v) = r.get(k.series.inner(), sid.to_be_bytes())? else { continue };
+            let rec: SeriesRecord = codec::decode(&v, "series")?;
+            if rec.labels.iter().any(|l| l.name == "__name__" && l.value == profile_type) {
+                series.push(sid);
+            }
+        }
+        let first_bucket = from_ms / BUCKET_MS * BUCKET_MS;
+        let mut total: Counts = Vec::new();
+        let mut period = 0;
+        let mut any = false;
+        for sid in series {
+            for row in r.range(k.process.inner(), k2(sid, first_bucket)..=k2(sid, until_ms)) {
+                let rec: StacksRecord = codec::decode(&row.value()?, "process bucket")?;
+                let mut counts = rec.to_counts()?;
+                if period == 0 {
+                    period = rec.period_ns;
+                } else if rec.period_ns != period && period > 0 {
+                    for c in &mut counts {
+                        c.1 = (c.1 * rec.period_ns / period).max(1);
+                    }
+                }
+                total = codec::merge_counts(&total, &counts);
+                any = true;
+            }
+        }
+        if !any {
+            return Ok(None);
+        }
+        let mut resolver = Resolver::new(&r, k);
+        Ok(Some(ProcessProfile { period_ns: period, stacks: resolver.resolve(&total)? }))
+    }
+
+    fn enforce_retention(&self, policy: &Retention, now_ms: u64) -> Result<RetentionStats> {
+        let mut total = RetentionStats::default();
+        if policy.max_age.is_none() && policy.max_bytes.is_none() {
+            return Ok(total);
+        }
+        loop {
+            let (reply_tx, reply_rx) = mpsc::sync_channel(1);
+            self.send(Command::Retention(*policy, now_ms, reply_tx))?;
+            let step = reply_rx.recv().map_err(|_| Error::Unavailable)??;
+            total.span_profiles_deleted += step.span_profiles_deleted;
+            total.process_buckets_deleted += step.process_buckets_deleted;
+            if step.span_profiles_deleted + step.process_buckets_deleted < RETENTION_STEP_ROWS as u64 {
+                return Ok(total);
+            }
+        }
+    }
+
+    fn stats(&self) -> Result<StoreStats> {
+        let r = self.read();
+        Ok(StoreStats {
+            file_bytes: dir_bytes(&self.path),
+            record_bytes: counter(&r, &self.ks, RECORD_BYTES)?,
+            span_profiles: counter(&r, &self.ks, SPAN_COUNT)?,
+        })
+    }
+
+    fn close(&self) {
+        FjallStore::close(self);
+    }
+}
