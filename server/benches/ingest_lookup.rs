@@ -1071,7 +1071,7 @@ fn print_ingest(label: &str, r: &IngestResult, samples_per_push: f64) {
     lat.sort_unstable();
     let p = |q: f64| lat.get(((lat.len() as f64 * q).ceil() as usize).clamp(1, lat.len().max(1)) - 1).copied();
     println!(
-        "| {label} | {} | {:.0} | {:.0} | {:.0} | {:.1} | {} | {} | {} | {:.2} MB | {} |",
+        "| {label} | {} | {:.1} | {:.0} | {:.0} | {:.1} | {} | {} | {} | {:.2} MB | {} |",
         r.pushes,
         r.elapsed.as_secs_f64(),
         r.samples_per_s(),

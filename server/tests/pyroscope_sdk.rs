@@ -51,8 +51,10 @@ async fn pyroscope_python_sdk_span_profiles_land_and_merge() {
     }
     assert!(found * 10 >= spans.len() * 7, "only {found} of {} spans have a profile", spans.len());
     assert!(hot * 10 >= found * 8, "only {hot} of {found} span profiles show find_nearest_vehicle");
-    assert!(samples as usize >= found * 3, "implausibly few samples: {samples} over {found} spans");
+    // The app spends nearly all its CPU inside spans: most samples must be span samples.
     let (status, body) = get_json(&srv.url("/api/v1/services/pyride/profile")).await;
     assert_eq!(status, 200, "{body}");
+    let outside = body["samples"].as_u64().unwrap();
+    assert!(samples >= 2 * outside, "{samples} samples in span profiles, {outside} outside spans");
     srv.stop().await;
 }
