@@ -124,17 +124,25 @@ fn fail(s: &AppState, e: Error) -> Response {
     }
 }
 
-/// Reads the body up to the configured limit and undoes `Content-Encoding: gzip`.
-async fn read_body(s: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes, Error> {
+/// Reads the body up to the configured limit.
+async fn read_body(s: &AppState, body: Body) -> Result<Bytes, Error> {
     let limit = s.limits.max_body_bytes;
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
         Error::rejected(Reject::TooLarge, format!("request body is larger than the limit of {limit} bytes"))
-    })?;
+    })
+}
+
+/// Runs CPU-heavy decoding on the blocking pool, so queries on the async workers are not held up
+/// by a burst of pushes.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Error> + Send + 'static) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| Error::Storage(format!("decode task failed: {e}")))?
+}
+
+/// Undoes `Content-Encoding: gzip` within the decompression limit.
+fn content_decoded(limits: &Limits, headers: &HeaderMap, bytes: Bytes) -> Result<Bytes, Error> {
     match headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).map(str::trim) {
         None | Some("") | Some("identity") => Ok(bytes),
-        Some("gzip") => {
-            Ok(ingest::decode::gunzip_limited(&bytes, s.limits.max_decompressed_bytes, "request body")?.into())
-        }
+        Some("gzip") => Ok(ingest::decode::gunzip_limited(&bytes, limits.max_decompressed_bytes, "request body")?.into()),
         Some(other) => Err(Error::rejected(
             Reject::UnsupportedMediaType,
             format!("unsupported Content-Encoding {other:?}: gzip or identity"),
@@ -165,7 +173,9 @@ async fn ingest_legacy(State(s): St, req: Request) -> Response {
 async fn ingest_legacy_inner(s: &Arc<AppState>, req: Request) -> Result<(), Error> {
     let (parts, body) = req.into_parts();
     let mut params = ingest::legacy::parse_params(parts.uri.query().unwrap_or(""), now_ms())?;
-    let body = read_body(s, &parts.headers, body).await?;
+    let raw = read_body(s, body).await?;
+    let (limits, headers) = (s.limits, parts.headers.clone());
+    let body = blocking(move || content_decoded(&limits, &headers, raw)).await?;
     let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let payload = if content_type.starts_with("multipart/form-data") {
         let boundary = multer::parse_boundary(content_type).map_err(|e| {
@@ -177,7 +187,7 @@ async fn ingest_legacy_inner(s: &Arc<AppState>, req: Request) -> Result<(), Erro
     } else {
         body.to_vec()
     };
-    let batch = ingest::legacy::build_batch(params, &payload, &s.limits)?;
+    let batch = blocking(move || ingest::legacy::build_batch(params, &payload, &limits)).await?;
     if batch.spans.is_empty() && batch.process.is_empty() {
         return Ok(());
     }
@@ -215,9 +225,14 @@ async fn push(State(s): St, req: Request) -> Response {
         );
     };
     let result = async {
-        let body = read_body(&s, &parts.headers, body).await?;
-        let req = ingest::push::decode_request(&body, encoding)?;
-        let batches = ingest::push::to_batches(req, &s.limits, now_ms())?;
+        let raw = read_body(&s, body).await?;
+        let (limits, headers) = (s.limits, parts.headers.clone());
+        let batches = blocking(move || {
+            let body = content_decoded(&limits, &headers, raw)?;
+            let req = ingest::push::decode_request(&body, encoding)?;
+            ingest::push::to_batches(req, &limits, now_ms())
+        })
+        .await?;
         store_batches(&s, batches, "push").await
     }
     .await;
