@@ -125,16 +125,18 @@ pub fn build_profile(
                                 id: fid,
                                 name: n,
                                 system_name: n,
+                                ..Default::default()
                             });
                             fid
                         });
-                        Line { function_id }
+                        Line { function_id, ..Default::default() }
                     })
                     .collect();
                 location.push(Location {
                     id,
                     address: f.addr,
                     line,
+                    ..Default::default()
                 });
                 id
             });
@@ -145,15 +147,18 @@ pub fn build_profile(
             label.push(Label {
                 key: k_span,
                 str: s.get(&format!("{:016x}", span.span_id)),
+                ..Default::default()
             });
             label.push(Label {
                 key: k_trace,
                 str: s.get(&format!("{:032x}", span.trace_id)),
+                ..Default::default()
             });
             if !span.name.is_empty() {
                 label.push(Label {
                     key: k_name,
                     str: s.get(&span.name),
+                    ..Default::default()
                 });
             }
         }
@@ -187,6 +192,7 @@ pub fn build_profile(
         }),
         period: timing.period_ns,
         default_sample_type: 0,
+        ..Default::default()
     }
 }
 

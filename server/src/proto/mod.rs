@@ -1,7 +1,3 @@
-//! Wire formats spanprof speaks: pprof's `profile.proto` and Pyroscope's push API.
-//!
-//! The messages are written by hand with `prost` derives from the public field numbers of
-//! `perftools.profiles.Profile` and `push.v1.PushRequest`, so no `protoc` is needed to build.
+//! Wire formats spanprof speaks, from the shared `spanprof-proto` crate.
 
-pub mod pprof;
-pub mod push;
+pub use spanprof_proto::{pprof, push};

@@ -1,0 +1,9 @@
+//! Wire formats shared by the server and the sidecar: pprof's `profile.proto` and Pyroscope's
+//! push API.
+//!
+//! The messages are written by hand with `prost` derives from the public field numbers of
+//! `perftools.profiles.Profile` and `push.v1.PushRequest`, so no `protoc` is needed to build.
+#![forbid(unsafe_code)]
+
+pub mod pprof;
+pub mod push;
