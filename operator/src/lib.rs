@@ -8,6 +8,7 @@ pub mod error;
 pub mod inject;
 pub mod metrics;
 pub mod names;
+pub mod pod_security;
 pub mod rbac;
 pub mod tls;
 pub mod webhook;
