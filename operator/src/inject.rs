@@ -7,7 +7,7 @@ use std::sync::Arc;
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, ObjectFieldSelector, Pod,
+    Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, ObjectFieldSelector, Pod, PodSpec,
     SecurityContext, Volume, VolumeMount,
 };
 use kube::ResourceExt;
@@ -15,6 +15,11 @@ use serde_json::{Value, json};
 
 use crate::crd::{CapabilityMode, SpanProfiling};
 use crate::names::*;
+use crate::pod_security::{self, Level};
+
+/// The sampler image's user (distroless `nonroot`): what `capabilities: none` runs the sampler as
+/// when the pod does not say which user its app runs as.
+pub const SAMPLER_IMAGE_UID: i64 = 65532;
 
 /// Operator-wide settings the injection falls back to.
 #[derive(Clone, Debug)]
@@ -25,6 +30,10 @@ pub struct Defaults {
     pub sidecar_image: String,
     /// The operator's own namespace: its pods are never injected.
     pub operator_namespace: String,
+    /// The Pod Security level enforced in namespaces without the
+    /// `pod-security.kubernetes.io/enforce` label (Kubernetes' default is `privileged`; a
+    /// cluster's AdmissionConfiguration can make it stricter).
+    pub pod_security_default: Level,
 }
 
 /// Why a pod was admitted unmodified.
@@ -52,6 +61,16 @@ pub enum Skip {
     HostPid,
     /// The container selection names none of the pod's containers.
     NoContainersSelected { requested: Vec<String> },
+    /// The sampler would violate the Pod Security level the namespace enforces, so the API server
+    /// (whose Pod Security admission runs after this webhook) would reject the injected pod.
+    PodSecurity {
+        namespace: String,
+        level: Level,
+        /// What the sampler would violate.
+        violations: Vec<String>,
+        /// What the user can do about it.
+        remedy: String,
+    },
     /// Building the patch failed (a bug); the pod must still be admitted.
     Internal(String),
 }
@@ -76,6 +95,7 @@ impl Skip {
             Skip::ProcessNamespaceDisabled => "ProcessNamespaceDisabled",
             Skip::HostPid => "HostPID",
             Skip::NoContainersSelected { .. } => "NoContainersSelected",
+            Skip::PodSecurity { .. } => "PodSecurity",
             Skip::Internal(_) => "InternalError",
         }
     }
@@ -110,6 +130,12 @@ impl fmt::Display for Skip {
             Skip::NoContainersSelected { requested } => {
                 write!(f, "{p} no container of the pod is named {}", requested.join(", "))
             }
+            Skip::PodSecurity { namespace, level, violations, remedy } => write!(
+                f,
+                "{p} namespace {namespace} enforces Pod Security \"{level}\" and the sampler would violate it ({}), \
+                 so the API server would reject the pod. {remedy}",
+                violations.join("; ")
+            ),
             Skip::Internal(e) => write!(f, "{p} internal error: {e}"),
         }
     }
@@ -118,17 +144,33 @@ impl fmt::Display for Skip {
 /// What to do with an admitted pod.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Decision {
-    /// Apply `patch`; `profiling` is `"<namespace>/<name>"` of the SpanProfiling used.
-    Inject { profiling: String, patch: Patch },
+    /// Apply `patch`; `profiling` is `"<namespace>/<name>"` of the SpanProfiling used; `warnings`
+    /// are admission warnings about the injected pod (it is injected all the same).
+    Inject { profiling: String, patch: Patch, warnings: Vec<String> },
     /// Admit unmodified.
     Skip(Skip),
 }
 
+/// An injection: the patch and the warnings that go with it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    pub patch: Patch,
+    pub warnings: Vec<String>,
+}
+
 /// Decides for a pod being created in `namespace`, given every SpanProfiling the operator knows.
-pub fn decide(pod: &Pod, namespace: &str, profilings: &[Arc<SpanProfiling>], defaults: &Defaults) -> Decision {
+/// `pod_security` gives the Pod Security level the namespace enforces; it is only asked for pods
+/// that would be injected.
+pub fn decide(
+    pod: &Pod,
+    namespace: &str,
+    profilings: &[Arc<SpanProfiling>],
+    defaults: &Defaults,
+    pod_security: impl FnOnce() -> Level,
+) -> Decision {
     match resolve(pod, namespace, profilings, defaults) {
-        Ok(sp) => match patch(pod, sp, defaults) {
-            Ok(patch) => Decision::Inject { profiling: profiling_key(sp), patch },
+        Ok(sp) => match plan(pod, namespace, sp, defaults, pod_security) {
+            Ok(Plan { patch, warnings }) => Decision::Inject { profiling: profiling_key(sp), patch, warnings },
             Err(skip) => Decision::Skip(skip),
         },
         Err(skip) => Decision::Skip(skip),
@@ -200,8 +242,15 @@ fn is_dns_name(s: &str) -> bool {
         && s.ends_with(|c: char| c.is_ascii_alphanumeric())
 }
 
-/// The JSON patch that injects `sp` into `pod`.
-pub fn patch(pod: &Pod, sp: &SpanProfiling, defaults: &Defaults) -> Result<Patch, Skip> {
+/// The JSON patch that injects `sp` into `pod` (in `namespace`, which enforces the Pod Security
+/// level `pod_security` returns), with its warnings; or why it must not be injected.
+pub fn plan(
+    pod: &Pod,
+    namespace: &str,
+    sp: &SpanProfiling,
+    defaults: &Defaults,
+    pod_security: impl FnOnce() -> Level,
+) -> Result<Plan, Skip> {
     let spec = pod.spec.clone().unwrap_or_default();
     match spec.share_process_namespace {
         Some(false) => return Err(Skip::ProcessNamespaceDisabled),
@@ -217,6 +266,26 @@ pub fn patch(pod: &Pod, sp: &SpanProfiling, defaults: &Defaults) -> Result<Patch
     let server_url = sp.spec.server_url.clone().unwrap_or_else(|| defaults.server_url.clone());
     let url_base = sp.spec.profile_url_base.clone().unwrap_or_else(|| server_url.clone());
     let profile_url = format!("{}/profiles/{{profile_id}}", url_base.trim_end_matches('/'));
+    let user = AppUser::of(&spec, &selected);
+    let sampler = sampler_container(sp, defaults, &server_url, &service, user);
+    let add_volume = !spec.volumes.iter().flatten().any(|v| v.name == VOLUME_NAME);
+
+    // Pod Security admission runs after mutating webhooks: a sampler that violates the
+    // namespace's level would get the whole pod rejected, so the pod is better left alone.
+    let level = pod_security();
+    let violations = sampler_violations(&spec, &sampler, add_volume, level);
+    if !violations.is_empty() {
+        return Err(Skip::PodSecurity {
+            namespace: namespace.to_owned(),
+            level,
+            violations,
+            remedy: remedy(sp, level),
+        });
+    }
+    let mut warnings = Vec::new();
+    if sp.spec.sidecar.security_context.is_none() && sp.spec.sidecar.capabilities == CapabilityMode::None {
+        warnings.extend(unprivileged_warnings(&spec, &sampler, user));
+    }
 
     let mut ops = Ops::default();
     // Metadata first: the annotation makes a re-invocation a no-op, the label lets the controller
@@ -228,7 +297,7 @@ pub fn patch(pod: &Pod, sp: &SpanProfiling, defaults: &Defaults) -> Result<Patch
         ops.add(&["spec", "shareProcessNamespace"], json!(true));
     }
     // A volume the user already declared under our name is theirs and wins.
-    if !spec.volumes.iter().flatten().any(|v| v.name == VOLUME_NAME) {
+    if add_volume {
         ops.add_to_list(&["spec", "volumes"], spec.volumes.is_some(), false, to_value(&context_volume())?);
     }
     let app_env = [
@@ -257,7 +326,6 @@ pub fn patch(pod: &Pod, sp: &SpanProfiling, defaults: &Defaults) -> Result<Patch
             ops.add_to_list(&mounts_path, c.volume_mounts.is_some(), false, to_value(&context_mount())?);
         }
     }
-    let sampler = sampler_container(sp, defaults, &server_url, &service);
     if sp.spec.sidecar.native {
         // First, so it runs before (and samples) the pod's other init containers, as Istio and
         // Linkerd place their native sidecars.
@@ -265,7 +333,94 @@ pub fn patch(pod: &Pod, sp: &SpanProfiling, defaults: &Defaults) -> Result<Patch
     } else {
         ops.add_to_list(&["spec", "containers"], true, false, to_value(&sampler)?);
     }
-    Ok(Patch(ops.0))
+    Ok(Plan { patch: Patch(ops.0), warnings })
+}
+
+/// The Pod Security violations the injection would add to `spec` under `level`: the sampler's,
+/// and the context volume's (an emptyDir, allowed everywhere). The pod's own violations are not
+/// ours to report: the API server rejects such a pod with or without the sampler.
+pub fn sampler_violations(spec: &PodSpec, sampler: &Container, adds_volume: bool, level: Level) -> Vec<String> {
+    let prefix = format!("container {SIDECAR_NAME:?}: ");
+    let mut out: Vec<String> = pod_security::container_violations(sampler, spec, level)
+        .into_iter()
+        .map(|v| v.message.strip_prefix(&prefix).map(str::to_owned).unwrap_or(v.message))
+        .collect();
+    if adds_volume {
+        out.extend(pod_security::volume_violations(&context_volume(), level).into_iter().map(|v| v.message));
+    }
+    out
+}
+
+/// What a user can change when the sampler would violate the namespace's Pod Security `level`.
+fn remedy(sp: &SpanProfiling, level: Level) -> String {
+    let label = "label the namespace pod-security.kubernetes.io/enforce=privileged";
+    if sp.spec.sidecar.security_context.is_some() {
+        return format!("Change the SpanProfiling's sidecar.securityContext to meet \"{level}\", or {label}.");
+    }
+    match (sp.spec.sidecar.capabilities, level) {
+        (CapabilityMode::None, _) => format!(
+            "Give the pod a securityContext with runAsNonRoot: true, a non-zero runAsUser and seccompProfile \
+             RuntimeDefault or Localhost, set the SpanProfiling's sidecar.securityContext, or {label}."
+        ),
+        (_, Level::Restricted) => format!(
+            "Either {label}, or set the SpanProfiling's sidecar.capabilities: none (nodes with \
+             kernel.perf_event_paranoid <= 2; the pod must set runAsNonRoot, runAsUser and a seccompProfile, and \
+             the sampler needs a Localhost seccomp profile that allows perf_event_open: see the README)."
+        ),
+        _ => format!(
+            "Either {label}, or set the SpanProfiling's sidecar.capabilities: none (nodes with \
+             kernel.perf_event_paranoid <= 2; the sampler then runs as the app's user: see the README)."
+        ),
+    }
+}
+
+/// The user and group the selected app containers run as, when the pod spec says so (a user
+/// the image picks is unknown here).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AppUser {
+    pub uid: Option<i64>,
+    pub gid: Option<i64>,
+}
+
+impl AppUser {
+    /// The effective runAsUser/runAsGroup of the `selected` containers when they all agree.
+    pub fn of(spec: &PodSpec, selected: &[String]) -> AppUser {
+        let pod = spec.security_context.clone().unwrap_or_default();
+        let containers: Vec<&Container> = spec.containers.iter().filter(|c| selected.contains(&c.name)).collect();
+        let agreed = |field: fn(&SecurityContext) -> Option<i64>, pod_value: Option<i64>| -> Option<i64> {
+            let mut values = containers.iter().map(|c| c.security_context.as_ref().and_then(field).or(pod_value));
+            let first = values.next()??;
+            values.all(|v| v == Some(first)).then_some(first)
+        };
+        AppUser { uid: agreed(|sc| sc.run_as_user, pod.run_as_user), gid: agreed(|sc| sc.run_as_group, pod.run_as_group) }
+    }
+}
+
+/// Warnings about a `capabilities: none` sampler that will likely not be able to sample.
+fn unprivileged_warnings(spec: &PodSpec, sampler: &Container, user: AppUser) -> Vec<String> {
+    let p = "spanprof: sidecar.capabilities none:";
+    let mut out = Vec::new();
+    match user.uid {
+        None => out.push(format!(
+            "{p} the pod does not set runAsUser for its app containers, so the sampler runs as {SAMPLER_IMAGE_UID} \
+             and can only profile processes of that user; set the pod's securityContext.runAsUser and runAsGroup"
+        )),
+        Some(0) => out.push(format!(
+            "{p} the app runs as root; without capabilities the sampler cannot profile it (use capabilities: perfmon, \
+             or run the app as a non-root user)"
+        )),
+        Some(_) => {}
+    }
+    let own = sampler.security_context.as_ref().and_then(|sc| sc.seccomp_profile.as_ref());
+    let inherited = spec.security_context.as_ref().and_then(|sc| sc.seccomp_profile.as_ref());
+    if own.or(inherited).is_some_and(|p| p.type_ == "RuntimeDefault") {
+        out.push(format!(
+            "{p} the sampler inherits the pod's seccompProfile RuntimeDefault, whose containerd and CRI-O versions allow \
+             perf_event_open only with CAP_PERFMON; give it a Localhost profile that allows perf_event_open in the \
+             SpanProfiling's sidecar.securityContext"
+        ));
+    }
+    out
 }
 
 /// Names of the app containers to configure: the annotation's list, else the spec's, else all.
@@ -347,8 +502,8 @@ fn context_mount() -> VolumeMount {
     VolumeMount { name: VOLUME_NAME.to_owned(), mount_path: CONTEXT_DIR.to_owned(), ..Default::default() }
 }
 
-/// The security context a capability mode gives the sampler.
-pub fn security_context(mode: CapabilityMode) -> SecurityContext {
+/// The security context a capability mode gives the sampler; `user` is who the app runs as.
+pub fn security_context(mode: CapabilityMode, user: AppUser) -> SecurityContext {
     let caps = |add: &[&str]| Capabilities {
         add: (!add.is_empty()).then(|| add.iter().map(|s| (*s).to_owned()).collect()),
         drop: Some(vec!["ALL".to_owned()]),
@@ -372,18 +527,39 @@ pub fn security_context(mode: CapabilityMode) -> SecurityContext {
             read_only_root_filesystem: Some(true),
             ..Default::default()
         },
-        CapabilityMode::None => SecurityContext {
-            capabilities: Some(caps(&[])),
-            allow_privilege_escalation: Some(false),
-            privileged: Some(false),
-            read_only_root_filesystem: Some(true),
-            ..Default::default()
-        },
+        // Without capabilities the kernel lets the sampler read /proc/<pid>/root and perf-sample a
+        // process only when both run as the same user and group (ptrace access rules), so it runs
+        // as the app's user: the pod's or the selected containers' runAsUser/runAsGroup, else the
+        // image's non-root user. runAsNonRoot plus a non-zero runAsUser meets `restricted`; the
+        // seccomp profile is inherited from the pod on purpose: the runtimes' RuntimeDefault
+        // blocks perf_event_open without CAP_PERFMON, so forcing it would disable the sampler,
+        // while `baseline` allows leaving it unset.
+        CapabilityMode::None => {
+            let uid = user.uid.unwrap_or(SAMPLER_IMAGE_UID);
+            SecurityContext {
+                capabilities: Some(caps(&[])),
+                allow_privilege_escalation: Some(false),
+                privileged: Some(false),
+                read_only_root_filesystem: Some(true),
+                run_as_user: Some(uid),
+                run_as_group: user.uid.and(user.gid),
+                // A root app keeps root here too; claiming non-root would stop the kubelet from
+                // starting the sampler, and a native sidecar that cannot start holds up the pod.
+                run_as_non_root: (uid != 0).then_some(true),
+                ..Default::default()
+            }
+        }
     }
 }
 
 /// The `spanprof-sampler` container.
-pub fn sampler_container(sp: &SpanProfiling, defaults: &Defaults, server_url: &str, service: &str) -> Container {
+pub fn sampler_container(
+    sp: &SpanProfiling,
+    defaults: &Defaults,
+    server_url: &str,
+    service: &str,
+    user: AppUser,
+) -> Container {
     let s = &sp.spec;
     let mut env = vec![
         plain_env(ENV_SERVER_URL, server_url),
@@ -409,7 +585,7 @@ pub fn sampler_container(sp: &SpanProfiling, defaults: &Defaults, server_url: &s
         env: Some(env),
         resources: Some(s.sidecar.resources.clone()),
         security_context: Some(
-            s.sidecar.security_context.clone().unwrap_or_else(|| security_context(s.sidecar.capabilities)),
+            s.sidecar.security_context.clone().unwrap_or_else(|| security_context(s.sidecar.capabilities, user)),
         ),
         volume_mounts: Some(vec![context_mount()]),
         restart_policy: s.sidecar.native.then(|| "Always".to_owned()),

@@ -23,6 +23,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use futures::StreamExt;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
@@ -55,12 +56,14 @@ pub struct Config {
     pub pod_name: Option<String>,
 }
 
-/// Readiness of this replica: it has a serving certificate and has listed SpanProfilings.
+/// Readiness of this replica: it has a serving certificate and has listed SpanProfilings and
+/// namespaces.
 #[derive(Default)]
 struct Health {
     metrics: Arc<Metrics>,
     resolver: Arc<CertResolver>,
     cache_synced: AtomicBool,
+    namespaces_synced: AtomicBool,
 }
 
 /// Runs the operator until SIGINT/SIGTERM (or `shutdown`), then stops the controller, lets
@@ -110,6 +113,29 @@ pub async fn run(config: Config, shutdown: Option<tokio::sync::oneshot::Receiver
         });
     }
 
+    // Namespaces, for the Pod Security level each enforces.
+    let (namespaces, namespace_events) = webhook::namespace_cache(client.clone());
+    {
+        let stop = stopped();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = namespace_events.for_each(|res| async move {
+                    if let Err(e) = res {
+                        tracing::warn!(error = %e, "namespace watch failed; retrying");
+                    }
+                }) => {}
+                () = stop => {}
+            }
+        });
+        let (namespaces, health) = (namespaces.clone(), health.clone());
+        tokio::spawn(async move {
+            if namespaces.wait_until_ready().await.is_ok() {
+                health.namespaces_synced.store(true, Ordering::Release);
+                tracing::info!("namespace cache synced");
+            }
+        });
+    }
+
     // Certificates.
     let webhook_configs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &config.defaults.operator_namespace);
@@ -120,6 +146,7 @@ pub async fn run(config: Config, shutdown: Option<tokio::sync::oneshot::Receiver
     tokio::spawn(webhook::publish_events(events_rx, recorder));
     let state = Arc::new(webhook::WebhookState {
         profilings,
+        namespaces,
         defaults: config.defaults.clone(),
         metrics: health.metrics.clone(),
         events: events_tx,
@@ -150,11 +177,17 @@ fn health_router(health: Arc<Health>) -> Router {
 }
 
 async fn readyz(State(h): State<Arc<Health>>) -> Response {
-    match (h.resolver.is_ready(), h.cache_synced.load(Ordering::Acquire)) {
-        (true, true) => "ready".into_response(),
-        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "no serving certificate yet").into_response(),
-        (true, false) => (StatusCode::SERVICE_UNAVAILABLE, "SpanProfiling cache not synced yet").into_response(),
-    }
+    let not_ready = if !h.resolver.is_ready() {
+        "no serving certificate yet"
+    } else if !h.cache_synced.load(Ordering::Acquire) {
+        "SpanProfiling cache not synced yet"
+    } else if !h.namespaces_synced.load(Ordering::Acquire) {
+        // Without namespace labels the webhook could inject pods that Pod Security then rejects.
+        "namespace cache not synced yet"
+    } else {
+        return "ready".into_response();
+    };
+    (StatusCode::SERVICE_UNAVAILABLE, not_ready).into_response()
 }
 
 async fn render_metrics(State(h): State<Arc<Health>>) -> Response {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 use spanprof_operator::Config;
 use spanprof_operator::inject::Defaults;
+use spanprof_operator::pod_security::Level;
 use spanprof_operator::tls::{TlsSource, service_dns_names};
 
 /// spanprof operator: SpanProfiling status, the webhook that injects the sampler, and its TLS.
@@ -49,6 +50,10 @@ struct Args {
     /// Server URL for SpanProfilings that set none.
     #[arg(long, env = "SPANPROF_DEFAULT_SERVER_URL", default_value = "http://spanprof-server.spanprof.svc:4040")]
     default_server_url: String,
+    /// Pod Security level of namespaces without the pod-security.kubernetes.io/enforce label:
+    /// privileged (the Kubernetes default), or what the cluster's AdmissionConfiguration sets.
+    #[arg(long, env = "SPANPROF_POD_SECURITY_DEFAULT_LEVEL", default_value = "privileged")]
+    pod_security_default_level: Level,
     /// Sampler image for SpanProfilings that set none.
     #[arg(long, env = "SPANPROF_SIDECAR_IMAGE", default_value = concat!("ghcr.io/spanprof/spanprof-sidecar:", env!("CARGO_PKG_VERSION")))]
     sidecar_image: String,
@@ -106,6 +111,7 @@ async fn main() -> anyhow::Result<()> {
             server_url: args.default_server_url,
             sidecar_image: args.sidecar_image,
             operator_namespace: args.namespace,
+            pod_security_default: args.pod_security_default_level,
         },
         pod_name: args.pod_name,
     };

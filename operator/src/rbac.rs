@@ -27,6 +27,8 @@ pub const CLUSTER_RULES: &[Rule] = &[
     Rule { api_groups: &["spanprof.dev"], resources: &["spanprofilings/status"], verbs: &["patch"], resource_names: &[] },
     // Metadata watch of injected pods (label selector), for the injected count.
     Rule { api_groups: &[""], resources: &["pods"], verbs: &["list", "watch"], resource_names: &[] },
+    // Metadata watch of namespaces: the webhook reads their Pod Security labels.
+    Rule { api_groups: &[""], resources: &["namespaces"], verbs: &["list", "watch"], resource_names: &[] },
     // Events on SpanProfilings and on pods' owners; `patch` updates a repeated event's series.
     Rule { api_groups: &["events.k8s.io"], resources: &["events"], verbs: &["create", "patch"], resource_names: &[] },
     // Filling in the caBundle (server-side apply of that one field).

@@ -15,11 +15,14 @@ use axum::routing::post;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use k8s_openapi::api::core::v1::{ObjectReference, Pod};
-use kube::core::DynamicObject;
+use futures::Stream;
+use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Pod};
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use kube::core::{DynamicObject, PartialObjectMeta};
 use kube::runtime::events::{Event, EventType, Recorder};
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
@@ -28,11 +31,14 @@ use crate::crd::SpanProfiling;
 use crate::inject::{self, Decision, Defaults, Skip};
 use crate::metrics::{Metrics, snake};
 use crate::names::WEBHOOK_PATH;
+use crate::pod_security::{self, Level};
 
 /// The API server sends at most a few MiB; anything larger is not a review.
 const MAX_BODY_BYTES: usize = 8 << 20;
 /// How long a review waits for the SpanProfiling cache at startup before giving up on the pod.
 const CACHE_WAIT: Duration = Duration::from_secs(2);
+/// events.k8s.io/v1 rejects notes longer than 1 KiB.
+const MAX_NOTE_BYTES: usize = 1024;
 
 /// An Event to publish about a pod that was not injected; published off the request path.
 #[derive(Clone, Debug, PartialEq)]
@@ -45,6 +51,8 @@ pub struct PendingEvent {
 /// What the webhook needs to answer reviews.
 pub struct WebhookState {
     pub profilings: Store<SpanProfiling>,
+    /// Namespaces' metadata, for the Pod Security level each enforces.
+    pub namespaces: Store<PartialObjectMeta<Namespace>>,
     pub defaults: Defaults,
     pub metrics: Arc<Metrics>,
     /// Bounded: when full, events are dropped rather than slowing admission.
@@ -64,7 +72,8 @@ async fn mutate(State(state): State<Arc<WebhookState>>, body: Bytes) -> Response
     // Before the first list of SpanProfilings arrives, "true" would wrongly find none.
     let cache_ready = tokio::time::timeout(CACHE_WAIT, state.profilings.wait_until_ready()).await.is_ok_and(|r| r.is_ok());
     let profilings = state.profilings.state();
-    let (review, outcome, event) = review(&body, cache_ready.then_some(profilings.as_slice()), &state.defaults);
+    let level = |namespace: &str| namespace_level(&state.namespaces, namespace, state.defaults.pod_security_default);
+    let (review, outcome, event) = review(&body, cache_ready.then_some(profilings.as_slice()), level, &state.defaults);
     state.metrics.admission(&outcome);
     if let Some(event) = event
         && state.events.try_send(event).is_err()
@@ -78,11 +87,37 @@ async fn mutate(State(state): State<Arc<WebhookState>>, body: Bytes) -> Response
     }
 }
 
+/// The Pod Security level `namespace` enforces, from the namespace cache; a namespace the cache
+/// does not hold (yet) gets `default`, the level of unlabelled namespaces.
+pub fn namespace_level(namespaces: &Store<PartialObjectMeta<Namespace>>, namespace: &str, default: Level) -> Level {
+    match namespaces.get(&ObjectRef::new(namespace)) {
+        Some(ns) => pod_security::enforced_level(ns.labels()).unwrap_or(default),
+        None => {
+            tracing::info!(namespace, level = %default, "namespace not in the cache (yet); assuming the default Pod Security level");
+            default
+        }
+    }
+}
+
+/// The namespace cache (metadata only: the labels are all the webhook reads) and the watch
+/// events that fill it, to be driven by the caller.
+pub fn namespace_cache(
+    client: Client,
+) -> (Store<PartialObjectMeta<Namespace>>, impl Stream<Item = Result<PartialObjectMeta<Namespace>, watcher::Error>> + Send) {
+    let (reader, writer) = reflector::store();
+    // kube 5: an Api of PartialObjectMeta makes metadata-only list and watch requests.
+    let api = Api::<PartialObjectMeta<Namespace>>::all(client);
+    let events = reflector::reflector(writer, watcher(api, watcher::Config::default())).default_backoff().touched_objects();
+    (reader, events)
+}
+
 /// Answers one AdmissionReview body: the response review, the metric outcome, and the Event to
-/// publish. `profilings` is `None` while the cache is not synced. Pure, so it is tested directly.
+/// publish. `profilings` is `None` while the cache is not synced; `pod_security` gives the level a
+/// namespace enforces. Pure, so it is tested directly.
 pub fn review(
     body: &[u8],
     profilings: Option<&[Arc<SpanProfiling>]>,
+    pod_security: impl FnOnce(&str) -> Level,
     defaults: &Defaults,
 ) -> (AdmissionReview<DynamicObject>, String, Option<PendingEvent>) {
     let parsed: AdmissionReview<DynamicObject> = match serde_json::from_slice(body) {
@@ -105,12 +140,17 @@ pub fn review(
     let decision = match (&pod, profilings) {
         (Err(e), _) => Decision::Skip(Skip::Internal(e.clone())),
         (Ok(_), None) => Decision::Skip(Skip::Internal("the SpanProfiling cache is not synced yet".into())),
-        (Ok(pod), Some(profilings)) => inject::decide(pod, &namespace, profilings, defaults),
+        (Ok(pod), Some(profilings)) => inject::decide(pod, &namespace, profilings, defaults, || pod_security(&namespace)),
     };
     let skip = match decision {
-        Decision::Inject { profiling, patch } => match resp.clone().with_patch(patch) {
-            Ok(patched) => {
-                tracing::info!(namespace, pod = %pod_label(pod.as_ref().ok()), profiling, "injected");
+        Decision::Inject { profiling, patch, warnings } => match resp.clone().with_patch(patch) {
+            Ok(mut patched) => {
+                let pod = pod_label(pod.as_ref().ok());
+                for w in &warnings {
+                    tracing::info!(namespace, pod, profiling, "{w}");
+                }
+                tracing::info!(namespace, pod, profiling, "injected");
+                patched.warnings = (!warnings.is_empty()).then_some(warnings);
                 return (patched.into_review(), "injected".into(), None);
             }
             Err(e) => Skip::Internal(e.to_string()),
@@ -129,7 +169,7 @@ pub fn review(
     let event = (!req.dry_run).then(|| PendingEvent {
         regarding: regarding(pod.as_ref().ok(), &namespace),
         reason: skip.reason().to_owned(),
-        note: message,
+        note: truncate(message, MAX_NOTE_BYTES),
     });
     (resp.into_review(), outcome, event)
 }
@@ -140,6 +180,19 @@ fn malformed(message: String) -> (AdmissionReview<DynamicObject>, String, Option
     // says why. The API server rejects the uid mismatch as a webhook failure, and
     // failurePolicy: Ignore admits the pod.
     (AdmissionResponse::invalid(message).into_review(), "malformed".into(), None)
+}
+
+/// `s` cut to at most `max` bytes on a character boundary, marked with an ellipsis when cut.
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max.saturating_sub('…'.len_utf8());
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push('…');
+    }
+    s
 }
 
 fn pod_label(pod: Option<&Pod>) -> String {

@@ -58,6 +58,7 @@ fn defaults() -> Defaults {
         server_url: "http://spanprof-server.spanprof.svc:4040".into(),
         sidecar_image: "ghcr.io/spanprof/spanprof-sidecar:0.1.0".into(),
         operator_namespace: "spanprof".into(),
+        pod_security_default: spanprof_operator::pod_security::Level::Privileged,
     }
 }
 

@@ -7,12 +7,14 @@ use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
 use spanprof_operator::crd::{CapabilityMode, SpanProfiling, SpanProfilingSpec};
 use spanprof_operator::inject::{self, Decision, Defaults, Skip};
+use spanprof_operator::pod_security::{self, Level};
 
 fn defaults() -> Defaults {
     Defaults {
         server_url: "http://spanprof-server.spanprof.svc:4040".into(),
         sidecar_image: "ghcr.io/spanprof/spanprof-sidecar:0.1.0".into(),
         operator_namespace: "spanprof".into(),
+        pod_security_default: Level::Privileged,
     }
 }
 
@@ -72,13 +74,18 @@ fn parse(pod: &Value) -> Pod {
 /// Decides for `pod`; on injection applies the patch and returns the patched pod (re-serialised
 /// through k8s-openapi, so it must be a valid Pod).
 fn run(pod: &Value, namespace: &str, profilings: &[Arc<SpanProfiling>]) -> Result<Value, Skip> {
-    match inject::decide(&parse(pod), namespace, profilings, &defaults()) {
-        Decision::Inject { patch, .. } => {
+    run_in(pod, namespace, profilings, Level::Privileged).map(|(pod, _)| pod)
+}
+
+/// [`run`] in a namespace enforcing `level`; also returns the warnings.
+fn run_in(pod: &Value, namespace: &str, profilings: &[Arc<SpanProfiling>], level: Level) -> Result<(Value, Vec<String>), Skip> {
+    match inject::decide(&parse(pod), namespace, profilings, &defaults(), || level) {
+        Decision::Inject { patch, warnings, .. } => {
             let mut doc = pod.clone();
             json_patch::patch(&mut doc, &patch).expect("patch applies");
             let typed: Pod = serde_json::from_value(doc.clone()).expect("patched pod parses");
             assert_eq!(serde_json::to_value(&typed).expect("serialises"), doc, "patch produced fields Pod does not know");
-            Ok(doc)
+            Ok((doc, warnings))
         }
         Decision::Skip(skip) => Err(skip),
     }
@@ -246,7 +253,7 @@ fn share_process_namespace_already_true_is_left_as_is() {
     let mut pod = deployment_pod(json!({"spanprof.dev/inject": "true"}));
     pod["spec"]["shareProcessNamespace"] = json!(true);
     let sps = [profiling("shop", "default", SpanProfilingSpec::default())];
-    let patch = match inject::decide(&parse(&pod), "shop", &sps, &defaults()) {
+    let patch = match inject::decide(&parse(&pod), "shop", &sps, &defaults(), || Level::Privileged) {
         Decision::Inject { patch, .. } => patch,
         other => panic!("{other:?}"),
     };
@@ -338,7 +345,7 @@ fn annotation_forms_resolve_or_say_why_not() {
             Some(v) => deployment_pod(json!({"spanprof.dev/inject": v})),
             None => deployment_pod(json!({})),
         };
-        match inject::decide(&parse(&pod), ns, sps, &defaults()) {
+        match inject::decide(&parse(&pod), ns, sps, &defaults(), || Level::Privileged) {
             Decision::Inject { profiling, .. } => Ok(profiling),
             Decision::Skip(s) => Err(s),
         }
@@ -393,7 +400,11 @@ fn capability_modes_and_security_context_override() {
     );
     assert_eq!(
         with(CapabilityMode::None, None),
-        json!({"capabilities": {"drop": ["ALL"]}, "allowPrivilegeEscalation": false, "privileged": false, "readOnlyRootFilesystem": true})
+        json!({
+            "capabilities": {"drop": ["ALL"]}, "allowPrivilegeEscalation": false, "privileged": false,
+            "readOnlyRootFilesystem": true, "runAsUser": 65532, "runAsNonRoot": true
+        }),
+        "the pod names no user: the sampler runs as its image's non-root user"
     );
     let own = serde_json::from_value(json!({"runAsUser": 1000})).unwrap();
     assert_eq!(with(CapabilityMode::Perfmon, Some(own)), json!({"runAsUser": 1000}));
@@ -439,4 +450,173 @@ fn service_name_precedence() {
     assert_eq!(inject::service_name(&parse(&pod), &sp(None)), "ledger");
     pod["metadata"].as_object_mut().unwrap().remove("ownerReferences");
     assert_eq!(inject::service_name(&parse(&pod), &sp(None)), "ride-7d9f8b6c5d", "generateName without the dash");
+}
+
+// --- Pod Security ---
+
+fn with_sidecar(sidecar: spanprof_operator::crd::SidecarSpec) -> [Arc<SpanProfiling>; 1] {
+    [profiling("shop", "default", SpanProfilingSpec { sidecar, ..Default::default() })]
+}
+
+fn mode(capabilities: CapabilityMode) -> [Arc<SpanProfiling>; 1] {
+    with_sidecar(spanprof_operator::crd::SidecarSpec { capabilities, ..Default::default() })
+}
+
+/// The Deployment pod hardened the way a `restricted` namespace demands of the app itself.
+fn restricted_pod() -> Value {
+    let mut pod = deployment_pod(json!({"spanprof.dev/inject": "true"}));
+    pod["spec"]["securityContext"] =
+        json!({"runAsNonRoot": true, "runAsUser": 1000, "runAsGroup": 3000, "seccompProfile": {"type": "RuntimeDefault"}});
+    pod["spec"]["containers"][0]["securityContext"] =
+        json!({"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}, "readOnlyRootFilesystem": true});
+    pod
+}
+
+/// Every Pod Security violation of a whole (patched) pod.
+fn pss(pod: &Value, level: Level) -> Vec<String> {
+    let pod = parse(pod);
+    pod_security::pod_violations(&pod.metadata, pod.spec.as_ref().unwrap(), level).into_iter().map(|v| v.message).collect()
+}
+
+#[test]
+fn sampler_modes_against_namespace_levels() {
+    use CapabilityMode::*;
+    // (mode, namespace level, injected?) for a pod that itself meets restricted.
+    let cases = [
+        (Perfmon, Level::Privileged, true),
+        (Perfmon, Level::Baseline, false),
+        (Perfmon, Level::Restricted, false),
+        (Privileged, Level::Privileged, true),
+        (Privileged, Level::Baseline, false),
+        (Privileged, Level::Restricted, false),
+        (None, Level::Privileged, true),
+        (None, Level::Baseline, true),
+        (None, Level::Restricted, true),
+    ];
+    for (m, level, injected) in cases {
+        match run_in(&restricted_pod(), "shop", &mode(m), level) {
+            Ok((pod, _)) => {
+                assert!(injected, "{m:?} in {level}: injected but Pod Security would reject it: {:?}", pss(&pod, level));
+                assert_eq!(pss(&pod, level), Vec::<String>::new(), "{m:?} in {level}: the injected pod must pass");
+            }
+            Err(skip) => {
+                assert!(!injected, "{m:?} in {level}: {skip}");
+                assert_eq!(skip.reason(), "PodSecurity");
+                assert!(skip.is_problem());
+                // What the webhook predicted is what the whole-pod check finds once injected.
+                let forced = run(&restricted_pod(), "shop", &mode(m)).unwrap();
+                assert!(!pss(&forced, level).is_empty(), "{m:?} in {level}");
+            }
+        }
+    }
+}
+
+#[test]
+fn perfmon_in_a_baseline_namespace_says_why_and_what_to_do() {
+    let skip = run_in(&deployment_pod(json!({"spanprof.dev/inject": "true"})), "shop", &mode(CapabilityMode::Perfmon), Level::Baseline)
+        .unwrap_err();
+    let Skip::PodSecurity { namespace, level, violations, .. } = &skip else { panic!("{skip:?}") };
+    assert_eq!((namespace.as_str(), *level), ("shop", Level::Baseline));
+    assert_eq!(violations, &["adds capabilities PERFMON, SYS_PTRACE"]);
+    let text = skip.to_string();
+    for want in [
+        "namespace shop enforces Pod Security \"baseline\"",
+        "adds capabilities PERFMON, SYS_PTRACE",
+        "the API server would reject the pod",
+        "pod-security.kubernetes.io/enforce=privileged",
+        "sidecar.capabilities: none",
+        "kernel.perf_event_paranoid <= 2",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in: {text}");
+    }
+    assert!(text.len() < 1024, "fits an Event note: {} bytes", text.len());
+
+    let skip = run_in(&deployment_pod(json!({"spanprof.dev/inject": "true"})), "shop", &mode(CapabilityMode::Privileged), Level::Restricted)
+        .unwrap_err();
+    let Skip::PodSecurity { violations, remedy, .. } = &skip else { panic!("{skip:?}") };
+    assert!(violations.iter().any(|v| v.contains("privileged is forbidden")), "{violations:?}");
+    assert!(violations.iter().any(|v| v.contains("runAsNonRoot")), "{violations:?}");
+    assert!(remedy.contains("Localhost seccomp profile"), "{remedy}");
+}
+
+#[test]
+fn unprivileged_sampler_in_a_restricted_namespace_needs_a_hardened_pod() {
+    // The pod sets no seccomp profile: the sampler inherits none, which restricted forbids.
+    let skip = run_in(&deployment_pod(json!({"spanprof.dev/inject": "true"})), "shop", &mode(CapabilityMode::None), Level::Restricted)
+        .unwrap_err();
+    let Skip::PodSecurity { violations, remedy, level, .. } = &skip else { panic!("{skip:?}") };
+    assert_eq!(*level, Level::Restricted);
+    assert_eq!(violations, &["pod or container must set seccompProfile RuntimeDefault or Localhost"]);
+    assert!(remedy.contains("seccompProfile"), "{remedy}");
+    // The same pod is fine under baseline.
+    assert!(run_in(&deployment_pod(json!({"spanprof.dev/inject": "true"})), "shop", &mode(CapabilityMode::None), Level::Baseline).is_ok());
+}
+
+#[test]
+fn an_overriding_security_context_is_checked_too() {
+    let own: k8s_openapi::api::core::v1::SecurityContext =
+        serde_json::from_value(json!({"capabilities": {"add": ["SYS_ADMIN"]}})).unwrap();
+    let sps = with_sidecar(spanprof_operator::crd::SidecarSpec { security_context: Some(own), ..Default::default() });
+    let skip = run_in(&restricted_pod(), "shop", &sps, Level::Baseline).unwrap_err();
+    let Skip::PodSecurity { violations, remedy, .. } = &skip else { panic!("{skip:?}") };
+    assert_eq!(violations, &["adds capabilities SYS_ADMIN"]);
+    assert!(remedy.contains("sidecar.securityContext"), "{remedy}");
+    // A compliant override is injected as given, in a restricted namespace.
+    let own = serde_json::from_value(json!({
+        "allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": true,
+        "seccompProfile": {"type": "Localhost", "localhostProfile": "profiles/spanprof-sampler.json"}
+    }))
+    .unwrap();
+    let sps = with_sidecar(spanprof_operator::crd::SidecarSpec { security_context: Some(own), ..Default::default() });
+    let (pod, warnings) = run_in(&restricted_pod(), "shop", &sps, Level::Restricted).expect("injected");
+    assert!(pss(&pod, Level::Restricted).is_empty());
+    assert!(warnings.is_empty(), "{warnings:?}");
+}
+
+#[test]
+fn the_namespace_level_is_only_looked_up_for_pods_that_would_be_injected() {
+    let sps = mode(CapabilityMode::Perfmon);
+    let pod = deployment_pod(json!({}));
+    let got = inject::decide(&parse(&pod), "shop", &sps, &defaults(), || panic!("looked up for a pod that did not opt in"));
+    assert_eq!(got, Decision::Skip(Skip::NotRequested));
+}
+
+fn sampler_security(pod: &Value) -> Value {
+    pod["spec"]["initContainers"][0]["securityContext"].clone()
+}
+
+#[test]
+fn unprivileged_sampler_runs_as_the_apps_user() {
+    let sps = mode(CapabilityMode::None);
+    // Pod-level user and group.
+    let (pod, warnings) = run_in(&restricted_pod(), "shop", &sps, Level::Restricted).unwrap();
+    let sc = sampler_security(&pod);
+    assert_eq!((sc["runAsUser"].as_i64(), sc["runAsGroup"].as_i64(), sc["runAsNonRoot"].as_bool()), (Some(1000), Some(3000), Some(true)));
+    assert!(sc.get("seccompProfile").is_none(), "inherited from the pod: {sc}");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("seccompProfile RuntimeDefault") && warnings[0].contains("perf_event_open"), "{warnings:?}");
+
+    // The app container's own user wins over the pod's.
+    let mut p = restricted_pod();
+    p["spec"]["containers"][0]["securityContext"]["runAsUser"] = json!(2000);
+    let sc = sampler_security(&run_in(&p, "shop", &sps, Level::Restricted).unwrap().0);
+    assert_eq!((sc["runAsUser"].as_i64(), sc["runAsGroup"].as_i64()), (Some(2000), Some(3000)));
+
+    // Selected containers that disagree: unknown, so the image's user, with a warning.
+    p["spec"]["containers"].as_array_mut().unwrap().push(json!({"name": "envoy", "image": "envoy", "securityContext": {"runAsUser": 101}}));
+    let (pod, warnings) = run_in(&p, "shop", &sps, Level::Privileged).unwrap();
+    assert_eq!(sampler_security(&pod)["runAsUser"], 65532);
+    assert!(warnings.iter().any(|w| w.contains("does not set runAsUser")), "{warnings:?}");
+    // Selecting one of them settles it.
+    p["metadata"]["annotations"]["spanprof.dev/container-names"] = json!("envoy");
+    assert_eq!(sampler_security(&run_in(&p, "shop", &sps, Level::Privileged).unwrap().0)["runAsUser"], 101);
+
+    // A root app: the sampler is root too (claiming non-root would stop it from starting).
+    let mut p = deployment_pod(json!({"spanprof.dev/inject": "true"}));
+    p["spec"]["securityContext"] = json!({"runAsUser": 0});
+    let (pod, warnings) = run_in(&p, "shop", &sps, Level::Baseline).unwrap();
+    let sc = sampler_security(&pod);
+    assert_eq!(sc["runAsUser"], 0);
+    assert!(sc.get("runAsNonRoot").is_none(), "{sc}");
+    assert!(warnings.iter().any(|w| w.contains("runs as root")), "{warnings:?}");
 }

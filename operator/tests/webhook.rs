@@ -8,13 +8,16 @@ use std::time::Duration;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{Value, json};
-use spanprof_operator::crd::{SpanProfiling, SpanProfilingSpec};
+use spanprof_operator::crd::{CapabilityMode, SidecarSpec, SpanProfiling, SpanProfilingSpec};
 use spanprof_operator::inject::Defaults;
+use spanprof_operator::pod_security::{self, Level};
 use spanprof_operator::metrics::Metrics;
 use spanprof_operator::tls::{self, CertBundle, CertResolver};
 use spanprof_operator::webhook::{self, PendingEvent, WebhookState};
@@ -40,6 +43,25 @@ fn profilings(items: Vec<SpanProfiling>) -> Store<SpanProfiling> {
     reader
 }
 
+/// The namespace cache: `(name, pod-security.kubernetes.io/enforce value)`.
+fn namespaces(items: &[(&str, Option<&str>)]) -> Store<PartialObjectMeta<Namespace>> {
+    let (reader, mut writer) = reflector::store();
+    writer.apply_watcher_event(&watcher::Event::Init);
+    for (name, level) in items {
+        let labels = match level {
+            Some(l) => json!({"kubernetes.io/metadata.name": name, "pod-security.kubernetes.io/enforce": l}),
+            None => json!({"kubernetes.io/metadata.name": name}),
+        };
+        let ns: PartialObjectMeta<Namespace> = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "PartialObjectMetadata", "metadata": {"name": name, "labels": labels}
+        }))
+        .unwrap();
+        writer.apply_watcher_event(&watcher::Event::InitApply(ns));
+    }
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+    reader
+}
+
 struct Server {
     addr: SocketAddr,
     resolver: Arc<CertResolver>,
@@ -51,7 +73,13 @@ struct Server {
 }
 
 async fn start() -> Server {
-    let mut sp = SpanProfiling::new("default", SpanProfilingSpec::default());
+    start_with(SpanProfilingSpec::default(), &[("shop", None)], Level::Privileged).await
+}
+
+/// A webhook whose only SpanProfiling is `shop/default` with `spec`, knowing `known` namespaces,
+/// with `default_level` for unlabelled ones.
+async fn start_with(spec: SpanProfilingSpec, known: &[(&str, Option<&str>)], default_level: Level) -> Server {
+    let mut sp = SpanProfiling::new("default", spec);
     sp.metadata.namespace = Some("shop".into());
     let bundle = CertBundle::generate(&dns(), now(), Duration::from_secs(3600), None).unwrap();
     let resolver = Arc::new(CertResolver::default());
@@ -60,10 +88,12 @@ async fn start() -> Server {
     let metrics = Arc::new(Metrics::default());
     let state = Arc::new(WebhookState {
         profilings: profilings(vec![sp]),
+        namespaces: namespaces(known),
         defaults: Defaults {
             server_url: "http://spanprof-server.spanprof.svc:4040".into(),
             sidecar_image: "ghcr.io/spanprof/spanprof-sidecar:0.1.0".into(),
             operator_namespace: "spanprof".into(),
+            pod_security_default: default_level,
         },
         metrics: metrics.clone(),
         events: tx,
@@ -270,4 +300,92 @@ async fn a_rotated_certificate_is_served_without_a_restart() {
     // certificate keep working.
     assert!(rotated.ca_bundle().contains(&server.ca));
     assert_eq!(request(server.addr, &rotated.ca_bundle(), "GET", vec![]).await.unwrap().0, 405);
+}
+
+// --- Pod Security ---
+
+fn sampler_mode(capabilities: CapabilityMode) -> SpanProfilingSpec {
+    SpanProfilingSpec { sidecar: SidecarSpec { capabilities, ..Default::default() }, ..Default::default() }
+}
+
+fn inject_annotation() -> Value {
+    json!({"spanprof.dev/inject": "true"})
+}
+
+#[tokio::test]
+async fn perfmon_sampler_in_a_baseline_namespace_is_not_injected_and_says_why() {
+    let mut server = start_with(sampler_mode(CapabilityMode::Perfmon), &[("shop", Some("baseline"))], Level::Privileged).await;
+    let (body, _) = admission_review(inject_annotation(), json!({}));
+    let response = review(&server, body).await["response"].clone();
+    assert_eq!(response["allowed"], true);
+    assert_eq!(response["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002");
+    assert!(response.get("patch").is_none() && response.get("patchType").is_none(), "{response}");
+    let warning = response["warnings"][0].as_str().unwrap();
+    for want in ["namespace shop enforces Pod Security \"baseline\"", "PERFMON, SYS_PTRACE", "enforce=privileged", "sidecar.capabilities: none"] {
+        assert!(warning.contains(want), "missing {want:?} in {warning}");
+    }
+    let event = tokio::time::timeout(Duration::from_secs(1), server.events.recv()).await.unwrap().unwrap();
+    assert_eq!(event.reason, "PodSecurity");
+    assert_eq!(event.regarding.kind.as_deref(), Some("ReplicaSet"));
+    assert_eq!(event.note, warning);
+    assert!(server.metrics.render().contains("spanprof_operator_admission_requests_total{outcome=\"pod_security\"} 1"));
+}
+
+#[tokio::test]
+async fn perfmon_sampler_in_a_privileged_namespace_is_injected() {
+    for known in [[("shop", Some("privileged"))], [("shop", None)]] {
+        let mut server = start_with(sampler_mode(CapabilityMode::Perfmon), &known, Level::Privileged).await;
+        let (body, mut pod) = admission_review(inject_annotation(), json!({}));
+        let response = review(&server, body).await["response"].clone();
+        assert_eq!(response["allowed"], true);
+        json_patch::patch(&mut pod, &patch_of(&response)).unwrap();
+        assert_eq!(pod["spec"]["initContainers"][0]["name"], "spanprof-sampler", "{known:?}");
+        assert!(response.get("warnings").is_none(), "{response}");
+        assert!(server.events.try_recv().is_err());
+    }
+}
+
+#[tokio::test]
+async fn unprivileged_sampler_in_a_restricted_namespace_is_injected_and_the_pod_stays_restricted() {
+    let server = start_with(sampler_mode(CapabilityMode::None), &[("shop", Some("restricted"))], Level::Privileged).await;
+    let restricted = json!({
+        "securityContext": {"runAsNonRoot": true, "runAsUser": 1000, "runAsGroup": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [{
+            "name": "ride", "image": "ride:1",
+            "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}},
+            "volumeMounts": [{"name": "kube-api-access-5xq2r", "readOnly": true, "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}]
+        }]
+    });
+    let (body, mut pod) = admission_review(inject_annotation(), restricted);
+    let before: k8s_openapi::api::core::v1::Pod = serde_json::from_value(pod.clone()).unwrap();
+    assert!(pod_security::pod_violations(&before.metadata, before.spec.as_ref().unwrap(), Level::Restricted).is_empty());
+    let response = review(&server, body).await["response"].clone();
+    assert_eq!(response["allowed"], true);
+    json_patch::patch(&mut pod, &patch_of(&response)).unwrap();
+    let after: k8s_openapi::api::core::v1::Pod = serde_json::from_value(pod).unwrap();
+    let spec = after.spec.as_ref().unwrap();
+    let sampler = &spec.init_containers.as_ref().unwrap()[0];
+    assert_eq!(sampler.name, "spanprof-sampler");
+    let sc = sampler.security_context.as_ref().unwrap();
+    assert_eq!((sc.run_as_user, sc.run_as_group, sc.run_as_non_root), (Some(1000), Some(1000), Some(true)));
+    let violations = pod_security::pod_violations(&after.metadata, spec, Level::Restricted);
+    assert!(violations.is_empty(), "{violations:?}");
+    // Injected, with a warning that RuntimeDefault blocks perf_event_open without CAP_PERFMON.
+    let warnings = response["warnings"].as_array().unwrap();
+    assert!(warnings.iter().any(|w| w.as_str().unwrap().contains("perf_event_open")), "{warnings:?}");
+}
+
+#[tokio::test]
+async fn an_unknown_namespace_gets_the_default_level() {
+    // The cache does not know "shop" (yet): --pod-security-default-level applies.
+    let server = start_with(sampler_mode(CapabilityMode::Perfmon), &[], Level::Baseline).await;
+    let (body, _) = admission_review(inject_annotation(), json!({}));
+    let response = review(&server, body).await["response"].clone();
+    assert!(response.get("patch").is_none());
+    assert!(response["warnings"][0].as_str().unwrap().contains("enforces Pod Security \"baseline\""));
+    // An invalid label value counts as restricted, as the API server treats it.
+    let server = start_with(sampler_mode(CapabilityMode::None), &[("shop", Some("strict"))], Level::Privileged).await;
+    let (body, _) = admission_review(inject_annotation(), json!({}));
+    let response = review(&server, body).await["response"].clone();
+    assert!(response["warnings"][0].as_str().unwrap().contains("enforces Pod Security \"restricted\""), "{response}");
 }

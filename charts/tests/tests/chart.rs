@@ -367,6 +367,10 @@ fn webhook_matches_the_operators_flags_and_names() {
     );
     let metrics = port_of(&flag_default("operator", "SPANPROF_METRICS_LISTEN").unwrap());
     assert_eq!(container_port(c, "metrics"), metrics);
+    assert_eq!(
+        arg(c, "pod-security-default-level"),
+        Some(flag_default("operator", "SPANPROF_POD_SECURITY_DEFAULT_LEVEL").unwrap())
+    );
 }
 
 #[test]
@@ -405,6 +409,10 @@ fn webhook_and_operator_follow_non_default_values() {
         Some("http://spanprof-server.observability.svc:4040")
     );
     assert!(c.args.iter().flatten().any(|a| a == "--log-json"));
+    assert_eq!(
+        arg(c, "pod-security-default-level").as_deref(),
+        Some("baseline")
+    );
     let s = service(&ms, "spanprof-operator");
     assert!(
         s.spec
@@ -879,6 +887,10 @@ fn values_schema_rejects_wrong_values_clearly() {
         (
             &["--set", "operator.certValidity=forever"],
             "/operator/certValidity",
+        ),
+        (
+            &["--set", "webhook.podSecurityDefaultLevel=strict"],
+            "/webhook/podSecurityDefaultLevel",
         ),
         (
             &["--set", "webhook.excludeNamespaces[0]=Not_A_Namespace"],
