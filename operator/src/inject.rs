@@ -313,6 +313,7 @@ pub fn plan(
         let env_path = ["spec", "containers", idx.as_str(), "env"];
         let existing = c.env.as_deref().unwrap_or_default();
         let missing: Vec<&EnvVar> = app_env.iter().filter(|e| !existing.iter().any(|x| x.name == e.name)).collect();
+        warnings.extend(env_from_warning(c, &missing));
         if c.env.is_none() {
             ops.add(&env_path, to_value(&missing)?);
         } else {
@@ -421,6 +422,40 @@ fn unprivileged_warnings(spec: &PodSpec, sampler: &Container, user: AppUser) -> 
         ));
     }
     out
+}
+
+/// A warning when the injected variables would shadow values the container takes from
+/// ConfigMaps or Secrets through `envFrom`: Kubernetes gives `env` precedence, and the webhook
+/// cannot read those sources to tell whether they really set them.
+fn env_from_warning(c: &Container, injected: &[&EnvVar]) -> Option<String> {
+    let sources = c.env_from.as_deref().unwrap_or_default();
+    // A source's variables are named `<prefix><key>`: only names with its prefix can collide.
+    let shadowed: Vec<&str> = injected
+        .iter()
+        .map(|e| e.name.as_str())
+        .filter(|name| sources.iter().any(|s| name.starts_with(s.prefix.as_deref().unwrap_or_default())))
+        .collect();
+    if shadowed.is_empty() {
+        return None;
+    }
+    let names: Vec<String> = sources
+        .iter()
+        .filter_map(|s| {
+            let (kind, name) = match (&s.config_map_ref, &s.secret_ref) {
+                (Some(cm), _) => ("ConfigMap", cm.name.as_str()),
+                (None, Some(secret)) => ("Secret", secret.name.as_str()),
+                (None, None) => return None,
+            };
+            Some(format!("{kind} {name}"))
+        })
+        .collect();
+    Some(format!(
+        "spanprof: container {} takes variables from envFrom ({}); the injected {} override any of the same name there \
+         (env wins over envFrom). To use your own values, set them in the container's env",
+        c.name,
+        names.join(", "),
+        shadowed.join(", ")
+    ))
 }
 
 /// Names of the app containers to configure: the annotation's list, else the spec's, else all.

@@ -620,3 +620,26 @@ fn unprivileged_sampler_runs_as_the_apps_user() {
     assert!(sc.get("runAsNonRoot").is_none(), "{sc}");
     assert!(warnings.iter().any(|w| w.contains("runs as root")), "{warnings:?}");
 }
+
+#[test]
+fn env_from_sources_get_a_warning_naming_the_variables_that_override_them() {
+    let sps = [profiling("shop", "default", SpanProfilingSpec::default())];
+    let mut pod = deployment_pod(json!({"spanprof.dev/inject": "true"}));
+    pod["spec"]["containers"][0]["envFrom"] = json!([{"configMapRef": {"name": "ride-config"}}, {"secretRef": {"name": "ride-secrets"}}]);
+    pod["spec"]["containers"][0]["env"] = json!([{"name": "SPANPROF_SERVICE_NAME", "value": "mine"}]);
+    let (_, warnings) = run_in(&pod, "shop", &sps, Level::Privileged).unwrap();
+    assert_eq!(
+        warnings,
+        ["spanprof: container ride takes variables from envFrom (ConfigMap ride-config, Secret ride-secrets); the injected \
+          SPANPROF_CONTEXT_DIR, SPANPROF_PROFILE_URL override any of the same name there (env wins over envFrom). To use \
+          your own values, set them in the container's env"],
+        "SPANPROF_SERVICE_NAME is already the user's, in env"
+    );
+    // A prefix no injected name starts with cannot collide.
+    pod["spec"]["containers"][0]["envFrom"] = json!([{"prefix": "APP_", "configMapRef": {"name": "ride-config"}}]);
+    assert!(run_in(&pod, "shop", &sps, Level::Privileged).unwrap().1.is_empty());
+    pod["spec"]["containers"][0]["envFrom"] = json!([{"prefix": "SPANPROF_", "configMapRef": {"name": "ride-config"}}]);
+    assert_eq!(run_in(&pod, "shop", &sps, Level::Privileged).unwrap().1.len(), 1);
+    // Without envFrom, nothing to say.
+    assert!(run_in(&deployment_pod(json!({"spanprof.dev/inject": "true"})), "shop", &sps, Level::Privileged).unwrap().1.is_empty());
+}
