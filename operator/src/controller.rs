@@ -23,6 +23,7 @@ use serde_json::json;
 use crate::crd::{SpanProfiling, SpanProfilingSpec, SpanProfilingStatus};
 use crate::error::Error;
 use crate::inject::{Defaults, profiling_key};
+use crate::leader::Leadership;
 use crate::metrics::Metrics;
 use crate::names::{ANNOTATION_INJECTED, LABEL_INJECTED, MANAGER};
 
@@ -39,13 +40,21 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub defaults: Defaults,
+    /// Only the leader writes status and publishes Events, so replicas do not duplicate them.
+    pub leader: Leadership,
     /// Consecutive failures per SpanProfiling, for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
+    /// A context that always acts (one replica, no election); see [`Context::with_leadership`].
     pub fn new(client: Client, pods: Store<PartialObjectMeta<Pod>>, recorder: Recorder, metrics: Arc<Metrics>, defaults: Defaults) -> Self {
-        Context { client, pods, recorder, metrics, defaults, failures: Mutex::default() }
+        Context { client, pods, recorder, metrics, defaults, leader: Leadership::always(), failures: Mutex::default() }
+    }
+
+    /// Acts only while `leader` says this replica leads.
+    pub fn with_leadership(self, leader: Leadership) -> Self {
+        Context { leader, ..self }
     }
 }
 
@@ -126,6 +135,10 @@ pub fn desired_status(
 
 /// Brings one SpanProfiling's status up to date.
 pub async fn reconcile(sp: Arc<SpanProfiling>, ctx: Arc<Context>) -> Result<Action, Error> {
+    if !ctx.leader.is_leader() {
+        // The leader reports status; becoming the leader reconciles everything again.
+        return Ok(Action::requeue(RESYNC));
+    }
     ctx.metrics.reconciles.inc();
     let namespace = sp.namespace().unwrap_or_default();
     let name = sp.name_any();
@@ -211,15 +224,18 @@ pub fn controller(client: Client) -> (Controller<SpanProfiling>, Store<PartialOb
     (controller, pod_reader, pods)
 }
 
-/// Runs the controller until `shutdown` resolves.
+/// Runs the controller until `shutdown` resolves; reconciles every SpanProfiling again whenever
+/// this replica becomes the leader.
 pub async fn run(
     controller: Controller<SpanProfiling>,
     pods: impl PodEvents,
     ctx: Arc<Context>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
+    let gained = ctx.leader.gained();
     controller
         .watches_stream(pods, |pod| profiling_of(&pod))
+        .reconcile_all_on(gained)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {

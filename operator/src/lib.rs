@@ -6,6 +6,7 @@ pub mod controller;
 pub mod crd;
 pub mod error;
 pub mod inject;
+pub mod leader;
 pub mod metrics;
 pub mod names;
 pub mod pod_security;
@@ -92,16 +93,35 @@ pub async fn run(config: Config, shutdown: Option<tokio::sync::oneshot::Receiver
     let reporter = Reporter { controller: names::MANAGER.into(), instance: config.pod_name.clone() };
     let recorder = Recorder::new(client.clone(), reporter);
 
+    // Leader election: only the leader reports status and publishes Events; every replica
+    // serves the webhook, and readiness does not depend on leading.
+    let (leader_tx, leader_rx) = watch::channel(false);
+    let elector = leader::Elector {
+        api: Api::namespaced(client.clone(), &config.defaults.operator_namespace),
+        name: names::LEASE_NAME.to_owned(),
+        identity: config.pod_name.clone().unwrap_or_else(fallback_identity),
+        timing: leader::Timing::default(),
+    };
+    let elector_task = tokio::spawn(elector.run(leader_tx, stopped()));
+    {
+        let (mut rx, metrics) = (leader_rx.clone(), health.metrics.clone());
+        tokio::spawn(async move {
+            loop {
+                metrics.leader.set(i64::from(*rx.borrow_and_update()));
+                if rx.changed().await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+
     // Controller, and the SpanProfiling cache the webhook shares with it.
     let (controller, pods_store, pods) = controller::controller(client.clone());
     let profilings = controller.store();
-    let ctx = Arc::new(controller::Context::new(
-        client.clone(),
-        pods_store,
-        recorder.clone(),
-        health.metrics.clone(),
-        config.defaults.clone(),
-    ));
+    let ctx = Arc::new(
+        controller::Context::new(client.clone(), pods_store, recorder.clone(), health.metrics.clone(), config.defaults.clone())
+            .with_leadership(leader::Leadership::new(leader_rx)),
+    );
     let controller_task = tokio::spawn(controller::run(controller, pods, ctx, stopped()));
     {
         let (profilings, health) = (profilings.clone(), health.clone());
@@ -161,11 +181,18 @@ pub async fn run(config: Config, shutdown: Option<tokio::sync::oneshot::Receiver
     tracing::info!(addr = %config.metrics_listen, "metrics and probes listening");
     let probes = axum::serve(metrics_listener, health_router(health)).with_graceful_shutdown(stopped());
 
-    let (probes, webhook, controller) = tokio::join!(probes, webhook, controller_task);
+    let (probes, webhook, controller, elector) = tokio::join!(probes, webhook, controller_task, elector_task);
     probes?;
     webhook.map_err(|e| Error::Config(format!("webhook task: {e}")))??;
     controller.map_err(|e| Error::Config(format!("controller task: {e}")))?;
+    elector.map_err(|e| Error::Config(format!("leader election task: {e}")))?;
     Ok(())
+}
+
+/// A holder identity when no `--pod-name` is given (local runs): unique per process.
+fn fallback_identity() -> String {
+    let host = std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "spanprof-operator".into());
+    format!("{host}-{}", std::process::id())
 }
 
 fn health_router(health: Arc<Health>) -> Router {

@@ -24,6 +24,8 @@ pub struct Metrics {
     pub certificate_rotations: Counter,
     /// Unix time at which the serving certificate in use expires.
     pub certificate_expiry: Gauge,
+    /// 1 while this replica is the leader (reports status and publishes Events).
+    pub leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -35,6 +37,7 @@ impl Default for Metrics {
             admission_requests: Family::default(),
             certificate_rotations: Counter::default(),
             certificate_expiry: Gauge::default(),
+            leader: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("reconciles", "SpanProfiling reconciliations", m.reconciles.clone());
@@ -46,6 +49,7 @@ impl Default for Metrics {
             "Expiry of the webhook serving certificate",
             m.certificate_expiry.clone(),
         );
+        registry.register("leader", "1 while this replica is the leader", m.leader.clone());
         Metrics { registry, ..m }
     }
 }

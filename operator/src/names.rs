@@ -32,6 +32,8 @@ pub const ENV_POD_NAME: &str = "POD_NAME";
 pub const ENV_POD_NAMESPACE: &str = "POD_NAMESPACE";
 pub const ENV_NODE_NAME: &str = "NODE_NAME";
 
+/// The Lease in the operator's namespace whose holder is the leader (status and Events).
+pub const LEASE_NAME: &str = "spanprof-operator";
 /// Field manager of every server-side apply and the reporting controller of Events.
 pub const MANAGER: &str = "spanprof-operator";
 /// Name of our webhook inside the MutatingWebhookConfiguration (the chart uses the same).

@@ -40,13 +40,18 @@ pub const CLUSTER_RULES: &[Rule] = &[
     },
 ];
 
-/// Permissions in the operator's own namespace: the webhook TLS Secret.
-pub const NAMESPACE_RULES: &[Rule] = &[Rule {
-    api_groups: &[""],
-    resources: &["secrets"],
-    verbs: &["get", "create", "update"],
-    resource_names: &[],
-}];
+/// Permissions in the operator's own namespace.
+pub const NAMESPACE_RULES: &[Rule] = &[
+    // The webhook TLS Secret, written by compare-and-swap.
+    Rule { api_groups: &[""], resources: &["secrets"], verbs: &["get", "create", "update"], resource_names: &[] },
+    // The leader election Lease, written by compare-and-swap.
+    Rule {
+        api_groups: &["coordination.k8s.io"],
+        resources: &["leases"],
+        verbs: &["get", "create", "update"],
+        resource_names: &[],
+    },
+];
 
 fn policy_rules(rules: &[Rule]) -> Vec<PolicyRule> {
     let strings = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();

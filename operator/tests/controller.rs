@@ -19,6 +19,8 @@ use serde_json::{Value, json};
 use spanprof_operator::controller::{self, Context};
 use spanprof_operator::crd::{SpanProfiling, SpanProfilingSpec};
 use spanprof_operator::inject::Defaults;
+use spanprof_operator::leader::{Elector, Leadership, Timing};
+use k8s_openapi::jiff::Timestamp;
 use spanprof_operator::metrics::Metrics;
 use spanprof_operator::tls::{self, CertBundle, Ensured, SecretStore};
 use tower_test::mock::{self, Handle};
@@ -346,5 +348,158 @@ async fn ca_bundle_is_server_side_applied_to_our_webhook_only() {
             "webhooks": [{"name": "inject.spanprof.dev", "clientConfig": {"caBundle": "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCngK"}}]
         })
     );
+    run.await.unwrap().unwrap();
+}
+
+// --- Leader election ---
+
+const LEASES_PATH: &str = "/apis/coordination.k8s.io/v1/namespaces/spanprof/leases";
+const LEASE_PATH: &str = "/apis/coordination.k8s.io/v1/namespaces/spanprof/leases/spanprof-operator";
+
+fn elector(client: Client) -> Elector {
+    Elector {
+        api: Api::namespaced(client, "spanprof"),
+        name: "spanprof-operator".into(),
+        identity: "op-0".into(),
+        timing: Timing::default(),
+    }
+}
+
+fn stored_lease(holder: &str, renewed: Timestamp, rv: &str) -> Value {
+    json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": "spanprof-operator", "namespace": "spanprof", "resourceVersion": rv},
+        "spec": {
+            "holderIdentity": holder, "leaseDurationSeconds": 15, "leaseTransitions": 4,
+            "acquireTime": renewed.to_string(), "renewTime": renewed.to_string()
+        }
+    })
+}
+
+fn lease_not_found() -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "leases \"spanprof-operator\" not found"})
+}
+
+fn micro_time(v: &Value) -> Timestamp {
+    v.as_str().unwrap_or_else(|| panic!("not a time: {v}")).parse().unwrap()
+}
+
+#[tokio::test]
+async fn the_first_replica_creates_the_lease_holding_it() {
+    let (client, mut handle) = mock_client();
+    let now: Timestamp = "2025-06-01T10:00:00Z".parse().unwrap();
+    let run = tokio::spawn(async move { elector(client).round(now).await });
+    expect(&mut handle, "GET", LEASE_PATH, 404, lease_not_found()).await;
+    let (_, content_type, body) = expect(&mut handle, "POST", LEASES_PATH, 201, json!({})).await;
+    assert_eq!(content_type, "application/json");
+    assert_eq!(body["metadata"]["name"], "spanprof-operator");
+    assert!(body["metadata"].get("resourceVersion").is_none(), "a create: {body}");
+    let spec = &body["spec"];
+    assert_eq!((spec["holderIdentity"].as_str(), spec["leaseDurationSeconds"].as_i64()), (Some("op-0"), Some(15)));
+    assert_eq!((micro_time(&spec["acquireTime"]), micro_time(&spec["renewTime"])), (now, now));
+    assert_eq!(spec["leaseTransitions"], 0);
+    assert!(run.await.unwrap().unwrap(), "holds it");
+}
+
+#[tokio::test]
+async fn losing_the_create_race_is_following() {
+    let (client, mut handle) = mock_client();
+    let run = tokio::spawn(async move { elector(client).round(Timestamp::now()).await });
+    expect(&mut handle, "GET", LEASE_PATH, 404, lease_not_found()).await;
+    let exists = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "AlreadyExists", "code": 409, "message": "already exists"});
+    expect(&mut handle, "POST", LEASES_PATH, 409, exists).await;
+    assert!(!run.await.unwrap().unwrap());
+    assert_no_request(&mut handle).await;
+}
+
+#[tokio::test]
+async fn a_fresh_lease_of_another_replica_is_not_taken_over() {
+    let (client, mut handle) = mock_client();
+    let now: Timestamp = "2025-06-01T10:00:10Z".parse().unwrap();
+    let run = tokio::spawn(async move { elector(client).round(now).await });
+    let renewed = "2025-06-01T10:00:00Z".parse().unwrap();
+    expect(&mut handle, "GET", LEASE_PATH, 200, stored_lease("op-1", renewed, "41")).await;
+    assert!(!run.await.unwrap().unwrap());
+    assert_no_request(&mut handle).await;
+}
+
+#[tokio::test]
+async fn an_expired_lease_is_taken_over_by_a_conditional_replace() {
+    let (client, mut handle) = mock_client();
+    let now: Timestamp = "2025-06-01T10:01:00Z".parse().unwrap();
+    let run = tokio::spawn(async move { elector(client).round(now).await });
+    let renewed = "2025-06-01T10:00:00Z".parse().unwrap();
+    expect(&mut handle, "GET", LEASE_PATH, 200, stored_lease("op-1", renewed, "41")).await;
+    let (_, _, body) = expect(&mut handle, "PUT", LEASE_PATH, 200, json!({})).await;
+    assert_eq!(body["metadata"]["resourceVersion"], "41", "only wins if nobody wrote since the read");
+    let spec = &body["spec"];
+    assert_eq!(spec["holderIdentity"], "op-0");
+    assert_eq!(spec["leaseTransitions"], 5);
+    assert_eq!((micro_time(&spec["acquireTime"]), micro_time(&spec["renewTime"])), (now, now));
+    assert!(run.await.unwrap().unwrap());
+
+    // The same race lost: another replica replaced it first.
+    let (client, mut handle) = mock_client();
+    let run = tokio::spawn(async move { elector(client).round(now).await });
+    expect(&mut handle, "GET", LEASE_PATH, 200, stored_lease("op-1", renewed, "41")).await;
+    expect(&mut handle, "PUT", LEASE_PATH, 409, conflict()).await;
+    assert!(!run.await.unwrap().unwrap());
+}
+
+#[tokio::test]
+async fn the_leader_renews_and_releases_on_shutdown() {
+    let (client, mut handle) = mock_client();
+    let now: Timestamp = "2025-06-01T10:00:05Z".parse().unwrap();
+    let run = tokio::spawn(async move { elector(client).round(now).await });
+    let acquired = "2025-06-01T10:00:00Z".parse().unwrap();
+    expect(&mut handle, "GET", LEASE_PATH, 200, stored_lease("op-0", acquired, "50")).await;
+    let (_, _, body) = expect(&mut handle, "PUT", LEASE_PATH, 200, json!({})).await;
+    assert_eq!(body["metadata"]["resourceVersion"], "50");
+    assert_eq!(micro_time(&body["spec"]["renewTime"]), now);
+    assert_eq!(micro_time(&body["spec"]["acquireTime"]), acquired);
+    assert_eq!(body["spec"]["leaseTransitions"], 4);
+    assert!(run.await.unwrap().unwrap());
+
+    // The election loop: acquire, lead, and on shutdown release so a follower takes over at once.
+    let (client, mut handle) = mock_client();
+    let (leader_tx, mut leader_rx) = tokio::sync::watch::channel(false);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(elector(client).run(leader_tx, async {
+        let _ = stop_rx.await;
+    }));
+    expect(&mut handle, "GET", LEASE_PATH, 404, lease_not_found()).await;
+    let (_, _, created) = expect(&mut handle, "POST", LEASES_PATH, 201, json!({})).await;
+    leader_rx.wait_for(|l| *l).await.unwrap();
+    stop_tx.send(()).unwrap();
+    let mut current = created.clone();
+    current["metadata"]["resourceVersion"] = json!("51");
+    expect(&mut handle, "GET", LEASE_PATH, 200, current).await;
+    let (_, _, released) = expect(&mut handle, "PUT", LEASE_PATH, 200, json!({})).await;
+    assert_eq!(released["metadata"]["resourceVersion"], "51");
+    assert!(released["spec"].get("holderIdentity").is_none(), "{released}");
+    task.await.unwrap();
+    assert!(!*leader_rx.borrow());
+}
+
+#[tokio::test]
+async fn a_replica_that_does_not_lead_writes_no_status_and_no_events() {
+    let (client, mut handle) = mock_client();
+    let (leader_tx, leader_rx) = tokio::sync::watch::channel(false);
+    let ctx = context(client);
+    let ctx = Arc::new(
+        Context::new(ctx.client.clone(), ctx.pods.clone(), ctx.recorder.clone(), ctx.metrics.clone(), defaults())
+            .with_leadership(Leadership::new(leader_rx)),
+    );
+    let sp = Arc::new(profiling(SpanProfilingSpec { server_url: Some("ftp://files".into()), ..Default::default() }));
+    let action = controller::reconcile(sp.clone(), ctx.clone()).await.unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+    assert_no_request(&mut handle).await;
+    assert!(!ctx.metrics.render().contains("spanprof_operator_reconciles_total 1"));
+    // Once it leads, the same reconcile applies the status and publishes the transition Event.
+    leader_tx.send_replace(true);
+    let run = tokio::spawn(controller::reconcile(sp.clone(), ctx));
+    expect(&mut handle, "PATCH", STATUS_PATH, 200, serde_json::to_value(&*sp).unwrap()).await;
+    let (_, _, event) = expect(&mut handle, "POST", EVENTS_PATH, 201, json!({})).await;
+    assert_eq!(event["reason"], "InvalidSpec");
     run.await.unwrap().unwrap();
 }
