@@ -1,12 +1,15 @@
 //! The Pod Security Standards as the API server's Pod Security admission enforces them (the
-//! "latest" policy version, Linux pods): pure checks of a pod spec, so the webhook can tell before
+//! "latest" policy version): pure checks of a pod spec, so the webhook can tell before
 //! injecting whether its additions would get a pod rejected, and the chart tests can check the
 //! chart's own pods with the same rules.
 //!
 //! Pod Security admission runs after mutating webhooks and rejects a pod that violates the level
 //! its namespace enforces (label `pod-security.kubernetes.io/enforce`). The checks here mirror
 //! the upstream ones (k8s.io/pod-security-admission/policy) field by field; each violation names
-//! the upstream check and the lowest level that forbids it.
+//! the upstream check and the lowest level that forbids it. Where Kubernetes versions differ, the
+//! strictest reading is taken, so "no violations" holds on every version: the relaxations for
+//! user-namespaced pods (`hostUsers: false`), which depend on the version and feature gates, are
+//! not applied.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -173,7 +176,6 @@ pub fn pod_level_violations(metadata: &ObjectMeta, spec: &PodSpec, level: Level)
             add("appArmorProfile", Level::Baseline, format!("pod: annotation {key}={value:?} is a forbidden AppArmor profile"));
         }
     }
-    let user_namespace = spec.host_users == Some(false);
     let sc = spec.security_context.clone().unwrap_or_default();
     if sc.windows_options.as_ref().and_then(|w| w.host_process) == Some(true) {
         add("hostProcess", Level::Baseline, "pod: windowsOptions.hostProcess is forbidden".into());
@@ -196,13 +198,11 @@ pub fn pod_level_violations(metadata: &ObjectMeta, spec: &PodSpec, level: Level)
         Some("RuntimeDefault" | "Localhost") | None => {}
         Some(t) => add("seccompProfile_restricted", Level::Restricted, format!("pod: seccompProfile {t} (must be RuntimeDefault or Localhost)")),
     }
-    if !user_namespace {
-        if sc.run_as_non_root == Some(false) {
-            add("runAsNonRoot", Level::Restricted, "pod: must not set runAsNonRoot=false".into());
-        }
-        if sc.run_as_user == Some(0) {
-            add("runAsUser", Level::Restricted, "pod: must not set runAsUser=0".into());
-        }
+    if sc.run_as_non_root == Some(false) {
+        add("runAsNonRoot", Level::Restricted, "pod: must not set runAsNonRoot=false".into());
+    }
+    if sc.run_as_user == Some(0) {
+        add("runAsUser", Level::Restricted, "pod: must not set runAsUser=0".into());
     }
     out.retain(|v| applies(v, level));
     out
@@ -281,9 +281,6 @@ impl<'a> From<&'a EphemeralContainer> for ContainerView<'a> {
 fn checked(c: ContainerView<'_>, spec: &PodSpec, level: Level) -> Vec<Violation> {
     let pod = spec.security_context.clone().unwrap_or_default();
     let sc = c.security_context.cloned().unwrap_or_default();
-    let user_namespace = spec.host_users == Some(false);
-    // Pod Security admission exempts Windows pods from the Linux-only restricted checks.
-    let windows = spec.os.as_ref().is_some_and(|os| os.name == "windows");
     let subject = format!("container {:?}", c.name);
     let mut out = Vec::new();
     let mut add = |check, lvl, what: String| out.push(Violation { check, level: lvl, message: format!("{subject}: {what}") });
@@ -315,9 +312,7 @@ fn checked(c: ContainerView<'_>, spec: &PodSpec, level: Level) -> Vec<Violation>
         add("appArmorProfile", Level::Baseline, "appArmorProfile Unconfined is forbidden".into());
     }
     if let Some(m) = sc.proc_mount.as_deref().filter(|m| *m != "Default") {
-        // A user-namespaced pod may unmask /proc under baseline, not under restricted.
-        let lvl = if user_namespace { Level::Restricted } else { Level::Baseline };
-        add("procMount", lvl, format!("procMount {m} is forbidden"));
+        add("procMount", Level::Baseline, format!("procMount {m} is forbidden"));
     }
     let hosts: Vec<&str> = probe_hosts(&c).collect();
     if !hosts.is_empty() {
@@ -329,42 +324,39 @@ fn checked(c: ContainerView<'_>, spec: &PodSpec, level: Level) -> Vec<Violation>
     }
 
     // Restricted.
-    if !windows {
-        if sc.allow_privilege_escalation != Some(false) {
-            add("allowPrivilegeEscalation", Level::Restricted, "must set allowPrivilegeEscalation=false".into());
-        }
-        if !sc.capabilities.iter().flat_map(|c| c.drop.iter().flatten()).any(|d| d == "ALL") {
-            add("capabilities_restricted", Level::Restricted, "must drop ALL capabilities (capabilities.drop: [ALL])".into());
-        }
-        let beyond_restricted: Vec<&str> = added
-            .iter()
-            .map(|s| s.as_str())
-            .filter(|cap| *cap != "NET_BIND_SERVICE" && BASELINE_CAPABILITIES.contains(cap))
-            .collect();
-        if !beyond_restricted.is_empty() {
-            add("capabilities_restricted", Level::Restricted, format!("adds capabilities {}", beyond_restricted.join(", ")));
-        }
-        match seccomp {
-            Some("RuntimeDefault" | "Localhost" | "Unconfined") => {}
-            Some(t) => add("seccompProfile_restricted", Level::Restricted, format!("seccompProfile {t} (must be RuntimeDefault or Localhost)")),
-            None if pod.seccomp_profile.is_none() => add(
-                "seccompProfile_restricted",
-                Level::Restricted,
-                "pod or container must set seccompProfile RuntimeDefault or Localhost".into(),
-            ),
-            None => {}
-        }
+    if sc.allow_privilege_escalation != Some(false) {
+        add("allowPrivilegeEscalation", Level::Restricted, "must set allowPrivilegeEscalation=false".into());
     }
-    if !user_namespace {
-        match sc.run_as_non_root {
-            Some(true) => {}
-            Some(false) => add("runAsNonRoot", Level::Restricted, "must not set runAsNonRoot=false".into()),
-            None if pod.run_as_non_root == Some(true) => {}
-            None => add("runAsNonRoot", Level::Restricted, "pod or container must set runAsNonRoot=true".into()),
-        }
-        if sc.run_as_user == Some(0) {
-            add("runAsUser", Level::Restricted, "must not set runAsUser=0".into());
-        }
+    if !sc.capabilities.iter().flat_map(|c| c.drop.iter().flatten()).any(|d| d == "ALL") {
+        add("capabilities_restricted", Level::Restricted, "must drop ALL capabilities (capabilities.drop: [ALL])".into());
+    }
+    let beyond_restricted: Vec<&str> = added
+        .iter()
+        .map(|s| s.as_str())
+        .filter(|cap| *cap != "NET_BIND_SERVICE" && BASELINE_CAPABILITIES.contains(cap))
+        .collect();
+    if !beyond_restricted.is_empty() {
+        add("capabilities_restricted", Level::Restricted, format!("adds capabilities {}", beyond_restricted.join(", ")));
+    }
+    match seccomp {
+        Some("RuntimeDefault" | "Localhost" | "Unconfined") => {}
+        Some(t) => add("seccompProfile_restricted", Level::Restricted, format!("seccompProfile {t} (must be RuntimeDefault or Localhost)")),
+        // A container without a profile is covered only by a valid pod-level one.
+        None if !matches!(pod.seccomp_profile.as_ref().map(|p| p.type_.as_str()), Some("RuntimeDefault" | "Localhost")) => add(
+            "seccompProfile_restricted",
+            Level::Restricted,
+            "pod or container must set seccompProfile RuntimeDefault or Localhost".into(),
+        ),
+        None => {}
+    }
+    match sc.run_as_non_root {
+        Some(true) => {}
+        Some(false) => add("runAsNonRoot", Level::Restricted, "must not set runAsNonRoot=false".into()),
+        None if pod.run_as_non_root == Some(true) => {}
+        None => add("runAsNonRoot", Level::Restricted, "pod or container must set runAsNonRoot=true".into()),
+    }
+    if sc.run_as_user == Some(0) {
+        add("runAsUser", Level::Restricted, "must not set runAsUser=0".into());
     }
     out.retain(|v| applies(v, level));
     out
@@ -531,6 +523,11 @@ mod tests {
         assert_eq!(case(json!({"securityContext": {"runAsNonRoot": null}})), ["runAsNonRoot"]);
         assert!(case(json!({"securityContext": {"runAsNonRoot": null}, "containers": [{"name": "app", "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": true}}]})).is_empty());
         assert_eq!(case(json!({"securityContext": {"seccompProfile": null}})), ["seccompProfile_restricted"]);
+        assert_eq!(
+            case(json!({"securityContext": {"seccompProfile": {"type": "Unconfined"}}})),
+            ["seccompProfile_baseline", "seccompProfile_restricted"],
+            "the pod's own violation, and its container is not covered"
+        );
         assert!(case(json!({"securityContext": {"seccompProfile": null}, "containers": [{"name": "app", "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "Localhost", "localhostProfile": "p.json"}}}]})).is_empty());
         assert_eq!(case(json!({"securityContext": {"runAsUser": 0}})), ["runAsUser"]);
         assert_eq!(case(json!({"volumes": [{"name": "n", "nfs": {"server": "s", "path": "/"}}]})), ["restrictedVolumes"]);
@@ -540,10 +537,8 @@ mod tests {
             v["name"] = json!("v");
             assert!(case(json!({"volumes": [v]})).is_empty());
         }
-        // User-namespaced pods may run as root inside their namespace.
-        assert!(case(json!({"hostUsers": false, "securityContext": {"runAsNonRoot": null, "runAsUser": 0}})).is_empty());
-        // Windows pods are exempt from the Linux-only checks.
-        assert!(case(json!({"os": {"name": "windows"}, "securityContext": {"seccompProfile": null}, "containers": [{"name": "app"}]})).is_empty());
+        // User-namespaced pods are held to the strict reading (older API servers do not relax it).
+        assert_eq!(case(json!({"hostUsers": false, "securityContext": {"runAsUser": 0}})), ["runAsUser"]);
     }
 
     #[test]
