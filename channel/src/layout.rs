@@ -63,7 +63,8 @@ pub mod slot {
 
 /// Slot states (low two bits of [`slot::STATE`]).
 pub mod state {
-    /// Never used.
+    /// Never used. Writers take the lowest never-used slot first and a slot never becomes FREE
+    /// again, so the FREE slots are always a suffix of the table: readers stop at the first one.
     pub const FREE: u64 = 0;
     /// Owned by a running thread.
     pub const LIVE: u64 = 1;

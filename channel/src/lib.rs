@@ -56,7 +56,7 @@ mod sys;
 mod writer;
 
 pub use error::{Error, Result};
-pub use reader::{Answer, Counters, Header, Reader, SpanAt};
+pub use reader::{Answer, Counters, Header, Reader, SlotIndex, SpanAt};
 pub use sys::{current_tid, monotonic_ns};
 pub use writer::{Options, ThreadSlot, Writer, file_name};
 

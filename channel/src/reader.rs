@@ -1,6 +1,7 @@
 //! The sampler side: opens a process's channel file read-only and answers "which root span was
 //! thread `tid` running at time `t`?" — exactly, or `Unknown`, never a wrong span.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{Ordering, fence};
@@ -70,6 +71,16 @@ impl std::fmt::Debug for Reader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Reader").field("path", &self.path).field("header", &self.header).finish()
     }
+}
+
+/// Which slots may answer for which thread, as of when [`Reader::index`] built it: lets
+/// [`Reader::lookup_indexed`] read a thread's own slots instead of the whole slot table (each
+/// slot sits on its own pages, so a full scan costs a cache and TLB miss per slot).
+#[derive(Clone, Debug, Default)]
+pub struct SlotIndex {
+    by_tid: HashMap<u32, Vec<usize>>,
+    /// Slots being taken over: their new owner is not known yet.
+    claiming: Vec<usize>,
 }
 
 /// One slot's verdict during a lookup.
@@ -147,9 +158,42 @@ impl Reader {
     /// Exact for every time up to the thread's latest published transition; `Unknown` whenever it
     /// cannot be sure. Runs concurrently with the writers; costs a scan of the slot table.
     pub fn lookup(&self, tid: u32, t_ns: u64) -> Answer {
+        self.lookup_in(0..self.header.layout.slot_count, tid, t_ns)
+    }
+
+    /// Which slots hold which thread now. Lookups through it ([`Reader::lookup_indexed`]) give
+    /// the same answers as [`Reader::lookup`] for every time before the index was built: a slot
+    /// claimed later records a claim time after that, so it cannot answer for earlier times.
+    pub fn index(&self) -> SlotIndex {
+        let w = self.map.loads();
+        let mut index = SlotIndex::default();
+        for i in 0..self.header.layout.slot_count {
+            let base = self.header.layout.slot_base(i);
+            let st = w.load(base + slot::STATE, Ordering::Acquire).unwrap_or(0) & 3;
+            match st {
+                state::LIVE | state::EXITED => {
+                    let tid = w.load(base + slot::TID, Ordering::Relaxed).unwrap_or(0) as u32;
+                    index.by_tid.entry(tid).or_default().push(i);
+                }
+                state::CLAIMING => index.claiming.push(i),
+                // Every later slot is FREE too (see `state::FREE`); one claimed after this read
+                // records a claim time after it.
+                _ => break,
+            }
+        }
+        index
+    }
+
+    /// [`Reader::lookup`] through `index`, for a time `t_ns` before the index was built.
+    pub fn lookup_indexed(&self, index: &SlotIndex, tid: u32, t_ns: u64) -> Answer {
+        let own = index.by_tid.get(&tid).map(Vec::as_slice).unwrap_or_default();
+        self.lookup_in(own.iter().chain(&index.claiming).copied(), tid, t_ns)
+    }
+
+    fn lookup_in(&self, slots: impl Iterator<Item = usize> + Clone, tid: u32, t_ns: u64) -> Answer {
         'attempt: for _ in 0..ATTEMPTS {
             let mut found = None;
-            for i in 0..self.header.layout.slot_count {
+            for i in slots.clone() {
                 match self.slot_step(i, tid, t_ns) {
                     Step::NotThis => {}
                     Step::Changed => {
@@ -240,6 +284,9 @@ impl Reader {
 
     /// Finds the last transition at or before `t` among `[first, head)`. `None`: the writer was
     /// in the middle of the next transition; look again.
+    ///
+    /// A binary search: one thread's transitions are in time order, and a busy thread (an async
+    /// worker switching tasks) can have hundreds of them between a sample and its lookup.
     fn scan(&self, w: Loads<'_>, base: usize, first: u64, head: u64, t: u64) -> Option<Answer> {
         let l = &self.header.layout;
         let cap = l.ring_capacity as u64;
@@ -252,14 +299,20 @@ impl Reader {
             return None;
         }
         let lowest = first.max(head.saturating_sub(cap));
-        let mut n = head;
-        while n > lowest {
-            n -= 1;
+        // Invariant: every entry in [lo, hi) is unread; entries below `lo` are at or before `t`
+        // (the newest of them is `best`) or were overwritten (`lost`); entries from `hi` on
+        // are after `t`.
+        let (mut lo, mut hi) = (lowest, head);
+        let (mut best, mut lost) = (None, false);
+        while lo < hi {
+            let n = lo + (hi - lo) / 2;
             let e = l.entry_base(base, n);
             let seq1 = w.load(e + entry::SEQ, Ordering::Acquire)?;
             if seq1 != 2 * n + 2 {
-                // Overwritten by a later lap: everything at or before `n` is gone.
-                return Some(Answer::Unknown);
+                // Overwritten by a later lap: everything at or before `n` is gone, including
+                // any `best` found so far (a newer entry at or before `t` may have been lost).
+                (lo, best, lost) = (n + 1, None, true);
+                continue;
             }
             let get = |k: usize| w.load(e + k, Ordering::Relaxed).unwrap_or(0);
             let (t_ns, span_id) = (get(entry::T_NS), get(entry::SPAN_ID));
@@ -270,13 +323,22 @@ impl Reader {
                 return Some(Answer::Unknown);
             }
             if t_ns <= t {
-                return Some(if span_id == 0 { Answer::NoSpan } else { Answer::Span(SpanAt { span_id, trace_id, name }) });
+                best = Some(if span_id == 0 { Answer::NoSpan } else { Answer::Span(SpanAt { span_id, trace_id, name }) });
+                lo = n + 1;
+            } else {
+                hi = n;
             }
         }
-        // Every transition of this owner still in the ring is after `t`. If the ring still holds
-        // the owner's first one, the thread was in no span since it registered; else the
-        // transitions around `t` were overwritten.
-        Some(if lowest == first { Answer::NoSpan } else { Answer::Unknown })
+        Some(match best {
+            Some(answer) => answer,
+            // Entries at or before `t` were overwritten.
+            None if lost => Answer::Unknown,
+            // Every transition of this owner still in the ring is after `t`. If the ring still
+            // holds the owner's first one, the thread was in no span since it registered; else
+            // the transitions around `t` were overwritten.
+            None if lowest == first => Answer::NoSpan,
+            None => Answer::Unknown,
+        })
     }
 }
 

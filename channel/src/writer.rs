@@ -205,8 +205,9 @@ impl Writer {
         let l = &self.layout;
         let words = self.words();
         for _pass in 0..4 {
-            // Never-used slots first; else the exited slot that has been free longest, which keeps
-            // recently exited threads answerable for as long as possible.
+            // Never-used slots first, lowest first (readers rely on FREE slots being a suffix of
+            // the table); else the exited slot that has been free longest, which keeps recently
+            // exited threads answerable for as long as possible.
             let mut oldest: Option<(usize, u64, u64)> = None;
             for i in 0..l.slot_count {
                 let base = l.slot_base(i);

@@ -8,6 +8,14 @@ use std::sync::Arc;
 use common::{root, small, tick_after, writer};
 use spanprof_channel::{Answer, Error, NameRef, Options, Reader, SpanAt, Writer, monotonic_ns};
 
+/// `reader.lookup`, checked against a lookup through a slot index built now (the index must
+/// give the same answers for every time before it was built).
+fn lookup(reader: &Reader, tid: u32, t: u64) -> Answer {
+    let answer = reader.lookup(tid, t);
+    assert_eq!(reader.lookup_indexed(&reader.index(), tid, t), answer, "indexed lookup of tid {tid} at {t}");
+    answer
+}
+
 fn span(r: &spanprof_channel::Root) -> Answer {
     Answer::Span(SpanAt { span_id: r.span_id, trace_id: r.trace_id, name: r.name })
 }
@@ -30,15 +38,15 @@ fn answers_follow_transitions_exactly() {
     let t3 = slot.record(Some(&b));
     let tid = slot.tid();
 
-    assert_eq!(reader.lookup(tid, before_claim), Answer::Unknown, "before the thread registered");
-    assert_eq!(reader.lookup(tid, claimed_gap), Answer::NoSpan, "registered, before its first span");
-    assert_eq!(reader.lookup(tid, t1), span(&a));
-    assert_eq!(reader.lookup(tid, t2 - 1), span(&a));
-    assert_eq!(reader.lookup(tid, t2), Answer::NoSpan);
-    assert_eq!(reader.lookup(tid, t3 - 1), Answer::NoSpan);
-    assert_eq!(reader.lookup(tid, t3), span(&b));
-    assert_eq!(reader.lookup(tid, u64::MAX), span(&b), "a live thread stays in its last root");
-    assert_eq!(reader.lookup(tid.wrapping_add(1), t3), Answer::Unknown, "unregistered thread");
+    assert_eq!(lookup(&reader, tid, before_claim), Answer::Unknown, "before the thread registered");
+    assert_eq!(lookup(&reader, tid, claimed_gap), Answer::NoSpan, "registered, before its first span");
+    assert_eq!(lookup(&reader, tid, t1), span(&a));
+    assert_eq!(lookup(&reader, tid, t2 - 1), span(&a));
+    assert_eq!(lookup(&reader, tid, t2), Answer::NoSpan);
+    assert_eq!(lookup(&reader, tid, t3 - 1), Answer::NoSpan);
+    assert_eq!(lookup(&reader, tid, t3), span(&b));
+    assert_eq!(lookup(&reader, tid, u64::MAX), span(&b), "a live thread stays in its last root");
+    assert_eq!(lookup(&reader, tid.wrapping_add(1), t3), Answer::Unknown, "unregistered thread");
     assert_eq!(reader.name(name).as_deref(), Some("OrderVehicle"));
     assert_eq!(reader.name(NameRef::NONE), None);
 }
@@ -57,10 +65,10 @@ fn overrun_answers_unknown_never_a_wrong_span() {
     let tid = slot.tid();
     // Transitions 0..12 were overwritten (capacity 8, head 20): their times are unknown.
     for (i, &t) in times.iter().enumerate() {
-        let answer = reader.lookup(tid, t);
+        let answer = lookup(&reader, tid, t);
         if i < 12 {
             assert_eq!(answer, Answer::Unknown, "transition {i} was overwritten");
-            assert_eq!(reader.lookup(tid, t + 1), Answer::Unknown);
+            assert_eq!(lookup(&reader, tid, t + 1), Answer::Unknown);
         } else {
             assert_eq!(answer, span(&root(100 + i as u64, NameRef::NONE)), "transition {i} is still in the ring");
         }
@@ -69,7 +77,7 @@ fn overrun_answers_unknown_never_a_wrong_span() {
     for i in 20..100u64 {
         tick_after(slot.record(Some(&root(100 + i, NameRef::NONE))));
     }
-    assert_eq!(reader.lookup(tid, times[19]), Answer::Unknown);
+    assert_eq!(lookup(&reader, tid, times[19]), Answer::Unknown);
 }
 
 #[test]
@@ -86,16 +94,16 @@ fn exited_thread_answers_for_its_lifetime_until_its_slot_is_reused() {
         (t, monotonic_ns())
     };
     tick_after(released);
-    assert_eq!(reader.lookup(tid, t_a), span(&a), "exited threads still answer for their lifetime");
-    assert_eq!(reader.lookup(tid, released), Answer::Unknown, "after the thread exited");
+    assert_eq!(lookup(&reader, tid, t_a), span(&a), "exited threads still answer for their lifetime");
+    assert_eq!(lookup(&reader, tid, released), Answer::Unknown, "after the thread exited");
 
     // The TID comes back for a new thread, which takes the other (never used) slot.
     let b = root(8, NameRef::NONE);
     let mut second = w.register_with_tid(tid).unwrap();
     let t_b = second.record(Some(&b));
-    assert_eq!(reader.lookup(tid, t_a), span(&a), "the old owner's window is still its own");
-    assert_eq!(reader.lookup(tid, released), Answer::Unknown, "between the two owners");
-    assert_eq!(reader.lookup(tid, t_b), span(&b));
+    assert_eq!(lookup(&reader, tid, t_a), span(&a), "the old owner's window is still its own");
+    assert_eq!(lookup(&reader, tid, released), Answer::Unknown, "between the two owners");
+    assert_eq!(lookup(&reader, tid, t_b), span(&b));
 }
 
 #[test]
@@ -116,13 +124,13 @@ fn reused_slot_and_tid_never_answer_for_the_previous_owner() {
     tick_after(mid);
     let b = root(2, NameRef::NONE);
     let t_b = slot.record(Some(&b));
-    assert_eq!(reader.lookup(tid, t_a), Answer::Unknown, "the previous owner's history is gone");
-    assert_eq!(reader.lookup(tid, mid), Answer::NoSpan, "new owner, before its first span");
-    assert_eq!(reader.lookup(tid, t_b), span(&b));
+    assert_eq!(lookup(&reader, tid, t_a), Answer::Unknown, "the previous owner's history is gone");
+    assert_eq!(lookup(&reader, tid, mid), Answer::NoSpan, "new owner, before its first span");
+    assert_eq!(lookup(&reader, tid, t_b), span(&b));
     // The new owner's entries are numbered after the old owner's: the stale entry is not reused.
     tick_after(t_b);
     let t_none = slot.record(None);
-    assert_eq!(reader.lookup(tid, t_none), Answer::NoSpan);
+    assert_eq!(lookup(&reader, tid, t_none), Answer::NoSpan);
 }
 
 #[test]
@@ -136,7 +144,7 @@ fn a_thread_that_died_without_releasing_its_slot_cannot_mislead() {
     tick_after(t_a);
     let mut slot = w.register_with_tid(tid).unwrap();
     let t_b = slot.record(Some(&root(2, NameRef::NONE)));
-    assert_eq!(reader.lookup(tid, t_b), Answer::Unknown, "two owners claim the time: refuse");
+    assert_eq!(lookup(&reader, tid, t_b), Answer::Unknown, "two owners claim the time: refuse");
 }
 
 #[test]
@@ -216,10 +224,10 @@ fn recreating_replaces_a_stale_file_without_disturbing_open_readers() {
     let t = slot.record(Some(&root(3, NameRef::NONE)));
     let w2 = Arc::new(Writer::create(dir.path(), &small(2, 4)).unwrap());
     assert_eq!(w2.path(), w.path());
-    assert_eq!(old_reader.lookup(5, t), span(&root(3, NameRef::NONE)));
+    assert_eq!(lookup(&old_reader, 5, t), span(&root(3, NameRef::NONE)));
     let new_reader = Reader::open(w2.path()).unwrap();
     assert_eq!(new_reader.header().layout.slot_count, 2);
-    assert_eq!(new_reader.lookup(5, t), Answer::Unknown);
+    assert_eq!(lookup(&new_reader, 5, t), Answer::Unknown);
 }
 
 #[test]

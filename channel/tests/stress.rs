@@ -86,10 +86,27 @@ fn concurrent_readers_never_get_a_wrong_answer() {
                 start.wait();
                 let mut rng = Rng(1000 + k as u64);
                 let mut answers = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
+                // Odd readers go through a slot index rebuilt every 64 lookups, as the sampler
+                // does per batch: asked only for times before the index was built.
+                let indexed = k % 2 == 1;
+                let (mut index, mut built_ns) = (reader.index(), monotonic_ns());
+                for n in 0u64.. {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
                     let tid = tids[(rng.next() % tids.len() as u64) as usize];
-                    let t = monotonic_ns() - MARGIN_NS - rng.next() % 200_000;
-                    answers.push((tid, t, reader.lookup(tid, t)));
+                    let answer = if indexed {
+                        if n % 64 == 0 {
+                            built_ns = monotonic_ns();
+                            index = reader.index();
+                        }
+                        let t = built_ns - MARGIN_NS - rng.next() % 200_000;
+                        (tid, t, reader.lookup_indexed(&index, tid, t))
+                    } else {
+                        let t = monotonic_ns() - MARGIN_NS - rng.next() % 200_000;
+                        (tid, t, reader.lookup(tid, t))
+                    };
+                    answers.push(answer);
                 }
                 answers
             })
