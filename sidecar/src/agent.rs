@@ -8,11 +8,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::time::{Duration, Instant, SystemTime};
 
-use spanprof_channel::Reader;
 
 use crate::aggregate::Aggregate;
 use crate::error::Error;
-use crate::join::{self, Attribution, Channel};
+use crate::join::{self, Attribution, Channel, IndexedReader};
 use crate::metrics::Metrics;
 use crate::modules::Registry;
 use crate::perf::Sampler;
@@ -51,11 +50,17 @@ struct Proc {
     attached_at_ticks: u64,
     service: Arc<str>,
     unwind: Process,
-    channel: Option<Channel<Reader>>,
+    channel: Option<Channel<IndexedReader>>,
 }
 
 pub struct Agent {
     sampler: Sampler,
+    state: State,
+}
+
+/// Everything of the agent but the sampler, so records can be handled while the sampler lends
+/// out its rings.
+struct State {
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
     config: AgentConfig,
@@ -65,6 +70,13 @@ pub struct Agent {
     own_pid: u32,
     frames: Vec<FrameKey>,
     warned_permission: bool,
+    /// FORK/EXIT records of the batch being handled, applied to the sampler after it.
+    thread_events: Vec<ThreadEvent>,
+}
+
+enum ThreadEvent {
+    Fork { pid: u32, tid: u32 },
+    Exit { pid: u32, tid: u32 },
 }
 
 fn uptime_ticks() -> u64 {
@@ -87,21 +99,24 @@ impl Agent {
             .set(i64::from(sampler.excludes_kernel()));
         Agent {
             sampler,
-            registry,
-            metrics,
-            config,
-            procs: HashMap::new(),
-            aggregate: Aggregate::default(),
-            interval_start: (Instant::now(), SystemTime::now()),
-            own_pid: std::process::id(),
-            frames: Vec::with_capacity(128),
-            warned_permission: false,
+            state: State {
+                registry,
+                metrics,
+                config,
+                procs: HashMap::new(),
+                aggregate: Aggregate::default(),
+                interval_start: (Instant::now(), SystemTime::now()),
+                own_pid: std::process::id(),
+                frames: Vec::with_capacity(128),
+                warned_permission: false,
+                thread_events: Vec::new(),
+            },
         }
     }
 
     /// Runs until `stop` is set, then flushes what it has.
     pub fn run(mut self, stop: &AtomicBool, batches: SyncSender<Batch>) {
-        let mut buf = Vec::with_capacity(1 << 20);
+        let mut buf = Vec::new();
         let mut next_discovery = Instant::now();
         while !stop.load(Ordering::Acquire) {
             self.drain(&mut buf);
@@ -109,28 +124,38 @@ impl Agent {
                 self.discover();
                 next_discovery = Instant::now() + Duration::from_secs(1);
             }
-            if self.interval_start.0.elapsed() >= self.config.upload_interval {
-                self.flush(&batches);
+            if self.state.interval_start.0.elapsed() >= self.state.config.upload_interval {
+                self.state.flush(&batches);
             }
-            std::thread::sleep(self.config.poll_interval);
+            std::thread::sleep(self.state.config.poll_interval);
         }
         self.drain(&mut buf);
-        self.flush(&batches);
+        self.state.flush(&batches);
     }
 
-    fn drain(&mut self, buf: &mut Vec<u8>) {
-        buf.clear();
-        if self.sampler.drain(buf) == 0 {
-            return;
+    fn drain(&mut self, scratch: &mut Vec<u8>) {
+        let state = &mut self.state;
+        self.sampler.drain_with(scratch, |bytes| {
+            // Every sample in these bytes was taken before this point (the ring's head was read).
+            for p in state.procs.values_mut() {
+                if let Some(c) = p.channel.as_mut() {
+                    c.refresh();
+                }
+            }
+            if record::for_each(bytes, |r| state.handle(r)).is_err() {
+                state.metrics.malformed_records.inc();
+            }
+        });
+        for e in state.thread_events.drain(..) {
+            match e {
+                ThreadEvent::Fork { pid, tid } => self.sampler.note_fork(pid, tid),
+                ThreadEvent::Exit { pid, tid } => self.sampler.note_exit(pid, tid),
+            }
         }
-        let bytes = std::mem::take(buf);
-        let r = record::for_each(&bytes, |r| self.handle(r));
-        if r.is_err() {
-            self.metrics.malformed_records.inc();
-        }
-        *buf = bytes;
     }
+}
 
+impl State {
     fn handle(&mut self, r: Record<'_>) {
         match r {
             Record::Sample(s) => self.sample(s),
@@ -140,10 +165,10 @@ impl Agent {
                 }
             }
             Record::Fork { pid, tid } => {
-                self.sampler.note_fork(pid, tid);
+                self.thread_events.push(ThreadEvent::Fork { pid, tid });
             }
             Record::Exit { pid, tid } => {
-                self.sampler.note_exit(pid, tid);
+                self.thread_events.push(ThreadEvent::Exit { pid, tid });
             }
             Record::Lost(n) => {
                 self.metrics.lost_records.inc_by(n);
@@ -234,7 +259,7 @@ impl Agent {
         }
     }
 
-    fn channel_for(&self, pid: u32, start_time: u64) -> Option<Channel<Reader>> {
+    fn channel_for(&self, pid: u32, start_time: u64) -> Option<Channel<IndexedReader>> {
         let dir = self.config.context_dir.as_ref()?;
         join::open_channel(dir, pid, start_time).map(Channel::new)
     }
@@ -259,20 +284,23 @@ impl Agent {
         pids.retain(|&p| p != self.own_pid && procfs::is_user_process(p));
         pids
     }
+}
 
+impl Agent {
     /// Attaches to new processes, follows threads the kernel does not, detaches from processes
     /// that exited, and handles PID reuse (same PID, other start time).
     pub fn discover(&mut self) {
-        let explicit = !self.config.targets.pids.is_empty();
-        for pid in self.candidates() {
+        let explicit = !self.state.config.targets.pids.is_empty();
+        for pid in self.state.candidates() {
             let Some((start, comm)) = procfs::stat(pid) else {
                 continue;
             };
             if !explicit && (comm == "pause" || pid == 0) {
                 continue;
             }
-            if self.config.targets.require_channel {
+            if self.state.config.targets.require_channel {
                 let has = self
+                    .state
                     .config
                     .context_dir
                     .as_ref()
@@ -281,17 +309,17 @@ impl Agent {
                     continue;
                 }
             }
-            match self.procs.get(&pid) {
+            match self.state.procs.get(&pid) {
                 Some(p) if p.start_time == start => {}
                 Some(_) => {
                     tracing::info!(pid, "PID reused by a new process: re-attaching");
                     self.sampler.detach(pid);
-                    self.procs.remove(&pid);
+                    self.state.procs.remove(&pid);
                 }
                 None => {}
             }
-            if !self.procs.contains_key(&pid) {
-                let Some(mut p) = self.new_proc(pid) else {
+            if !self.state.procs.contains_key(&pid) {
+                let Some(mut p) = self.state.new_proc(pid) else {
                     continue;
                 };
                 if self.sampler.is_attached(pid) {
@@ -299,20 +327,21 @@ impl Agent {
                     p.attached_at_ticks = p.start_time;
                 }
                 tracing::info!(pid, comm = %comm, service = %p.service, channel = p.channel.is_some(), "attaching");
-                self.procs.insert(pid, p);
+                self.state.procs.insert(pid, p);
             }
             self.follow_threads(pid);
             // A channel file may appear after the process started.
-            if let Some(p) = self.procs.get(&pid)
+            if let Some(p) = self.state.procs.get(&pid)
                 && p.channel.is_none()
-                && let Some(c) = self.channel_for(pid, p.start_time)
-                && let Some(p) = self.procs.get_mut(&pid)
+                && let Some(c) = self.state.channel_for(pid, p.start_time)
+                && let Some(p) = self.state.procs.get_mut(&pid)
             {
                 tracing::info!(pid, "span-context channel found");
                 p.channel = Some(c);
             }
         }
         let gone: Vec<u32> = self
+            .state
             .procs
             .iter()
             .filter(|(pid, p)| procfs::stat(**pid).is_none_or(|(s, _)| s != p.start_time))
@@ -321,17 +350,17 @@ impl Agent {
         for pid in gone {
             tracing::info!(pid, "process exited: detaching");
             self.sampler.detach(pid);
-            self.procs.remove(&pid);
+            self.state.procs.remove(&pid);
         }
-        self.metrics.attached_processes.set(self.procs.len() as i64);
-        self.metrics
+        self.state.metrics.attached_processes.set(self.state.procs.len() as i64);
+        self.state.metrics
             .attached_threads
             .set(self.sampler.thread_count() as i64);
     }
 
     /// Opens events for threads that existed before we attached and are not sampled yet.
     fn follow_threads(&mut self, pid: u32) {
-        let Some(p) = self.procs.get(&pid) else {
+        let Some(p) = self.state.procs.get(&pid) else {
             return;
         };
         let first = !self.sampler.is_attached(pid);
@@ -355,14 +384,14 @@ impl Agent {
             match self.sampler.attach_thread(pid, tid) {
                 Ok(()) => {}
                 Err(Error::PerfNotPermitted(hint)) => {
-                    self.metrics.attach_errors.inc();
-                    if !self.warned_permission {
+                    self.state.metrics.attach_errors.inc();
+                    if !self.state.warned_permission {
                         tracing::error!(pid, tid, %hint, "cannot sample the target");
-                        self.warned_permission = true;
+                        self.state.warned_permission = true;
                     }
                 }
                 Err(e) => {
-                    self.metrics.attach_errors.inc();
+                    self.state.metrics.attach_errors.inc();
                     tracing::debug!(pid, tid, error = %e, "cannot attach to thread (exited?)");
                 }
             }

@@ -1,6 +1,10 @@
 //! Aggregation per upload interval and the pprof it becomes (pure).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+// Keys here are hashed once per sample (whole stacks) or per frame: SipHash's DoS resistance buys
+// nothing for our own data and costs several times more.
+use ahash::AHashMap as HashMap;
 use std::io::Write;
 use std::sync::Arc;
 

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use spanprof_channel::{Answer, NameRef, Reader};
+use spanprof_channel::{Answer, NameRef, Reader, SlotIndex};
 
 /// The span labels a sample carries.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -27,18 +27,37 @@ pub enum Attribution {
     NoChannel,
 }
 
-/// What the join needs of a channel (the real [`Reader`], or a table in tests).
+/// What the join needs of a channel (the real [`IndexedReader`], or a table in tests).
 pub trait SpanLookup {
+    /// Called before each batch of samples: answers must hold for every time before the call.
+    fn refresh(&mut self) {}
     fn lookup(&self, tid: u32, t_ns: u64) -> Answer;
     fn name(&self, r: NameRef) -> Option<String>;
 }
 
-impl SpanLookup for Reader {
+/// A channel reader with a slot index refreshed once per batch of samples, so a lookup reads
+/// only the sampled thread's slots.
+pub struct IndexedReader {
+    reader: Reader,
+    index: SlotIndex,
+}
+
+impl IndexedReader {
+    pub fn new(reader: Reader) -> IndexedReader {
+        let index = reader.index();
+        IndexedReader { reader, index }
+    }
+}
+
+impl SpanLookup for IndexedReader {
+    fn refresh(&mut self) {
+        self.index = self.reader.index();
+    }
     fn lookup(&self, tid: u32, t_ns: u64) -> Answer {
-        Reader::lookup(self, tid, t_ns)
+        self.reader.lookup_indexed(&self.index, tid, t_ns)
     }
     fn name(&self, r: NameRef) -> Option<String> {
-        Reader::name(self, r)
+        self.reader.name(r)
     }
 }
 
@@ -54,6 +73,11 @@ impl<L: SpanLookup> Channel<L> {
             lookup,
             names: HashMap::new(),
         }
+    }
+
+    /// Brings the lookup up to date before a batch of samples taken until now.
+    pub fn refresh(&mut self) {
+        self.lookup.refresh();
     }
 
     pub fn attribute(&mut self, tid: u32, t_ns: u64) -> Attribution {
@@ -91,7 +115,7 @@ pub fn attribute<L: SpanLookup>(
 
 /// Opens `<dir>/<pid>.spanctx` when it belongs to this very process (same PID and start time:
 /// a file left by an earlier process with the same PID is stale).
-pub fn open_channel(dir: &Path, pid: u32, start_time: u64) -> Option<Reader> {
+pub fn open_channel(dir: &Path, pid: u32, start_time: u64) -> Option<IndexedReader> {
     let path = dir.join(spanprof_channel::file_name(pid));
     let reader = match Reader::open(&path) {
         Ok(r) => r,
@@ -107,7 +131,7 @@ pub fn open_channel(dir: &Path, pid: u32, start_time: u64) -> Option<Reader> {
         tracing::debug!(path = %path.display(), "stale channel file (another process with this PID)");
         return None;
     }
-    Some(reader)
+    Some(IndexedReader::new(reader))
 }
 
 #[cfg(test)]

@@ -261,7 +261,8 @@ pub fn run(config: Config) -> Result<()> {
             context_dir: config.context_dir.clone(),
             service_name: config.service_name.clone(),
             upload_interval: config.upload_interval,
-            poll_interval: Duration::from_millis(50),
+            // A tenth of what the per-CPU rings hold (one second of samples at the configured rate).
+            poll_interval: Duration::from_millis(100),
         },
     );
     let sampling = std::thread::Builder::new()

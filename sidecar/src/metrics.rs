@@ -16,6 +16,8 @@ pub struct AttributionLabel {
 pub struct Metrics {
     registry: Registry,
     pub samples: Family<AttributionLabel, Counter>,
+    /// The `samples` counters of the usual attributions.
+    by_attribution: [(&'static str, Counter); 4],
     pub unattributed: Counter,
     pub lost_records: Counter,
     pub throttled: Counter,
@@ -37,8 +39,14 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("spanprof_sidecar");
+        let samples: Family<AttributionLabel, Counter> = Family::default();
+        let by_attribution = ["span", "no_span", "unknown", "no_channel"].map(|a| {
+            let label = AttributionLabel { attribution: a.to_owned() };
+            (a, samples.get_or_create(&label).clone())
+        });
         let m = Metrics {
-            samples: Family::default(),
+            samples,
+            by_attribution,
             unattributed: Counter::default(),
             lost_records: Counter::default(),
             throttled: Counter::default(),
@@ -139,12 +147,23 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn sample(&self, attribution: &str) {
-        self.samples
-            .get_or_create(&AttributionLabel {
-                attribution: attribution.to_owned(),
-            })
-            .inc();
+    /// Counts a sample under its attribution (`span`, `no_span`, `unknown`, `no_channel`).
+    pub fn sample(&self, attribution: &'static str) {
+        // One sample at a time from the sampling thread: remember the four counters rather than
+        // building a label and hashing it into the family for every sample.
+        let cached = self.by_attribution.iter().find(|(a, _)| *a == attribution);
+        match cached {
+            Some((_, c)) => {
+                c.inc();
+            }
+            None => {
+                self.samples
+                    .get_or_create(&AttributionLabel {
+                        attribution: attribution.to_owned(),
+                    })
+                    .inc();
+            }
+        }
     }
 
     pub fn render(&self) -> String {

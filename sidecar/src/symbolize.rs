@@ -2,7 +2,11 @@
 //! with blazesym through the module's file (read via `/proc/<pid>/root`), then cached. Rust and
 //! C++ names come demangled; what cannot be resolved is named `module+0xoffset`, never dropped.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+// Keys here are hashed once per sample (whole stacks) or per frame: SipHash's DoS resistance buys
+// nothing for our own data and costs several times more.
+use ahash::AHashMap as HashMap;
 use std::sync::Arc;
 
 use blazesym::symbolize::source::{Elf, Source};
@@ -11,7 +15,8 @@ use blazesym::symbolize::{Input, Symbolized};
 use crate::modules::Registry;
 use crate::unwind::FrameKey;
 
-/// Names of one frame, innermost (inlined) first, as pprof's `Location.line` wants them.
+/// Names of one frame, innermost (inlined) first, as pprof's `Location.line` wants them (one
+/// name today: physical frames only).
 pub type Names = Arc<[Arc<str>]>;
 
 /// Entries kept at most; past that the cache starts over (bounded memory).
@@ -31,8 +36,10 @@ impl Default for Symbolizer {
 impl Symbolizer {
     pub fn new() -> Symbolizer {
         let inner = blazesym::symbolize::Symbolizer::builder()
+            // Physical frames only, as `perf --no-inline` shows them: inlined-call frames would
+            // need code info (line tables), several times the cost per address.
             .enable_code_info(false)
-            .enable_inlined_fns(true)
+            .enable_inlined_fns(false)
             .enable_demangling(true)
             .build();
         Symbolizer {
@@ -78,29 +85,41 @@ impl Symbolizer {
         let Some(path) = meta.as_ref().and_then(|m| m.open_path.clone()) else {
             return addrs.iter().map(|&a| fallback(a)).collect();
         };
-        let src = Source::Elf(Elf::new(path));
-        match self.inner.symbolize(&src, Input::VirtOffset(addrs)) {
+        // The symbol table first: it has the full, demangled path of every function
+        // (`spanprof_demo::work::compute_route`), where DWARF of a release build
+        // (`debug = "line-tables-only"`) names it `compute_route` only. DWARF (embedded, or
+        // through a debug link such as libc6-dbg) names what the symbol table does not have.
+        let mut names: Vec<Option<Names>> = self.symbolize(&path, false, addrs);
+        let missing: Vec<usize> = (0..addrs.len()).filter(|&i| names[i].is_none()).collect();
+        if !missing.is_empty() {
+            let again: Vec<u64> = missing.iter().map(|&i| addrs[i]).collect();
+            for (i, n) in missing.into_iter().zip(self.symbolize(&path, true, &again)) {
+                names[i] = n;
+            }
+        }
+        names
+            .into_iter()
+            .zip(addrs)
+            .map(|(n, &addr)| n.unwrap_or_else(|| fallback(addr)))
+            .collect()
+    }
+
+    /// Names of `addrs` (file offsets) in the ELF file at `path`; `None` where unknown.
+    fn symbolize(&self, path: &std::path::Path, debug_syms: bool, addrs: &[u64]) -> Vec<Option<Names>> {
+        let mut elf = Elf::new(path);
+        elf.debug_syms = debug_syms;
+        match self.inner.symbolize(&Source::Elf(elf), Input::VirtOffset(addrs)) {
             Ok(syms) if syms.len() == addrs.len() => syms
                 .into_iter()
-                .zip(addrs)
-                .map(|(s, &addr)| match s {
-                    Symbolized::Sym(sym) => {
-                        let mut names: Vec<Arc<str>> = sym
-                            .inlined
-                            .iter()
-                            .rev()
-                            .map(|f| Arc::from(f.name.as_ref()))
-                            .collect();
-                        names.push(Arc::from(sym.name.as_ref()));
-                        Arc::from(names)
-                    }
-                    Symbolized::Unknown(_) => fallback(addr),
+                .map(|s| match s {
+                    Symbolized::Sym(sym) => Some(Arc::from([Arc::from(sym.name.as_ref())])),
+                    Symbolized::Unknown(_) => None,
                 })
                 .collect(),
-            Ok(_) => addrs.iter().map(|&a| fallback(a)).collect(),
+            Ok(_) => vec![None; addrs.len()],
             Err(e) => {
-                tracing::debug!(module, error = %e, "symbolization failed");
-                addrs.iter().map(|&a| fallback(a)).collect()
+                tracing::debug!(path = %path.display(), error = %e, "symbolization failed");
+                vec![None; addrs.len()]
             }
         }
     }

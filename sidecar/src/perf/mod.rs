@@ -237,9 +237,10 @@ impl Sampler {
         self.targets.remove(&pid);
     }
 
-    /// Appends everything the rings hold to `out` (whole records).
-    pub fn drain(&mut self, out: &mut Vec<u8>) -> usize {
-        self.rings.iter_mut().map(|(_, r)| r.drain(out)).sum()
+    /// Hands each ring's new records to `f` in place (whole records; copied into `scratch`
+    /// only where they wrap around a ring's end), one call per ring that has any.
+    pub fn drain_with(&mut self, scratch: &mut Vec<u8>, mut f: impl FnMut(&[u8])) -> usize {
+        self.rings.iter_mut().map(|(_, r)| r.drain_with(scratch, &mut f)).sum()
     }
 
     /// The kernel's ring-owner event is bound to the sidecar and samples nothing; only targets do.
@@ -308,7 +309,7 @@ mod tests {
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         worker.join().unwrap();
         let mut buf = Vec::new();
-        s.drain(&mut buf);
+        s.drain_with(&mut Vec::new(), |bytes| buf.extend_from_slice(bytes));
         let mut samples = 0;
         let mut times = Vec::new();
         record::for_each(&buf, |r| {

@@ -195,9 +195,10 @@ impl Ring {
         }
     }
 
-    /// Appends every complete record the kernel has written since the last call to `out` (as
-    /// contiguous bytes, wrap-around undone) and frees their space. Returns the bytes copied.
-    pub fn drain(&mut self, out: &mut Vec<u8>) -> usize {
+    /// Hands every complete record the kernel has written since the last call to `f`, as
+    /// contiguous bytes, then frees their space. The bytes are read in place from the ring; only
+    /// when they wrap around its end are they copied into `scratch` first. Returns their length.
+    pub fn drain_with(&mut self, scratch: &mut Vec<u8>, f: impl FnOnce(&[u8])) -> usize {
         let (head_w, tail_w) = self.head_tail();
         let head = head_w.load(Ordering::Acquire);
         let tail = tail_w.load(Ordering::Relaxed);
@@ -210,11 +211,18 @@ impl Ring {
         let first = (size - start).min(avail as usize);
         // SAFETY: the data area is `[base + page, base + page + size)`; `start + first <= size`
         // and `avail - first <= size`. The kernel does not write to `[tail, head)` until we
-        // advance `data_tail` below (after copying).
+        // advance `data_tail` below, after `f` returned; the slices cannot outlive `f`.
         unsafe {
             let data = self.base.cast::<u8>().add(self.page);
-            out.extend_from_slice(std::slice::from_raw_parts(data.add(start), first));
-            out.extend_from_slice(std::slice::from_raw_parts(data, avail as usize - first));
+            let first_part = std::slice::from_raw_parts(data.add(start), first);
+            if first == avail as usize {
+                f(first_part);
+            } else {
+                scratch.clear();
+                scratch.extend_from_slice(first_part);
+                scratch.extend_from_slice(std::slice::from_raw_parts(data, avail as usize - first));
+                f(scratch);
+            }
         }
         tail_w.store(tail.wrapping_add(avail), Ordering::Release);
         avail as usize
