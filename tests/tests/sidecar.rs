@@ -5,77 +5,15 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{ChildStdout, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+mod common;
+use common::*;
+
 /// The tests share two cores: one at a time keeps sample counts meaningful.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-struct Proc(Child);
-
-impl Proc {
-    fn pid(&self) -> u32 {
-        self.0.id()
-    }
-    /// SIGTERM (graceful: the sidecar uploads what it has) and wait, bounded.
-    fn terminate(mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn http() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-}
-
-fn start_server(port: u16, data: &Path) -> Proc {
-    let p = Proc(
-        Command::new(env!("CARGO_BIN_EXE_e2e-server"))
-            .arg(format!("127.0.0.1:{port}"))
-            .arg(data)
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while http()
-        .get(format!("http://127.0.0.1:{port}/readyz"))
-        .send()
-        .map(|r| r.status().is_success())
-        .ok()
-        != Some(true)
-    {
-        assert!(Instant::now() < deadline, "server never became ready");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    p
-}
 
 struct Workload {
     proc: Proc,
@@ -137,46 +75,6 @@ impl Workload {
     }
 }
 
-fn start_sidecar(server_port: u16, ctx: &Path, pid: Option<u32>) -> (Proc, u16) {
-    let metrics = free_port();
-    let p = Command::new(env!("CARGO_BIN_EXE_e2e-sidecar"))
-        .env("E2E_SERVER_URL", format!("http://127.0.0.1:{server_port}"))
-        .env("E2E_CONTEXT_DIR", ctx)
-        .env("E2E_PID", pid.map(|p| p.to_string()).unwrap_or_default())
-        .env("E2E_LISTEN", format!("127.0.0.1:{metrics}"))
-        .spawn()
-        .unwrap();
-    let p = Proc(p);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while http()
-        .get(format!("http://127.0.0.1:{metrics}/readyz"))
-        .send()
-        .map(|r| r.status().is_success())
-        .ok()
-        != Some(true)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "sidecar never became ready (perf_event_open permitted?)"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (p, metrics)
-}
-
-fn metric(port: u16, name: &str) -> u64 {
-    let text = http()
-        .get(format!("http://127.0.0.1:{port}/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
-}
-
 /// Folded stacks of a span profile (empty when it has no samples).
 fn span_folded(server: u16, span_id: &str) -> Vec<(String, u64)> {
     let r = http()
@@ -189,21 +87,6 @@ fn span_folded(server: u16, span_id: &str) -> Vec<(String, u64)> {
         return Vec::new();
     }
     assert!(r.status().is_success(), "{}", r.status());
-    parse_folded(&r.text().unwrap())
-}
-
-fn parse_folded(text: &str) -> Vec<(String, u64)> {
-    text.lines()
-        .filter_map(|l| l.rsplit_once(' '))
-        .map(|(s, n)| (s.to_owned(), n.parse().unwrap_or(0)))
-        .collect()
-}
-
-fn process_folded(server: u16) -> Vec<(String, u64)> {
-    let r = http().get(format!("http://127.0.0.1:{server}/api/v1/services/e2e/profile?format=folded&from=now-1h&until=now")).send().unwrap();
-    if !r.status().is_success() {
-        return Vec::new();
-    }
     parse_folded(&r.text().unwrap())
 }
 
@@ -242,7 +125,7 @@ fn tally(server: u16, windows: &[Window]) -> Tally {
             }
         }
     }
-    for (stack, n) in process_folded(server) {
+    for (stack, n) in process_folded(server, "e2e") {
         if stack.contains("spin_alpha") || stack.contains("spin_beta") {
             t.leaked += n;
         }
@@ -266,7 +149,7 @@ fn span_profiles_hold_their_own_functions_and_attribution_is_exact() {
             ("E2E_THREAD_DELAY_MS", "1000"),
         ],
     );
-    let (sidecar, metrics) = start_sidecar(port, ctx.path(), Some(w.proc.pid()));
+    let (sidecar, metrics) = start_sidecar(port, Some(ctx.path()), Some(w.proc.pid()), &[]);
     let windows = w.windows();
     assert_eq!(windows.len(), 32);
     assert!(metric(metrics, "spanprof_sidecar_attached_processes") == 1);
@@ -363,7 +246,7 @@ fn without_a_channel_the_whole_process_profile_still_works() {
             ("E2E_THREAD_DELAY_MS", "300"),
         ],
     );
-    let (sidecar, metrics) = start_sidecar(port, ctx.path(), Some(w.proc.pid()));
+    let (sidecar, metrics) = start_sidecar(port, Some(ctx.path()), Some(w.proc.pid()), &[]);
     let windows = w.windows();
     assert!(
         windows.iter().all(|w| w.span_id.is_empty()),
@@ -378,7 +261,7 @@ fn without_a_channel_the_whole_process_profile_still_works() {
     sidecar.terminate();
     assert!(no_channel > 10, "{no_channel} samples without channel");
     assert_eq!(unattributed, no_channel);
-    let folded = process_folded(port);
+    let folded = process_folded(port, "e2e");
     let alpha: u64 = folded
         .iter()
         .filter(|(s, _)| s.contains("spin_alpha"))
@@ -408,7 +291,7 @@ fn server_down_then_up_delivers_the_buffered_profiles() {
             ("E2E_THREAD_DELAY_MS", "300"),
         ],
     );
-    let (sidecar, metrics) = start_sidecar(port, ctx.path(), Some(w.proc.pid()));
+    let (sidecar, metrics) = start_sidecar(port, Some(ctx.path()), Some(w.proc.pid()), &[]);
     // Nothing listens yet: uploads fail and wait.
     let deadline = Instant::now() + Duration::from_secs(10);
     while metric(metrics, "spanprof_sidecar_push_errors_total") == 0 {
@@ -454,7 +337,7 @@ fn discovers_processes_by_channel_and_follows_a_restarted_target() {
     let port = free_port();
     let _server = start_server(port, data.path());
     // No --pid: every process with a channel file in the directory.
-    let (sidecar, metrics) = start_sidecar(port, ctx.path(), None);
+    let (sidecar, metrics) = start_sidecar(port, Some(ctx.path()), None, &[]);
     let mut all = Vec::new();
     for _ in 0..2 {
         // Discovery runs every second: the threads start after it found the process.

@@ -1,6 +1,7 @@
 //! `e2e-sidecar`: the sampler with a short upload interval, configured by `E2E_*` variables:
 //! `E2E_SERVER_URL`, `E2E_CONTEXT_DIR` (optional), `E2E_PID` (optional; without it every process
-//! with a channel file), `E2E_LISTEN` (metrics).
+//! with a channel file), `E2E_LISTEN` (metrics), `E2E_UPLOAD_INTERVAL_MS` (1000), `E2E_SERVICE`
+//! (`e2e`).
 #![forbid(unsafe_code)]
 
 use std::time::Duration;
@@ -23,7 +24,12 @@ fn main() -> anyhow::Result<()> {
         server_url: var("E2E_SERVER_URL").unwrap_or_else(|| "http://127.0.0.1:4040".into()),
         context_dir: var("E2E_CONTEXT_DIR").map(Into::into),
         sample_rate_hz: 100,
-        upload_interval: Duration::from_secs(1),
+        upload_interval: Duration::from_millis(
+            var("E2E_UPLOAD_INTERVAL_MS")
+                .map(|v| v.parse())
+                .transpose()?
+                .unwrap_or(1000),
+        ),
         targets: Targets {
             require_channel: pids.is_empty(),
             pids,
@@ -33,7 +39,7 @@ fn main() -> anyhow::Result<()> {
         listen: var("E2E_LISTEN")
             .unwrap_or_else(|| "127.0.0.1:0".into())
             .parse()?,
-        service_name: Some("e2e".into()),
+        service_name: Some(var("E2E_SERVICE").unwrap_or_else(|| "e2e".into())),
         series_labels: vec![("namespace".into(), "test".into())],
     };
     spanprof_sidecar::run(config)?;
