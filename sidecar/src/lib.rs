@@ -103,6 +103,37 @@ impl Config {
     }
 }
 
+/// Opens the sampler. When perf events are not permitted (no CAP_PERFMON, a strict
+/// `perf_event_paranoid`, a seccomp profile without `perf_event_open`), the sidecar does not
+/// exit: as a native sidecar it would crash-loop and keep the app's pod from becoming ready.
+/// It says what to grant, shows `sampling_permitted 0` and tries again every minute. `None`:
+/// signalled meanwhile.
+async fn open_sampler(config: &Config, metrics: &Metrics) -> Result<Option<perf::Sampler>> {
+    let settings = perf::Settings { freq_hz: config.sample_rate_hz, stack_bytes: config.stack_bytes };
+    let mut warned = false;
+    loop {
+        match perf::Sampler::new(settings) {
+            Ok(s) => {
+                metrics.sampling_permitted.set(1);
+                return Ok(Some(s));
+            }
+            Err(Error::PerfNotPermitted(hint)) => {
+                metrics.sampling_permitted.set(0);
+                if !warned {
+                    tracing::error!(%hint, retry = ?PERMISSION_RETRY,
+                        "perf events are not permitted: not sampling; staying up (the app is not affected) and trying again");
+                    warned = true;
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(PERMISSION_RETRY) => {}
+            () = signalled() => return Ok(None),
+        }
+    }
+}
+
 /// Turns each interval's aggregate into one push request; runs until the agent hangs up.
 fn symbolize_loop(
     batches: Receiver<Batch>,
@@ -201,15 +232,13 @@ async fn signalled() {
     }
 }
 
+/// How often the sidecar tries again to open perf events when they are not permitted.
+const PERMISSION_RETRY: Duration = Duration::from_secs(60);
+
 /// Runs the sidecar until SIGINT/SIGTERM; then uploads what it has (for a few seconds at most).
 pub fn run(config: Config) -> Result<()> {
     config.check()?;
     let metrics = Arc::new(Metrics::default());
-    let sampler = perf::Sampler::new(perf::Settings {
-        freq_hz: config.sample_rate_hz,
-        stack_bytes: config.stack_bytes,
-    })?;
-    sampler.start()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -219,8 +248,6 @@ pub fn run(config: Config) -> Result<()> {
     let listener = rt
         .block_on(tokio::net::TcpListener::bind(config.listen))
         .map_err(Error::Serve)?;
-    tracing::info!(listen = %config.listen, server = %config.server_url, hz = config.sample_rate_hz,
-        interval = ?config.upload_interval, "spanprof-sidecar started");
     let ready = Arc::new(AtomicBool::new(false));
     rt.spawn({
         let (m, r) = (Arc::clone(&metrics), Arc::clone(&ready));
@@ -230,6 +257,12 @@ pub fn run(config: Config) -> Result<()> {
             }
         }
     });
+    let Some(sampler) = rt.block_on(open_sampler(&config, &metrics))? else {
+        return Ok(()); // signalled before sampling was ever permitted
+    };
+    sampler.start()?;
+    tracing::info!(listen = %config.listen, server = %config.server_url, hz = config.sample_rate_hz,
+        interval = ?config.upload_interval, "spanprof-sidecar started");
     let uploads = Arc::new(Uploads::new(config.max_buffer_bytes, Arc::clone(&metrics)));
     let pusher = rt.spawn(upload::run(
         Arc::clone(&uploads),

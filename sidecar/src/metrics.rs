@@ -33,6 +33,7 @@ pub struct Metrics {
     pub attached_processes: Gauge,
     pub attach_errors: Counter,
     pub kernel_excluded: Gauge,
+    pub sampling_permitted: Gauge,
     pub symbols_cached: Gauge,
 }
 
@@ -62,6 +63,7 @@ impl Default for Metrics {
             attached_processes: Gauge::default(),
             attach_errors: Counter::default(),
             kernel_excluded: Gauge::default(),
+            sampling_permitted: Gauge::default(),
             symbols_cached: Gauge::default(),
             registry: Registry::default(),
         };
@@ -136,6 +138,7 @@ impl Default for Metrics {
             "perf_event_open failures on a target thread",
             m.attach_errors.clone(),
         );
+        registry.register("sampling_permitted", "1 once perf events could be opened; 0 while they are not permitted (the sidecar stays up and retries every minute)", m.sampling_permitted.clone());
         registry.register("kernel_samples_excluded", "1 when kernel-mode samples are excluded (no CAP_PERFMON): time in the kernel is not sampled", m.kernel_excluded.clone());
         registry.register(
             "symbols_cached",
