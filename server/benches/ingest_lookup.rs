@@ -19,7 +19,7 @@
 //!    `GET /api/v1/profiles?limit=50`, `GET /api/v1/traces/{id}`.
 //! 3. **merge**: pushes whose span IDs are all already stored (merge upon insert).
 //! 4. **mixed**: profile lookups from one client while new-profile ingest runs.
-//! 5. **disk**: size of the data directory (spanprof.redb with the default engine) / samples stored,
+//! 5. **disk**: size of the data directory (spanprof.fjall/ with the default engine) / samples stored,
 //!    and / span profiles stored.
 //!
 //! Payloads are generated before each phase is timed, so the client's CPU cost is only HTTP.
@@ -55,7 +55,7 @@ usage: cargo bench -p spanprof-server --bench ingest_lookup -- [options]
   --tmp DIR             parent of the data directory (default /tmp)
   --breakdown N         pushes for the no-HTTP cost breakdown (decode alone, store alone; default 100, 0 = off)
   --cache-mb N          the store's page cache (default 256, as shipped: SPANPROF_CACHE_MB)
-  --store-engine E      the store's engine: redb or fjall (default redb, as shipped: SPANPROF_STORE_ENGINE)
+  --store-engine E      the store's engine: fjall or redb (default fjall, as shipped: SPANPROF_STORE_ENGINE)
   --keep                keep the data directory afterwards";
 
 #[derive(Clone, Debug)]

@@ -38,9 +38,10 @@ struct Args {
     /// Inserts that may wait for the disk; more get 503 and are retried by clients.
     #[arg(long, env = "SPANPROF_INGEST_QUEUE", default_value_t = 256)]
     ingest_queue: usize,
-    /// Storage engine of the embedded store: redb or fjall. Each keeps its own files in the data
-    /// directory; switching does not migrate data.
-    #[arg(long, env = "SPANPROF_STORE_ENGINE", default_value = "redb")]
+    /// Storage engine of the embedded store: fjall or redb. Each keeps its own files in the data
+    /// directory; switching does not migrate data (a directory with the other engine's store is
+    /// refused).
+    #[arg(long, env = "SPANPROF_STORE_ENGINE", default_value = "fjall")]
     store_engine: Engine,
     /// Page cache of the embedded store, MiB.
     #[arg(long, env = "SPANPROF_CACHE_MB", default_value_t = 256)]

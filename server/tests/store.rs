@@ -138,3 +138,19 @@ fn reopen_keeps_profiles_and_interned_stacks(engine: Engine) {
     assert!(s.file_bytes > 0 && s.record_bytes > 0, "{s:?}");
     store.close();
 }
+
+#[test]
+fn a_data_dir_of_the_other_engine_is_refused_not_started_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(Engine::Redb, dir.path());
+    store.insert(vec![batch(7, 1_000, &["main"], 1)]).unwrap();
+    drop(store);
+    let err = store::open(dir.path(), EmbeddedOptions { engine: Engine::Fjall, ..Default::default() })
+        .err()
+        .expect("a redb data dir opened as fjall");
+    let message = err.to_string();
+    assert!(message.contains("--store-engine redb"), "{message}");
+    assert!(!dir.path().join("spanprof.fjall").exists(), "nothing created beside the redb store");
+    // The right engine still finds the data.
+    assert!(open(Engine::Redb, dir.path()).span_profile(ProfileId(7)).unwrap().is_some());
+}

@@ -91,7 +91,7 @@ impl EmbeddedStore {
     /// Opens (or creates) the store in `dir`, recovering from an unclean shutdown if needed.
     pub fn open(dir: &Path, options: EmbeddedOptions) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
-        let path = dir.join("spanprof.redb");
+        let path = dir.join(super::Engine::Redb.file_name());
         let db = Database::builder().set_cache_size(options.cache_bytes).create(&path)?;
         let db = Arc::new(db);
         let mut interner = Interner::default();

@@ -176,7 +176,7 @@ impl FjallStore {
     /// Opens (or creates) the store in `dir`, replaying the journal after an unclean shutdown.
     pub fn open(dir: &Path, options: EmbeddedOptions) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
-        let path = dir.join("spanprof.fjall");
+        let path = dir.join(super::Engine::Fjall.file_name());
         let ks = Arc::new(Keyspaces::open(&path, options.cache_bytes as u64)?);
         let mut interner = Interner::default();
         {

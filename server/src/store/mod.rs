@@ -20,11 +20,22 @@ use crate::model::{Labels, ProfileId, SeriesBatch, TraceId};
 /// The storage engine behind the embedded store.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Engine {
-    /// redb: copy-on-write B-tree in one file.
-    #[default]
+    /// redb: copy-on-write B-tree in one file (`spanprof.redb`).
     Redb,
-    /// fjall: LSM tree; cheaper random-key writes at millions of span profiles.
+    /// fjall: LSM tree (`spanprof.fjall/`); cheaper random-key writes at millions of span
+    /// profiles — the default, chosen by measurement (README, Storage).
+    #[default]
     Fjall,
+}
+
+impl Engine {
+    /// What the engine keeps in the data directory.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            Engine::Redb => "spanprof.redb",
+            Engine::Fjall => "spanprof.fjall",
+        }
+    }
 }
 
 impl std::str::FromStr for Engine {
@@ -48,8 +59,22 @@ impl std::fmt::Display for Engine {
     }
 }
 
-/// Opens the store of `options.engine` in `dir`.
+/// Opens the store of `options.engine` in `dir`. A directory that holds only the other engine's
+/// store is refused rather than started empty beside it (switching engines does not migrate).
 pub fn open(dir: &Path, options: embedded::EmbeddedOptions) -> Result<Arc<dyn ProfileStore>> {
+    let other = match options.engine {
+        Engine::Redb => Engine::Fjall,
+        Engine::Fjall => Engine::Redb,
+    };
+    if dir.join(other.file_name()).exists() && !dir.join(options.engine.file_name()).exists() {
+        return Err(crate::error::Error::Storage(format!(
+            "{} holds a {other} store ({}), not a {} one: start with --store-engine {other} \
+             (SPANPROF_STORE_ENGINE={other}), or use another data directory",
+            dir.display(),
+            other.file_name(),
+            options.engine
+        )));
+    }
     Ok(match options.engine {
         Engine::Redb => Arc::new(embedded::EmbeddedStore::open(dir, options)?),
         Engine::Fjall => Arc::new(fjall_store::FjallStore::open(dir, options)?),
