@@ -37,8 +37,13 @@ pub struct ElfInfo {
     pub text: Option<(Range<u64>, Bytes)>,
     pub eh_frame: Option<(Range<u64>, Bytes)>,
     pub eh_frame_hdr: Option<(Range<u64>, Bytes)>,
+    /// DWARF CFI outside `.eh_frame`: Go binaries have only this (zlib-compressed by default).
+    pub debug_frame: Option<Bytes>,
     pub got: Option<Range<u64>>,
 }
+
+/// A `.debug_frame` larger than this (uncompressed) is ignored.
+const MAX_DEBUG_FRAME_BYTES: u64 = 64 << 20;
 
 /// `.text` larger than this is not copied (framehop then skips prologue/epilogue analysis).
 const MAX_TEXT_BYTES: u64 = 32 << 20;
@@ -67,15 +72,43 @@ fn parse<'d, R: object::ReadRef<'d>>(data: R, path: &Path) -> Result<ElfInfo> {
             Some(Segment { vaddr: s.address(), offset, filesz, exec }).filter(|s| s.filesz > 0)
         })
         .collect();
+    // Only where `.eh_frame` is missing: a C or Rust binary built with debug info has both.
+    let debug_frame = match file.section_by_name(".eh_frame") {
+        Some(_) => None,
+        None => file.section_by_name(".debug_frame").and_then(|s| debug_frame(&s)),
+    };
     Ok(ElfInfo {
         segments,
         text: section(".text", true)?,
         eh_frame: section(".eh_frame", true)?,
         eh_frame_hdr: section(".eh_frame_hdr", true)?,
+        debug_frame,
         got: file
             .section_by_name(".got")
             .map(|s| s.address()..s.address() + s.size()),
     })
+}
+
+/// The contents of a `.debug_frame` section, inflated when zlib-compressed (`SHF_COMPRESSED`, as
+/// Go writes it); `None` when unreadable, in another compression or too large.
+fn debug_frame<'d, 'f, R: object::ReadRef<'d>>(s: &object::Section<'d, 'f, R>) -> Option<Bytes> {
+    use std::io::Read;
+    let c = s.compressed_data().ok()?;
+    if c.uncompressed_size > MAX_DEBUG_FRAME_BYTES {
+        return None;
+    }
+    match c.format {
+        object::CompressionFormat::None => Some(Bytes(Arc::from(c.data))),
+        object::CompressionFormat::Zlib => {
+            let mut out = Vec::with_capacity(c.uncompressed_size as usize);
+            flate2::read::ZlibDecoder::new(c.data)
+                .take(c.uncompressed_size)
+                .read_to_end(&mut out)
+                .ok()?;
+            Some(Bytes(Arc::from(out)))
+        }
+        _ => None,
+    }
 }
 
 /// Reads the unwind sections of the ELF file at `path`, section by section.

@@ -79,6 +79,7 @@ fn section_info(elf: &ElfInfo) -> ExplicitModuleSectionInfo<Bytes> {
         eh_frame,
         eh_frame_hdr_svma,
         eh_frame_hdr,
+        debug_frame: elf.debug_frame.clone(),
         ..Default::default()
     }
 }
