@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::time::{Duration, Instant, SystemTime};
 
-
 use crate::aggregate::Aggregate;
 use crate::error::Error;
 use crate::join::{self, Attribution, Channel, IndexedReader};

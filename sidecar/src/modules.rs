@@ -6,7 +6,7 @@ use std::ops::{Deref, Range};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use object::{Object, ObjectSection, ObjectSegment, SegmentFlags};
+use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, SegmentFlags};
 
 use crate::error::{Error, Result};
 
@@ -40,6 +40,9 @@ pub struct ElfInfo {
     /// DWARF CFI outside `.eh_frame`: Go binaries have only this (zlib-compressed by default).
     pub debug_frame: Option<Bytes>,
     pub got: Option<Range<u64>>,
+    /// Function symbols by address (svma), sorted: kept only for images that exist in memory
+    /// alone (the vDSO), which the symbolizer cannot open as a file.
+    pub symbols: Vec<(Range<u64>, Arc<str>)>,
 }
 
 /// A `.debug_frame` larger than this (uncompressed) is ignored.
@@ -83,6 +86,7 @@ fn parse<'d, R: object::ReadRef<'d>>(data: R, path: &Path) -> Result<ElfInfo> {
         eh_frame: section(".eh_frame", true)?,
         eh_frame_hdr: section(".eh_frame_hdr", true)?,
         debug_frame,
+        symbols: Vec::new(),
         got: file
             .section_by_name(".got")
             .map(|s| s.address()..s.address() + s.size()),
@@ -118,12 +122,33 @@ pub fn load_elf(path: &Path) -> Result<ElfInfo> {
     parse(&cache, path)
 }
 
-/// Parses an ELF image held in memory (the vDSO).
+/// Parses an ELF image held in memory (the vDSO), with its function symbols.
 pub fn load_elf_bytes(bytes: &[u8], name: &Path) -> Result<ElfInfo> {
-    parse(bytes, name)
+    let mut info = parse(bytes, name)?;
+    if let Ok(file) = object::File::parse(bytes) {
+        let mut symbols: Vec<(Range<u64>, Arc<str>)> = file
+            .dynamic_symbols()
+            .chain(file.symbols())
+            .filter(|s| s.kind() == object::SymbolKind::Text && s.size() > 0)
+            .filter_map(|s| Some((s.address()..s.address() + s.size(), Arc::from(s.name().ok()?))))
+            .collect();
+        // The vDSO exports each function twice (`clock_gettime` and `__vdso_clock_gettime`):
+        // keep the plain name.
+        symbols.sort_by_key(|(range, name)| (range.start, name.starts_with("__")));
+        symbols.dedup_by(|later, first| later.0.start == first.0.start);
+        info.symbols = symbols;
+    }
+    Ok(info)
 }
 
 impl ElfInfo {
+    /// The function symbol at `svma`, for in-memory images (see [`ElfInfo::symbols`]).
+    pub fn symbol(&self, svma: u64) -> Option<&Arc<str>> {
+        let i = self.symbols.partition_point(|(r, _)| r.start <= svma).checked_sub(1)?;
+        let (range, name) = &self.symbols[i];
+        range.contains(&svma).then_some(name)
+    }
+
     /// The load bias (`avma - svma`) of a mapping of this file at `map_start` with file offset
     /// `map_offset`. The segment is the one whose page-aligned file range holds `map_offset`,
     /// executable first: a Rust binary's executable segment starts at a file offset that is not

@@ -83,7 +83,15 @@ impl Symbolizer {
             Arc::from([fallback_name(registry, FrameKey { module, addr })])
         };
         let Some(path) = meta.as_ref().and_then(|m| m.open_path.clone()) else {
-            return addrs.iter().map(|&a| fallback(a)).collect();
+            // An image only in memory (the vDSO): its own symbol table, read when it was loaded.
+            let elf = meta.as_ref().and_then(|m| m.elf.clone());
+            return addrs
+                .iter()
+                .map(|&a| match elf.as_ref().and_then(|e| e.symbol(a)) {
+                    Some(name) => Arc::from([Arc::clone(name)]),
+                    None => fallback(a),
+                })
+                .collect();
         };
         // The symbol table first: it has the full, demangled path of every function
         // (`spanprof_demo::work::compute_route`), where DWARF of a release build
@@ -207,5 +215,27 @@ mod tests {
             "0x42"
         );
         assert!(s.cached() >= 2);
+    }
+
+    #[test]
+    fn vdso_frames_are_named_from_its_own_symbols() {
+        let registry = Registry::default();
+        let mut p = Process::new(std::process::id());
+        p.refresh(&registry).unwrap();
+        let vdso = (0..registry.len() as u32)
+            .filter_map(|i| registry.get(i))
+            .find(|m| m.name == "[vdso]")
+            .expect("a vDSO mapping");
+        let elf = vdso.elf.as_ref().expect("the vDSO image");
+        let (range, name) = elf
+            .symbols
+            .iter()
+            .find(|(_, n)| &**n == "clock_gettime")
+            .expect("clock_gettime in the vDSO's symbols");
+        assert_eq!(&**name, "clock_gettime", "the plain name, not __vdso_clock_gettime");
+        let key = FrameKey { module: vdso.id, addr: range.start + 1 };
+        let mut s = Symbolizer::new();
+        s.resolve(&registry, [&key]);
+        assert_eq!(&*s.names(&registry, key)[0], "clock_gettime");
     }
 }
