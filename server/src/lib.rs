@@ -33,7 +33,7 @@ pub struct Config {
     /// How often retention runs.
     pub retention_interval: Duration,
     pub limits: ingest::Limits,
-    /// Store tuning, and which engine (`store.engine`: redb or fjall).
+    /// Store tuning, and which engine (`store.engine`: fjall, the default, or redb).
     pub store: EmbeddedOptions,
 }
 
