@@ -199,7 +199,22 @@ pub struct ModuleMeta {
     pub name: String,
     /// Where to open it (through `/proc/<pid>/root`); `None` for the vDSO.
     pub open_path: Option<PathBuf>,
+    /// The file, opened while a process that maps it was alive: `/proc/<pid>/root` disappears
+    /// with the process, and its last samples are symbolized after it exited.
+    file: Option<std::fs::File>,
     pub elf: Option<Arc<ElfInfo>>,
+}
+
+impl ModuleMeta {
+    /// The path the symbolizer opens: the file held open (`/proc/self/fd/<fd>`), else where it
+    /// was found.
+    pub fn symbol_path(&self) -> Option<PathBuf> {
+        use std::os::fd::AsRawFd;
+        match &self.file {
+            Some(f) => Some(PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()))),
+            None => self.open_path.clone(),
+        }
+    }
 }
 
 /// Every module seen, with stable small IDs. Shared by the sampler and the symbolizer.
@@ -236,10 +251,12 @@ impl Registry {
             .unwrap_or(&key.path)
             .trim_end_matches(" (deleted)")
             .to_owned();
+        let file = open_path.as_ref().and_then(|p| std::fs::File::open(p).ok());
         let meta = Arc::new(ModuleMeta {
             id,
             name,
             open_path,
+            file,
             elf,
         });
         inner.metas.push(Arc::clone(&meta));

@@ -82,7 +82,7 @@ impl Symbolizer {
         let fallback = |addr: u64| -> Names {
             Arc::from([fallback_name(registry, FrameKey { module, addr })])
         };
-        let Some(path) = meta.as_ref().and_then(|m| m.open_path.clone()) else {
+        let Some(path) = meta.as_ref().and_then(|m| m.symbol_path()) else {
             // An image only in memory (the vDSO): its own symbol table, read when it was loaded.
             let elf = meta.as_ref().and_then(|m| m.elf.clone());
             return addrs
