@@ -116,10 +116,8 @@ fn debug_frame<'d, 'f, R: object::ReadRef<'d>>(s: &object::Section<'d, 'f, R>) -
 }
 
 /// Reads the unwind sections of the ELF file at `path`, section by section.
-pub fn load_elf(path: &Path) -> Result<ElfInfo> {
-    let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let cache = object::ReadCache::new(f);
-    parse(&cache, path)
+pub fn load_elf(file: &std::fs::File, path: &Path) -> Result<ElfInfo> {
+    parse(&object::ReadCache::new(file), path)
 }
 
 /// Parses an ELF image held in memory (the vDSO), with its function symbols.
@@ -217,6 +215,16 @@ impl ModuleMeta {
     }
 }
 
+/// What loading a module found.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// Where it was found (through `/proc/<pid>/root`); `None` for the vDSO.
+    pub open_path: Option<PathBuf>,
+    /// The file, kept open for the symbolizer.
+    pub file: Option<std::fs::File>,
+    pub elf: Option<Arc<ElfInfo>>,
+}
+
 /// Every module seen, with stable small IDs. Shared by the sampler and the symbolizer.
 #[derive(Debug, Default)]
 pub struct Registry {
@@ -234,7 +242,7 @@ impl Registry {
     pub fn get_or_insert(
         &self,
         key: ModuleKey,
-        load: impl FnOnce() -> (Option<PathBuf>, Option<Arc<ElfInfo>>),
+        load: impl FnOnce() -> Loaded,
     ) -> Arc<ModuleMeta> {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(&id) = inner.by_key.get(&key)
@@ -242,7 +250,7 @@ impl Registry {
         {
             return Arc::clone(m);
         }
-        let (open_path, elf) = load();
+        let Loaded { open_path, file, elf } = load();
         let id = inner.metas.len() as u32;
         let name = key
             .path
@@ -251,7 +259,6 @@ impl Registry {
             .unwrap_or(&key.path)
             .trim_end_matches(" (deleted)")
             .to_owned();
-        let file = open_path.as_ref().and_then(|p| std::fs::File::open(p).ok());
         let meta = Arc::new(ModuleMeta {
             id,
             name,
@@ -336,7 +343,7 @@ mod tests {
     #[test]
     fn loads_its_own_binary_and_finds_unwind_sections() {
         let exe = std::env::current_exe().unwrap();
-        let elf = load_elf(&exe).unwrap();
+        let elf = load_elf(&std::fs::File::open(&exe).unwrap(), &exe).unwrap();
         assert!(elf.eh_frame.is_some() && elf.eh_frame_hdr.is_some() && elf.text.is_some());
         assert!(elf.segments.iter().any(|s| s.exec));
         // The bias computed from our own maps puts our own code inside .text.
@@ -365,9 +372,9 @@ mod tests {
             inode: 1,
             path: p.into(),
         };
-        let a = r.get_or_insert(key("/usr/lib/libc.so.6"), || (None, None));
+        let a = r.get_or_insert(key("/usr/lib/libc.so.6"), Loaded::default);
         let b = r.get_or_insert(key("/usr/lib/libc.so.6"), || panic!("loaded twice"));
-        let c = r.get_or_insert(key("/app/demo (deleted)"), || (None, None));
+        let c = r.get_or_insert(key("/app/demo (deleted)"), Loaded::default);
         assert_eq!((a.id, b.id, c.id), (0, 0, 1));
         assert_eq!((a.name.as_str(), c.name.as_str()), ("libc.so.6", "demo"));
         assert_eq!(r.get(1).unwrap().id, 1);

@@ -9,7 +9,7 @@ use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64};
 use framehop::{ExplicitModuleSectionInfo, FrameAddress, Module, Unwinder};
 
 use crate::error::Result;
-use crate::modules::{self, Bytes, ElfInfo, ModuleKey, Registry};
+use crate::modules::{self, Bytes, ElfInfo, Loaded, ModuleKey, Registry};
 use crate::procfs;
 
 /// One frame, as aggregated before symbolization: a module and an address in its own address
@@ -132,20 +132,28 @@ impl Process {
             };
             let meta = registry.get_or_insert(key, || {
                 if vdso {
-                    return (None, own_vdso());
+                    return Loaded { elf: own_vdso(), ..Loaded::default() };
                 }
                 let path: PathBuf = root.join(
                     m.path
                         .trim_start_matches('/')
                         .trim_end_matches(" (deleted)"),
                 );
-                match modules::load_elf(&path) {
-                    Ok(elf) => (Some(path), Some(Arc::new(elf))),
+                let file = match std::fs::File::open(&path) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        tracing::debug!(path = %path.display(), error = %e, "module file unreadable");
+                        return Loaded { open_path: Some(path), ..Loaded::default() };
+                    }
+                };
+                let elf = match modules::load_elf(&file, &path) {
+                    Ok(elf) => Some(Arc::new(elf)),
                     Err(e) => {
                         tracing::debug!(error = %e, "module without unwind information");
-                        (Some(path), None)
+                        None
                     }
-                }
+                };
+                Loaded { open_path: Some(path), file: Some(file), elf }
             });
             let Some(elf) = meta.elf.as_ref() else {
                 mapped.push(Mapped {
