@@ -1,7 +1,7 @@
 //! The sampling loop: discovers target processes, drains the rings, unwinds and joins each
 //! sample, aggregates, and hands each interval's aggregate to the symbolizer.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,7 +15,7 @@ use crate::metrics::Metrics;
 use crate::modules::Registry;
 use crate::perf::Sampler;
 use crate::perf::record::{self, Record};
-use crate::procfs;
+use crate::procfs::{self, ProcId};
 use crate::unwind::{FrameKey, Outcome, Process};
 
 /// Which processes to sample.
@@ -25,6 +25,25 @@ pub struct Targets {
     pub pids: Vec<u32>,
     /// Only processes that have a channel file.
     pub require_channel: bool,
+}
+
+/// How often new processes and threads are looked for in `/proc`.
+const DISCOVERY_EVERY: Duration = Duration::from_secs(1);
+
+/// The longest the rings go undrained while the targets are idle. The first samples after a quiet
+/// spell wait at most this long to be joined; the span-context channel keeps each thread's last
+/// 1,024 transitions, so only a thread with more root-span changes than that in this time (and a
+/// sample before them) loses its attribution (counted as `unknown`).
+pub const IDLE_POLL_MAX: Duration = Duration::from_secs(1);
+
+/// The pause before the next drain: `busy` after records came, else twice the last pause, up to
+/// [`IDLE_POLL_MAX`].
+fn next_pause(last: Duration, records_came: bool, busy: Duration) -> Duration {
+    if records_came {
+        busy
+    } else {
+        (last * 2).clamp(busy, IDLE_POLL_MAX.max(busy))
+    }
 }
 
 /// One interval's samples, on their way to the symbolizer.
@@ -50,6 +69,9 @@ struct Proc {
     service: Arc<str>,
     unwind: Process,
     channel: Option<Channel<IndexedReader>>,
+    /// Passes over `/proc/<pid>/task` that attached every listed thread. After two, the kernel
+    /// follows every new thread through inheritance and the listing is not read again.
+    clean_thread_passes: u8,
 }
 
 pub struct Agent {
@@ -71,6 +93,9 @@ struct State {
     warned_permission: bool,
     /// FORK/EXIT records of the batch being handled, applied to the sampler after it.
     thread_events: Vec<ThreadEvent>,
+    /// Processes found not to be targets (kernel threads, `pause`, no channel yet…), so the next
+    /// discovery does not read their files again. Rebuilt on every pass.
+    passed_over: HashSet<ProcId>,
 }
 
 enum ThreadEvent {
@@ -109,32 +134,45 @@ impl Agent {
                 frames: Vec::with_capacity(128),
                 warned_permission: false,
                 thread_events: Vec::new(),
+                passed_over: HashSet::new(),
             },
         }
     }
 
     /// Runs until `stop` is set, then flushes what it has.
+    ///
+    /// Every wakeup costs the sidecar tens of microseconds (a VM timer and two context switches),
+    /// so the rings are drained every `poll_interval` while records flow, and ever more rarely (up
+    /// to [`IDLE_POLL_MAX`]) while the targets sleep. The kernel wakes the loop early when a ring
+    /// is half full.
     pub fn run(mut self, stop: &AtomicBool, batches: SyncSender<Batch>) {
         let mut buf = Vec::new();
         let mut next_discovery = Instant::now();
+        let mut pause = self.state.config.poll_interval;
         while !stop.load(Ordering::Acquire) {
-            self.drain(&mut buf);
+            let drained = self.drain(&mut buf);
             if Instant::now() >= next_discovery {
                 self.discover();
-                next_discovery = Instant::now() + Duration::from_secs(1);
+                next_discovery = Instant::now() + DISCOVERY_EVERY;
             }
-            if self.state.interval_start.0.elapsed() >= self.state.config.upload_interval {
+            let upload_interval = self.state.config.upload_interval;
+            if self.state.interval_start.0.elapsed() >= upload_interval {
                 self.state.flush(&batches);
             }
-            std::thread::sleep(self.state.config.poll_interval);
+            pause = next_pause(pause, drained > 0, self.state.config.poll_interval);
+            let until_flush = upload_interval.saturating_sub(self.state.interval_start.0.elapsed());
+            let until_discovery = next_discovery.saturating_duration_since(Instant::now());
+            self.sampler
+                .wait(pause.min(until_flush).min(until_discovery));
         }
         self.drain(&mut buf);
         self.state.flush(&batches);
     }
 
-    fn drain(&mut self, scratch: &mut Vec<u8>) {
+    /// Handles every record in the rings; returns their size in bytes.
+    fn drain(&mut self, scratch: &mut Vec<u8>) -> usize {
         let state = &mut self.state;
-        self.sampler.drain_with(scratch, |bytes| {
+        let drained = self.sampler.drain_with(scratch, |bytes| {
             // Every sample in these bytes was taken before this point (the ring's head was read).
             for p in state.procs.values_mut() {
                 if let Some(c) = p.channel.as_mut() {
@@ -151,6 +189,7 @@ impl Agent {
                 ThreadEvent::Exit { pid, tid } => self.sampler.note_exit(pid, tid),
             }
         }
+        drained
     }
 }
 
@@ -234,8 +273,7 @@ impl State {
                 None
             }
         };
-        let service = Arc::clone(&p.service);
-        self.aggregate.add(&service, span, &self.frames);
+        self.aggregate.add(&p.service, span, &self.frames);
     }
 
     fn flush(&mut self, batches: &SyncSender<Batch>) {
@@ -272,16 +310,35 @@ impl State {
             service,
             unwind: Process::new(pid),
             channel: self.channel_for(pid, start_time),
+            clean_thread_passes: 0,
         })
     }
 
+    /// The PIDs to look at: the configured ones, or every process of the namespace but ours.
     fn candidates(&self) -> Vec<u32> {
         if !self.config.targets.pids.is_empty() {
             return self.config.targets.pids.clone();
         }
         let mut pids = procfs::numeric_entries(std::path::Path::new("/proc")).unwrap_or_default();
-        pids.retain(|&p| p != self.own_pid && procfs::is_user_process(p));
+        pids.retain(|&p| p != self.own_pid && p != 0);
         pids
+    }
+
+    /// Whether a process not attached yet is one to sample. Reads its files: asked once per
+    /// process, the answer "no" is remembered in `passed_over`.
+    fn is_target(&self, pid: u32, comm: &str) -> bool {
+        let explicit = !self.config.targets.pids.is_empty();
+        if !explicit && (comm == "pause" || !procfs::is_user_process(pid)) {
+            return false;
+        }
+        if self.config.targets.require_channel {
+            return self
+                .config
+                .context_dir
+                .as_ref()
+                .is_some_and(|d| d.join(spanprof_channel::file_name(pid)).exists());
+        }
+        true
     }
 }
 
@@ -289,25 +346,16 @@ impl Agent {
     /// Attaches to new processes, follows threads the kernel does not, detaches from processes
     /// that exited, and handles PID reuse (same PID, other start time).
     pub fn discover(&mut self) {
-        let explicit = !self.state.config.targets.pids.is_empty();
+        let mut seen = HashSet::new();
+        let mut passed_over = HashSet::new();
         for pid in self.state.candidates() {
             let Some((start, comm)) = procfs::stat(pid) else {
                 continue;
             };
-            if !explicit && (comm == "pause" || pid == 0) {
-                continue;
-            }
-            if self.state.config.targets.require_channel {
-                let has = self
-                    .state
-                    .config
-                    .context_dir
-                    .as_ref()
-                    .is_some_and(|d| d.join(spanprof_channel::file_name(pid)).exists());
-                if !has {
-                    continue;
-                }
-            }
+            let id = ProcId {
+                pid,
+                start_time: start,
+            };
             match self.state.procs.get(&pid) {
                 Some(p) if p.start_time == start => {}
                 Some(_) => {
@@ -318,6 +366,18 @@ impl Agent {
                 None => {}
             }
             if !self.state.procs.contains_key(&pid) {
+                // A channel may be required and appear later: "not a target" is only final
+                // when it does not depend on the channel.
+                if self.state.passed_over.contains(&id)
+                    && !self.state.config.targets.require_channel
+                {
+                    passed_over.insert(id);
+                    continue;
+                }
+                if !self.state.is_target(pid, &comm) {
+                    passed_over.insert(id);
+                    continue;
+                }
                 let Some(mut p) = self.state.new_proc(pid) else {
                     continue;
                 };
@@ -328,6 +388,7 @@ impl Agent {
                 tracing::info!(pid, comm = %comm, service = %p.service, channel = p.channel.is_some(), "attaching");
                 self.state.procs.insert(pid, p);
             }
+            seen.insert(pid);
             self.follow_threads(pid);
             // A channel file may appear after the process started.
             if let Some(p) = self.state.procs.get(&pid)
@@ -339,10 +400,13 @@ impl Agent {
                 p.channel = Some(c);
             }
         }
+        self.state.passed_over = passed_over;
+        // Processes seen above are alive; children followed through inheritance are checked here.
         let gone: Vec<u32> = self
             .state
             .procs
             .iter()
+            .filter(|(pid, _)| !seen.contains(*pid))
             .filter(|(pid, p)| procfs::stat(**pid).is_none_or(|(s, _)| s != p.start_time))
             .map(|(pid, _)| *pid)
             .collect();
@@ -351,8 +415,12 @@ impl Agent {
             self.sampler.detach(pid);
             self.state.procs.remove(&pid);
         }
-        self.state.metrics.attached_processes.set(self.state.procs.len() as i64);
-        self.state.metrics
+        self.state
+            .metrics
+            .attached_processes
+            .set(self.state.procs.len() as i64);
+        self.state
+            .metrics
             .attached_threads
             .set(self.sampler.thread_count() as i64);
     }
@@ -362,9 +430,13 @@ impl Agent {
         let Some(p) = self.state.procs.get(&pid) else {
             return;
         };
+        if p.clean_thread_passes >= 2 {
+            return;
+        }
         let first = !self.sampler.is_attached(pid);
         let attached_at = p.attached_at_ticks;
         let tids = procfs::numeric_entries(&procfs::proc_dir(pid).join("task")).unwrap_or_default();
+        let mut clean = true;
         for tid in tids {
             if self.sampler.covers(pid, tid) {
                 continue;
@@ -372,15 +444,16 @@ impl Agent {
             if !first {
                 // Threads started after we attached are inherited from their creator.
                 let path = procfs::proc_dir(pid).join(format!("task/{tid}/stat"));
-                let started = std::fs::read_to_string(path)
-                    .ok()
+                let started = procfs::read_small(&path)
                     .and_then(|s| procfs::parse_stat(&s))
                     .map(|s| s.0);
                 if started.is_none_or(|t| t >= attached_at) {
                     continue;
                 }
             }
-            match self.sampler.attach_thread(pid, tid) {
+            let attached = self.sampler.attach_thread(pid, tid);
+            clean &= attached.is_ok();
+            match attached {
                 Ok(()) => {}
                 Err(Error::PerfNotPermitted(hint)) => {
                     self.state.metrics.attach_errors.inc();
@@ -395,5 +468,29 @@ impl Agent {
                 }
             }
         }
+        if let Some(p) = self.state.procs.get_mut(&pid) {
+            p.clean_thread_passes = if clean { p.clean_thread_passes + 1 } else { 0 };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pauses_grow_while_idle_and_reset_when_records_come() {
+        let busy = Duration::from_millis(250);
+        let mut p = busy;
+        let mut seen = Vec::new();
+        for _ in 0..5 {
+            p = next_pause(p, false, busy);
+            seen.push(p.as_millis());
+        }
+        assert_eq!(seen, [500, 1000, 1000, 1000, 1000]);
+        assert_eq!(next_pause(p, true, busy), busy);
+        // A busy interval longer than the idle cap is kept as configured.
+        let slow = Duration::from_secs(3);
+        assert_eq!(next_pause(slow, false, slow), slow);
     }
 }

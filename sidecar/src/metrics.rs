@@ -42,7 +42,9 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("spanprof_sidecar");
         let samples: Family<AttributionLabel, Counter> = Family::default();
         let by_attribution = ["span", "no_span", "unknown", "no_channel"].map(|a| {
-            let label = AttributionLabel { attribution: a.to_owned() };
+            let label = AttributionLabel {
+                attribution: a.to_owned(),
+            };
             (a, samples.get_or_create(&label).clone())
         });
         let m = Metrics {

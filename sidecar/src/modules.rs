@@ -78,7 +78,9 @@ fn parse<'d, R: object::ReadRef<'d>>(data: R, path: &Path) -> Result<ElfInfo> {
     // Only where `.eh_frame` is missing: a C or Rust binary built with debug info has both.
     let debug_frame = match file.section_by_name(".eh_frame") {
         Some(_) => None,
-        None => file.section_by_name(".debug_frame").and_then(|s| debug_frame(&s)),
+        None => file
+            .section_by_name(".debug_frame")
+            .and_then(|s| debug_frame(&s)),
     };
     Ok(ElfInfo {
         segments,
@@ -128,7 +130,12 @@ pub fn load_elf_bytes(bytes: &[u8], name: &Path) -> Result<ElfInfo> {
             .dynamic_symbols()
             .chain(file.symbols())
             .filter(|s| s.kind() == object::SymbolKind::Text && s.size() > 0)
-            .filter_map(|s| Some((s.address()..s.address() + s.size(), Arc::from(s.name().ok()?))))
+            .filter_map(|s| {
+                Some((
+                    s.address()..s.address() + s.size(),
+                    Arc::from(s.name().ok()?),
+                ))
+            })
             .collect();
         // The vDSO exports each function twice (`clock_gettime` and `__vdso_clock_gettime`):
         // keep the plain name.
@@ -142,7 +149,10 @@ pub fn load_elf_bytes(bytes: &[u8], name: &Path) -> Result<ElfInfo> {
 impl ElfInfo {
     /// The function symbol at `svma`, for in-memory images (see [`ElfInfo::symbols`]).
     pub fn symbol(&self, svma: u64) -> Option<&Arc<str>> {
-        let i = self.symbols.partition_point(|(r, _)| r.start <= svma).checked_sub(1)?;
+        let i = self
+            .symbols
+            .partition_point(|(r, _)| r.start <= svma)
+            .checked_sub(1)?;
         let (range, name) = &self.symbols[i];
         range.contains(&svma).then_some(name)
     }
@@ -239,18 +249,18 @@ struct RegistryInner {
 
 impl Registry {
     /// The module for `key`, loading it with `load` the first time.
-    pub fn get_or_insert(
-        &self,
-        key: ModuleKey,
-        load: impl FnOnce() -> Loaded,
-    ) -> Arc<ModuleMeta> {
+    pub fn get_or_insert(&self, key: ModuleKey, load: impl FnOnce() -> Loaded) -> Arc<ModuleMeta> {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(&id) = inner.by_key.get(&key)
             && let Some(m) = inner.metas.get(id as usize)
         {
             return Arc::clone(m);
         }
-        let Loaded { open_path, file, elf } = load();
+        let Loaded {
+            open_path,
+            file,
+            elf,
+        } = load();
         let id = inner.metas.len() as u32;
         let name = key
             .path

@@ -68,7 +68,23 @@ pub fn proc_dir(pid: u32) -> PathBuf {
 
 /// Start time and comm of `pid`, `None` when it is gone.
 pub fn stat(pid: u32) -> Option<(u64, String)> {
-    parse_stat(&std::fs::read_to_string(proc_dir(pid).join("stat")).ok()?)
+    parse_stat(&read_small(&proc_dir(pid).join("stat"))?)
+}
+
+/// Reads a small `/proc` file in one `read` when it fits 1 KiB (`/proc/<pid>/stat` does): the
+/// kernel generates such a file whole on the first read, and `read_to_string` would spend five
+/// more system calls growing its buffer from 32 bytes, on every discovery pass.
+pub fn read_small(path: &Path) -> Option<String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).ok()?;
+    let mut buf = [0u8; 1024];
+    let n = f.read(&mut buf).ok()?;
+    let mut bytes = buf[..n].to_vec();
+    if n == buf.len() {
+        f.read_to_end(&mut bytes).ok()?;
+    }
+    // A comm may hold any bytes; the start time after it is what matters.
+    Some(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// Numeric entries of a `/proc` directory (`/proc` or `/proc/<pid>/task`).
@@ -107,6 +123,21 @@ pub fn read_own_memory(start: u64, end: u64) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn small_reads_match_whole_reads() {
+        let own = proc_dir(std::process::id());
+        let stat = read_small(&own.join("stat")).unwrap();
+        assert_eq!(
+            parse_stat(&stat).unwrap(),
+            parse_stat(&std::fs::read_to_string(own.join("stat")).unwrap()).unwrap()
+        );
+        // Longer than the first read: the rest is read too.
+        let maps = read_small(&own.join("maps")).unwrap();
+        assert!(maps.len() > 1024, "{}", maps.len());
+        assert_eq!(parse_maps(&maps).len(), maps.lines().count());
+        assert!(read_small(Path::new("/proc/0/stat")).is_none());
+    }
 
     #[test]
     fn parses_maps_lines() {

@@ -113,10 +113,18 @@ impl Symbolizer {
     }
 
     /// Names of `addrs` (file offsets) in the ELF file at `path`; `None` where unknown.
-    fn symbolize(&self, path: &std::path::Path, debug_syms: bool, addrs: &[u64]) -> Vec<Option<Names>> {
+    fn symbolize(
+        &self,
+        path: &std::path::Path,
+        debug_syms: bool,
+        addrs: &[u64],
+    ) -> Vec<Option<Names>> {
         let mut elf = Elf::new(path);
         elf.debug_syms = debug_syms;
-        match self.inner.symbolize(&Source::Elf(elf), Input::VirtOffset(addrs)) {
+        match self
+            .inner
+            .symbolize(&Source::Elf(elf), Input::VirtOffset(addrs))
+        {
             Ok(syms) if syms.len() == addrs.len() => syms
                 .into_iter()
                 .map(|s| match s {
@@ -232,8 +240,14 @@ mod tests {
             .iter()
             .find(|(_, n)| &**n == "clock_gettime")
             .expect("clock_gettime in the vDSO's symbols");
-        assert_eq!(&**name, "clock_gettime", "the plain name, not __vdso_clock_gettime");
-        let key = FrameKey { module: vdso.id, addr: range.start + 1 };
+        assert_eq!(
+            &**name, "clock_gettime",
+            "the plain name, not __vdso_clock_gettime"
+        );
+        let key = FrameKey {
+            module: vdso.id,
+            addr: range.start + 1,
+        };
         let mut s = Symbolizer::new();
         s.resolve(&registry, [&key]);
         assert_eq!(&*s.names(&registry, key)[0], "clock_gettime");

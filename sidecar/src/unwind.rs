@@ -186,23 +186,12 @@ impl Process {
     }
 
     fn module_of(&self, avma: u64) -> Option<&Mapped> {
-        let i = self.mapped.partition_point(|m| m.range.start <= avma);
-        self.mapped
-            .get(i.checked_sub(1)?)
-            .filter(|m| m.range.contains(&avma))
+        module_of(&self.mapped, avma)
     }
 
+    #[cfg(test)]
     fn key(&self, lookup_avma: u64) -> FrameKey {
-        match self.module_of(lookup_avma) {
-            Some(m) => FrameKey {
-                module: m.module,
-                addr: lookup_avma.wrapping_sub(m.bias),
-            },
-            None => FrameKey {
-                module: FrameKey::NO_MODULE,
-                addr: lookup_avma,
-            },
-        }
+        key_in(&self.mapped, lookup_avma)
     }
 
     /// Unwinds one sample from its registers `[bp, sp, ip]` and user-stack copy; pushes the
@@ -227,7 +216,7 @@ impl Process {
             let word = stack.get(off..off.checked_add(8).ok_or(())?).ok_or(())?;
             Ok(u64::from_le_bytes(word.try_into().map_err(|_| ())?))
         };
-        let mut addrs = Vec::with_capacity(32);
+        let mapped = &self.mapped;
         let mut frames = self.unwinder.iter_frames(
             ip,
             UnwindRegsX86_64::new(ip, sp, bp),
@@ -235,14 +224,17 @@ impl Process {
             &mut read_stack,
         );
         let mut n = 0usize;
-        let outcome = loop {
+        loop {
             match frames.next() {
                 Ok(Some(f)) => {
                     n += 1;
-                    addrs.push(match f {
-                        FrameAddress::InstructionPointer(_) => f.address(),
-                        FrameAddress::ReturnAddress(_) => f.address_for_lookup(),
-                    });
+                    out.push(key_in(
+                        mapped,
+                        match f {
+                            FrameAddress::InstructionPointer(_) => f.address(),
+                            FrameAddress::ReturnAddress(_) => f.address_for_lookup(),
+                        },
+                    ));
                     if n > 512 {
                         break Outcome::Truncated;
                     }
@@ -251,9 +243,29 @@ impl Process {
                 Err(_) if n <= 1 => break Outcome::Failed,
                 Err(_) => break Outcome::Truncated,
             }
-        };
-        out.extend(addrs.into_iter().map(|a| self.key(a)));
-        outcome
+        }
+    }
+}
+
+/// The mapping that holds `avma` (`mapped` is sorted by start address).
+fn module_of(mapped: &[Mapped], avma: u64) -> Option<&Mapped> {
+    let i = mapped.partition_point(|m| m.range.start <= avma);
+    mapped
+        .get(i.checked_sub(1)?)
+        .filter(|m| m.range.contains(&avma))
+}
+
+/// The frame key of a lookup address: module and module-relative address.
+fn key_in(mapped: &[Mapped], lookup_avma: u64) -> FrameKey {
+    match module_of(mapped, lookup_avma) {
+        Some(m) => FrameKey {
+            module: m.module,
+            addr: lookup_avma.wrapping_sub(m.bias),
+        },
+        None => FrameKey {
+            module: FrameKey::NO_MODULE,
+            addr: lookup_avma,
+        },
     }
 }
 

@@ -240,7 +240,21 @@ impl Sampler {
     /// Hands each ring's new records to `f` in place (whole records; copied into `scratch`
     /// only where they wrap around a ring's end), one call per ring that has any.
     pub fn drain_with(&mut self, scratch: &mut Vec<u8>, mut f: impl FnMut(&[u8])) -> usize {
-        self.rings.iter_mut().map(|(_, r)| r.drain_with(scratch, &mut f)).sum()
+        self.rings
+            .iter_mut()
+            .map(|(_, r)| r.drain_with(scratch, &mut f))
+            .sum()
+    }
+
+    /// Waits up to `timeout` for new records; returns early when a ring fills past half its size,
+    /// so a burst is drained before the kernel has to drop records.
+    pub fn wait(&self, timeout: std::time::Duration) {
+        let rings: Vec<&Ring> = self.rings.iter().map(|(_, r)| r).collect();
+        if let Err(e) = sys::wait_any(&rings, timeout) {
+            // Not expected for perf fds; never spin: fall back to sleeping the interval.
+            tracing::debug!(error = %e, "poll on the perf rings failed");
+            std::thread::sleep(timeout);
+        }
     }
 
     /// The kernel's ring-owner event is bound to the sidecar and samples nothing; only targets do.

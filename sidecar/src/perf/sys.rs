@@ -229,6 +229,32 @@ impl Ring {
     }
 }
 
+/// Blocks until the kernel signals one of `rings` (it does when a ring passes its watermark, half
+/// its size) or `timeout` passes, whichever is first. Interrupted waits count as timeouts.
+pub fn wait_any(rings: &[&Ring], timeout: std::time::Duration) -> io::Result<()> {
+    let mut fds: Vec<libc::pollfd> = rings
+        .iter()
+        .map(|r| libc::pollfd {
+            fd: r.fd.0.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    // Rounded up: a timeout rounded down to 0 ms would make the caller spin until its deadline.
+    let millis = timeout.as_micros().div_ceil(1000);
+    let millis = libc::c_int::try_from(millis).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `fds` is a live, exclusively borrowed array of `fds.len()` initialised pollfds whose
+    // descriptors the rings keep open for the duration of the call; poll only writes `revents`.
+    let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, millis) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
 impl Drop for Ring {
     fn drop(&mut self) {
         // SAFETY: `base`/`len` describe the mapping created in `map`, unmapped only here.
