@@ -179,7 +179,7 @@ impl Agent {
                     c.refresh();
                 }
             }
-            if record::for_each(bytes, |r| state.handle(r)).is_err() {
+            if record::for_each(bytes, crate::perf::prefetch, |r| state.handle(r)).is_err() {
                 state.metrics.malformed_records.inc();
             }
         });

@@ -9,8 +9,8 @@ use std::collections::{HashMap, HashSet};
 use std::io;
 
 use crate::error::{Error, Result};
-pub use sys::clock_ticks_per_second;
 use sys::{EventFd, EventKind, Ring};
+pub use sys::{clock_ticks_per_second, prefetch};
 
 /// How to sample.
 #[derive(Clone, Copy, Debug)]
@@ -326,16 +326,20 @@ mod tests {
         s.drain_with(&mut Vec::new(), |bytes| buf.extend_from_slice(bytes));
         let mut samples = 0;
         let mut times = Vec::new();
-        record::for_each(&buf, |r| {
-            if let record::Record::Sample(smp) = r
-                && smp.tid == tid
-            {
-                samples += 1;
-                times.push(smp.time_ns);
-                assert!(smp.regs.is_some());
-                assert!(!smp.stack.is_empty());
-            }
-        })
+        record::for_each(
+            &buf,
+            |_| {},
+            |r| {
+                if let record::Record::Sample(smp) = r
+                    && smp.tid == tid
+                {
+                    samples += 1;
+                    times.push(smp.time_ns);
+                    assert!(smp.regs.is_some());
+                    assert!(!smp.stack.is_empty());
+                }
+            },
+        )
         .unwrap();
         // 200 Hz of on-CPU time for ~0.3 s; the machine is shared, so be lenient.
         assert!(samples >= 10, "{samples} samples");

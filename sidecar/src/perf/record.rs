@@ -68,7 +68,15 @@ fn u64_at(b: &[u8], o: usize) -> Option<u64> {
 }
 
 /// Splits a drained byte run into records. A malformed record ends the walk: `Err(bytes left)`.
-pub fn for_each<'a>(bytes: &'a [u8], mut f: impl FnMut(Record<'a>)) -> Result<(), usize> {
+///
+/// Before each record goes to `f`, the stack copy of the sample after it (if the next record is
+/// one) goes to `ahead`: the agent prefetches it, so that the cache misses of reading it overlap
+/// the unwinding of this one instead of stalling the next.
+pub fn for_each<'a>(
+    bytes: &'a [u8],
+    mut ahead: impl FnMut(&'a [u8]),
+    mut f: impl FnMut(Record<'a>),
+) -> Result<(), usize> {
     let mut off = 0;
     while off < bytes.len() {
         let (Some(kind), Some(misc), Some(size)) = (
@@ -82,6 +90,9 @@ pub fn for_each<'a>(bytes: &'a [u8], mut f: impl FnMut(Record<'a>)) -> Result<()
         if size < 8 || off + size > bytes.len() {
             return Err(bytes.len() - off);
         }
+        if let Some(stack) = sample_stack_at(bytes, off + size) {
+            ahead(stack);
+        }
         match parse(kind, misc, &bytes[off + 8..off + size]) {
             Some(r) => f(r),
             None => return Err(bytes.len() - off),
@@ -89,6 +100,16 @@ pub fn for_each<'a>(bytes: &'a [u8], mut f: impl FnMut(Record<'a>)) -> Result<()
         off += size;
     }
     Ok(())
+}
+
+/// The stack copy of the sample record at `off`, if there is a whole one.
+fn sample_stack_at(bytes: &[u8], off: usize) -> Option<&[u8]> {
+    if u32_at(bytes, off)? != SAMPLE {
+        return None;
+    }
+    let size = usize::from(u16_at(bytes, off + 6)?);
+    let body = bytes.get(off.checked_add(8)?..off.checked_add(size)?)?;
+    Some(parse_sample(0, body)?.stack)
 }
 
 fn parse(kind: u32, misc: u16, body: &[u8]) -> Option<Record<'_>> {
@@ -193,6 +214,43 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn shows_each_next_sample_stack_before_the_record_ahead_of_it() {
+        let mut bytes = sample_bytes(7, 8, 1, [1, 2, 3], &[1; 16], 64);
+        bytes.extend(sample_bytes(7, 8, 2, [1, 2, 3], &[2; 24], 64));
+        let mut mmap = vec![0u8; 72];
+        mmap[0..4].copy_from_slice(&7u32.to_le_bytes());
+        bytes.extend(header(MMAP2, 0, &mmap));
+        bytes.extend(sample_bytes(7, 8, 3, [1, 2, 3], &[3; 8], 64));
+        let events = std::cell::RefCell::new(Vec::new());
+        for_each(
+            &bytes,
+            |stack| {
+                events
+                    .borrow_mut()
+                    .push(format!("ahead {:?}", (stack[0], stack.len())))
+            },
+            |r| {
+                events.borrow_mut().push(match r {
+                    Record::Sample(s) => format!("sample {}", s.time_ns),
+                    _ => "other".into(),
+                })
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            events.into_inner(),
+            [
+                "ahead (2, 24)",
+                "sample 1",
+                "sample 2",
+                "ahead (3, 8)",
+                "other",
+                "sample 3"
+            ]
+        );
+    }
+
+    #[test]
     fn parses_samples_side_band_and_lost_records() {
         let mut bytes = sample_bytes(7, 8, 12345, [1, 2, 3], &[9; 16], 64);
         let mut mmap = vec![0u8; 72];
@@ -210,7 +268,7 @@ pub(crate) mod tests {
         lost[8..16].copy_from_slice(&5u64.to_le_bytes());
         bytes.extend(header(LOST, 0, &lost));
         let mut got = Vec::new();
-        for_each(&bytes, |r| got.push(r)).unwrap();
+        for_each(&bytes, |_| {}, |r| got.push(r)).unwrap();
         assert_eq!(
             got,
             vec![
@@ -237,7 +295,7 @@ pub(crate) mod tests {
         let bytes = sample_bytes(7, 8, 1, [1, 2, 3], &[9; 16], 64);
         for cut in 0..bytes.len() {
             let mut n = 0;
-            let r = for_each(&bytes[..cut], |_| n += 1);
+            let r = for_each(&bytes[..cut], |_| {}, |_| n += 1);
             assert_eq!(n, 0);
             assert_eq!(r.is_err(), cut > 0);
         }
@@ -245,6 +303,6 @@ pub(crate) mod tests {
         let mut bad = bytes.clone();
         let at = 8 + 32 + 24;
         bad[at..at + 8].copy_from_slice(&4096u64.to_le_bytes());
-        assert!(for_each(&bad, |_| {}).is_err());
+        assert!(for_each(&bad, |_| {}, |_| {}).is_err());
     }
 }
