@@ -127,7 +127,10 @@ fn start_bench_sidecar(server_port: u16, ctx: &Path, demo: &Demo) -> (Proc, u16)
         server_port,
         Some(ctx),
         Some(demo.proc.pid()),
-        &[("E2E_UPLOAD_INTERVAL_MS", "10000"), ("E2E_SERVICE", "bench")],
+        &[
+            ("E2E_UPLOAD_INTERVAL_MS", "10000"),
+            ("E2E_SERVICE", "bench"),
+        ],
     )
 }
 
@@ -171,7 +174,10 @@ fn main() {
         for with_sampler in [round % 2 == 1, round % 2 == 0] {
             if !with_sampler {
                 let (orders, cpu) = measure(&demo, o.phase);
-                println!("  round {round} without sampler: {orders} orders in {cpu:.2} CPU-s = {:.1}/CPU-s", orders as f64 / cpu);
+                println!(
+                    "  round {round} without sampler: {orders} orders in {cpu:.2} CPU-s = {:.1}/CPU-s",
+                    orders as f64 / cpu
+                );
                 off.push(orders as f64 / cpu);
                 continue;
             }
@@ -195,9 +201,15 @@ fn main() {
     // The sidecar's own cost at steady state: one long-running sampler, after its caches warmed.
     let (sidecar, metrics) = start_bench_sidecar(server_port, ctx.path(), &demo);
     std::thread::sleep(Duration::from_secs(20));
-    let (s0, c0) = (metric(metrics, "spanprof_sidecar_samples_total"), thread_cpu_secs(sidecar.pid()));
+    let (s0, c0) = (
+        metric(metrics, "spanprof_sidecar_samples_total"),
+        thread_cpu_secs(sidecar.pid()),
+    );
     std::thread::sleep(o.steady);
-    let (s1, c1) = (metric(metrics, "spanprof_sidecar_samples_total"), thread_cpu_secs(sidecar.pid()));
+    let (s1, c1) = (
+        metric(metrics, "spanprof_sidecar_samples_total"),
+        thread_cpu_secs(sidecar.pid()),
+    );
     let (samples, sidecar_cpu) = (s1 - s0, c1 - c0);
     let (rss, hwm) = rss_mib(sidecar.pid());
     sidecar.terminate();
@@ -206,8 +218,14 @@ fn main() {
     println!();
     println!("| measure | value |");
     println!("|---|---|");
-    println!("| demo orders per CPU-second without sampler (median of {}) | {m_off:.1} |", off.len());
-    println!("| demo orders per CPU-second with sampler (median of {}) | {m_on:.1} |", on.len());
+    println!(
+        "| demo orders per CPU-second without sampler (median of {}) | {m_off:.1} |",
+        off.len()
+    );
+    println!(
+        "| demo orders per CPU-second with sampler (median of {}) | {m_on:.1} |",
+        on.len()
+    );
     println!(
         "| overhead on the app (work per CPU-second lost) | {:.2} % (rounds: {}) |",
         (1.0 - m_on / m_off) * 100.0,
@@ -248,7 +266,9 @@ fn normalize(name: &str) -> String {
     }
     let out = out.split("@@").next().unwrap_or_default();
     let mut segs: Vec<&str> = out.split("::").filter(|s| !s.is_empty()).collect();
-    if segs.last().is_some_and(|s| s.len() == 17 && s.starts_with('h') && s[1..].chars().all(|c| c.is_ascii_hexdigit())) {
+    if segs.last().is_some_and(|s| {
+        s.len() == 17 && s.starts_with('h') && s[1..].chars().all(|c| c.is_ascii_hexdigit())
+    }) {
         segs.pop();
     }
     let keep = segs.len().saturating_sub(2);
@@ -263,8 +283,12 @@ fn perf_stacks(text: &str) -> Vec<Stack> {
         let mut stack: Stack = Vec::new();
         for line in block.lines() {
             let line = line.trim();
-            let Some((_addr, rest)) = line.split_once(' ') else { continue };
-            let Some(open) = rest.rfind(" (") else { continue };
+            let Some((_addr, rest)) = line.split_once(' ') else {
+                continue;
+            };
+            let Some(open) = rest.rfind(" (") else {
+                continue;
+            };
             let (sym, dso) = (&rest[..open], &rest[open + 2..rest.len().saturating_sub(1)]);
             let sym = sym.strip_suffix(" (inlined)").unwrap_or(sym);
             if dso.starts_with("[kernel") {
@@ -273,7 +297,11 @@ fn perf_stacks(text: &str) -> Vec<Stack> {
                 }
                 continue;
             }
-            stack.push(if sym == "[unknown]" { format!("{dso}+?") } else { normalize(sym) });
+            stack.push(if sym == "[unknown]" {
+                format!("{dso}+?")
+            } else {
+                normalize(sym)
+            });
         }
         if !stack.is_empty() {
             out.push(stack);
@@ -307,7 +335,9 @@ fn summarize(stacks: &[(Stack, u64)]) -> Summary {
         depth_sum += user * n;
         depths.extend(std::iter::repeat_n(user as f64, *n as usize));
         // A stack unwound to the end starts at a thread's or the process's entry point.
-        if s.last().is_some_and(|r| ["_start", "clone3", "clone", "start_thread"].contains(&r.as_str())) {
+        if s.last()
+            .is_some_and(|r| ["_start", "clone3", "clone", "start_thread"].contains(&r.as_str()))
+        {
             complete += n;
         }
     }
@@ -326,7 +356,10 @@ fn top_self(stacks: &[(Stack, u64)], n: usize) -> Vec<(String, f64)> {
     for (s, k) in stacks {
         *leaf.entry(s[0].as_str()).or_default() += k;
     }
-    let mut top: Vec<(String, f64)> = leaf.into_iter().map(|(k, c)| (k.to_owned(), c as f64 / total.max(1) as f64)).collect();
+    let mut top: Vec<(String, f64)> = leaf
+        .into_iter()
+        .map(|(k, c)| (k.to_owned(), c as f64 / total.max(1) as f64))
+        .collect();
     top.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     top.truncate(n);
     top
@@ -335,7 +368,11 @@ fn top_self(stacks: &[(Stack, u64)], n: usize) -> Vec<(String, f64)> {
 /// Share of samples whose stack contains `function` anywhere (inclusive time).
 fn inclusive(stacks: &[(Stack, u64)], function: &str) -> f64 {
     let total: u64 = stacks.iter().map(|(_, n)| n).sum();
-    let with: u64 = stacks.iter().filter(|(s, _)| s.iter().any(|f| f == function)).map(|(_, n)| n).sum();
+    let with: u64 = stacks
+        .iter()
+        .filter(|(s, _)| s.iter().any(|f| f == function))
+        .map(|(_, n)| n)
+        .sum();
     with as f64 / total.max(1) as f64
 }
 
@@ -345,8 +382,15 @@ fn perf_script(data: &Path, inline: bool) -> Vec<(Stack, u64)> {
     if !inline {
         cmd.arg("--no-inline");
     }
-    let out = cmd.args(["-F", "ip,sym,dso", "-i"]).arg(data).output().unwrap();
-    perf_stacks(&String::from_utf8_lossy(&out.stdout)).into_iter().map(|s| (s, 1)).collect()
+    let out = cmd
+        .args(["-F", "ip,sym,dso", "-i"])
+        .arg(data)
+        .output()
+        .unwrap();
+    perf_stacks(&String::from_utf8_lossy(&out.stdout))
+        .into_iter()
+        .map(|s| (s, 1))
+        .collect()
 }
 
 fn compare_with_perf(server_port: u16, o: &Opts) {
@@ -363,11 +407,22 @@ fn compare_with_perf(server_port: u16, o: &Opts) {
         server_port,
         None,
         Some(demo.proc.pid()),
-        &[("E2E_UPLOAD_INTERVAL_MS", "10000"), ("E2E_SERVICE", "perfcmp")],
+        &[
+            ("E2E_UPLOAD_INTERVAL_MS", "10000"),
+            ("E2E_SERVICE", "perfcmp"),
+        ],
     );
     let started = Instant::now();
     let status = Command::new("perf")
-        .args(["record", "-q", "-F", "100", "--call-graph", "dwarf,16384", "-p"])
+        .args([
+            "record",
+            "-q",
+            "-F",
+            "100",
+            "--call-graph",
+            "dwarf,16384",
+            "-p",
+        ])
         .arg(demo.proc.pid().to_string())
         .arg("-o")
         .arg(&perf_data)
@@ -404,7 +459,9 @@ fn compare_with_perf(server_port: u16, o: &Opts) {
     let theirs_top: Vec<String> = top.iter().map(|(k, _)| k.clone()).collect();
     let common = ours_top.iter().filter(|k| theirs_top.contains(k)).count();
     println!("| top-10 self functions in common with perf --no-inline | {common} of 10 | | |");
-    println!("\n| function (perf's top 10 by self samples) | perf self | perf inclusive | sidecar inclusive |");
+    println!(
+        "\n| function (perf's top 10 by self samples) | perf self | perf inclusive | sidecar inclusive |"
+    );
     println!("|---|---|---|---|");
     for (name, share) in &top {
         println!(

@@ -76,14 +76,20 @@ fn c_binary_without_frame_pointers_unwinds_through_eh_frame() {
     eprintln!("{burning} of {total} samples in main;burn_c_outer;burn_c_inner: {folded:?}");
     // 3 s of one busy thread at 100 Hz; the machine may be shared.
     assert!(burning >= 60, "{burning} of {total}: {folded:?}");
-    assert!(burning * 10 >= total * 9, "{burning} of {total}: {folded:?}");
+    assert!(
+        burning * 10 >= total * 9,
+        "{burning} of {total}: {folded:?}"
+    );
     // Complete stacks, from the process's entry point.
     let complete = folded
         .iter()
         .filter(|(s, _)| s.contains("burn_c_inner") && s.starts_with("_start;__libc_start_main"))
         .map(|(_, n)| n)
         .sum::<u64>();
-    assert!(complete * 10 >= burning * 9, "{complete} of {burning} complete: {folded:?}");
+    assert!(
+        complete * 10 >= burning * 9,
+        "{complete} of {burning} complete: {folded:?}"
+    );
 }
 
 #[test]
@@ -105,5 +111,8 @@ fn go_binary_unwinds_through_its_debug_frame_and_names_go_functions() {
     let (burning, total) = count(&folded, chain);
     eprintln!("{burning} of {total} samples in {chain}: {folded:?}");
     assert!(burning >= 60, "{burning} of {total}: {folded:?}");
-    assert!(burning * 10 >= total * 9, "{burning} of {total}: {folded:?}");
+    assert!(
+        burning * 10 >= total * 9,
+        "{burning} of {total}: {folded:?}"
+    );
 }

@@ -23,7 +23,10 @@ async fn main() -> anyhow::Result<()> {
         listen: var("E2E_DEMO_LISTEN")
             .unwrap_or_else(|| "127.0.0.1:5050".into())
             .parse()?,
-        load_rps: var("E2E_LOAD_RPS").map(|v| v.parse()).transpose()?.unwrap_or(20),
+        load_rps: var("E2E_LOAD_RPS")
+            .map(|v| v.parse())
+            .transpose()?
+            .unwrap_or(20),
         print_roots: false,
         profile_url: None,
         work_scale: var("E2E_WORK_SCALE")

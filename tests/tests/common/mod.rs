@@ -55,13 +55,7 @@ pub fn http() -> reqwest::blocking::Client {
 /// Waits until `url` answers 2xx; `what` names the process in the panic message.
 pub fn wait_ready(url: &str, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while http()
-        .get(url)
-        .send()
-        .map(|r| r.status().is_success())
-        .ok()
-        != Some(true)
-    {
+    while http().get(url).send().map(|r| r.status().is_success()).ok() != Some(true) {
         assert!(Instant::now() < deadline, "{what} never became ready");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -90,7 +84,10 @@ pub fn start_sidecar(
     let metrics = free_port();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_e2e-sidecar"));
     cmd.env("E2E_SERVER_URL", format!("http://127.0.0.1:{server_port}"))
-        .env("E2E_CONTEXT_DIR", ctx.map(Path::as_os_str).unwrap_or_default())
+        .env(
+            "E2E_CONTEXT_DIR",
+            ctx.map(Path::as_os_str).unwrap_or_default(),
+        )
         .env("E2E_PID", pid.map(|p| p.to_string()).unwrap_or_default())
         .env("E2E_LISTEN", format!("127.0.0.1:{metrics}"));
     for (k, v) in vars {
