@@ -300,15 +300,18 @@ pub fn plan(
     if add_volume {
         ops.add_to_list(&["spec", "volumes"], spec.volumes.is_some(), false, to_value(&context_volume())?);
     }
-    let app_env = [
-        plain_env(ENV_CONTEXT_DIR, CONTEXT_DIR),
-        plain_env(ENV_SERVICE_NAME, &service),
-        plain_env(ENV_PROFILE_URL, &profile_url),
-    ];
     for (i, c) in spec.containers.iter().enumerate() {
         if !selected.contains(&c.name) {
             continue;
         }
+        // The sampler serves every container of the pod and labels each process's profiles with
+        // the container name it finds in that process's environment.
+        let app_env = [
+            plain_env(ENV_CONTEXT_DIR, CONTEXT_DIR),
+            plain_env(ENV_SERVICE_NAME, &service),
+            plain_env(ENV_PROFILE_URL, &profile_url),
+            plain_env(ENV_CONTAINER_NAME, &c.name),
+        ];
         let idx = i.to_string();
         let env_path = ["spec", "containers", idx.as_str(), "env"];
         let existing = c.env.as_deref().unwrap_or_default();

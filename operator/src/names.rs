@@ -23,6 +23,9 @@ pub const CONTEXT_DIR: &str = "/var/run/spanprof";
 pub const ENV_CONTEXT_DIR: &str = "SPANPROF_CONTEXT_DIR";
 pub const ENV_SERVICE_NAME: &str = "SPANPROF_SERVICE_NAME";
 pub const ENV_PROFILE_URL: &str = "SPANPROF_PROFILE_URL";
+/// Set in each configured app container to its own name; the sampler labels that container's
+/// profiles with it (`container` series label).
+pub const ENV_CONTAINER_NAME: &str = "SPANPROF_CONTAINER_NAME";
 pub const ENV_SERVER_URL: &str = "SPANPROF_SERVER_URL";
 pub const ENV_SAMPLE_RATE_HZ: &str = "SPANPROF_SAMPLE_RATE_HZ";
 pub const ENV_UPLOAD_INTERVAL: &str = "SPANPROF_UPLOAD_INTERVAL";

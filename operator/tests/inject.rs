@@ -147,7 +147,8 @@ fn single_container_deployment_pod_gets_exactly_the_sidecar_volume_and_env() {
     app["env"] = json!([
         {"name": "SPANPROF_CONTEXT_DIR", "value": "/var/run/spanprof"},
         {"name": "SPANPROF_SERVICE_NAME", "value": "ride"},
-        {"name": "SPANPROF_PROFILE_URL", "value": "http://spanprof-server.spanprof.svc:4040/profiles/{profile_id}"}
+        {"name": "SPANPROF_PROFILE_URL", "value": "http://spanprof-server.spanprof.svc:4040/profiles/{profile_id}"},
+        {"name": "SPANPROF_CONTAINER_NAME", "value": "ride"}
     ]);
     app["volumeMounts"].as_array_mut().unwrap().push(json!({"name": "spanprof-context", "mountPath": "/var/run/spanprof"}));
     want["spec"]["initContainers"] = json!([sampler("ride", true)]);
@@ -180,7 +181,8 @@ fn pod_without_annotations_labels_or_volumes_gets_the_maps_and_lists_created() {
                 "env": [
                     {"name": "SPANPROF_CONTEXT_DIR", "value": "/var/run/spanprof"},
                     {"name": "SPANPROF_SERVICE_NAME", "value": "worker"},
-                    {"name": "SPANPROF_PROFILE_URL", "value": "http://spanprof-server.spanprof.svc:4040/profiles/{profile_id}"}
+                    {"name": "SPANPROF_PROFILE_URL", "value": "http://spanprof-server.spanprof.svc:4040/profiles/{profile_id}"},
+                    {"name": "SPANPROF_CONTAINER_NAME", "value": "worker"}
                 ],
                 "volumeMounts": [{"name": "spanprof-context", "mountPath": "/var/run/spanprof"}]
             }],
@@ -218,12 +220,18 @@ fn multi_container_pod_keeps_user_env_mounts_volumes_and_init_containers() {
             {"name": "RUST_LOG", "value": "info"},
             {"name": "SPANPROF_SERVICE_NAME", "value": "ride-custom"},
             {"name": "SPANPROF_CONTEXT_DIR", "value": "/var/run/spanprof"},
-            {"name": "SPANPROF_PROFILE_URL", "value": "https://spanprof.example.com/profiles/{profile_id}"}
+            {"name": "SPANPROF_PROFILE_URL", "value": "https://spanprof.example.com/profiles/{profile_id}"},
+            {"name": "SPANPROF_CONTAINER_NAME", "value": "ride"}
         ]),
         "the user's SPANPROF_SERVICE_NAME wins"
     );
     let envoy = &got["spec"]["containers"][1];
     assert_eq!(envoy["env"][0], json!({"name": "SPANPROF_CONTEXT_DIR", "value": "/var/run/spanprof"}));
+    assert_eq!(
+        envoy["env"][3],
+        json!({"name": "SPANPROF_CONTAINER_NAME", "value": "envoy"}),
+        "each container is told its own name"
+    );
     assert_eq!(
         envoy["volumeMounts"],
         json!([{"name": "cache", "mountPath": "/cache"}, {"name": "spanprof-context", "mountPath": "/var/run/spanprof"}])
@@ -631,7 +639,7 @@ fn env_from_sources_get_a_warning_naming_the_variables_that_override_them() {
     assert_eq!(
         warnings,
         ["spanprof: container ride takes variables from envFrom (ConfigMap ride-config, Secret ride-secrets); the injected \
-          SPANPROF_CONTEXT_DIR, SPANPROF_PROFILE_URL override any of the same name there (env wins over envFrom). To use \
+          SPANPROF_CONTEXT_DIR, SPANPROF_PROFILE_URL, SPANPROF_CONTAINER_NAME override any of the same name there (env wins over envFrom). To use \
           your own values, set them in the container's env"],
         "SPANPROF_SERVICE_NAME is already the user's, in env"
     );

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::aggregate::Aggregate;
+use crate::aggregate::{Aggregate, Series};
 use crate::error::Error;
 use crate::join::{self, Attribution, Channel, IndexedReader};
 use crate::metrics::Metrics;
@@ -26,6 +26,10 @@ pub struct Targets {
     /// Only processes that have a channel file.
     pub require_channel: bool,
 }
+
+/// The variables of a target's own environment that label its profiles.
+pub const ENV_SERVICE_NAME: &str = "SPANPROF_SERVICE_NAME";
+pub const ENV_CONTAINER_NAME: &str = "SPANPROF_CONTAINER_NAME";
 
 /// How often new processes and threads are looked for in `/proc`.
 const DISCOVERY_EVERY: Duration = Duration::from_secs(1);
@@ -66,7 +70,7 @@ struct Proc {
     /// Start time (clock ticks since boot) at which we attached: threads started later are
     /// followed by the kernel through inherited events.
     attached_at_ticks: u64,
-    service: Arc<str>,
+    series: Arc<Series>,
     unwind: Process,
     channel: Option<Channel<IndexedReader>>,
     /// Passes over `/proc/<pid>/task` that attached every listed thread. After two, the kernel
@@ -273,7 +277,7 @@ impl State {
                 None
             }
         };
-        self.aggregate.add(&p.service, span, &self.frames);
+        self.aggregate.add(&p.series, span, &self.frames);
     }
 
     fn flush(&mut self, batches: &SyncSender<Batch>) {
@@ -303,11 +307,23 @@ impl State {
 
     fn new_proc(&self, pid: u32) -> Option<Proc> {
         let (start_time, comm) = procfs::stat(pid)?;
-        let service: Arc<str> = Arc::from(self.config.service_name.clone().unwrap_or(comm));
+        // What the process's own environment says (the operator sets both in every app container
+        // it configures) wins over the sidecar's pod-wide settings: one sidecar serves every
+        // container of its pod.
+        let environ = procfs::environ(pid).unwrap_or_default();
+        let own = |name| procfs::env_var(&environ, name).filter(|v| !v.is_empty());
+        let service = own(ENV_SERVICE_NAME)
+            .map(str::to_owned)
+            .or_else(|| self.config.service_name.clone())
+            .unwrap_or(comm);
+        let series = Arc::new(Series {
+            service: Arc::from(service),
+            container: own(ENV_CONTAINER_NAME).map(Arc::from),
+        });
         Some(Proc {
             start_time,
             attached_at_ticks: uptime_ticks(),
-            service,
+            series,
             unwind: Process::new(pid),
             channel: self.channel_for(pid, start_time),
             clean_thread_passes: 0,
@@ -385,7 +401,14 @@ impl Agent {
                     // Already followed through inheritance (a target's child).
                     p.attached_at_ticks = p.start_time;
                 }
-                tracing::info!(pid, comm = %comm, service = %p.service, channel = p.channel.is_some(), "attaching");
+                tracing::info!(
+                    pid,
+                    comm = %comm,
+                    service = %p.series.service,
+                    container = p.series.container.as_deref().unwrap_or(""),
+                    channel = p.channel.is_some(),
+                    "attaching"
+                );
                 self.state.procs.insert(pid, p);
             }
             seen.insert(pid);

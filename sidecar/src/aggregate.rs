@@ -22,19 +22,36 @@ pub struct StackKey {
     pub frames: Box<[FrameKey]>,
 }
 
-/// Sample counts of one interval, per service.
+/// The labels that tell one process's profiles apart from another's in the same pod: its service
+/// and, when it says so, its container. The sidecar adds the pod-wide labels.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Series {
+    pub service: Arc<str>,
+    pub container: Option<Arc<str>>,
+}
+
+impl Series {
+    pub fn service(service: &str) -> Series {
+        Series {
+            service: Arc::from(service),
+            container: None,
+        }
+    }
+}
+
+/// Sample counts of one interval, per series.
 #[derive(Debug, Default)]
 pub struct Aggregate {
-    pub series: BTreeMap<Arc<str>, HashMap<StackKey, u64>>,
+    pub series: BTreeMap<Arc<Series>, HashMap<StackKey, u64>>,
     samples: u64,
 }
 
 impl Aggregate {
-    pub fn add(&mut self, service: &Arc<str>, span: Option<SpanLabels>, frames: &[FrameKey]) {
+    pub fn add(&mut self, series: &Arc<Series>, span: Option<SpanLabels>, frames: &[FrameKey]) {
         // Looked up before inserting: cloning the `Arc` for every sample costs two atomic ops.
-        let stacks = match self.series.get_mut(service) {
+        let stacks = match self.series.get_mut(series) {
             Some(stacks) => stacks,
-            None => self.series.entry(Arc::clone(service)).or_default(),
+            None => self.series.entry(Arc::clone(series)).or_default(),
         };
         *stacks
             .entry(StackKey {
@@ -217,8 +234,9 @@ pub fn gzip(bytes: &[u8]) -> Vec<u8> {
     e.finish().unwrap_or_default()
 }
 
-/// The series labels of a service's uploads.
-pub fn series_labels(service: &str, extra: &[(String, String)]) -> Vec<proto::LabelPair> {
+/// The labels of a series: `__name__`, `service_name`, the pod-wide `extra` labels (empty ones left
+/// out), with the series' own `container` in place of the sidecar's.
+pub fn series_labels(series: &Series, extra: &[(String, String)]) -> Vec<proto::LabelPair> {
     let mut labels = vec![
         proto::LabelPair {
             name: "__name__".into(),
@@ -226,18 +244,29 @@ pub fn series_labels(service: &str, extra: &[(String, String)]) -> Vec<proto::La
         },
         proto::LabelPair {
             name: "service_name".into(),
-            value: service.into(),
+            value: series.service.to_string(),
         },
     ];
-    labels.extend(
-        extra
-            .iter()
-            .filter(|(_, v)| !v.is_empty())
-            .map(|(k, v)| proto::LabelPair {
-                name: k.clone(),
-                value: v.clone(),
-            }),
-    );
+    let container = series.container.as_deref();
+    labels.extend(extra.iter().filter_map(|(k, v)| {
+        let v = match container {
+            Some(c) if k == "container" => c,
+            _ => v.as_str(),
+        };
+        (!v.is_empty()).then(|| proto::LabelPair {
+            name: k.clone(),
+            value: v.to_owned(),
+        })
+    }));
+    if let Some(c) = container
+        && !c.is_empty()
+        && !extra.iter().any(|(k, _)| k == "container")
+    {
+        labels.push(proto::LabelPair {
+            name: "container".into(),
+            value: c.to_owned(),
+        });
+    }
     labels
 }
 
@@ -272,8 +301,57 @@ mod tests {
     }
 
     #[test]
+    fn a_process_container_replaces_the_sidecar_wide_one() {
+        let names = |labels: Vec<proto::LabelPair>| -> Vec<(String, String)> {
+            labels.into_iter().map(|l| (l.name, l.value)).collect()
+        };
+        let series = Series {
+            service: Arc::from("ride"),
+            container: Some(Arc::from("api")),
+        };
+        let pod = [
+            ("pod".to_owned(), "p-1".to_owned()),
+            ("container".to_owned(), String::new()),
+        ];
+        let want = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            names(series_labels(&series, &pod)),
+            want(&[
+                ("__name__", "process_cpu"),
+                ("service_name", "ride"),
+                ("pod", "p-1"),
+                ("container", "api")
+            ])
+        );
+        // Without a sidecar-wide container label, the process's own is still added.
+        assert_eq!(
+            names(series_labels(&series, &pod[..1])),
+            want(&[
+                ("__name__", "process_cpu"),
+                ("service_name", "ride"),
+                ("pod", "p-1"),
+                ("container", "api")
+            ])
+        );
+        // A process that names no container keeps the sidecar-wide label (empty: left out).
+        assert_eq!(
+            names(series_labels(&Series::service("ride"), &pod)),
+            want(&[
+                ("__name__", "process_cpu"),
+                ("service_name", "ride"),
+                ("pod", "p-1")
+            ])
+        );
+    }
+
+    #[test]
     fn aggregates_and_builds_a_labelled_pprof() {
-        let svc: Arc<str> = Arc::from("ride");
+        let svc = Arc::new(Series::service("ride"));
         let span = SpanLabels {
             span_id: 0xab,
             trace_id: 0xcd,
@@ -284,7 +362,7 @@ mod tests {
             agg.add(&svc, Some(span.clone()), &[k(0, 1), k(0, 2), k(0, 3)]);
         }
         agg.add(&svc, None, &[k(0, 2), k(0, 3)]);
-        agg.add(&Arc::from("other"), None, &[k(1, 9)]);
+        agg.add(&Arc::new(Series::service("other")), None, &[k(1, 9)]);
         assert_eq!(agg.samples(), 5);
         assert_eq!(agg.series.len(), 2);
         assert_eq!(agg.frames().count(), 3 + 2 + 1);
@@ -341,8 +419,12 @@ mod tests {
         let body = push_request(
             vec![(
                 series_labels(
-                    "ride",
-                    &[("pod".into(), "p-1".into()), ("node".into(), String::new())],
+                    &Series::service("ride"),
+                    &[
+                        ("pod".into(), "p-1".into()),
+                        ("container".into(), "sidecar-wide".into()),
+                        ("node".into(), String::new()),
+                    ],
                 ),
                 p,
             )],
@@ -359,7 +441,8 @@ mod tests {
             vec![
                 ("__name__", "process_cpu"),
                 ("service_name", "ride"),
-                ("pod", "p-1")
+                ("pod", "p-1"),
+                ("container", "sidecar-wide")
             ]
         );
         let raw = &req.series[0].samples[0].raw_profile;

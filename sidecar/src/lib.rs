@@ -89,7 +89,7 @@ impl Config {
             || !self.stack_bytes.is_multiple_of(8)
         {
             return Err(Error::Config(format!(
-                "--stack-bytes {} must be a multiple of 8 within 512..=65000",
+                "--stack-copy-bytes {} must be a multiple of 8 within 512..=65000",
                 self.stack_bytes
             )));
         }
@@ -164,10 +164,10 @@ fn symbolize_loop(
             .aggregate
             .series
             .iter()
-            .map(|(service, stacks)| {
+            .map(|(series, stacks)| {
                 let p =
                     aggregate::build_profile(stacks, |f| symbolizer.names(&registry, f), timing);
-                (aggregate::series_labels(service, &config.series_labels), p)
+                (aggregate::series_labels(series, &config.series_labels), p)
             })
             .collect();
         n += 1;

@@ -37,7 +37,12 @@ struct Args {
     #[arg(long, env = "SPANPROF_REQUIRE_CHANNEL")]
     require_channel: bool,
     /// User-stack bytes copied per sample (deeper stacks need more; at most 65000).
-    #[arg(long, env = "SPANPROF_STACK_BYTES", default_value_t = 16384)]
+    #[arg(
+        long = "stack-copy-bytes",
+        alias = "stack-bytes",
+        env = "SPANPROF_STACK_COPY_BYTES",
+        default_value_t = 16384
+    )]
     stack_bytes: u32,
     /// Upload bytes buffered while the server is unreachable; the oldest are dropped beyond.
     #[arg(long, env = "SPANPROF_MAX_BUFFER_BYTES", default_value_t = 32 << 20)]
@@ -45,14 +50,16 @@ struct Args {
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "SPANPROF_SIDECAR_LISTEN", default_value = "0.0.0.0:4041")]
     listen: SocketAddr,
-    /// Service name of the profiles (default: each process's command name).
+    /// Service name of the profiles of processes whose own environment has no
+    /// SPANPROF_SERVICE_NAME (default: each process's command name).
     #[arg(long, env = "SPANPROF_SERVICE_NAME")]
     service_name: Option<String>,
     #[arg(long, env = "POD_NAMESPACE", default_value = "")]
     namespace: String,
     #[arg(long, env = "POD_NAME", default_value = "")]
     pod: String,
-    /// Container label of the profiles.
+    /// Container label of the profiles of processes whose own environment has no
+    /// SPANPROF_CONTAINER_NAME (the operator sets it in every app container).
     #[arg(long, env = "SPANPROF_CONTAINER_NAME", default_value = "")]
     container: String,
     #[arg(long, env = "NODE_NAME", default_value = "")]

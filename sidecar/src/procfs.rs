@@ -120,9 +120,38 @@ pub fn read_own_memory(start: u64, end: u64) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// The environment `pid` was started with (`/proc/<pid>/environ`: NUL-separated `NAME=value`).
+/// Reading it needs the same ptrace access as sampling the process.
+pub fn environ(pid: u32) -> Option<Vec<u8>> {
+    std::fs::read(proc_dir(pid).join("environ")).ok()
+}
+
+/// The value of `name` in an `environ` block; the first definition wins, as with `getenv`.
+pub fn env_var<'a>(environ: &'a [u8], name: &str) -> Option<&'a str> {
+    environ.split(|&b| b == 0).find_map(|entry| {
+        let value = entry.strip_prefix(name.as_bytes())?.strip_prefix(b"=")?;
+        std::str::from_utf8(value).ok()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_variables_in_an_environ_block() {
+        let env = b"PATH=/bin\0SPANPROF_CONTAINER_NAME=api\0SPANPROF_CONTAINER_NAME_X=no\0EMPTY=\0SPANPROF_CONTAINER_NAME=later\0";
+        assert_eq!(env_var(env, "SPANPROF_CONTAINER_NAME"), Some("api"));
+        assert_eq!(env_var(env, "EMPTY"), Some(""));
+        assert_eq!(env_var(env, "SPANPROF_CONTAINER"), None);
+        assert_eq!(env_var(env, "PATH"), Some("/bin"));
+        assert_eq!(env_var(b"", "PATH"), None);
+        assert_eq!(env_var(b"PATH=\xff\0", "PATH"), None);
+        // Our own environment, read back through /proc.
+        let own = environ(std::process::id()).unwrap();
+        let path = std::env::var("PATH").unwrap();
+        assert_eq!(env_var(&own, "PATH"), Some(path.as_str()));
+    }
 
     #[test]
     fn small_reads_match_whole_reads() {

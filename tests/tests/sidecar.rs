@@ -244,6 +244,9 @@ fn without_a_channel_the_whole_process_profile_still_works() {
             ("E2E_SPANS", "10"),
             ("E2E_SPAN_MS", "60"),
             ("E2E_THREAD_DELAY_MS", "300"),
+            // What the operator sets in an app container: it names the process's series.
+            ("SPANPROF_SERVICE_NAME", "e2e-own-env"),
+            ("SPANPROF_CONTAINER_NAME", "worker"),
         ],
     );
     let (sidecar, metrics) = start_sidecar(port, Some(ctx.path()), Some(w.proc.pid()), &[]);
@@ -261,7 +264,9 @@ fn without_a_channel_the_whole_process_profile_still_works() {
     sidecar.terminate();
     assert!(no_channel > 10, "{no_channel} samples without channel");
     assert_eq!(unattributed, no_channel);
-    let folded = process_folded(port, "e2e");
+    // The process's own SPANPROF_SERVICE_NAME wins over the sidecar's --service-name (e2e).
+    assert!(process_folded(port, "e2e").is_empty());
+    let folded = process_folded(port, "e2e-own-env");
     let alpha: u64 = folded
         .iter()
         .filter(|(s, _)| s.contains("spin_alpha"))
