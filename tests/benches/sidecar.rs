@@ -1,6 +1,8 @@
 //! The sampler's cost, measured with real processes in one run against a baseline:
 //! - the demo app's work per CPU-second of its own threads with the sidecar attached versus
-//!   without it (alternating phases, so drift of the machine hits both sides alike);
+//!   without it: two identical demos run side by side at half the load each, the sampler attached
+//!   to one of them, the other one the baseline over the very same seconds; which one is sampled
+//!   swaps every round, so a difference between the two cancels out;
 //! - the sidecar's own CPU time per 1,000 samples and its resident memory at steady state;
 //! - its stacks next to `perf record -F 100 --call-graph dwarf` (Debian `linux-perf`) sampling
 //!   the same process at the same time: stack depth, complete stacks, top self functions.
@@ -100,11 +102,11 @@ struct Demo {
     port: u16,
 }
 
-fn start_demo(ctx: Option<&Path>, o: &Opts) -> Demo {
+fn start_demo(ctx: Option<&Path>, o: &Opts, load_rps: u32) -> Demo {
     let port = free_port();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_e2e-demo"));
     cmd.env("E2E_DEMO_LISTEN", format!("127.0.0.1:{port}"))
-        .env("E2E_LOAD_RPS", o.load_rps.to_string())
+        .env("E2E_LOAD_RPS", load_rps.to_string())
         .env("E2E_WORK_SCALE", o.work_scale.to_string())
         .env_remove("SPANPROF_CONTEXT_DIR");
     if let Some(ctx) = ctx {
@@ -134,11 +136,16 @@ fn start_bench_sidecar(server_port: u16, ctx: &Path, demo: &Demo) -> (Proc, u16)
     )
 }
 
-/// Orders served and CPU seconds the demo used over `phase`.
-fn measure(demo: &Demo, phase: Duration) -> (u64, f64) {
-    let (o0, c0) = (demo.orders(), cpu_secs(demo.proc.pid()));
+/// Orders per CPU-second of each demo over the same `phase`.
+fn measure_both(demos: [&Demo; 2], phase: Duration) -> [f64; 2] {
+    let before = demos.map(|d| (d.orders(), cpu_secs(d.proc.pid())));
     std::thread::sleep(phase);
-    (demo.orders() - o0, cpu_secs(demo.proc.pid()) - c0)
+    let mut out = [0.0; 2];
+    for (i, d) in demos.iter().enumerate() {
+        let (o0, c0) = before[i];
+        out[i] = (d.orders() - o0) as f64 / (cpu_secs(d.proc.pid()) - c0);
+    }
+    out
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -158,46 +165,52 @@ fn main() {
     let (data, ctx) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let server_port = free_port();
     let _server = start_server(server_port, data.path());
-    let demo = start_demo(Some(ctx.path()), &o);
+    let half = (o.load_rps / 2).max(1);
+    let pair = [
+        start_demo(Some(ctx.path()), &o, half),
+        start_demo(Some(ctx.path()), &o, half),
+    ];
     println!(
-        "demo: {} req/s, work scale {}, phases of {} s, {} rounds",
-        o.load_rps,
+        "two demos at {half} req/s each, work scale {}, phases of {} s, {} rounds",
         o.work_scale,
         o.phase.as_secs(),
         o.rounds
     );
     std::thread::sleep(Duration::from_secs(5)); // warm-up: caches, allocator, thread pool
 
-    let (mut off, mut on) = (Vec::new(), Vec::new());
+    // Per round: work per CPU-second of the sampled demo over that of the other one.
+    let mut ratios = Vec::new();
     for round in 0..o.rounds {
-        // Alternate which side goes first, so a trend in the machine's speed cancels out.
-        for with_sampler in [round % 2 == 1, round % 2 == 0] {
-            if !with_sampler {
-                let (orders, cpu) = measure(&demo, o.phase);
-                println!(
-                    "  round {round} without sampler: {orders} orders in {cpu:.2} CPU-s = {:.1}/CPU-s",
-                    orders as f64 / cpu
-                );
-                off.push(orders as f64 / cpu);
-                continue;
-            }
-            let (sidecar, metrics) = start_bench_sidecar(server_port, ctx.path(), &demo);
-            std::thread::sleep(Duration::from_secs(3)); // attach, first symbolization
-            let (orders, cpu) = measure(&demo, o.phase);
-            println!(
-                "  round {round} with sampler:    {orders} orders in {cpu:.2} CPU-s = {:.1}/CPU-s",
-                orders as f64 / cpu
-            );
-            on.push(orders as f64 / cpu);
-            let lost = metric(metrics, "spanprof_sidecar_lost_records_total");
-            if lost > 0 {
-                println!("  ({lost} lost records)");
-            }
-            sidecar.terminate();
-            std::thread::sleep(Duration::from_secs(1));
+        let (sampled, other) = (&pair[round % 2], &pair[1 - round % 2]);
+        let (sidecar, metrics) = start_bench_sidecar(server_port, ctx.path(), sampled);
+        std::thread::sleep(Duration::from_secs(3)); // attach, first symbolization
+        let [with, without] = measure_both([sampled, other], o.phase);
+        println!(
+            "  round {round}: demo {} sampled {with:.1} orders/CPU-s, demo {} alone {without:.1}: ratio {:.4}",
+            round % 2,
+            1 - round % 2,
+            with / without
+        );
+        ratios.push(with / without);
+        let lost = metric(metrics, "spanprof_sidecar_lost_records_total");
+        if lost > 0 {
+            println!("  ({lost} lost records)");
         }
+        sidecar.terminate();
+        std::thread::sleep(Duration::from_secs(1));
     }
+    drop(pair);
+    // The geometric mean over rounds that sampled each demo equally often: the two demos' own
+    // difference in speed multiplies in and divides out.
+    let even = ratios.len() / 2 * 2;
+    let geo = (ratios[..even].iter().map(|r| r.ln()).sum::<f64>() / even.max(1) as f64).exp();
+    let pairs: Vec<f64> = ratios
+        .chunks_exact(2)
+        .map(|p| (1.0 - (p[0] * p[1]).sqrt()) * 100.0)
+        .collect();
 
+    let demo = start_demo(Some(ctx.path()), &o, o.load_rps);
+    std::thread::sleep(Duration::from_secs(5));
     // The sidecar's own cost at steady state: one long-running sampler, after its caches warmed.
     let (sidecar, metrics) = start_bench_sidecar(server_port, ctx.path(), &demo);
     std::thread::sleep(Duration::from_secs(20));
@@ -214,26 +227,18 @@ fn main() {
     let (rss, hwm) = rss_mib(sidecar.pid());
     sidecar.terminate();
     drop(demo);
-    let (m_off, m_on) = (median(off.clone()), median(on.clone()));
     println!();
     println!("| measure | value |");
     println!("|---|---|");
     println!(
-        "| demo orders per CPU-second without sampler (median of {}) | {m_off:.1} |",
-        off.len()
-    );
-    println!(
-        "| demo orders per CPU-second with sampler (median of {}) | {m_on:.1} |",
-        on.len()
-    );
-    println!(
-        "| overhead on the app (work per CPU-second lost) | {:.2} % (rounds: {}) |",
-        (1.0 - m_on / m_off) * 100.0,
-        off.iter()
-            .zip(&on)
-            .map(|(a, b)| format!("{:+.2} %", (1.0 - b / a) * 100.0))
+        "| overhead on the app (work per CPU-second lost; geometric mean of {even} rounds) | {:.2} % (per pair of rounds: {}; median {:.2} %) |",
+        (1.0 - geo) * 100.0,
+        pairs
+            .iter()
+            .map(|p| format!("{p:+.2} %"))
             .collect::<Vec<_>>()
-            .join(", ")
+            .join(", "),
+        median(pairs.clone())
     );
     println!(
         "| sidecar CPU per 1,000 samples (steady state, {} s) | {:.1} ms ({samples} samples, {:.3} CPU-s: {:.2} % of a core) |",
@@ -399,7 +404,7 @@ fn compare_with_perf(server_port: u16, o: &Opts) {
         return;
     }
     // Without a channel every sample goes to the whole-process profile: one query gets them all.
-    let demo = start_demo(None, o);
+    let demo = start_demo(None, o, o.load_rps);
     let dir = tempfile::tempdir().unwrap();
     let perf_data = dir.path().join("perf.data");
     std::thread::sleep(Duration::from_secs(3));

@@ -1,7 +1,8 @@
 //! `e2e-sidecar`: the sampler with a short upload interval, configured by `E2E_*` variables:
 //! `E2E_SERVER_URL`, `E2E_CONTEXT_DIR` (optional), `E2E_PID` (optional; without it every process
 //! with a channel file), `E2E_LISTEN` (metrics), `E2E_UPLOAD_INTERVAL_MS` (1000), `E2E_SERVICE`
-//! (`e2e`).
+//! (`e2e`), `E2E_SAMPLE_RATE_HZ` (100), `E2E_STACK_BYTES` (16384; the benchmark's cost breakdown
+//! varies these two).
 #![forbid(unsafe_code)]
 
 use std::time::Duration;
@@ -23,7 +24,10 @@ fn main() -> anyhow::Result<()> {
     let config = Config {
         server_url: var("E2E_SERVER_URL").unwrap_or_else(|| "http://127.0.0.1:4040".into()),
         context_dir: var("E2E_CONTEXT_DIR").map(Into::into),
-        sample_rate_hz: 100,
+        sample_rate_hz: var("E2E_SAMPLE_RATE_HZ")
+            .map(|v| v.parse())
+            .transpose()?
+            .unwrap_or(100),
         upload_interval: Duration::from_millis(
             var("E2E_UPLOAD_INTERVAL_MS")
                 .map(|v| v.parse())
@@ -34,7 +38,10 @@ fn main() -> anyhow::Result<()> {
             require_channel: pids.is_empty(),
             pids,
         },
-        stack_bytes: 16384,
+        stack_bytes: var("E2E_STACK_BYTES")
+            .map(|v| v.parse())
+            .transpose()?
+            .unwrap_or(16384),
         max_buffer_bytes: 8 << 20,
         listen: var("E2E_LISTEN")
             .unwrap_or_else(|| "127.0.0.1:0".into())
