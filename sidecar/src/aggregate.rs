@@ -319,25 +319,15 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect()
         };
-        assert_eq!(
-            names(series_labels(&series, &pod)),
-            want(&[
-                ("__name__", "process_cpu"),
-                ("service_name", "ride"),
-                ("pod", "p-1"),
-                ("container", "api")
-            ])
-        );
+        let with_api = want(&[
+            ("__name__", "process_cpu"),
+            ("service_name", "ride"),
+            ("pod", "p-1"),
+            ("container", "api"),
+        ]);
+        assert_eq!(names(series_labels(&series, &pod)), with_api);
         // Without a sidecar-wide container label, the process's own is still added.
-        assert_eq!(
-            names(series_labels(&series, &pod[..1])),
-            want(&[
-                ("__name__", "process_cpu"),
-                ("service_name", "ride"),
-                ("pod", "p-1"),
-                ("container", "api")
-            ])
-        );
+        assert_eq!(names(series_labels(&series, &pod[..1])), with_api);
         // A process that names no container keeps the sidecar-wide label (empty: left out).
         assert_eq!(
             names(series_labels(&Series::service("ride"), &pod)),
