@@ -95,6 +95,7 @@ struct State {
     own_pid: u32,
     frames: Vec<FrameKey>,
     warned_permission: bool,
+    warned_file_descriptors: bool,
     /// FORK/EXIT records of the batch being handled, applied to the sampler after it.
     thread_events: Vec<ThreadEvent>,
     /// Processes found not to be targets (kernel threads, `pause`, no channel yet…), so the next
@@ -137,6 +138,7 @@ impl Agent {
                 own_pid: std::process::id(),
                 frames: Vec::with_capacity(128),
                 warned_permission: false,
+                warned_file_descriptors: false,
                 thread_events: Vec::new(),
                 passed_over: HashSet::new(),
             },
@@ -483,6 +485,13 @@ impl Agent {
                     if !self.state.warned_permission {
                         tracing::error!(pid, tid, %hint, "cannot sample the target");
                         self.state.warned_permission = true;
+                    }
+                }
+                Err(e @ Error::FileDescriptors { .. }) => {
+                    self.state.metrics.attach_errors.inc();
+                    if !self.state.warned_file_descriptors {
+                        tracing::error!(pid, tid, error = %e, "cannot sample every thread");
+                        self.state.warned_file_descriptors = true;
                     }
                 }
                 Err(e) => {

@@ -7,6 +7,16 @@ pub enum Error {
     /// perf_event_open refused: the message says what to grant.
     #[error("perf events are not permitted: {0}")]
     PerfNotPermitted(String),
+    /// No file descriptor left for another event: a sampled thread takes one per CPU.
+    #[error(
+        "out of file descriptors ({source}): every sampled thread takes one per CPU ({cpus} here) \
+         and the open-file limit is {limit}; raise the sidecar container's nofile limit"
+    )]
+    FileDescriptors {
+        cpus: usize,
+        limit: String,
+        source: std::io::Error,
+    },
     #[error("perf_event_open for {what}: {source}")]
     Perf {
         what: String,

@@ -284,6 +284,48 @@ fn without_a_channel_the_whole_process_profile_still_works() {
 }
 
 #[test]
+fn every_thread_is_sampled_under_a_low_soft_open_file_limit() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let (data, ctx) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let port = free_port();
+    let _server = start_server(port, data.path());
+    // 40 threads running before the sidecar attaches: one event fd per thread and CPU, at least
+    // 40, over a soft limit of 32 (the hard limit stays as it is, and is what the sidecar may use).
+    let threads = 40;
+    let mut w = start_workload(
+        Some(ctx.path()),
+        &[
+            ("E2E_THREADS", &threads.to_string()),
+            ("E2E_SPANS", "6"),
+            ("E2E_SPAN_MS", "40"),
+        ],
+    );
+    let (sidecar, metrics) = start_sidecar_under(
+        &["prlimit", "--nofile=32:"],
+        port,
+        Some(ctx.path()),
+        Some(w.proc.pid()),
+        &[],
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let attached = metric(metrics, "spanprof_sidecar_attached_threads");
+    let errors = metric(metrics, "spanprof_sidecar_attach_errors_total");
+    let windows = w.windows();
+    sidecar.terminate();
+    assert_eq!(errors, 0, "threads the sidecar could not attach to");
+    assert!(attached > threads, "{attached} threads attached");
+    let t = tally(port, &windows);
+    assert_eq!(t.wrong, 0, "{t:?}");
+    // Spans that ended before the attach have none; most ran after it.
+    assert!(
+        t.spans_with_samples * 2 >= windows.len(),
+        "{} of {} spans have samples",
+        t.spans_with_samples,
+        windows.len()
+    );
+}
+
+#[test]
 fn server_down_then_up_delivers_the_buffered_profiles() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let (data, ctx) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());

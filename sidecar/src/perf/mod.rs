@@ -33,6 +33,8 @@ pub struct Sampler {
     targets: HashMap<u32, Target>,
     settings: Settings,
     exclude_kernel: bool,
+    /// This process's limit on open files after raising it, if it could be read.
+    open_file_limit: Option<u64>,
 }
 
 /// The actionable explanation of a refused `perf_event_open`.
@@ -95,8 +97,23 @@ impl Sampler {
         // Half a second of samples per CPU, times two (see notes/sampling.md).
         let want = settings.freq_hz.max(1) * record_bytes;
         let pages = (want / sys::page_size() as u64).max(16) as usize;
+        let cpus = online_cpus();
+        let open_file_limit = match sys::raise_open_file_limit() {
+            Ok(limit) => {
+                tracing::info!(
+                    limit,
+                    cpus = cpus.len(),
+                    "open-file limit (each sampled thread takes one event per CPU)"
+                );
+                Some(limit)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read or raise the open-file limit");
+                None
+            }
+        };
         let mut rings = Vec::new();
-        for cpu in online_cpus() {
+        for cpu in cpus {
             let owner = EventFd::open(EventKind::RingOwner, 0, cpu).map_err(|e| {
                 if is_permission(&e) {
                     Error::PerfNotPermitted(permission_hint(&e))
@@ -145,6 +162,7 @@ impl Sampler {
             targets: HashMap::new(),
             settings,
             exclude_kernel,
+            open_file_limit,
         })
     }
 
@@ -194,6 +212,15 @@ impl Sampler {
                 Ok(ev) => events.push(ev),
                 Err(e) if is_permission(&e) => {
                     return Err(Error::PerfNotPermitted(permission_hint(&e)));
+                }
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) => {
+                    return Err(Error::FileDescriptors {
+                        cpus: self.rings.len(),
+                        limit: self
+                            .open_file_limit
+                            .map_or_else(|| "unknown".into(), |l| l.to_string()),
+                        source: e,
+                    });
                 }
                 Err(e) => {
                     return Err(Error::Perf {

@@ -119,6 +119,29 @@ fn check(r: libc::c_int) -> io::Result<()> {
     }
 }
 
+/// Raises this process's soft limit on open files to its hard limit and returns the limit now in
+/// force. Every sampled thread takes one event fd per CPU, so the common soft default of 1,024 is
+/// used up by 16 threads on a 64-CPU node; the hard limit is what the container was granted.
+pub fn raise_open_file_limit() -> io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one `rlimit` through a pointer to a live, writable local.
+    check(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) })?;
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit only reads the `rlimit` it is given; raising the soft limit up to the
+        // hard one needs no privilege and affects nothing but this process's fd table size.
+        check(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) })?;
+        limit = raised;
+    }
+    Ok(limit.rlim_cur)
+}
+
 /// The system page size.
 pub fn page_size() -> usize {
     // SAFETY: sysconf has no preconditions.

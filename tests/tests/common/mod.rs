@@ -81,8 +81,27 @@ pub fn start_sidecar(
     pid: Option<u32>,
     vars: &[(&str, &str)],
 ) -> (Proc, u16) {
+    start_sidecar_under(&[], server_port, ctx, pid, vars)
+}
+
+/// [`start_sidecar`] run through `wrapper` (a command that execs its arguments, e.g. `prlimit`).
+pub fn start_sidecar_under(
+    wrapper: &[&str],
+    server_port: u16,
+    ctx: Option<&Path>,
+    pid: Option<u32>,
+    vars: &[(&str, &str)],
+) -> (Proc, u16) {
     let metrics = free_port();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_e2e-sidecar"));
+    let sidecar = env!("CARGO_BIN_EXE_e2e-sidecar");
+    let mut cmd = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(sidecar);
+            c
+        }
+        None => Command::new(sidecar),
+    };
     cmd.env("E2E_SERVER_URL", format!("http://127.0.0.1:{server_port}"))
         .env(
             "E2E_CONTEXT_DIR",
