@@ -21,7 +21,20 @@ struct Workload {
 }
 
 fn start_workload(ctx: Option<&Path>, vars: &[(&str, &str)]) -> Workload {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_e2e-workload"));
+    start_workload_under(&[], ctx, vars)
+}
+
+/// [`start_workload`] run through `wrapper` (a command that execs its arguments).
+fn start_workload_under(wrapper: &[&str], ctx: Option<&Path>, vars: &[(&str, &str)]) -> Workload {
+    let workload = env!("CARGO_BIN_EXE_e2e-workload");
+    let mut cmd = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(workload);
+            c
+        }
+        None => Command::new(workload),
+    };
     cmd.stdout(Stdio::piped())
         .env_remove("SPANPROF_CONTEXT_DIR");
     if let Some(ctx) = ctx {
@@ -323,6 +336,59 @@ fn every_thread_is_sampled_under_a_low_soft_open_file_limit() {
         t.spans_with_samples,
         windows.len()
     );
+}
+
+#[test]
+fn an_unprivileged_sampler_under_a_small_locked_memory_limit_still_samples() {
+    use std::os::unix::fs::PermissionsExt;
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let (data, ctx) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    std::fs::set_permissions(ctx.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let port = free_port();
+    let _server = start_server(port, data.path());
+    // What `capabilities: none` gives the sampler: the app's own (non-root) user, no capabilities,
+    // and here the 64 KiB RLIMIT_MEMLOCK many container runtimes default to. The kernel then lets
+    // the user lock ~516 KiB of perf rings per CPU, less than the sidecar asks for by default.
+    let nobody = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+    ];
+    let mut w = start_workload_under(
+        &nobody,
+        Some(ctx.path()),
+        &[
+            ("E2E_SPANS", "10"),
+            ("E2E_SPAN_MS", "60"),
+            ("E2E_THREAD_DELAY_MS", "500"),
+        ],
+    );
+    let mut wrapper = vec!["prlimit", "--memlock=65536:65536"];
+    wrapper.extend(nobody);
+    let (sidecar, metrics) =
+        start_sidecar_under(&wrapper, port, Some(ctx.path()), Some(w.proc.pid()), &[]);
+    let windows = w.windows();
+    std::thread::sleep(Duration::from_millis(200));
+    let permitted = metric(metrics, "spanprof_sidecar_sampling_permitted");
+    let user_only = metric(metrics, "spanprof_sidecar_kernel_samples_excluded");
+    let in_spans = metric(
+        metrics,
+        "spanprof_sidecar_samples_total{attribution=\"span\"}",
+    );
+    sidecar.terminate();
+    assert_eq!(
+        permitted, 1,
+        "the unprivileged sampler did not start sampling"
+    );
+    assert_eq!(
+        user_only, 1,
+        "without CAP_PERFMON kernel samples are excluded"
+    );
+    assert!(in_spans > 10, "{in_spans} samples in spans");
+    let t = tally(port, &windows);
+    assert_eq!(t.wrong, 0, "{t:?}");
+    assert!(t.right > 10, "{t:?}");
 }
 
 #[test]

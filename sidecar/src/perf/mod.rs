@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::io;
 
 use crate::error::{Error, Result};
-use sys::{EventFd, EventKind, Ring};
+use sys::{EventFd, EventKind, Ring, SoftLimit};
 pub use sys::{clock_ticks_per_second, prefetch};
 
 /// How to sample.
@@ -56,6 +56,31 @@ pub fn permission_hint(e: &io::Error) -> String {
     }
 }
 
+/// Why a CPU's ring could not be set up.
+enum RingFailure {
+    /// The ring-owner event could not be opened.
+    Open { cpu: i32, source: io::Error },
+    /// The ring could not be mapped (often: over the locked-memory limit).
+    Map { cpu: i32, source: io::Error },
+}
+
+/// A ring owner event and a ring of `pages` data pages per CPU.
+fn map_rings(cpus: &[i32], pages: usize) -> std::result::Result<Vec<(i32, Ring)>, RingFailure> {
+    let mut rings = Vec::with_capacity(cpus.len());
+    for &cpu in cpus {
+        let owner = EventFd::open(EventKind::RingOwner, 0, cpu)
+            .map_err(|source| RingFailure::Open { cpu, source })?;
+        let ring = Ring::map(owner, pages).map_err(|source| RingFailure::Map { cpu, source })?;
+        rings.push((cpu, ring));
+    }
+    Ok(rings)
+}
+
+/// How the kernel refuses a ring beyond the locked-memory limit.
+fn is_lock_limit(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::ENOMEM))
+}
+
 fn online_cpus() -> Vec<i32> {
     let text = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap_or_default();
     let cpus = parse_cpu_list(&text);
@@ -94,11 +119,12 @@ impl Sampler {
     /// samples if allowed, else user mode only).
     pub fn new(settings: Settings) -> Result<Sampler> {
         let record_bytes = u64::from(settings.stack_bytes) + 128;
-        // Half a second of samples per CPU, times two (see notes/sampling.md).
-        let want = settings.freq_hz.max(1) * record_bytes;
-        let pages = (want / sys::page_size() as u64).max(16) as usize;
+        let pages_for =
+            |bytes: u64| (bytes.div_ceil(sys::page_size() as u64) as usize).next_power_of_two();
+        // A second of samples per CPU: the loop drains every 250 ms and is woken at half a ring.
+        let wanted = pages_for(settings.freq_hz.max(1) * record_bytes).max(16);
         let cpus = online_cpus();
-        let open_file_limit = match sys::raise_open_file_limit() {
+        let open_file_limit = match sys::raise_soft_limit(SoftLimit::OpenFiles) {
             Ok(limit) => {
                 tracing::info!(
                     limit,
@@ -112,23 +138,49 @@ impl Sampler {
                 None
             }
         };
-        let mut rings = Vec::new();
-        for cpu in cpus {
-            let owner = EventFd::open(EventKind::RingOwner, 0, cpu).map_err(|e| {
-                if is_permission(&e) {
-                    Error::PerfNotPermitted(permission_hint(&e))
-                } else {
-                    Error::Perf {
-                        what: format!("CPU {cpu} ring"),
-                        source: e,
-                    }
+        if let Err(e) = sys::raise_soft_limit(SoftLimit::LockedMemory) {
+            tracing::debug!(error = %e, "cannot raise the locked-memory limit");
+        }
+        // Without CAP_IPC_LOCK or CAP_PERFMON the kernel caps the ring memory a user may lock
+        // (kernel.perf_event_mlock_kb per CPU, beyond it RLIMIT_MEMLOCK): smaller rings then,
+        // down to four samples' worth, rather than no sampling at all.
+        let least = pages_for(4 * record_bytes);
+        let mut pages = wanted;
+        let rings = loop {
+            match map_rings(&cpus, pages) {
+                Ok(rings) => break rings,
+                Err(RingFailure::Map { source, .. }) if pages > least && is_lock_limit(&source) => {
+                    pages /= 2;
                 }
-            })?;
-            let ring = Ring::map(owner, pages).map_err(|e| Error::Perf {
-                what: format!("mapping the CPU {cpu} ring"),
-                source: e,
-            })?;
-            rings.push((cpu, ring));
+                Err(RingFailure::Open { source, .. }) if is_permission(&source) => {
+                    return Err(Error::PerfNotPermitted(permission_hint(&source)));
+                }
+                Err(RingFailure::Open { cpu, source }) => {
+                    return Err(Error::Perf {
+                        what: format!("CPU {cpu} ring"),
+                        source,
+                    });
+                }
+                Err(RingFailure::Map { cpu, source }) => {
+                    return Err(Error::Perf {
+                        what: format!(
+                            "mapping the CPU {cpu} ring ({} KiB; locked-memory limits: \
+                             kernel.perf_event_mlock_kb, RLIMIT_MEMLOCK, or CAP_IPC_LOCK)",
+                            pages * sys::page_size() / 1024
+                        ),
+                        source,
+                    });
+                }
+            }
+        };
+        if pages < wanted {
+            tracing::warn!(
+                ring_kib = pages * sys::page_size() / 1024,
+                wanted_kib = wanted * sys::page_size() / 1024,
+                "perf rings made smaller to fit the locked-memory limit (kernel.perf_event_mlock_kb, \
+                 RLIMIT_MEMLOCK; CAP_IPC_LOCK or CAP_PERFMON lift it): bursts may lose samples, \
+                 counted in spanprof_sidecar_lost_records_total"
+            );
         }
         // Probe: sample ourselves with kernel samples; fall back to user-only.
         let probe = |exclude_kernel| {

@@ -119,24 +119,37 @@ fn check(r: libc::c_int) -> io::Result<()> {
     }
 }
 
-/// Raises this process's soft limit on open files to its hard limit and returns the limit now in
-/// force. Every sampled thread takes one event fd per CPU, so the common soft default of 1,024 is
-/// used up by 16 threads on a 64-CPU node; the hard limit is what the container was granted.
-pub fn raise_open_file_limit() -> io::Result<u64> {
+/// A resource limit the sampler raises from its soft to its hard value.
+#[derive(Clone, Copy, Debug)]
+pub enum SoftLimit {
+    /// Every sampled thread takes one event fd per CPU, so the common soft default of 1,024 is
+    /// used up by 16 threads on a 64-CPU node.
+    OpenFiles,
+    /// Ring buffers beyond `kernel.perf_event_mlock_kb` are charged to it (without CAP_IPC_LOCK).
+    LockedMemory,
+}
+
+/// Raises this process's soft limit to its hard limit (what the container was granted; needs no
+/// privilege) and returns the limit now in force (`u64::MAX`: unlimited).
+pub fn raise_soft_limit(which: SoftLimit) -> io::Result<u64> {
+    let resource = match which {
+        SoftLimit::OpenFiles => libc::RLIMIT_NOFILE,
+        SoftLimit::LockedMemory => libc::RLIMIT_MEMLOCK,
+    };
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit writes one `rlimit` through a pointer to a live, writable local.
-    check(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) })?;
+    check(unsafe { libc::getrlimit(resource, &mut limit) })?;
     if limit.rlim_cur < limit.rlim_max {
         let raised = libc::rlimit {
             rlim_cur: limit.rlim_max,
             rlim_max: limit.rlim_max,
         };
-        // SAFETY: setrlimit only reads the `rlimit` it is given; raising the soft limit up to the
-        // hard one needs no privilege and affects nothing but this process's fd table size.
-        check(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) })?;
+        // SAFETY: setrlimit only reads the `rlimit` it is given; raising a soft limit up to the
+        // hard one affects nothing but this process.
+        check(unsafe { libc::setrlimit(resource, &raised) })?;
         limit = raised;
     }
     Ok(limit.rlim_cur)
