@@ -13,8 +13,8 @@ use crate::error::Error;
 use crate::join::{self, Attribution, Channel, IndexedReader};
 use crate::metrics::Metrics;
 use crate::modules::Registry;
-use crate::perf::Sampler;
 use crate::perf::record::{self, Record};
+use crate::perf::{CgroupId, Sampler};
 use crate::procfs::{self, ProcId};
 use crate::unwind::{FrameKey, Outcome, Process};
 
@@ -25,6 +25,29 @@ pub struct Targets {
     pub pids: Vec<u32>,
     /// Only processes that have a channel file.
     pub require_channel: bool,
+}
+
+/// How the kernel is asked to sample.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Scope {
+    /// A container whose processes are all targets is sampled through its cgroup (one event per
+    /// CPU; no per-thread work at each context switch), when the sidecar may (CAP_PERFMON) and
+    /// can reach the cgroup; anything else per thread.
+    #[default]
+    Auto,
+    /// Always per thread (inherited events on every thread of every target).
+    Thread,
+}
+
+impl std::str::FromStr for Scope {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Scope, String> {
+        match s {
+            "auto" => Ok(Scope::Auto),
+            "thread" => Ok(Scope::Thread),
+            _ => Err(format!("unknown sampling scope {s:?}: auto or thread")),
+        }
+    }
 }
 
 /// The variables of a target's own environment that label its profiles.
@@ -63,6 +86,7 @@ pub struct AgentConfig {
     pub service_name: Option<String>,
     pub upload_interval: Duration,
     pub poll_interval: Duration,
+    pub scope: Scope,
 }
 
 struct Proc {
@@ -76,6 +100,8 @@ struct Proc {
     /// Passes over `/proc/<pid>/task` that attached every listed thread. After two, the kernel
     /// follows every new thread through inheritance and the listing is not read again.
     clean_thread_passes: u8,
+    /// The cgroup sampled as a whole that this process is in; its threads have no events.
+    cgroup: Option<CgroupId>,
 }
 
 pub struct Agent {
@@ -101,11 +127,25 @@ struct State {
     /// Processes found not to be targets (kernel threads, `pause`, no channel yet…), so the next
     /// discovery does not read their files again. Rebuilt on every pass.
     passed_over: HashSet<ProcId>,
+    /// Cgroups sampled as a whole (the sampler's, mirrored for the record handler).
+    covered_cgroups: HashSet<CgroupId>,
+    /// Cgroup events were refused (no CAP_PERFMON): per-thread events from then on.
+    cgroup_refused: bool,
 }
 
 enum ThreadEvent {
     Fork { pid: u32, tid: u32 },
     Exit { pid: u32, tid: u32 },
+}
+
+/// The identity of an open cgroup directory.
+fn cgroup_id(dir: &std::fs::File) -> Option<CgroupId> {
+    use std::os::unix::fs::MetadataExt;
+    let m = dir.metadata().ok()?;
+    Some(CgroupId {
+        dev: m.dev(),
+        ino: m.ino(),
+    })
 }
 
 fn uptime_ticks() -> u64 {
@@ -141,6 +181,8 @@ impl Agent {
                 warned_file_descriptors: false,
                 thread_events: Vec::new(),
                 passed_over: HashSet::new(),
+                covered_cgroups: HashSet::new(),
+                cgroup_refused: false,
             },
         }
     }
@@ -191,6 +233,9 @@ impl Agent {
         });
         for e in state.thread_events.drain(..) {
             match e {
+                // A cgroup's events cover its new threads; nothing to keep per thread.
+                ThreadEvent::Fork { pid, .. }
+                    if state.procs.get(&pid).is_some_and(|p| p.cgroup.is_some()) => {}
                 ThreadEvent::Fork { pid, tid } => self.sampler.note_fork(pid, tid),
                 ThreadEvent::Exit { pid, tid } => self.sampler.note_exit(pid, tid),
             }
@@ -232,6 +277,7 @@ impl State {
             };
             // Every thread of such a process is followed by the kernel.
             p.attached_at_ticks = p.start_time;
+            p.cgroup = self.covering_cgroup(s.pid);
             self.procs.insert(s.pid, p);
         }
         let Some(p) = self.procs.get_mut(&s.pid) else {
@@ -329,7 +375,32 @@ impl State {
             unwind: Process::new(pid),
             channel: self.channel_for(pid, start_time),
             clean_thread_passes: 0,
+            cgroup: None,
         })
+    }
+
+    /// The sampled cgroup `pid` is in, if any (a new process of a sampled container).
+    fn covering_cgroup(&self, pid: u32) -> Option<CgroupId> {
+        if self.covered_cgroups.is_empty() {
+            return None;
+        }
+        let (dir, _) = procfs::cgroup_of(pid)?;
+        let id = cgroup_id(&std::fs::File::open(dir).ok()?)?;
+        self.covered_cgroups.contains(&id).then_some(id)
+    }
+
+    /// Whether `pid` is, or may become, a target (asked of every process in a cgroup before the
+    /// cgroup is sampled as a whole).
+    fn may_sample(&self, pid: u32) -> bool {
+        if self.procs.contains_key(&pid) {
+            return true;
+        }
+        if !self.config.targets.pids.is_empty() {
+            return self.config.targets.pids.contains(&pid);
+        }
+        pid != self.own_pid
+            && pid != 0
+            && procfs::stat(pid).is_some_and(|(_, comm)| self.is_target(pid, &comm))
     }
 
     /// The PIDs to look at: the configured ones, or every process of the namespace but ours.
@@ -378,8 +449,7 @@ impl Agent {
                 Some(p) if p.start_time == start => {}
                 Some(_) => {
                     tracing::info!(pid, "PID reused by a new process: re-attaching");
-                    self.sampler.detach(pid);
-                    self.state.procs.remove(&pid);
+                    self.forget(pid);
                 }
                 None => {}
             }
@@ -399,7 +469,8 @@ impl Agent {
                 let Some(mut p) = self.state.new_proc(pid) else {
                     continue;
                 };
-                if self.sampler.is_attached(pid) {
+                p.cgroup = self.cover_by_cgroup(pid);
+                if p.cgroup.is_none() && self.sampler.is_attached(pid) {
                     // Already followed through inheritance (a target's child).
                     p.attached_at_ticks = p.start_time;
                 }
@@ -409,6 +480,7 @@ impl Agent {
                     service = %p.series.service,
                     container = p.series.container.as_deref().unwrap_or(""),
                     channel = p.channel.is_some(),
+                    scope = if p.cgroup.is_some() { "cgroup" } else { "thread" },
                     "attaching"
                 );
                 self.state.procs.insert(pid, p);
@@ -437,8 +509,7 @@ impl Agent {
             .collect();
         for pid in gone {
             tracing::info!(pid, "process exited: detaching");
-            self.sampler.detach(pid);
-            self.state.procs.remove(&pid);
+            self.forget(pid);
         }
         self.state
             .metrics
@@ -448,6 +519,67 @@ impl Agent {
             .metrics
             .attached_threads
             .set(self.sampler.thread_count() as i64);
+        self.state
+            .metrics
+            .attached_cgroups
+            .set(self.sampler.cgroup_count() as i64);
+    }
+
+    /// Stops sampling `pid`, and its cgroup once no other target is in it.
+    fn forget(&mut self, pid: u32) {
+        self.sampler.detach(pid);
+        let Some(p) = self.state.procs.remove(&pid) else {
+            return;
+        };
+        if let Some(id) = p.cgroup
+            && !self.state.procs.values().any(|q| q.cgroup == Some(id))
+        {
+            tracing::info!(?id, "no target left in the cgroup: detaching it");
+            self.sampler.detach_cgroup(id);
+            self.state.covered_cgroups.remove(&id);
+        }
+    }
+
+    /// Samples the cgroup of a new target `pid` as a whole, if it is sampled already or every
+    /// process in it is one to sample (and none has per-thread events, which would count its
+    /// samples twice); returns the cgroup, or `None` for per-thread events.
+    fn cover_by_cgroup(&mut self, pid: u32) -> Option<CgroupId> {
+        if self.state.config.scope != Scope::Auto || self.state.cgroup_refused {
+            return None;
+        }
+        let (dir, members) = procfs::cgroup_of(pid)?;
+        let file = std::fs::File::open(&dir).ok()?;
+        let id = cgroup_id(&file)?;
+        if self.sampler.samples_cgroup(id) {
+            return Some(id);
+        }
+        let per_thread = |m: u32| {
+            self.sampler.is_attached(m)
+                && self.state.procs.get(&m).is_none_or(|q| q.cgroup.is_none())
+        };
+        let exclusive = members
+            .iter()
+            .all(|&m| (m == pid || self.state.may_sample(m)) && !per_thread(m));
+        if !exclusive {
+            tracing::debug!(pid, dir = %dir.display(), "cgroup shared with other processes: per-thread events");
+            return None;
+        }
+        match self.sampler.attach_cgroup(id, &file) {
+            Ok(()) => {
+                tracing::info!(pid, dir = %dir.display(), "sampling the target's cgroup");
+                self.state.covered_cgroups.insert(id);
+                Some(id)
+            }
+            Err(Error::PerfNotPermitted(hint)) => {
+                tracing::info!(%hint, "cgroup events not permitted (they need CAP_PERFMON): per-thread events");
+                self.state.cgroup_refused = true;
+                None
+            }
+            Err(e) => {
+                tracing::warn!(pid, error = %e, "cannot sample the cgroup: per-thread events");
+                None
+            }
+        }
     }
 
     /// Opens events for threads that existed before we attached and are not sampled yet.
@@ -455,7 +587,7 @@ impl Agent {
         let Some(p) = self.state.procs.get(&pid) else {
             return;
         };
-        if p.clean_thread_passes >= 2 {
+        if p.clean_thread_passes >= 2 || p.cgroup.is_some() {
             return;
         }
         let first = !self.sampler.is_attached(pid);

@@ -47,6 +47,8 @@ pub struct Config {
     pub targets: Targets,
     pub stack_bytes: u32,
     pub max_buffer_bytes: usize,
+    /// Per cgroup where possible (cheapest for the app), or always per thread.
+    pub scope: agent::Scope,
     pub listen: SocketAddr,
     pub service_name: Option<String>,
     /// Extra series labels: namespace, pod, container, node (empty values are left out).
@@ -297,6 +299,7 @@ pub fn run(config: Config) -> Result<()> {
             context_dir: config.context_dir.clone(),
             service_name: config.service_name.clone(),
             upload_interval: config.upload_interval,
+            scope: config.scope,
             // A fifth of what the per-CPU rings hold at full rate (about 1.3 s of samples); the
             // channel keeps 1,024 transitions per thread, i.e. 4,096 root-span changes per second
             // per thread can be joined. Measured: 100 ms cost 2 ms more sidecar CPU per 1,000

@@ -47,6 +47,11 @@ struct Args {
     /// Upload bytes buffered while the server is unreachable; the oldest are dropped beyond.
     #[arg(long, env = "SPANPROF_MAX_BUFFER_BYTES", default_value_t = 32 << 20)]
     max_buffer_bytes: usize,
+    /// `auto`: a container whose processes are all targets is sampled through its cgroup (one
+    /// event per CPU, cheapest for the app; needs CAP_PERFMON), the rest per thread. `thread`:
+    /// every thread gets events of its own.
+    #[arg(long, env = "SPANPROF_SAMPLING_SCOPE", default_value = "auto")]
+    scope: spanprof_sidecar::agent::Scope,
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "SPANPROF_SIDECAR_LISTEN", default_value = "0.0.0.0:4041")]
     listen: SocketAddr,
@@ -85,6 +90,7 @@ fn main() -> ExitCode {
         },
         stack_bytes: a.stack_bytes,
         max_buffer_bytes: a.max_buffer_bytes,
+        scope: a.scope,
         listen: a.listen,
         service_name: a.service_name.filter(|s| !s.is_empty()),
         series_labels: vec![

@@ -31,6 +31,7 @@ pub struct Metrics {
     pub buffered_bytes: Gauge,
     pub attached_threads: Gauge,
     pub attached_processes: Gauge,
+    pub attached_cgroups: Gauge,
     pub attach_errors: Counter,
     pub kernel_excluded: Gauge,
     pub sampling_permitted: Gauge,
@@ -63,6 +64,7 @@ impl Default for Metrics {
             buffered_bytes: Gauge::default(),
             attached_threads: Gauge::default(),
             attached_processes: Gauge::default(),
+            attached_cgroups: Gauge::default(),
             attach_errors: Counter::default(),
             kernel_excluded: Gauge::default(),
             sampling_permitted: Gauge::default(),
@@ -127,8 +129,13 @@ impl Default for Metrics {
         );
         registry.register(
             "attached_threads",
-            "Threads with perf events open",
+            "Threads sampled through events of their own (per-thread scope)",
             m.attached_threads.clone(),
+        );
+        registry.register(
+            "attached_cgroups",
+            "Cgroups (containers) sampled as a whole, with one event per CPU",
+            m.attached_cgroups.clone(),
         );
         registry.register(
             "attached_processes",

@@ -134,9 +134,103 @@ pub fn env_var<'a>(environ: &'a [u8], name: &str) -> Option<&'a str> {
     })
 }
 
+/// The cgroup v2 path in a `/proc/<pid>/cgroup` text (the `0::` line), relative to the reader's
+/// cgroup namespace: `/../…` when the process is outside it.
+pub fn parse_cgroup_v2_path(text: &str) -> Option<&str> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::trim)
+}
+
+/// Where a `/proc/<pid>/mountinfo` text has a cgroup v2 file system mounted at its cgroup
+/// namespace's root (the mount's root field `/`): the mount point.
+pub fn parse_cgroup2_mount(mountinfo: &str) -> Option<&str> {
+    mountinfo.lines().find_map(|l| {
+        let (fields, fs) = l.split_once(" - ")?;
+        if fs.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        let mut f = fields.split_whitespace();
+        let root = f.nth(3)?;
+        let point = f.next()?;
+        // Paths with spaces are escaped (`\040`): not a mount point we would find anyway.
+        (root == "/" && !point.contains('\\')).then_some(point)
+    })
+}
+
+/// PIDs in a `cgroup.procs` text (as the reader's PID namespace numbers them; 0: outside it).
+pub fn parse_pid_list(text: &str) -> Vec<u32> {
+    text.lines().filter_map(|l| l.trim().parse().ok()).collect()
+}
+
+/// The directory of the cgroup (v2) `pid` is in, and the processes in it, when the sidecar can
+/// reach it: through its own cgroup mount (same cgroup namespace as the target, e.g. on a host),
+/// or through the target's mount as the target sees it (`/proc/<pid>/root/sys/fs/cgroup` in a
+/// container with a cgroup namespace of its own). Checked by finding `pid` in its `cgroup.procs`.
+pub fn cgroup_of(pid: u32) -> Option<(PathBuf, Vec<u32>)> {
+    let own_view = || -> Option<PathBuf> {
+        let text = read_small(&proc_dir(pid).join("cgroup"))?;
+        let path = parse_cgroup_v2_path(&text)?;
+        if path.contains("/..") {
+            return None;
+        }
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+        let point = parse_cgroup2_mount(&mounts)?;
+        Some(Path::new(point).join(path.trim_start_matches('/')))
+    };
+    let target_view = || -> Option<PathBuf> {
+        let mounts = std::fs::read_to_string(proc_dir(pid).join("mountinfo")).ok()?;
+        let point = parse_cgroup2_mount(&mounts)?;
+        Some(
+            proc_dir(pid)
+                .join("root")
+                .join(point.trim_start_matches('/')),
+        )
+    };
+    [own_view(), target_view()]
+        .into_iter()
+        .flatten()
+        .find_map(|dir| {
+            let members = parse_pid_list(&std::fs::read_to_string(dir.join("cgroup.procs")).ok()?);
+            members.contains(&pid).then_some((dir, members))
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_cgroup_paths_and_mounts() {
+        let cgroup =
+            "12:pids:/kubepods/x\n1:cpu:/\n0::/kubepods.slice/pod1/cri-containerd-abc.scope\n";
+        assert_eq!(
+            parse_cgroup_v2_path(cgroup),
+            Some("/kubepods.slice/pod1/cri-containerd-abc.scope")
+        );
+        assert_eq!(
+            parse_cgroup_v2_path("0::/../sibling\n"),
+            Some("/../sibling")
+        );
+        assert_eq!(parse_cgroup_v2_path("4:memory:/a\n"), None);
+        let mountinfo = "\
+24 1 8:1 / / rw,relatime - ext4 /dev/sda1 rw
+30 24 0:26 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro
+31 30 0:27 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu
+40 30 0:28 /pod1/ctr /sys/fs/cgroup/bound rw - cgroup2 cgroup2 rw
+41 30 0:28 / /sys/fs/cgroup/unified rw,relatime shared:9 - cgroup2 cgroup2 rw,nsdelegate
+";
+        // A bind of a subtree (root field not `/`) does not show the namespace's paths.
+        assert_eq!(
+            parse_cgroup2_mount(mountinfo),
+            Some("/sys/fs/cgroup/unified")
+        );
+        assert_eq!(
+            parse_cgroup2_mount("24 1 8:1 / / rw - ext4 /dev/sda1 rw\n"),
+            None
+        );
+        assert_eq!(parse_pid_list("12\n0\n\n345\n"), [12, 0, 345]);
+    }
 
     #[test]
     fn finds_variables_in_an_environ_block() {

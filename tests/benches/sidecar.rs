@@ -9,7 +9,9 @@
 //!
 //! `cargo bench -p spanprof-e2e --bench sidecar -- [--rounds 4] [--phase-secs 20]
 //!  [--load-rps 200] [--work-scale 1.0] [--steady-secs 60] [--perf-secs 30]` (root or CAP_PERFMON; results in
-//! BENCHMARKS.md). Work per CPU-second is used rather than wall-clock throughput because the
+//! BENCHMARKS.md). Each demo runs in a cgroup v2 directory of its own, as a container does, so
+//! the sidecar samples it per cgroup; `E2E_SCOPE=thread` measures per-thread events instead.
+//! Work per CPU-second is used rather than wall-clock throughput because the
 //! load generator sends a fixed rate: the sampler's cost shows up as CPU per order.
 
 #[path = "../tests/common/mod.rs"]
@@ -170,6 +172,15 @@ fn main() {
         start_demo(Some(ctx.path()), &o, half),
         start_demo(Some(ctx.path()), &o, half),
     ];
+    // Each demo in a cgroup of its own, as each container is in Kubernetes: the sidecar samples
+    // the cgroup as a whole (unless E2E_SCOPE=thread is set for a per-thread comparison).
+    let cgroups = [
+        Cgroup::new("spanprof-bench-demo0"),
+        Cgroup::new("spanprof-bench-demo1"),
+    ];
+    for (cg, demo) in cgroups.iter().zip(&pair) {
+        cg.add(demo.proc.pid());
+    }
     println!(
         "two demos at {half} req/s each, work scale {}, phases of {} s, {} rounds",
         o.work_scale,
@@ -200,6 +211,7 @@ fn main() {
         std::thread::sleep(Duration::from_secs(1));
     }
     drop(pair);
+    drop(cgroups);
     // The geometric mean over rounds that sampled each demo equally often: the two demos' own
     // difference in speed multiplies in and divides out.
     let even = ratios.len() / 2 * 2;
@@ -210,6 +222,8 @@ fn main() {
         .collect();
 
     let demo = start_demo(Some(ctx.path()), &o, o.load_rps);
+    let steady_cgroup = Cgroup::new("spanprof-bench-steady");
+    steady_cgroup.add(demo.proc.pid());
     std::thread::sleep(Duration::from_secs(5));
     // The sidecar's own cost at steady state: one long-running sampler, after its caches warmed.
     let (sidecar, metrics) = start_bench_sidecar(server_port, ctx.path(), &demo);
@@ -225,9 +239,16 @@ fn main() {
     );
     let (samples, sidecar_cpu) = (s1 - s0, c1 - c0);
     let (rss, hwm) = rss_mib(sidecar.pid());
+    let scope = if metric(metrics, "spanprof_sidecar_attached_cgroups") > 0 {
+        "per cgroup"
+    } else {
+        "per thread"
+    };
     sidecar.terminate();
     drop(demo);
+    drop(steady_cgroup);
     println!();
+    println!("sampling scope: {scope}");
     println!("| measure | value |");
     println!("|---|---|");
     println!(

@@ -246,6 +246,63 @@ fn span_profiles_hold_their_own_functions_and_attribution_is_exact() {
 }
 
 #[test]
+fn a_container_cgroup_is_sampled_as_a_whole_with_exact_attribution() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let (data, ctx) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let port = free_port();
+    let _server = start_server(port, data.path());
+    // The workload alone in a cgroup, as in a container; its threads start after the attach.
+    let cgroup = Cgroup::new("spanprof-e2e-scope");
+    let mut w = start_workload(
+        Some(ctx.path()),
+        &[
+            ("E2E_THREADS", "2"),
+            ("E2E_SPANS", "16"),
+            ("E2E_SPAN_MS", "60"),
+            ("E2E_THREAD_DELAY_MS", "1000"),
+        ],
+    );
+    cgroup.add(w.proc.pid());
+    let (sidecar, metrics) = start_sidecar(port, Some(ctx.path()), Some(w.proc.pid()), &[]);
+    let windows = w.windows();
+    let cgroups = metric(metrics, "spanprof_sidecar_attached_cgroups");
+    let threads = metric(metrics, "spanprof_sidecar_attached_threads");
+    sidecar.terminate();
+    assert_eq!(
+        cgroups, 1,
+        "the workload's cgroup is not sampled as a whole"
+    );
+    assert_eq!(threads, 0, "per-thread events besides the cgroup's");
+
+    let t = tally(port, &windows);
+    let expected = windows.iter().map(|w| w.cpu_ns).sum::<u64>() / 10_000_000;
+    eprintln!("{t:?}, expected {expected} samples from on-CPU time");
+    assert_eq!(t.wrong, 0, "samples attributed to the wrong span");
+    let total = t.right + t.wrong + t.leaked;
+    assert!(
+        t.right as f64 >= 0.99 * total as f64,
+        "only {} of {total} samples in the right span",
+        t.right
+    );
+    assert!(
+        expected >= 20,
+        "the workload got too little CPU: {expected}"
+    );
+    // Each sample once: not doubled by per-thread events, none missing.
+    assert!(
+        t.right * 10 >= expected * 5 && t.right * 10 <= expected * 15,
+        "{t:?}: {} samples for {expected} expected",
+        t.right
+    );
+    assert!(
+        t.spans_with_samples * 10 >= windows.len() * 8,
+        "{} of {} spans have samples",
+        t.spans_with_samples,
+        windows.len()
+    );
+}
+
+#[test]
 fn without_a_channel_the_whole_process_profile_still_works() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let (data, ctx) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());

@@ -1,6 +1,8 @@
-//! perf_event sampling of target processes: one ring buffer per CPU, one inherited CPU-clock
-//! event per (thread, CPU) redirected into that CPU's ring, so the kernel follows threads created
-//! later. Side-band records (MMAP2, COMM with exec, FORK, EXIT) come through the same rings.
+//! perf_event sampling of target processes: one ring buffer per CPU, and CPU-clock events
+//! redirected into those rings — one per (cgroup, CPU) for a container whose processes are all
+//! targets (the kernel keeps no per-thread state: cheapest for the app), else one inherited event
+//! per (thread, CPU), so the kernel follows threads created later. Side-band records (MMAP2, COMM
+//! with exec, FORK, EXIT) come through the same rings.
 
 pub mod record;
 mod sys;
@@ -35,6 +37,15 @@ pub struct Sampler {
     exclude_kernel: bool,
     /// This process's limit on open files after raising it, if it could be read.
     open_file_limit: Option<u64>,
+    /// Cgroups sampled as a whole: one event per CPU each.
+    cgroups: HashMap<CgroupId, Vec<EventFd>>,
+}
+
+/// A cgroup: the device and inode of its directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CgroupId {
+    pub dev: u64,
+    pub ino: u64,
 }
 
 /// The actionable explanation of a refused `perf_event_open`.
@@ -215,6 +226,7 @@ impl Sampler {
             settings,
             exclude_kernel,
             open_file_limit,
+            cgroups: HashMap::new(),
         })
     }
 
@@ -240,11 +252,7 @@ impl Sampler {
 
     /// Starts sampling thread `tid` of process `pid` on every CPU (idempotent).
     pub fn attach_thread(&mut self, pid: u32, tid: u32) -> Result<()> {
-        let target = self.targets.entry(pid).or_insert_with(|| Target {
-            threads: HashMap::new(),
-            inherited: HashSet::new(),
-        });
-        if target.threads.contains_key(&tid) || target.inherited.contains(&tid) {
+        if self.covers(pid, tid) {
             return Ok(());
         }
         let kind = EventKind::Sampling {
@@ -252,10 +260,64 @@ impl Sampler {
             stack_bytes: self.settings.stack_bytes,
             exclude_kernel: self.exclude_kernel,
         };
+        let events = self.open_on_every_cpu(
+            |cpu| EventFd::open(kind, tid as i32, cpu),
+            |cpu| format!("thread {tid} of process {pid} on CPU {cpu}"),
+        )?;
+        self.targets
+            .entry(pid)
+            .or_insert_with(|| Target {
+                threads: HashMap::new(),
+                inherited: HashSet::new(),
+            })
+            .threads
+            .insert(tid, events);
+        Ok(())
+    }
+
+    /// Starts sampling every task of the cgroup whose directory is open as `dir`, on every CPU
+    /// (idempotent). Needs CAP_PERFMON (or `perf_event_paranoid` <= 0): a per-CPU event.
+    pub fn attach_cgroup(&mut self, id: CgroupId, dir: &std::fs::File) -> Result<()> {
+        if self.cgroups.contains_key(&id) {
+            return Ok(());
+        }
+        let kind = EventKind::CgroupSampling {
+            freq_hz: self.settings.freq_hz,
+            stack_bytes: self.settings.stack_bytes,
+            exclude_kernel: self.exclude_kernel,
+        };
+        let events = self.open_on_every_cpu(
+            |cpu| EventFd::open_cgroup(kind, dir, cpu),
+            |cpu| format!("cgroup {id:?} on CPU {cpu}"),
+        )?;
+        self.cgroups.insert(id, events);
+        Ok(())
+    }
+
+    /// Stops sampling a cgroup and closes its events.
+    pub fn detach_cgroup(&mut self, id: CgroupId) {
+        self.cgroups.remove(&id);
+    }
+
+    pub fn samples_cgroup(&self, id: CgroupId) -> bool {
+        self.cgroups.contains_key(&id)
+    }
+
+    /// Cgroups sampled as a whole.
+    pub fn cgroup_count(&self) -> usize {
+        self.cgroups.len()
+    }
+
+    /// One event per CPU from `open`, each redirected into that CPU's ring and enabled.
+    fn open_on_every_cpu(
+        &self,
+        open: impl Fn(i32) -> io::Result<EventFd>,
+        what: impl Fn(i32) -> String,
+    ) -> Result<Vec<EventFd>> {
         let mut events = Vec::with_capacity(self.rings.len());
         for (cpu, ring) in &self.rings {
             let setup = || -> io::Result<EventFd> {
-                let ev = EventFd::open(kind, tid as i32, *cpu)?;
+                let ev = open(*cpu)?;
                 ev.set_output(ring)?;
                 ev.enable()?;
                 Ok(ev)
@@ -276,14 +338,13 @@ impl Sampler {
                 }
                 Err(e) => {
                     return Err(Error::Perf {
-                        what: format!("thread {tid} of process {pid} on CPU {cpu}"),
+                        what: what(*cpu),
                         source: e,
                     });
                 }
             }
         }
-        target.threads.insert(tid, events);
-        Ok(())
+        Ok(events)
     }
 
     /// Whether `tid` of `pid` is sampled already.

@@ -3,7 +3,7 @@
 #![allow(unsafe_code)]
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use perf_event_open_sys as sys;
@@ -26,6 +26,13 @@ pub enum EventKind {
     /// CPU-clock sampling of a thread (inherited by the threads it creates), with side-band
     /// MMAP2/COMM/FORK/EXIT records.
     Sampling {
+        freq_hz: u64,
+        stack_bytes: u32,
+        exclude_kernel: bool,
+    },
+    /// CPU-clock sampling of every task of a cgroup on one CPU (no per-thread state: nothing to
+    /// save and restore at each context switch), with the same side-band records.
+    CgroupSampling {
         freq_hz: u64,
         stack_bytes: u32,
         exclude_kernel: bool,
@@ -57,13 +64,19 @@ fn attr_for(kind: EventKind) -> perf_event_attr {
             freq_hz,
             stack_bytes,
             exclude_kernel,
+        }
+        | EventKind::CgroupSampling {
+            freq_hz,
+            stack_bytes,
+            exclude_kernel,
         } => {
             attr.config = u64::from(b::PERF_COUNT_SW_CPU_CLOCK);
             attr.set_freq(1);
             attr.__bindgen_anon_1.sample_freq = freq_hz;
             attr.sample_stack_user = stack_bytes;
             attr.set_exclude_kernel(u64::from(exclude_kernel));
-            attr.set_inherit(1);
+            // A cgroup event covers every task of the cgroup already, new ones included.
+            attr.set_inherit(u64::from(matches!(kind, EventKind::Sampling { .. })));
             attr.set_mmap2(1);
             attr.set_comm(1);
             attr.set_comm_exec(1);
@@ -80,16 +93,36 @@ fn attr_for(kind: EventKind) -> perf_event_attr {
 impl EventFd {
     /// `perf_event_open(attr, pid, cpu, -1, PERF_FLAG_FD_CLOEXEC)`.
     pub fn open(kind: EventKind, pid: i32, cpu: i32) -> io::Result<EventFd> {
+        Self::open_with(kind, pid, cpu, 0)
+    }
+
+    /// An event of every task in the cgroup whose directory is open as `cgroup_dir`, on `cpu`
+    /// (`PERF_FLAG_PID_CGROUP`: the directory's fd goes where a pid would).
+    pub fn open_cgroup(
+        kind: EventKind,
+        cgroup_dir: &std::fs::File,
+        cpu: i32,
+    ) -> io::Result<EventFd> {
+        Self::open_with(
+            kind,
+            cgroup_dir.as_fd().as_raw_fd(),
+            cpu,
+            libc::c_ulong::from(b::PERF_FLAG_PID_CGROUP),
+        )
+    }
+
+    fn open_with(kind: EventKind, pid: i32, cpu: i32, flags: libc::c_ulong) -> io::Result<EventFd> {
         let mut attr = attr_for(kind);
         // SAFETY: `attr` is a fully initialised `perf_event_attr` whose `size` field is its own
-        // size; the kernel only reads it. The returned value is a new fd or -1.
+        // size; the kernel only reads it. With PERF_FLAG_PID_CGROUP, `pid` is a directory fd the
+        // caller keeps open for the call. The returned value is a new fd or -1.
         let fd = unsafe {
             sys::perf_event_open(
                 &mut attr,
                 pid,
                 cpu,
                 -1,
-                libc::c_ulong::from(b::PERF_FLAG_FD_CLOEXEC),
+                libc::c_ulong::from(b::PERF_FLAG_FD_CLOEXEC) | flags,
             )
         };
         if fd < 0 {

@@ -2,7 +2,7 @@
 //! `E2E_SERVER_URL`, `E2E_CONTEXT_DIR` (optional), `E2E_PID` (optional; without it every process
 //! with a channel file), `E2E_LISTEN` (metrics), `E2E_UPLOAD_INTERVAL_MS` (1000), `E2E_SERVICE`
 //! (`e2e`), `E2E_SAMPLE_RATE_HZ` (100), `E2E_STACK_BYTES` (16384; the benchmark's cost breakdown
-//! varies these two).
+//! varies these two), `E2E_SCOPE` (`auto`; `thread` for per-thread events only).
 #![forbid(unsafe_code)]
 
 use std::time::Duration;
@@ -43,6 +43,11 @@ fn main() -> anyhow::Result<()> {
             .transpose()?
             .unwrap_or(16384),
         max_buffer_bytes: 8 << 20,
+        scope: var("E2E_SCOPE")
+            .map(|v| v.parse())
+            .transpose()
+            .map_err(anyhow::Error::msg)?
+            .unwrap_or_default(),
         listen: var("E2E_LISTEN")
             .unwrap_or_else(|| "127.0.0.1:0".into())
             .parse()?,

@@ -152,3 +152,49 @@ pub fn process_folded(server: u16, service: &str) -> Vec<(String, u64)> {
     }
     parse_folded(&r.text().unwrap())
 }
+
+/// A fresh cgroup v2 directory, as a container runtime makes one per container: processes moved
+/// into it are moved back to the hierarchy's root, and it is removed, when this is dropped.
+pub struct Cgroup {
+    root: std::path::PathBuf,
+    dir: std::path::PathBuf,
+}
+
+impl Cgroup {
+    /// Panics when no cgroup v2 hierarchy is mounted (the tests that need one say so).
+    pub fn new(name: &str) -> Cgroup {
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let root = mounts
+            .lines()
+            .find_map(|l| {
+                let (fields, fs) = l.split_once(" - ")?;
+                let f: Vec<&str> = fields.split_whitespace().collect();
+                (fs.starts_with("cgroup2 ") && f.get(3) == Some(&"/")).then(|| f[4].to_owned())
+            })
+            .expect("a cgroup v2 hierarchy mounted (cgroup-scoped sampling is tested in one)");
+        let root = std::path::PathBuf::from(root);
+        let dir = root.join(format!("{name}-{}", std::process::id()));
+        std::fs::create_dir(&dir).unwrap();
+        Cgroup { root, dir }
+    }
+
+    /// Moves process `pid` (all its threads) into this cgroup.
+    pub fn add(&self, pid: u32) {
+        std::fs::write(self.dir.join("cgroup.procs"), pid.to_string()).unwrap();
+    }
+
+    /// Moves `pid` back to the hierarchy's root.
+    pub fn remove(&self, pid: u32) {
+        let _ = std::fs::write(self.root.join("cgroup.procs"), pid.to_string());
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        let procs = std::fs::read_to_string(self.dir.join("cgroup.procs")).unwrap_or_default();
+        for pid in procs.lines() {
+            let _ = std::fs::write(self.root.join("cgroup.procs"), pid);
+        }
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
