@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{ChildStdout, Command, Stdio};
+use std::process::{ChildStdout, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -26,15 +26,7 @@ fn start_workload(ctx: Option<&Path>, vars: &[(&str, &str)]) -> Workload {
 
 /// [`start_workload`] run through `wrapper` (a command that execs its arguments).
 fn start_workload_under(wrapper: &[&str], ctx: Option<&Path>, vars: &[(&str, &str)]) -> Workload {
-    let workload = env!("CARGO_BIN_EXE_e2e-workload");
-    let mut cmd = match wrapper.split_first() {
-        Some((program, args)) => {
-            let mut c = Command::new(program);
-            c.args(args).arg(workload);
-            c
-        }
-        None => Command::new(workload),
-    };
+    let mut cmd = command_under(wrapper, env!("CARGO_BIN_EXE_e2e-workload"));
     cmd.stdout(Stdio::piped())
         .env_remove("SPANPROF_CONTEXT_DIR");
     if let Some(ctx) = ctx {

@@ -22,6 +22,7 @@ pub struct Settings {
     pub stack_bytes: u32,
 }
 
+#[derive(Default)]
 struct Target {
     /// Events per thread (one per CPU).
     threads: HashMap<u32, Vec<EventFd>>,
@@ -266,10 +267,7 @@ impl Sampler {
         )?;
         self.targets
             .entry(pid)
-            .or_insert_with(|| Target {
-                threads: HashMap::new(),
-                inherited: HashSet::new(),
-            })
+            .or_default()
             .threads
             .insert(tid, events);
         Ok(())
@@ -357,10 +355,7 @@ impl Sampler {
     /// A FORK record: the kernel now samples `tid` (a new thread of a target, or the first
     /// thread of a target's child process) through an inherited event.
     pub fn note_fork(&mut self, pid: u32, tid: u32) {
-        let t = self.targets.entry(pid).or_insert_with(|| Target {
-            threads: HashMap::new(),
-            inherited: HashSet::new(),
-        });
+        let t = self.targets.entry(pid).or_default();
         t.inherited.insert(tid);
     }
 

@@ -84,6 +84,19 @@ pub fn start_sidecar(
     start_sidecar_under(&[], server_port, ctx, pid, vars)
 }
 
+/// `program` run through `wrapper` (a command that execs its arguments, e.g. `prlimit`), or
+/// directly when `wrapper` is empty.
+pub fn command_under(wrapper: &[&str], program: &str) -> Command {
+    match wrapper.split_first() {
+        Some((first, args)) => {
+            let mut c = Command::new(first);
+            c.args(args).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
 /// [`start_sidecar`] run through `wrapper` (a command that execs its arguments, e.g. `prlimit`).
 pub fn start_sidecar_under(
     wrapper: &[&str],
@@ -93,15 +106,7 @@ pub fn start_sidecar_under(
     vars: &[(&str, &str)],
 ) -> (Proc, u16) {
     let metrics = free_port();
-    let sidecar = env!("CARGO_BIN_EXE_e2e-sidecar");
-    let mut cmd = match wrapper.split_first() {
-        Some((program, args)) => {
-            let mut c = Command::new(program);
-            c.args(args).arg(sidecar);
-            c
-        }
-        None => Command::new(sidecar),
-    };
+    let mut cmd = command_under(wrapper, env!("CARGO_BIN_EXE_e2e-sidecar"));
     cmd.env("E2E_SERVER_URL", format!("http://127.0.0.1:{server_port}"))
         .env(
             "E2E_CONTEXT_DIR",
@@ -164,15 +169,10 @@ impl Cgroup {
     /// Panics when no cgroup v2 hierarchy is mounted (the tests that need one say so).
     pub fn new(name: &str) -> Cgroup {
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        let root = mounts
-            .lines()
-            .find_map(|l| {
-                let (fields, fs) = l.split_once(" - ")?;
-                let f: Vec<&str> = fields.split_whitespace().collect();
-                (fs.starts_with("cgroup2 ") && f.get(3) == Some(&"/")).then(|| f[4].to_owned())
-            })
-            .expect("a cgroup v2 hierarchy mounted (cgroup-scoped sampling is tested in one)");
-        let root = std::path::PathBuf::from(root);
+        let root = std::path::PathBuf::from(
+            spanprof_sidecar::procfs::parse_cgroup2_mount(&mounts)
+                .expect("a cgroup v2 hierarchy mounted (cgroup-scoped sampling is tested in one)"),
+        );
         let dir = root.join(format!("{name}-{}", std::process::id()));
         std::fs::create_dir(&dir).unwrap();
         Cgroup { root, dir }
