@@ -138,6 +138,38 @@ fn tally(server: u16, windows: &[Window]) -> Tally {
     t
 }
 
+/// Every sample inside a span window in that span's profile (at least 99 %, none in the other
+/// span's), about 100 Hz of the workload's on-CPU time in its spans, and most spans sampled.
+fn assert_attribution_is_exact(server: u16, windows: &[Window]) {
+    let t = tally(server, windows);
+    // 100 Hz of each thread's on-CPU time inside its spans (as the workload measured it).
+    let expected = windows.iter().map(|w| w.cpu_ns).sum::<u64>() / 10_000_000;
+    let wall = windows.iter().map(|w| w.end_ns - w.start_ns).sum::<u64>() / 10_000_000;
+    eprintln!("{t:?}, expected {expected} samples from on-CPU time ({wall} from wall time)");
+    assert_eq!(t.wrong, 0, "samples attributed to the wrong span");
+    let total = t.right + t.wrong + t.leaked;
+    assert!(
+        t.right as f64 >= 0.99 * total as f64,
+        "only {} of {total} samples in the right span",
+        t.right
+    );
+    assert!(
+        expected >= 20,
+        "the workload got too little CPU to judge: {expected}"
+    );
+    assert!(
+        t.right * 10 >= expected * 5 && t.right * 10 <= expected * 15,
+        "{t:?}: {} samples for {expected} expected",
+        t.right
+    );
+    assert!(
+        t.spans_with_samples * 10 >= windows.len() * 8,
+        "{} of {} spans have samples",
+        t.spans_with_samples,
+        windows.len()
+    );
+}
+
 #[test]
 fn span_profiles_hold_their_own_functions_and_attribution_is_exact() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
@@ -164,35 +196,8 @@ fn span_profiles_hold_their_own_functions_and_attribution_is_exact() {
     let sampled = metric(metrics, "spanprof_sidecar_samples_total");
     sidecar.terminate();
 
-    let t = tally(port, &windows);
-    // 100 Hz of each thread's on-CPU time inside its spans (as the workload measured it).
-    let expected = windows.iter().map(|w| w.cpu_ns).sum::<u64>() / 10_000_000;
-    let wall = windows.iter().map(|w| w.end_ns - w.start_ns).sum::<u64>() / 10_000_000;
-    eprintln!(
-        "{t:?}, expected {expected} samples from on-CPU time ({wall} from wall time), lost records {lost}"
-    );
-    assert_eq!(t.wrong, 0, "samples attributed to the wrong span");
-    let total = t.right + t.wrong + t.leaked;
-    assert!(
-        t.right as f64 >= 0.99 * total as f64,
-        "only {} of {total} samples in the right span",
-        t.right
-    );
-    assert!(
-        expected >= 20,
-        "the workload got too little CPU to judge: {expected}"
-    );
-    assert!(
-        t.right * 10 >= expected * 5 && t.right * 10 <= expected * 15,
-        "{t:?}: {} samples for {expected} expected",
-        t.right
-    );
-    assert!(
-        t.spans_with_samples * 10 >= windows.len() * 8,
-        "{} of {} spans have samples",
-        t.spans_with_samples,
-        windows.len()
-    );
+    eprintln!("lost records {lost}");
+    assert_attribution_is_exact(port, &windows);
 
     // A span profile by ID: its name, its functions (symbolized, demangled), plausible counts.
     let alpha = windows
@@ -266,32 +271,8 @@ fn a_container_cgroup_is_sampled_as_a_whole_with_exact_attribution() {
     );
     assert_eq!(threads, 0, "per-thread events besides the cgroup's");
 
-    let t = tally(port, &windows);
-    let expected = windows.iter().map(|w| w.cpu_ns).sum::<u64>() / 10_000_000;
-    eprintln!("{t:?}, expected {expected} samples from on-CPU time");
-    assert_eq!(t.wrong, 0, "samples attributed to the wrong span");
-    let total = t.right + t.wrong + t.leaked;
-    assert!(
-        t.right as f64 >= 0.99 * total as f64,
-        "only {} of {total} samples in the right span",
-        t.right
-    );
-    assert!(
-        expected >= 20,
-        "the workload got too little CPU: {expected}"
-    );
     // Each sample once: not doubled by per-thread events, none missing.
-    assert!(
-        t.right * 10 >= expected * 5 && t.right * 10 <= expected * 15,
-        "{t:?}: {} samples for {expected} expected",
-        t.right
-    );
-    assert!(
-        t.spans_with_samples * 10 >= windows.len() * 8,
-        "{} of {} spans have samples",
-        t.spans_with_samples,
-        windows.len()
-    );
+    assert_attribution_is_exact(port, &windows);
 }
 
 #[test]
