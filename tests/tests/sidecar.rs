@@ -15,6 +15,23 @@ use common::*;
 /// The tests share two cores: one at a time keeps sample counts meaningful.
 static SERIAL: Mutex<()> = Mutex::new(());
 
+/// What most tests here start with: the lock that runs them one at a time, a data directory and a
+/// span-context directory, and the server on a free port (bound in this order, so the server
+/// stops before its data directory goes).
+fn serve() -> (
+    std::sync::MutexGuard<'static, ()>,
+    tempfile::TempDir,
+    tempfile::TempDir,
+    u16,
+    Proc,
+) {
+    let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let (data, ctx) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let port = free_port();
+    let server = start_server(port, data.path());
+    (serial, data, ctx, port, server)
+}
+
 struct Workload {
     proc: Proc,
     out: BufReader<ChildStdout>,
@@ -172,10 +189,7 @@ fn assert_attribution_is_exact(server: u16, windows: &[Window]) {
 
 #[test]
 fn span_profiles_hold_their_own_functions_and_attribution_is_exact() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let (data, ctx) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let port = free_port();
-    let server = start_server(port, data.path());
+    let (_serial, _data, ctx, port, server) = serve();
     // The workload's threads start after the sidecar attached: they are followed by inheritance.
     let mut w = start_workload(
         Some(ctx.path()),
@@ -244,10 +258,7 @@ fn span_profiles_hold_their_own_functions_and_attribution_is_exact() {
 
 #[test]
 fn a_container_cgroup_is_sampled_as_a_whole_with_exact_attribution() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let (data, ctx) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let port = free_port();
-    let _server = start_server(port, data.path());
+    let (_serial, _data, ctx, port, _server) = serve();
     // The workload alone in a cgroup, as in a container; its threads start after the attach.
     let cgroup = Cgroup::new("spanprof-e2e-scope");
     let mut w = start_workload(
@@ -277,10 +288,7 @@ fn a_container_cgroup_is_sampled_as_a_whole_with_exact_attribution() {
 
 #[test]
 fn without_a_channel_the_whole_process_profile_still_works() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let (data, ctx) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let port = free_port();
-    let _server = start_server(port, data.path());
+    let (_serial, _data, ctx, port, _server) = serve();
     let mut w = start_workload(
         None,
         &[
@@ -328,10 +336,7 @@ fn without_a_channel_the_whole_process_profile_still_works() {
 
 #[test]
 fn every_thread_is_sampled_under_a_low_soft_open_file_limit() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let (data, ctx) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let port = free_port();
-    let _server = start_server(port, data.path());
+    let (_serial, _data, ctx, port, _server) = serve();
     // 40 threads running before the sidecar attaches: one event fd per thread and CPU, at least
     // 40, over a soft limit of 32 (the hard limit stays as it is, and is what the sidecar may use).
     let threads = 40;
@@ -371,11 +376,8 @@ fn every_thread_is_sampled_under_a_low_soft_open_file_limit() {
 #[test]
 fn an_unprivileged_sampler_under_a_small_locked_memory_limit_still_samples() {
     use std::os::unix::fs::PermissionsExt;
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let (data, ctx) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (_serial, _data, ctx, port, _server) = serve();
     std::fs::set_permissions(ctx.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    let port = free_port();
-    let _server = start_server(port, data.path());
     // What `capabilities: none` gives the sampler: the app's own (non-root) user, no capabilities,
     // and here the 64 KiB RLIMIT_MEMLOCK many container runtimes default to. The kernel then lets
     // the user lock ~516 KiB of perf rings per CPU, less than the sidecar asks for by default.
@@ -475,10 +477,7 @@ fn server_down_then_up_delivers_the_buffered_profiles() {
 
 #[test]
 fn discovers_processes_by_channel_and_follows_a_restarted_target() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let (data, ctx) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let port = free_port();
-    let _server = start_server(port, data.path());
+    let (_serial, _data, ctx, port, _server) = serve();
     // No --pid: every process with a channel file in the directory.
     let (sidecar, metrics) = start_sidecar(port, Some(ctx.path()), None, &[]);
     let mut all = Vec::new();

@@ -256,11 +256,7 @@ impl Sampler {
         if self.covers(pid, tid) {
             return Ok(());
         }
-        let kind = EventKind::Sampling {
-            freq_hz: self.settings.freq_hz,
-            stack_bytes: self.settings.stack_bytes,
-            exclude_kernel: self.exclude_kernel,
-        };
+        let kind = self.sampling_kind(false);
         let events = self.open_on_every_cpu(
             |cpu| EventFd::open(kind, tid as i32, cpu),
             |cpu| format!("thread {tid} of process {pid} on CPU {cpu}"),
@@ -279,11 +275,7 @@ impl Sampler {
         if self.cgroups.contains_key(&id) {
             return Ok(());
         }
-        let kind = EventKind::CgroupSampling {
-            freq_hz: self.settings.freq_hz,
-            stack_bytes: self.settings.stack_bytes,
-            exclude_kernel: self.exclude_kernel,
-        };
+        let kind = self.sampling_kind(true);
         let events = self.open_on_every_cpu(
             |cpu| EventFd::open_cgroup(kind, dir, cpu),
             |cpu| format!("cgroup {id:?} on CPU {cpu}"),
@@ -304,6 +296,28 @@ impl Sampler {
     /// Cgroups sampled as a whole.
     pub fn cgroup_count(&self) -> usize {
         self.cgroups.len()
+    }
+
+    /// The CPU-clock event this sampler opens, per thread or per cgroup.
+    fn sampling_kind(&self, cgroup: bool) -> EventKind {
+        let (freq_hz, stack_bytes, exclude_kernel) = (
+            self.settings.freq_hz,
+            self.settings.stack_bytes,
+            self.exclude_kernel,
+        );
+        if cgroup {
+            EventKind::CgroupSampling {
+                freq_hz,
+                stack_bytes,
+                exclude_kernel,
+            }
+        } else {
+            EventKind::Sampling {
+                freq_hz,
+                stack_bytes,
+                exclude_kernel,
+            }
+        }
     }
 
     /// One event per CPU from `open`, each redirected into that CPU's ring and enabled.
