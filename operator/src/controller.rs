@@ -1,5 +1,6 @@
 //! The status controller: watches SpanProfilings and the pods injected with them, and reports
-//! each SpanProfiling's `Ready` condition, observed generation and injected-pod count by
+//! each SpanProfiling's conditions (`Ready`: pods created now get the sampler; `WebhookServing`:
+//! the API server can call the webhook), observed generation and injected-pod count by
 //! server-side apply, with Events on `Ready` transitions and backoff on errors.
 
 use std::collections::HashMap;
@@ -15,17 +16,24 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
+use tokio::sync::watch;
 
+use crate::cache::{self, Synced};
 use crate::crd::{SpanProfiling, SpanProfilingSpec, SpanProfilingStatus};
 use crate::error::Error;
 use crate::inject::{Defaults, profiling_key};
 use crate::leader::Leadership;
 use crate::metrics::Metrics;
 use crate::names::{ANNOTATION_INJECTED, LABEL_INJECTED, MANAGER};
+use crate::serving::Serving;
+
+/// Condition types the controller reports.
+pub const CONDITION_READY: &str = "Ready";
+pub const CONDITION_WEBHOOK: &str = "WebhookServing";
 
 /// How often a healthy SpanProfiling is re-checked without any watch event.
 const RESYNC: Duration = Duration::from_secs(300);
@@ -37,6 +45,10 @@ pub struct Context {
     pub client: Client,
     /// Metadata of the pods labelled as injected, across namespaces.
     pub pods: Store<PartialObjectMeta<Pod>>,
+    /// Whether `pods` holds its first list (before, every count would read 0).
+    pub pods_synced: Synced,
+    /// Whether the API server can call the webhook, as last observed.
+    pub serving: watch::Receiver<Serving>,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub defaults: Defaults,
@@ -47,9 +59,32 @@ pub struct Context {
 }
 
 impl Context {
-    /// A context that always acts (one replica, no election); see [`Context::with_leadership`].
-    pub fn new(client: Client, pods: Store<PartialObjectMeta<Pod>>, recorder: Recorder, metrics: Arc<Metrics>, defaults: Defaults) -> Self {
-        Context { client, pods, recorder, metrics, defaults, leader: Leadership::always(), failures: Mutex::default() }
+    /// A context that always acts (one replica, no election; see [`Context::with_leadership`])
+    /// over a pod store filled by the caller (see [`Context::with_pods_synced`]).
+    pub fn new(
+        client: Client,
+        pods: Store<PartialObjectMeta<Pod>>,
+        recorder: Recorder,
+        metrics: Arc<Metrics>,
+        defaults: Defaults,
+        serving: watch::Receiver<Serving>,
+    ) -> Self {
+        Context {
+            client,
+            pods,
+            pods_synced: Synced::done(),
+            serving,
+            recorder,
+            metrics,
+            defaults,
+            leader: Leadership::always(),
+            failures: Mutex::default(),
+        }
+    }
+
+    /// Reports nothing until `synced` says the pod store holds its first list.
+    pub fn with_pods_synced(self, synced: Synced) -> Self {
+        Context { pods_synced: synced, ..self }
     }
 
     /// Acts only while `leader` says this replica leads.
@@ -94,6 +129,7 @@ pub fn desired_status(
     sp: &SpanProfiling,
     pods: &[Arc<PartialObjectMeta<Pod>>],
     defaults: &Defaults,
+    serving: &Serving,
     now: Timestamp,
 ) -> SpanProfilingStatus {
     let previous = sp.status.clone().unwrap_or_default();
@@ -108,26 +144,35 @@ pub fn desired_status(
         (a, b) => a.or(b),
     };
     let generation = sp.metadata.generation;
+    let (webhook_status, webhook_reason, webhook_message) = serving.condition();
+    // Ready means what a user relies on: a pod annotated now would get the sampler.
     let (status, reason, message) = match validate(&sp.spec, defaults) {
-        Ok(()) => ("True", "Configured", format!("pods annotated spanprof.dev/inject get the sampler ({} injected)", mine.len())),
         Err(e) => ("False", "InvalidSpec", e),
+        Ok(()) if webhook_status == "True" => {
+            ("True", "Configured", format!("pods annotated spanprof.dev/inject get the sampler ({} injected)", mine.len()))
+        }
+        Ok(()) => (webhook_status, webhook_reason, webhook_message.clone()),
     };
-    let old_ready = previous.conditions.iter().find(|c| c.type_ == "Ready");
-    let last_transition_time = match old_ready {
-        Some(c) if c.status == status => c.last_transition_time.clone(),
-        _ => Time(now),
+    let condition = |type_: &str, status: &str, reason: &str, message: String| {
+        let old = previous.conditions.iter().find(|c| c.type_ == type_);
+        let last_transition_time = match old {
+            Some(c) if c.status == status => c.last_transition_time.clone(),
+            _ => Time(now),
+        };
+        Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message,
+            observed_generation: generation,
+            last_transition_time,
+        }
     };
-    let ready = Condition {
-        type_: "Ready".into(),
-        status: status.into(),
-        reason: reason.into(),
-        message,
-        observed_generation: generation,
-        last_transition_time,
-    };
+    let ready = condition(CONDITION_READY, status, reason, message);
+    let webhook = condition(CONDITION_WEBHOOK, webhook_status, webhook_reason, webhook_message);
     SpanProfilingStatus {
         observed_generation: generation,
-        conditions: vec![ready],
+        conditions: vec![ready, webhook],
         injected_pods: u32::try_from(mine.len()).unwrap_or(u32::MAX),
         last_injection_time,
     }
@@ -139,10 +184,16 @@ pub async fn reconcile(sp: Arc<SpanProfiling>, ctx: Arc<Context>) -> Result<Acti
         // The leader reports status; becoming the leader reconciles everything again.
         return Ok(Action::requeue(RESYNC));
     }
+    let serving = ctx.serving.borrow().clone();
+    if !ctx.pods_synced.is_synced() || serving == Serving::Unknown {
+        // A status from half the facts would be corrected a moment later (two writes, maybe a
+        // false Event); both becoming known reconciles everything (see `run`).
+        return Ok(Action::await_change());
+    }
     ctx.metrics.reconciles.inc();
     let namespace = sp.namespace().unwrap_or_default();
     let name = sp.name_any();
-    let status = desired_status(&sp, &ctx.pods.state(), &ctx.defaults, Timestamp::now());
+    let status = desired_status(&sp, &ctx.pods.state(), &ctx.defaults, &serving, Timestamp::now());
     if sp.status.as_ref() != Some(&status) {
         let api: Api<SpanProfiling> = Api::namespaced(ctx.client.clone(), &namespace);
         let patch = json!({
@@ -152,11 +203,11 @@ pub async fn reconcile(sp: Arc<SpanProfiling>, ctx: Arc<Context>) -> Result<Acti
         });
         api.patch_status(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await?;
         let ready = |s: Option<&SpanProfilingStatus>| {
-            s.and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready")).map(|c| c.status.clone())
+            s.and_then(|s| s.conditions.iter().find(|c| c.type_ == CONDITION_READY)).map(|c| c.status.clone())
         };
         let (was, now) = (ready(sp.status.as_ref()), ready(Some(&status)));
         if was != now
-            && let Some(cond) = status.conditions.first()
+            && let Some(cond) = status.conditions.iter().find(|c| c.type_ == CONDITION_READY)
         {
             let event = Event {
                 type_: if cond.status == "True" { EventType::Normal } else { EventType::Warning },
@@ -206,36 +257,45 @@ pub fn profiling_of(pod: &PartialObjectMeta<Pod>) -> Option<ObjectRef<SpanProfil
 pub trait PodEvents: futures::Stream<Item = Result<PartialObjectMeta<Pod>, watcher::Error>> + Send + 'static {}
 impl<S: futures::Stream<Item = Result<PartialObjectMeta<Pod>, watcher::Error>> + Send + 'static> PodEvents for S {}
 
-/// The controller (whose `store()` is the SpanProfiling cache the webhook reads), the cache of
-/// injected pods, and the pod events that drive both.
-pub fn controller(client: Client) -> (Controller<SpanProfiling>, Store<PartialObjectMeta<Pod>>, impl PodEvents) {
-    let (pod_reader, pod_writer) = reflector::store();
-    let pods = reflector::reflector(
-        pod_writer,
-        // Metadata only, and only pods labelled as injected: the operator never sees pod specs.
-        watcher(
-            Api::<PartialObjectMeta<Pod>>::all(client.clone()),
-            watcher::Config::default().labels(&format!("{LABEL_INJECTED}=true")),
-        ),
-    )
-    .default_backoff()
-    .touched_objects();
-    let controller = Controller::new(Api::<SpanProfiling>::all(client), watcher::Config::default());
-    (controller, pod_reader, pods)
+/// The watch caches the operator keeps: SpanProfilings (the controller's and the webhook's) and
+/// the metadata of injected pods, each with its [`Synced`] flag.
+pub struct Caches {
+    pub profilings: Store<SpanProfiling>,
+    pub profilings_synced: Synced,
+    pub pods: Store<PartialObjectMeta<Pod>>,
+    pub pods_synced: Synced,
+}
+
+/// The controller (over the SpanProfiling cache the webhook also reads), the caches, and the pod
+/// events that drive the pod cache (the controller consumes them in [`run`]).
+pub fn controller(client: Client) -> (Controller<SpanProfiling>, Caches, impl PodEvents) {
+    // Metadata only, and only pods labelled as injected: the operator never sees pod specs.
+    let (pods, pods_synced, pod_events) = cache::cache(
+        Api::<PartialObjectMeta<Pod>>::all(client.clone()),
+        watcher::Config::default().labels(&format!("{LABEL_INJECTED}=true")),
+    );
+    let (profilings, profilings_synced, profiling_events) =
+        cache::cache(Api::<SpanProfiling>::all(client), watcher::Config::default());
+    let controller = Controller::for_stream(profiling_events, profilings.clone());
+    (controller, Caches { profilings, profilings_synced, pods, pods_synced }, pod_events)
 }
 
 /// Runs the controller until `shutdown` resolves; reconciles every SpanProfiling again whenever
-/// this replica becomes the leader.
+/// this replica becomes the leader, the pod cache first syncs, or the webhook's reachability
+/// changes (it is part of every SpanProfiling's status).
 pub async fn run(
     controller: Controller<SpanProfiling>,
     pods: impl PodEvents,
     ctx: Arc<Context>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let gained = ctx.leader.gained();
+    let everything = futures::stream::select(
+        ctx.leader.gained(),
+        futures::stream::select(ctx.pods_synced.on_sync(), changes(ctx.serving.clone())),
+    );
     controller
         .watches_stream(pods, |pod| profiling_of(&pod))
-        .reconcile_all_on(gained)
+        .reconcile_all_on(everything)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
@@ -245,4 +305,13 @@ pub async fn run(
             }
         })
         .await;
+}
+
+/// Yields once per change of `rx`'s value.
+fn changes<T: Send + Sync + 'static>(rx: watch::Receiver<T>) -> impl futures::Stream<Item = ()> + Send + 'static {
+    futures::stream::unfold(rx, |mut rx| async move {
+        rx.changed().await.ok()?;
+        rx.borrow_and_update();
+        Some(((), rx))
+    })
 }

@@ -21,6 +21,15 @@ pub enum Error {
     /// A file could not be read or a socket not bound.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    /// A listening socket could not be bound.
+    #[error("cannot listen on {addr} for the {what}: {source}")]
+    Bind { addr: std::net::SocketAddr, what: String, source: std::io::Error },
+    /// The MutatingWebhookConfiguration (or our entry in it) that the operator fills in is missing.
+    #[error(
+        "MutatingWebhookConfiguration {name}: {message}; the chart installs it (helm install/upgrade), the operator \
+         only fills in its caBundle"
+    )]
+    WebhookConfiguration { name: String, message: String },
     /// The configuration is unusable.
     #[error("config: {0}")]
     Config(String),

@@ -2,6 +2,7 @@
 //! controller and the webhook's TLS.
 #![forbid(unsafe_code)]
 
+pub mod cache;
 pub mod controller;
 pub mod crd;
 pub mod error;
@@ -11,12 +12,12 @@ pub mod metrics;
 pub mod names;
 pub mod pod_security;
 pub mod rbac;
+pub mod serving;
 pub mod tls;
 pub mod webhook;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
@@ -24,7 +25,6 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use futures::StreamExt;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
@@ -33,6 +33,8 @@ use kube::runtime::events::{Recorder, Reporter};
 use tokio::sync::watch;
 
 pub use error::{Error, Result};
+
+use cache::Synced;
 
 use inject::Defaults;
 use metrics::Metrics;
@@ -51,6 +53,8 @@ pub struct Config {
     pub cert_check_interval: Duration,
     /// The MutatingWebhookConfiguration whose caBundle the operator keeps current.
     pub webhook_config_name: String,
+    /// The Service in front of the webhook, in the operator's namespace.
+    pub webhook_service: String,
     /// Injection fallbacks and the operator's namespace.
     pub defaults: Defaults,
     /// This replica's name, as the reporting instance of Events.
@@ -58,19 +62,20 @@ pub struct Config {
 }
 
 /// Readiness of this replica: it has a serving certificate and has listed SpanProfilings and
-/// namespaces.
-#[derive(Default)]
+/// namespaces, so its answers to admission requests are right.
 struct Health {
     metrics: Arc<Metrics>,
     resolver: Arc<CertResolver>,
-    cache_synced: AtomicBool,
-    namespaces_synced: AtomicBool,
+    profilings_synced: Synced,
+    namespaces_synced: Synced,
 }
 
-/// Runs the operator until SIGINT/SIGTERM (or `shutdown`), then stops the controller, lets
-/// in-flight admission requests finish and returns.
-pub async fn run(config: Config, shutdown: Option<tokio::sync::oneshot::Receiver<()>>) -> Result<()> {
-    let client = Client::try_default().await?;
+/// Runs the operator against the API server `client` talks to, until SIGINT/SIGTERM (or
+/// `shutdown`); then stops the controller, lets in-flight admission requests finish and returns.
+pub async fn run(config: Config, client: Client, shutdown: Option<tokio::sync::oneshot::Receiver<()>>) -> Result<()> {
+    // Bind first: a taken port is a configuration error to report at once, naming the address.
+    let webhook_listener = bind(config.webhook_listen, "webhook (--webhook-listen)").await?;
+    let metrics_listener = bind(config.metrics_listen, "metrics and probes (--metrics-listen)").await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         match shutdown {
@@ -89,7 +94,7 @@ pub async fn run(config: Config, shutdown: Option<tokio::sync::oneshot::Receiver
         }
     };
 
-    let health = Arc::new(Health::default());
+    let metrics = Arc::new(Metrics::default());
     let reporter = Reporter { controller: names::MANAGER.into(), instance: config.pod_name.clone() };
     let recorder = Recorder::new(client.clone(), reporter);
 
@@ -104,7 +109,7 @@ pub async fn run(config: Config, shutdown: Option<tokio::sync::oneshot::Receiver
     };
     let elector_task = tokio::spawn(elector.run(leader_tx, stopped()));
     {
-        let (mut rx, metrics) = (leader_rx.clone(), health.metrics.clone());
+        let (mut rx, metrics) = (leader_rx.clone(), metrics.clone());
         tokio::spawn(async move {
             loop {
                 metrics.leader.set(i64::from(*rx.borrow_and_update()));
@@ -115,46 +120,52 @@ pub async fn run(config: Config, shutdown: Option<tokio::sync::oneshot::Receiver
         });
     }
 
-    // Controller, and the SpanProfiling cache the webhook shares with it.
-    let (controller, pods_store, pods) = controller::controller(client.clone());
-    let profilings = controller.store();
-    let ctx = Arc::new(
-        controller::Context::new(client.clone(), pods_store, recorder.clone(), health.metrics.clone(), config.defaults.clone())
-            .with_leadership(leader::Leadership::new(leader_rx)),
-    );
-    let controller_task = tokio::spawn(controller::run(controller, pods, ctx, stopped()));
+    // Whether the API server can call the webhook: part of every SpanProfiling's status.
+    let (serving_tx, serving_rx) = watch::channel(serving::Serving::Unknown);
+    let target = serving::Target {
+        configuration: config.webhook_config_name.clone(),
+        service: config.webhook_service.clone(),
+        namespace: config.defaults.operator_namespace.clone(),
+    };
     {
-        let (profilings, health) = (profilings.clone(), health.clone());
+        let (watch, stop) = (serving::watch(client.clone(), target, serving_tx), stopped());
         tokio::spawn(async move {
-            if profilings.wait_until_ready().await.is_ok() {
-                health.cache_synced.store(true, Ordering::Release);
-                tracing::info!("SpanProfiling cache synced");
+            tokio::select! {
+                () = watch => {}
+                () = stop => {}
             }
         });
     }
 
+    // Controller, and the SpanProfiling cache the webhook shares with it.
+    let (controller, caches, pod_events) = controller::controller(client.clone());
+    let ctx = Arc::new(
+        controller::Context::new(client.clone(), caches.pods, recorder.clone(), metrics.clone(), config.defaults.clone(), serving_rx)
+            .with_pods_synced(caches.pods_synced)
+            .with_leadership(leader::Leadership::new(leader_rx)),
+    );
+    let controller_task = tokio::spawn(controller::run(controller, pod_events, ctx, stopped()));
+    log_when_synced(caches.profilings_synced.clone(), "SpanProfiling cache synced");
+
     // Namespaces, for the Pod Security level each enforces.
-    let (namespaces, namespace_events) = webhook::namespace_cache(client.clone());
+    let (namespaces, namespaces_synced, namespace_events) = webhook::namespace_cache(client.clone());
     {
-        let stop = stopped();
+        let (drive, stop) = (cache::drive(namespace_events, "namespaces"), stopped());
         tokio::spawn(async move {
             tokio::select! {
-                () = namespace_events.for_each(|res| async move {
-                    if let Err(e) = res {
-                        tracing::warn!(error = %e, "namespace watch failed; retrying");
-                    }
-                }) => {}
+                () = drive => {}
                 () = stop => {}
             }
         });
-        let (namespaces, health) = (namespaces.clone(), health.clone());
-        tokio::spawn(async move {
-            if namespaces.wait_until_ready().await.is_ok() {
-                health.namespaces_synced.store(true, Ordering::Release);
-                tracing::info!("namespace cache synced");
-            }
-        });
     }
+    log_when_synced(namespaces_synced.clone(), "namespace cache synced");
+
+    let health = Arc::new(Health {
+        metrics: metrics.clone(),
+        resolver: Arc::new(CertResolver::default()),
+        profilings_synced: caches.profilings_synced.clone(),
+        namespaces_synced,
+    });
 
     // Certificates.
     let webhook_configs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
@@ -163,21 +174,20 @@ pub async fn run(config: Config, shutdown: Option<tokio::sync::oneshot::Receiver
 
     // Webhook.
     let (events_tx, events_rx) = tokio::sync::mpsc::channel(256);
-    tokio::spawn(webhook::publish_events(events_rx, recorder));
+    tokio::spawn(webhook::publish_events(events_rx, recorder, client.clone()));
     let state = Arc::new(webhook::WebhookState {
-        profilings,
+        profilings: caches.profilings,
+        profilings_synced: caches.profilings_synced,
         namespaces,
         defaults: config.defaults.clone(),
-        metrics: health.metrics.clone(),
+        metrics: metrics.clone(),
         events: events_tx,
     });
     let tls_config = tls::server_config(health.resolver.clone())?;
-    let webhook_listener = tokio::net::TcpListener::bind(config.webhook_listen).await?;
     tracing::info!(addr = %config.webhook_listen, "webhook listening (HTTPS)");
     let webhook = tokio::spawn(webhook::serve_tls(webhook_listener, tls_config, webhook::router(state), stopped()));
 
     // Probes and metrics.
-    let metrics_listener = tokio::net::TcpListener::bind(config.metrics_listen).await?;
     tracing::info!(addr = %config.metrics_listen, "metrics and probes listening");
     let probes = axum::serve(metrics_listener, health_router(health)).with_graceful_shutdown(stopped());
 
@@ -187,6 +197,20 @@ pub async fn run(config: Config, shutdown: Option<tokio::sync::oneshot::Receiver
     controller.map_err(|e| Error::Config(format!("controller task: {e}")))?;
     elector.map_err(|e| Error::Config(format!("leader election task: {e}")))?;
     Ok(())
+}
+
+/// Binds `addr`, or says which address could not be bound and what it was for.
+async fn bind(addr: SocketAddr, what: &str) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, what: what.to_owned(), source })
+}
+
+fn log_when_synced(synced: Synced, message: &'static str) {
+    tokio::spawn(async move {
+        synced.wait().await;
+        if synced.is_synced() {
+            tracing::info!("{message}");
+        }
+    });
 }
 
 /// A holder identity when no `--pod-name` is given (local runs): unique per process.
@@ -206,9 +230,9 @@ fn health_router(health: Arc<Health>) -> Router {
 async fn readyz(State(h): State<Arc<Health>>) -> Response {
     let not_ready = if !h.resolver.is_ready() {
         "no serving certificate yet"
-    } else if !h.cache_synced.load(Ordering::Acquire) {
+    } else if !h.profilings_synced.is_synced() {
         "SpanProfiling cache not synced yet"
-    } else if !h.namespaces_synced.load(Ordering::Acquire) {
+    } else if !h.namespaces_synced.is_synced() {
         // Without namespace labels the webhook could inject pods that Pod Security then rejects.
         "namespace cache not synced yet"
     } else {

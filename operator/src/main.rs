@@ -91,7 +91,9 @@ async fn main() -> anyhow::Result<()> {
     if args.log_json {
         tracing_subscriber::fmt().json().with_env_filter(filter).init();
     } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
+        // Colour codes only for a terminal: `kubectl logs` shows them as raw escapes.
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+        tracing_subscriber::fmt().with_ansi(ansi).with_env_filter(filter).init();
     }
     let tls = match (args.tls_cert_file, args.tls_key_file) {
         (Some(cert_file), Some(key_file)) => TlsSource::Files { cert_file, key_file, ca_file: args.tls_ca_file },
@@ -107,6 +109,7 @@ async fn main() -> anyhow::Result<()> {
         tls,
         cert_check_interval: args.cert_check_interval,
         webhook_config_name: args.webhook_config_name,
+        webhook_service: args.webhook_service.clone(),
         defaults: Defaults {
             server_url: args.default_server_url,
             sidecar_image: args.sidecar_image,
@@ -115,6 +118,7 @@ async fn main() -> anyhow::Result<()> {
         },
         pod_name: args.pod_name,
     };
-    spanprof_operator::run(config, None).await?;
+    let client = kube::Client::try_default().await?;
+    spanprof_operator::run(config, client, None).await?;
     Ok(())
 }

@@ -25,17 +25,23 @@ pub const CLUSTER_RULES: &[Rule] = &[
     Rule { api_groups: &["spanprof.dev"], resources: &["spanprofilings"], verbs: &["list", "watch"], resource_names: &[] },
     // Status by server-side apply.
     Rule { api_groups: &["spanprof.dev"], resources: &["spanprofilings/status"], verbs: &["patch"], resource_names: &[] },
-    // Metadata watch of injected pods (label selector), for the injected count.
-    Rule { api_groups: &[""], resources: &["pods"], verbs: &["list", "watch"], resource_names: &[] },
+    // Metadata watch of injected pods (label selector), for the injected count; `get` of a bare
+    // pod's metadata after admission, for the uid its Events need to show in `kubectl describe`.
+    Rule { api_groups: &[""], resources: &["pods"], verbs: &["get", "list", "watch"], resource_names: &[] },
+    // Metadata of a pod's ReplicaSet or Job, to put Events on the Deployment or CronJob users
+    // look at.
+    Rule { api_groups: &["apps"], resources: &["replicasets"], verbs: &["get"], resource_names: &[] },
+    Rule { api_groups: &["batch"], resources: &["jobs"], verbs: &["get"], resource_names: &[] },
     // Metadata watch of namespaces: the webhook reads their Pod Security labels.
     Rule { api_groups: &[""], resources: &["namespaces"], verbs: &["list", "watch"], resource_names: &[] },
     // Events on SpanProfilings and on pods' owners; `patch` updates a repeated event's series.
     Rule { api_groups: &["events.k8s.io"], resources: &["events"], verbs: &["create", "patch"], resource_names: &[] },
-    // Filling in the caBundle (server-side apply of that one field).
+    // Filling in the caBundle (server-side apply of that one field), and reading it back: the
+    // status says whether the API server can call the webhook.
     Rule {
         api_groups: &["admissionregistration.k8s.io"],
         resources: &["mutatingwebhookconfigurations"],
-        verbs: &["patch"],
+        verbs: &["get", "patch"],
         resource_names: &[DEFAULT_WEBHOOK_CONFIG],
     },
 ];
@@ -51,6 +57,8 @@ pub const NAMESPACE_RULES: &[Rule] = &[
         verbs: &["get", "create", "update"],
         resource_names: &[],
     },
+    // Whether the webhook Service has ready endpoints (the SpanProfiling's WebhookServing).
+    Rule { api_groups: &["discovery.k8s.io"], resources: &["endpointslices"], verbs: &["list", "watch"], resource_names: &[] },
 ];
 
 fn policy_rules(rules: &[Rule]) -> Vec<PolicyRule> {

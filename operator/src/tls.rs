@@ -315,6 +315,15 @@ impl SecretStore {
 /// Sets our webhook's `caBundle` by server-side apply of that one field, so the chart keeps
 /// owning the rest of the registration.
 pub async fn apply_ca_bundle(api: &Api<MutatingWebhookConfiguration>, config_name: &str, ca_pem: &str) -> Result<()> {
+    // A server-side apply to a missing object (or entry) would try to create it from just the
+    // caBundle and fail with a validation error that says nothing about what is missing.
+    let missing = |message: &str| Error::WebhookConfiguration { name: config_name.to_owned(), message: message.to_owned() };
+    let Some(current) = api.get_opt(config_name).await? else {
+        return Err(missing("not found"));
+    };
+    if !current.webhooks.iter().flatten().any(|w| w.name == WEBHOOK_NAME) {
+        return Err(missing(&format!("has no webhook named {WEBHOOK_NAME}")));
+    }
     let patch = json!({
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "MutatingWebhookConfiguration",

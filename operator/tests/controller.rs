@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use http::{Request, Response};
 use http_body_util::BodyExt;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
@@ -22,6 +23,7 @@ use spanprof_operator::inject::Defaults;
 use spanprof_operator::leader::{Elector, Leadership, Timing};
 use k8s_openapi::jiff::Timestamp;
 use spanprof_operator::metrics::Metrics;
+use spanprof_operator::serving::Serving;
 use spanprof_operator::tls::{self, CertBundle, Ensured, SecretStore};
 use tower_test::mock::{self, Handle};
 
@@ -91,8 +93,15 @@ fn context(client: Client) -> Arc<Context> {
     writer.apply_watcher_event(&watcher::Event::InitDone);
     std::mem::forget(writer);
     let recorder = Recorder::new(client.clone(), Reporter { controller: "spanprof-operator".into(), instance: Some("op-0".into()) });
-    Arc::new(Context::new(client, pods, recorder, Arc::new(Metrics::default()), defaults()))
+    Arc::new(Context::new(client, pods, recorder, Arc::new(Metrics::default()), defaults(), serving()))
 }
+
+/// The webhook as seen on a healthy cluster: one ready operator endpoint.
+fn serving() -> tokio::sync::watch::Receiver<Serving> {
+    tokio::sync::watch::channel(SERVING).1
+}
+
+const SERVING: Serving = Serving::Yes { endpoints: 1 };
 
 fn profiling(spec: SpanProfilingSpec) -> SpanProfiling {
     let mut sp = SpanProfiling::new("default", spec);
@@ -152,7 +161,7 @@ async fn up_to_date_status_makes_no_request() {
     let (client, mut handle) = mock_client();
     let ctx = context(client);
     let mut sp = profiling(SpanProfilingSpec::default());
-    sp.status = Some(controller::desired_status(&sp, &ctx.pods.state(), &defaults(), k8s_openapi::jiff::Timestamp::now()));
+    sp.status = Some(controller::desired_status(&sp, &ctx.pods.state(), &defaults(), &SERVING, k8s_openapi::jiff::Timestamp::now()));
     let run = tokio::spawn(controller::reconcile(Arc::new(sp), ctx));
     assert_no_request(&mut handle).await;
     assert_eq!(run.await.unwrap().unwrap(), Action::requeue(Duration::from_secs(300)));
@@ -164,7 +173,7 @@ async fn invalid_spec_is_reported_not_ready_with_a_warning_event() {
     let ctx = context(client);
     let mut sp = profiling(SpanProfilingSpec { server_url: Some("ftp://files".into()), ..Default::default() });
     // It was Ready before: the transition must get a new lastTransitionTime and an Event.
-    let mut before = controller::desired_status(&profiling(SpanProfilingSpec::default()), &[], &defaults(), "2025-01-01T00:00:00Z".parse().unwrap());
+    let mut before = controller::desired_status(&profiling(SpanProfilingSpec::default()), &[], &defaults(), &SERVING, "2025-01-01T00:00:00Z".parse().unwrap());
     before.injected_pods = 2;
     sp.status = Some(before);
     let reply = serde_json::to_value(&sp).unwrap();
@@ -184,7 +193,7 @@ async fn unchanged_condition_keeps_its_transition_time_and_publishes_no_event() 
     let (client, mut handle) = mock_client();
     let ctx = context(client);
     let mut sp = profiling(SpanProfilingSpec::default());
-    sp.status = Some(controller::desired_status(&sp, &[], &defaults(), "2025-01-01T00:00:00Z".parse().unwrap()));
+    sp.status = Some(controller::desired_status(&sp, &[], &defaults(), &SERVING, "2025-01-01T00:00:00Z".parse().unwrap()));
     let reply = serde_json::to_value(&sp).unwrap();
     let run = tokio::spawn(controller::reconcile(Arc::new(sp), ctx));
     let (_, _, body) = expect(&mut handle, "PATCH", STATUS_PATH, 200, reply).await;
@@ -336,6 +345,7 @@ async fn ca_bundle_is_server_side_applied_to_our_webhook_only() {
     let api: Api<MutatingWebhookConfiguration> = Api::all(client);
     let run = tokio::spawn(async move { tls::apply_ca_bundle(&api, "spanprof-operator", "-----BEGIN CERTIFICATE-----\nx\n").await });
     let path = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/spanprof-operator";
+    expect(&mut handle, "GET", path, 200, webhook_configuration("inject.spanprof.dev")).await;
     let (query, content_type, body) = expect(&mut handle, "PATCH", path, 200, json!({})).await;
     assert_eq!(sorted_query(&query), ["fieldManager=spanprof-operator", "force=true"]);
     assert_eq!(content_type, "application/apply-patch+yaml");
@@ -349,6 +359,40 @@ async fn ca_bundle_is_server_side_applied_to_our_webhook_only() {
         })
     );
     run.await.unwrap().unwrap();
+}
+
+fn webhook_configuration(entry: &str) -> Value {
+    json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": "spanprof-operator", "resourceVersion": "3"},
+        "webhooks": [{
+            "name": entry, "admissionReviewVersions": ["v1"], "sideEffects": "None",
+            "clientConfig": {"service": {"name": "spanprof-operator", "namespace": "spanprof", "path": "/mutate-pods"}}
+        }]
+    })
+}
+
+#[tokio::test]
+async fn a_missing_webhook_configuration_is_reported_as_missing_not_applied() {
+    // The real cluster: a server-side apply to a deleted configuration failed with a confusing
+    // validation error about fields the operator never sets.
+    let path = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/spanprof-operator";
+    for (status, reply, says) in [
+        (
+            404,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}),
+            "MutatingWebhookConfiguration spanprof-operator: not found",
+        ),
+        (200, webhook_configuration("someone-else.example.com"), "has no webhook named inject.spanprof.dev"),
+    ] {
+        let (client, mut handle) = mock_client();
+        let api: Api<MutatingWebhookConfiguration> = Api::all(client);
+        let run = tokio::spawn(async move { tls::apply_ca_bundle(&api, "spanprof-operator", "pem").await });
+        expect(&mut handle, "GET", path, status, reply).await;
+        let err = run.await.unwrap().unwrap_err().to_string();
+        assert!(err.contains(says) && err.contains("helm install"), "{err}");
+        assert_no_request(&mut handle).await;
+    }
 }
 
 // --- Leader election ---
@@ -487,7 +531,7 @@ async fn a_replica_that_does_not_lead_writes_no_status_and_no_events() {
     let (leader_tx, leader_rx) = tokio::sync::watch::channel(false);
     let ctx = context(client);
     let ctx = Arc::new(
-        Context::new(ctx.client.clone(), ctx.pods.clone(), ctx.recorder.clone(), ctx.metrics.clone(), defaults())
+        Context::new(ctx.client.clone(), ctx.pods.clone(), ctx.recorder.clone(), ctx.metrics.clone(), defaults(), serving())
             .with_leadership(Leadership::new(leader_rx)),
     );
     let sp = Arc::new(profiling(SpanProfilingSpec { server_url: Some("ftp://files".into()), ..Default::default() }));
@@ -502,4 +546,36 @@ async fn a_replica_that_does_not_lead_writes_no_status_and_no_events() {
     let (_, _, event) = expect(&mut handle, "POST", EVENTS_PATH, 201, json!({})).await;
     assert_eq!(event["reason"], "InvalidSpec");
     run.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn renewing_the_lease_is_not_announced_as_gaining_leadership_again() {
+    // The real-cluster run: the leader re-sent "held" at every renewal, so `gained()` fired every
+    // 5 s and every SpanProfiling was reconciled every 5 s without any change.
+    let (client, mut handle) = mock_client();
+    let (leader_tx, leader_rx) = tokio::sync::watch::channel(false);
+    let leadership = Leadership::new(leader_rx);
+    let mut gained = std::pin::pin!(leadership.gained());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let fast = Timing { renew_every: Duration::from_millis(20), ..Timing::default() };
+    let task = tokio::spawn(Elector { timing: fast, ..elector(client) }.run(leader_tx, async {
+        let _ = stop_rx.await;
+    }));
+    expect(&mut handle, "GET", LEASE_PATH, 404, lease_not_found()).await;
+    let (_, _, created) = expect(&mut handle, "POST", LEASES_PATH, 201, json!({})).await;
+    assert_eq!(tokio::time::timeout(Duration::from_secs(5), gained.next()).await.unwrap(), Some(()));
+    for rv in 2..6 {
+        let mut current = created.clone();
+        current["metadata"]["resourceVersion"] = json!(rv.to_string());
+        expect(&mut handle, "GET", LEASE_PATH, 200, current).await;
+        expect(&mut handle, "PUT", LEASE_PATH, 200, json!({})).await;
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), gained.next()).await.is_err(),
+        "four renewals were announced as a new leadership"
+    );
+    // Stop with the API gone: the loop ends (releasing fails, the Lease would expire on its own).
+    stop_tx.send(()).unwrap();
+    drop(handle);
+    tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
 }

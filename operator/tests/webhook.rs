@@ -88,6 +88,7 @@ async fn start_with(spec: SpanProfilingSpec, known: &[(&str, Option<&str>)], def
     let metrics = Arc::new(Metrics::default());
     let state = Arc::new(WebhookState {
         profilings: profilings(vec![sp]),
+        profilings_synced: spanprof_operator::cache::Synced::done(),
         namespaces: namespaces(known),
         defaults: Defaults {
             server_url: "http://spanprof-server.spanprof.svc:4040".into(),
