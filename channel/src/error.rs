@@ -20,6 +20,9 @@ pub enum Error {
     /// Sizes out of bounds, or a header that does not describe the file.
     #[error("invalid span-context layout: {0}")]
     Layout(String),
+    /// A malformed `SPANPROF_SERVICE_NAMES` (see [`crate::pod`]).
+    #[error("invalid SPANPROF_SERVICE_NAMES: {0}")]
+    ServiceNames(String),
 }
 
 impl Error {

@@ -50,6 +50,7 @@
 
 pub mod error;
 pub mod layout;
+pub mod pod;
 mod reader;
 // The one module allowed unsafe code (it says so itself): mmap, clock_gettime, gettid.
 mod sys;
