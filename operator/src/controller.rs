@@ -120,6 +120,13 @@ pub fn validate(spec: &SpanProfilingSpec, defaults: &Defaults) -> Result<(), Str
     if spec.sidecar.image.as_deref().unwrap_or(&defaults.sidecar_image).trim().is_empty() {
         return Err("no sampler image (sidecar.image, or the operator's --sidecar-image)".into());
     }
+    // The webhook would admit pods without the sampler rather than make them invalid.
+    let sp = SpanProfiling::new("validation", spec.clone());
+    let sampler = crate::inject::sampler_container(&sp, defaults, server, "service", crate::inject::AppUser::default());
+    let problems = crate::validation::container_problems(&sampler);
+    if !problems.is_empty() {
+        return Err(format!("the sampler container would be invalid, so pods are not injected: {}", problems.join("; ")));
+    }
     Ok(())
 }
 

@@ -6,10 +6,12 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements, SecurityContext};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResource;
 use kube::CustomResourceExt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 
 /// Configures the spanprof sampler that the operator injects into pods annotated
 /// `spanprof.dev/inject`. The sampler samples the pod's processes with perf events and labels
@@ -26,7 +28,7 @@ use serde::{Deserialize, Serialize};
     status = "SpanProfilingStatus",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Rate","type":"integer","jsonPath":".spec.sampleRateHz","description":"Samples per second per thread"}"#,
-    printcolumn = r#"{"name":"Injected","type":"integer","jsonPath":".status.injectedPods","description":"Running pods injected with this configuration"}"#,
+    printcolumn = r#"{"name":"Injected","type":"integer","jsonPath":".status.injectedPods","description":"Existing pods (pending or running) injected with this configuration"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -86,7 +88,7 @@ pub struct SpanProfilingSpec {
 pub struct SidecarSpec {
     /// Sampler image. Unset: the operator's `--sidecar-image` (the version matching the operator).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1), regex(pattern = r"^\S+$"))]
     pub image: Option<String>,
 
     /// Image pull policy of the sampler.
@@ -116,7 +118,10 @@ pub struct SidecarSpec {
     pub native: bool,
 
     /// Extra environment of the sampler; an entry named like one the operator sets replaces it.
+    /// Names use the portable rule every Kubernetes version accepts (letters, digits, `_`, `-`,
+    /// `.`; not starting with a digit).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
     pub env: Vec<EnvVar>,
 }
 
@@ -229,8 +234,63 @@ impl Default for SpanProfilingSpec {
 /// Where the generated CRD is committed, relative to the repository root.
 pub const CRD_PATH: &str = "crds/spanprof.dev_spanprofilings.yaml";
 
+/// The pattern the API server's quantity parser accepts (the one controller-gen emits).
+const QUANTITY_PATTERN: &str =
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$";
+
+/// The CRD, with what derive macros cannot say: the API server's rules for the sampler container
+/// (so `kubectl apply` refuses a SpanProfiling whose sampler would make pods invalid), and
+/// descriptions as prose (doc comments wrap lines; `kubectl explain` wraps again).
+pub fn crd() -> Result<CustomResourceDefinition, serde_json::Error> {
+    let mut value = serde_json::to_value(SpanProfiling::crd())?;
+    unwrap_descriptions(&mut value);
+    for version in value["spec"]["versions"].as_array_mut().into_iter().flatten() {
+        let sidecar = &mut version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["sidecar"]["properties"];
+        let env = &mut sidecar["env"]["items"];
+        env["properties"]["name"]["pattern"] = json!(crate::validation::ENV_VAR_NAME_PATTERN);
+        env["properties"]["name"]["description"] = json!(
+            "Name of the variable: letters, digits, '_', '-' or '.', not starting with a digit (the rule every \
+             supported Kubernetes version accepts)."
+        );
+        // size(), not a comparison with '': constant cost whatever the value's length, so the
+        // API server's CEL cost estimate stays tiny.
+        env["x-kubernetes-validations"] = json!([{
+            "rule": "!has(self.valueFrom) || !has(self.value) || size(self.value) == 0",
+            "message": "value and valueFrom cannot both be set",
+        }]);
+        // Requests above limits cannot be said without CEL's quantity functions, whose estimated
+        // cost on int-or-string values the API server does not bound; the controller reports
+        // such a SpanProfiling InvalidSpec and the webhook leaves pods alone instead.
+        for map in ["requests", "limits"] {
+            sidecar["resources"]["properties"][map]["additionalProperties"]["pattern"] = json!(QUANTITY_PATTERN);
+        }
+    }
+    serde_json::from_value(value)
+}
+
+/// Joins the single line breaks of every description into spaces, keeping paragraphs.
+fn unwrap_descriptions(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, v) in map.iter_mut() {
+                match v {
+                    serde_json::Value::String(text) if key == "description" => {
+                        let paragraphs: Vec<String> =
+                            text.split("\n\n").map(|p| p.lines().map(str::trim).collect::<Vec<_>>().join(" ")).collect();
+                        *text = paragraphs.join("\n\n");
+                    }
+                    _ => unwrap_descriptions(v),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(unwrap_descriptions),
+        _ => {}
+    }
+}
+
 /// The CRD as the YAML committed under `crds/`.
-pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
-    let yaml = serde_yaml::to_string(&SpanProfiling::crd())?;
+pub fn crd_yaml() -> Result<String, crate::Error> {
+    let crd = crd().map_err(|e| crate::Error::Config(format!("CRD: {e}")))?;
+    let yaml = serde_yaml::to_string(&crd).map_err(|e| crate::Error::Config(format!("CRD: {e}")))?;
     Ok(format!("# Generated from operator/src/crd.rs by `cargo run -p spanprof-operator --bin spanprof-operator-gen -- crd`; do not edit.\n{yaml}"))
 }

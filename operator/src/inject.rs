@@ -71,6 +71,9 @@ pub enum Skip {
         /// What the user can do about it.
         remedy: String,
     },
+    /// The sampler container, as the SpanProfiling configures it, is one the API server would
+    /// reject, and the whole pod with it.
+    InvalidSampler { profiling: String, problems: Vec<String> },
     /// Building the patch failed (a bug); the pod must still be admitted.
     Internal(String),
 }
@@ -96,6 +99,7 @@ impl Skip {
             Skip::HostPid => "HostPID",
             Skip::NoContainersSelected { .. } => "NoContainersSelected",
             Skip::PodSecurity { .. } => "PodSecurity",
+            Skip::InvalidSampler { .. } => "InvalidSampler",
             Skip::Internal(_) => "InternalError",
         }
     }
@@ -135,6 +139,12 @@ impl fmt::Display for Skip {
                 "{p} namespace {namespace} enforces Pod Security \"{level}\" and the sampler would violate it ({}), \
                  so the API server would reject the pod. {remedy}",
                 violations.join("; ")
+            ),
+            Skip::InvalidSampler { profiling, problems } => write!(
+                f,
+                "{p} the sampler container SpanProfiling {profiling} configures would make the pod invalid ({}); \
+                 fix the SpanProfiling's sidecar settings",
+                problems.join("; ")
             ),
             Skip::Internal(e) => write!(f, "{p} internal error: {e}"),
         }
@@ -267,7 +277,25 @@ pub fn plan(
     let url_base = sp.spec.profile_url_base.clone().unwrap_or_else(|| server_url.clone());
     let profile_url = format!("{}/profiles/{{profile_id}}", url_base.trim_end_matches('/'));
     let user = AppUser::of(&spec, &selected);
-    let sampler = sampler_container(sp, defaults, &server_url, &service, user);
+    let mut warnings = Vec::new();
+    let mut sampler = sampler_container(sp, defaults, &server_url, &service, user);
+    // Each container's service name, as its app reports it: a value the container already sets
+    // wins, so the app and the sampler agree.
+    let mut services = Vec::new();
+    for c in spec.containers.iter().filter(|c| selected.contains(&c.name)) {
+        let (own, warning) = container_service(c, &service);
+        warnings.extend(warning);
+        services.push((c.name.clone(), own));
+    }
+    let listed = services.iter().filter(|(_, s)| !s.contains(',')).map(|(c, s)| (c.as_str(), s.as_str()));
+    if let Ok(names) = spanprof_channel::pod::format_service_names(listed) {
+        add_env_unless_set(&mut sampler, plain_env(spanprof_channel::pod::SERVICE_NAMES_ENV, &names));
+    }
+    add_env_unless_set(&mut sampler, plain_env(ENV_SIDECAR_LISTEN, &format!("0.0.0.0:{}", sampler_metrics_port(&spec))));
+    let problems = crate::validation::container_problems(&sampler);
+    if !problems.is_empty() {
+        return Err(Skip::InvalidSampler { profiling: profiling_key(sp), problems });
+    }
     let add_volume = !spec.volumes.iter().flatten().any(|v| v.name == VOLUME_NAME);
 
     // Pod Security admission runs after mutating webhooks: a sampler that violates the
@@ -282,7 +310,6 @@ pub fn plan(
             remedy: remedy(sp, level),
         });
     }
-    let mut warnings = Vec::new();
     if sp.spec.sidecar.security_context.is_none() && sp.spec.sidecar.capabilities == CapabilityMode::None {
         warnings.extend(unprivileged_warnings(&spec, &sampler, user));
     }
@@ -304,8 +331,9 @@ pub fn plan(
         if !selected.contains(&c.name) {
             continue;
         }
-        // The sampler serves every container of the pod and labels each process's profiles with
-        // the container name it finds in that process's environment.
+        // The sampler serves every container of the pod; it tells them apart by the context
+        // volume's subdirectory each one sees (see `spanprof_channel::pod`), and by
+        // SPANPROF_CONTAINER_NAME where it may read a process's environment.
         let app_env = [
             plain_env(ENV_CONTEXT_DIR, CONTEXT_DIR),
             plain_env(ENV_SERVICE_NAME, &service),
@@ -327,7 +355,7 @@ pub fn plan(
         let mounts = c.volume_mounts.as_deref().unwrap_or_default();
         if !mounts.iter().any(|m| m.name == VOLUME_NAME || m.mount_path.trim_end_matches('/') == CONTEXT_DIR) {
             let mounts_path = ["spec", "containers", idx.as_str(), "volumeMounts"];
-            ops.add_to_list(&mounts_path, c.volume_mounts.is_some(), false, to_value(&context_mount())?);
+            ops.add_to_list(&mounts_path, c.volume_mounts.is_some(), false, to_value(&app_context_mount(&c.name))?);
         }
     }
     if sp.spec.sidecar.native {
@@ -502,6 +530,15 @@ pub fn service_name(pod: &Pod, sp: &SpanProfiling) -> String {
         {
             return deployment.to_owned();
         }
+        // A CronJob's Jobs are named `<cronjob>-<scheduled minute since the epoch>`.
+        if owner.kind == "Job"
+            && let Some((cronjob, minute)) = owner.name.rsplit_once('-')
+            && minute.len() >= 8
+            && minute.bytes().all(|b| b.is_ascii_digit())
+            && !cronjob.is_empty()
+        {
+            return cronjob.to_owned();
+        }
         return owner.name.clone();
     }
     if let Some(name) = pod.metadata.name.as_deref().filter(|n| !n.is_empty()) {
@@ -536,8 +573,68 @@ fn context_volume() -> Volume {
     }
 }
 
+/// The sampler's view of the context volume: all of it.
 fn context_mount() -> VolumeMount {
     VolumeMount { name: VOLUME_NAME.to_owned(), mount_path: CONTEXT_DIR.to_owned(), ..Default::default() }
+}
+
+/// An app container's view of the context volume: its own subdirectory, which tells the sampler
+/// which container a process runs in (the kubelet creates it with the volume's mode).
+fn app_context_mount(container: &str) -> VolumeMount {
+    VolumeMount { sub_path: Some(container.to_owned()), ..context_mount() }
+}
+
+/// A mount where the ServiceAccount admission plugin would put the pod's API token: it skips
+/// containers that already mount something there, and the sampler never talks to the API server.
+/// The context volume, read-only, is the cheapest thing to mount (no extra volume).
+fn token_blocker_mount() -> VolumeMount {
+    VolumeMount {
+        name: VOLUME_NAME.to_owned(),
+        mount_path: SERVICE_ACCOUNT_TOKEN_DIR.to_owned(),
+        read_only: Some(true),
+        ..Default::default()
+    }
+}
+
+/// The service name container `c`'s profiles get: its own literal SPANPROF_SERVICE_NAME if it
+/// sets one, else `pod_service`; with a warning when it sets one the webhook cannot read.
+fn container_service(c: &Container, pod_service: &str) -> (String, Option<String>) {
+    match c.env.iter().flatten().find(|e| e.name == ENV_SERVICE_NAME) {
+        Some(EnvVar { value: Some(v), value_from: None, .. }) if !v.trim().is_empty() => (v.trim().to_owned(), None),
+        Some(EnvVar { value_from: Some(_), .. }) => (
+            pod_service.to_owned(),
+            Some(format!(
+                "spanprof: container {} takes {ENV_SERVICE_NAME} from valueFrom, which the webhook cannot read; the \
+                 sampler labels its profiles {pod_service:?}. Set a literal value or the {ANNOTATION_SERVICE_NAME} \
+                 annotation so both agree",
+                c.name
+            )),
+        ),
+        _ => (pod_service.to_owned(), None),
+    }
+}
+
+/// The first port from [`SAMPLER_METRICS_PORT`] up that no container of the pod declares (with
+/// `hostNetwork`, ports of other pods on the node can still collide; the sampler then keeps
+/// sampling without metrics).
+fn sampler_metrics_port(spec: &PodSpec) -> i32 {
+    let declared: Vec<i32> = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .flat_map(|c| c.ports.iter().flatten())
+        .flat_map(|p| [Some(p.container_port), p.host_port])
+        .flatten()
+        .collect();
+    (SAMPLER_METRICS_PORT..=65535).find(|p| !declared.contains(p)).unwrap_or(SAMPLER_METRICS_PORT)
+}
+
+/// Adds `env` to the sampler unless the SpanProfiling's `sidecar.env` already set it.
+fn add_env_unless_set(sampler: &mut Container, env: EnvVar) {
+    let list = sampler.env.get_or_insert_with(Vec::new);
+    if !list.iter().any(|e| e.name == env.name) {
+        list.push(env);
+    }
 }
 
 /// The security context a capability mode gives the sampler; `user` is who the app runs as.
@@ -625,7 +722,7 @@ pub fn sampler_container(
         security_context: Some(
             s.sidecar.security_context.clone().unwrap_or_else(|| security_context(s.sidecar.capabilities, user)),
         ),
-        volume_mounts: Some(vec![context_mount()]),
+        volume_mounts: Some(vec![context_mount(), token_blocker_mount()]),
         restart_policy: s.sidecar.native.then(|| "Always".to_owned()),
         termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
         ..Default::default()

@@ -14,6 +14,7 @@ pub mod pod_security;
 pub mod rbac;
 pub mod serving;
 pub mod tls;
+pub mod validation;
 pub mod webhook;
 
 use std::net::SocketAddr;

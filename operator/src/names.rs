@@ -31,6 +31,13 @@ pub const ENV_SAMPLE_RATE_HZ: &str = "SPANPROF_SAMPLE_RATE_HZ";
 pub const ENV_UPLOAD_INTERVAL: &str = "SPANPROF_UPLOAD_INTERVAL";
 /// Not in design.md's table: the sampler's user stack copy size (issue 4: "configurable").
 pub const ENV_STACK_COPY_BYTES: &str = "SPANPROF_STACK_COPY_BYTES";
+/// The sampler's metrics and probes address; the webhook picks a port no container of the pod
+/// declares.
+pub const ENV_SIDECAR_LISTEN: &str = "SPANPROF_SIDECAR_LISTEN";
+/// The sampler's default metrics port, the first the webhook tries.
+pub const SAMPLER_METRICS_PORT: i32 = 4041;
+/// Where the kubelet mounts a ServiceAccount token; the sampler gets a mount there so none is added.
+pub const SERVICE_ACCOUNT_TOKEN_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 pub const ENV_POD_NAME: &str = "POD_NAME";
 pub const ENV_POD_NAMESPACE: &str = "POD_NAMESPACE";
 pub const ENV_NODE_NAME: &str = "NODE_NAME";

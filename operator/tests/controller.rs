@@ -579,3 +579,31 @@ async fn renewing_the_lease_is_not_announced_as_gaining_leadership_again() {
     drop(handle);
     tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
 }
+
+#[test]
+fn a_sampler_the_api_server_would_reject_makes_the_spec_invalid() {
+    let spec: SpanProfilingSpec = serde_json::from_value(json!({
+        "sidecar": {"resources": {"requests": {"cpu": "1"}, "limits": {"cpu": "100m"}}}
+    }))
+    .unwrap();
+    let e = controller::validate(&spec, &defaults()).unwrap_err();
+    assert!(e.contains("cpu request is above its limit"), "{e}");
+    let status = controller::desired_status(&profiling(spec), &[], &defaults(), &SERVING, Timestamp::now());
+    let ready = &status.conditions[0];
+    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "InvalidSpec"), "never Ready=True for it");
+}
+
+#[test]
+fn ready_follows_whether_the_webhook_is_served() {
+    let sp = profiling(SpanProfilingSpec::default());
+    let no = Serving::No { reason: "NoReadyEndpoints".into(), message: "service spanprof/spanprof-operator has no ready endpoints".into() };
+    let status = controller::desired_status(&sp, &[], &defaults(), &no, Timestamp::now());
+    let by_type = |t: &str| status.conditions.iter().find(|c| c.type_ == t).unwrap().clone();
+    assert_eq!((by_type("Ready").status.as_str(), by_type("Ready").reason.as_str()), ("False", "NoReadyEndpoints"));
+    assert_eq!(by_type("WebhookServing").status, "False");
+    assert!(by_type("Ready").message.contains("no ready endpoints"));
+    let status = controller::desired_status(&sp, &[], &defaults(), &SERVING, Timestamp::now());
+    let by_type = |t: &str| status.conditions.iter().find(|c| c.type_ == t).unwrap().clone();
+    assert_eq!(by_type("Ready").status, "True");
+    assert_eq!(by_type("WebhookServing").status, "True");
+}

@@ -105,12 +105,17 @@ fn sampler_env(service: &str) -> Value {
     ])
 }
 
+/// The sampler of a pod whose one app container is named like its service.
 fn sampler(service: &str, native: bool) -> Value {
+    let mut env = sampler_env(service);
+    let env_list = env.as_array_mut().unwrap();
+    env_list.push(json!({"name": "SPANPROF_SERVICE_NAMES", "value": format!("{service}={service}")}));
+    env_list.push(json!({"name": "SPANPROF_SIDECAR_LISTEN", "value": "0.0.0.0:4041"}));
     let mut c = json!({
         "name": "spanprof-sampler",
         "image": "ghcr.io/spanprof/spanprof-sidecar:0.1.0",
         "imagePullPolicy": "IfNotPresent",
-        "env": sampler_env(service),
+        "env": env,
         "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"cpu": "500m", "memory": "256Mi"}},
         "securityContext": {
             "capabilities": {"add": ["PERFMON", "SYS_PTRACE"], "drop": ["ALL"]},
@@ -120,7 +125,10 @@ fn sampler(service: &str, native: bool) -> Value {
             "privileged": false,
             "readOnlyRootFilesystem": true
         },
-        "volumeMounts": [{"name": "spanprof-context", "mountPath": "/var/run/spanprof"}],
+        "volumeMounts": [
+            {"name": "spanprof-context", "mountPath": "/var/run/spanprof"},
+            {"name": "spanprof-context", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": true}
+        ],
         "terminationMessagePolicy": "FallbackToLogsOnError"
     });
     if native {
@@ -150,7 +158,10 @@ fn single_container_deployment_pod_gets_exactly_the_sidecar_volume_and_env() {
         {"name": "SPANPROF_PROFILE_URL", "value": "http://spanprof-server.spanprof.svc:4040/profiles/{profile_id}"},
         {"name": "SPANPROF_CONTAINER_NAME", "value": "ride"}
     ]);
-    app["volumeMounts"].as_array_mut().unwrap().push(json!({"name": "spanprof-context", "mountPath": "/var/run/spanprof"}));
+    app["volumeMounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "spanprof-context", "mountPath": "/var/run/spanprof", "subPath": "ride"}));
     want["spec"]["initContainers"] = json!([sampler("ride", true)]);
     assert_eq!(got, want);
 }
@@ -184,7 +195,7 @@ fn pod_without_annotations_labels_or_volumes_gets_the_maps_and_lists_created() {
                     {"name": "SPANPROF_PROFILE_URL", "value": "http://spanprof-server.spanprof.svc:4040/profiles/{profile_id}"},
                     {"name": "SPANPROF_CONTAINER_NAME", "value": "worker"}
                 ],
-                "volumeMounts": [{"name": "spanprof-context", "mountPath": "/var/run/spanprof"}]
+                "volumeMounts": [{"name": "spanprof-context", "mountPath": "/var/run/spanprof", "subPath": "worker"}]
             }],
             "initContainers": [sampler("worker", true)]
         }
@@ -234,7 +245,17 @@ fn multi_container_pod_keeps_user_env_mounts_volumes_and_init_containers() {
     );
     assert_eq!(
         envoy["volumeMounts"],
-        json!([{"name": "cache", "mountPath": "/cache"}, {"name": "spanprof-context", "mountPath": "/var/run/spanprof"}])
+        json!([
+            {"name": "cache", "mountPath": "/cache"},
+            {"name": "spanprof-context", "mountPath": "/var/run/spanprof", "subPath": "envoy"}
+        ]),
+        "each container writes into its own subdirectory of the volume, which tells the sampler whose process it is"
+    );
+    let sampler_env = &got["spec"]["initContainers"][0]["env"];
+    let service_names = sampler_env.as_array().unwrap().iter().find(|e| e["name"] == "SPANPROF_SERVICE_NAMES").unwrap();
+    assert_eq!(
+        service_names["value"], "ride=ride-custom,envoy=ride",
+        "the sampler labels each container as its app reports itself"
     );
     let names: Vec<&str> =
         got["spec"]["initContainers"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
@@ -436,7 +457,9 @@ fn sidecar_extra_env_replaces_ours_and_adds_new() {
     assert_eq!(c["env"][0], json!({"name": "SPANPROF_SERVER_URL", "value": "http://pyroscope.obs:4040"}));
     assert_eq!(c["env"][2], json!({"name": "SPANPROF_UPLOAD_INTERVAL", "value": "30s"}));
     assert_eq!(c["env"][9], json!({"name": "RUST_LOG", "value": "debug"}));
-    assert_eq!(c["env"].as_array().unwrap().len(), 10);
+    assert_eq!(c["env"][10]["name"], "SPANPROF_SERVICE_NAMES");
+    assert_eq!(c["env"][11]["name"], "SPANPROF_SIDECAR_LISTEN");
+    assert_eq!(c["env"].as_array().unwrap().len(), 12);
 }
 
 #[test]
@@ -650,4 +673,89 @@ fn env_from_sources_get_a_warning_naming_the_variables_that_override_them() {
     assert_eq!(run_in(&pod, "shop", &sps, Level::Privileged).unwrap().1.len(), 1);
     // Without envFrom, nothing to say.
     assert!(run_in(&deployment_pod(json!({"spanprof.dev/inject": "true"})), "shop", &sps, Level::Privileged).unwrap().1.is_empty());
+}
+
+// --- Never an invalid pod ---
+
+fn sidecar_json(sidecar: Value) -> [Arc<SpanProfiling>; 1] {
+    with_sidecar(serde_json::from_value(sidecar).expect("a SidecarSpec"))
+}
+
+#[test]
+fn a_sampler_the_api_server_would_reject_leaves_the_pod_unmodified_and_says_why() {
+    let pod = deployment_pod(json!({"spanprof.dev/inject": "true"}));
+    for (sidecar, needle) in [
+        (json!({"image": " "}), "image \" \" has leading or trailing whitespace"),
+        (json!({"env": [{"name": "BAD=NAME", "value": "x"}]}), "env name \"BAD=NAME\""),
+        (
+            json!({"resources": {"requests": {"cpu": "2", "memory": "64Mi"}, "limits": {"cpu": "1", "memory": "64Mi"}}}),
+            "the cpu request is above its limit",
+        ),
+        (json!({"resources": {"limits": {"memory": "lots"}}}), "resources.limits.memory \"lots\" is not a quantity"),
+    ] {
+        let skip = run(&pod, "shop", &sidecar_json(sidecar.clone())).expect_err("must not be injected");
+        assert!(matches!(skip, Skip::InvalidSampler { .. }), "{sidecar}: {skip:?}");
+        assert!(skip.is_problem(), "a warning and an Event tell the user");
+        assert_eq!(skip.reason(), "InvalidSampler");
+        let text = skip.to_string();
+        assert!(text.contains(needle) && text.contains("shop/default"), "{sidecar}: {text}");
+    }
+    // Equal requests and limits in different notations are fine.
+    let fine = json!({"resources": {"requests": {"cpu": "0.5"}, "limits": {"cpu": "500m"}}});
+    run(&pod, "shop", &sidecar_json(fine)).expect("valid resources are injected");
+}
+
+#[test]
+fn the_sampler_gets_a_metrics_port_no_container_of_the_pod_declares() {
+    let listen = |pod: &Value, sps: &[Arc<SpanProfiling>]| -> Value {
+        let got = run(pod, "shop", sps).expect("injected");
+        let env = got["spec"]["initContainers"][0]["env"].as_array().unwrap().clone();
+        env.into_iter().find(|e| e["name"] == "SPANPROF_SIDECAR_LISTEN").expect("listen address set")["value"].clone()
+    };
+    let sps = [profiling("shop", "default", SpanProfilingSpec::default())];
+    let mut pod = deployment_pod(json!({"spanprof.dev/inject": "true"}));
+    assert_eq!(listen(&pod, &sps), "0.0.0.0:4041");
+    pod["spec"]["containers"][0]["ports"] = json!([{"containerPort": 4041}, {"containerPort": 8080, "hostPort": 4042}]);
+    assert_eq!(listen(&pod, &sps), "0.0.0.0:4043", "the app's port and a host port are both avoided");
+    let own = sidecar_json(json!({"env": [{"name": "SPANPROF_SIDECAR_LISTEN", "value": "127.0.0.1:9999"}]}));
+    assert_eq!(listen(&pod, &own), "127.0.0.1:9999", "the SpanProfiling's own setting wins");
+}
+
+#[test]
+fn the_sampler_never_gets_the_pods_api_token() {
+    let sps = [profiling("shop", "default", SpanProfilingSpec::default())];
+    let got = run(&deployment_pod(json!({"spanprof.dev/inject": "true"})), "shop", &sps).expect("injected");
+    let mounts = got["spec"]["initContainers"][0]["volumeMounts"].as_array().unwrap().clone();
+    let at_token_dir: Vec<&Value> =
+        mounts.iter().filter(|m| m["mountPath"] == "/var/run/secrets/kubernetes.io/serviceaccount").collect();
+    // The ServiceAccount admission plugin, re-run after the webhook, skips containers that
+    // already mount something there.
+    assert_eq!(at_token_dir, [&json!({"name": "spanprof-context", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": true})]);
+}
+
+#[test]
+fn a_cronjobs_pods_keep_one_service_name_across_runs() {
+    let sp = SpanProfiling::new("d", SpanProfilingSpec::default());
+    let mut pod = deployment_pod(json!({}));
+    pod["metadata"]["labels"] = json!({"job-name": "nightly-report-29420160"});
+    pod["metadata"]["ownerReferences"][0]["kind"] = json!("Job");
+    pod["metadata"]["ownerReferences"][0]["name"] = json!("nightly-report-29420160");
+    assert_eq!(inject::service_name(&parse(&pod), &sp), "nightly-report");
+    pod["metadata"]["ownerReferences"][0]["name"] = json!("backup-2");
+    assert_eq!(inject::service_name(&parse(&pod), &sp), "backup-2", "a Job of its own keeps its name");
+}
+
+#[test]
+fn a_service_name_the_webhook_cannot_read_gets_a_warning() {
+    let mut pod = deployment_pod(json!({"spanprof.dev/inject": "true"}));
+    pod["spec"]["containers"][0]["env"] =
+        json!([{"name": "SPANPROF_SERVICE_NAME", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "service"}}}]);
+    let sps = [profiling("shop", "default", SpanProfilingSpec::default())];
+    let (got, warnings) = run_in(&pod, "shop", &sps, Level::Privileged).expect("injected");
+    assert!(
+        warnings.iter().any(|w| w.contains("container ride takes SPANPROF_SERVICE_NAME from valueFrom") && w.contains("\"ride\"")),
+        "{warnings:?}"
+    );
+    let env = got["spec"]["initContainers"][0]["env"].as_array().unwrap().clone();
+    assert!(env.contains(&json!({"name": "SPANPROF_SERVICE_NAMES", "value": "ride=ride"})), "{env:?}");
 }
