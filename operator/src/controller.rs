@@ -17,7 +17,7 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::{PredicateConfig, WatchStreamExt, predicates, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tokio::sync::watch;
@@ -283,7 +283,10 @@ pub fn controller(client: Client) -> (Controller<SpanProfiling>, Caches, impl Po
     );
     let (profilings, profilings_synced, profiling_events) =
         cache::cache(Api::<SpanProfiling>::all(client), watcher::Config::default());
-    let controller = Controller::for_stream(profiling_events, profilings.clone());
+    // Only spec changes (new generations) trigger a reconcile: the echo of our own status write
+    // must not (pod changes, leadership and the webhook's reachability have triggers of their own).
+    let spec_changes = profiling_events.predicate_filter(predicates::generation, PredicateConfig::default());
+    let controller = Controller::for_stream(spec_changes, profilings.clone());
     (controller, Caches { profilings, profilings_synced, pods, pods_synced }, pod_events)
 }
 
