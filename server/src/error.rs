@@ -65,6 +65,13 @@ pub enum Error {
     /// Too many inserts are waiting for the disk; the client should retry.
     #[error("the store is overloaded; retry later")]
     Overloaded,
+    /// The listen address could not be bound (taken by another process, or not ours).
+    #[error("cannot listen on {addr} (--listen): {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
 }

@@ -40,7 +40,9 @@ pub struct Config {
 /// Runs the server until `shutdown` resolves (or SIGINT/SIGTERM when it is `None`), then
 /// finishes in-flight requests and commits everything acknowledged before returning.
 pub async fn run(config: Config, shutdown: Option<tokio::sync::oneshot::Receiver<()>>) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| Error::Bind { addr: config.listen, source })?;
     serve(config, listener, shutdown).await
 }
 

@@ -77,7 +77,9 @@ async fn main() -> anyhow::Result<()> {
     if args.log_json {
         tracing_subscriber::fmt().json().with_env_filter(filter).init();
     } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
+        // Colour codes only for a terminal: `kubectl logs` shows them as raw escapes.
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+        tracing_subscriber::fmt().with_ansi(ansi).with_env_filter(filter).init();
     }
     let config = Config {
         listen: args.listen,

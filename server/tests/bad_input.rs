@@ -81,3 +81,14 @@ async fn every_bad_request_is_a_clear_4xx_and_stores_nothing() {
     assert!(m.contains("spanprof_rejected_requests_total{reason=\"too_large\"} 3"), "{m}");
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn a_taken_listen_address_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut config = config(dir.path());
+    config.listen = taken.local_addr().unwrap();
+    let e = spanprof_server::run(config, None).await.expect_err("the address is taken");
+    let text = e.to_string();
+    assert!(text.contains(&taken.local_addr().unwrap().to_string()) && text.contains("--listen"), "{text}");
+}

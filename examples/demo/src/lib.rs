@@ -7,6 +7,7 @@ pub mod http;
 pub mod load;
 pub mod work;
 
+use anyhow::Context as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -113,7 +114,9 @@ pub struct App {
 /// Serves until SIGINT/SIGTERM, with the load generator running against the server when
 /// `load_rps > 0`.
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (--listen)", config.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, load_rps = config.load_rps, "spanprof-demo listening");
     let app = Arc::new(App { config, counters: Counters::default() });
