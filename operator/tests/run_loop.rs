@@ -242,3 +242,54 @@ async fn a_taken_port_is_an_error_naming_the_address() {
     let text = e.to_string();
     assert!(text.contains(&addr.to_string()) && text.contains("--metrics-listen"), "{text}");
 }
+
+#[tokio::test]
+async fn webhook_events_land_on_what_the_user_looks_at() {
+    use k8s_openapi::api::core::v1::ObjectReference;
+    use kube::runtime::events::{Recorder, Reporter};
+    use spanprof_operator::webhook::{PendingEvent, publish_events};
+
+    let api = ApiDouble::start().await;
+    api.put(
+        "deployments.apps",
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "ride", "namespace": "shop", "uid": "d-1"}}),
+    );
+    api.put(
+        "replicasets.apps",
+        json!({"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {
+            "name": "ride-7d9f8b6c5d", "namespace": "shop", "uid": "rs-1",
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "ride", "uid": "d-1", "controller": true}]
+        }}),
+    );
+    // A bare pod: admitted without a uid, stored by the API server right after admission.
+    api.put("pods", json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "debug", "namespace": "shop", "uid": "pod-1"}}));
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let recorder = Recorder::new(api.client(), Reporter { controller: "spanprof-operator".into(), instance: None });
+    let publisher = tokio::spawn(publish_events(rx, recorder, api.client()));
+    let reference = |api_version: &str, kind: &str, name: &str, uid: Option<&str>| ObjectReference {
+        api_version: Some(api_version.into()),
+        kind: Some(kind.into()),
+        name: Some(name.into()),
+        namespace: Some("shop".into()),
+        uid: uid.map(Into::into),
+        ..Default::default()
+    };
+    let at = std::time::Instant::now();
+    for (regarding, reason) in [
+        (reference("apps/v1", "ReplicaSet", "ride-7d9f8b6c5d", Some("rs-1")), "PodSecurity"),
+        (reference("v1", "Pod", "debug", None), "InvalidSampler"),
+    ] {
+        tx.send(PendingEvent { regarding, reason: reason.into(), note: "spanprof: not injected: …".into(), at })
+            .await
+            .unwrap();
+    }
+    drop(tx);
+    tokio::time::timeout(Duration::from_secs(10), publisher).await.expect("publisher ends").unwrap();
+    let events = api.all("events.events.k8s.io");
+    let on = |reason: &str| events.iter().find(|e| e["reason"] == reason).unwrap_or_else(|| panic!("{reason}: {events:#?}"));
+    let deployment = &on("PodSecurity")["regarding"];
+    assert_eq!((deployment["kind"].as_str(), deployment["name"].as_str(), deployment["uid"].as_str()), (Some("Deployment"), Some("ride"), Some("d-1")));
+    let pod = &on("InvalidSampler")["regarding"];
+    assert_eq!((pod["kind"].as_str(), pod["uid"].as_str()), (Some("Pod"), Some("pod-1")), "with the uid `kubectl describe pod` selects on");
+    assert_eq!(on("InvalidSampler")["type"], "Warning");
+}
