@@ -84,6 +84,8 @@ pub struct AgentConfig {
     pub targets: Targets,
     pub context_dir: Option<PathBuf>,
     pub service_name: Option<String>,
+    /// Each container's service name (`SPANPROF_SERVICE_NAMES`).
+    pub service_names: Vec<(String, String)>,
     pub upload_interval: Duration,
     pub poll_interval: Duration,
     pub scope: Scope,
@@ -348,32 +350,44 @@ impl State {
         }
     }
 
-    fn channel_for(&self, pid: u32, start_time: u64) -> Option<Channel<IndexedReader>> {
+    fn channel_for(&self, pid: u32, start_time: u64, container: Option<&str>) -> Option<(Channel<IndexedReader>, Option<String>)> {
         let dir = self.config.context_dir.as_ref()?;
-        join::open_channel(dir, pid, start_time).map(Channel::new)
+        join::find_channel(dir, pid, start_time, container).map(|(r, c)| (Channel::new(r), c))
     }
 
     fn new_proc(&self, pid: u32) -> Option<Proc> {
         let (start_time, comm) = procfs::stat(pid)?;
-        // What the process's own environment says (the operator sets both in every app container
-        // it configures) wins over the sidecar's pod-wide settings: one sidecar serves every
-        // container of its pod.
+        // Which container: the directory of the context volume the process sees (needs nothing
+        // the sampler lacks), else where its channel file is, else its own environment (readable
+        // only to a sampler of the same user or a privileged one).
+        let by_volume = self
+            .config
+            .context_dir
+            .as_deref()
+            .and_then(|dir| crate::pod::container_of(dir, &procfs::proc_dir(pid).join("root"), dir));
+        let channel = self.channel_for(pid, start_time, by_volume.as_deref());
         let environ = procfs::environ(pid).unwrap_or_default();
         let own = |name| procfs::env_var(&environ, name).filter(|v| !v.is_empty());
-        let service = own(ENV_SERVICE_NAME)
+        let container = by_volume
+            .or_else(|| channel.as_ref().and_then(|(_, c)| c.clone()))
+            .or_else(|| own(ENV_CONTAINER_NAME).map(str::to_owned));
+        // The service name: the one the webhook recorded for the container (the app's own when it
+        // sets one), else the process's environment, else the sidecar's, else the command name.
+        let service = crate::pod::service_of(&self.config.service_names, container.as_deref())
+            .or_else(|| own(ENV_SERVICE_NAME))
             .map(str::to_owned)
             .or_else(|| self.config.service_name.clone())
             .unwrap_or(comm);
         let series = Arc::new(Series {
             service: Arc::from(service),
-            container: own(ENV_CONTAINER_NAME).map(Arc::from),
+            container: container.map(Arc::from),
         });
         Some(Proc {
             start_time,
             attached_at_ticks: uptime_ticks(),
             series,
             unwind: Process::new(pid),
-            channel: self.channel_for(pid, start_time),
+            channel: channel.map(|(c, _)| c),
             clean_thread_passes: 0,
             cgroup: None,
         })
@@ -425,7 +439,7 @@ impl State {
                 .config
                 .context_dir
                 .as_ref()
-                .is_some_and(|d| d.join(spanprof_channel::file_name(pid)).exists());
+                .is_some_and(|d| join::has_channel_file(d, pid));
         }
         true
     }
@@ -452,6 +466,10 @@ impl Agent {
                     self.forget(pid);
                 }
                 None => {}
+            }
+            if !self.state.procs.contains_key(&pid) && procfs::is_runtime_init(pid, &comm) {
+                // Not the app yet: attach once it has exec'd (not remembered as a non-target).
+                continue;
             }
             if !self.state.procs.contains_key(&pid) {
                 // A channel may be required and appear later: "not a target" is only final
@@ -490,7 +508,7 @@ impl Agent {
             // A channel file may appear after the process started.
             if let Some(p) = self.state.procs.get(&pid)
                 && p.channel.is_none()
-                && let Some(c) = self.state.channel_for(pid, p.start_time)
+                && let Some((c, _)) = self.state.channel_for(pid, p.start_time, p.series.container.as_deref())
                 && let Some(p) = self.state.procs.get_mut(&pid)
             {
                 tracing::info!(pid, "span-context channel found");

@@ -113,6 +113,47 @@ pub fn attribute<L: SpanLookup>(
     }
 }
 
+/// Finds and opens `pid`'s channel: in `container`'s directory of the context volume when the
+/// container is known (see `spanprof_channel::pod`), else in any container's directory, then in
+/// `dir` itself (one app, or a local run). Returns the reader and the container directory it was
+/// found in.
+pub fn find_channel(
+    dir: &Path,
+    pid: u32,
+    start_time: u64,
+    container: Option<&str>,
+) -> Option<(IndexedReader, Option<String>)> {
+    let name = spanprof_channel::file_name(pid);
+    let subdirs: Vec<String> = match container {
+        Some(c) => vec![c.to_owned()],
+        None => std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()) && e.path().join(&name).exists())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect(),
+    };
+    for sub in subdirs {
+        let in_container = spanprof_channel::pod::container_dir(dir, &sub);
+        if let Some(reader) = open_channel(&in_container, pid, start_time) {
+            return Some((reader, Some(sub)));
+        }
+    }
+    open_channel(dir, pid, start_time).map(|r| (r, None))
+}
+
+/// Whether `pid` has a channel file anywhere `find_channel` looks.
+pub fn has_channel_file(dir: &Path, pid: u32) -> bool {
+    let name = spanprof_channel::file_name(pid);
+    dir.join(&name).exists()
+        || std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| e.file_type().is_ok_and(|t| t.is_dir()) && e.path().join(&name).exists())
+}
+
 /// Opens `<dir>/<pid>.spanctx` when it belongs to this very process (same PID and start time:
 /// a file left by an earlier process with the same PID is stale).
 pub fn open_channel(dir: &Path, pid: u32, start_time: u64) -> Option<IndexedReader> {
@@ -204,5 +245,24 @@ mod tests {
         }
         assert!(open_channel(dir.path(), pid, start + 1).is_none());
         assert!(open_channel(dir.path(), pid + 1, start).is_none());
+    }
+
+    #[test]
+    fn finds_a_channel_in_its_containers_directory_and_says_which() {
+        let volume = tempfile::tempdir().unwrap();
+        let pid = std::process::id();
+        let (start, _) = crate::procfs::stat(pid).unwrap();
+        std::fs::create_dir(volume.path().join("sidecar-of-nothing")).unwrap();
+        let api = volume.path().join("api");
+        std::fs::create_dir(&api).unwrap();
+        let _w = Writer::create(&api, &Options::default()).unwrap();
+        assert!(has_channel_file(volume.path(), pid));
+        assert!(!has_channel_file(volume.path(), pid + 1));
+        let (_, found) = find_channel(volume.path(), pid, start, None).expect("found by scanning");
+        assert_eq!(found.as_deref(), Some("api"));
+        let (_, found) = find_channel(volume.path(), pid, start, Some("api")).expect("found where expected");
+        assert_eq!(found.as_deref(), Some("api"));
+        assert!(find_channel(volume.path(), pid, start, Some("worker")).is_none(), "not another container's");
+        assert!(find_channel(volume.path(), pid, start + 1, None).is_none(), "stale");
     }
 }

@@ -16,6 +16,7 @@ pub mod join;
 pub mod metrics;
 pub mod modules;
 pub mod perf;
+pub mod pod;
 pub mod procfs;
 pub mod proto;
 pub mod symbolize;
@@ -51,6 +52,8 @@ pub struct Config {
     pub scope: agent::Scope,
     pub listen: SocketAddr,
     pub service_name: Option<String>,
+    /// Each container's service name, `SPANPROF_SERVICE_NAMES` parsed (see `spanprof_channel::pod`).
+    pub service_names: Vec<(String, String)>,
     /// Extra series labels: namespace, pod, container, node (empty values are left out).
     pub series_labels: Vec<(String, String)>,
 }
@@ -250,18 +253,30 @@ pub fn run(config: Config) -> Result<()> {
         .thread_name("spanprof-io")
         .build()
         .map_err(Error::Serve)?;
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind(config.listen))
-        .map_err(Error::Serve)?;
     let ready = Arc::new(AtomicBool::new(false));
-    rt.spawn({
-        let (m, r) = (Arc::clone(&metrics), Arc::clone(&ready));
-        async move {
-            if let Err(e) = serve_http(listener, m, r).await {
-                tracing::error!(error = %e, "metrics server stopped");
-            }
+    // Sampling matters more than its metrics: a taken port (two hostNetwork pods on a node, an
+    // app on the same port) must not make a native sidecar crash-loop and hold the app back.
+    match rt.block_on(tokio::net::TcpListener::bind(config.listen)) {
+        Ok(listener) => {
+            rt.spawn({
+                let (m, r) = (Arc::clone(&metrics), Arc::clone(&ready));
+                async move {
+                    if let Err(e) = serve_http(listener, m, r).await {
+                        tracing::error!(error = %e, "metrics server stopped");
+                    }
+                }
+            });
         }
-    });
+        Err(e) => {
+            metrics.metrics_listen_failures.inc();
+            tracing::error!(
+                listen = %config.listen,
+                error = %e,
+                "cannot serve /metrics, /healthz and /readyz on {} (--listen, SPANPROF_SIDECAR_LISTEN); sampling goes on without them",
+                config.listen
+            );
+        }
+    }
     let Some(sampler) = rt.block_on(open_sampler(&config, &metrics))? else {
         return Ok(()); // signalled before sampling was ever permitted
     };
@@ -298,6 +313,7 @@ pub fn run(config: Config) -> Result<()> {
             targets: config.targets.clone(),
             context_dir: config.context_dir.clone(),
             service_name: config.service_name.clone(),
+            service_names: config.service_names.clone(),
             upload_interval: config.upload_interval,
             scope: config.scope,
             // A fifth of what the per-CPU rings hold at full rate (about 1.3 s of samples); the

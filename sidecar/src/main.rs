@@ -59,6 +59,10 @@ struct Args {
     /// SPANPROF_SERVICE_NAME (default: each process's command name).
     #[arg(long, env = "SPANPROF_SERVICE_NAME")]
     service_name: Option<String>,
+    /// Each container's service name, `container=service,...` (the operator sets it from what
+    /// every app container reports); wins over the process's environment and --service-name.
+    #[arg(long, env = "SPANPROF_SERVICE_NAMES", default_value = "")]
+    service_names: String,
     #[arg(long, env = "POD_NAMESPACE", default_value = "")]
     namespace: String,
     #[arg(long, env = "POD_NAME", default_value = "")]
@@ -77,8 +81,17 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal: `kubectl logs` shows them as raw escapes.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let a = Args::parse();
+    let service_names = match spanprof_channel::pod::parse_service_names(&a.service_names) {
+        Ok(names) => names,
+        Err(e) => {
+            eprintln!("spanprof-sidecar: --service-names: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let config = Config {
         server_url: a.server_url,
         context_dir: a.context_dir.filter(|d| !d.as_os_str().is_empty()),
@@ -93,6 +106,7 @@ fn main() -> ExitCode {
         scope: a.scope,
         listen: a.listen,
         service_name: a.service_name.filter(|s| !s.is_empty()),
+        service_names,
         series_labels: vec![
             ("namespace".into(), a.namespace),
             ("pod".into(), a.pod),

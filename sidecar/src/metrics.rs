@@ -36,6 +36,8 @@ pub struct Metrics {
     pub kernel_excluded: Gauge,
     pub sampling_permitted: Gauge,
     pub symbols_cached: Gauge,
+    /// The metrics address could not be bound (the sidecar samples on without it).
+    pub metrics_listen_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -58,6 +60,7 @@ impl Default for Metrics {
             unwind_truncated: Counter::default(),
             malformed_records: Counter::default(),
             uploads: Counter::default(),
+            metrics_listen_failures: Counter::default(),
             push_errors: Counter::default(),
             dropped_bytes: Counter::default(),
             dropped_uploads: Counter::default(),
@@ -80,6 +83,11 @@ impl Default for Metrics {
             "unattributed_samples",
             "Samples the channel could not attribute (unknown or no channel): whole-process only",
             m.unattributed.clone(),
+        );
+        registry.register(
+            "metrics_listen_failures",
+            "The metrics address could not be bound; sampling went on without /metrics",
+            m.metrics_listen_failures.clone(),
         );
         registry.register(
             "lost_records",

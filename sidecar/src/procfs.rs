@@ -102,6 +102,62 @@ pub fn maps(pid: u32) -> Result<Vec<MapEntry>> {
     ))
 }
 
+/// Whether `pid` is still runc's init, the container runtime's own code between clone and the
+/// exec of the container's command (`runc:[2:INIT]`, run from a memfd copy of runc): not the app
+/// yet, so not to attach to, nor to remember as a non-target.
+pub fn is_runtime_init(pid: u32, comm: &str) -> bool {
+    comm.starts_with("runc:[")
+        || std::fs::read_link(proc_dir(pid).join("exe"))
+            .is_ok_and(|exe| exe.to_string_lossy().starts_with("/memfd:runc"))
+}
+
+/// `path` (absolute) resolved inside `root` as a process whose root directory it is would
+/// resolve it: symbolic links are followed, absolute ones from `root`, and `..` never climbs
+/// above `root`. The kernel resolves an absolute link met under `/proc/<pid>/root` from the
+/// *caller's* root, which would leave the target's filesystem (`/var/run` → `/run` in most
+/// images). Returns the path under `root`, or `None` past 40 links.
+pub fn resolve_in_root(root: &Path, path: &Path) -> Option<PathBuf> {
+    use std::path::Component;
+    let mut pending: Vec<std::ffi::OsString> =
+        path.components().rev().filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_owned()),
+            Component::ParentDir => Some("..".into()),
+            _ => None,
+        }).collect();
+    let mut resolved: Vec<std::ffi::OsString> = Vec::new();
+    let mut links = 0;
+    while let Some(part) = pending.pop() {
+        if part == ".." {
+            resolved.pop();
+            continue;
+        }
+        let mut candidate = root.to_path_buf();
+        candidate.extend(&resolved);
+        candidate.push(&part);
+        match std::fs::symlink_metadata(&candidate) {
+            Ok(m) if m.file_type().is_symlink() => {
+                links += 1;
+                if links > 40 {
+                    return None;
+                }
+                let target = std::fs::read_link(&candidate).ok()?;
+                if target.is_absolute() {
+                    resolved.clear();
+                }
+                pending.extend(target.components().rev().filter_map(|c| match c {
+                    Component::Normal(n) => Some(n.to_owned()),
+                    Component::ParentDir => Some("..".into()),
+                    _ => None,
+                }));
+            }
+            _ => resolved.push(part),
+        }
+    }
+    let mut out = root.to_path_buf();
+    out.extend(&resolved);
+    Some(out)
+}
+
 /// A user-space process (kernel threads have no memory map).
 pub fn is_user_process(pid: u32) -> bool {
     std::fs::metadata(proc_dir(pid).join("exe")).is_ok()
@@ -121,7 +177,9 @@ pub fn read_own_memory(start: u64, end: u64) -> Result<Vec<u8>> {
 }
 
 /// The environment `pid` was started with (`/proc/<pid>/environ`: NUL-separated `NAME=value`).
-/// Reading it needs the same ptrace access as sampling the process.
+/// The file is mode 0400 of the process's user: a sampler of another user needs
+/// CAP_DAC_READ_SEARCH (or to be privileged) besides ptrace access, so callers must not depend
+/// on it.
 pub fn environ(pid: u32) -> Option<Vec<u8>> {
     std::fs::read(proc_dir(pid).join("environ")).ok()
 }
@@ -297,4 +355,13 @@ garbage\n";
         let own = super::stat(std::process::id()).unwrap();
         assert!(own.0 > 0);
     }
+
+    #[test]
+    fn the_runtimes_init_is_not_the_app_yet() {
+        let me = std::process::id();
+        assert!(is_runtime_init(me, "runc:[2:INIT]"));
+        assert!(is_runtime_init(me, "runc:[1:CHILD]"));
+        assert!(!is_runtime_init(me, "spanprof-demo"), "a process that has exec'd its command");
+    }
+
 }

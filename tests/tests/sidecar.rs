@@ -513,3 +513,37 @@ fn discovers_processes_by_channel_and_follows_a_restarted_target() {
         );
     }
 }
+
+#[test]
+fn a_taken_metrics_port_does_not_stop_sampling() {
+    let (_serial, _data, _ctx, port, _server) = serve();
+    let mut w = start_workload(None, &[("E2E_SPANS", "10"), ("E2E_SPAN_MS", "60"), ("E2E_THREAD_DELAY_MS", "300")]);
+    // Another process already listens where the sampler would serve its metrics (an app on the
+    // same port, or a second hostNetwork pod on the node).
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = taken.local_addr().unwrap().to_string();
+    let mut sidecar = std::process::Command::new(env!("CARGO_BIN_EXE_e2e-sidecar"))
+        .env("E2E_SERVER_URL", format!("http://127.0.0.1:{port}"))
+        .env("E2E_PID", w.proc.pid().to_string())
+        .env("E2E_LISTEN", &listen)
+        .env("E2E_SERVICE", "e2e-port-taken")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    w.windows();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let folded = loop {
+        assert!(sidecar.try_wait().unwrap().is_none(), "the sampler exited when its metrics port was taken");
+        let folded = process_folded(port, "e2e-port-taken");
+        if folded.iter().any(|(s, _)| s.contains("spin_alpha")) || Instant::now() > deadline {
+            break folded;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(folded.iter().any(|(s, _)| s.contains("spin_alpha")), "profiles still arrive: {folded:?}");
+    let _ = sidecar.kill();
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut sidecar.stderr.take().unwrap(), &mut log).unwrap();
+    let _ = sidecar.wait();
+    assert!(log.contains(&listen) && log.contains("SPANPROF_SIDECAR_LISTEN"), "the log names the address: {log}");
+}

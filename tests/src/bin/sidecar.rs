@@ -52,6 +52,7 @@ fn main() -> anyhow::Result<()> {
             .unwrap_or_else(|| "127.0.0.1:0".into())
             .parse()?,
         service_name: Some(var("E2E_SERVICE").unwrap_or_else(|| "e2e".into())),
+        service_names: Vec::new(),
         series_labels: vec![("namespace".into(), "test".into())],
     };
     spanprof_sidecar::run(config)?;
