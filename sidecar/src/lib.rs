@@ -11,6 +11,7 @@
 
 pub mod agent;
 pub mod aggregate;
+pub mod cli;
 pub mod error;
 pub mod join;
 pub mod metrics;
