@@ -596,7 +596,7 @@ fn a_sampler_the_api_server_would_reject_makes_the_spec_invalid() {
 #[test]
 fn ready_follows_whether_the_webhook_is_served() {
     let sp = profiling(SpanProfilingSpec::default());
-    let no = Serving::No { reason: "NoReadyEndpoints".into(), message: "service spanprof/spanprof-operator has no ready endpoints".into() };
+    let no = Serving::No { reason: "NoReadyEndpoints", message: "service spanprof/spanprof-operator has no ready endpoints".into() };
     let status = controller::desired_status(&sp, &[], &defaults(), &no, Timestamp::now());
     let by_type = |t: &str| status.conditions.iter().find(|c| c.type_ == t).unwrap().clone();
     assert_eq!((by_type("Ready").status.as_str(), by_type("Ready").reason.as_str()), ("False", "NoReadyEndpoints"));

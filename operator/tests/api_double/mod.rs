@@ -20,7 +20,7 @@ use tokio::sync::watch;
 type Key = (String, String, String);
 
 #[derive(Default)]
-struct State_ {
+struct Cluster {
     objects: BTreeMap<Key, Value>,
     /// Every change: (resource version, key, event type, object after the change).
     log: Vec<(u64, Key, &'static str, Value)>,
@@ -32,7 +32,7 @@ struct State_ {
 /// The API server double; clones share one cluster.
 #[derive(Clone)]
 pub struct ApiDouble {
-    state: Arc<Mutex<State_>>,
+    state: Arc<Mutex<Cluster>>,
     changed: Arc<watch::Sender<u64>>,
     pub addr: SocketAddr,
 }
@@ -54,7 +54,7 @@ impl ApiDouble {
         kube::Client::try_from(kube::Config::new(url)).expect("client")
     }
 
-    fn lock(&self) -> MutexGuard<'_, State_> {
+    fn lock(&self) -> MutexGuard<'_, Cluster> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -95,7 +95,7 @@ impl ApiDouble {
 }
 
 /// Stores `object` with a new resource version and logs the change.
-fn store(st: &mut State_, key: Key, mut object: Value, event: &'static str) -> Value {
+fn store(st: &mut Cluster, key: Key, mut object: Value, event: &'static str) -> Value {
     st.rv += 1;
     let rv = st.rv;
     let meta = &mut object["metadata"];
