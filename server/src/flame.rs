@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::model::{MAX_STACK_DEPTH, TRUNCATED_FRAME};
+
 /// A flame-graph node: `total` = `self` + children's totals, in samples.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Node {
@@ -25,7 +27,11 @@ pub struct TopFunction {
     pub total: u64,
 }
 
-/// Builds the tree under a root named `total`; children sorted by total, largest first.
+/// Builds the tree under a root named `total`; children sorted by total, largest first. Stacks
+/// deeper than [`MAX_STACK_DEPTH`] (stored before ingest bounded them) are cut the same way, and
+/// the tree is built and finished without recursion, so no stored profile can overflow a
+/// thread's stack on the way out (serialization recurses once per level, at most
+/// `MAX_STACK_DEPTH + 1`).
 pub fn tree<'a, I>(stacks: I) -> Node
 where
     I: IntoIterator<Item = (&'a [Arc<str>], u64)>,
@@ -34,24 +40,43 @@ where
     struct Building {
         self_value: u64,
         total: u64,
-        children: HashMap<Arc<str>, Building>,
+        children: HashMap<Arc<str>, usize>,
     }
-    let mut root = Building::default();
+    // An arena: node 0 is the root; children refer to indices, so nothing nests while building.
+    let mut nodes: Vec<(Arc<str>, Building)> = vec![(Arc::from("total"), Building::default())];
+    let truncated: Arc<str> = Arc::from(TRUNCATED_FRAME);
     for (stack, count) in stacks {
-        root.total += count;
-        let mut node = &mut root;
-        for frame in stack {
-            node = node.children.entry(frame.clone()).or_default();
-            node.total += count;
+        nodes[0].1.total += count;
+        let (marker, frames) = match stack.len().checked_sub(MAX_STACK_DEPTH - 1) {
+            Some(cut) if cut > 1 => (Some(&truncated), &stack[cut..]),
+            _ => (None, stack),
+        };
+        let mut at = 0;
+        for frame in marker.into_iter().chain(frames) {
+            let next = match nodes[at].1.children.get(frame) {
+                Some(&i) => i,
+                None => {
+                    nodes.push((frame.clone(), Building::default()));
+                    let i = nodes.len() - 1;
+                    nodes[at].1.children.insert(frame.clone(), i);
+                    i
+                }
+            };
+            at = next;
+            nodes[at].1.total += count;
         }
-        node.self_value += count;
+        nodes[at].1.self_value += count;
     }
-    fn finish(name: Arc<str>, b: Building) -> Node {
-        let mut children: Vec<Node> = b.children.into_iter().map(|(n, c)| finish(n, c)).collect();
+    // Children always come after their parent in the arena: finishing from the back, every
+    // child is done before its parent takes it.
+    let mut done: Vec<Option<Node>> = (0..nodes.len()).map(|_| None).collect();
+    for i in (0..nodes.len()).rev() {
+        let (name, b) = std::mem::take(&mut nodes[i]);
+        let mut children: Vec<Node> = b.children.values().filter_map(|&c| done[c].take()).collect();
         children.sort_by(|a, b| b.total.cmp(&a.total).then_with(|| a.name.cmp(&b.name)));
-        Node { name, self_value: b.self_value, total: b.total, children }
+        done[i] = Some(Node { name, self_value: b.self_value, total: b.total, children });
     }
-    finish(Arc::from("total"), root)
+    done.swap_remove(0).unwrap_or_default()
 }
 
 /// Self and total samples per function, sorted by self, then total, descending.
@@ -60,15 +85,15 @@ where
     I: IntoIterator<Item = (&'a [Arc<str>], u64)>,
 {
     let mut by_name: HashMap<Arc<str>, (u64, u64)> = HashMap::new();
-    let mut seen: Vec<&Arc<str>> = Vec::new();
+    // A set, not a list: deep recursive stacks would make the check quadratic.
+    let mut seen: std::collections::HashSet<&Arc<str>> = std::collections::HashSet::new();
     for (stack, count) in stacks {
         if let Some(leaf) = stack.last() {
             by_name.entry(leaf.clone()).or_default().0 += count;
         }
         seen.clear();
         for f in stack {
-            if !seen.contains(&f) {
-                seen.push(f);
+            if seen.insert(f) {
                 by_name.entry(f.clone()).or_default().1 += count;
             }
         }
@@ -110,4 +135,33 @@ mod tests {
         let f = top.iter().find(|t| &*t.name == "f").unwrap();
         assert_eq!((f.self_value, f.total), (1, 5));
     }
+
+    #[test]
+    fn a_stack_deeper_than_the_bound_is_cut_under_a_marker_and_serializes_on_a_small_stack() {
+        let deep: Vec<Arc<str>> = (0..50_000).map(|i| Arc::from(format!("f{i}"))).collect();
+        let shallow = s(&["main", "work"]);
+        // Tokio's worker threads have 2 MiB; the old recursive build overflowed at ~4,000 frames.
+        let json = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || {
+                let t = tree([(&deep[..], 3), (&shallow[..], 1)]);
+                assert_eq!(t.total, 4);
+                let marker = t.children.iter().find(|c| &*c.name == TRUNCATED_FRAME).expect("cut under the marker");
+                let mut depth = 1;
+                let mut node = marker;
+                while let Some(child) = node.children.first() {
+                    node = child;
+                    depth += 1;
+                }
+                assert_eq!(depth, MAX_STACK_DEPTH, "the marker and the leaf-most frames");
+                assert_eq!(&*node.name, "f49999", "the leaf is kept");
+                assert_eq!(node.self_value, 3);
+                serde_json::to_string(&t).unwrap()
+            })
+            .unwrap()
+            .join()
+            .expect("no stack overflow");
+        assert!(json.contains("f49999") && !json.contains("\"f0\""));
+    }
+
 }

@@ -97,6 +97,25 @@ impl PartialEq for Frames {
 
 impl Eq for Frames {}
 
+/// The deepest stack kept, in frames. Deeper stacks (runaway recursion, or hostile input) keep
+/// their leaf-most frames — where the CPU time is — under a [`TRUNCATED_FRAME`] root, as
+/// profilers that cap stack depth do; every later walk over stacks and trees then stays bounded.
+pub const MAX_STACK_DEPTH: usize = 1024;
+/// The frame that stands for the outer frames of a truncated stack.
+pub const TRUNCATED_FRAME: &str = "[truncated]";
+
+/// Bounds `stack` (root first) to [`MAX_STACK_DEPTH`] frames: the leaf-most ones under
+/// [`TRUNCATED_FRAME`] (interned in `frames` only when needed). Returns whether it cut.
+pub fn bound_depth(stack: &mut Vec<u32>, frames: &mut Frames) -> bool {
+    if stack.len() <= MAX_STACK_DEPTH {
+        return false;
+    }
+    let cut = stack.len() - (MAX_STACK_DEPTH - 1);
+    stack.drain(..cut);
+    stack.insert(0, frames.intern(TRUNCATED_FRAME));
+    true
+}
+
 /// Stacks (root first, as indices into a batch's [`Frames`]) with sample counts; identical
 /// stacks add up.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -242,4 +261,18 @@ mod tests {
         assert_eq!(rescale_count(1, 1, 10), 1);
         assert_eq!(rescale_count(7, 20, 10), 14);
     }
+
+    #[test]
+    fn deep_stacks_keep_their_leaf_most_frames_under_a_marker() {
+        let mut frames = Frames::default();
+        let mut stack: Vec<u32> = (0..5000).map(|i| frames.intern(&format!("f{i}"))).collect();
+        assert!(bound_depth(&mut stack, &mut frames));
+        assert_eq!(stack.len(), MAX_STACK_DEPTH);
+        assert_eq!(frames.name(stack[0]), TRUNCATED_FRAME);
+        assert_eq!(frames.name(stack[1]), format!("f{}", 5000 - (MAX_STACK_DEPTH - 1)));
+        assert_eq!(frames.name(*stack.last().unwrap()), "f4999");
+        let mut ok: Vec<u32> = stack[1..].to_vec();
+        assert!(!bound_depth(&mut ok, &mut frames), "a stack within the bound is left alone");
+    }
+
 }

@@ -92,3 +92,24 @@ async fn a_taken_listen_address_is_an_error_naming_it() {
     let text = e.to_string();
     assert!(text.contains(&taken.local_addr().unwrap().to_string()) && text.contains("--listen"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_very_deep_stack_is_stored_truncated_and_read_back_without_crashing() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(config(dir.path())).await;
+    // 4,000 frames crashed every read of the profile (a recursive tree build on a 2 MiB stack).
+    let stack: Vec<String> = (0..4000).map(|i| format!("f{i}")).collect();
+    let body = format!("{} 7\n", stack.join(";"));
+    let url = srv.url("/ingest?name=deep.cpu%7Bspan_id%3D00000000000d0ee9%7D&format=folded");
+    let r = reqwest::Client::new().post(url).body(body).send().await.unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let (status, profile) = get_json(&srv.url("/api/v1/profiles/00000000000d0ee9")).await;
+    assert_eq!(status, 200, "{profile}");
+    let text = profile.to_string();
+    assert!(text.contains("[truncated]") && text.contains("f3999"), "the leaf-most frames under the marker");
+    assert!(!text.contains("\"f0\""), "the outermost frames are cut");
+    let folded = reqwest::get(srv.url("/api/v1/profiles/00000000000d0ee9?format=folded")).await.unwrap().text().await.unwrap();
+    let depth = folded.lines().next().unwrap().rsplit_once(' ').unwrap().0.split(';').count();
+    assert_eq!(depth, spanprof_server::model::MAX_STACK_DEPTH);
+    srv.stop().await;
+}

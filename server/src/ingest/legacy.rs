@@ -230,7 +230,8 @@ pub fn parse_stacks(body: &[u8], format: Format, frames: &mut Frames) -> Result<
                 (stack, count.trim().parse::<u64>().map_err(|_| bad())?)
             }
         };
-        let ids: Vec<u32> = stack.split(';').filter(|f| !f.is_empty()).map(|f| frames.intern(f)).collect();
+        let mut ids: Vec<u32> = stack.split(';').filter(|f| !f.is_empty()).map(|f| frames.intern(f)).collect();
+        crate::model::bound_depth(&mut ids, frames);
         out.add(&ids, count);
     }
     Ok(out)

@@ -177,6 +177,7 @@ pub fn split(p: &Profile, forced_span: Option<&SpanContribution>) -> Result<Spli
         if stack.is_empty() {
             stack.push(unknown);
         }
+        crate::model::bound_depth(&mut stack, &mut table);
 
         let mut span_id = None;
         let mut trace = None;
