@@ -2,7 +2,6 @@
 //! thread `tid` running at time `t`?" — exactly, or `Unknown`, never a wrong span.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{Ordering, fence};
 
@@ -60,6 +59,10 @@ pub struct Counters {
 /// with `Unknown`.
 const ATTEMPTS: usize = 16;
 
+/// The most a reader maps of one file (the SDK's default layout takes 12.6 MiB): a hostile
+/// header cannot make the sampler map, and touch, more.
+pub const MAX_READ_BYTES: u64 = 64 << 20;
+
 /// A read-only view of one channel file (possibly another process's).
 pub struct Reader {
     map: Mapping,
@@ -92,9 +95,22 @@ enum Step {
 
 impl Reader {
     /// Maps `path` read-only and checks its header.
+    /// The file is the other process's and untrusted: a symbolic link is not followed, a FIFO or
+    /// device does not block or count (only regular files are read), a header claiming more than
+    /// [`MAX_READ_BYTES`] is refused, and a file shrunk later reads as zeros (see
+    /// [`Reader::is_damaged`]) instead of raising SIGBUS.
     pub fn open(path: &Path) -> Result<Reader> {
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
+        let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+        if !meta.file_type().is_file() {
+            return Err(Error::Layout(format!("{}: not a regular file", path.display())));
+        }
+        let len = meta.len();
         let header_bytes = (layout::HEADER_WORDS * 8) as u64;
         if len < header_bytes {
             return Err(Error::BadMagic(path.to_owned()));
@@ -104,6 +120,12 @@ impl Reader {
         let header = read_header(head.loads(), path)?;
         drop(head);
         let total = header.layout.total_bytes() as u64;
+        if total > MAX_READ_BYTES {
+            return Err(Error::Layout(format!(
+                "{}: its header describes {total} bytes, more than a reader maps ({MAX_READ_BYTES})",
+                path.display()
+            )));
+        }
         if len < total {
             return Err(Error::Layout(format!("{}: file has {len} bytes, its header says {total}", path.display())));
         }
@@ -113,6 +135,12 @@ impl Reader {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether the file shrank under the reader (its owner truncated it): parts of it now read as
+    /// zeros, so answers are `Unknown` there; drop the reader and open the file again.
+    pub fn is_damaged(&self) -> bool {
+        self.map.damaged()
     }
 
     pub fn header(&self) -> &Header {

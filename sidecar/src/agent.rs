@@ -505,6 +505,15 @@ impl Agent {
             }
             seen.insert(pid);
             self.follow_threads(pid);
+            // An app that shrinks its channel file under the reader loses its span labels from
+            // then on (the reader saw zeros, not a crash); a new file is picked up as one that
+            // appears later.
+            if let Some(p) = self.state.procs.get_mut(&pid)
+                && p.channel.as_ref().is_some_and(|c| c.is_damaged())
+            {
+                p.channel = None;
+                tracing::warn!(pid, "the span-context channel file shrank under the reader: ignoring it");
+            }
             // A channel file may appear after the process started.
             if let Some(p) = self.state.procs.get(&pid)
                 && p.channel.is_none()

@@ -33,6 +33,10 @@ pub trait SpanLookup {
     fn refresh(&mut self) {}
     fn lookup(&self, tid: u32, t_ns: u64) -> Answer;
     fn name(&self, r: NameRef) -> Option<String>;
+    /// Whether the file shrank under the reader (see `Reader::is_damaged`).
+    fn is_damaged(&self) -> bool {
+        false
+    }
 }
 
 /// A channel reader with a slot index refreshed once per batch of samples, so a lookup reads
@@ -59,6 +63,9 @@ impl SpanLookup for IndexedReader {
     fn name(&self, r: NameRef) -> Option<String> {
         self.reader.name(r)
     }
+    fn is_damaged(&self) -> bool {
+        self.reader.is_damaged()
+    }
 }
 
 /// A process's channel with its span names cached.
@@ -73,6 +80,11 @@ impl<L: SpanLookup> Channel<L> {
             lookup,
             names: HashMap::new(),
         }
+    }
+
+    /// Whether the app shrank its channel file under the reader: drop the channel.
+    pub fn is_damaged(&self) -> bool {
+        self.lookup.is_damaged()
     }
 
     /// Brings the lookup up to date before a batch of samples taken until now.
@@ -155,15 +167,21 @@ pub fn has_channel_file(dir: &Path, pid: u32) -> bool {
 }
 
 /// Opens `<dir>/<pid>.spanctx` when it belongs to this very process (same PID and start time:
-/// a file left by an earlier process with the same PID is stale).
+/// a file left by an earlier process with the same PID is stale) and to its user: the directory
+/// is writable by every app of the pod, so a file another user put there is not trusted.
 pub fn open_channel(dir: &Path, pid: u32, start_time: u64) -> Option<IndexedReader> {
+    use std::os::unix::fs::MetadataExt;
     let path = dir.join(spanprof_channel::file_name(pid));
+    let meta = std::fs::symlink_metadata(&path).ok()?;
+    let owner = std::fs::metadata(crate::procfs::proc_dir(pid)).ok()?.uid();
+    if meta.uid() != owner {
+        warn_once(&path, &format!("owned by uid {}, not by the process's uid {owner}: ignored", meta.uid()));
+        return None;
+    }
     let reader = match Reader::open(&path) {
         Ok(r) => r,
         Err(e) => {
-            if path.exists() {
-                tracing::warn!(path = %path.display(), error = %e, "unusable channel file");
-            }
+            warn_once(&path, &format!("unusable channel file: {e}"));
             return None;
         }
     };
@@ -173,6 +191,20 @@ pub fn open_channel(dir: &Path, pid: u32, start_time: u64) -> Option<IndexedRead
         return None;
     }
     Some(IndexedReader::new(reader))
+}
+
+/// Logs a warning about `path` once (the discovery loop looks at the same files every pass),
+/// remembering at most a few thousand paths.
+pub fn warn_once(path: &Path, what: &str) {
+    static WARNED: std::sync::Mutex<Option<std::collections::HashSet<std::path::PathBuf>>> = std::sync::Mutex::new(None);
+    let Ok(mut warned) = WARNED.lock() else { return };
+    let set = warned.get_or_insert_with(Default::default);
+    if set.len() >= 4096 {
+        set.clear();
+    }
+    if set.insert(path.to_owned()) {
+        tracing::warn!(path = %path.display(), "{what}");
+    }
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{ChildStdout, Stdio};
+use std::process::{ChildStdout, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -546,4 +546,48 @@ fn a_taken_metrics_port_does_not_stop_sampling() {
     std::io::Read::read_to_string(&mut sidecar.stderr.take().unwrap(), &mut log).unwrap();
     let _ = sidecar.wait();
     assert!(log.contains(&listen) && log.contains("SPANPROF_SIDECAR_LISTEN"), "the log names the address: {log}");
+}
+
+#[test]
+fn hostile_channel_files_neither_crash_nor_stall_the_sampler() {
+    let (_serial, _data, ctx, port, server) = serve();
+    let vars = [("E2E_SPANS", "400"), ("E2E_SPAN_MS", "50")];
+    // Two apps; the first will truncate its own channel file (which may well kill it, as its
+    // writer maps the file too), the second keeps working.
+    let (mut hostile, mut healthy) = (start_workload(Some(ctx.path()), &vars), start_workload(Some(ctx.path()), &vars));
+    let hostile_pid = hostile.proc.pid();
+    // Their span logs are read on the side, so they never block on a full pipe.
+    let readers = [
+        std::thread::spawn(move || {
+            hostile.windows();
+            hostile
+        }),
+        std::thread::spawn(move || {
+            healthy.windows();
+            healthy
+        }),
+    ];
+    // Without a pid the sampler takes every process with a channel file in the directory.
+    let (mut sidecar, metrics) = start_sidecar(port, Some(ctx.path()), None, &[]);
+    let samples = || metric(metrics, "spanprof_sidecar_samples_total");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while samples() < 20 {
+        assert!(Instant::now() < deadline, "no samples before the hostile files");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A FIFO and a link to a root-only file named like channels of live processes (ours and the
+    // server's), then the hostile app truncates its channel file under the reader.
+    let fifo = ctx.path().join(spanprof_channel::file_name(std::process::id()));
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    std::os::unix::fs::symlink("/etc/shadow", ctx.path().join(spanprof_channel::file_name(server.pid()))).unwrap();
+    let channel = ctx.path().join(spanprof_channel::file_name(hostile_pid));
+    std::fs::OpenOptions::new().write(true).open(&channel).unwrap().set_len(0).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(sidecar.0.try_wait().unwrap().is_none(), "the sampler died (SIGBUS?)");
+    // Sampling goes on: the drain loop is not blocked in an open().
+    let before = samples();
+    std::thread::sleep(Duration::from_secs(2));
+    let after = samples();
+    assert!(after > before, "sampling stalled after the hostile files ({before} → {after})");
+    drop(readers);
 }
