@@ -17,6 +17,8 @@ pub enum Reject {
     InvalidFolded,
     InvalidMultipart,
     TooLarge,
+    /// The body did not arrive in time.
+    SlowBody,
     UnsupportedMediaType,
     BadQuery,
 }
@@ -35,6 +37,7 @@ impl Reject {
             Reject::InvalidFolded => "invalid_folded",
             Reject::InvalidMultipart => "invalid_multipart",
             Reject::TooLarge => "too_large",
+            Reject::SlowBody => "slow_body",
             Reject::UnsupportedMediaType => "unsupported_media_type",
             Reject::BadQuery => "bad_query",
         }

@@ -104,6 +104,7 @@ fn fail(s: &AppState, e: Error) -> Response {
             s.metrics.reject(reason.as_str());
             let status = match reason {
                 Reject::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+                Reject::SlowBody => StatusCode::REQUEST_TIMEOUT,
                 Reject::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 _ => StatusCode::BAD_REQUEST,
             };
@@ -124,12 +125,27 @@ fn fail(s: &AppState, e: Error) -> Response {
     }
 }
 
-/// Reads the body up to the configured limit.
-async fn read_body(s: &AppState, body: Body) -> Result<Bytes, Error> {
+/// How long a client may take to send a request body.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Reads the body up to the configured limit. A declared `Content-Length` over the limit is
+/// refused before a byte is read (so `Expect: 100-continue` is not granted either), and a body
+/// that trickles in slower than [`BODY_TIMEOUT`] is given up on.
+async fn read_body(s: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes, Error> {
     let limit = s.limits.max_body_bytes;
-    axum::body::to_bytes(body, limit).await.map_err(|_| {
-        Error::rejected(Reject::TooLarge, format!("request body is larger than the limit of {limit} bytes"))
-    })
+    let too_large = || Error::rejected(Reject::TooLarge, format!("request body is larger than the limit of {limit} bytes"));
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(_)) => Err(too_large()),
+        Err(_) => Err(Error::rejected(
+            Reject::SlowBody,
+            format!("the request body did not arrive within {} s", BODY_TIMEOUT.as_secs()),
+        )),
+    }
 }
 
 /// Runs CPU-heavy decoding on the blocking pool, so queries on the async workers are not held up
@@ -151,6 +167,7 @@ fn content_decoded(limits: &Limits, headers: &HeaderMap, bytes: Bytes) -> Result
 }
 
 async fn store_batches(s: &Arc<AppState>, batches: Vec<SeriesBatch>, protocol: &str) -> Result<(), Error> {
+    ingest::check_limits(&batches, &s.limits)?;
     let store = s.store.clone();
     let stats = tokio::task::spawn_blocking(move || store.insert(batches))
         .await
@@ -173,7 +190,7 @@ async fn ingest_legacy(State(s): St, req: Request) -> Response {
 async fn ingest_legacy_inner(s: &Arc<AppState>, req: Request) -> Result<(), Error> {
     let (parts, body) = req.into_parts();
     let mut params = ingest::legacy::parse_params(parts.uri.query().unwrap_or(""), now_ms())?;
-    let raw = read_body(s, body).await?;
+    let raw = read_body(s, &parts.headers, body).await?;
     let (limits, headers) = (s.limits, parts.headers.clone());
     let body = blocking(move || content_decoded(&limits, &headers, raw)).await?;
     let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
@@ -225,7 +242,7 @@ async fn push(State(s): St, req: Request) -> Response {
         );
     };
     let result = async {
-        let raw = read_body(&s, body).await?;
+        let raw = read_body(&s, &parts.headers, body).await?;
         let (limits, headers) = (s.limits, parts.headers.clone());
         let batches = blocking(move || {
             let body = content_decoded(&limits, &headers, raw)?;

@@ -35,6 +35,15 @@ struct Args {
     /// Largest size a compressed payload may expand to, bytes.
     #[arg(long, env = "SPANPROF_MAX_DECOMPRESSED_BYTES", default_value_t = 64 << 20)]
     max_decompressed_bytes: usize,
+    /// Series (label sets) one ingest request may carry; more are refused (413).
+    #[arg(long, env = "SPANPROF_MAX_SERIES_PER_REQUEST", default_value_t = 1_000)]
+    max_series_per_request: usize,
+    /// Labels of one series; more are refused (400).
+    #[arg(long, env = "SPANPROF_MAX_LABELS_PER_SERIES", default_value_t = 30)]
+    max_labels_per_series: usize,
+    /// Bytes of a label value or span name; longer ones are refused (400).
+    #[arg(long, env = "SPANPROF_MAX_LABEL_VALUE_BYTES", default_value_t = 2_048)]
+    max_label_value_bytes: usize,
     /// Inserts that may wait for the disk; more get 503 and are retried by clients.
     #[arg(long, env = "SPANPROF_INGEST_QUEUE", default_value_t = 256)]
     ingest_queue: usize,
@@ -89,7 +98,14 @@ async fn main() -> anyhow::Result<()> {
             max_bytes: (args.retention_bytes > 0).then_some(args.retention_bytes),
         },
         retention_interval: args.retention_interval.max(Duration::from_secs(1)),
-        limits: Limits { max_body_bytes: args.max_body_bytes, max_decompressed_bytes: args.max_decompressed_bytes },
+        limits: Limits {
+            max_body_bytes: args.max_body_bytes,
+            max_decompressed_bytes: args.max_decompressed_bytes,
+            max_series_per_request: args.max_series_per_request,
+            max_labels_per_series: args.max_labels_per_series,
+            max_label_value_bytes: args.max_label_value_bytes,
+            ..Limits::default()
+        },
         store: EmbeddedOptions {
             queue_depth: args.ingest_queue.max(1),
             cache_bytes: args.cache_mb << 20,

@@ -60,8 +60,21 @@ pub struct Frames {
 }
 
 impl Frames {
-    /// The index of `name`, adding it when new.
+    /// The index of `name`, adding it when new. Names longer than [`MAX_FRAME_NAME_BYTES`] are
+    /// cut (on a character boundary) and marked with `…`: no real function name is that long,
+    /// and the store keys on names.
     pub fn intern(&mut self, name: &str) -> u32 {
+        let cut;
+        let name = if name.len() > MAX_FRAME_NAME_BYTES {
+            let mut end = MAX_FRAME_NAME_BYTES - '…'.len_utf8();
+            while !name.is_char_boundary(end) {
+                end -= 1;
+            }
+            cut = format!("{}…", &name[..end]);
+            cut.as_str()
+        } else {
+            name
+        };
         if let Some(&i) = self.index.get(name) {
             return i;
         }
@@ -96,6 +109,9 @@ impl PartialEq for Frames {
 }
 
 impl Eq for Frames {}
+
+/// The longest frame name kept, bytes (see [`Frames::intern`]).
+pub const MAX_FRAME_NAME_BYTES: usize = 8 << 10;
 
 /// The deepest stack kept, in frames. Deeper stacks (runaway recursion, or hostile input) keep
 /// their leaf-most frames — where the CPU time is — under a [`TRUNCATED_FRAME`] root, as
@@ -273,6 +289,17 @@ mod tests {
         assert_eq!(frames.name(*stack.last().unwrap()), "f4999");
         let mut ok: Vec<u32> = stack[1..].to_vec();
         assert!(!bound_depth(&mut ok, &mut frames), "a stack within the bound is left alone");
+    }
+
+
+    #[test]
+    fn huge_frame_names_are_cut_on_a_character_boundary() {
+        let mut frames = Frames::default();
+        let long = "é".repeat(MAX_FRAME_NAME_BYTES);
+        let i = frames.intern(&long);
+        let name = frames.name(i);
+        assert!(name.len() <= MAX_FRAME_NAME_BYTES && name.ends_with('…'), "{}", name.len());
+        assert_eq!(frames.intern(&long), i, "the same long name interns to the same frame");
     }
 
 }

@@ -113,3 +113,56 @@ async fn a_very_deep_stack_is_stored_truncated_and_read_back_without_crashing() 
     assert_eq!(depth, spanprof_server::model::MAX_STACK_DEPTH);
     srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_labels_and_too_many_series_are_refused_and_writes_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(config(dir.path())).await;
+    let profile = pprof(&[(&["main", "a"], 2, &[("span_id", SPAN_A)])]);
+    // A service name longer than the store's key limit once stopped every later write.
+    let (status, body) = push(&srv.url(""), &push_request(&"s".repeat(70_000), &profile)).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("service_name has a value of 70000 bytes; the limit is 2048"), "{body}");
+    let mut many = push_request("ride", &profile);
+    let template = many.series[0].clone();
+    many.series = (0..1_001)
+        .map(|i| {
+            let mut s = template.clone();
+            s.labels.push(spanprof_server::proto::push::LabelPair { name: "shard".into(), value: i.to_string() });
+            s
+        })
+        .collect();
+    let (status, body) = push(&srv.url(""), &many).await;
+    assert_eq!(status, 400, "Connect maps resource_exhausted to 400: {body}");
+    assert!(body.contains("1001 series in one request; the limit is 1000"), "{body}");
+    // Nothing of them was stored, and the next ordinary push is.
+    let (status, body) = push(&srv.url(""), &push_request("ride", &profile)).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = get_json(&srv.url(&format!("/api/v1/profiles/{SPAN_A}"))).await;
+    assert_eq!(status, 200);
+    let (_, services) = get_json(&srv.url("/api/v1/services")).await;
+    assert!(!services.to_string().contains("sss"), "{services}");
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_body_over_the_limit_is_refused_before_it_is_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(config(dir.path())).await;
+    let addr = srv.addr;
+    let (buf, n) = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(addr).unwrap();
+        conn.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+        let head = "POST /ingest?name=big.cpu HTTP/1.1\r\nHost: x\r\nContent-Length: 2147483648\r\nExpect: 100-continue\r\n\r\n";
+        conn.write_all(head.as_bytes()).unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = conn.read(&mut buf).expect("answered at once, not after the body");
+        (buf, n)
+    })
+    .await
+    .unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 413"), "no 100 Continue, a 413: {answer}");
+    srv.stop().await;
+}
