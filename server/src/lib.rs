@@ -10,6 +10,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod model;
 pub mod proto;
+pub mod serve;
 pub mod store;
 pub mod ui;
 
@@ -68,18 +69,17 @@ pub async fn serve(
     tracing::info!(listen = %listener.local_addr()?, data_dir = %config.data_dir.display(), "spanprof-server listening");
     state.ready.store(true, Ordering::Release);
     let ready = state.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            match shutdown {
-                Some(rx) => {
-                    let _ = rx.await;
-                }
-                None => shutdown_signal().await,
+    serve::serve(listener, app, async move {
+        match shutdown {
+            Some(rx) => {
+                let _ = rx.await;
             }
-            ready.ready.store(false, Ordering::Release);
-            tracing::info!("shutting down: finishing in-flight requests");
-        })
-        .await?;
+            None => shutdown_signal().await,
+        }
+        ready.ready.store(false, Ordering::Release);
+        tracing::info!("shutting down: finishing in-flight requests");
+    })
+    .await?;
     retention.abort();
     tokio::task::spawn_blocking(move || store.close()).await.map_err(|e| Error::Storage(e.to_string()))?;
     tracing::info!("store closed; bye");

@@ -166,3 +166,28 @@ async fn a_declared_body_over_the_limit_is_refused_before_it_is_sent() {
     assert!(answer.starts_with("HTTP/1.1 413"), "no 100 Continue, a 413: {answer}");
     srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_finishes_its_headers_is_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(config(dir.path())).await;
+    let addr = srv.addr;
+    let waited = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(addr).unwrap();
+        conn.set_read_timeout(Some(spanprof_server::serve::HEADER_TIMEOUT * 3)).unwrap();
+        // Slowloris: a request line and one header, then nothing.
+        conn.write_all(b"POST /ingest?name=x.cpu HTTP/1.1\r\nHost: x\r\n").unwrap();
+        let started = std::time::Instant::now();
+        let mut buf = [0u8; 512];
+        let _ = conn.read(&mut buf); // an answer or the close; a read timeout means held open
+        started.elapsed()
+    })
+    .await
+    .unwrap();
+    assert!(
+        waited < spanprof_server::serve::HEADER_TIMEOUT * 2,
+        "the connection was held for {waited:?}, beyond the header timeout"
+    );
+    srv.stop().await;
+}
