@@ -7,9 +7,10 @@ use std::sync::Arc;
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, ObjectFieldSelector, Pod, PodSpec,
-    SecurityContext, Volume, VolumeMount,
+    Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, Pod,
+    PodSpec, Probe, SecurityContext, Volume, VolumeMount,
 };
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 use serde_json::{Value, json};
 
@@ -291,7 +292,15 @@ pub fn plan(
     if let Ok(names) = spanprof_channel::pod::format_service_names(listed) {
         add_env_unless_set(&mut sampler, plain_env(spanprof_channel::pod::SERVICE_NAMES_ENV, &names));
     }
-    add_env_unless_set(&mut sampler, plain_env(ENV_SIDECAR_LISTEN, &format!("0.0.0.0:{}", sampler_metrics_port(&spec))));
+    let port = sampler_metrics_port(&spec);
+    add_env_unless_set(&mut sampler, plain_env(ENV_SIDECAR_LISTEN, &format!("0.0.0.0:{port}")));
+    // A stalled sampling loop fails /healthz; the kubelet then restarts the sampler alone. Not
+    // with hostNetwork, where another pod on the node may hold the port; nor when the
+    // SpanProfiling moved the address itself.
+    let own_listen = sp.spec.sidecar.env.iter().any(|e| e.name == ENV_SIDECAR_LISTEN);
+    if spec.host_network != Some(true) && !own_listen {
+        sampler.liveness_probe = Some(liveness_probe(port));
+    }
     let problems = crate::validation::container_problems(&sampler);
     if !problems.is_empty() {
         return Err(Skip::InvalidSampler { profiling: profiling_key(sp), problems });
@@ -627,6 +636,22 @@ fn sampler_metrics_port(spec: &PodSpec) -> i32 {
         .flatten()
         .collect();
     (SAMPLER_METRICS_PORT..=65535).find(|p| !declared.contains(p)).unwrap_or(SAMPLER_METRICS_PORT)
+}
+
+/// `GET /healthz` on the sampler's metrics port: failing for a minute means its loop is stuck
+/// (it fails after 30 s without progress).
+fn liveness_probe(port: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some("/healthz".into()),
+            port: IntOrString::Int(port),
+            ..Default::default()
+        }),
+        period_seconds: Some(10),
+        timeout_seconds: Some(5),
+        failure_threshold: Some(6),
+        ..Default::default()
+    }
 }
 
 /// Adds `env` to the sampler unless the SpanProfiling's `sidecar.env` already set it.

@@ -134,6 +134,8 @@ fn sampler(service: &str, native: bool) -> Value {
     if native {
         c["restartPolicy"] = json!("Always");
     }
+    c["livenessProbe"] =
+        json!({"httpGet": {"path": "/healthz", "port": 4041}, "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 6});
     c
 }
 
@@ -717,6 +719,11 @@ fn the_sampler_gets_a_metrics_port_no_container_of_the_pod_declares() {
     assert_eq!(listen(&pod, &sps), "0.0.0.0:4041");
     pod["spec"]["containers"][0]["ports"] = json!([{"containerPort": 4041}, {"containerPort": 8080, "hostPort": 4042}]);
     assert_eq!(listen(&pod, &sps), "0.0.0.0:4043", "the app's port and a host port are both avoided");
+    let probe = |pod: &Value| run(pod, "shop", &sps).expect("injected")["spec"]["initContainers"][0]["livenessProbe"].clone();
+    assert_eq!(probe(&pod)["httpGet"], json!({"path": "/healthz", "port": 4043}), "the probe follows the port");
+    pod["spec"]["hostNetwork"] = json!(true);
+    assert_eq!(probe(&pod), Value::Null, "with hostNetwork another pod may hold the port: no probe");
+    pod["spec"].as_object_mut().unwrap().remove("hostNetwork");
     let own = sidecar_json(json!({"env": [{"name": "SPANPROF_SIDECAR_LISTEN", "value": "127.0.0.1:9999"}]}));
     assert_eq!(listen(&pod, &own), "127.0.0.1:9999", "the SpanProfiling's own setting wins");
 }

@@ -200,6 +200,7 @@ impl Agent {
         let mut next_discovery = Instant::now();
         let mut pause = self.state.config.poll_interval;
         while !stop.load(Ordering::Acquire) {
+            self.state.metrics.beat();
             let drained = self.drain(&mut buf);
             if Instant::now() >= next_discovery {
                 self.discover();

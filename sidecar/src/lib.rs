@@ -187,14 +187,37 @@ fn symbolize_loop(
     }
 }
 
+/// A sampling loop that has not gone round for this long is stuck (it wakes at least every
+/// second): `/healthz` fails, so the kubelet restarts the sampler (a native sidecar restarts on
+/// its own, without the app).
+pub const STALLED_AFTER: Duration = Duration::from_secs(30);
+
+/// `/healthz`: alive unless the started sampling loop stalled.
+fn liveness(since_beat: Option<Duration>) -> (axum::http::StatusCode, String) {
+    match since_beat {
+        Some(d) if d > STALLED_AFTER => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            format!("the sampling loop has not run for {} s", d.as_secs()),
+        ),
+        _ => (axum::http::StatusCode::OK, "ok".into()),
+    }
+}
+
 async fn serve_http(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
 ) -> Result<()> {
     use axum::routing::get;
+    let health = Arc::clone(&metrics);
     let app = axum::Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/healthz",
+            get(move || {
+                let metrics = Arc::clone(&health);
+                async move { liveness(metrics.since_beat()) }
+            }),
+        )
         .route(
             "/readyz",
             get(move || {
@@ -357,4 +380,18 @@ mod tests {
         assert!(parse_duration("ten").is_err());
         assert!(parse_duration("5d").is_err());
     }
+
+    #[test]
+    fn health_fails_only_when_the_started_loop_stalls() {
+        assert_eq!(liveness(None).0, axum::http::StatusCode::OK, "not started (waiting for permission)");
+        assert_eq!(liveness(Some(Duration::from_secs(1))).0, axum::http::StatusCode::OK);
+        let (status, text) = liveness(Some(STALLED_AFTER + Duration::from_secs(5)));
+        assert_eq!(status, axum::http::StatusCode::SERVICE_UNAVAILABLE);
+        assert!(text.contains("35 s"), "{text}");
+        let m = crate::metrics::Metrics::default();
+        assert_eq!(m.since_beat(), None);
+        m.beat();
+        assert!(m.since_beat().is_some_and(|d| d < Duration::from_secs(1)));
+    }
+
 }

@@ -38,6 +38,10 @@ pub struct Metrics {
     pub symbols_cached: Gauge,
     /// The metrics address could not be bound (the sidecar samples on without it).
     pub metrics_listen_failures: Counter,
+    /// When the sampling loop last went round: milliseconds since [`Metrics::started`] (0: it
+    /// has not started, e.g. while perf events are not permitted yet).
+    heartbeat_ms: std::sync::atomic::AtomicU64,
+    started: std::time::Instant,
 }
 
 impl Default for Metrics {
@@ -61,6 +65,8 @@ impl Default for Metrics {
             malformed_records: Counter::default(),
             uploads: Counter::default(),
             metrics_listen_failures: Counter::default(),
+            heartbeat_ms: std::sync::atomic::AtomicU64::new(0),
+            started: std::time::Instant::now(),
             push_errors: Counter::default(),
             dropped_bytes: Counter::default(),
             dropped_uploads: Counter::default(),
@@ -184,6 +190,18 @@ impl Metrics {
                     .inc();
             }
         }
+    }
+
+    /// The sampling loop is alive (called once per round, at least every second).
+    pub fn beat(&self) {
+        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX).max(1);
+        self.heartbeat_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How long ago the sampling loop last went round; `None` before it started.
+    pub fn since_beat(&self) -> Option<std::time::Duration> {
+        let ms = self.heartbeat_ms.load(std::sync::atomic::Ordering::Relaxed);
+        (ms > 0).then(|| self.started.elapsed().saturating_sub(std::time::Duration::from_millis(ms)))
     }
 
     pub fn render(&self) -> String {
