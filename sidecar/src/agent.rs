@@ -133,6 +133,39 @@ struct State {
     covered_cgroups: HashSet<CgroupId>,
     /// Cgroup events were refused (no CAP_PERFMON): per-thread events from then on.
     cgroup_refused: bool,
+    churn: Churn,
+}
+
+/// Attach and detach lines logged one by one, at most; beyond, a summary a minute (processes
+/// that fork short-lived children would otherwise write a line per child).
+const CHURN_LINES: u64 = 20;
+
+/// Processes attached and detached, for the per-minute summary.
+struct Churn {
+    attached: u64,
+    detached: u64,
+    reported: (u64, u64),
+    since: Instant,
+}
+
+impl Default for Churn {
+    fn default() -> Self {
+        Churn { attached: 0, detached: 0, reported: (0, 0), since: Instant::now() }
+    }
+}
+
+impl Churn {
+    fn report(&mut self) {
+        if self.since.elapsed() < Duration::from_secs(60) {
+            return;
+        }
+        let (a, d) = (self.attached - self.reported.0, self.detached - self.reported.1);
+        if (a > 0 || d > 0) && self.attached.max(self.detached) > CHURN_LINES {
+            tracing::info!(attached = a, detached = d, "processes attached and detached in the last minute");
+        }
+        self.reported = (self.attached, self.detached);
+        self.since = Instant::now();
+    }
 }
 
 enum ThreadEvent {
@@ -183,6 +216,7 @@ impl Agent {
                 warned_file_descriptors: false,
                 thread_events: Vec::new(),
                 passed_over: HashSet::new(),
+                churn: Churn::default(),
                 covered_cgroups: HashSet::new(),
                 cgroup_refused: false,
             },
@@ -493,15 +527,20 @@ impl Agent {
                     // Already followed through inheritance (a target's child).
                     p.attached_at_ticks = p.start_time;
                 }
-                tracing::info!(
-                    pid,
-                    comm = %comm,
-                    service = %p.series.service,
-                    container = p.series.container.as_deref().unwrap_or(""),
-                    channel = p.channel.is_some(),
-                    scope = if p.cgroup.is_some() { "cgroup" } else { "thread" },
-                    "attaching"
-                );
+                self.state.churn.attached += 1;
+                if self.state.churn.attached <= CHURN_LINES {
+                    tracing::info!(
+                        pid,
+                        comm = %comm,
+                        service = %p.series.service,
+                        container = p.series.container.as_deref().unwrap_or(""),
+                        channel = p.channel.is_some(),
+                        scope = if p.cgroup.is_some() { "cgroup" } else { "thread" },
+                        "attaching"
+                    );
+                } else {
+                    tracing::debug!(pid, comm = %comm, service = %p.series.service, "attaching");
+                }
                 self.state.procs.insert(pid, p);
             }
             seen.insert(pid);
@@ -536,9 +575,16 @@ impl Agent {
             .map(|(pid, _)| *pid)
             .collect();
         for pid in gone {
-            tracing::info!(pid, "process exited: detaching");
+            self.state.churn.detached += 1;
+            if self.state.churn.detached <= CHURN_LINES {
+                tracing::info!(pid, "process exited: detaching");
+            } else {
+                tracing::debug!(pid, "process exited: detaching");
+            }
             self.forget(pid);
         }
+        self.sampler.prune(|pid, tid| procfs::proc_dir(pid).join("task").join(tid.to_string()).exists());
+        self.state.churn.report();
         self.state
             .metrics
             .attached_processes

@@ -591,3 +591,19 @@ fn hostile_channel_files_neither_crash_nor_stall_the_sampler() {
     assert!(after > before, "sampling stalled after the hostile files ({before} → {after})");
     drop(readers);
 }
+
+#[test]
+fn children_that_come_and_go_leave_no_state_behind() {
+    let (_serial, _data, _ctx, port, _server) = serve();
+    // A target that forks short-lived busy children, ten a second.
+    let script = "while true; do (i=0; while [ $i -lt 3000 ]; do i=$((i+1)); done); sleep 0.05; done";
+    let target = Proc(Command::new("sh").args(["-c", script]).spawn().unwrap());
+    let (sidecar, metrics) = start_sidecar(port, None, Some(target.pid()), &[]);
+    std::thread::sleep(Duration::from_secs(8));
+    // The shell and at most a child or two alive at this moment; before, every child whose EXIT
+    // record was read before its FORK record (different CPUs' rings) stayed counted forever.
+    let threads = metric(metrics, "spanprof_sidecar_attached_threads");
+    assert!(threads <= 3, "{threads} threads still attached after ~80 children exited");
+    assert!(metric(metrics, "spanprof_sidecar_samples_total") > 0);
+    sidecar.terminate();
+}

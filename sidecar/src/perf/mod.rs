@@ -243,6 +243,21 @@ impl Sampler {
         self.targets.keys().copied()
     }
 
+    /// Forgets threads followed through inheritance for which `alive(pid, tid)` says no, and
+    /// processes left with no threads that are gone too. EXIT records alone do not suffice: a
+    /// short-lived child's EXIT can sit in another CPU's ring and be read before its FORK.
+    /// Returns how many threads were forgotten.
+    pub fn prune(&mut self, alive: impl Fn(u32, u32) -> bool) -> usize {
+        let mut forgotten = 0;
+        for (&pid, t) in self.targets.iter_mut() {
+            let before = t.inherited.len();
+            t.inherited.retain(|&tid| alive(pid, tid));
+            forgotten += before - t.inherited.len();
+        }
+        self.targets.retain(|&pid, t| !(t.threads.is_empty() && t.inherited.is_empty()) || alive(pid, pid));
+        forgotten
+    }
+
     /// Threads with events of their own or followed through inheritance.
     pub fn thread_count(&self) -> usize {
         self.targets
