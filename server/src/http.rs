@@ -45,7 +45,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/services/{name}/profile", get(service_profile))
         .route("/api/v1/labels", get(label_names))
         .route("/api/v1/labels/{name}/values", get(label_values))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/", get(index))
@@ -70,11 +70,22 @@ async fn index() -> Response {
     asset("text/html; charset=utf-8", crate::ui::INDEX_HTML)
 }
 
+/// Ready: serving, and the store takes writes.
 async fn readyz(State(s): St) -> Response {
-    if s.ready.load(Ordering::Acquire) {
-        "ready".into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+    if !s.ready.load(Ordering::Acquire) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response();
+    }
+    match s.store.health() {
+        Ok(()) => "ready".into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e).into_response(),
+    }
+}
+
+/// Alive unless the store can no longer take writes (a restart is what recovers it).
+async fn healthz(State(s): St) -> Response {
+    match s.store.health() {
+        Err(e) if s.ready.load(Ordering::Acquire) => (StatusCode::SERVICE_UNAVAILABLE, e).into_response(),
+        _ => "ok".into_response(),
     }
 }
 

@@ -191,3 +191,26 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off() {
     );
     srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_writer_that_dies_takes_readiness_and_health_down() {
+    let dir = tempfile::tempdir().unwrap();
+    // Limits opened wide, so that what only the store's key limit stops gets through the edge.
+    let mut cfg = config(dir.path());
+    cfg.limits.max_label_value_bytes = 1 << 20;
+    let srv = TestServer::start(cfg).await;
+    let ready = || async { reqwest::get(srv.url("/readyz")).await.unwrap().status().as_u16() };
+    assert_eq!(ready().await, 200);
+    let profile = pprof(&[(&["main", "a"], 2, &[("span_id", SPAN_A)])]);
+    let (status, body) = push(&srv.url(""), &push_request(&"s".repeat(70_000), &profile)).await;
+    assert_ne!(status, 200, "{body}");
+    // The engine's key limit killed the writer: later writes fail, and the server says so
+    // instead of claiming to be ready.
+    let (status, _) = push(&srv.url(""), &push_request("ride", &profile)).await;
+    assert_eq!(status, 503);
+    let r = reqwest::get(srv.url("/readyz")).await.unwrap();
+    let (code, text) = (r.status().as_u16(), r.text().await.unwrap());
+    assert_eq!(code, 503, "writes fail but /readyz says {text}");
+    assert!(text.contains("writer thread stopped"), "{text}");
+    assert_eq!(reqwest::get(srv.url("/healthz")).await.unwrap().status().as_u16(), 503, "so the kubelet restarts it");
+}

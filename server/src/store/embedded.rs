@@ -473,6 +473,10 @@ fn load_span(r: &ReadTransaction, resolver: &mut Resolver<'_>, id: u64) -> Resul
 }
 
 impl ProfileStore for EmbeddedStore {
+    fn health(&self) -> std::result::Result<(), String> {
+        super::writer_health(&self.writer)
+    }
+
     fn insert(&self, batches: Vec<SeriesBatch>) -> Result<InsertStats> {
         if batches.is_empty() {
             return Ok(InsertStats::default());

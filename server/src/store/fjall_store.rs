@@ -170,6 +170,9 @@ pub struct FjallStore {
     path: PathBuf,
     tx: Mutex<Option<SyncSender<Command>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// Set by the writer when fjall stopped taking writes (poisoned after an I/O error such as a
+    /// full disk); cleared by a later successful write.
+    failed: Arc<Mutex<Option<String>>>,
 }
 
 impl FjallStore {
@@ -194,10 +197,12 @@ impl FjallStore {
         let (tx, rx) = mpsc::sync_channel(options.queue_depth);
         let writer_ks = ks.clone();
         let max_group = options.max_group.max(1);
+        let failed = Arc::new(Mutex::new(None));
+        let writer_failed = Arc::clone(&failed);
         let writer = std::thread::Builder::new()
             .name("spanprof-store-writer".into())
-            .spawn(move || writer_loop(&writer_ks, rx, interner, max_group))?;
-        Ok(FjallStore { ks, path, tx: Mutex::new(Some(tx)), writer: Mutex::new(Some(writer)) })
+            .spawn(move || writer_loop(&writer_ks, rx, interner, max_group, &writer_failed))?;
+        Ok(FjallStore { ks, path, tx: Mutex::new(Some(tx)), writer: Mutex::new(Some(writer)), failed })
     }
 
     fn send(&self, cmd: Command) -> Result<()> {
@@ -249,7 +254,13 @@ impl InternSink for FjallInterns<'_, '_> {
     }
 }
 
-fn writer_loop(k: &Keyspaces, rx: Receiver<Command>, mut interner: Interner, max_group: usize) {
+fn writer_loop(
+    k: &Keyspaces,
+    rx: Receiver<Command>,
+    mut interner: Interner,
+    max_group: usize,
+    failed: &Mutex<Option<String>>,
+) {
     while let Ok(first) = rx.recv() {
         let mut inserts = Vec::new();
         let mut others = Vec::new();
@@ -267,12 +278,21 @@ fn writer_loop(k: &Keyspaces, rx: Receiver<Command>, mut interner: Interner, max
         if !inserts.is_empty() {
             match insert_group(k, &mut interner, &inserts) {
                 Ok(stats) => {
+                    if let Ok(mut f) = failed.lock() {
+                        f.take();
+                    }
                     for ((_, reply), s) in inserts.into_iter().zip(stats) {
                         let _ = reply.send(Ok(s));
                     }
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "insert transaction failed; nothing of it was stored");
+                    // fjall refuses every later write once poisoned (e.g. after ENOSPC).
+                    if e.to_string().contains("Poisoned")
+                        && let Ok(mut f) = failed.lock()
+                    {
+                        *f = Some(e.to_string());
+                    }
                     for (_, reply) in inserts {
                         let _ = reply.send(Err(Error::Storage(e.to_string())));
                     }
@@ -543,6 +563,16 @@ fn dir_bytes(path: &Path) -> u64 {
 }
 
 impl ProfileStore for FjallStore {
+    fn health(&self) -> std::result::Result<(), String> {
+        super::writer_health(&self.writer)?;
+        match self.failed.lock().map(|f| f.clone()) {
+            Ok(Some(e)) => Err(format!(
+                "the store refuses writes after a failed write ({e}); free disk space and restart the server"
+            )),
+            _ => Ok(()),
+        }
+    }
+
     fn insert(&self, batches: Vec<SeriesBatch>) -> Result<InsertStats> {
         if batches.is_empty() {
             return Ok(InsertStats::default());

@@ -224,6 +224,21 @@ pub trait ProfileStore: Send + Sync + 'static {
     /// Deletes what the policy no longer keeps; works in small steps so ingest is not held up.
     fn enforce_retention(&self, policy: &Retention, now_ms: u64) -> Result<RetentionStats>;
     fn stats(&self) -> Result<StoreStats>;
+    /// Whether the store can take writes: its writer thread runs and the engine is not stuck
+    /// in a failed state. `Err` says what is wrong; `/readyz` and `/healthz` report it.
+    fn health(&self) -> std::result::Result<(), String>;
     /// Stops accepting inserts, commits everything queued and waits for the writer.
     fn close(&self);
+}
+
+/// The health of a store whose single writer thread is `writer` (`None` once closed).
+pub(crate) fn writer_health(writer: &std::sync::Mutex<Option<std::thread::JoinHandle<()>>>) -> std::result::Result<(), String> {
+    let guard = writer.lock().map_err(|_| "the store's writer handle is poisoned".to_owned())?;
+    match guard.as_ref() {
+        None => Err("the store is closed".into()),
+        Some(h) if h.is_finished() => {
+            Err("the store's writer thread stopped (see the log); writes fail until the server restarts".into())
+        }
+        Some(_) => Ok(()),
+    }
 }
