@@ -271,7 +271,7 @@ impl Reader {
             let trace_id = (u128::from(get(entry::TRACE_HI)) << 64) | u128::from(get(entry::TRACE_LO));
             let name = NameRef(get(entry::NAME) as u32);
             fence(Ordering::Acquire);
-            if seq1 == 2 * n + 2 && w.load(e + entry::SEQ, Ordering::Relaxed) == Some(seq1) {
+            if seq1 == done_seq(n) && w.load(e + entry::SEQ, Ordering::Relaxed) == Some(seq1) {
                 out.push((t_ns, (span_id != 0).then_some(SpanAt { span_id, trace_id, name })));
             }
         }
@@ -323,7 +323,7 @@ impl Reader {
         }
         // A transition started (or finished) after we read `head` may be at or before `t`.
         let next = w.load(l.entry_base(base, head) + entry::SEQ, Ordering::Acquire)?;
-        if next == 2 * head + 1 || next == 2 * head + 2 {
+        if next == done_seq(head).wrapping_sub(1) || next == done_seq(head) {
             return None;
         }
         let lowest = first.max(head.saturating_sub(cap));
@@ -336,7 +336,7 @@ impl Reader {
             let n = lo + (hi - lo) / 2;
             let e = l.entry_base(base, n);
             let seq1 = w.load(e + entry::SEQ, Ordering::Acquire)?;
-            if seq1 != 2 * n + 2 {
+            if seq1 != done_seq(n) {
                 // Overwritten by a later lap: everything at or before `n` is gone, including
                 // any `best` found so far (a newer entry at or before `t` may have been lost).
                 (lo, best, lost) = (n + 1, None, true);
@@ -368,6 +368,13 @@ impl Reader {
             None => Answer::Unknown,
         })
     }
+}
+
+/// The seqlock value of transition `n` once written (`2n + 2`; `2n + 1` while being written).
+/// Wrapping, as the writer's counters would: a hostile header's sequence numbers must not
+/// overflow the reader's arithmetic.
+fn done_seq(n: u64) -> u64 {
+    n.wrapping_mul(2).wrapping_add(2)
 }
 
 fn read_header(w: Loads<'_>, path: &Path) -> Result<Header> {

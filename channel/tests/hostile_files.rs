@@ -75,3 +75,20 @@ fn a_header_claiming_a_huge_file_is_refused_before_anything_is_mapped() {
     let e = Reader::open(&crafted).unwrap_err();
     assert!(e.to_string().contains("more than a reader maps"), "{e}");
 }
+
+#[test]
+fn sequence_numbers_near_the_top_of_u64_do_not_overflow_the_reader() {
+    // Found by `scripts/fuzz` (target `channel`): a slot whose head is near u64::MAX.
+    let seed = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/channel/overflowing-sequence");
+    let bytes = std::fs::read(seed).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("1.spanctx");
+    std::fs::write(&path, &bytes[1..]).unwrap();
+    let reader = Reader::open(&path).expect("the crafted file has a valid header");
+    let index = reader.index();
+    for tid in [0, 1, 7, u32::MAX] {
+        let _ = reader.lookup(tid, u64::MAX / 2);
+        let _ = reader.lookup_indexed(&index, tid, 1);
+        let _ = reader.history(tid);
+    }
+}
