@@ -59,9 +59,12 @@ pub struct Counters {
 /// with `Unknown`.
 const ATTEMPTS: usize = 16;
 
-/// The most a reader maps of one file (the SDK's default layout takes 12.6 MiB): a hostile
-/// header cannot make the sampler map, and touch, more.
-pub const MAX_READ_BYTES: u64 = 64 << 20;
+/// The most a reader maps of one file (the SDK's default layout takes 12.6 MiB; a ring of 64 Ki
+/// transitions per thread, 400 MiB). Mapped is not resident: pages count only once touched.
+pub const MAX_READ_BYTES: u64 = 1 << 30;
+/// The most slots a reader accepts (the SDK's default is 256): indexing touches a page per slot,
+/// so a hostile header claiming 65,536 live slots would otherwise cost 256 MiB of memory.
+pub const MAX_READ_SLOTS: usize = 4096;
 
 /// A read-only view of one channel file (possibly another process's).
 pub struct Reader {
@@ -97,7 +100,7 @@ impl Reader {
     /// Maps `path` read-only and checks its header.
     /// The file is the other process's and untrusted: a symbolic link is not followed, a FIFO or
     /// device does not block or count (only regular files are read), a header claiming more than
-    /// [`MAX_READ_BYTES`] is refused, and a file shrunk later reads as zeros (see
+    /// [`MAX_READ_BYTES`] or [`MAX_READ_SLOTS`] is refused, and a file shrunk later reads as zeros (see
     /// [`Reader::is_damaged`]) instead of raising SIGBUS.
     pub fn open(path: &Path) -> Result<Reader> {
         use std::os::unix::fs::OpenOptionsExt;
@@ -120,6 +123,13 @@ impl Reader {
         let header = read_header(head.loads(), path)?;
         drop(head);
         let total = header.layout.total_bytes() as u64;
+        if header.layout.slot_count > MAX_READ_SLOTS {
+            return Err(Error::Layout(format!(
+                "{}: its header claims {} thread slots, more than a reader takes ({MAX_READ_SLOTS})",
+                path.display(),
+                header.layout.slot_count
+            )));
+        }
         if total > MAX_READ_BYTES {
             return Err(Error::Layout(format!(
                 "{}: its header describes {total} bytes, more than a reader maps ({MAX_READ_BYTES})",

@@ -73,7 +73,7 @@ fn a_header_claiming_a_huge_file_is_refused_before_anything_is_mapped() {
     std::fs::write(&crafted, &header).unwrap();
     std::fs::OpenOptions::new().write(true).open(&crafted).unwrap().set_len(layout.total_bytes() as u64).unwrap();
     let e = Reader::open(&crafted).unwrap_err();
-    assert!(e.to_string().contains("more than a reader maps"), "{e}");
+    assert!(e.to_string().contains("more than a reader takes"), "{e}");
 }
 
 #[test]
