@@ -80,6 +80,11 @@ pub enum Error {
 }
 
 impl Error {
+    /// A storage error caused by a full disk (directly, or fjall refusing writes after one).
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, Error::Storage(m) if m.contains("No space left") || m.contains("StorageFull") || m.contains("Poisoned"))
+    }
+
     /// A rejection of client input.
     pub fn rejected(reason: Reject, message: impl Into<String>) -> Self {
         Error::Rejected { reason, message: message.into() }

@@ -129,6 +129,10 @@ fn fail(s: &AppState, e: Error) -> Response {
             r
         }
         Error::Unavailable => error_response(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),
+        ref full if full.is_disk_full() => {
+            tracing::error!(error = %full, "the store's disk is full");
+            error_response(StatusCode::INSUFFICIENT_STORAGE, "disk_full", disk_full_message(full))
+        }
         other => {
             tracing::error!(error = %other, "request failed");
             error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal", other.to_string())
@@ -182,7 +186,12 @@ async fn store_batches(s: &Arc<AppState>, batches: Vec<SeriesBatch>, protocol: &
     let store = s.store.clone();
     let stats = tokio::task::spawn_blocking(move || store.insert(batches))
         .await
-        .map_err(|e| Error::Storage(format!("insert task failed: {e}")))??;
+        .map_err(|e| Error::Storage(format!("insert task failed: {e}")))?
+        .inspect_err(|e| {
+            if matches!(e, Error::Storage(_) | Error::Corrupt(_)) {
+                s.metrics.store_write_failures.inc();
+            }
+        })?;
     let m = &s.metrics;
     m.ingest_requests.get_or_create(&ProtocolLabel { protocol: protocol.to_owned() }).inc();
     m.ingested_samples.inc_by(stats.samples);
@@ -222,8 +231,17 @@ async fn ingest_legacy_inner(s: &Arc<AppState>, req: Request) -> Result<(), Erro
     store_batches(s, vec![batch], "ingest").await
 }
 
+fn disk_full_message(e: &Error) -> String {
+    format!("the server's disk is full, nothing of this request was stored; free space or lower --retention-bytes ({e})")
+}
+
 /// Connect error codes and their HTTP statuses.
 fn connect_error(s: &AppState, e: Error) -> Response {
+    if e.is_disk_full() {
+        tracing::error!(error = %e, "the store's disk is full");
+        let body = json!({ "code": "resource_exhausted", "message": disk_full_message(&e) });
+        return (StatusCode::INSUFFICIENT_STORAGE, axum::Json(body)).into_response();
+    }
     let (status, code) = match &e {
         Error::Rejected { reason: Reject::TooLarge, .. } => (StatusCode::BAD_REQUEST, "resource_exhausted"),
         Error::Rejected { reason: Reject::UnsupportedMediaType, .. } => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unimplemented"),

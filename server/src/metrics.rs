@@ -44,6 +44,8 @@ pub struct Metrics {
     pub store_file_bytes: Gauge,
     pub store_record_bytes: Gauge,
     pub store_span_profiles: Gauge,
+    /// Inserts the store failed (full disk, I/O errors): nothing of them was stored.
+    pub store_write_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -52,6 +54,7 @@ impl Default for Metrics {
         let m = Metrics {
             ingest_requests: Family::default(),
             ingested_samples: Counter::default(),
+            store_write_failures: Counter::default(),
             span_profiles: Family::default(),
             rejected_requests: Family::default(),
             query_duration: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 14))),
@@ -63,6 +66,11 @@ impl Default for Metrics {
         };
         registry.register("ingest_requests", "Ingest requests accepted, by protocol", m.ingest_requests.clone());
         registry.register("ingested_samples", "Samples stored", m.ingested_samples.clone());
+        registry.register(
+            "store_write_failures",
+            "Inserts the store failed (full disk, I/O errors); nothing of them was stored",
+            m.store_write_failures.clone(),
+        );
         registry.register(
             "ingested_span_profiles",
             "Span profile writes, by result (created or merged into an existing profile)",

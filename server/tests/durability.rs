@@ -132,3 +132,55 @@ async fn retention_by_age(engine: &str) {
     srv.child.kill().unwrap();
     srv.child.wait().unwrap();
 }
+
+/// A small tmpfs for a data directory, unmounted when dropped (needs root, as CI has).
+struct SmallDisk(tempfile::TempDir);
+
+impl SmallDisk {
+    fn new(size: &str) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "mounting a tmpfs failed: this test runs as root (scripts/test in CI is)");
+        SmallDisk(dir)
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(self.0.path()).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_reported_not_hidden() {
+    let disk = SmallDisk::new("6m");
+    let srv = TestServer::start(config(disk.0.path())).await;
+    // Distinct, large frame names fill the disk quickly.
+    let mut last = (200, String::new());
+    for round in 0..400 {
+        let names: Vec<String> = (0..64).map(|i| format!("f{round}_{i}_{}", "x".repeat(2000))).collect();
+        let frames: Vec<&str> = names.iter().map(String::as_str).collect();
+        let span = format!("{:016x}", round + 1);
+        let profile = pprof(&[(&frames, 1, &[("span_id", span.as_str())])]);
+        last = push(&srv.url(""), &push_request("ride", &profile)).await;
+        if last.0 != 200 {
+            break;
+        }
+    }
+    let (status, body) = last;
+    assert_ne!(status, 200, "6 MiB never filled");
+    assert!(status == 507 || status == 503, "a full disk is 507 or 503, not {status}: {body}");
+    assert!(!body.contains("Poisoned") || body.contains("disk"), "the message says what happened: {body}");
+    let r = reqwest::get(srv.url("/readyz")).await.unwrap();
+    let (code, text) = (r.status().as_u16(), r.text().await.unwrap());
+    assert_eq!(code, 503, "writes fail, so not ready: {text}");
+    // Reads still work meanwhile.
+    let (code, _) = get_json(&srv.url(&format!("/api/v1/profiles/{:016x}", 1))).await;
+    assert_eq!(code, 200);
+    let metrics = reqwest::get(srv.url("/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("spanprof_store_write_failures_total"), "counted");
+}

@@ -287,8 +287,10 @@ fn writer_loop(
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "insert transaction failed; nothing of it was stored");
-                    // fjall refuses every later write once poisoned (e.g. after ENOSPC).
-                    if e.to_string().contains("Poisoned")
+                    // A full disk, and fjall refusing every later write once poisoned by one:
+                    // health reports it until a write succeeds again.
+                    let text = e.to_string();
+                    if (text.contains("Poisoned") || text.contains("No space left") || text.contains("StorageFull"))
                         && let Ok(mut f) = failed.lock()
                     {
                         *f = Some(e.to_string());
@@ -567,7 +569,7 @@ impl ProfileStore for FjallStore {
         super::writer_health(&self.writer)?;
         match self.failed.lock().map(|f| f.clone()) {
             Ok(Some(e)) => Err(format!(
-                "the store refuses writes after a failed write ({e}); free disk space and restart the server"
+                "the store refuses writes after a failed write ({e}); free disk space (a store fjall poisoned needs a restart)"
             )),
             _ => Ok(()),
         }
