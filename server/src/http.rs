@@ -77,14 +77,16 @@ async fn readyz(State(s): St) -> Response {
     }
     match s.store.health() {
         Ok(()) => "ready".into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e).into_response(),
+        Err(t) => (StatusCode::SERVICE_UNAVAILABLE, t.message).into_response(),
     }
 }
 
-/// Alive unless the store can no longer take writes (a restart is what recovers it).
+/// Alive unless the store can no longer take writes and only a restart recovers it.
 async fn healthz(State(s): St) -> Response {
     match s.store.health() {
-        Err(e) if s.ready.load(Ordering::Acquire) => (StatusCode::SERVICE_UNAVAILABLE, e).into_response(),
+        Err(t) if t.restart_helps && s.ready.load(Ordering::Acquire) => {
+            (StatusCode::SERVICE_UNAVAILABLE, t.message).into_response()
+        }
         _ => "ok".into_response(),
     }
 }

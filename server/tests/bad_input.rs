@@ -208,8 +208,17 @@ async fn a_store_writer_that_dies_takes_readiness_and_health_down() {
     // instead of claiming to be ready.
     let (status, _) = push(&srv.url(""), &push_request("ride", &profile)).await;
     assert_eq!(status, 503);
-    let r = reqwest::get(srv.url("/readyz")).await.unwrap();
-    let (code, text) = (r.status().as_u16(), r.text().await.unwrap());
+    // The writer thread may still be unwinding for a moment.
+    let mut seen = (0, String::new());
+    for _ in 0..50 {
+        let r = reqwest::get(srv.url("/readyz")).await.unwrap();
+        seen = (r.status().as_u16(), r.text().await.unwrap());
+        if seen.0 == 503 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (code, text) = seen;
     assert_eq!(code, 503, "writes fail but /readyz says {text}");
     assert!(text.contains("writer thread stopped"), "{text}");
     assert_eq!(reqwest::get(srv.url("/healthz")).await.unwrap().status().as_u16(), 503, "so the kubelet restarts it");

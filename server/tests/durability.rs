@@ -178,7 +178,8 @@ async fn a_full_disk_is_reported_not_hidden() {
     let r = reqwest::get(srv.url("/readyz")).await.unwrap();
     let (code, text) = (r.status().as_u16(), r.text().await.unwrap());
     assert_eq!(code, 503, "writes fail, so not ready: {text}");
-    // Reads still work meanwhile.
+    // Not a reason to restart (that would only take reads down too), and reads still work.
+    assert_eq!(reqwest::get(srv.url("/healthz")).await.unwrap().status().as_u16(), 200);
     let (code, _) = get_json(&srv.url(&format!("/api/v1/profiles/{:016x}", 1))).await;
     assert_eq!(code, 200);
     let metrics = reqwest::get(srv.url("/metrics")).await.unwrap().text().await.unwrap();

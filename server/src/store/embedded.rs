@@ -473,7 +473,7 @@ fn load_span(r: &ReadTransaction, resolver: &mut Resolver<'_>, id: u64) -> Resul
 }
 
 impl ProfileStore for EmbeddedStore {
-    fn health(&self) -> std::result::Result<(), String> {
+    fn health(&self) -> std::result::Result<(), super::Trouble> {
         super::writer_health(&self.writer)
     }
 

@@ -565,12 +565,14 @@ fn dir_bytes(path: &Path) -> u64 {
 }
 
 impl ProfileStore for FjallStore {
-    fn health(&self) -> std::result::Result<(), String> {
+    fn health(&self) -> std::result::Result<(), super::Trouble> {
         super::writer_health(&self.writer)?;
         match self.failed.lock().map(|f| f.clone()) {
-            Ok(Some(e)) => Err(format!(
-                "the store refuses writes after a failed write ({e}); free disk space (a store fjall poisoned needs a restart)"
-            )),
+            Ok(Some(e)) => Err(super::Trouble {
+                message: format!("the store refuses writes after a failed write ({e}); free disk space"),
+                // fjall refuses every write once poisoned; a plain full disk passes when space returns.
+                restart_helps: e.contains("Poisoned"),
+            }),
             _ => Ok(()),
         }
     }

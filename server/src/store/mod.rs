@@ -225,19 +225,30 @@ pub trait ProfileStore: Send + Sync + 'static {
     fn enforce_retention(&self, policy: &Retention, now_ms: u64) -> Result<RetentionStats>;
     fn stats(&self) -> Result<StoreStats>;
     /// Whether the store can take writes: its writer thread runs and the engine is not stuck
-    /// in a failed state. `Err` says what is wrong; `/readyz` and `/healthz` report it.
-    fn health(&self) -> std::result::Result<(), String>;
+    /// in a failed state. `Err` says what is wrong (`/readyz` reports it) and whether only a
+    /// restart recovers (then `/healthz` fails too, so the kubelet restarts the server).
+    fn health(&self) -> std::result::Result<(), Trouble>;
     /// Stops accepting inserts, commits everything queued and waits for the writer.
     fn close(&self);
 }
 
+/// Why a store cannot take writes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Trouble {
+    pub message: String,
+    /// Only a restart recovers (a dead writer, a poisoned engine); a full disk recovers when
+    /// space returns, and restarting would only take reads down too.
+    pub restart_helps: bool,
+}
+
 /// The health of a store whose single writer thread is `writer` (`None` once closed).
-pub(crate) fn writer_health(writer: &std::sync::Mutex<Option<std::thread::JoinHandle<()>>>) -> std::result::Result<(), String> {
-    let guard = writer.lock().map_err(|_| "the store's writer handle is poisoned".to_owned())?;
+pub(crate) fn writer_health(writer: &std::sync::Mutex<Option<std::thread::JoinHandle<()>>>) -> std::result::Result<(), Trouble> {
+    let broken = |message: &str| Trouble { message: message.to_owned(), restart_helps: true };
+    let guard = writer.lock().map_err(|_| broken("the store's writer handle is poisoned"))?;
     match guard.as_ref() {
-        None => Err("the store is closed".into()),
+        None => Err(Trouble { message: "the store is closed".into(), restart_helps: false }),
         Some(h) if h.is_finished() => {
-            Err("the store's writer thread stopped (see the log); writes fail until the server restarts".into())
+            Err(broken("the store's writer thread stopped (see the log); writes fail until the server restarts"))
         }
         Some(_) => Ok(()),
     }
