@@ -62,6 +62,11 @@ pub enum Error {
     /// A stored record could not be decoded (corruption or a format from a newer version).
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// The data directory's filesystem has less free space than the store keeps in reserve
+    /// (`--min-free-disk-bytes`): writes are refused before the disk is really full, so the
+    /// engine never fails half-way and writes resume by themselves when space returns.
+    #[error("only {free} bytes are free on the data directory's filesystem, under the {reserve}-byte reserve")]
+    DiskFull { free: u64, reserve: u64 },
     /// The store is shutting down or its writer is gone.
     #[error("the store is not accepting writes (shutting down)")]
     Unavailable,
@@ -82,7 +87,11 @@ pub enum Error {
 impl Error {
     /// A storage error caused by a full disk (directly, or fjall refusing writes after one).
     pub fn is_disk_full(&self) -> bool {
-        matches!(self, Error::Storage(m) if m.contains("No space left") || m.contains("StorageFull") || m.contains("Poisoned"))
+        match self {
+            Error::DiskFull { .. } => true,
+            Error::Storage(m) => m.contains("No space left") || m.contains("StorageFull") || m.contains("Poisoned"),
+            _ => false,
+        }
     }
 
     /// A rejection of client input.

@@ -96,6 +96,7 @@ async fn metrics(State(s): St) -> Response {
     if let Ok(Ok(stats)) = tokio::task::spawn_blocking(move || store.stats()).await {
         s.metrics.store_file_bytes.set(stats.file_bytes as i64);
         s.metrics.store_record_bytes.set(stats.record_bytes as i64);
+        s.metrics.store_interned_bytes.set(stats.interned_bytes as i64);
         s.metrics.store_span_profiles.set(stats.span_profiles as i64);
     }
     (
@@ -190,7 +191,7 @@ async fn store_batches(s: &Arc<AppState>, batches: Vec<SeriesBatch>, protocol: &
         .await
         .map_err(|e| Error::Storage(format!("insert task failed: {e}")))?
         .inspect_err(|e| {
-            if matches!(e, Error::Storage(_) | Error::Corrupt(_)) {
+            if matches!(e, Error::Storage(_) | Error::Corrupt(_) | Error::DiskFull { .. }) {
                 s.metrics.store_write_failures.inc();
             }
         })?;

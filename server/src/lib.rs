@@ -109,6 +109,7 @@ async fn retention_loop(state: Arc<http::AppState>, policy: Retention, every: Du
         return;
     }
     let mut tick = tokio::time::interval(every);
+    let mut last_collection: Option<std::time::Instant> = None;
     loop {
         tick.tick().await;
         let store = state.store.clone();
@@ -127,10 +128,39 @@ async fn retention_loop(state: Arc<http::AppState>, policy: Retention, every: Du
                     .inc_by(stats.process_buckets_deleted);
                 if stats.span_profiles_deleted + stats.process_buckets_deleted > 0 {
                     tracing::info!(?stats, "retention deleted old profiles");
+                    // Deleted records leave frames and stacks nobody references; collecting
+                    // them scans every record, so not after every pass — unless the store is
+                    // over its size limit, which the unreferenced rows count against.
+                    let store = state.store.clone();
+                    let over = match (policy.max_bytes, tokio::task::spawn_blocking(move || store.stats()).await) {
+                        (Some(max), Ok(Ok(s))) => s.record_bytes + s.interned_bytes > max,
+                        _ => false,
+                    };
+                    if over || last_collection.is_none_or(|t| t.elapsed() >= GC_INTERVAL) {
+                        last_collection = Some(std::time::Instant::now());
+                        collect_garbage(&state).await;
+                    }
                 }
             }
             Ok(Err(e)) => tracing::warn!(error = %e, "retention failed; will retry"),
             Err(e) => tracing::warn!(error = %e, "retention task failed"),
         }
+    }
+}
+
+/// Least time between two collections of unreferenced frames and stacks.
+const GC_INTERVAL: Duration = Duration::from_secs(600);
+
+async fn collect_garbage(state: &Arc<http::AppState>) {
+    let store = state.store.clone();
+    match tokio::task::spawn_blocking(move || store.collect_garbage()).await {
+        Ok(Ok(stats)) => {
+            let m = &state.metrics;
+            m.retention_deleted.get_or_create(&metrics::KindLabel { kind: "frame".into() }).inc_by(stats.frames_deleted);
+            m.retention_deleted.get_or_create(&metrics::KindLabel { kind: "stack".into() }).inc_by(stats.stacks_deleted);
+            tracing::info!(?stats, "deleted frames and stacks no profile references");
+        }
+        Ok(Err(e)) => tracing::warn!(error = %e, "collecting unreferenced frames and stacks failed; will retry"),
+        Err(e) => tracing::warn!(error = %e, "collecting unreferenced frames and stacks failed"),
     }
 }

@@ -52,6 +52,10 @@ struct Args {
     /// refused).
     #[arg(long, env = "SPANPROF_STORE_ENGINE", default_value = "fjall")]
     store_engine: Engine,
+    /// Free space kept on the data directory's filesystem: below it inserts are refused (507)
+    /// and /readyz fails until space returns (default: 5 % of the filesystem, at most 1 GiB).
+    #[arg(long, env = "SPANPROF_MIN_FREE_DISK_BYTES")]
+    min_free_disk_bytes: Option<u64>,
     /// Page cache of the embedded store, MiB.
     #[arg(long, env = "SPANPROF_CACHE_MB", default_value_t = 256)]
     cache_mb: usize,
@@ -110,6 +114,7 @@ async fn main() -> anyhow::Result<()> {
             queue_depth: args.ingest_queue.max(1),
             cache_bytes: args.cache_mb << 20,
             engine: args.store_engine,
+            min_free_bytes: args.min_free_disk_bytes,
             ..Default::default()
         },
     };

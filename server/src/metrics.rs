@@ -43,6 +43,7 @@ pub struct Metrics {
     pub retention_deleted: Family<KindLabel, Counter>,
     pub store_file_bytes: Gauge,
     pub store_record_bytes: Gauge,
+    pub store_interned_bytes: Gauge,
     pub store_span_profiles: Gauge,
     /// Inserts the store failed (full disk, I/O errors): nothing of them was stored.
     pub store_write_failures: Counter,
@@ -61,6 +62,7 @@ impl Default for Metrics {
             retention_deleted: Family::default(),
             store_file_bytes: Gauge::default(),
             store_record_bytes: Gauge::default(),
+            store_interned_bytes: Gauge::default(),
             store_span_profiles: Gauge::default(),
             registry: Registry::default(),
         };
@@ -82,9 +84,22 @@ impl Default for Metrics {
             "Query API latency, by endpoint",
             m.query_duration.clone(),
         );
-        registry.register("retention_deleted", "Records deleted by retention, by kind", m.retention_deleted.clone());
-        registry.register("store_file_bytes", "Size of the store's file on disk", m.store_file_bytes.clone());
+        registry.register(
+            "retention_deleted",
+            "Rows deleted by retention, by kind (span_profile, process_bucket; frame and stack: no longer referenced)",
+            m.retention_deleted.clone(),
+        );
+        registry.register(
+            "store_file_bytes",
+            "Bytes the store's files occupy on disk (allocated blocks)",
+            m.store_file_bytes.clone(),
+        );
         registry.register("store_record_bytes", "Bytes of stored profile records", m.store_record_bytes.clone());
+        registry.register(
+            "store_interned_bytes",
+            "Bytes of interned frame names and stacks (counted by --retention-bytes with the records)",
+            m.store_interned_bytes.clone(),
+        );
         registry.register("store_span_profiles", "Span profiles stored", m.store_span_profiles.clone());
         Metrics { registry, ..m }
     }

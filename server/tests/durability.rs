@@ -156,11 +156,16 @@ impl Drop for SmallDisk {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_disk_is_reported_not_hidden() {
-    let disk = SmallDisk::new("6m");
-    let srv = TestServer::start(config(disk.0.path())).await;
+async fn a_full_disk_is_reported_and_writes_resume_when_space_returns() {
+    let disk = SmallDisk::new("8m");
+    // Space another tenant of the volume holds, freed later.
+    let filler = disk.0.path().join("filler");
+    std::fs::write(&filler, vec![7u8; 2 << 20]).unwrap();
+    let data = disk.0.path().join("data");
+    let srv = TestServer::start(config(&data)).await;
     // Distinct, large frame names fill the disk quickly.
     let mut last = (200, String::new());
+    let mut stored = 0;
     for round in 0..400 {
         let names: Vec<String> = (0..64).map(|i| format!("f{round}_{i}_{}", "x".repeat(2000))).collect();
         let frames: Vec<&str> = names.iter().map(String::as_str).collect();
@@ -170,18 +175,33 @@ async fn a_full_disk_is_reported_not_hidden() {
         if last.0 != 200 {
             break;
         }
+        stored += 1;
     }
     let (status, body) = last;
-    assert_ne!(status, 200, "6 MiB never filled");
-    assert!(status == 507 || status == 503, "a full disk is 507 or 503, not {status}: {body}");
-    assert!(!body.contains("Poisoned") || body.contains("disk"), "the message says what happened: {body}");
+    assert_ne!(status, 200, "8 MiB never filled");
+    assert!(stored > 0, "the first pushes fit: {body}");
+    assert_eq!(status, 507, "a full disk is 507 Insufficient Storage: {body}");
+    assert!(body.contains("disk is full"), "the message says what happened: {body}");
     let r = reqwest::get(srv.url("/readyz")).await.unwrap();
     let (code, text) = (r.status().as_u16(), r.text().await.unwrap());
     assert_eq!(code, 503, "writes fail, so not ready: {text}");
+    assert!(text.contains("disk is full"), "{text}");
     // Not a reason to restart (that would only take reads down too), and reads still work.
     assert_eq!(reqwest::get(srv.url("/healthz")).await.unwrap().status().as_u16(), 200);
-    let (code, _) = get_json(&srv.url(&format!("/api/v1/profiles/{:016x}", 1))).await;
-    assert_eq!(code, 200);
+    for round in 0..stored {
+        let (code, _) = get_json(&srv.url(&format!("/api/v1/profiles/{:016x}", round + 1))).await;
+        assert_eq!(code, 200, "acknowledged profile {} is readable", round + 1);
+    }
     let metrics = reqwest::get(srv.url("/metrics")).await.unwrap().text().await.unwrap();
     assert!(metrics.contains("spanprof_store_write_failures_total"), "counted");
+
+    // Space returns: ready again and writes go through, without a restart.
+    std::fs::remove_file(&filler).unwrap();
+    let r = reqwest::get(srv.url("/readyz")).await.unwrap();
+    assert_eq!(r.status().as_u16(), 200, "ready once space is back: {}", r.text().await.unwrap());
+    let profile = pprof(&[(&["main", "work"], 3, &[("span_id", "00000000000fffff")])]);
+    let (code, body) = push(&srv.url(""), &push_request("ride", &profile)).await;
+    assert_eq!(code, 200, "{body}");
+    let (code, _) = get_json(&srv.url("/api/v1/profiles/00000000000fffff")).await;
+    assert_eq!(code, 200);
 }

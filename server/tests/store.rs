@@ -29,6 +29,8 @@ both_engines!(
     concurrent_inserts_to_one_id_all_count,
     one_id_twice_in_one_transaction_merges,
     reopen_keeps_profiles_and_interned_stacks,
+    collection_deletes_only_unreferenced_frames_and_stacks,
+    size_retention_counts_interned_frames_and_gets_under_its_limit,
 );
 
 fn batch(id: u64, t_ms: u64, frames: &[&str], count: u64) -> SeriesBatch {
@@ -137,6 +139,69 @@ fn reopen_keeps_profiles_and_interned_stacks(engine: Engine) {
     assert_eq!(s.span_profiles, 2);
     assert!(s.file_bytes > 0 && s.record_bytes > 0, "{s:?}");
     store.close();
+}
+
+fn names(p: &spanprof_server::store::SpanProfile) -> Vec<String> {
+    p.stacks.iter().flat_map(|(frames, _)| frames.iter().map(|f| f.to_string())).collect()
+}
+
+fn collection_deletes_only_unreferenced_frames_and_stacks(engine: Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(engine, dir.path());
+    // Profiles 1..=100 at t = 1,000 + i: a frame of their own each, and "main" shared by all.
+    for i in 1..=100u64 {
+        store.insert(vec![batch(i, 1_000 + i, &["main", &format!("own_{i}")], 1)]).unwrap();
+    }
+    assert_eq!(store.collect_garbage().unwrap(), Default::default(), "nothing unreferenced yet");
+    let before = store.stats().unwrap();
+    // Age retention at now = 1,050 + 7 d - … keeps profiles 51..=100.
+    let max_age = std::time::Duration::from_millis(1_000_000);
+    let gone = store.enforce_retention(&Retention { max_age: Some(max_age), max_bytes: None }, 1_000_000 + 1_051).unwrap();
+    assert_eq!(gone.span_profiles_deleted, 50);
+    let gc = store.collect_garbage().unwrap();
+    assert_eq!((gc.frames_deleted, gc.stacks_deleted), (50, 50), "each deleted profile's own frame and stack");
+    let after = store.stats().unwrap();
+    assert!(after.interned_bytes < before.interned_bytes, "{before:?} → {after:?}");
+    assert_eq!(store.collect_garbage().unwrap(), Default::default(), "a second pass finds nothing");
+    // What is left reads whole, and a deleted frame name comes back as a new frame.
+    for i in 51..=100u64 {
+        assert_eq!(names(&store.span_profile(ProfileId(i)).unwrap().unwrap()), ["main", &format!("own_{i}")]);
+    }
+    store.insert(vec![batch(1_001, 5_000, &["main", "own_1"], 1)]).unwrap();
+    assert_eq!(names(&store.span_profile(ProfileId(1_001)).unwrap().unwrap()), ["main", "own_1"]);
+    // The interner a restart rebuilds agrees: same names, no reuse of a deleted ID for another.
+    store.close();
+    drop(store);
+    let store = open(engine, dir.path());
+    store.insert(vec![batch(1_002, 6_000, &["main", "own_2", "own_60"], 1)]).unwrap();
+    assert_eq!(names(&store.span_profile(ProfileId(1_002)).unwrap().unwrap()), ["main", "own_2", "own_60"]);
+    assert_eq!(names(&store.span_profile(ProfileId(60)).unwrap().unwrap()), ["main", "own_60"]);
+    assert_eq!(names(&store.span_profile(ProfileId(1_001)).unwrap().unwrap()), ["main", "own_1"]);
+}
+
+fn size_retention_counts_interned_frames_and_gets_under_its_limit(engine: Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(engine, dir.path());
+    // Frames that never repeat: the interned names are most of the store, not the records.
+    for i in 1..=100u64 {
+        let own: Vec<String> = (0..8).map(|j| format!("f{i}_{j}_{}", "x".repeat(1000))).collect();
+        let frames: Vec<&str> = own.iter().map(String::as_str).collect();
+        store.insert(vec![batch(i, 1_000 + i, &frames, 1)]).unwrap();
+    }
+    let before = store.stats().unwrap();
+    assert!(before.interned_bytes > 4 * before.record_bytes, "{before:?}");
+    let limit = (before.record_bytes + before.interned_bytes) / 2;
+    let policy = Retention { max_age: None, max_bytes: Some(limit) };
+    // Retention then a collection, as the server runs them; the second round makes up for the
+    // first one's estimate.
+    for _ in 0..2 {
+        store.enforce_retention(&policy, 10_000).unwrap();
+        store.collect_garbage().unwrap();
+    }
+    let after = store.stats().unwrap();
+    assert!(after.record_bytes + after.interned_bytes <= limit, "{after:?} over {limit}");
+    assert!(after.span_profiles >= 40, "deleted far more than needed: {after:?}");
+    assert!(store.span_profile(ProfileId(100)).unwrap().is_some(), "newest deleted");
 }
 
 #[test]

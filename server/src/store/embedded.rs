@@ -12,20 +12,22 @@ use std::collections::BTreeSet;
 use ahash::AHashMap as HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use prost::Message;
 use redb::{Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
+use super::disk::{DiskReserve, allocated_bytes};
 use super::codec::{self, Counts, SpanRecord, StackRecord, StacksRecord};
 pub use super::shared::BUCKET_MS;
 use super::shared::{
-    InternSink, Interner, MergedSpan, PendingInterns, RETENTION_STEP_ROWS, SCAN_BUDGET, SeriesRecord, merge_span,
-    rescaled, series_id_seed, span_labels, summary,
+    GC_SWEEP_ROWS, GcBounds, GcCandidates, InternSink, Interner, Mark, MergedSpan, PendingInterns,
+    RETENTION_STEP_ROWS, SCAN_BUDGET, SeriesRecord, SizeEstimate, merge_span, rescaled, series_id_seed, span_labels, summary,
 };
 use super::{
-    Cursor, Engine, InsertStats, Page, ProcessProfile, ProfileStore, Retention, RetentionStats, SpanProfile,
+    Cursor, Engine, GcStats, InsertStats, Page, ProcessProfile, ProfileStore, Retention, RetentionStats, SpanProfile,
     SpanQuery, Stacks, StoreStats,
 };
 use crate::error::{Error, Result};
@@ -66,17 +68,24 @@ pub struct EmbeddedOptions {
     pub cache_bytes: usize,
     /// Which engine stores the data.
     pub engine: Engine,
+    /// Free space kept on the data directory's filesystem: inserts are refused (507) below it.
+    /// `None`: 5 % of the filesystem, at most 1 GiB ([`super::disk`]).
+    pub min_free_bytes: Option<u64>,
 }
 
 impl Default for EmbeddedOptions {
     fn default() -> Self {
-        EmbeddedOptions { queue_depth: 256, max_group: 64, cache_bytes: 256 << 20, engine: Engine::default() }
+        EmbeddedOptions { queue_depth: 256, max_group: 64, cache_bytes: 256 << 20, engine: Engine::default(), min_free_bytes: None }
     }
 }
 
 enum Command {
     Insert(Vec<SeriesBatch>, SyncSender<Result<InsertStats>>),
     Retention(Retention, u64, SyncSender<Result<RetentionStats>>),
+    /// Garbage collection of frames and stacks: start marking, then sweep (or abort).
+    GcBegin(SyncSender<GcBounds>),
+    GcSweep(GcCandidates, SyncSender<Result<GcStats>>),
+    GcAbort,
 }
 
 /// The embedded redb store. Cheap to share: clone the `Arc`.
@@ -85,6 +94,9 @@ pub struct EmbeddedStore {
     path: PathBuf,
     tx: Mutex<Option<SyncSender<Command>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    reserve: DiskReserve,
+    /// Bytes of the frame and stack tables, as the writer's interner counts them.
+    interned_bytes: Arc<AtomicU64>,
 }
 
 impl EmbeddedStore {
@@ -105,10 +117,21 @@ impl EmbeddedStore {
         let (tx, rx) = mpsc::sync_channel(options.queue_depth);
         let writer_db = db.clone();
         let max_group = options.max_group.max(1);
-        let writer = std::thread::Builder::new()
-            .name("spanprof-store-writer".into())
-            .spawn(move || writer_loop(&writer_db, rx, interner, max_group))?;
-        Ok(EmbeddedStore { db, path, tx: Mutex::new(Some(tx)), writer: Mutex::new(Some(writer)) })
+        let reserve = DiskReserve::new(dir, options.min_free_bytes);
+        let writer_reserve = reserve.clone();
+        let interned_bytes = Arc::new(AtomicU64::new(interner.bytes()));
+        let writer_interned = Arc::clone(&interned_bytes);
+        let writer = std::thread::Builder::new().name("spanprof-store-writer".into()).spawn(move || {
+            writer_loop(&writer_db, rx, interner, max_group, &writer_reserve, &writer_interned)
+        })?;
+        Ok(EmbeddedStore {
+            db,
+            path,
+            tx: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(writer)),
+            reserve,
+            interned_bytes,
+        })
     }
 
     fn send(&self, cmd: Command) -> Result<()> {
@@ -131,8 +154,40 @@ impl EmbeddedStore {
         }
     }
 
+    /// Like [`Self::send`], but waits for room: a collection's sweep must reach the writer, or
+    /// marking would go on (and remember every ID used) until the next collection.
+    fn send_waiting(&self, cmd: Command) -> Result<()> {
+        let tx = self.tx.lock().map_err(|_| Error::Unavailable)?.as_ref().ok_or(Error::Unavailable)?.clone();
+        tx.send(cmd).map_err(|_| Error::Unavailable)
+    }
+
     fn read(&self) -> Result<ReadTransaction> {
         Ok(self.db.begin_read()?)
+    }
+
+    /// The mark phase of a collection, on a read transaction, outside the writer.
+    fn mark(&self, bounds: GcBounds) -> Result<GcCandidates> {
+        let r = self.read()?;
+        let mut mark = Mark::new(bounds);
+        for row in r.open_table(SPANS)?.iter()? {
+            let (_, bytes) = row?;
+            let rec: SpanRecord = codec::decode(bytes.value(), "span")?;
+            mark.record(&rec.stack_counts()?);
+        }
+        for row in r.open_table(PROCESS)?.iter()? {
+            let (_, bytes) = row?;
+            let rec: StacksRecord = codec::decode(bytes.value(), "process bucket")?;
+            mark.record(&rec.to_counts()?);
+        }
+        for row in r.open_table(STACKS)?.iter()? {
+            let (id, bytes) = row?;
+            mark.stack(id.value(), bytes.value())?;
+        }
+        let mut frames = Vec::new();
+        for row in r.open_table(FRAMES)?.iter()? {
+            frames.push(row?.0.value());
+        }
+        Ok(mark.finish(frames.into_iter()))
     }
 }
 
@@ -186,7 +241,14 @@ fn load_interner(i: &mut Interner, r: &ReadTransaction) -> Result<()> {
     Ok(())
 }
 
-fn writer_loop(db: &Database, rx: Receiver<Command>, mut interner: Interner, max_group: usize) {
+fn writer_loop(
+    db: &Database,
+    rx: Receiver<Command>,
+    mut interner: Interner,
+    max_group: usize,
+    reserve: &DiskReserve,
+    interned_bytes: &AtomicU64,
+) {
     while let Ok(first) = rx.recv() {
         let mut inserts = Vec::new();
         let mut others = Vec::new();
@@ -199,6 +261,11 @@ fn writer_loop(db: &Database, rx: Receiver<Command>, mut interner: Interner, max
                 Ok(Command::Insert(b, reply)) => inserts.push((b, reply)),
                 Ok(other) => others.push(other),
                 Err(_) => break,
+            }
+        }
+        if let Err(Error::DiskFull { free, reserve }) = reserve.check() {
+            for (_, reply) in inserts.drain(..) {
+                let _ = reply.send(Err(Error::DiskFull { free, reserve }));
             }
         }
         if !inserts.is_empty() {
@@ -218,11 +285,66 @@ fn writer_loop(db: &Database, rx: Receiver<Command>, mut interner: Interner, max
             }
         }
         for cmd in others {
-            if let Command::Retention(policy, now_ms, reply) = cmd {
-                let _ = reply.send(retention_step(db, &policy, now_ms));
+            match cmd {
+                Command::Retention(policy, now_ms, reply) => {
+                    let _ = reply.send(retention_step(db, &policy, now_ms, interner.bytes()));
+                }
+                Command::GcBegin(reply) => {
+                    let _ = reply.send(interner.begin_marking());
+                }
+                Command::GcSweep(candidates, reply) => {
+                    let doomed = interner.end_marking(candidates);
+                    let _ = reply.send(sweep(db, &mut interner, doomed));
+                }
+                Command::GcAbort => interner.abort_marking(),
+                Command::Insert(..) => {}
             }
         }
+        interned_bytes.store(interner.bytes(), Ordering::Relaxed);
     }
+}
+
+/// Deletes unreferenced frame and stack rows, [`GC_SWEEP_ROWS`] per transaction, and forgets
+/// each chunk in the interner once it is committed.
+fn sweep(db: &Database, interner: &mut Interner, doomed: GcCandidates) -> Result<GcStats> {
+    let mut stats = GcStats::default();
+    for chunk in doomed.stacks.chunks(GC_SWEEP_ROWS) {
+        let mut w = db.begin_write()?;
+        w.set_durability(Durability::Immediate)?;
+        let mut gone = Vec::with_capacity(chunk.len());
+        {
+            let mut t = w.open_table(STACKS)?;
+            for &id in chunk {
+                if let Some(record) = t.remove(id)? {
+                    gone.push((id, record.value().to_vec()));
+                }
+            }
+        }
+        w.commit()?;
+        for (id, record) in gone {
+            interner.forget_stack(id, &record)?;
+            stats.stacks_deleted += 1;
+        }
+    }
+    for chunk in doomed.frames.chunks(GC_SWEEP_ROWS) {
+        let mut w = db.begin_write()?;
+        w.set_durability(Durability::Immediate)?;
+        let mut gone = Vec::with_capacity(chunk.len());
+        {
+            let mut t = w.open_table(FRAMES)?;
+            for &id in chunk {
+                if let Some(name) = t.remove(id)? {
+                    gone.push((id, name.value().to_owned()));
+                }
+            }
+        }
+        w.commit()?;
+        for (id, name) in gone {
+            interner.forget_frame(id, &name);
+            stats.frames_deleted += 1;
+        }
+    }
+    Ok(stats)
 }
 
 /// Applies a group of inserts in one transaction and commits it durably.
@@ -352,20 +474,21 @@ fn insert_batch(
     Ok(stats)
 }
 
-/// One bounded retention step: deletes at most [`RETENTION_STEP_ROWS`] expired rows.
-fn retention_step(db: &Database, policy: &Retention, now_ms: u64) -> Result<RetentionStats> {
+/// One bounded retention step: deletes at most [`RETENTION_STEP_ROWS`] expired rows. The size
+/// limit counts the records and the `interned` frame and stack bytes.
+fn retention_step(db: &Database, policy: &Retention, now_ms: u64, interned: u64) -> Result<RetentionStats> {
     let mut stats = RetentionStats::default();
     let w = db.begin_write()?;
     let mut bytes_delta = 0i64;
     let mut spans_delta = 0i64;
     {
         let cutoff = policy.max_age.map(|a| now_ms.saturating_sub(a.as_millis() as u64));
-        let mut record_bytes = w.open_table(META)?.get(RECORD_BYTES)?.map(|v| v.value()).unwrap_or(0);
+        let mut size = SizeEstimate::new(w.open_table(META)?.get(RECORD_BYTES)?.map(|v| v.value()).unwrap_or(0), interned);
         let mut by_time = w.open_table(SPANS_BY_TIME)?;
         let mut process_by_time = w.open_table(PROCESS_BY_TIME)?;
         let mut deleted = 0;
         while deleted < RETENTION_STEP_ROWS {
-            let over_size = policy.max_bytes.is_some_and(|m| record_bytes > m);
+            let over_size = size.over(policy.max_bytes);
             let oldest_span = by_time.first()?.map(|(k, _)| k.value());
             let oldest_bucket = process_by_time.first()?.map(|(k, _)| k.value());
             // The older of the two oldest entries goes first.
@@ -393,7 +516,7 @@ fn retention_step(db: &Database, policy: &Retention, now_ms: u64) -> Result<Rete
                 let old = w.open_table(PROCESS)?.remove((sid, bucket))?.map(|v| v.value().len());
                 old.unwrap_or(0) as u64
             };
-            record_bytes = record_bytes.saturating_sub(freed);
+            size.deleted(freed);
             bytes_delta -= freed as i64;
             deleted += 1;
         }
@@ -474,7 +597,8 @@ fn load_span(r: &ReadTransaction, resolver: &mut Resolver<'_>, id: u64) -> Resul
 
 impl ProfileStore for EmbeddedStore {
     fn health(&self) -> std::result::Result<(), super::Trouble> {
-        super::writer_health(&self.writer)
+        super::writer_health(&self.writer)?;
+        super::reserve_health(&self.reserve)
     }
 
     fn insert(&self, batches: Vec<SeriesBatch>) -> Result<InsertStats> {
@@ -702,13 +826,32 @@ impl ProfileStore for EmbeddedStore {
         }
     }
 
+    fn collect_garbage(&self) -> Result<GcStats> {
+        let (reply_tx, reply_rx) = mpsc::sync_channel(1);
+        self.send(Command::GcBegin(reply_tx))?;
+        let bounds = reply_rx.recv().map_err(|_| Error::Unavailable)?;
+        // The snapshot is taken after marking began: what it does not show referenced and no
+        // insert used since is garbage.
+        let candidates = match self.mark(bounds) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = self.send(Command::GcAbort);
+                return Err(e);
+            }
+        };
+        let (reply_tx, reply_rx) = mpsc::sync_channel(1);
+        self.send_waiting(Command::GcSweep(candidates, reply_tx))?;
+        reply_rx.recv().map_err(|_| Error::Unavailable)?
+    }
+
     fn stats(&self) -> Result<StoreStats> {
         let r = self.read()?;
         let meta = r.open_table(META)?;
         let get = |k: &str| -> Result<u64> { Ok(meta.get(k)?.map(|v| v.value()).unwrap_or(0)) };
         Ok(StoreStats {
-            file_bytes: std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0),
+            file_bytes: allocated_bytes(&self.path),
             record_bytes: get(RECORD_BYTES)?,
+            interned_bytes: self.interned_bytes.load(Ordering::Relaxed),
             span_profiles: get(SPAN_COUNT)?,
         })
     }

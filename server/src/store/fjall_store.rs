@@ -13,6 +13,7 @@ use std::collections::BTreeSet;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -24,13 +25,14 @@ use fjall::{
 use prost::Message;
 
 use super::codec::{self, Counts, SpanRecord, StackRecord, StacksRecord};
+use super::disk::{DiskReserve, allocated_bytes};
 use super::embedded::EmbeddedOptions;
 use super::shared::{
-    BUCKET_MS, InternSink, Interner, MergedSpan, PendingInterns, RETENTION_STEP_ROWS, SCAN_BUDGET, SeriesRecord,
-    merge_span, rescaled, series_id_seed, span_labels, summary,
+    BUCKET_MS, GC_SWEEP_ROWS, GcBounds, GcCandidates, InternSink, Interner, Mark, MergedSpan, PendingInterns,
+    RETENTION_STEP_ROWS, SCAN_BUDGET, SeriesRecord, SizeEstimate, merge_span, rescaled, series_id_seed, span_labels, summary,
 };
 use super::{
-    Cursor, InsertStats, Page, ProcessProfile, ProfileStore, Retention, RetentionStats, SpanProfile, SpanQuery, Stacks,
+    Cursor, GcStats, InsertStats, Page, ProcessProfile, ProfileStore, Retention, RetentionStats, SpanProfile, SpanQuery, Stacks,
     StoreStats,
 };
 use crate::error::{Error, Result};
@@ -162,6 +164,10 @@ fn add_counter(w: &mut SingleWriterWriteTx<'_>, k: &Keyspaces, name: &str, delta
 enum Command {
     Insert(Vec<SeriesBatch>, SyncSender<Result<InsertStats>>),
     Retention(Retention, u64, SyncSender<Result<RetentionStats>>),
+    /// Garbage collection of frames and stacks: start marking, then sweep (or abort).
+    GcBegin(SyncSender<GcBounds>),
+    GcSweep(GcCandidates, SyncSender<Result<GcStats>>),
+    GcAbort,
 }
 
 /// The embedded store on fjall. Cheap to share: clone the `Arc`.
@@ -173,6 +179,9 @@ pub struct FjallStore {
     /// Set by the writer when fjall stopped taking writes (poisoned after an I/O error such as a
     /// full disk); cleared by a later successful write.
     failed: Arc<Mutex<Option<String>>>,
+    reserve: DiskReserve,
+    /// Bytes of the frame and stack tables, as the writer's interner counts them.
+    interned_bytes: Arc<AtomicU64>,
 }
 
 impl FjallStore {
@@ -199,10 +208,22 @@ impl FjallStore {
         let max_group = options.max_group.max(1);
         let failed = Arc::new(Mutex::new(None));
         let writer_failed = Arc::clone(&failed);
-        let writer = std::thread::Builder::new()
-            .name("spanprof-store-writer".into())
-            .spawn(move || writer_loop(&writer_ks, rx, interner, max_group, &writer_failed))?;
-        Ok(FjallStore { ks, path, tx: Mutex::new(Some(tx)), writer: Mutex::new(Some(writer)), failed })
+        let reserve = DiskReserve::new(dir, options.min_free_bytes);
+        let writer_reserve = reserve.clone();
+        let interned_bytes = Arc::new(AtomicU64::new(interner.bytes()));
+        let writer_interned = Arc::clone(&interned_bytes);
+        let writer = std::thread::Builder::new().name("spanprof-store-writer".into()).spawn(move || {
+            writer_loop(&writer_ks, rx, interner, max_group, &writer_failed, &writer_reserve, &writer_interned)
+        })?;
+        Ok(FjallStore {
+            ks,
+            path,
+            tx: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(writer)),
+            failed,
+            reserve,
+            interned_bytes,
+        })
     }
 
     fn send(&self, cmd: Command) -> Result<()> {
@@ -225,8 +246,41 @@ impl FjallStore {
         }
     }
 
+    /// Like [`Self::send`], but waits for room: a collection's sweep must reach the writer, or
+    /// marking would go on (and remember every ID used) until the next collection.
+    fn send_waiting(&self, cmd: Command) -> Result<()> {
+        let tx = self.tx.lock().map_err(|_| Error::Unavailable)?.as_ref().ok_or(Error::Unavailable)?.clone();
+        tx.send(cmd).map_err(|_| Error::Unavailable)
+    }
+
     fn read(&self) -> Snapshot {
         self.ks.db.read_tx()
+    }
+
+    /// The mark phase of a collection, on a snapshot, outside the writer.
+    fn mark(&self, bounds: GcBounds) -> Result<GcCandidates> {
+        let r = self.read();
+        let k = &*self.ks;
+        let mut mark = Mark::new(bounds);
+        for row in r.iter(k.spans.inner()) {
+            let (_, bytes) = row.into_inner()?;
+            let rec: SpanRecord = codec::decode(&bytes, "span")?;
+            mark.record(&rec.stack_counts()?);
+        }
+        for row in r.iter(k.process.inner()) {
+            let (_, bytes) = row.into_inner()?;
+            let rec: StacksRecord = codec::decode(&bytes, "process bucket")?;
+            mark.record(&rec.to_counts()?);
+        }
+        for row in r.iter(k.stacks.inner()) {
+            let (id, bytes) = row.into_inner()?;
+            mark.stack(u32_key(&id)?, &bytes)?;
+        }
+        let mut frames = Vec::new();
+        for row in r.iter(k.frames.inner()) {
+            frames.push(u32_key(&row.key()?)?);
+        }
+        Ok(mark.finish(frames.into_iter()))
     }
 }
 
@@ -260,6 +314,8 @@ fn writer_loop(
     mut interner: Interner,
     max_group: usize,
     failed: &Mutex<Option<String>>,
+    reserve: &DiskReserve,
+    interned_bytes: &AtomicU64,
 ) {
     while let Ok(first) = rx.recv() {
         let mut inserts = Vec::new();
@@ -273,6 +329,12 @@ fn writer_loop(
                 Ok(Command::Insert(b, reply)) => inserts.push((b, reply)),
                 Ok(other) => others.push(other),
                 Err(_) => break,
+            }
+        }
+        // Under the reserve nothing reaches the engine, which so never meets ENOSPC mid-write.
+        if let Err(Error::DiskFull { free, reserve }) = reserve.check() {
+            for (_, reply) in inserts.drain(..) {
+                let _ = reply.send(Err(Error::DiskFull { free, reserve }));
             }
         }
         if !inserts.is_empty() {
@@ -302,10 +364,22 @@ fn writer_loop(
             }
         }
         for cmd in others {
-            if let Command::Retention(policy, now_ms, reply) = cmd {
-                let _ = reply.send(retention_step(k, &policy, now_ms));
+            match cmd {
+                Command::Retention(policy, now_ms, reply) => {
+                    let _ = reply.send(retention_step(k, &policy, now_ms, interner.bytes()));
+                }
+                Command::GcBegin(reply) => {
+                    let _ = reply.send(interner.begin_marking());
+                }
+                Command::GcSweep(candidates, reply) => {
+                    let doomed = interner.end_marking(candidates);
+                    let _ = reply.send(sweep(k, &mut interner, doomed));
+                }
+                Command::GcAbort => interner.abort_marking(),
+                Command::Insert(..) => {}
             }
         }
+        interned_bytes.store(interner.bytes(), Ordering::Relaxed);
     }
     // Every commit was already fsynced; this only covers anything fjall buffered on its own.
     if let Err(e) = k.db.persist(PersistMode::SyncAll) {
@@ -434,14 +508,53 @@ fn oldest(w: &SingleWriterWriteTx<'_>, ks: &SingleWriterTxKeyspace, n: usize) ->
     Ok(out)
 }
 
-/// One bounded retention step: deletes at most [`RETENTION_STEP_ROWS`] expired rows.
-fn retention_step(k: &Keyspaces, policy: &Retention, now_ms: u64) -> Result<RetentionStats> {
+/// Deletes unreferenced frame and stack rows, [`GC_SWEEP_ROWS`] per transaction, and forgets
+/// each chunk in the interner once it is committed.
+fn sweep(k: &Keyspaces, interner: &mut Interner, doomed: GcCandidates) -> Result<GcStats> {
+    let mut stats = GcStats::default();
+    for chunk in doomed.stacks.chunks(GC_SWEEP_ROWS) {
+        let mut w = k.db.write_tx().durability(Some(PersistMode::SyncAll));
+        let mut gone = Vec::with_capacity(chunk.len());
+        for &id in chunk {
+            if let Some(record) = w.get(k.stacks.inner(), id.to_be_bytes())? {
+                w.remove(&k.stacks, id.to_be_bytes());
+                gone.push((id, record));
+            }
+        }
+        w.commit()?;
+        for (id, record) in gone {
+            interner.forget_stack(id, &record)?;
+            stats.stacks_deleted += 1;
+        }
+    }
+    for chunk in doomed.frames.chunks(GC_SWEEP_ROWS) {
+        let mut w = k.db.write_tx().durability(Some(PersistMode::SyncAll));
+        let mut gone = Vec::with_capacity(chunk.len());
+        for &id in chunk {
+            if let Some(name) = w.get(k.frames.inner(), id.to_be_bytes())? {
+                w.remove(&k.frames, id.to_be_bytes());
+                gone.push((id, name));
+            }
+        }
+        w.commit()?;
+        for (id, name) in gone {
+            let name = std::str::from_utf8(&name).map_err(|_| Error::Corrupt(format!("frame {id} name")))?;
+            interner.forget_frame(id, name);
+            stats.frames_deleted += 1;
+        }
+    }
+    Ok(stats)
+}
+
+/// One bounded retention step: deletes at most [`RETENTION_STEP_ROWS`] expired rows. The size
+/// limit counts the records and the `interned` frame and stack bytes.
+fn retention_step(k: &Keyspaces, policy: &Retention, now_ms: u64, interned: u64) -> Result<RetentionStats> {
     let mut stats = RetentionStats::default();
     let mut w = k.db.write_tx().durability(Some(PersistMode::SyncAll));
     let mut bytes_delta = 0i64;
     let mut spans_delta = 0i64;
     let cutoff = policy.max_age.map(|a| now_ms.saturating_sub(a.as_millis() as u64));
-    let mut record_bytes = counter(&w, k, RECORD_BYTES)?;
+    let mut size = SizeEstimate::new(counter(&w, k, RECORD_BYTES)?, interned);
     // A step deletes at most RETENTION_STEP_ROWS rows, so the oldest that many entries of each
     // index are all it can reach: read them once rather than re-scanning past the tombstones
     // this step leaves at the front of the index after every delete.
@@ -450,7 +563,7 @@ fn retention_step(k: &Keyspaces, policy: &Retention, now_ms: u64) -> Result<Rete
     let (mut si, mut bi) = (0, 0);
     let mut deleted = 0;
     while deleted < RETENTION_STEP_ROWS {
-        let over_size = policy.max_bytes.is_some_and(|m| record_bytes > m);
+        let over_size = size.over(policy.max_bytes);
         let oldest_span = spans.get(si).copied();
         let oldest_bucket = buckets.get(bi).copied();
         // The older of the two oldest entries goes first.
@@ -481,7 +594,7 @@ fn retention_step(k: &Keyspaces, policy: &Retention, now_ms: u64) -> Result<Rete
             w.remove(&k.process, k2(sid, bucket));
             old.unwrap_or(0) as u64
         };
-        record_bytes = record_bytes.saturating_sub(freed);
+        size.deleted(freed);
         bytes_delta -= freed as i64;
         deleted += 1;
     }
@@ -551,19 +664,6 @@ fn load_span(resolver: &mut Resolver<'_>, id: u64) -> Result<Option<SpanProfile>
     Ok(Some(SpanProfile { summary: summary(id, rec), stacks }))
 }
 
-/// Bytes of every file under `path` (the engine's directory: tables, journals, manifests).
-fn dir_bytes(path: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(path) else { return 0 };
-    entries
-        .flatten()
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
-            Ok(m) => m.len(),
-            Err(_) => 0,
-        })
-        .sum()
-}
-
 impl ProfileStore for FjallStore {
     fn health(&self) -> std::result::Result<(), super::Trouble> {
         super::writer_health(&self.writer)?;
@@ -573,7 +673,7 @@ impl ProfileStore for FjallStore {
                 // fjall refuses every write once poisoned; a plain full disk passes when space returns.
                 restart_helps: e.contains("Poisoned"),
             }),
-            _ => Ok(()),
+            _ => super::reserve_health(&self.reserve),
         }
     }
 
@@ -790,11 +890,30 @@ impl ProfileStore for FjallStore {
         }
     }
 
+    fn collect_garbage(&self) -> Result<GcStats> {
+        let (reply_tx, reply_rx) = mpsc::sync_channel(1);
+        self.send(Command::GcBegin(reply_tx))?;
+        let bounds = reply_rx.recv().map_err(|_| Error::Unavailable)?;
+        // The snapshot is taken after marking began: what it does not show referenced and no
+        // insert used since is garbage.
+        let candidates = match self.mark(bounds) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = self.send(Command::GcAbort);
+                return Err(e);
+            }
+        };
+        let (reply_tx, reply_rx) = mpsc::sync_channel(1);
+        self.send_waiting(Command::GcSweep(candidates, reply_tx))?;
+        reply_rx.recv().map_err(|_| Error::Unavailable)?
+    }
+
     fn stats(&self) -> Result<StoreStats> {
         let r = self.read();
         Ok(StoreStats {
-            file_bytes: dir_bytes(&self.path),
+            file_bytes: allocated_bytes(&self.path),
             record_bytes: counter(&r, &self.ks, RECORD_BYTES)?,
+            interned_bytes: self.interned_bytes.load(Ordering::Relaxed),
             span_profiles: counter(&r, &self.ks, SPAN_COUNT)?,
         })
     }

@@ -6,6 +6,7 @@
 //! apart from whole-process profiles (keyed by series and minute bucket).
 
 pub mod codec;
+mod disk;
 pub mod embedded;
 pub mod fjall_store;
 mod shared;
@@ -179,7 +180,8 @@ impl std::ops::AddAssign for InsertStats {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Retention {
     pub max_age: Option<Duration>,
-    /// Upper bound on the stored profile bytes (records, not the file's free pages).
+    /// Upper bound on the stored profile bytes: records and the frame names and stacks they
+    /// intern (not the engine's free or not yet compacted space).
     pub max_bytes: Option<u64>,
 }
 
@@ -190,11 +192,22 @@ pub struct RetentionStats {
     pub process_buckets_deleted: u64,
 }
 
+/// What one garbage collection of frames and stacks removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GcStats {
+    pub frames_deleted: u64,
+    pub stacks_deleted: u64,
+}
+
 /// Sizes for `/metrics`.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct StoreStats {
+    /// Bytes the store's files occupy on disk (allocated blocks).
     pub file_bytes: u64,
+    /// Bytes of profile records (span profiles and whole-process buckets).
     pub record_bytes: u64,
+    /// Bytes of interned frame names and stacks.
+    pub interned_bytes: u64,
     pub span_profiles: u64,
 }
 
@@ -223,6 +236,9 @@ pub trait ProfileStore: Send + Sync + 'static {
     ) -> Result<Option<ProcessProfile>>;
     /// Deletes what the policy no longer keeps; works in small steps so ingest is not held up.
     fn enforce_retention(&self, policy: &Retention, now_ms: u64) -> Result<RetentionStats>;
+    /// Deletes the frames and stacks no record references any more (after retention deleted
+    /// records). The mark runs on a snapshot beside ingest; only the sweep holds the writer.
+    fn collect_garbage(&self) -> Result<GcStats>;
     fn stats(&self) -> Result<StoreStats>;
     /// Whether the store can take writes: its writer thread runs and the engine is not stuck
     /// in a failed state. `Err` says what is wrong (`/readyz` reports it) and whether only a
@@ -252,4 +268,13 @@ pub(crate) fn writer_health(writer: &std::sync::Mutex<Option<std::thread::JoinHa
         }
         Some(_) => Ok(()),
     }
+}
+
+/// Trouble when less than the store's reserve is free: writes are refused until space returns,
+/// which a restart would not bring back (and reads keep working meanwhile).
+pub(crate) fn reserve_health(reserve: &disk::DiskReserve) -> std::result::Result<(), Trouble> {
+    reserve.check().map_err(|e| Trouble {
+        message: format!("the disk is full: {e}; writes are refused (507) until space is freed or --retention-bytes is lowered"),
+        restart_helps: false,
+    })
 }

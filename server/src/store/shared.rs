@@ -18,6 +18,8 @@ use crate::proto::push::LabelPair;
 pub const BUCKET_MS: u64 = 60_000;
 /// Most rows one retention step deletes before letting queued inserts through.
 pub(crate) const RETENTION_STEP_ROWS: usize = 2_000;
+/// Most frame or stack rows one garbage-collection transaction deletes.
+pub(crate) const GC_SWEEP_ROWS: usize = 10_000;
 /// Index entries one listing call examines at most before returning a partial page.
 pub(crate) const SCAN_BUDGET: usize = 100_000;
 
@@ -69,6 +71,56 @@ pub(crate) struct Interner {
     stacks: HashMap<u64, u32>,
     next_frame: u32,
     next_stack: u32,
+    /// Bytes of the frame and stack tables (keys and values), counted towards retention's
+    /// size limit: interned names are a large share of the store when frames rarely repeat.
+    bytes: u64,
+    /// While a garbage collection marks: the frames and stacks used since it began.
+    marking: Option<Marking>,
+}
+
+/// Frames and stacks interned or reused since a collection took its snapshot: the snapshot does
+/// not show them referenced, yet they are.
+#[derive(Debug, Default)]
+pub(crate) struct Marking {
+    frames: std::collections::HashSet<u32>,
+    stacks: std::collections::HashSet<u32>,
+}
+
+/// Retention's running estimate of the store's size while it deletes: records and interned
+/// frames and stacks. A deleted record's frames and stacks are only freed by the next
+/// collection, so each deletion is credited with the interned bytes in proportion to its size;
+/// where records share frames this credits too much and retention deletes too little, which
+/// the next pass, after a collection, makes up — it never deletes far more than needed.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SizeEstimate {
+    records: u64,
+    interned: u64,
+    total: u64,
+}
+
+impl SizeEstimate {
+    pub fn new(records: u64, interned: u64) -> Self {
+        SizeEstimate { records, interned, total: records.saturating_add(interned) }
+    }
+
+    pub fn over(&self, max_bytes: Option<u64>) -> bool {
+        max_bytes.is_some_and(|m| self.total > m)
+    }
+
+    /// A record of `bytes` was deleted.
+    pub fn deleted(&mut self, bytes: u64) {
+        let share = if self.records == 0 {
+            0
+        } else {
+            (u128::from(bytes) * u128::from(self.interned) / u128::from(self.records)) as u64
+        };
+        self.total = self.total.saturating_sub(bytes.saturating_add(share));
+    }
+}
+
+/// Bytes one frame or stack row takes: its 4-byte key and its value.
+fn row_bytes(value_len: usize) -> u64 {
+    4 + value_len as u64
 }
 
 impl Interner {
@@ -76,6 +128,7 @@ impl Interner {
     pub fn load_frame(&mut self, id: u32, name: &str) {
         self.frames.insert(Arc::from(name), id);
         self.next_frame = self.next_frame.max(id + 1);
+        self.bytes += row_bytes(name.len());
     }
 
     /// Registers a stored stack record (start-up load).
@@ -83,7 +136,138 @@ impl Interner {
         let rec: StackRecord = codec::decode(bytes, "stack")?;
         self.stacks.insert(stack_hash(&rec.frame_ids), id);
         self.next_stack = self.next_stack.max(id + 1);
+        self.bytes += row_bytes(bytes.len());
         Ok(())
+    }
+
+    /// Bytes of the frame and stack tables.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Starts a collection: from now on every frame and stack used is remembered, and the
+    /// returned bounds say which IDs existed when it began (the only ones it may remove).
+    pub fn begin_marking(&mut self) -> GcBounds {
+        self.marking = Some(Marking::default());
+        GcBounds { frames: self.next_frame, stacks: self.next_stack }
+    }
+
+    /// Ends a collection without sweeping (its mark failed).
+    pub fn abort_marking(&mut self) {
+        self.marking = None;
+    }
+
+    /// Of the candidates a mark found unreferenced, those not used since it began: the rows to
+    /// delete. Ends the collection.
+    pub fn end_marking(&mut self, candidates: GcCandidates) -> GcCandidates {
+        let marking = self.marking.take().unwrap_or_default();
+        GcCandidates {
+            frames: candidates.frames.into_iter().filter(|id| !marking.frames.contains(id)).collect(),
+            stacks: candidates.stacks.into_iter().filter(|id| !marking.stacks.contains(id)).collect(),
+        }
+    }
+
+    /// Forgets a stack row that was deleted (`record` its stored bytes).
+    pub fn forget_stack(&mut self, id: u32, record: &[u8]) -> Result<()> {
+        let rec: StackRecord = codec::decode(record, "stack")?;
+        let h = stack_hash(&rec.frame_ids);
+        if self.stacks.get(&h) == Some(&id) {
+            self.stacks.remove(&h);
+        }
+        self.bytes = self.bytes.saturating_sub(row_bytes(record.len()));
+        Ok(())
+    }
+
+    /// Forgets a frame row that was deleted.
+    pub fn forget_frame(&mut self, id: u32, name: &str) {
+        if self.frames.get(name) == Some(&id) {
+            self.frames.remove(name);
+        }
+        self.bytes = self.bytes.saturating_sub(row_bytes(name.len()));
+    }
+}
+
+/// The IDs that existed when a collection began.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct GcBounds {
+    pub frames: u32,
+    pub stacks: u32,
+}
+
+/// Frames and stacks a collection may delete.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct GcCandidates {
+    pub frames: Vec<u32>,
+    pub stacks: Vec<u32>,
+}
+
+/// The mark phase of a collection over one snapshot: which stacks the records reference, then
+/// which frames those stacks reference. Feed it every record's counts and every stack row below
+/// the bounds; what is left unreferenced is a candidate.
+pub(crate) struct Mark {
+    bounds: GcBounds,
+    stacks: IdSet,
+    frames: IdSet,
+    unreferenced_stacks: Vec<u32>,
+}
+
+impl Mark {
+    pub fn new(bounds: GcBounds) -> Self {
+        Mark {
+            bounds,
+            stacks: IdSet::new(bounds.stacks),
+            frames: IdSet::new(bounds.frames),
+            unreferenced_stacks: Vec::new(),
+        }
+    }
+
+    /// A span record's or process bucket's stack counts.
+    pub fn record(&mut self, counts: &Counts) {
+        for &(stack, _) in counts {
+            self.stacks.insert(stack);
+        }
+    }
+
+    /// A stack row (after every record was seen): marks its frames if it is referenced.
+    pub fn stack(&mut self, id: u32, record: &[u8]) -> Result<()> {
+        if id >= self.bounds.stacks {
+            return Ok(());
+        }
+        if self.stacks.contains(id) {
+            let rec: StackRecord = codec::decode(record, "stack")?;
+            for f in rec.frame_ids {
+                self.frames.insert(f);
+            }
+        } else {
+            self.unreferenced_stacks.push(id);
+        }
+        Ok(())
+    }
+
+    /// The candidates, given every frame ID stored.
+    pub fn finish(self, frame_ids: impl Iterator<Item = u32>) -> GcCandidates {
+        let bound = self.bounds.frames;
+        let frames = frame_ids.filter(|&f| f < bound && !self.frames.contains(f)).collect();
+        GcCandidates { frames, stacks: self.unreferenced_stacks }
+    }
+}
+
+/// A set of IDs below a bound, one bit each.
+struct IdSet(Vec<u64>);
+
+impl IdSet {
+    fn new(bound: u32) -> Self {
+        IdSet(vec![0; (bound as usize).div_ceil(64)])
+    }
+
+    fn insert(&mut self, id: u32) {
+        if let Some(word) = self.0.get_mut(id as usize / 64) {
+            *word |= 1 << (id % 64);
+        }
+    }
+
+    fn contains(&self, id: u32) -> bool {
+        self.0.get(id as usize / 64).is_some_and(|w| w & (1 << (id % 64)) != 0)
     }
 }
 
@@ -101,32 +285,55 @@ pub(crate) struct PendingInterns {
     stacks: HashMap<u64, u32>,
     next_frame: u32,
     next_stack: u32,
+    bytes: u64,
+    /// Committed frames and stacks this transaction reused, while a collection marks.
+    reused: Option<Marking>,
 }
 
 impl PendingInterns {
     pub fn new(i: &Interner) -> Self {
-        PendingInterns { next_frame: i.next_frame, next_stack: i.next_stack, ..Default::default() }
+        PendingInterns {
+            next_frame: i.next_frame,
+            next_stack: i.next_stack,
+            reused: i.marking.as_ref().map(|_| Marking::default()),
+            ..Default::default()
+        }
     }
 
     fn frame(&mut self, i: &Interner, w: &mut impl InternSink, name: &str) -> Result<u32> {
-        if let Some(&id) = i.frames.get(name).or_else(|| self.frames.get(name)) {
+        if let Some(&id) = i.frames.get(name) {
+            if let Some(r) = &mut self.reused {
+                r.frames.insert(id);
+            }
+            return Ok(id);
+        }
+        if let Some(&id) = self.frames.get(name) {
             return Ok(id);
         }
         let id = self.next_frame;
         self.next_frame += 1;
         w.put_frame(id, name)?;
+        self.bytes += row_bytes(name.len());
         self.frames.insert(Arc::from(name), id);
         Ok(id)
     }
 
     fn stack(&mut self, i: &Interner, w: &mut impl InternSink, ids: &[u32]) -> Result<u32> {
         let h = stack_hash(ids);
-        if let Some(&id) = i.stacks.get(&h).or_else(|| self.stacks.get(&h)) {
+        if let Some(&id) = i.stacks.get(&h) {
+            if let Some(r) = &mut self.reused {
+                r.stacks.insert(id);
+            }
+            return Ok(id);
+        }
+        if let Some(&id) = self.stacks.get(&h) {
             return Ok(id);
         }
         let id = self.next_stack;
         self.next_stack += 1;
-        w.put_stack(id, StackRecord { frame_ids: ids.to_vec() }.encode_to_vec().as_slice())?;
+        let record = StackRecord { frame_ids: ids.to_vec() }.encode_to_vec();
+        w.put_stack(id, &record)?;
+        self.bytes += row_bytes(record.len());
         self.stacks.insert(h, id);
         Ok(id)
     }
@@ -168,6 +375,11 @@ impl PendingInterns {
         i.stacks.extend(self.stacks);
         i.next_frame = self.next_frame;
         i.next_stack = self.next_stack;
+        i.bytes += self.bytes;
+        if let (Some(m), Some(r)) = (&mut i.marking, self.reused) {
+            m.frames.extend(r.frames);
+            m.stacks.extend(r.stacks);
+        }
     }
 }
 
@@ -265,5 +477,90 @@ pub(crate) fn summary(id: u64, meta: SpanRecord) -> SpanSummary {
         first_seen_ms: meta.first_seen_ms,
         last_seen_ms: meta.last_seen_ms,
         labels: meta.labels.into_iter().map(|l| (l.name, l.value)).collect(),
+    }
+}
+
+#[cfg(test)]
+mod gc_tests {
+    use super::*;
+
+    struct NoSink;
+
+    impl InternSink for NoSink {
+        fn put_frame(&mut self, _: u32, _: &str) -> Result<()> {
+            Ok(())
+        }
+
+        fn put_stack(&mut self, _: u32, _: &[u8]) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Interns one stack of `names` and commits it, as an insert does.
+    fn intern(i: &mut Interner, names: &[&str]) -> u32 {
+        let mut frames = Frames::default();
+        let ids: Vec<u32> = names.iter().map(|n| frames.intern(n)).collect();
+        let mut stacks = StackCounts::new();
+        stacks.add(&ids, 1);
+        let mut pending = PendingInterns::new(i);
+        let counts = pending.counts(i, &mut NoSink, &frames, &mut Vec::new(), &stacks).unwrap();
+        pending.commit_into(i);
+        counts[0].0
+    }
+
+    fn stack_row(frames: &[u32]) -> Vec<u8> {
+        StackRecord { frame_ids: frames.to_vec() }.encode_to_vec()
+    }
+
+    #[test]
+    fn what_no_record_references_is_a_candidate() {
+        let mut i = Interner::default();
+        let kept = intern(&mut i, &["main", "a"]);
+        let dropped = intern(&mut i, &["main", "b"]);
+        let bytes = i.bytes();
+        let mut mark = Mark::new(i.begin_marking());
+        mark.record(&vec![(kept, 3)]);
+        mark.stack(kept, &stack_row(&[0, 1])).unwrap();
+        mark.stack(dropped, &stack_row(&[0, 2])).unwrap();
+        let doomed = i.end_marking(mark.finish([0, 1, 2].into_iter()));
+        assert_eq!(doomed, GcCandidates { frames: vec![2], stacks: vec![dropped] });
+        i.forget_stack(dropped, &stack_row(&[0, 2])).unwrap();
+        i.forget_frame(2, "b");
+        assert!(i.bytes() < bytes);
+        // Forgotten: the same stack interns anew, under a fresh ID.
+        assert!(intern(&mut i, &["main", "b"]) > dropped);
+    }
+
+    #[test]
+    fn what_an_insert_uses_while_marking_is_not_swept() {
+        let mut i = Interner::default();
+        let stack = intern(&mut i, &["main", "a"]);
+        let bounds = i.begin_marking();
+        // The snapshot shows nothing referencing the stack (its record was deleted), but an
+        // insert after marking began reuses it.
+        assert_eq!(intern(&mut i, &["main", "a"]), stack);
+        let mut mark = Mark::new(bounds);
+        mark.stack(stack, &stack_row(&[0, 1])).unwrap();
+        let candidates = mark.finish([0, 1].into_iter());
+        assert_eq!(candidates, GcCandidates { frames: vec![0, 1], stacks: vec![stack] });
+        assert_eq!(i.end_marking(candidates), GcCandidates::default());
+    }
+
+    #[test]
+    fn ids_created_after_marking_began_are_never_candidates() {
+        let mut i = Interner::default();
+        let bounds = i.begin_marking();
+        let late = intern(&mut i, &["late"]);
+        let mut mark = Mark::new(bounds);
+        mark.stack(late, &stack_row(&[0])).unwrap();
+        assert_eq!(mark.finish([0].into_iter()), GcCandidates::default());
+    }
+
+    #[test]
+    fn the_size_estimate_credits_interned_bytes_in_proportion() {
+        let mut s = SizeEstimate::new(1_000, 3_000);
+        assert!(s.over(Some(3_999)) && !s.over(Some(4_000)) && !s.over(None));
+        s.deleted(500);
+        assert!(!s.over(Some(2_000)) && s.over(Some(1_999)));
     }
 }
