@@ -475,6 +475,102 @@ fn server_down_then_up_delivers_the_buffered_profiles() {
     );
 }
 
+/// A server that takes requests and never answers them: it accepts, reads what comes and holds
+/// the connection (a 200's status line would be an acknowledgement, so it sends nothing).
+struct StallingServer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StallingServer {
+    fn start(port: u16) -> StallingServer {
+        use std::io::Read;
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while !flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut conn, _)) => {
+                        conn.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+                        let mut buf = [0u8; 4096];
+                        let _ = conn.read(&mut buf);
+                        held.push(conn);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+            // The listener and every held connection close here.
+        });
+        StallingServer { stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for StallingServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn a_server_that_stalls_delays_uploads_but_neither_sampling_nor_data() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let (data, ctx) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let port = free_port();
+    let stalling = StallingServer::start(port);
+    let mut w = start_workload(
+        Some(ctx.path()),
+        &[
+            ("E2E_SPANS", "24"),
+            ("E2E_SPAN_MS", "60"),
+            ("E2E_THREAD_DELAY_MS", "300"),
+        ],
+    );
+    let (sidecar, metrics) = start_sidecar(port, Some(ctx.path()), Some(w.proc.pid()), &[]);
+    let windows = w.windows();
+    // The first push hangs until the sampler's upload timeout gives up on it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(metrics, "spanprof_sidecar_push_errors_total") == 0 {
+        assert!(Instant::now() < deadline, "a stalled push never timed out");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(metric(metrics, "spanprof_sidecar_uploads_total"), 0, "nothing was answered");
+    // Sampling went on meanwhile, and the sampler says it is healthy.
+    let samples = metric(metrics, "spanprof_sidecar_samples_total");
+    assert!(samples > 0, "no samples while uploads hung");
+    let health = http().get(format!("http://127.0.0.1:{metrics}/healthz")).send().unwrap();
+    assert!(health.status().is_success(), "{:?}", health.text());
+    assert!(metric(metrics, "spanprof_sidecar_buffered_bytes") > 0, "the failed upload waits in the backlog");
+
+    // A working server takes the port: the backlog arrives whole.
+    drop(stalling);
+    let _server = start_server(port, data.path());
+    let deadline = Instant::now() + Duration::from_secs(45);
+    while metric(metrics, "spanprof_sidecar_buffered_bytes") > 0
+        || metric(metrics, "spanprof_sidecar_uploads_total") == 0
+    {
+        assert!(Instant::now() < deadline, "the backlog was never delivered");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(metric(metrics, "spanprof_sidecar_dropped_uploads_total"), 0);
+    sidecar.terminate();
+    let t = tally(port, &windows);
+    eprintln!("{t:?}");
+    assert_eq!(t.wrong, 0);
+    assert!(
+        t.spans_with_samples * 10 >= windows.len() * 8,
+        "{} of {} spans have samples",
+        t.spans_with_samples,
+        windows.len()
+    );
+}
+
 #[test]
 fn discovers_processes_by_channel_and_follows_a_restarted_target() {
     let (_serial, _data, ctx, port, _server) = serve();

@@ -2,7 +2,7 @@
 //! `E2E_SERVER_URL`, `E2E_CONTEXT_DIR` (optional), `E2E_PID` (optional; without it every process
 //! with a channel file), `E2E_LISTEN` (metrics), `E2E_UPLOAD_INTERVAL_MS` (1000), `E2E_SERVICE`
 //! (`e2e`), `E2E_SAMPLE_RATE_HZ` (100), `E2E_STACK_BYTES` (16384; the benchmark's cost breakdown
-//! varies these two), `E2E_SCOPE` (`auto`; `thread` for per-thread events only).
+//! varies these two), `E2E_SCOPE` (`auto`; `thread` for per-thread events only), `E2E_MAX_BUFFER_BYTES` (8 MiB).
 #![forbid(unsafe_code)]
 
 use std::time::Duration;
@@ -42,7 +42,10 @@ fn main() -> anyhow::Result<()> {
             .map(|v| v.parse())
             .transpose()?
             .unwrap_or(16384),
-        max_buffer_bytes: 8 << 20,
+        max_buffer_bytes: var("E2E_MAX_BUFFER_BYTES")
+            .map(|v| v.parse())
+            .transpose()?
+            .unwrap_or(8 << 20),
         scope: var("E2E_SCOPE")
             .map(|v| v.parse())
             .transpose()
