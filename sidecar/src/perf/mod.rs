@@ -12,7 +12,7 @@ use std::io;
 
 use crate::error::{Error, Result};
 use sys::{EventFd, EventKind, Ring, SoftLimit};
-pub use sys::{clock_ticks_per_second, prefetch};
+pub use sys::{clock_ticks_per_second, prefetch, release_free_memory};
 
 /// How to sample.
 #[derive(Clone, Copy, Debug)]
