@@ -423,6 +423,19 @@ fn an_unprivileged_sampler_under_a_small_locked_memory_limit_still_samples() {
     assert!(t.right > 10, "{t:?}");
 }
 
+/// Waits until the sampler on `metrics` has pushed at least once and its backlog is empty, and
+/// checks that nothing was dropped on the way.
+fn assert_backlog_delivered(metrics: u16, within: Duration) {
+    let deadline = Instant::now() + within;
+    while metric(metrics, "spanprof_sidecar_buffered_bytes") > 0
+        || metric(metrics, "spanprof_sidecar_uploads_total") == 0
+    {
+        assert!(Instant::now() < deadline, "the backlog was never delivered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(metric(metrics, "spanprof_sidecar_dropped_uploads_total"), 0);
+}
+
 #[test]
 fn server_down_then_up_delivers_the_buffered_profiles() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
@@ -449,14 +462,7 @@ fn server_down_then_up_delivers_the_buffered_profiles() {
     assert_eq!(metric(metrics, "spanprof_sidecar_uploads_total"), 0);
     let _server = start_server(port, data.path());
     let windows = w.windows();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while metric(metrics, "spanprof_sidecar_buffered_bytes") > 0
-        || metric(metrics, "spanprof_sidecar_uploads_total") == 0
-    {
-        assert!(Instant::now() < deadline, "the backlog was never delivered");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert_eq!(metric(metrics, "spanprof_sidecar_dropped_uploads_total"), 0);
+    assert_backlog_delivered(metrics, Duration::from_secs(15));
     sidecar.terminate();
     let t = tally(port, &windows);
     eprintln!("{t:?}");
@@ -551,14 +557,7 @@ fn a_server_that_stalls_delays_uploads_but_neither_sampling_nor_data() {
     // A working server takes the port: the backlog arrives whole.
     drop(stalling);
     let _server = start_server(port, data.path());
-    let deadline = Instant::now() + Duration::from_secs(45);
-    while metric(metrics, "spanprof_sidecar_buffered_bytes") > 0
-        || metric(metrics, "spanprof_sidecar_uploads_total") == 0
-    {
-        assert!(Instant::now() < deadline, "the backlog was never delivered");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    assert_eq!(metric(metrics, "spanprof_sidecar_dropped_uploads_total"), 0);
+    assert_backlog_delivered(metrics, Duration::from_secs(45));
     sidecar.terminate();
     let t = tally(port, &windows);
     eprintln!("{t:?}");
