@@ -891,21 +891,22 @@ impl ProfileStore for FjallStore {
     }
 
     fn collect_garbage(&self) -> Result<GcStats> {
-        let (reply_tx, reply_rx) = mpsc::sync_channel(1);
-        self.send(Command::GcBegin(reply_tx))?;
-        let bounds = reply_rx.recv().map_err(|_| Error::Unavailable)?;
-        // The snapshot is taken after marking began: what it does not show referenced and no
-        // insert used since is garbage.
-        let candidates = match self.mark(bounds) {
-            Ok(c) => c,
-            Err(e) => {
+        super::shared::collect(
+            || {
+                let (reply_tx, reply_rx) = mpsc::sync_channel(1);
+                self.send(Command::GcBegin(reply_tx))?;
+                reply_rx.recv().map_err(|_| Error::Unavailable)
+            },
+            |bounds| self.mark(bounds),
+            || {
                 let _ = self.send(Command::GcAbort);
-                return Err(e);
-            }
-        };
-        let (reply_tx, reply_rx) = mpsc::sync_channel(1);
-        self.send_waiting(Command::GcSweep(candidates, reply_tx))?;
-        reply_rx.recv().map_err(|_| Error::Unavailable)?
+            },
+            |candidates| {
+                let (reply_tx, reply_rx) = mpsc::sync_channel(1);
+                self.send_waiting(Command::GcSweep(candidates, reply_tx))?;
+                reply_rx.recv().map_err(|_| Error::Unavailable)?
+            },
+        )
     }
 
     fn stats(&self) -> Result<StoreStats> {

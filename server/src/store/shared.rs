@@ -252,6 +252,26 @@ impl Mark {
     }
 }
 
+/// One collection of unreferenced frames and stacks, whatever the engine: `begin` starts marking
+/// in the writer, `mark` then reads a snapshot (taken after `begin`: whatever it does not show
+/// referenced and no insert used since is garbage), `sweep` deletes in the writer; a failed mark
+/// calls `abort` so the writer stops remembering the IDs it uses.
+pub(crate) fn collect(
+    begin: impl FnOnce() -> Result<GcBounds>,
+    mark: impl FnOnce(GcBounds) -> Result<GcCandidates>,
+    abort: impl FnOnce(),
+    sweep: impl FnOnce(GcCandidates) -> Result<super::GcStats>,
+) -> Result<super::GcStats> {
+    let bounds = begin()?;
+    match mark(bounds) {
+        Ok(candidates) => sweep(candidates),
+        Err(e) => {
+            abort();
+            Err(e)
+        }
+    }
+}
+
 /// A set of IDs below a bound, one bit each.
 struct IdSet(Vec<u64>);
 
