@@ -272,6 +272,7 @@ fn writer_loop(
             let result = insert_group(db, &mut interner, &inserts);
             match result {
                 Ok(stats) => {
+                    interned_bytes.store(interner.bytes(), Ordering::Relaxed);
                     for ((_, reply), s) in inserts.into_iter().zip(stats) {
                         let _ = reply.send(Ok(s));
                     }
@@ -294,7 +295,10 @@ fn writer_loop(
                 }
                 Command::GcSweep(candidates, reply) => {
                     let doomed = interner.end_marking(candidates);
-                    let _ = reply.send(sweep(db, &mut interner, doomed));
+                    let swept = sweep(db, &mut interner, doomed);
+                    // Before the reply: whoever waits for the collection then sees its effect.
+                    interned_bytes.store(interner.bytes(), Ordering::Relaxed);
+                    let _ = reply.send(swept);
                 }
                 Command::GcAbort => interner.abort_marking(),
                 Command::Insert(..) => {}

@@ -340,6 +340,7 @@ fn writer_loop(
         if !inserts.is_empty() {
             match insert_group(k, &mut interner, &inserts) {
                 Ok(stats) => {
+                    interned_bytes.store(interner.bytes(), Ordering::Relaxed);
                     if let Ok(mut f) = failed.lock() {
                         f.take();
                     }
@@ -373,7 +374,10 @@ fn writer_loop(
                 }
                 Command::GcSweep(candidates, reply) => {
                     let doomed = interner.end_marking(candidates);
-                    let _ = reply.send(sweep(k, &mut interner, doomed));
+                    let swept = sweep(k, &mut interner, doomed);
+                    // Before the reply: whoever waits for the collection then sees its effect.
+                    interned_bytes.store(interner.bytes(), Ordering::Relaxed);
+                    let _ = reply.send(swept);
                 }
                 Command::GcAbort => interner.abort_marking(),
                 Command::Insert(..) => {}
