@@ -1142,6 +1142,7 @@ async fn bench(args: Args) {
             engine: args.store_engine,
             ..Default::default()
         },
+        queries: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let base = format!("http://{}", listener.local_addr().unwrap());

@@ -73,6 +73,9 @@ pub enum Error {
     /// Too many inserts are waiting for the disk; the client should retry.
     #[error("the store is overloaded; retry later")]
     Overloaded,
+    /// Too many heavy queries are running and waiting (`--max-concurrent-queries`); retry later.
+    #[error("too many queries are running; retry later")]
+    Busy,
     /// The listen address could not be bound (taken by another process, or not ours).
     #[error("cannot listen on {addr} (--listen): {source}")]
     Bind {

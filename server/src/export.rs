@@ -1,6 +1,6 @@
 //! Exports of a profile: pprof (gzip), folded stacks, speedscope JSON and an SVG flame graph.
 
-use std::collections::HashMap;
+use ahash::AHashMap as HashMap;
 use std::io::Write;
 use std::sync::Arc;
 
@@ -33,34 +33,51 @@ impl Format {
 }
 
 /// What an exported profile is about; becomes names, comments and pprof labels.
-pub struct ExportMeta<'a> {
-    pub title: &'a str,
+#[derive(Clone, Debug, Default)]
+pub struct ExportMeta {
+    pub title: String,
     pub period_ns: u64,
     pub time_ms: u64,
     pub duration_ms: u64,
     /// String labels put on every pprof sample (e.g. `span_id`, `trace_id`).
-    pub labels: &'a [(&'a str, String)],
+    pub labels: Vec<(&'static str, String)>,
 }
 
 type StacksRef<'a> = &'a [(Vec<Arc<str>>, u64)];
 
-/// Folded stacks: `a;b;c 12` per line, sorted for stable output.
-pub fn folded(stacks: StacksRef<'_>) -> String {
-    let mut lines: Vec<String> = stacks
-        .iter()
-        .map(|(frames, count)| {
-            let names: Vec<&str> = frames.iter().map(|f| &**f).collect();
-            format!("{} {count}", names.join(";"))
-        })
-        .collect();
-    lines.sort();
-    let mut out = lines.join("\n");
-    out.push('\n');
+/// The stacks in a stable order (by frames), borrowed: exports sort without copying them.
+fn sorted(stacks: StacksRef<'_>) -> Vec<&(Vec<Arc<str>>, u64)> {
+    let mut out: Vec<&(Vec<Arc<str>>, u64)> = stacks.iter().collect();
+    out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     out
 }
 
-/// A gzipped pprof with sample types `samples/count` and `cpu/nanoseconds`.
-pub fn pprof(stacks: StacksRef<'_>, meta: &ExportMeta<'_>) -> Result<Vec<u8>> {
+/// Writes folded stacks, `a;b;c 12` per line, sorted for stable output.
+pub fn write_folded(stacks: StacksRef<'_>, out: &mut dyn Write) -> std::io::Result<()> {
+    for (frames, count) in sorted(stacks) {
+        let mut first = true;
+        for f in frames {
+            if !first {
+                out.write_all(b";")?;
+            }
+            first = false;
+            out.write_all(f.as_bytes())?;
+        }
+        writeln!(out, " {count}")?;
+    }
+    Ok(())
+}
+
+/// Folded stacks as one string (see [`write_folded`]).
+pub fn folded(stacks: StacksRef<'_>) -> String {
+    let mut out = Vec::new();
+    // Writing to a Vec cannot fail, and every piece written is UTF-8.
+    let _ = write_folded(stacks, &mut out);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Writes a gzipped pprof with sample types `samples/count` and `cpu/nanoseconds`.
+pub fn write_pprof(stacks: StacksRef<'_>, meta: &ExportMeta, out: &mut dyn Write) -> Result<()> {
     let mut strings: Vec<String> = vec![String::new()];
     let mut index: HashMap<String, i64> = HashMap::new();
     let mut intern = |s: &str, strings: &mut Vec<String>| -> i64 {
@@ -106,6 +123,7 @@ pub fn pprof(stacks: StacksRef<'_>, meta: &ExportMeta<'_>) -> Result<Vec<u8>> {
         .map(|(k, v)| Label { key: intern(k, &mut strings), str: intern(v, &mut strings), ..Default::default() })
         .collect();
     let mut function_ids: HashMap<Arc<str>, u64> = HashMap::new();
+    p.sample.reserve(stacks.len());
     for (frames, count) in stacks {
         let mut location_id = Vec::with_capacity(frames.len());
         for f in frames.iter().rev() {
@@ -126,65 +144,121 @@ pub fn pprof(stacks: StacksRef<'_>, meta: &ExportMeta<'_>) -> Result<Vec<u8>> {
         let value = vec![*count as i64, (*count as i64).saturating_mul(meta.period_ns as i64)];
         p.sample.push(Sample { location_id, value, label: labels.clone() });
     }
+    drop(function_ids);
     p.string_table = strings;
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    gz.write_all(&p.encode_to_vec())?;
-    Ok(gz.finish()?)
+    let raw = p.encode_to_vec();
+    drop(p);
+    // Level 1: on a profile of 20,000 stacks, default compression spent more time than all the
+    // rest of the export for a file 10–20 % smaller.
+    let mut gz = flate2::write::GzEncoder::new(out, flate2::Compression::fast());
+    gz.write_all(&raw)?;
+    gz.finish()?;
+    Ok(())
 }
 
-/// A speedscope "sampled" profile (https://www.speedscope.app/file-format-schema.json).
-pub fn speedscope(stacks: StacksRef<'_>, meta: &ExportMeta<'_>) -> serde_json::Value {
-    let mut frame_index: HashMap<Arc<str>, usize> = HashMap::new();
+/// A gzipped pprof as bytes (see [`write_pprof`]).
+pub fn pprof(stacks: StacksRef<'_>, meta: &ExportMeta) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    write_pprof(stacks, meta, &mut out)?;
+    Ok(out)
+}
+
+/// Writes a speedscope "sampled" profile (https://www.speedscope.app/file-format-schema.json),
+/// serialized straight to `out`.
+pub fn write_speedscope(stacks: StacksRef<'_>, meta: &ExportMeta, out: &mut dyn Write) -> Result<()> {
+    #[derive(serde::Serialize)]
+    struct Frame<'a> {
+        name: &'a str,
+    }
+    #[derive(serde::Serialize)]
+    struct Shared<'a> {
+        frames: Vec<Frame<'a>>,
+    }
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Sampled<'a> {
+        r#type: &'static str,
+        name: &'a str,
+        unit: &'static str,
+        start_value: u64,
+        end_value: u64,
+        samples: Vec<Vec<u32>>,
+        weights: Vec<u64>,
+    }
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct File<'a> {
+        #[serde(rename = "$schema")]
+        schema: &'static str,
+        exporter: &'static str,
+        name: &'a str,
+        active_profile_index: u32,
+        shared: Shared<'a>,
+        profiles: [Sampled<'a>; 1],
+    }
+    let mut frame_index: HashMap<&str, u32> = HashMap::new();
     let mut frames = Vec::new();
     let mut samples = Vec::with_capacity(stacks.len());
     let mut weights = Vec::with_capacity(stacks.len());
-    let mut sorted: Vec<&(Vec<Arc<str>>, u64)> = stacks.iter().collect();
-    sorted.sort_by(|a, b| a.0.cmp(&b.0));
-    for (stack, count) in sorted {
-        let idx: Vec<usize> = stack
+    for (stack, count) in sorted(stacks) {
+        let idx: Vec<u32> = stack
             .iter()
             .map(|f| {
-                *frame_index.entry(f.clone()).or_insert_with(|| {
-                    frames.push(serde_json::json!({ "name": &**f }));
-                    frames.len() - 1
+                *frame_index.entry(&**f).or_insert_with(|| {
+                    frames.push(Frame { name: f });
+                    (frames.len() - 1) as u32
                 })
             })
             .collect();
         samples.push(idx);
         weights.push(count.saturating_mul(meta.period_ns));
     }
-    let total: u64 = weights.iter().sum();
-    serde_json::json!({
-        "$schema": "https://www.speedscope.app/file-format-schema.json",
-        "exporter": concat!("spanprof ", env!("CARGO_PKG_VERSION")),
-        "name": meta.title,
-        "activeProfileIndex": 0,
-        "shared": { "frames": frames },
-        "profiles": [{
-            "type": "sampled",
-            "name": meta.title,
-            "unit": "nanoseconds",
-            "startValue": 0,
-            "endValue": total,
-            "samples": samples,
-            "weights": weights,
+    let total: u64 = weights.iter().fold(0u64, |a, w| a.saturating_add(*w));
+    let file = File {
+        schema: "https://www.speedscope.app/file-format-schema.json",
+        exporter: concat!("spanprof ", env!("CARGO_PKG_VERSION")),
+        name: &meta.title,
+        active_profile_index: 0,
+        shared: Shared { frames },
+        profiles: [Sampled {
+            r#type: "sampled",
+            name: &meta.title,
+            unit: "nanoseconds",
+            start_value: 0,
+            end_value: total,
+            samples,
+            weights,
         }],
-    })
+    };
+    serde_json::to_writer(out, &file).map_err(|e| Error::Io(std::io::Error::other(e)))
 }
 
-/// An interactive SVG flame graph rendered by inferno.
-pub fn svg(stacks: StacksRef<'_>, meta: &ExportMeta<'_>) -> Result<Vec<u8>> {
-    let text = folded(stacks);
-    let mut opts = inferno::flamegraph::Options::default();
-    opts.title = meta.title.to_owned();
-    opts.count_name = "samples".to_owned();
-    opts.hash = true;
+/// A speedscope profile as a JSON value (see [`write_speedscope`]).
+pub fn speedscope(stacks: StacksRef<'_>, meta: &ExportMeta) -> serde_json::Value {
     let mut out = Vec::new();
+    let _ = write_speedscope(stacks, meta, &mut out);
+    serde_json::from_slice(&out).unwrap_or_default()
+}
+
+/// Writes an interactive SVG flame graph rendered by inferno, at full resolution.
+pub fn write_svg(stacks: StacksRef<'_>, meta: &ExportMeta, out: &mut dyn Write) -> Result<()> {
     if stacks.is_empty() {
         return Err(Error::Corrupt("no stacks to draw".into()));
     }
-    inferno::flamegraph::from_lines(&mut opts, text.lines(), &mut out)
+    let text = folded(stacks);
+    let mut opts = inferno::flamegraph::Options::default();
+    opts.title = meta.title.clone();
+    opts.count_name = "samples".to_owned();
+    opts.hash = true;
+    inferno::flamegraph::from_lines(&mut opts, text.lines(), out)
         .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?;
+    Ok(())
+}
+
+/// An SVG flame graph as bytes (see [`write_svg`]).
+pub fn svg(stacks: StacksRef<'_>, meta: &ExportMeta) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    write_svg(stacks, meta, &mut out)?;
     Ok(out)
 }
 
@@ -200,8 +274,8 @@ mod tests {
         ]
     }
 
-    fn meta() -> ExportMeta<'static> {
-        ExportMeta { title: "t", period_ns: 10_000_000, time_ms: 1, duration_ms: 2, labels: &[] }
+    fn meta() -> ExportMeta {
+        ExportMeta { title: "t".into(), period_ns: 10_000_000, time_ms: 1, duration_ms: 2, labels: Vec::new() }
     }
 
     #[test]

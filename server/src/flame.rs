@@ -1,21 +1,26 @@
-//! Pure views of a set of stacks: the flame-graph tree and the top-functions table.
+//! Pure views of a set of stacks: the call tree, bounded to `max_nodes` and encoded as
+//! Pyroscope's flame-graph "levels" (the flamebearer), and the top-functions table from the same
+//! tree.
+//!
+//! One tree build serves all three: stacks are folded into an arena (children found through one
+//! hash map keyed by parent and name, so building is O(frames)), siblings are ordered once, and
+//! truncation and encoding are walks over that arena. Nothing here recurses, so no stored profile
+//! can overflow a thread's stack.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
 use std::sync::Arc;
 
+use ahash::AHashMap as HashMap;
 use serde::Serialize;
 
 use crate::model::{MAX_STACK_DEPTH, TRUNCATED_FRAME};
 
-/// A flame-graph node: `total` = `self` + children's totals, in samples.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Node {
-    pub name: Arc<str>,
-    #[serde(rename = "self")]
-    pub self_value: u64,
-    pub total: u64,
-    pub children: Vec<Node>,
-}
+/// Nodes the JSON API returns unless `?max_nodes=` says otherwise (Pyroscope's default too).
+pub const DEFAULT_MAX_NODES: usize = 8192;
+/// The node that stands for a parent's children left out by truncation (Pyroscope's name).
+pub const OTHER_FRAME: &str = "other";
+/// The root's name.
+pub const ROOT_FRAME: &str = "total";
 
 /// One function in the top-functions table.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -27,84 +32,348 @@ pub struct TopFunction {
     pub total: u64,
 }
 
-/// Builds the tree under a root named `total`; children sorted by total, largest first. Stacks
-/// deeper than [`MAX_STACK_DEPTH`] (stored before ingest bounded them) are cut the same way, and
-/// the tree is built and finished without recursion, so no stored profile can overflow a
-/// thread's stack on the way out (serialization recurses once per level, at most
-/// `MAX_STACK_DEPTH + 1`).
-pub fn tree<'a, I>(stacks: I) -> Node
-where
-    I: IntoIterator<Item = (&'a [Arc<str>], u64)>,
-{
-    #[derive(Default)]
-    struct Building {
-        self_value: u64,
-        total: u64,
-        children: HashMap<Arc<str>, usize>,
-    }
-    // An arena: node 0 is the root; children refer to indices, so nothing nests while building.
-    let mut nodes: Vec<(Arc<str>, Building)> = vec![(Arc::from("total"), Building::default())];
-    let truncated: Arc<str> = Arc::from(TRUNCATED_FRAME);
-    for (stack, count) in stacks {
-        nodes[0].1.total += count;
-        let (marker, frames) = match stack.len().checked_sub(MAX_STACK_DEPTH - 1) {
-            Some(cut) if cut > 1 => (Some(&truncated), &stack[cut..]),
-            _ => (None, stack),
-        };
-        let mut at = 0;
-        for frame in marker.into_iter().chain(frames) {
-            let next = match nodes[at].1.children.get(frame) {
-                Some(&i) => i,
-                None => {
-                    nodes.push((frame.clone(), Building::default()));
-                    let i = nodes.len() - 1;
-                    nodes[at].1.children.insert(frame.clone(), i);
-                    i
-                }
-            };
-            at = next;
-            nodes[at].1.total += count;
-        }
-        nodes[at].1.self_value += count;
-    }
-    // Children always come after their parent in the arena: finishing from the back, every
-    // child is done before its parent takes it.
-    let mut done: Vec<Option<Node>> = (0..nodes.len()).map(|_| None).collect();
-    for i in (0..nodes.len()).rev() {
-        let (name, b) = std::mem::take(&mut nodes[i]);
-        let mut children: Vec<Node> = b.children.values().filter_map(|&c| done[c].take()).collect();
-        children.sort_by(|a, b| b.total.cmp(&a.total).then_with(|| a.name.cmp(&b.name)));
-        done[i] = Some(Node { name, self_value: b.self_value, total: b.total, children });
-    }
-    done.swap_remove(0).unwrap_or_default()
+/// A flame graph in Pyroscope's flamebearer encoding, at most `max_nodes` bars.
+///
+/// `levels[d]` holds the bars at depth `d` (0 = the root, named `total`) left to right, four
+/// numbers each: `[x offset, total, self, name index]`. The offset is delta-encoded: the first
+/// bar's is its start, each next one's is its start minus the previous bar's end. A bar's
+/// children start at its `x + self`. Widths are samples.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FlameGraph {
+    pub names: Vec<Arc<str>>,
+    pub levels: Vec<Vec<u64>>,
+    /// Samples of the whole profile (the root's total).
+    pub total: u64,
+    /// The largest self value of any bar.
+    pub max_self: u64,
+    /// Bars in `levels`, `other` bars included.
+    pub nodes: usize,
+    /// Nodes of the whole call tree, root included.
+    pub total_nodes: usize,
+    /// Nodes of the call tree left out (merged into `other` bars); 0 when nothing was.
+    pub dropped_nodes: usize,
+    /// The bound this graph was cut to; 0 = unbounded.
+    pub max_nodes: usize,
 }
 
-/// Self and total samples per function, sorted by self, then total, descending.
-pub fn top_functions<'a, I>(stacks: I, limit: usize) -> Vec<TopFunction>
-where
-    I: IntoIterator<Item = (&'a [Arc<str>], u64)>,
-{
-    let mut by_name: HashMap<Arc<str>, (u64, u64)> = HashMap::new();
-    // A set, not a list: deep recursive stacks would make the check quadratic.
-    let mut seen: std::collections::HashSet<&Arc<str>> = std::collections::HashSet::new();
-    for (stack, count) in stacks {
-        if let Some(leaf) = stack.last() {
-            by_name.entry(leaf.clone()).or_default().0 += count;
+/// A call tree: node 0 is the root; the others are stack frames, merged by path.
+#[derive(Clone, Debug, Default)]
+pub struct CallTree {
+    /// Distinct frame names; index 0 is [`ROOT_FRAME`].
+    names: Vec<Arc<str>>,
+    name: Vec<u32>,
+    parent: Vec<u32>,
+    self_value: Vec<u64>,
+    total: Vec<u64>,
+    /// Children of node `i` are `children[child_start[i]..child_start[i + 1]]`, largest total
+    /// first, then by name (deterministic). The arena itself is depth-first in name order, the
+    /// same for any order of the input stacks, so ties broken by index are deterministic too.
+    child_start: Vec<u32>,
+    children: Vec<u32>,
+}
+
+impl CallTree {
+    /// Folds stacks (root first) with sample counts into a tree. Stacks deeper than
+    /// [`MAX_STACK_DEPTH`] (stored before ingest bounded them) keep their leaf-most frames under
+    /// a [`TRUNCATED_FRAME`], as ingest does.
+    ///
+    /// The stacks are sorted by their frames first: stacks that share a prefix are then
+    /// neighbours, so each new stack only adds the nodes past its common prefix with the one
+    /// before, and no node needs a lookup by (parent, name). The arena comes out depth-first in
+    /// name order, parents before children, the same for any order of the input.
+    pub fn build<'a, I>(stacks: I) -> CallTree
+    where
+        I: IntoIterator<Item = (&'a [Arc<str>], u64)>,
+    {
+        let marker: Arc<str> = Arc::from(TRUNCATED_FRAME);
+        let mut input: Vec<(bool, &'a [Arc<str>], u64)> = stacks
+            .into_iter()
+            .filter(|(stack, count)| *count > 0 && !stack.is_empty())
+            .map(|(stack, count)| match stack.len().checked_sub(MAX_STACK_DEPTH - 1) {
+                Some(cut) if cut > 1 => (true, &stack[cut..], count),
+                _ => (false, stack, count),
+            })
+            .collect();
+        let frames = |&(cut, stack, _): &(bool, &'a [Arc<str>], u64)| {
+            let marker = cut.then_some(TRUNCATED_FRAME);
+            marker.into_iter().chain(stack.iter().map(|f| &**f))
+        };
+        input.sort_unstable_by(|a, b| frames(a).cmp(frames(b)));
+
+        let mut t = CallTree {
+            names: vec![Arc::from(ROOT_FRAME)],
+            name: vec![0],
+            parent: vec![0],
+            self_value: vec![0],
+            total: vec![0],
+            ..Default::default()
+        };
+        // Names by string, and by the address of the shared `Arc` the store hands out for each
+        // frame (a hit skips hashing the string). Every `Arc` here is borrowed for the whole
+        // build, so no address is reused by another name meanwhile.
+        let mut by_name: HashMap<Arc<str>, u32> = HashMap::new();
+        by_name.insert(t.names[0].clone(), 0);
+        let mut by_address: HashMap<usize, u32> = HashMap::new();
+        let mut intern = |f: &Arc<str>, names: &mut Vec<Arc<str>>| -> u32 {
+            let address = Arc::as_ptr(f) as *const u8 as usize;
+            if let Some(&id) = by_address.get(&address) {
+                return id;
+            }
+            let id = match by_name.get(&**f) {
+                Some(&id) => id,
+                None => {
+                    names.push(f.clone());
+                    let id = (names.len() - 1) as u32;
+                    by_name.insert(f.clone(), id);
+                    id
+                }
+            };
+            by_address.insert(address, id);
+            id
+        };
+        // The nodes of the previous stack's path, and that stack.
+        let mut path: Vec<u32> = Vec::new();
+        let mut previous: Option<&(bool, &'a [Arc<str>], u64)> = None;
+        for item in &input {
+            let &(cut, stack, count) = item;
+            let common = previous.map_or(0, |p| frames(p).zip(frames(item)).take_while(|(a, b)| a == b).count());
+            path.truncate(common);
+            let depth = usize::from(cut) + stack.len();
+            for d in common..depth {
+                let frame = if cut && d == 0 { &marker } else { &stack[d - usize::from(cut)] };
+                let name = intern(frame, &mut t.names);
+                let parent = path.last().copied().unwrap_or(0);
+                t.name.push(name);
+                t.parent.push(parent);
+                t.self_value.push(0);
+                t.total.push(0);
+                path.push((t.name.len() - 1) as u32);
+            }
+            t.total[0] = t.total[0].saturating_add(count);
+            for &node in &path {
+                t.total[node as usize] = t.total[node as usize].saturating_add(count);
+            }
+            if let Some(&leaf) = path.last() {
+                t.self_value[leaf as usize] = t.self_value[leaf as usize].saturating_add(count);
+            }
+            previous = Some(item);
         }
-        seen.clear();
-        for f in stack {
-            if seen.insert(f) {
-                by_name.entry(f.clone()).or_default().1 += count;
+        t.order_children();
+        t
+    }
+
+    /// Fills the child lists, largest total first, then by name.
+    fn order_children(&mut self) {
+        let n = self.name.len();
+        let mut start = vec![0u32; n + 1];
+        for &p in &self.parent[1..] {
+            start[p as usize + 1] += 1;
+        }
+        for i in 0..n {
+            start[i + 1] += start[i];
+        }
+        let mut fill = start.clone();
+        let mut children = vec![0u32; n.saturating_sub(1)];
+        for c in 1..n {
+            let p = self.parent[c] as usize;
+            children[fill[p] as usize] = c as u32;
+            fill[p] += 1;
+        }
+        // Siblings arrive in name order (the arena is built from sorted stacks); a stable sort
+        // by total keeps that order among equal totals.
+        for p in 0..n {
+            let range = &mut children[start[p] as usize..start[p + 1] as usize];
+            if range.len() > 1 {
+                range.sort_by(|&a, &b| self.total[b as usize].cmp(&self.total[a as usize]));
             }
         }
+        self.child_start = start;
+        self.children = children;
     }
-    let mut out: Vec<TopFunction> =
-        by_name.into_iter().map(|(name, (s, t))| TopFunction { name, self_value: s, total: t }).collect();
-    out.sort_by(|a, b| {
-        b.self_value.cmp(&a.self_value).then(b.total.cmp(&a.total)).then_with(|| a.name.cmp(&b.name))
-    });
-    out.truncate(limit);
-    out
+
+    fn children_of(&self, node: u32) -> &[u32] {
+        let i = node as usize;
+        match (self.child_start.get(i), self.child_start.get(i + 1)) {
+            (Some(&a), Some(&b)) => &self.children[a as usize..b as usize],
+            _ => &[],
+        }
+    }
+
+    /// Nodes, root included.
+    pub fn len(&self) -> usize {
+        self.name.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.total() == 0
+    }
+
+    /// Samples of the whole tree.
+    pub fn total(&self) -> u64 {
+        self.total.first().copied().unwrap_or(0)
+    }
+
+    /// Which nodes a graph of at most `max_nodes` bars keeps (0 = all). The largest nodes are
+    /// kept (ties to the earlier one in the arena, so a parent before its child), greedily, while the kept nodes plus one `other`
+    /// bar for each kept parent with children left out still fit; a node's total is never
+    /// smaller than a child's, so the kept nodes always form a tree under the root.
+    fn kept(&self, max_nodes: usize) -> Vec<bool> {
+        let n = self.len();
+        if max_nodes == 0 || n <= max_nodes {
+            return vec![true; n];
+        }
+        let key = |&i: &u32| (Reverse(self.total[i as usize]), i);
+        let mut order: Vec<u32> = (1..n as u32).collect();
+        if max_nodes < order.len() {
+            order.select_nth_unstable_by_key(max_nodes, key);
+            order.truncate(max_nodes);
+        }
+        order.sort_unstable_by_key(key);
+        let child_count = |i: u32| self.children_of(i).len();
+        let mut kept = vec![false; n];
+        let mut left_out = vec![0usize; n];
+        kept[0] = true;
+        left_out[0] = child_count(0);
+        let mut others = usize::from(left_out[0] > 0);
+        // The root and the `added` nodes before `c` are kept.
+        for (added, c) in order.into_iter().enumerate() {
+            let kept_count = 1 + added;
+            let p = self.parent[c as usize] as usize;
+            let mut others_after = others;
+            if left_out[p] == 1 {
+                others_after -= 1;
+            }
+            let grandchildren = child_count(c);
+            if grandchildren > 0 {
+                others_after += 1;
+            }
+            if kept_count + 1 + others_after > max_nodes {
+                break;
+            }
+            kept[c as usize] = true;
+            left_out[p] -= 1;
+            left_out[c as usize] = grandchildren;
+            others = others_after;
+        }
+        kept
+    }
+
+    /// The flame graph bounded to `max_nodes` bars (0 = every node): the children each kept node
+    /// loses are merged into one `other` bar after its kept children, so every total stays exact.
+    pub fn flamegraph(&self, max_nodes: usize) -> FlameGraph {
+        let kept = self.kept(max_nodes);
+        let mut names: Vec<Arc<str>> = Vec::new();
+        let mut out_name = vec![u32::MAX; self.names.len()];
+        let mut other_name = u32::MAX;
+        let mut levels: Vec<Vec<u64>> = Vec::new();
+        let mut level_end: Vec<u64> = Vec::new();
+        let mut bars = 0usize;
+        let mut max_self = 0u64;
+        let mut kept_count = 0usize;
+
+        enum Bar {
+            Node(u32),
+            Other(u64),
+        }
+        // (bar, depth, x), popped left to right.
+        let mut stack: Vec<(Bar, usize, u64)> = vec![(Bar::Node(0), 0, 0)];
+        let mut batch: Vec<(Bar, usize, u64)> = Vec::new();
+        while let Some((bar, depth, x)) = stack.pop() {
+            let (total, self_value, name) = match bar {
+                Bar::Node(i) => {
+                    let i = i as usize;
+                    kept_count += 1;
+                    let id = &mut out_name[self.name[i] as usize];
+                    if *id == u32::MAX {
+                        names.push(self.names[self.name[i] as usize].clone());
+                        *id = (names.len() - 1) as u32;
+                    }
+                    (self.total[i], self.self_value[i], *id)
+                }
+                Bar::Other(value) => {
+                    if other_name == u32::MAX {
+                        names.push(Arc::from(OTHER_FRAME));
+                        other_name = (names.len() - 1) as u32;
+                    }
+                    (value, value, other_name)
+                }
+            };
+            if levels.len() <= depth {
+                levels.push(Vec::new());
+                level_end.push(0);
+            }
+            levels[depth].extend([x - level_end[depth], total, self_value, u64::from(name)]);
+            level_end[depth] = x + total;
+            bars += 1;
+            max_self = max_self.max(self_value);
+            if let Bar::Node(i) = bar {
+                let mut cx = x + self_value;
+                let mut other = 0u64;
+                batch.clear();
+                for &c in self.children_of(i) {
+                    let ct = self.total[c as usize];
+                    if kept[c as usize] {
+                        batch.push((Bar::Node(c), depth + 1, cx));
+                        cx += ct;
+                    } else {
+                        other += ct;
+                    }
+                }
+                if other > 0 {
+                    batch.push((Bar::Other(other), depth + 1, cx));
+                }
+                stack.extend(batch.drain(..).rev());
+            }
+        }
+        FlameGraph {
+            names,
+            levels,
+            total: self.total(),
+            max_self,
+            nodes: bars,
+            total_nodes: self.len(),
+            dropped_nodes: self.len() - kept_count,
+            max_nodes,
+        }
+    }
+
+    /// Self and total samples per function, sorted by self, then total, descending; a function
+    /// recursing on one stack counts once in its total. The root is not a function.
+    pub fn top_functions(&self, limit: usize) -> Vec<TopFunction> {
+        let mut self_by = vec![0u64; self.names.len()];
+        let mut total_by = vec![0u64; self.names.len()];
+        let mut on_path = vec![0u32; self.names.len()];
+        // The arena is depth-first (parents first, each subtree contiguous), so one pass in
+        // arena order walks the tree: the names on the current path are a stack, popped back to
+        // each node's depth.
+        let mut depth = vec![0u32; self.len()];
+        let mut path: Vec<usize> = Vec::new();
+        for i in 1..self.len() {
+            let d = depth[self.parent[i] as usize] + 1;
+            depth[i] = d;
+            while path.len() >= d as usize {
+                if let Some(name) = path.pop() {
+                    on_path[name] -= 1;
+                }
+            }
+            let name = self.name[i] as usize;
+            self_by[name] += self.self_value[i];
+            if on_path[name] == 0 {
+                total_by[name] += self.total[i];
+            }
+            on_path[name] += 1;
+            path.push(name);
+        }
+        let mut out: Vec<TopFunction> = (0..self.names.len())
+            .filter(|&n| total_by[n] > 0)
+            .map(|n| TopFunction { name: self.names[n].clone(), self_value: self_by[n], total: total_by[n] })
+            .collect();
+        out.sort_by(|a, b| {
+            b.self_value.cmp(&a.self_value).then(b.total.cmp(&a.total)).then_with(|| a.name.cmp(&b.name))
+        });
+        out.truncate(limit);
+        out
+    }
 }
 
 #[cfg(test)]
@@ -115,53 +384,182 @@ mod tests {
         frames.iter().map(|f| Arc::from(*f)).collect()
     }
 
+    fn tree_of(stacks: &[(Vec<Arc<str>>, u64)]) -> CallTree {
+        CallTree::build(stacks.iter().map(|(f, c)| (f.as_slice(), *c)))
+    }
+
+    /// Decodes levels back into `(depth, x, total, self, name)` bars.
+    fn bars(g: &FlameGraph) -> Vec<(usize, u64, u64, u64, String)> {
+        let mut out = Vec::new();
+        for (d, level) in g.levels.iter().enumerate() {
+            let mut end = 0;
+            for q in level.chunks(4) {
+                let x = end + q[0];
+                out.push((d, x, q[1], q[2], g.names[q[3] as usize].to_string()));
+                end = x + q[1];
+            }
+        }
+        out
+    }
+
+    /// Checks the tree invariants every graph must keep: each bar inside a parent one level up,
+    /// children from the parent's `x + self`, a parent's total = self + its children's totals.
+    fn assert_consistent(g: &FlameGraph) {
+        let b = bars(g);
+        let mut by_depth: Vec<Vec<usize>> = Vec::new();
+        for (i, bar) in b.iter().enumerate() {
+            if by_depth.len() <= bar.0 {
+                by_depth.push(Vec::new());
+            }
+            by_depth[bar.0].push(i);
+        }
+        assert_eq!(by_depth[0].len(), 1);
+        assert_eq!((b[0].1, b[0].2), (0, g.total));
+        let mut children_total = vec![0u64; b.len()];
+        let mut first_child = vec![u64::MAX; b.len()];
+        for d in 1..by_depth.len() {
+            let parents = &by_depth[d - 1];
+            for &c in &by_depth[d] {
+                let (x, total) = (b[c].1, b[c].2);
+                // Bars of a level are left to right: the parent is the last one starting at or before x.
+                let at = parents.partition_point(|&p| b[p].1 <= x);
+                assert!(at > 0, "{} has no parent", b[c].4);
+                let p = parents[at - 1];
+                assert!(x + total <= b[p].1 + b[p].2, "{} sticks out of {}", b[c].4, b[p].4);
+                children_total[p] += total;
+                first_child[p] = first_child[p].min(x);
+            }
+        }
+        for (i, bar) in b.iter().enumerate() {
+            assert_eq!(bar.3 + children_total[i], bar.2, "{}: total = self + children", bar.4);
+            if first_child[i] != u64::MAX {
+                assert_eq!(first_child[i], bar.1 + bar.3, "{}: children start after self", bar.4);
+            }
+        }
+    }
+
     #[test]
-    fn tree_totals_and_self() {
-        let stacks = [(s(&["main", "a", "b"]), 3), (s(&["main", "a"]), 2), (s(&["main", "c"]), 5)];
-        let t = tree(stacks.iter().map(|(f, c)| (f.as_slice(), *c)));
-        assert_eq!(t.total, 10);
-        let main = &t.children[0];
-        assert_eq!((main.total, main.self_value), (10, 0));
-        assert_eq!(main.children.len(), 2);
-        let a = main.children.iter().find(|n| &*n.name == "a").unwrap();
-        assert_eq!((a.total, a.self_value), (5, 2));
+    fn levels_encode_as_pyroscope_does() {
+        // The example of the Grafana notes: main;a;b=30, main;a=10, main;c=20.
+        let g = tree_of(&[(s(&["main", "a", "b"]), 30), (s(&["main", "a"]), 10), (s(&["main", "c"]), 20)]).flamegraph(0);
+        let names: Vec<&str> = g.names.iter().map(|n| &**n).collect();
+        assert_eq!(names, ["total", "main", "a", "b", "c"]);
+        assert_eq!(g.levels, vec![vec![0, 60, 0, 0], vec![0, 60, 0, 1], vec![0, 40, 10, 2, 0, 20, 20, 4], vec![10, 30, 30, 3]]);
+        assert_eq!((g.total, g.max_self, g.nodes, g.total_nodes, g.dropped_nodes), (60, 30, 5, 5, 0));
+    }
+
+    #[test]
+    fn equal_stacks_merge_and_a_stored_marker_meets_a_cut_stack() {
+        let deep: Vec<Arc<str>> = (0..MAX_STACK_DEPTH + 5).map(|i| Arc::from(format!("f{i}"))).collect();
+        let mut stored = s(&[TRUNCATED_FRAME]);
+        stored.extend_from_slice(&deep[6..]);
+        assert_eq!(stored.len(), MAX_STACK_DEPTH);
+        let stacks = [(s(&["a", "b"]), 2), (deep.clone(), 1), (s(&["a", "b"]), 3), (stored, 4)];
+        let t = tree_of(&stacks);
+        let g = t.flamegraph(0);
+        let b = bars(&g);
+        let depth1: Vec<(&str, u64)> = b.iter().filter(|x| x.0 == 1).map(|x| (x.4.as_str(), x.2)).collect();
+        assert_eq!(depth1, [(TRUNCATED_FRAME, 5), ("a", 5)]);
+        assert_eq!(b.iter().filter(|x| x.4 == "b").map(|x| x.3).collect::<Vec<_>>(), [5]);
+        let leaf = format!("f{}", MAX_STACK_DEPTH + 4);
+        assert_eq!(b.iter().filter(|x| x.4 == leaf).map(|x| x.3).collect::<Vec<_>>(), [5], "one path under one marker");
+        assert_eq!(t.len(), 1 + MAX_STACK_DEPTH + 2);
     }
 
     #[test]
     fn top_counts_recursion_once() {
-        let stacks = [(s(&["main", "f", "f", "g"]), 4), (s(&["main", "f"]), 1)];
-        let top = top_functions(stacks.iter().map(|(f, c)| (f.as_slice(), *c)), 10);
+        let t = tree_of(&[(s(&["main", "f", "f", "g"]), 4), (s(&["main", "f"]), 1)]);
+        let top = t.top_functions(10);
         assert_eq!(&*top[0].name, "g");
         let f = top.iter().find(|t| &*t.name == "f").unwrap();
         assert_eq!((f.self_value, f.total), (1, 5));
+        let main = top.iter().find(|t| &*t.name == "main").unwrap();
+        assert_eq!((main.self_value, main.total), (0, 5));
+        assert!(top.iter().all(|t| &*t.name != ROOT_FRAME));
+    }
+
+    /// A wide, deep tree: 3,000 stacks over 300 functions.
+    fn big() -> Vec<(Vec<Arc<str>>, u64)> {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        (0..3000)
+            .map(|_| {
+                let depth = 3 + (next() % 20) as usize;
+                let frames: Vec<Arc<str>> = (0..depth).map(|d| Arc::from(format!("fn{}", (next() % 300) / (d as u64 % 3 + 1)))).collect();
+                (frames, 1 + next() % 50)
+            })
+            .collect()
     }
 
     #[test]
-    fn a_stack_deeper_than_the_bound_is_cut_under_a_marker_and_serializes_on_a_small_stack() {
+    fn truncation_keeps_every_total_exact_stays_within_the_bound_and_is_deterministic() {
+        let stacks = big();
+        let full = tree_of(&stacks).flamegraph(0);
+        assert!(full.total_nodes > 10_000, "{}", full.total_nodes);
+        assert_eq!(full.nodes, full.total_nodes);
+        assert_consistent(&full);
+        for max in [2, 3, 10, 100, 1000, 8192] {
+            let g = tree_of(&stacks).flamegraph(max);
+            assert!(g.nodes <= max, "{} bars for max_nodes {max}", g.nodes);
+            assert_eq!(g.total, full.total);
+            assert!(g.dropped_nodes > 0);
+            assert!(g.nodes > max / 2, "the bound is used: {} of {max}", g.nodes);
+            assert_consistent(&g);
+            // Same input in another order: the same graph.
+            let mut reversed = stacks.clone();
+            reversed.reverse();
+            assert_eq!(tree_of(&reversed).flamegraph(max), g, "max_nodes {max}");
+        }
+        // The largest nodes are the ones kept: main paths survive, `other` bars hold the rest.
+        let g = tree_of(&stacks).flamegraph(100);
+        assert!(g.names.iter().any(|n| &**n == OTHER_FRAME));
+        let biggest_child = full.levels[1][1];
+        assert_eq!(g.levels[1][1], biggest_child);
+    }
+
+    #[test]
+    fn an_unbounded_or_small_tree_is_left_whole() {
+        let stacks = [(s(&["main", "a"]), 3), (s(&["main", "b"]), 1)];
+        let g = tree_of(&stacks).flamegraph(DEFAULT_MAX_NODES);
+        assert_eq!((g.nodes, g.dropped_nodes), (4, 0));
+        assert!(!g.names.iter().any(|n| &**n == OTHER_FRAME));
+        let g = tree_of(&stacks).flamegraph(3);
+        // Root, main and one `other` for a and b (a alone would need an `other` for b: 4 bars).
+        assert_eq!(bars(&g).iter().map(|b| b.4.as_str()).collect::<Vec<_>>(), ["total", "main", "other"]);
+        assert_eq!(g.dropped_nodes, 2);
+        let empty = CallTree::build(std::iter::empty()).flamegraph(DEFAULT_MAX_NODES);
+        assert_eq!((empty.total, empty.nodes), (0, 1));
+    }
+
+    #[test]
+    fn a_stack_deeper_than_the_bound_is_cut_under_a_marker_without_recursion() {
         let deep: Vec<Arc<str>> = (0..50_000).map(|i| Arc::from(format!("f{i}"))).collect();
         let shallow = s(&["main", "work"]);
-        // Tokio's worker threads have 2 MiB; the old recursive build overflowed at ~4,000 frames.
-        let json = std::thread::Builder::new()
+        // Tokio's worker threads have 2 MiB; a recursive walk overflowed at ~4,000 frames.
+        let g = std::thread::Builder::new()
             .stack_size(2 << 20)
             .spawn(move || {
-                let t = tree([(&deep[..], 3), (&shallow[..], 1)]);
-                assert_eq!(t.total, 4);
-                let marker = t.children.iter().find(|c| &*c.name == TRUNCATED_FRAME).expect("cut under the marker");
-                let mut depth = 1;
-                let mut node = marker;
-                while let Some(child) = node.children.first() {
-                    node = child;
-                    depth += 1;
-                }
-                assert_eq!(depth, MAX_STACK_DEPTH, "the marker and the leaf-most frames");
-                assert_eq!(&*node.name, "f49999", "the leaf is kept");
-                assert_eq!(node.self_value, 3);
-                serde_json::to_string(&t).unwrap()
+                let t = CallTree::build([(&deep[..], 3), (&shallow[..], 1)]);
+                let top = t.top_functions(5);
+                assert_eq!(&*top[0].name, "f49999");
+                let g = t.flamegraph(0);
+                serde_json::to_string(&g).unwrap();
+                g
             })
             .unwrap()
             .join()
             .expect("no stack overflow");
-        assert!(json.contains("f49999") && !json.contains("\"f0\""));
+        assert_eq!(g.total, 4);
+        assert_eq!(g.levels.len(), MAX_STACK_DEPTH + 1, "root, the marker and the leaf-most frames");
+        let b = bars(&g);
+        assert!(b.iter().any(|x| x.0 == 1 && x.4 == TRUNCATED_FRAME));
+        let leaf = b.iter().find(|x| x.0 == MAX_STACK_DEPTH).unwrap();
+        assert_eq!((leaf.4.as_str(), leaf.3), ("f49999", 3));
+        assert!(!g.names.iter().any(|n| &**n == "f0"));
     }
-
 }

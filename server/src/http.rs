@@ -18,6 +18,7 @@ use serde_json::json;
 use crate::error::{Error, Reject};
 use crate::export::{self, ExportMeta};
 use crate::flame;
+use crate::gate::{QueryGate, QueryTurn};
 use crate::ingest::{self, Limits};
 use crate::model::{ProfileId, SeriesBatch, TraceId};
 use crate::metrics::{Metrics, ProtocolLabel, ResultLabel};
@@ -29,6 +30,8 @@ pub struct AppState {
     pub limits: Limits,
     pub metrics: Metrics,
     pub ready: AtomicBool,
+    /// The bound on heavy queries running and waiting at once.
+    pub queries: Arc<QueryGate>,
 }
 
 type St = State<Arc<AppState>>;
@@ -128,6 +131,12 @@ fn fail(s: &AppState, e: Error) -> Response {
         Error::Overloaded => {
             s.metrics.reject("overloaded");
             let mut r = error_response(StatusCode::SERVICE_UNAVAILABLE, "overloaded", e.to_string());
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            r
+        }
+        Error::Busy => {
+            s.metrics.reject("busy");
+            let mut r = error_response(StatusCode::SERVICE_UNAVAILABLE, "busy", e.to_string());
             r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             r
         }
@@ -406,47 +415,168 @@ fn export_format(q: &HashMap<String, String>) -> Result<export::Format, Error> {
     })
 }
 
-/// Renders stacks in the requested format; `json` gets `extra` fields plus the tree and top.
-fn render(
+/// `?max_nodes=`: the most flame-graph bars the JSON answer holds; 0 = every node.
+fn max_nodes(q: &HashMap<String, String>) -> Result<usize, Error> {
+    match q.get("max_nodes").map(|v| v.trim()).filter(|v| !v.is_empty()) {
+        None => Ok(flame::DEFAULT_MAX_NODES),
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if n != 1 => Ok(n),
+            _ => Err(bad_query(format!(
+                "max_nodes {v:?} is not 0 (every node) or a number of nodes of at least 2"
+            ))),
+        },
+    }
+}
+
+/// What a heavy query asks for besides its subject: the format and the flame graph's bound.
+struct Rendering {
     format: export::Format,
-    stacks: &Stacks,
-    meta: &ExportMeta<'_>,
-    file_stem: &str,
-    mut extra: serde_json::Map<String, serde_json::Value>,
-) -> Result<Response, Error> {
-    let attachment = |ext: &str| format!("inline; filename=\"{file_stem}.{ext}\"");
-    Ok(match format {
-        export::Format::Json => {
-            let iter = || stacks.iter().map(|(f, c)| (f.as_slice(), *c));
-            extra.insert("period_ns".into(), json!(meta.period_ns));
-            extra.insert("flamegraph".into(), json!(flame::tree(iter())));
-            extra.insert("top".into(), json!(flame::top_functions(iter(), 200)));
-            axum::Json(serde_json::Value::Object(extra)).into_response()
+    max_nodes: usize,
+}
+
+impl Rendering {
+    fn from_query(q: &HashMap<String, String>) -> Result<Self, Error> {
+        Ok(Rendering { format: export_format(q)?, max_nodes: max_nodes(q)? })
+    }
+}
+
+/// A loaded profile, ready to render: its stacks, export metadata and the JSON fields about it.
+struct Loaded {
+    stacks: Stacks,
+    meta: ExportMeta,
+    file_stem: String,
+    extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The JSON answer of a profile, trace or service view: the fields about it, the flame graph
+/// (bounded, Pyroscope's levels) and the top functions.
+#[derive(Serialize)]
+struct ProfileJson {
+    #[serde(flatten)]
+    extra: serde_json::Map<String, serde_json::Value>,
+    period_ns: u64,
+    flamegraph: flame::FlameGraph,
+    top: Vec<flame::TopFunction>,
+}
+
+/// Bytes sent to the client per chunk of a streamed answer.
+const CHUNK_BYTES: usize = 64 << 10;
+
+/// An `io::Write` that hands full chunks to the response body as it goes, so an export is never
+/// held whole in memory beside the profile; it waits while the client is slow (the channel is
+/// bounded) and fails once the client is gone.
+struct ChunkWriter {
+    tx: tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
+    buf: Vec<u8>,
+}
+
+impl ChunkWriter {
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
         }
-        export::Format::Folded => (
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8".to_owned()), (header::CONTENT_DISPOSITION, attachment("folded"))],
-            export::folded(stacks),
-        )
-            .into_response(),
-        export::Format::Pprof => (
-            [
-                (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
-                (header::CONTENT_DISPOSITION, attachment("pb.gz").replace("inline", "attachment")),
-            ],
-            export::pprof(stacks, meta)?,
-        )
-            .into_response(),
-        export::Format::Speedscope => (
-            [(header::CONTENT_TYPE, "application/json".to_owned()), (header::CONTENT_DISPOSITION, attachment("speedscope.json"))],
-            export::speedscope(stacks, meta).to_string(),
-        )
-            .into_response(),
-        export::Format::Svg => (
-            [(header::CONTENT_TYPE, "image/svg+xml".to_owned()), (header::CONTENT_DISPOSITION, attachment("svg"))],
-            export::svg(stacks, meta)?,
-        )
-            .into_response(),
-    })
+        let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK_BYTES)));
+        self.tx
+            .blocking_send(Ok(chunk))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away"))
+    }
+}
+
+impl std::io::Write for ChunkWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK_BYTES {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send()
+    }
+}
+
+/// A response body written by `write` on the blocking pool while it is sent. The query's turn
+/// goes with the writer and ends when the body is written. A failure half-way ends the body with
+/// an error, so the client sees a broken transfer rather than a short file.
+fn streamed<F>(turn: QueryTurn, write: F) -> Body
+where
+    F: FnOnce(&mut dyn std::io::Write) -> Result<(), Error> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
+    tokio::task::spawn_blocking(move || {
+        let _turn = turn;
+        let mut out = ChunkWriter { tx: tx.clone(), buf: Vec::with_capacity(CHUNK_BYTES) };
+        let result = write(&mut out).and_then(|()| out.send().map_err(Error::from));
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "a streamed answer ended early");
+            let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+        }
+    });
+    Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }))
+}
+
+/// Renders a loaded profile in the requested format, on the blocking pool, as a stream; JSON
+/// gets the fields of `loaded.extra` plus the bounded flame graph and the top functions.
+fn render(turn: QueryTurn, rendering: Rendering, loaded: Loaded) -> Response {
+    let Loaded { stacks, meta, file_stem, extra } = loaded;
+    let attachment = |ext: &str| format!("inline; filename=\"{file_stem}.{ext}\"");
+    let (content_type, disposition) = match rendering.format {
+        export::Format::Json => ("application/json", None),
+        export::Format::Folded => ("text/plain; charset=utf-8", Some(attachment("folded"))),
+        export::Format::Pprof => ("application/octet-stream", Some(attachment("pb.gz").replace("inline", "attachment"))),
+        export::Format::Speedscope => ("application/json", Some(attachment("speedscope.json"))),
+        export::Format::Svg => ("image/svg+xml", Some(attachment("svg"))),
+    };
+    let format = rendering.format;
+    let body = streamed(turn, move |out| match format {
+        export::Format::Json => {
+            let tree = flame::CallTree::build(stacks.iter().map(|(f, c)| (f.as_slice(), *c)));
+            drop(stacks);
+            let answer = ProfileJson {
+                extra,
+                period_ns: meta.period_ns,
+                flamegraph: tree.flamegraph(rendering.max_nodes),
+                top: tree.top_functions(200),
+            };
+            drop(tree);
+            serde_json::to_writer(out, &answer).map_err(|e| Error::Io(std::io::Error::other(e)))
+        }
+        export::Format::Folded => Ok(export::write_folded(&stacks, out)?),
+        export::Format::Pprof => export::write_pprof(&stacks, &meta, out),
+        export::Format::Speedscope => export::write_speedscope(&stacks, &meta, out),
+        export::Format::Svg => export::write_svg(&stacks, &meta, out),
+    });
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if let Some(d) = disposition.and_then(|d| HeaderValue::from_str(&d).ok()) {
+        headers.insert(header::CONTENT_DISPOSITION, d);
+    }
+    response
+}
+
+/// Runs a heavy query: waits for a turn at the gate, loads on the blocking pool with `load`
+/// (`Ok(None)` = nothing stored: 404 naming `what`), renders as a stream.
+async fn heavy_query<F>(s: &Arc<AppState>, endpoint: &'static str, rendering: Rendering, what: String, load: F) -> Response
+where
+    F: FnOnce(&dyn ProfileStore) -> Result<Option<Loaded>, Error> + Send + 'static,
+{
+    let started = Instant::now();
+    let turn = match s.queries.enter().await {
+        Ok(t) => t,
+        Err(e) => return fail(s, e),
+    };
+    let store = s.store.clone();
+    let loaded = match tokio::task::spawn_blocking(move || load(store.as_ref())).await {
+        Ok(Ok(Some(l))) => l,
+        Ok(Ok(None)) => return no_samples(&what),
+        Ok(Err(e)) => return fail(s, e),
+        Err(e) => return fail(s, Error::Storage(e.to_string())),
+    };
+    let r = render(turn, rendering, loaded);
+    s.metrics.observe_query(endpoint, started.elapsed().as_secs_f64());
+    r
 }
 
 fn no_samples(what: &str) -> Response {
@@ -459,92 +589,85 @@ fn invalid_id(s: &AppState, msg: String) -> Response {
 }
 
 async fn get_profile(State(s): St, Path(id): Path<String>, Query(q): Query<HashMap<String, String>>) -> Response {
-    let started = Instant::now();
     let Some(pid) = ProfileId::parse(&id) else {
         return invalid_id(&s, format!("{id:?} is not a span ID (16 hex digits)"));
     };
-    let format = match export_format(&q) {
-        Ok(f) => f,
+    let rendering = match Rendering::from_query(&q) {
+        Ok(r) => r,
         Err(e) => return fail(&s, e),
     };
-    let store = s.store.clone();
-    let profile = match tokio::task::spawn_blocking(move || store.span_profile(pid)).await {
-        Ok(Ok(Some(p))) => p,
-        Ok(Ok(None)) => return no_samples(&format!("span {pid}")),
-        Ok(Err(e)) => return fail(&s, e),
-        Err(e) => return fail(&s, Error::Storage(e.to_string())),
-    };
-    let sm = &profile.summary;
-    let mut labels = vec![("span_id", sm.profile_id.to_string()), ("span_name", sm.span_name.clone())];
-    if let Some(t) = sm.trace_id {
-        labels.push(("trace_id", t.to_string()));
-    }
-    let title = format!("{} {} ({})", sm.service_name, sm.span_name, sm.profile_id);
-    let meta = ExportMeta {
-        title: &title,
-        period_ns: sm.period_ns,
-        time_ms: sm.first_seen_ms,
-        duration_ms: sm.last_seen_ms.saturating_sub(sm.first_seen_ms),
-        labels: &labels,
-    };
-    let mut extra = serde_json::Map::new();
-    extra.insert("profile".into(), json!(summary_json(sm)));
-    let r = render(format, &profile.stacks, &meta, &format!("span-{pid}"), extra);
-    s.metrics.observe_query("profile", started.elapsed().as_secs_f64());
-    r.unwrap_or_else(|e| fail(&s, e))
+    heavy_query(&s, "profile", rendering, format!("span {pid}"), move |store| {
+        let Some(profile) = store.span_profile(pid)? else {
+            return Ok(None);
+        };
+        let sm = &profile.summary;
+        let mut labels = vec![("span_id", sm.profile_id.to_string()), ("span_name", sm.span_name.clone())];
+        if let Some(t) = sm.trace_id {
+            labels.push(("trace_id", t.to_string()));
+        }
+        let meta = ExportMeta {
+            title: format!("{} {} ({})", sm.service_name, sm.span_name, sm.profile_id),
+            period_ns: sm.period_ns,
+            time_ms: sm.first_seen_ms,
+            duration_ms: sm.last_seen_ms.saturating_sub(sm.first_seen_ms),
+            labels,
+        };
+        let mut extra = serde_json::Map::new();
+        extra.insert("profile".into(), json!(summary_json(sm)));
+        Ok(Some(Loaded { stacks: profile.stacks, meta, file_stem: format!("span-{pid}"), extra }))
+    })
+    .await
 }
 
 /// Merges the stacks of several span profiles onto the first one's period.
-fn merge_spans(profiles: &[SpanProfile]) -> (u64, Stacks) {
+fn merge_spans(profiles: Vec<SpanProfile>) -> (u64, Stacks) {
     let period = profiles.first().map_or(crate::model::DEFAULT_PERIOD_NS, |p| p.summary.period_ns);
     let mut merged: HashMap<Vec<Arc<str>>, u64> = HashMap::new();
     for p in profiles {
-        for (stack, count) in &p.stacks {
+        for (stack, count) in p.stacks {
             let c = if p.summary.period_ns == period || period == 0 {
-                *count
+                count
             } else {
                 (count.saturating_mul(p.summary.period_ns) / period).max(1)
             };
-            *merged.entry(stack.clone()).or_insert(0) += c;
+            *merged.entry(stack).or_insert(0) += c;
         }
     }
     (period, merged.into_iter().collect())
 }
 
 async fn get_trace(State(s): St, Path(id): Path<String>, Query(q): Query<HashMap<String, String>>) -> Response {
-    let started = Instant::now();
     let Some(tid) = TraceId::parse(&id) else {
         return invalid_id(&s, format!("{id:?} is not a trace ID (32 hex digits)"));
     };
-    let format = match export_format(&q) {
-        Ok(f) => f,
+    let rendering = match Rendering::from_query(&q) {
+        Ok(r) => r,
         Err(e) => return fail(&s, e),
     };
-    let store = s.store.clone();
-    let profiles = match tokio::task::spawn_blocking(move || store.trace(tid)).await {
-        Ok(Ok(p)) if !p.is_empty() => p,
-        Ok(Ok(_)) => return no_samples(&format!("trace {tid}")),
-        Ok(Err(e)) => return fail(&s, e),
-        Err(e) => return fail(&s, Error::Storage(e.to_string())),
-    };
-    let (period_ns, stacks) = merge_spans(&profiles);
-    let samples: u64 = stacks.iter().map(|(_, c)| c).sum();
-    let first = profiles.iter().map(|p| p.summary.first_seen_ms).min().unwrap_or(0);
-    let last = profiles.iter().map(|p| p.summary.last_seen_ms).max().unwrap_or(0);
-    let labels = vec![("trace_id", tid.to_string())];
-    let title = format!("trace {tid}");
-    let meta = ExportMeta { title: &title, period_ns, time_ms: first, duration_ms: last.saturating_sub(first), labels: &labels };
-    let mut extra = serde_json::Map::new();
-    extra.insert("trace_id".into(), json!(tid.to_string()));
-    extra.insert(
-        "profiles".into(),
-        json!(profiles.iter().map(|p| summary_json(&p.summary)).collect::<Vec<_>>()),
-    );
-    extra.insert("samples".into(), json!(samples));
-    extra.insert("cpu_ns".into(), json!(samples.saturating_mul(period_ns)));
-    let r = render(format, &stacks, &meta, &format!("trace-{tid}"), extra);
-    s.metrics.observe_query("trace", started.elapsed().as_secs_f64());
-    r.unwrap_or_else(|e| fail(&s, e))
+    heavy_query(&s, "trace", rendering, format!("trace {tid}"), move |store| {
+        let profiles = store.trace(tid)?;
+        if profiles.is_empty() {
+            return Ok(None);
+        }
+        let first = profiles.iter().map(|p| p.summary.first_seen_ms).min().unwrap_or(0);
+        let last = profiles.iter().map(|p| p.summary.last_seen_ms).max().unwrap_or(0);
+        let mut extra = serde_json::Map::new();
+        extra.insert("trace_id".into(), json!(tid.to_string()));
+        extra.insert("profiles".into(), json!(profiles.iter().map(|p| summary_json(&p.summary)).collect::<Vec<_>>()));
+        let (period_ns, stacks) = merge_spans(profiles);
+        let samples: u64 = stacks.iter().map(|(_, c)| c).sum();
+        extra.insert("samples".into(), json!(samples));
+        extra.insert("cpu_ns".into(), json!(samples.saturating_mul(period_ns)));
+        let meta = ExportMeta {
+            title: format!("trace {tid}"),
+            period_ns,
+            time_ms: first,
+            duration_ms: last.saturating_sub(first),
+            labels: vec![("trace_id", tid.to_string())],
+        };
+        Ok(Some(Loaded { stacks, meta, file_stem: format!("trace-{tid}"), extra }))
+    })
+    .await
 }
 
 async fn list_services(State(s): St) -> Response {
@@ -580,49 +703,43 @@ async fn service_profile(
     Path(service): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let started = Instant::now();
     let now = now_ms();
-    let range = (|| -> Result<(u64, u64, export::Format), Error> {
+    let range = (|| -> Result<(u64, u64, Rendering), Error> {
         let from = q.get("from").map(|v| parse_time(v, now, "from")).transpose()?.unwrap_or(now - 3_600_000);
         let until = q.get("until").map(|v| parse_time(v, now, "until")).transpose()?.unwrap_or(now);
         if from > until {
             return Err(Error::rejected(Reject::BadTimestamp, "`from` is after `until`"));
         }
-        Ok((from, until, export_format(&q)?))
+        Ok((from, until, Rendering::from_query(&q)?))
     })();
-    let (from, until, format) = match range {
+    let (from, until, rendering) = match range {
         Ok(r) => r,
         Err(e) => return fail(&s, e),
     };
-    let store = s.store.clone();
-    let svc = service.clone();
     let profile_type = q.get("type").filter(|t| !t.is_empty()).cloned().unwrap_or_else(|| "process_cpu".into());
-    let profile = match tokio::task::spawn_blocking(move || store.process_profile(&svc, &profile_type, from, until)).await {
-        Ok(Ok(Some(p))) => p,
-        Ok(Ok(None)) => return no_samples(&format!("service {service:?} in this time range")),
-        Ok(Err(e)) => return fail(&s, e),
-        Err(e) => return fail(&s, Error::Storage(e.to_string())),
-    };
-    let samples: u64 = profile.stacks.iter().map(|(_, c)| c).sum();
-    let title = format!("{service} (whole process)");
-    let labels = vec![("service_name", service.clone())];
-    let meta = ExportMeta {
-        title: &title,
-        period_ns: profile.period_ns,
-        time_ms: from,
-        duration_ms: until - from,
-        labels: &labels,
-    };
-    let mut extra = serde_json::Map::new();
-    extra.insert("service_name".into(), json!(service));
-    extra.insert("from_ms".into(), json!(from));
-    extra.insert("until_ms".into(), json!(until));
-    extra.insert("samples".into(), json!(samples));
-    extra.insert("cpu_ns".into(), json!(samples.saturating_mul(profile.period_ns)));
-    let stem: String = service.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
-    let r = render(format, &profile.stacks, &meta, &stem, extra);
-    s.metrics.observe_query("service_profile", started.elapsed().as_secs_f64());
-    r.unwrap_or_else(|e| fail(&s, e))
+    let what = format!("service {service:?} in this time range");
+    heavy_query(&s, "service_profile", rendering, what, move |store| {
+        let Some(profile) = store.process_profile(&service, &profile_type, from, until)? else {
+            return Ok(None);
+        };
+        let samples: u64 = profile.stacks.iter().map(|(_, c)| c).sum();
+        let meta = ExportMeta {
+            title: format!("{service} (whole process)"),
+            period_ns: profile.period_ns,
+            time_ms: from,
+            duration_ms: until - from,
+            labels: vec![("service_name", service.clone())],
+        };
+        let mut extra = serde_json::Map::new();
+        extra.insert("service_name".into(), json!(service));
+        extra.insert("from_ms".into(), json!(from));
+        extra.insert("until_ms".into(), json!(until));
+        extra.insert("samples".into(), json!(samples));
+        extra.insert("cpu_ns".into(), json!(samples.saturating_mul(profile.period_ns)));
+        let file_stem: String = service.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+        Ok(Some(Loaded { stacks: profile.stacks, meta, file_stem, extra }))
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 pub mod error;
 pub mod export;
 pub mod flame;
+pub mod gate;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
@@ -36,6 +37,8 @@ pub struct Config {
     pub limits: ingest::Limits,
     /// Store tuning, and which engine (`store.engine`: fjall, the default, or redb).
     pub store: EmbeddedOptions,
+    /// How many heavy queries run and wait at once.
+    pub queries: gate::QueryLimits,
 }
 
 /// Runs the server until `shutdown` resolves (or SIGINT/SIGTERM when it is `None`), then
@@ -63,6 +66,7 @@ pub async fn serve(
         limits: config.limits,
         metrics: metrics::Metrics::default(),
         ready: AtomicBool::new(false),
+        queries: gate::QueryGate::new(config.queries),
     });
     let retention = tokio::spawn(retention_loop(state.clone(), config.retention, config.retention_interval));
     let app = http::router(state.clone());

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use spanprof_server::Config;
+use spanprof_server::gate::QueryLimits;
 use spanprof_server::ingest::Limits;
 use spanprof_server::store::{Engine, Retention};
 use spanprof_server::store::embedded::EmbeddedOptions;
@@ -56,6 +57,10 @@ struct Args {
     /// and /readyz fails until space returns (default: 5 % of the filesystem, at most 1 GiB).
     #[arg(long, env = "SPANPROF_MIN_FREE_DISK_BYTES")]
     min_free_disk_bytes: Option<u64>,
+    /// Heavy queries (profiles, traces, whole-process views, exports) that build their answer at
+    /// once (default: one per core); four times as many wait, more get 503 with Retry-After.
+    #[arg(long, env = "SPANPROF_MAX_CONCURRENT_QUERIES")]
+    max_concurrent_queries: Option<usize>,
     /// Page cache of the embedded store, MiB.
     #[arg(long, env = "SPANPROF_CACHE_MB", default_value_t = 256)]
     cache_mb: usize,
@@ -116,6 +121,10 @@ async fn main() -> anyhow::Result<()> {
             engine: args.store_engine,
             min_free_bytes: args.min_free_disk_bytes,
             ..Default::default()
+        },
+        queries: match args.max_concurrent_queries {
+            Some(n) => QueryLimits { max_running: n.max(1), max_queued: 4 * n.max(1), ..QueryLimits::default() },
+            None => QueryLimits::default(),
         },
     };
     spanprof_server::run(config, None).await?;

@@ -388,6 +388,47 @@
     return c;
   }
 
+  /**
+   * Builds the node tree of a flame graph from the API's encoding (Pyroscope's flamebearer):
+   * `levels[d]` holds the bars at depth d left to right as [x offset, total, self, name index],
+   * each offset counted from the end of the bar before it. A bar's parent is the bar one level up
+   * that spans its x; both levels are left to right, so one pass per level finds them.
+   */
+  function treeFromLevels(fg) {
+    const empty = { name: 'total', self: 0, total: 0, children: [] };
+    if (!fg || typeof fg !== 'object' || !Array.isArray(fg.levels)) return empty;
+    const names = Array.isArray(fg.names) ? fg.names : [];
+    const merged = (fg.dropped_nodes || 0) > 0;
+    let root = null;
+    let prev = [];
+    for (let d = 0; d < fg.levels.length; d++) {
+      const v = Array.isArray(fg.levels[d]) ? fg.levels[d] : [];
+      const cur = [];
+      let end = 0;
+      let pi = 0;
+      for (let i = 0; i + 3 < v.length; i += 4) {
+        const x = end + (Number(v[i]) || 0);
+        const total = Number(v[i + 1]) || 0;
+        end = x + total;
+        const name = names[v[i + 3]];
+        const n = { name: name == null ? '(unknown)' : String(name), total, self: Number(v[i + 2]) || 0, children: [] };
+        if (d === 0) {
+          if (root) continue;
+          root = n;
+        } else {
+          while (pi < prev.length && prev[pi].x + prev[pi].n.total <= x) pi++;
+          const p = prev[pi];
+          if (!p || p.x > x) continue; // malformed: a bar outside every parent
+          if (merged && n.name === 'other') n.merged = true;
+          p.n.children.push(n);
+        }
+        cur.push({ n, x });
+      }
+      prev = cur;
+    }
+    return root || empty;
+  }
+
   class FlameGraph {
     /**
      * @param {object} root   Node tree ({name, self, total, children}), root named "total"
@@ -412,12 +453,13 @@
       this.zoomInfo = h('span', { class: 'fg-zoom muted' });
       this.graph = h('div', { class: 'flamegraph', id: 'flamegraph', role: 'img', 'aria-label': 'Flame graph' });
       this.note = h('p', { class: 'fg-note muted' });
+      this.boundNote = h('p', { class: 'fg-bound', id: 'fg-bound' });
       this.el = h('section', { class: 'card fg-card' },
         h('div', { class: 'card-head' },
           h('h2', null, 'Flame graph'),
           h('div', { class: 'fg-toolbar' }, this.zoomInfo, this.matchInfo, this.searchInput, this.resetBtn)),
         h('p', { class: 'hint muted' }, 'Width is CPU time. Click a frame to zoom in, click a bar above it to zoom out; hover for details.'),
-        this.graph, this.note);
+        this.boundNote, this.graph, this.note);
 
       let searchTimer = 0;
       this.searchInput.addEventListener('input', () => {
@@ -456,6 +498,46 @@
       }
     }
 
+    /** Shows another tree (e.g. every node after "Show all"), keeping the search term. */
+    setRoot(root) {
+      this.root = root;
+      this.focus = root;
+      this.maxDepth = this.prepare(root);
+      this.total = root.total || 0;
+      this.resetBtn.disabled = true;
+      this.zoomInfo.textContent = '';
+      this.render();
+      if (this.term) this.search(this.term);
+    }
+
+    /**
+     * Says when the server merged small call paths into "other" frames, with a button that loads
+     * every node (`loadAll` resolves to the API's whole flame graph).
+     */
+    showBound(fg, loadAll) {
+      const dropped = (fg && fg.dropped_nodes) || 0;
+      if (!dropped) { this.boundNote.replaceChildren(); return; }
+      const all = fg.total_nodes || 0;
+      const btn = h('button', { class: 'btn', id: 'fg-show-all', type: 'button' }, `Show all ${fmtInt(all)}`);
+      btn.addEventListener('click', async () => {
+        btn.disabled = true;
+        btn.textContent = 'Loading…';
+        try {
+          const full = await loadAll();
+          this.setRoot(treeFromLevels(full));
+          this.boundNote.replaceChildren(`Showing all ${fmtInt(full.nodes || all)} call-tree nodes.`);
+        } catch (e) {
+          btn.disabled = false;
+          btn.textContent = `Show all ${fmtInt(all)}`;
+          this.boundNote.append(h('span', { class: 'error-inline' }, ` Could not load them: ${e.message}`));
+        }
+      });
+      this.boundNote.replaceChildren(
+        `Showing ${fmtInt(fg.nodes)} of ${fmtInt(all)} call-tree nodes: the ${fmtInt(dropped)} smallest are merged into "other" frames, so every total stays exact. `,
+        loadAll ? btn : '',
+        ' The exports above hold every stack.');
+    }
+
     /** Adds parent/depth to every node, without recursion (stacks can be very deep). */
     prepare(root) {
       let maxDepth = 0;
@@ -481,7 +563,7 @@
     tooltipContent(n) {
       const p = this.period;
       const rows = [
-        h('div', { class: 'tt-name' }, n.name),
+        h('div', { class: 'tt-name' }, n.merged ? 'other (smaller call paths, merged)' : n.name),
         h('div', { class: 'tt-row' }, h('span', { class: 'tt-k' }, 'Total'),
           `${fmtInt(n.total)} samples · ${fmtCpu(n.total * p)} · ${fmtPct(n.total, this.total)} of total`),
         h('div', { class: 'tt-row' }, h('span', { class: 'tt-k' }, 'Self'),
@@ -564,12 +646,13 @@
         let cls = 'frame';
         if (extra) cls += ' ' + extra;
         if (n === this.root) cls += ' root';
+        if (n.merged) cls += ' merged';
         if (w < LABEL_MIN_PX) cls += ' narrow';
         if (this.matches(n)) cls += ' highlighted';
         d.className = cls;
         // Numbers and our own colour only: no API string goes into cssText.
         d.style.cssText = `left:${((100 * x) / W).toFixed(4)}%;width:${((100 * w) / W).toFixed(4)}%;top:${row * ROW_PX}px`
-          + (n !== this.root ? `;background-color:${frameColour(n.name)}` : '');
+          + (n !== this.root && !n.merged ? `;background-color:${frameColour(n.name)}` : '');
         d.setAttribute('data-name', n.name);
         d.setAttribute('data-idx', String(this.nodes.length));
         // A label cannot show even one character in a narrow frame; leaving it out
@@ -602,6 +685,7 @@
       this.graph.replaceChildren(frag);
       this.renders = (this.renders || 0) + 1;
       this.graph.dataset.renderMs = String(Math.round(performance.now() - t0));
+      this.graph.dataset.renderedAt = String(Math.round(performance.now()));
       this.graph.dataset.renders = String(this.renders);
       this.note.textContent = hidden
         ? `${fmtInt(this.nodes.length)} frames shown; ${fmtInt(hidden)} call paths narrower than ${minPx} px are hidden — zoom in to see them.`
@@ -682,9 +766,14 @@
   }
 
   /** Flame graph + top table, wired together. Returns the nodes to insert. */
-  function profileBody(flamegraph, top, period) {
-    const root = flamegraph && typeof flamegraph === 'object' ? flamegraph : { name: 'total', self: 0, total: 0, children: [] };
+  function profileBody(flamegraph, top, period, apiPath) {
+    const root = treeFromLevels(flamegraph);
     const fg = new FlameGraph(root, period);
+    const loadAll = apiPath ? async () => {
+      const sep = apiPath.includes('?') ? '&' : '?';
+      return (await api(`${apiPath}${sep}max_nodes=0`)).flamegraph;
+    } : null;
+    fg.showBound(flamegraph, loadAll);
     const pick = (name) => {
       fg.searchInput.value = name;
       fg.search(name);
@@ -868,7 +957,7 @@
     const p = body.profile || {};
     const period = body.period_ns || DEFAULT_PERIOD_NS;
     const pid = p.profile_id || id;
-    const { nodes, after } = profileBody(body.flamegraph, body.top, period);
+    const { nodes, after } = profileBody(body.flamegraph, body.top, period, `/api/v1/profiles/${enc(pid)}`);
     setPage(`${p.span_name || 'Span'} ${pid}`,
       h('section', { class: 'page-head' },
         crumbs(['Profiles', '/'], p.service_name ? [p.service_name, `/services/${enc(p.service_name)}`] : 'span', 'span profile'),
@@ -931,7 +1020,7 @@
         h('td', { class: 'num' }, fmtCpu(p.cpu_ns)),
         h('td', { class: 'num' }, fmtPct(p.samples, body.samples)),
         h('td', null, timeEl(p.last_seen_ms))))));
-    const { nodes, after } = profileBody(body.flamegraph, body.top, period);
+    const { nodes, after } = profileBody(body.flamegraph, body.top, period, `/api/v1/traces/${enc(tid)}`);
     setPage(`Trace ${tid}`,
       h('section', { class: 'page-head' },
         crumbs(['Profiles', '/'], 'trace'),
@@ -1013,7 +1102,7 @@
           ['Until', whenEl(data.until_ms ?? until)],
         ]),
         exportLinks(base, qs, `${name}-${range}`));
-      const { nodes, after } = profileBody(data.flamegraph, data.top, period);
+      const { nodes, after } = profileBody(data.flamegraph, data.top, period, `${base}?${qs}`);
       body.replaceChildren(...nodes);
       after();
     }

@@ -11,7 +11,7 @@
 import { chromium } from 'playwright-core';
 import { randomBytes } from 'node:crypto';
 
-const OVERALL_TIMEOUT_MS = Number(process.env.UI_TEST_TIMEOUT_MS || 120_000);
+const OVERALL_TIMEOUT_MS = Number(process.env.UI_TEST_TIMEOUT_MS || 300_000);
 const SCREENSHOT = process.env.UI_TEST_SCREENSHOT || '/tmp/spanprof-ui.png';
 
 const base = (process.argv[2] || process.env.SPANPROF_URL || '').replace(/\/+$/, '');
@@ -78,9 +78,9 @@ async function poll(what, fn, timeoutMs = 10_000) {
   }
 }
 
-async function http(method, path, body, headers = {}) {
+async function http(method, path, body, headers = {}, timeoutMs = 10_000) {
   const ctl = new AbortController();
-  const timer = setTimeout(() => ctl.abort(), 10_000);
+  const timer = setTimeout(() => ctl.abort(), timeoutMs);
   try {
     const res = await fetch(base + path, { method, body, headers, signal: ctl.signal });
     const text = await res.text();
@@ -130,13 +130,31 @@ const SPAN_EVIL = hex(8);
 const PAGING_APP = `paging-ui-${run}`;
 const PAGING_SPANS = 53;
 
-async function ingest(labels, body, app = APP) {
+async function ingest(labels, body, app = APP, timeoutMs = 10_000) {
   const until = Math.floor(Date.now() / 1000);
   const from = until - 10;
   const name = labels ? `${app}.cpu{${labels}}` : `${app}.cpu`;
   const path = `/ingest?name=${encodeURIComponent(name)}&from=${from}&until=${until}&format=folded&sampleRate=100`;
-  const r = await http('POST', path, body, { 'Content-Type': 'text/plain' });
+  const r = await http('POST', path, body, { 'Content-Type': 'text/plain' }, timeoutMs);
   assert(r.status >= 200 && r.status < 300, `POST ${path} answered ${r.status}: ${r.text.slice(0, 300)}`);
+}
+
+// a large span profile, as a big service has: BIG_STACKS distinct stacks of 10–40 frames over
+// 2,000 functions, posted in four parts that the server merges into one profile
+const SPAN_BIG = hex(8);
+const BIG_STACKS = 20_000;
+function bigProfileParts(parts) {
+  let x = 0x2545f491;
+  const next = () => { x ^= x << 13; x >>>= 0; x ^= x >>> 17; x ^= x << 5; x >>>= 0; return x; };
+  const out = Array.from({ length: parts }, () => []);
+  for (let i = 0; i < BIG_STACKS; i++) {
+    const depth = 10 + (next() % 31);
+    const frames = [];
+    for (let d = 0; d < depth; d++) frames.push(`fn_${d}_${d < 3 ? next() % 4 : next() % 2000}`);
+    frames.push(`leaf_${i}`);
+    out[i % parts].push(`${frames.join(';')} ${1 + (next() % 20)}`);
+  }
+  return out.map((lines) => lines.join('\n') + '\n');
 }
 
 // ------------------------------------------------------------------ browser helpers
@@ -459,6 +477,57 @@ async function main() {
     await page.locator('#load-more').waitFor({ state: 'hidden' });
     const shown = new Set(await page.locator('#recent-table tbody tr').evaluateAll((trs) => trs.map((tr) => tr.dataset.profileId)));
     assert(ids.every((id) => shown.has(id)), 'some seeded span profiles are missing or repeated after "Load more"');
+  });
+
+  await check(`a ${BIG_STACKS.toLocaleString('en-US')}-stack profile: bounded graph drawn, search and zoom work, "Show all" loads every node`, async () => {
+    for (const part of bigProfileParts(4)) await ingest(`span_id=${SPAN_BIG},span_name=Big`, part, APP, 60_000);
+    const t0 = Date.now();
+    await goto(page, `/profiles/${SPAN_BIG}`);
+    await page.locator('#flamegraph .frame').first().waitFor({ timeout: 60_000 });
+    const loadMs = Date.now() - t0;
+    const timing = await page.evaluate(() => {
+      const api = performance.getEntriesByType('resource').filter((e) => e.name.includes('/api/v1/profiles/')).pop();
+      const g = document.querySelector('#flamegraph');
+      return {
+        responseEnd: api ? api.responseEnd : NaN,
+        bytes: api ? api.encodedBodySize || api.transferSize : NaN,
+        drawnAt: Number(g.dataset.renderedAt),
+        renderMs: Number(g.dataset.renderMs),
+        frames: g.querySelectorAll('.frame').length,
+      };
+    });
+    const bound = (await page.locator('#fg-bound').innerText()).trim();
+    assert(/merged into "other" frames/.test(bound), `no note that nodes were merged: "${bound}"`);
+    assert(await page.locator('#flamegraph .frame.merged').count() > 0, 'no merged "other" frame is drawn');
+    // Search: a function on many stacks; the keydown handler searches synchronously.
+    const searchMs = await page.evaluate(() => {
+      const i = document.querySelector('#fg-search');
+      i.value = 'fn_2_3';
+      const t = performance.now();
+      i.dispatchEvent(new KeyboardEvent('keydown', { key: 'Enter' }));
+      return performance.now() - t;
+    });
+    assert(await page.locator('#flamegraph .frame.highlighted').count() > 0, 'search highlighted nothing');
+    const m = (await page.locator('#fg-match').innerText()).trim();
+    assert(/^matched: [\d.]+% of total$/.test(m), `match info is "${m}"`);
+    // Zoom: click the widest frame under the root.
+    const zoomMs = await page.evaluate(() => {
+      const frames = [...document.querySelectorAll('#flamegraph .frame:not(.root)')];
+      const f = frames.find((e) => e.style.top === '18px');
+      const t = performance.now();
+      f.click();
+      return performance.now() - t;
+    });
+    await poll('Reset zoom to be enabled', async () => !(await page.locator('#fg-reset').isDisabled()));
+    await page.click('#fg-reset');
+    // Every node, on request.
+    const t1 = Date.now();
+    await page.click('#fg-show-all');
+    await poll('every node to load', async () => /^Showing all/.test((await page.locator('#fg-bound').innerText()).trim()), 120_000);
+    const allMs = Date.now() - t1;
+    assert(await page.locator('#flamegraph .frame').count() > 0, 'nothing drawn after "Show all"');
+    console.log(`     large profile: ${(timing.bytes / 1e6).toFixed(2)} MB JSON, page ${loadMs} ms, drawn ${Math.round(timing.drawnAt - timing.responseEnd)} ms after the response `
+      + `(render ${timing.renderMs} ms, ${timing.frames} frames); search ${searchMs.toFixed(1)} ms; zoom ${zoomMs.toFixed(1)} ms; show all ${allMs} ms`);
   });
 
   await check('no JavaScript errors and no external requests', async () => {

@@ -39,6 +39,7 @@ pub fn config(dir: &Path) -> Config {
             engine: std::env::var("SPANPROF_TEST_STORE_ENGINE").ok().and_then(|e| e.parse().ok()).unwrap_or_default(),
             ..Default::default()
         },
+        queries: Default::default(),
     }
 }
 
@@ -162,10 +163,27 @@ pub async fn get_json(url: &str) -> (u16, serde_json::Value) {
     (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
 }
 
-/// Finds a node by name anywhere in a flame-graph tree.
-pub fn find<'a>(node: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Value> {
-    if node["name"] == name {
-        return Some(node);
+/// Decodes a flame graph's levels (Pyroscope's flamebearer) into `{depth, x, name, total, self}`
+/// bars, checking the encoding on the way.
+pub fn bars(graph: &serde_json::Value) -> Vec<serde_json::Value> {
+    let names = graph["names"].as_array().expect("names");
+    let mut out = Vec::new();
+    for (depth, level) in graph["levels"].as_array().expect("levels").iter().enumerate() {
+        let values: Vec<u64> = level.as_array().expect("a level").iter().map(|v| v.as_u64().expect("a number")).collect();
+        assert_eq!(values.len() % 4, 0, "levels hold [offset, total, self, name] groups");
+        let mut end = 0;
+        for q in values.chunks(4) {
+            let x = end + q[0];
+            end = x + q[1];
+            out.push(serde_json::json!({
+                "depth": depth, "x": x, "total": q[1], "self": q[2], "name": names[q[3] as usize],
+            }));
+        }
     }
-    node["children"].as_array()?.iter().find_map(|c| find(c, name))
+    out
+}
+
+/// Finds the first bar named `name` (shallowest, leftmost) in a flame graph.
+pub fn find(graph: &serde_json::Value, name: &str) -> Option<serde_json::Value> {
+    bars(graph).into_iter().find(|b| b["name"] == name)
 }

@@ -30,6 +30,7 @@ async fn main() -> anyhow::Result<()> {
         retention_interval: Duration::from_secs(60),
         limits: Default::default(),
         store: Default::default(),
+        queries: Default::default(),
     };
     spanprof_server::run(config, None).await?;
     Ok(())
