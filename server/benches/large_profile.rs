@@ -124,8 +124,9 @@ fn start_server() -> Server {
     let child = Command::new(env!("CARGO_BIN_EXE_spanprof-server"))
         .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
         .arg(dir.path())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
+        // RUST_LOG=spanprof_server=debug shows each query's load and total time.
+        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .stdout(Stdio::from(std::io::stderr()))
         .spawn()
         .expect("spanprof-server");
     let started = Instant::now();

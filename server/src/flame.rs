@@ -98,7 +98,23 @@ impl CallTree {
             let marker = cut.then_some(TRUNCATED_FRAME);
             marker.into_iter().chain(stack.iter().map(|f| &**f))
         };
-        input.sort_unstable_by(|a, b| frames(a).cmp(frames(b)));
+        // By name, frame by frame; the store shares one `Arc` per frame name, so most equal
+        // frames are told equal by address without comparing their bytes.
+        input.sort_unstable_by(|a, b| {
+            if a.0 == b.0 {
+                for (x, y) in a.1.iter().zip(b.1) {
+                    if !Arc::ptr_eq(x, y) {
+                        match x.cmp(y) {
+                            std::cmp::Ordering::Equal => {}
+                            unequal => return unequal,
+                        }
+                    }
+                }
+                a.1.len().cmp(&b.1.len())
+            } else {
+                frames(a).cmp(frames(b))
+            }
+        });
 
         let mut t = CallTree {
             names: vec![Arc::from(ROOT_FRAME)],

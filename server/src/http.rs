@@ -518,7 +518,7 @@ where
 
 /// Renders a loaded profile in the requested format, on the blocking pool, as a stream; JSON
 /// gets the fields of `loaded.extra` plus the bounded flame graph and the top functions.
-fn render(turn: QueryTurn, rendering: Rendering, loaded: Loaded) -> Response {
+fn render(turn: QueryTurn, rendering: Rendering, loaded: Loaded, done: impl FnOnce() + Send + 'static) -> Response {
     let Loaded { stacks, meta, file_stem, extra } = loaded;
     let attachment = |ext: &str| format!("inline; filename=\"{file_stem}.{ext}\"");
     let (content_type, disposition) = match rendering.format {
@@ -529,23 +529,10 @@ fn render(turn: QueryTurn, rendering: Rendering, loaded: Loaded) -> Response {
         export::Format::Svg => ("image/svg+xml", Some(attachment("svg"))),
     };
     let format = rendering.format;
-    let body = streamed(turn, move |out| match format {
-        export::Format::Json => {
-            let tree = flame::CallTree::build(stacks.iter().map(|(f, c)| (f.as_slice(), *c)));
-            drop(stacks);
-            let answer = ProfileJson {
-                extra,
-                period_ns: meta.period_ns,
-                flamegraph: tree.flamegraph(rendering.max_nodes),
-                top: tree.top_functions(200),
-            };
-            drop(tree);
-            serde_json::to_writer(out, &answer).map_err(|e| Error::Io(std::io::Error::other(e)))
-        }
-        export::Format::Folded => Ok(export::write_folded(&stacks, out)?),
-        export::Format::Pprof => export::write_pprof(&stacks, &meta, out),
-        export::Format::Speedscope => export::write_speedscope(&stacks, &meta, out),
-        export::Format::Svg => export::write_svg(&stacks, &meta, out),
+    let body = streamed(turn, move |out| {
+        let written = write_rendering(out, format, rendering.max_nodes, stacks, &meta, extra);
+        done();
+        written
     });
     let mut response = Response::new(body);
     let headers = response.headers_mut();
@@ -554,6 +541,35 @@ fn render(turn: QueryTurn, rendering: Rendering, loaded: Loaded) -> Response {
         headers.insert(header::CONTENT_DISPOSITION, d);
     }
     response
+}
+
+/// Writes one rendering of `stacks` to `out` (see [`render`]).
+fn write_rendering(
+    out: &mut dyn std::io::Write,
+    format: export::Format,
+    max_nodes: usize,
+    stacks: Stacks,
+    meta: &ExportMeta,
+    extra: serde_json::Map<String, serde_json::Value>,
+) -> Result<(), Error> {
+    match format {
+        export::Format::Json => {
+            let tree = flame::CallTree::build(stacks.iter().map(|(f, c)| (f.as_slice(), *c)));
+            drop(stacks);
+            let answer = ProfileJson {
+                extra,
+                period_ns: meta.period_ns,
+                flamegraph: tree.flamegraph(max_nodes),
+                top: tree.top_functions(200),
+            };
+            drop(tree);
+            serde_json::to_writer(out, &answer).map_err(|e| Error::Io(std::io::Error::other(e)))
+        }
+        export::Format::Folded => Ok(export::write_folded(&stacks, out)?),
+        export::Format::Pprof => export::write_pprof(&stacks, meta, out),
+        export::Format::Speedscope => export::write_speedscope(&stacks, meta, out),
+        export::Format::Svg => export::write_svg(&stacks, meta, out),
+    }
 }
 
 /// Runs a heavy query: waits for a turn at the gate, loads on the blocking pool with `load`
@@ -574,9 +590,14 @@ where
         Ok(Err(e)) => return fail(s, e),
         Err(e) => return fail(s, Error::Storage(e.to_string())),
     };
-    let r = render(turn, rendering, loaded);
-    s.metrics.observe_query(endpoint, started.elapsed().as_secs_f64());
-    r
+    let loaded_after = started.elapsed();
+    let state = s.clone();
+    // The answer is written after this returns: it is timed when the last byte is handed over.
+    render(turn, rendering, loaded, move || {
+        let total = started.elapsed();
+        state.metrics.observe_query(endpoint, total.as_secs_f64());
+        tracing::debug!(endpoint, load_ms = loaded_after.as_millis() as u64, total_ms = total.as_millis() as u64, "query answered");
+    })
 }
 
 fn no_samples(what: &str) -> Response {
