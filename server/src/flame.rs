@@ -362,15 +362,16 @@ impl CallTree {
         // The arena is depth-first (parents first, each subtree contiguous), so one pass in
         // arena order walks the tree: the names on the current path are a stack, popped back to
         // each node's depth.
-        let mut depth = vec![0u32; self.len()];
-        let mut path: Vec<usize> = Vec::new();
+        // (node, name) from the root's child down to the node last seen.
+        let mut path: Vec<(u32, usize)> = Vec::new();
         for i in 1..self.len() {
-            let d = depth[self.parent[i] as usize] + 1;
-            depth[i] = d;
-            while path.len() >= d as usize {
-                if let Some(name) = path.pop() {
-                    on_path[name] -= 1;
+            let parent = self.parent[i];
+            while let Some(&(node, name)) = path.last() {
+                if node == parent {
+                    break;
                 }
+                on_path[name] -= 1;
+                path.pop();
             }
             let name = self.name[i] as usize;
             self_by[name] += self.self_value[i];
@@ -378,7 +379,7 @@ impl CallTree {
                 total_by[name] += self.total[i];
             }
             on_path[name] += 1;
-            path.push(name);
+            path.push((i as u32, name));
         }
         let mut out: Vec<TopFunction> = (0..self.names.len())
             .filter(|&n| total_by[n] > 0)
