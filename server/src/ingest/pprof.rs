@@ -95,22 +95,8 @@ fn frames_of(
     s: &Strings<'_>,
     table: &mut Frames,
 ) -> Result<Vec<u32>> {
-    let mut frames = Vec::with_capacity(loc.line.len().max(1));
-    // The last line is the caller the earlier ones were inlined into: root first means reversed.
-    for line in loc.line.iter().rev() {
-        let f = functions
-            .get(&line.function_id)
-            .ok_or_else(|| invalid(format!("location {} refers to unknown function {}", loc.id, line.function_id)))?;
-        let mut name = s.get(f.name)?;
-        if name.is_empty() {
-            name = s.get(f.system_name)?;
-        }
-        if !name.is_empty() {
-            frames.push(table.intern(name));
-        }
-    }
-    if frames.is_empty() {
-        // Unsymbolized: `module+0xoffset`, never dropped.
+    // Unsymbolized: `module+0xoffset` (or the bare address), never dropped.
+    let unsymbolized = |table: &mut Frames| -> Result<u32> {
         let frame = match mappings.get(&loc.mapping_id) {
             Some(m) => {
                 let file = s.get(m.filename)?;
@@ -120,7 +106,27 @@ fn frames_of(
             }
             None => format!("0x{:x}", loc.address),
         };
-        frames.push(table.intern(&frame));
+        Ok(table.intern(&frame))
+    };
+    let mut frames = Vec::with_capacity(loc.line.len().max(1));
+    // The last line is the caller the earlier ones were inlined into: root first means reversed.
+    for line in loc.line.iter().rev() {
+        // A line naming a function the profile does not define (as .NET profilers write) is an
+        // unknown frame, as Pyroscope takes it, not a reason to refuse the profile.
+        let Some(f) = functions.get(&line.function_id) else {
+            frames.push(unsymbolized(table)?);
+            continue;
+        };
+        let mut name = s.get(f.name)?;
+        if name.is_empty() {
+            name = s.get(f.system_name)?;
+        }
+        if !name.is_empty() {
+            frames.push(table.intern(name));
+        }
+    }
+    if frames.is_empty() {
+        frames.push(unsymbolized(table)?);
     }
     Ok(frames)
 }
@@ -358,5 +364,25 @@ pub(crate) mod tests {
         let split = split(&p, None).unwrap();
         let names: Vec<&str> = split.process.iter().next().unwrap().0.iter().map(|&f| split.frames.name(f)).collect();
         assert_eq!(names, ["outer", "inner", "libfoo.so+0x434"]);
+    }
+
+    #[test]
+    fn a_line_naming_an_undefined_function_is_an_unknown_frame_and_the_samples_stay() {
+        // As .NET profilers write: a location whose line names a function the profile lacks.
+        let mut p = build(&[(&["main", "work"], 30_000_000, &[]), (&["main"], 10_000_000, &[])]);
+        let file = p.string_table.len() as i64;
+        p.string_table.push("/app/libcoreclr.so".into());
+        p.mapping.push(Mapping { id: 9, memory_start: 0x4000, file_offset: 0, filename: file, ..Default::default() });
+        let work = p.sample[0].location_id[0];
+        let loc = p.location.iter_mut().find(|l| l.id == work).unwrap();
+        loc.mapping_id = 9;
+        loc.address = 0x4abc;
+        loc.line[0].function_id = 4242;
+        let split = split(&p, None).unwrap();
+        assert_eq!(split.process.total(), 4, "every sample is kept");
+        let mut stacks: Vec<Vec<&str>> =
+            split.process.iter().map(|(s, _)| s.iter().map(|&f| split.frames.name(f)).collect()).collect();
+        stacks.sort();
+        assert_eq!(stacks, [vec!["main"], vec!["main", "libcoreclr.so+0xabc"]]);
     }
 }
