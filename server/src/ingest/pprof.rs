@@ -24,8 +24,47 @@ pub struct SplitProfile {
 /// Decodes a (possibly gzipped) pprof.
 pub fn decode(data: &[u8], max_decompressed: usize) -> Result<Profile> {
     let raw = super::decode::maybe_gunzip(data, max_decompressed, "pprof profile")?;
-    Profile::decode(raw.as_slice())
-        .map_err(|e| Error::rejected(Reject::InvalidPprof, format!("invalid pprof protobuf: {e}")))
+    let invalid_protobuf = |e: prost::DecodeError| Error::rejected(Reject::InvalidPprof, format!("invalid pprof protobuf: {e}"));
+    match Profile::decode(raw.as_slice()) {
+        Ok(p) => Ok(p),
+        // A string that is not UTF-8 costs that string, not the profile (as in Pyroscope).
+        Err(e) if e.to_string().contains("UTF-8") => {
+            let repaired = strings_made_utf8(&raw)?;
+            tracing::debug!("a pprof string table held invalid UTF-8; replaced it");
+            Profile::decode(repaired.as_slice()).map_err(invalid_protobuf)
+        }
+        Err(e) => Err(invalid_protobuf(e)),
+    }
+}
+
+/// `raw` with every string-table entry (field 6) made valid UTF-8 (invalid bytes become
+/// U+FFFD); all other fields are copied as they are.
+fn strings_made_utf8(raw: &[u8]) -> Result<Vec<u8>> {
+    use prost::bytes::Buf;
+    use prost::encoding::{DecodeContext, WireType, decode_key, decode_varint, encode_key, encode_varint, skip_field};
+    const STRING_TABLE: u32 = 6;
+    let broken = |e: prost::DecodeError| Error::rejected(Reject::InvalidPprof, format!("invalid pprof protobuf: {e}"));
+    let mut out = Vec::with_capacity(raw.len() + 64);
+    let mut buf = raw;
+    while buf.has_remaining() {
+        let start = raw.len() - buf.remaining();
+        let (tag, wire_type) = decode_key(&mut buf).map_err(broken)?;
+        if tag == STRING_TABLE && wire_type == WireType::LengthDelimited {
+            let len = usize::try_from(decode_varint(&mut buf).map_err(broken)?).unwrap_or(usize::MAX);
+            if len > buf.remaining() {
+                return Err(invalid("a string-table entry runs past the end of the profile".into()));
+            }
+            let text = String::from_utf8_lossy(&buf[..len]);
+            encode_key(STRING_TABLE, WireType::LengthDelimited, &mut out);
+            encode_varint(text.len() as u64, &mut out);
+            out.extend_from_slice(text.as_bytes());
+            buf.advance(len);
+        } else {
+            skip_field(wire_type, tag, &mut buf, DecodeContext::default()).map_err(broken)?;
+            out.extend_from_slice(&raw[start..raw.len() - buf.remaining()]);
+        }
+    }
+    Ok(out)
 }
 
 struct Strings<'a>(&'a [String]);
@@ -364,6 +403,26 @@ pub(crate) mod tests {
         let split = split(&p, None).unwrap();
         let names: Vec<&str> = split.process.iter().next().unwrap().0.iter().map(|&f| split.frames.name(f)).collect();
         assert_eq!(names, ["outer", "inner", "libfoo.so+0x434"]);
+    }
+
+    #[test]
+    fn invalid_utf8_in_the_string_table_costs_that_string_not_the_profile() {
+        let p = build(&[(&["main", "caf\u{e9}"], 30_000_000, &[]), (&["main"], 10_000_000, &[])]);
+        let mut raw = p.encode_to_vec();
+        // Turn "café" (UTF-8 c3 a9) into Latin-1 (e9 alone): invalid UTF-8, same length less one.
+        let at = raw.windows(5).position(|w| w == "café".as_bytes()).unwrap();
+        raw.splice(at + 3..at + 5, [0xe9]);
+        raw[at - 1] -= 1; // the string's length prefix
+        assert!(Profile::decode(raw.as_slice()).is_err(), "prost alone refuses it");
+        let decoded = decode(&raw, 1 << 20).unwrap();
+        let split = split(&decoded, None).unwrap();
+        assert_eq!(split.process.total(), 4);
+        let mut stacks: Vec<Vec<&str>> =
+            split.process.iter().map(|(s, _)| s.iter().map(|&f| split.frames.name(f)).collect()).collect();
+        stacks.sort();
+        assert_eq!(stacks, [vec!["main"], vec!["main", "caf\u{fffd}"]]);
+        // Still refused: what is not a protobuf at all.
+        assert!(decode(&raw[..raw.len() - 3], 1 << 20).is_err());
     }
 
     #[test]
