@@ -3,13 +3,14 @@
 //!
 //! ```text
 //! cargo bench -p spanprof-server --bench large_profile                        # 20,000 and 100,000 stacks
-//! cargo bench -p spanprof-server --bench large_profile -- --stacks 20000 --runs 5
+//! cargo bench -p spanprof-server --bench large_profile -- --stacks 20000 --runs 3
+//! RUST_LOG=spanprof_server=debug cargo bench … # each query's load and total time
 //! ```
 //!
 //! The profile: `--stacks` distinct stacks of 10–40 frames over 2,000 functions (a few entry
 //! points at the top, a unique leaf each), ingested with Pyroscope's `/ingest` in parts of
-//! 20,000 stacks that the server merges into one span profile. Per request: the median time of
-//! `--runs` (the whole body read), the body size, and the server's peak resident memory during
+//! 20,000 stacks that the server merges into one span profile, then read once untimed. Per
+//! request: the median time of `--runs` (default 7; the whole body read), the body size, and the server's peak resident memory during
 //! the request above its resident memory before it (VmHWM after resetting it through
 //! `/proc/<pid>/clear_refs`; needs the same user as the server). Nothing here asserts on time.
 
@@ -24,7 +25,7 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut a = Args { stacks: vec![20_000, 100_000], runs: 3 };
+    let mut a = Args { stacks: vec![20_000, 100_000], runs: 7 };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < argv.len() {
@@ -154,6 +155,8 @@ fn main() {
             assert_eq!(status, 200, "{}", String::from_utf8_lossy(&err));
         }
         eprintln!("{stacks} stacks ingested in {:.2} s", t.elapsed().as_secs_f64());
+        // One untimed read first: the store's caches and the allocator's arenas warm up.
+        request(server.port, "GET", &format!("/api/v1/profiles/{span}"), b"");
         for (label, query) in [
             ("JSON (default, max_nodes 8192)", ""),
             ("JSON, max_nodes=0 (every node)", "?max_nodes=0"),

@@ -70,6 +70,9 @@ pub struct CallTree {
     /// same for any order of the input stacks, so ties broken by index are deterministic too.
     child_start: Vec<u32>,
     children: Vec<u32>,
+    /// Per name: samples with it as the leaf, and on the stack (once per stack).
+    top_self: Vec<u64>,
+    top_total: Vec<u64>,
 }
 
 impl CallTree {
@@ -148,29 +151,51 @@ impl CallTree {
             id
         };
         // The nodes of the previous stack's path, and that stack.
-        let mut path: Vec<u32> = Vec::new();
+        // The top functions come from the same pass: a function's self is the count of the
+        // stacks it is the leaf of; its total, the count of the stacks it is on, once per stack
+        // however deep it recurses (only its outermost node on the path adds).
+        let mut path: Vec<(u32, bool)> = Vec::new();
+        let mut on_path: Vec<u32> = Vec::new();
         let mut previous: Option<&(bool, &'a [Arc<str>], u64)> = None;
         for item in &input {
             let &(cut, stack, count) = item;
             let common = previous.map_or(0, |p| frames(p).zip(frames(item)).take_while(|(a, b)| a == b).count());
+            for &(node, _) in &path[common.min(path.len())..] {
+                on_path[t.name[node as usize] as usize] -= 1;
+            }
             path.truncate(common);
             let depth = usize::from(cut) + stack.len();
             for d in common..depth {
                 let frame = if cut && d == 0 { &marker } else { &stack[d - usize::from(cut)] };
                 let name = intern(frame, &mut t.names);
-                let parent = path.last().copied().unwrap_or(0);
+                if on_path.len() < t.names.len() {
+                    on_path.resize(t.names.len(), 0);
+                    t.top_self.resize(t.names.len(), 0);
+                    t.top_total.resize(t.names.len(), 0);
+                }
+                let parent = path.last().map_or(0, |&(node, _)| node);
                 t.name.push(name);
                 t.parent.push(parent);
                 t.self_value.push(0);
                 t.total.push(0);
-                path.push((t.name.len() - 1) as u32);
+                let outermost = on_path[name as usize] == 0;
+                on_path[name as usize] += 1;
+                path.push(((t.name.len() - 1) as u32, outermost));
             }
             t.total[0] = t.total[0].saturating_add(count);
-            for &node in &path {
-                t.total[node as usize] = t.total[node as usize].saturating_add(count);
+            for &(node, outermost) in &path {
+                let node = node as usize;
+                t.total[node] = t.total[node].saturating_add(count);
+                if outermost {
+                    let name = t.name[node] as usize;
+                    t.top_total[name] = t.top_total[name].saturating_add(count);
+                }
             }
-            if let Some(&leaf) = path.last() {
-                t.self_value[leaf as usize] = t.self_value[leaf as usize].saturating_add(count);
+            if let Some(&(leaf, _)) = path.last() {
+                let leaf = leaf as usize;
+                t.self_value[leaf] = t.self_value[leaf].saturating_add(count);
+                let name = t.name[leaf] as usize;
+                t.top_self[name] = t.top_self[name].saturating_add(count);
             }
             previous = Some(item);
         }
@@ -356,32 +381,8 @@ impl CallTree {
     /// Self and total samples per function, sorted by self, then total, descending; a function
     /// recursing on one stack counts once in its total. The root is not a function.
     pub fn top_functions(&self, limit: usize) -> Vec<TopFunction> {
-        let mut self_by = vec![0u64; self.names.len()];
-        let mut total_by = vec![0u64; self.names.len()];
-        let mut on_path = vec![0u32; self.names.len()];
-        // The arena is depth-first (parents first, each subtree contiguous), so one pass in
-        // arena order walks the tree: the names on the current path are a stack, popped back to
-        // each node's depth.
-        // (node, name) from the root's child down to the node last seen.
-        let mut path: Vec<(u32, usize)> = Vec::new();
-        for i in 1..self.len() {
-            let parent = self.parent[i];
-            while let Some(&(node, name)) = path.last() {
-                if node == parent {
-                    break;
-                }
-                on_path[name] -= 1;
-                path.pop();
-            }
-            let name = self.name[i] as usize;
-            self_by[name] += self.self_value[i];
-            if on_path[name] == 0 {
-                total_by[name] += self.total[i];
-            }
-            on_path[name] += 1;
-            path.push((i as u32, name));
-        }
-        let mut out: Vec<TopFunction> = (0..self.names.len())
+        let (self_by, total_by) = (&self.top_self, &self.top_total);
+        let mut out: Vec<TopFunction> = (0..total_by.len())
             .filter(|&n| total_by[n] > 0)
             .map(|n| TopFunction { name: self.names[n].clone(), self_value: self_by[n], total: total_by[n] })
             .collect();
@@ -537,6 +538,25 @@ mod tests {
         assert!(g.names.iter().any(|n| &**n == OTHER_FRAME));
         let biggest_child = full.levels[1][1];
         assert_eq!(g.levels[1][1], biggest_child);
+    }
+
+    #[test]
+    fn top_functions_match_a_count_over_the_stacks() {
+        let stacks = big();
+        let mut want: std::collections::BTreeMap<&str, (u64, u64)> = Default::default();
+        for (frames, count) in &stacks {
+            want.entry(&*frames[frames.len() - 1]).or_default().0 += count;
+            let distinct: std::collections::BTreeSet<&str> = frames.iter().map(|f| &**f).collect();
+            for f in distinct {
+                want.entry(f).or_default().1 += count;
+            }
+        }
+        let got = tree_of(&stacks).top_functions(usize::MAX);
+        assert_eq!(got.len(), want.len());
+        for t in &got {
+            assert_eq!(want[&*t.name], (t.self_value, t.total), "{}", t.name);
+        }
+        assert!(got.windows(2).all(|w| w[0].self_value >= w[1].self_value));
     }
 
     #[test]
