@@ -20,8 +20,8 @@ use crate::export::{self, ExportMeta};
 use crate::flame;
 use crate::gate::{QueryGate, QueryTurn};
 use crate::ingest::{self, Limits};
-use crate::model::{ProfileId, SeriesBatch, TraceId};
-use crate::metrics::{Metrics, ProtocolLabel, ResultLabel};
+use crate::model::{DroppedLabels, ProfileId, SeriesBatch, TraceId};
+use crate::metrics::{LabelLabel, Metrics, ProtocolLabel, ResultLabel};
 use crate::store::{Cursor, ProfileStore, SpanProfile, SpanQuery, SpanSummary, Stacks};
 
 /// Shared state of every handler.
@@ -193,8 +193,17 @@ fn content_decoded(limits: &Limits, headers: &HeaderMap, bytes: Bytes) -> Result
     }
 }
 
-async fn store_batches(s: &Arc<AppState>, batches: Vec<SeriesBatch>, protocol: &str) -> Result<(), Error> {
+/// The response header that says which labels were dropped, e.g. `span_id=3, trace_id=1`
+/// (samples kept without them; see [`DroppedLabels`]).
+const DROPPED_LABELS_HEADER: &str = "spanprof-dropped-labels";
+
+/// Stores the batches of one request; returns the labels its samples were stored without.
+async fn store_batches(s: &Arc<AppState>, batches: Vec<SeriesBatch>, protocol: &str) -> Result<DroppedLabels, Error> {
     ingest::check_limits(&batches, &s.limits)?;
+    let mut dropped = DroppedLabels::default();
+    for b in &batches {
+        dropped.add(b.dropped_labels);
+    }
     let store = s.store.clone();
     let stats = tokio::task::spawn_blocking(move || store.insert(batches))
         .await
@@ -209,17 +218,34 @@ async fn store_batches(s: &Arc<AppState>, batches: Vec<SeriesBatch>, protocol: &
     m.ingested_samples.inc_by(stats.samples);
     m.span_profiles.get_or_create(&ResultLabel { result: "created".into() }).inc_by(stats.span_profiles_created);
     m.span_profiles.get_or_create(&ResultLabel { result: "merged".into() }).inc_by(stats.span_profiles_merged);
-    Ok(())
+    for (label, n) in [("span_id", dropped.span_id), ("trace_id", dropped.trace_id)] {
+        if n > 0 {
+            m.ingest_dropped_labels.get_or_create(&LabelLabel { label: label.into() }).inc_by(n);
+        }
+    }
+    Ok(dropped)
+}
+
+/// Adds [`DROPPED_LABELS_HEADER`] to a response when labels were dropped.
+fn with_dropped(mut response: Response, dropped: DroppedLabels) -> Response {
+    if dropped.is_empty() {
+        return response;
+    }
+    let text = format!("span_id={}, trace_id={}", dropped.span_id, dropped.trace_id);
+    if let Ok(v) = HeaderValue::from_str(&text) {
+        response.headers_mut().insert(DROPPED_LABELS_HEADER, v);
+    }
+    response
 }
 
 async fn ingest_legacy(State(s): St, req: Request) -> Response {
     match ingest_legacy_inner(&s, req).await {
-        Ok(()) => StatusCode::OK.into_response(),
+        Ok(dropped) => with_dropped(StatusCode::OK.into_response(), dropped),
         Err(e) => fail(&s, e),
     }
 }
 
-async fn ingest_legacy_inner(s: &Arc<AppState>, req: Request) -> Result<(), Error> {
+async fn ingest_legacy_inner(s: &Arc<AppState>, req: Request) -> Result<DroppedLabels, Error> {
     let (parts, body) = req.into_parts();
     let mut params = ingest::legacy::parse_params(parts.uri.query().unwrap_or(""), now_ms())?;
     let raw = read_body(s, &parts.headers, body).await?;
@@ -238,7 +264,7 @@ async fn ingest_legacy_inner(s: &Arc<AppState>, req: Request) -> Result<(), Erro
     };
     let batch = blocking(move || ingest::legacy::build_batch(params, &payload, &limits)).await?;
     if batch.spans.is_empty() && batch.process.is_empty() {
-        return Ok(());
+        return Ok(DroppedLabels::default());
     }
     store_batches(s, vec![batch], "ingest").await
 }
@@ -295,10 +321,13 @@ async fn push(State(s): St, req: Request) -> Response {
     }
     .await;
     match result {
-        Ok(()) => match encoding {
-            ingest::push::Encoding::Proto => ([(header::CONTENT_TYPE, "application/proto")], Vec::new()).into_response(),
-            ingest::push::Encoding::Json => ([(header::CONTENT_TYPE, "application/json")], "{}").into_response(),
-        },
+        Ok(dropped) => with_dropped(
+            match encoding {
+                ingest::push::Encoding::Proto => ([(header::CONTENT_TYPE, "application/proto")], Vec::new()).into_response(),
+                ingest::push::Encoding::Json => ([(header::CONTENT_TYPE, "application/json")], "{}").into_response(),
+            },
+            dropped,
+        ),
         Err(e) => connect_error(&s, e),
     }
 }

@@ -32,6 +32,11 @@ pub struct KindLabel {
     pub kind: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LabelLabel {
+    pub label: String,
+}
+
 /// Every metric the server exports.
 pub struct Metrics {
     registry: Registry,
@@ -39,6 +44,8 @@ pub struct Metrics {
     pub ingested_samples: Counter,
     pub span_profiles: Family<ResultLabel, Counter>,
     pub rejected_requests: Family<ReasonLabel, Counter>,
+    /// Samples kept without a label ingest could not use, by label.
+    pub ingest_dropped_labels: Family<LabelLabel, Counter>,
     pub query_duration: Family<EndpointLabel, Histogram>,
     pub retention_deleted: Family<KindLabel, Counter>,
     pub store_file_bytes: Gauge,
@@ -58,6 +65,7 @@ impl Default for Metrics {
             store_write_failures: Counter::default(),
             span_profiles: Family::default(),
             rejected_requests: Family::default(),
+            ingest_dropped_labels: Family::default(),
             query_duration: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 14))),
             retention_deleted: Family::default(),
             store_file_bytes: Gauge::default(),
@@ -79,6 +87,11 @@ impl Default for Metrics {
             m.span_profiles.clone(),
         );
         registry.register("rejected_requests", "Requests rejected, by reason", m.rejected_requests.clone());
+        registry.register(
+            "ingest_dropped_labels",
+            "Samples stored without a label that was not usable (span_id: stored as whole-process; trace_id: in the span profile without the trace), by label",
+            m.ingest_dropped_labels.clone(),
+        );
         registry.register(
             "query_duration_seconds",
             "Query API latency, by endpoint",

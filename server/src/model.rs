@@ -210,6 +210,27 @@ pub struct SpanContribution {
     pub stacks: StackCounts,
 }
 
+/// Sample labels ingest could not use, counted in samples: the samples were kept without them
+/// (as Pyroscope keeps a sample whose label it cannot use), never the whole request refused.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DroppedLabels {
+    /// `span_id`/`profile_id` values that are no span ID: those samples count as whole-process.
+    pub span_id: u64,
+    /// `trace_id` values that are no trace ID: those samples stay in their span profile.
+    pub trace_id: u64,
+}
+
+impl DroppedLabels {
+    pub fn is_empty(&self) -> bool {
+        self.span_id == 0 && self.trace_id == 0
+    }
+
+    pub fn add(&mut self, other: DroppedLabels) {
+        self.span_id = self.span_id.saturating_add(other.span_id);
+        self.trace_id = self.trace_id.saturating_add(other.trace_id);
+    }
+}
+
 /// Everything one series of one ingest request adds: span profiles and the whole-process rest.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SeriesBatch {
@@ -225,6 +246,8 @@ pub struct SeriesBatch {
     pub spans: Vec<SpanContribution>,
     /// Samples outside any span: the series' whole-process profile.
     pub process: StackCounts,
+    /// Labels of this series' samples that could not be used (not stored; reported).
+    pub dropped_labels: DroppedLabels,
 }
 
 impl SeriesBatch {

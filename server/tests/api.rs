@@ -280,3 +280,38 @@ async fn non_cpu_profiles_never_mix_into_span_or_cpu_profiles() {
     assert!(find(&mem["flamegraph"], "alloc_buffers").is_some());
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn a_sample_label_that_is_no_id_costs_the_label_not_the_request() {
+    // As a Go service labelled with pprof.Labels("span_id", "239") sends it: the other samples
+    // of the request are stored as before, that one as whole-process, and the answer says so.
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(config(dir.path())).await;
+    let p = pprof(&[
+        (&["main", "handle", "find_nearest_vehicle"], 7, &[("span_id", SPAN_A), ("trace_id", TRACE)]),
+        (&["main", "worker", "poll"], 3, &[("span_id", "239")]),
+        (&["main", "handle", "lock"], 2, &[("span_id", SPAN_B), ("trace_id", "not-a-trace-id")]),
+    ]);
+    let r = reqwest::Client::new()
+        .post(srv.url("/push.v1.PusherService/Push"))
+        .header("Content-Type", "application/proto")
+        .body(push_request("ride", &p).encode_to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["spanprof-dropped-labels"], "span_id=1, trace_id=1");
+
+    let (_, a) = get_json(&srv.url(&format!("/api/v1/profiles/{SPAN_A}"))).await;
+    assert_eq!((a["profile"]["samples"].as_u64(), a["profile"]["trace_id"].as_str()), (Some(7), Some(TRACE)));
+    let (_, b) = get_json(&srv.url(&format!("/api/v1/profiles/{SPAN_B}"))).await;
+    assert_eq!(b["profile"]["samples"], 2, "kept in its span profile without the trace");
+    assert!(b["profile"]["trace_id"].is_null());
+    let (_, whole) = get_json(&srv.url("/api/v1/services/ride/profile?from=now-1h")).await;
+    assert_eq!(whole["samples"], 3);
+    assert_eq!(find(&whole["flamegraph"], "poll").unwrap()["self"], 3);
+    let metrics = reqwest::get(srv.url("/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(r#"spanprof_ingest_dropped_labels_total{label="span_id"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"spanprof_ingest_dropped_labels_total{label="trace_id"} 1"#));
+    srv.stop().await;
+}

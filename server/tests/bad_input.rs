@@ -17,6 +17,7 @@ async fn send(url: &str, headers: &[(&str, &str)], body: Vec<u8>) -> (u16, serde
 
 #[tokio::test]
 async fn every_bad_request_is_a_clear_4xx_and_stores_nothing() {
+    // (A sample label that is no ID is not a bad request: see api.rs, it costs only the label.)
     let dir = tempfile::tempdir().unwrap();
     let srv = TestServer::start(config(dir.path())).await;
     let good = pprof(&[(&["main", "a"], 2, &[("span_id", SPAN_A)])]).encode_to_vec();
@@ -28,8 +29,6 @@ async fn every_bad_request_is_a_clear_4xx_and_stores_nothing() {
     let bomb = gzip(&vec![0u8; 32 << 20]);
     let mut bad_label = push_request("ride", &pprof(&[(&["a"], 1, &[])]));
     bad_label.series[0].labels.push(spanprof_server::proto::push::LabelPair { name: "bad-label".into(), value: "x".into() });
-    let bad_span = push_request("ride", &pprof(&[(&["a"], 1, &[("span_id", "short")])]));
-    let bad_trace = push_request("ride", &pprof(&[(&["a"], 1, &[("span_id", SPAN_A), ("trace_id", "zz")])]));
     let mut truncated_profile = push_request("ride", &pprof(&[(&["a"], 1, &[])]));
     let raw = &mut truncated_profile.series[0].samples[0].raw_profile;
     raw.truncate(raw.len() - 3);
@@ -44,8 +43,6 @@ async fn every_bad_request_is_a_clear_4xx_and_stores_nothing() {
         ("gzip bomb", push_url.clone(), proto_gz.to_vec(), bomb.clone(), 400, "decompresses to more than"),
         ("oversize body", push_url.clone(), proto.to_vec(), vec![0u8; 2 << 20], 400, "larger than the limit"),
         ("bad label name", push_url.clone(), proto.to_vec(), bad_label.encode_to_vec(), 400, "invalid label name"),
-        ("bad span id", push_url.clone(), proto.to_vec(), bad_span.encode_to_vec(), 400, "span_id"),
-        ("bad trace id", push_url.clone(), proto.to_vec(), bad_trace.encode_to_vec(), 400, "trace_id"),
         ("truncated raw profile", push_url.clone(), proto.to_vec(), truncated_profile.encode_to_vec(), 400, "invalid pprof"),
         ("dangling location", push_url.clone(), proto.to_vec(), push_request("ride", &dangling).encode_to_vec(), 400, "unknown location 4242"),
         ("unknown content type", push_url.clone(), vec![("Content-Type", "text/csv")], valid_push.clone(), 415, "Content-Type"),

@@ -48,6 +48,7 @@ fn batch(id: u64, t_ms: u64, frames: &[&str], count: u64) -> SeriesBatch {
         frames: table,
         spans: vec![SpanContribution { profile_id: ProfileId(id), trace_id: None, span_name: Some("S".into()), stacks }],
         process: StackCounts::new(),
+        dropped_labels: Default::default(),
     }
 }
 

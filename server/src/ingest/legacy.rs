@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use crate::error::{Error, Reject, Result};
-use crate::model::{Frames, Labels, ProfileId, SeriesBatch, SpanContribution, StackCounts, TraceId};
+use crate::model::{DroppedLabels, Frames, Labels, ProfileId, SeriesBatch, SpanContribution, StackCounts, TraceId};
 
 use super::Limits;
 
@@ -259,6 +259,7 @@ pub async fn multipart_profile(body: bytes::Bytes, boundary: &str) -> Result<Vec
 /// Builds the batch of one `/ingest` request from its params and decoded payload.
 pub fn build_batch(params: IngestParams, payload: &[u8], limits: &Limits) -> Result<SeriesBatch> {
     let IngestParams { labels, from_ms, until_ms, format, period_ns, span } = params;
+    let mut dropped_labels = DroppedLabels::default();
     let (period_ns, frames, mut spans, process) = match format {
         Format::Folded | Format::Lines => {
             let mut frames = Frames::default();
@@ -274,11 +275,12 @@ pub fn build_batch(params: IngestParams, payload: &[u8], limits: &Limits) -> Res
         Format::Pprof => {
             let profile = super::pprof::decode(payload, limits.max_decompressed_bytes)?;
             let split = super::pprof::split(&profile, span.as_ref())?;
+            dropped_labels = split.dropped;
             (split.period_ns, split.frames, split.spans, split.process)
         }
     };
     spans.retain(|s| !s.stacks.is_empty());
-    let mut batch = SeriesBatch { labels, period_ns, from_ms, until_ms, frames, spans, process };
+    let mut batch = SeriesBatch { labels, period_ns, from_ms, until_ms, frames, spans, process, dropped_labels };
     super::keep_spans_for_cpu_only(&mut batch);
     Ok(batch)
 }

@@ -7,7 +7,7 @@ use ahash::AHashMap as HashMap;
 use prost::Message;
 
 use crate::error::{Error, Reject, Result};
-use crate::model::{DEFAULT_PERIOD_NS, Frames, ProfileId, SpanContribution, StackCounts, TraceId};
+use crate::model::{DEFAULT_PERIOD_NS, DroppedLabels, Frames, ProfileId, SpanContribution, StackCounts, TraceId};
 use crate::proto::pprof::{Function, Location, Mapping, Profile};
 
 /// The samples of one pprof, split by span.
@@ -19,6 +19,8 @@ pub struct SplitProfile {
     pub frames: Frames,
     pub spans: Vec<SpanContribution>,
     pub process: StackCounts,
+    /// Samples whose span or trace label could not be used (kept without it).
+    pub dropped: DroppedLabels,
 }
 
 /// Decodes a (possibly gzipped) pprof.
@@ -195,8 +197,10 @@ pub fn split(p: &Profile, forced_span: Option<&SpanContribution>) -> Result<Spli
     let mut spans: HashMap<SpanKey, StackCounts> = HashMap::new();
     let mut process = StackCounts::new();
     let mut stack: Vec<u32> = Vec::with_capacity(64);
-    let mut span_ids: HashMap<i64, ProfileId> = HashMap::new();
-    let mut trace_ids: HashMap<i64, TraceId> = HashMap::new();
+    // Many samples share a label value: each distinct string is parsed once (None: unusable).
+    let mut span_ids: HashMap<i64, Option<ProfileId>> = HashMap::new();
+    let mut trace_ids: HashMap<i64, Option<TraceId>> = HashMap::new();
+    let mut dropped = DroppedLabels::default();
     for (n, sample) in p.sample.iter().enumerate() {
         if sample.value.len() != p.sample_type.len() {
             return Err(invalid(format!(
@@ -224,41 +228,50 @@ pub fn split(p: &Profile, forced_span: Option<&SpanContribution>) -> Result<Spli
         }
         crate::model::bound_depth(&mut stack, &mut table);
 
-        let mut span_id = None;
-        let mut trace = None;
+        let (mut span_id, mut bad_span) = (None, false);
+        let (mut trace, mut bad_trace) = (None, false);
         let mut name = 0;
         for l in &sample.label {
             if Some(l.key) == k_span || Some(l.key) == k_profile {
-                // Many samples share a span: parse each distinct string once.
                 let id = match span_ids.get(&l.str) {
                     Some(&id) => id,
                     None => {
                         let v = s.get(l.str)?;
-                        let id = ProfileId::parse(v).ok_or_else(|| {
-                            Error::rejected(Reject::BadLabel, format!("sample {n}: span_id {v:?} is not 16 hex digits"))
-                        })?;
+                        let id = ProfileId::parse(v);
+                        if id.is_none() {
+                            tracing::debug!(sample = n, value = ?v, "a span_id label that is not 16 hex digits: the sample counts as whole-process");
+                        }
                         span_ids.insert(l.str, id);
                         id
                     }
                 };
-                span_id = Some(id);
+                match id {
+                    Some(id) => span_id = Some(id),
+                    None => bad_span = true,
+                }
             } else if Some(l.key) == k_trace {
                 let id = match trace_ids.get(&l.str) {
                     Some(&id) => id,
                     None => {
-                        let v = s.get(l.str)?;
-                        let id = TraceId::parse(v).ok_or_else(|| {
-                            Error::rejected(Reject::BadLabel, format!("sample {n}: trace_id {v:?} is not 32 hex digits"))
-                        })?;
+                        let id = TraceId::parse(s.get(l.str)?);
                         trace_ids.insert(l.str, id);
                         id
                     }
                 };
-                trace = Some(id);
+                match id {
+                    Some(id) => trace = Some(id),
+                    None => bad_trace = true,
+                }
             } else if Some(l.key) == k_name {
                 s.get(l.str)?;
                 name = l.str;
             }
+        }
+        if bad_span && span_id.is_none() && forced_span.is_none() {
+            dropped.span_id += 1;
+        }
+        if bad_trace && trace.is_none() && span_id.is_some() && forced_span.is_none() {
+            dropped.trace_id += 1;
         }
         match (forced_span, span_id) {
             (Some(f), _) => spans
@@ -296,7 +309,7 @@ pub fn split(p: &Profile, forced_span: Option<&SpanContribution>) -> Result<Spli
         let from = p.time_nanos as u64 / 1_000_000;
         (from, from + (p.duration_nanos.max(0) as u64) / 1_000_000)
     });
-    Ok(SplitProfile { period_ns: pick.period_ns, time_range_ms, frames: table, spans, process })
+    Ok(SplitProfile { period_ns: pick.period_ns, time_range_ms, frames: table, spans, process, dropped })
 }
 
 #[cfg(test)]
@@ -379,8 +392,17 @@ pub(crate) mod tests {
         let mut p = build(&[(&["a"], 10_000_000, &[])]);
         p.sample[0].location_id = vec![99];
         assert!(split(&p, None).unwrap_err().to_string().contains("unknown location 99"));
-        let p = build(&[(&["a"], 10_000_000, &[("span_id", "xyz")])]);
-        assert!(matches!(split(&p, None), Err(Error::Rejected { reason: Reject::BadLabel, .. })));
+        // A label value that is no ID costs the label, not the sample or the request.
+        let p = build(&[
+            (&["a"], 10_000_000, &[("span_id", "239")]),
+            (&["a"], 20_000_000, &[("span_id", "00f067aa0ba902b7"), ("trace_id", "not-a-trace")]),
+            (&["b"], 30_000_000, &[]),
+        ]);
+        let sp = split(&p, None).unwrap();
+        assert_eq!(sp.process.total(), 4, "the sample with the unusable span_id is whole-process");
+        assert_eq!(sp.spans.len(), 1);
+        assert_eq!((sp.spans[0].stacks.total(), sp.spans[0].trace_id), (2, None));
+        assert_eq!(sp.dropped, DroppedLabels { span_id: 1, trace_id: 1 });
         let mut p = build(&[(&["a"], 10_000_000, &[])]);
         p.function[0].name = 1000;
         assert!(split(&p, None).unwrap_err().to_string().contains("out of range"));

@@ -100,6 +100,7 @@ pub fn to_batches(req: PushRequest, limits: &Limits, now_ms: u64) -> Result<Vec<
                 frames: split.frames,
                 spans,
                 process: split.process,
+                dropped_labels: split.dropped,
             };
             super::keep_spans_for_cpu_only(&mut batch);
             out.push(batch);
