@@ -156,13 +156,6 @@ pub fn write_pprof(stacks: StacksRef<'_>, meta: &ExportMeta, out: &mut dyn Write
     Ok(())
 }
 
-/// A gzipped pprof as bytes (see [`write_pprof`]).
-pub fn pprof(stacks: StacksRef<'_>, meta: &ExportMeta) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    write_pprof(stacks, meta, &mut out)?;
-    Ok(out)
-}
-
 /// Writes a speedscope "sampled" profile (https://www.speedscope.app/file-format-schema.json),
 /// serialized straight to `out`.
 pub fn write_speedscope(stacks: StacksRef<'_>, meta: &ExportMeta, out: &mut dyn Write) -> Result<()> {
@@ -233,13 +226,6 @@ pub fn write_speedscope(stacks: StacksRef<'_>, meta: &ExportMeta, out: &mut dyn 
     serde_json::to_writer(out, &file).map_err(|e| Error::Io(std::io::Error::other(e)))
 }
 
-/// A speedscope profile as a JSON value (see [`write_speedscope`]).
-pub fn speedscope(stacks: StacksRef<'_>, meta: &ExportMeta) -> serde_json::Value {
-    let mut out = Vec::new();
-    let _ = write_speedscope(stacks, meta, &mut out);
-    serde_json::from_slice(&out).unwrap_or_default()
-}
-
 /// Writes an interactive SVG flame graph rendered by inferno, at full resolution.
 pub fn write_svg(stacks: StacksRef<'_>, meta: &ExportMeta, out: &mut dyn Write) -> Result<()> {
     if stacks.is_empty() {
@@ -253,13 +239,6 @@ pub fn write_svg(stacks: StacksRef<'_>, meta: &ExportMeta, out: &mut dyn Write) 
     inferno::flamegraph::from_lines(&mut opts, text.lines(), out)
         .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?;
     Ok(())
-}
-
-/// An SVG flame graph as bytes (see [`write_svg`]).
-pub fn svg(stacks: StacksRef<'_>, meta: &ExportMeta) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    write_svg(stacks, meta, &mut out)?;
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -285,7 +264,8 @@ mod tests {
 
     #[test]
     fn pprof_round_trips_through_ingest() {
-        let gz = pprof(&stacks(), &meta()).unwrap();
+        let mut gz = Vec::new();
+        write_pprof(&stacks(), &meta(), &mut gz).unwrap();
         let mut raw = Vec::new();
         flate2::read::GzDecoder::new(gz.as_slice()).read_to_end(&mut raw).unwrap();
         let p = Profile::decode(raw.as_slice()).unwrap();
@@ -296,14 +276,18 @@ mod tests {
 
     #[test]
     fn speedscope_weights_are_nanoseconds() {
-        let v = speedscope(&stacks(), &meta());
+        let mut out = Vec::new();
+        write_speedscope(&stacks(), &meta(), &mut out).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["profiles"][0]["endValue"], 100_000_000);
         assert_eq!(v["shared"]["frames"].as_array().unwrap().len(), 4);
     }
 
     #[test]
     fn svg_has_frames() {
-        let s = String::from_utf8(svg(&stacks(), &meta()).unwrap()).unwrap();
+        let mut out = Vec::new();
+        write_svg(&stacks(), &meta(), &mut out).unwrap();
+        let s = String::from_utf8(out).unwrap();
         assert!(s.starts_with("<?xml") && s.contains("hot"), "{}", &s[..200]);
     }
 }

@@ -22,11 +22,18 @@ pub struct QueryLimits {
     pub max_wait: Duration,
 }
 
+impl QueryLimits {
+    /// `running` queries at once (at least one), four waiting per running one, 30 s of waiting.
+    pub fn running(running: usize) -> Self {
+        let running = running.max(1);
+        QueryLimits { max_running: running, max_queued: 4 * running, max_wait: Duration::from_secs(30) }
+    }
+}
+
 impl Default for QueryLimits {
-    /// One running query per core (they are CPU-bound), four waiting per running one.
+    /// One running query per core: they are CPU-bound.
     fn default() -> Self {
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        QueryLimits { max_running: cores, max_queued: 4 * cores, max_wait: Duration::from_secs(30) }
+        QueryLimits::running(std::thread::available_parallelism().map_or(2, |n| n.get()))
     }
 }
 

@@ -122,10 +122,7 @@ async fn main() -> anyhow::Result<()> {
             min_free_bytes: args.min_free_disk_bytes,
             ..Default::default()
         },
-        queries: match args.max_concurrent_queries {
-            Some(n) => QueryLimits { max_running: n.max(1), max_queued: 4 * n.max(1), ..QueryLimits::default() },
-            None => QueryLimits::default(),
-        },
+        queries: args.max_concurrent_queries.map_or_else(QueryLimits::default, QueryLimits::running),
     };
     spanprof_server::run(config, None).await?;
     Ok(())
