@@ -42,6 +42,12 @@ fn start_workload(ctx: Option<&Path>, vars: &[(&str, &str)]) -> Workload {
 }
 
 /// [`start_workload`] run through `wrapper` (a command that execs its arguments).
+/// A workload whose 24 spans of 60 ms (threads 300 ms apart) outlast several upload intervals:
+/// what the upload-backlog tests buffer while the server is away.
+fn start_backlog_workload(ctx: &Path) -> Workload {
+    start_workload(Some(ctx), &[("E2E_SPANS", "24"), ("E2E_SPAN_MS", "60"), ("E2E_THREAD_DELAY_MS", "300")])
+}
+
 fn start_workload_under(wrapper: &[&str], ctx: Option<&Path>, vars: &[(&str, &str)]) -> Workload {
     let mut cmd = command_under(wrapper, env!("CARGO_BIN_EXE_e2e-workload"));
     cmd.stdout(Stdio::piped())
@@ -441,14 +447,7 @@ fn server_down_then_up_delivers_the_buffered_profiles() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let (data, ctx) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let port = free_port();
-    let mut w = start_workload(
-        Some(ctx.path()),
-        &[
-            ("E2E_SPANS", "24"),
-            ("E2E_SPAN_MS", "60"),
-            ("E2E_THREAD_DELAY_MS", "300"),
-        ],
-    );
+    let mut w = start_backlog_workload(ctx.path());
     let (sidecar, metrics) = start_sidecar(port, Some(ctx.path()), Some(w.proc.pid()), &[]);
     // Nothing listens yet: uploads fail and wait.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -530,14 +529,7 @@ fn a_server_that_stalls_delays_uploads_but_neither_sampling_nor_data() {
     let (data, ctx) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let port = free_port();
     let stalling = StallingServer::start(port);
-    let mut w = start_workload(
-        Some(ctx.path()),
-        &[
-            ("E2E_SPANS", "24"),
-            ("E2E_SPAN_MS", "60"),
-            ("E2E_THREAD_DELAY_MS", "300"),
-        ],
-    );
+    let mut w = start_backlog_workload(ctx.path());
     let (sidecar, metrics) = start_sidecar(port, Some(ctx.path()), Some(w.proc.pid()), &[]);
     let windows = w.windows();
     // The first push hangs until the sampler's upload timeout gives up on it.

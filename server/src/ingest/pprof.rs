@@ -26,7 +26,6 @@ pub struct SplitProfile {
 /// Decodes a (possibly gzipped) pprof.
 pub fn decode(data: &[u8], max_decompressed: usize) -> Result<Profile> {
     let raw = super::decode::maybe_gunzip(data, max_decompressed, "pprof profile")?;
-    let invalid_protobuf = |e: prost::DecodeError| Error::rejected(Reject::InvalidPprof, format!("invalid pprof protobuf: {e}"));
     match Profile::decode(raw.as_slice()) {
         Ok(p) => Ok(p),
         // A string that is not UTF-8 costs that string, not the profile (as in Pyroscope).
@@ -45,14 +44,13 @@ fn strings_made_utf8(raw: &[u8]) -> Result<Vec<u8>> {
     use prost::bytes::Buf;
     use prost::encoding::{DecodeContext, WireType, decode_key, decode_varint, encode_key, encode_varint, skip_field};
     const STRING_TABLE: u32 = 6;
-    let broken = |e: prost::DecodeError| Error::rejected(Reject::InvalidPprof, format!("invalid pprof protobuf: {e}"));
     let mut out = Vec::with_capacity(raw.len() + 64);
     let mut buf = raw;
     while buf.has_remaining() {
         let start = raw.len() - buf.remaining();
-        let (tag, wire_type) = decode_key(&mut buf).map_err(broken)?;
+        let (tag, wire_type) = decode_key(&mut buf).map_err(invalid_protobuf)?;
         if tag == STRING_TABLE && wire_type == WireType::LengthDelimited {
-            let len = usize::try_from(decode_varint(&mut buf).map_err(broken)?).unwrap_or(usize::MAX);
+            let len = usize::try_from(decode_varint(&mut buf).map_err(invalid_protobuf)?).unwrap_or(usize::MAX);
             if len > buf.remaining() {
                 return Err(invalid("a string-table entry runs past the end of the profile".into()));
             }
@@ -62,11 +60,15 @@ fn strings_made_utf8(raw: &[u8]) -> Result<Vec<u8>> {
             out.extend_from_slice(text.as_bytes());
             buf.advance(len);
         } else {
-            skip_field(wire_type, tag, &mut buf, DecodeContext::default()).map_err(broken)?;
+            skip_field(wire_type, tag, &mut buf, DecodeContext::default()).map_err(invalid_protobuf)?;
             out.extend_from_slice(&raw[start..raw.len() - buf.remaining()]);
         }
     }
     Ok(out)
+}
+
+fn invalid_protobuf(e: prost::DecodeError) -> Error {
+    Error::rejected(Reject::InvalidPprof, format!("invalid pprof protobuf: {e}"))
 }
 
 struct Strings<'a>(&'a [String]);
