@@ -545,6 +545,13 @@ where
     Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }))
 }
 
+/// `name` with every character but ASCII letters, digits and `-` replaced by `_`, bounded:
+/// part of a download's file name (a quoted header parameter) whatever the profile ID or
+/// service name holds.
+fn file_name_safe(name: &str) -> String {
+    name.chars().take(64).map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect()
+}
+
 /// Renders a loaded profile in the requested format, on the blocking pool, as a stream; JSON
 /// gets the fields of `loaded.extra` plus the bounded flame graph and the top functions.
 fn render(turn: QueryTurn, rendering: Rendering, loaded: Loaded, done: impl FnOnce() + Send + 'static) -> Response {
@@ -639,19 +646,21 @@ fn invalid_id(s: &AppState, msg: String) -> Response {
 }
 
 async fn get_profile(State(s): St, Path(id): Path<String>, Query(q): Query<HashMap<String, String>>) -> Response {
-    let Some(pid) = ProfileId::parse(&id) else {
-        return invalid_id(&s, format!("{id:?} is not a span ID (16 hex digits)"));
+    let pid = match ProfileId::parse(&id) {
+        Ok(pid) => pid,
+        Err(why) => return invalid_id(&s, format!("{id:?} is no profile ID: {why}")),
     };
     let rendering = match Rendering::from_query(&q) {
         Ok(r) => r,
         Err(e) => return fail(&s, e),
     };
-    heavy_query(&s, "profile", rendering, format!("span {pid}"), move |store| {
-        let Some(profile) = store.span_profile(pid)? else {
+    let what = if pid.is_span() { format!("span {pid}") } else { format!("profile {pid:?}") };
+    heavy_query(&s, "profile", rendering, what, move |store| {
+        let Some(profile) = store.span_profile(pid.clone())? else {
             return Ok(None);
         };
         let sm = &profile.summary;
-        let mut labels = vec![("span_id", sm.profile_id.to_string()), ("span_name", sm.span_name.clone())];
+        let mut labels = vec![(sm.profile_id.label_key(), sm.profile_id.to_string()), ("span_name", sm.span_name.clone())];
         if let Some(t) = sm.trace_id {
             labels.push(("trace_id", t.to_string()));
         }
@@ -664,7 +673,11 @@ async fn get_profile(State(s): St, Path(id): Path<String>, Query(q): Query<HashM
         };
         let mut extra = serde_json::Map::new();
         extra.insert("profile".into(), json!(summary_json(sm)));
-        Ok(Some(Loaded { stacks: profile.stacks, meta, file_stem: format!("span-{pid}"), extra }))
+        let file_stem = match &pid {
+            ProfileId::Span(_) => format!("span-{pid}"),
+            ProfileId::Named(name) => format!("profile-{}", file_name_safe(name)),
+        };
+        Ok(Some(Loaded { stacks: profile.stacks, meta, file_stem, extra }))
     })
     .await
 }
@@ -786,7 +799,7 @@ async fn service_profile(
         extra.insert("until_ms".into(), json!(until));
         extra.insert("samples".into(), json!(samples));
         extra.insert("cpu_ns".into(), json!(samples.saturating_mul(profile.period_ns)));
-        let file_stem: String = service.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+        let file_stem = file_name_safe(&service);
         Ok(Some(Loaded { stacks: profile.stacks, meta, file_stem, extra }))
     })
     .await

@@ -9,24 +9,64 @@ use std::sync::Arc;
 /// The default sampling period: 100 Hz.
 pub const DEFAULT_PERIOD_NS: u64 = 10_000_000;
 
-/// A span profile's ID: the local root span's 64-bit span ID, shown as 16 lowercase hex digits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ProfileId(pub u64);
+/// Longest profile ID that is not a span ID, in bytes.
+pub const MAX_PROFILE_ID_BYTES: usize = 128;
+
+/// A span profile's ID. What the sampler and SDKs send is the local root span's 64-bit span ID
+/// (16 hex digits); any other `profile_id`/`span_id` label value a profiler sets (Pyroscope
+/// lets users pick arbitrary strings, e.g. `pprof.Labels("profile_id", "checkout-42")`) is a
+/// profile ID of its own, merged with the profiles of exactly the same string.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ProfileId {
+    /// A span ID, kept as its value: 16 hex digits in either case name the same span and are
+    /// shown in lowercase.
+    Span(u64),
+    /// Any other ID: 1 to [`MAX_PROFILE_ID_BYTES`] bytes of UTF-8 without control characters.
+    Named(Arc<str>),
+}
 
 impl ProfileId {
-    /// Parses exactly 16 hex digits (either case); the all-zero ID is invalid, as in OpenTelemetry.
-    pub fn parse(s: &str) -> Option<Self> {
-        if s.len() != 16 {
-            return None;
+    /// Parses a profile ID: 16 hex digits are a span ID (the all-zero one is invalid, as in
+    /// OpenTelemetry); anything else within the rules of [`ProfileId::Named`] names a profile.
+    /// `Err` says which rule `s` breaks.
+    pub fn parse(s: &str) -> Result<Self, &'static str> {
+        if s.len() == 16 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return match u64::from_str_radix(s, 16) {
+                Ok(v) if v != 0 => Ok(ProfileId::Span(v)),
+                _ => Err("the all-zero span ID is invalid"),
+            };
         }
-        let v = u64::from_str_radix(s, 16).ok()?;
-        (v != 0 && s.bytes().all(|b| b.is_ascii_hexdigit())).then_some(ProfileId(v))
+        if s.is_empty() {
+            Err("a profile ID is not empty")
+        } else if s.len() > MAX_PROFILE_ID_BYTES {
+            Err("a profile ID is at most 128 bytes")
+        } else if s.chars().any(char::is_control) {
+            Err("a profile ID holds no control characters")
+        } else {
+            Ok(ProfileId::Named(Arc::from(s)))
+        }
+    }
+
+    /// Whether this is a span ID (what the sampler and SDKs send), not a named profile.
+    pub fn is_span(&self) -> bool {
+        matches!(self, ProfileId::Span(_))
+    }
+
+    /// The label a pprof export names the ID with: `span_id` for a span ID, `profile_id` otherwise.
+    pub fn label_key(&self) -> &'static str {
+        match self {
+            ProfileId::Span(_) => "span_id",
+            ProfileId::Named(_) => "profile_id",
+        }
     }
 }
 
 impl fmt::Display for ProfileId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:016x}", self.0)
+        match self {
+            ProfileId::Span(v) => write!(f, "{v:016x}"),
+            ProfileId::Named(s) => f.write_str(s),
+        }
     }
 }
 
@@ -276,10 +316,18 @@ mod tests {
     #[test]
     fn ids_parse_and_print_as_lowercase_hex() {
         let id = ProfileId::parse("00F067AA0BA902B7").unwrap();
+        assert_eq!(id, ProfileId::Span(0x00f0_67aa_0ba9_02b7));
         assert_eq!(id.to_string(), "00f067aa0ba902b7");
-        assert!(ProfileId::parse("0000000000000000").is_none());
-        assert!(ProfileId::parse("00f067aa0ba902b").is_none());
-        assert!(ProfileId::parse("+0f067aa0ba902b7").is_none());
+        assert!(ProfileId::parse("0000000000000000").is_err(), "the all-zero span ID");
+        // Anything else within the rules names a profile by its exact string.
+        for named in ["00f067aa0ba902b", "+0f067aa0ba902b7", "checkout-42", "239", "a/b?c d", "€uro", &"x".repeat(128)] {
+            let id = ProfileId::parse(named).unwrap();
+            assert_eq!(id, ProfileId::Named(named.into()));
+            assert_eq!(id.to_string(), named);
+        }
+        for bad in ["", "a\nb", "tab\there", &"x".repeat(129)] {
+            assert!(ProfileId::parse(bad).is_err(), "{bad:?}");
+        }
         let t = TraceId::parse("4bf92f3577b34da6a3ce929d0e0e4736").unwrap();
         assert_eq!(t.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert!(TraceId::parse("4bf92f3577b34da6a3ce929d0e0e473").is_none());

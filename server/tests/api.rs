@@ -160,7 +160,7 @@ async fn trace_merges_span_profiles_across_services() {
     assert_eq!((status, body["reason"].as_str()), (404, Some("no_samples")));
     let (status, body) = get_json(&srv.url("/api/v1/profiles/0123456789abcdef")).await;
     assert_eq!((status, body["reason"].as_str()), (404, Some("no_samples")));
-    let (status, body) = get_json(&srv.url("/api/v1/profiles/not-an-id")).await;
+    let (status, body) = get_json(&srv.url("/api/v1/profiles/0000000000000000")).await;
     assert_eq!((status, body["reason"].as_str()), (400, Some("invalid_id")));
     srv.stop().await;
 }
@@ -283,13 +283,13 @@ async fn non_cpu_profiles_never_mix_into_span_or_cpu_profiles() {
 
 #[tokio::test]
 async fn a_sample_label_that_is_no_id_costs_the_label_not_the_request() {
-    // As a Go service labelled with pprof.Labels("span_id", "239") sends it: the other samples
-    // of the request are stored as before, that one as whole-process, and the answer says so.
+    // A span_id label that is no profile ID (here one over 128 bytes): the other samples of the
+    // request are stored as before, that one as whole-process, and the answer says so.
     let dir = tempfile::tempdir().unwrap();
     let srv = TestServer::start(config(dir.path())).await;
     let p = pprof(&[
         (&["main", "handle", "find_nearest_vehicle"], 7, &[("span_id", SPAN_A), ("trace_id", TRACE)]),
-        (&["main", "worker", "poll"], 3, &[("span_id", "239")]),
+        (&["main", "worker", "poll"], 3, &[("span_id", &"x".repeat(129))]),
         (&["main", "handle", "lock"], 2, &[("span_id", SPAN_B), ("trace_id", "not-a-trace-id")]),
     ]);
     let r = reqwest::Client::new()

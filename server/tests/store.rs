@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use spanprof_server::model::{Frames, Labels, ProfileId, SeriesBatch, SpanContribution, StackCounts};
+use spanprof_server::model::{Frames, Labels, ProfileId, SeriesBatch, SpanContribution, StackCounts, TraceId};
 use spanprof_server::store::embedded::EmbeddedOptions;
 use spanprof_server::store::{self, Engine, ProfileStore, Retention, SpanQuery};
 
@@ -31,9 +31,14 @@ both_engines!(
     reopen_keeps_profiles_and_interned_stacks,
     collection_deletes_only_unreferenced_frames_and_stacks,
     size_retention_counts_interned_frames_and_gets_under_its_limit,
+    string_profile_ids_merge_page_and_expire_beside_span_ids,
 );
 
 fn batch(id: u64, t_ms: u64, frames: &[&str], count: u64) -> SeriesBatch {
+    batch_of(ProfileId::Span(id), None, t_ms, frames, count)
+}
+
+fn batch_of(id: ProfileId, trace: Option<TraceId>, t_ms: u64, frames: &[&str], count: u64) -> SeriesBatch {
     let mut labels = Labels::new();
     labels.insert("service_name".into(), "svc".into());
     let mut table = Frames::default();
@@ -46,7 +51,7 @@ fn batch(id: u64, t_ms: u64, frames: &[&str], count: u64) -> SeriesBatch {
         from_ms: t_ms,
         until_ms: t_ms,
         frames: table,
-        spans: vec![SpanContribution { profile_id: ProfileId(id), trace_id: None, span_name: Some("S".into()), stacks }],
+        spans: vec![SpanContribution { profile_id: id, trace_id: trace, span_name: Some("S".into()), stacks }],
         process: StackCounts::new(),
         dropped_labels: Default::default(),
     }
@@ -67,8 +72,8 @@ fn size_retention_deletes_oldest_first(engine: Engine) {
     let after = store.stats().unwrap();
     assert!(after.record_bytes <= limit, "{} > {limit}", after.record_bytes);
     assert_eq!(after.span_profiles, 300 - stats.span_profiles_deleted);
-    assert!(store.span_profile(ProfileId(1)).unwrap().is_none(), "oldest survived");
-    assert!(store.span_profile(ProfileId(300)).unwrap().is_some(), "newest deleted");
+    assert!(store.span_profile(ProfileId::Span(1)).unwrap().is_none(), "oldest survived");
+    assert!(store.span_profile(ProfileId::Span(300)).unwrap().is_some(), "newest deleted");
     let page = store.search_spans(&SpanQuery { limit: 1000, ..Default::default() }).unwrap();
     assert_eq!(page.profiles.len() as u64, after.span_profiles, "index and records agree");
 }
@@ -89,7 +94,7 @@ fn concurrent_inserts_to_one_id_all_count(engine: Engine) {
     for t in threads {
         t.join().unwrap();
     }
-    let p = store.span_profile(ProfileId(42)).unwrap().unwrap();
+    let p = store.span_profile(ProfileId::Span(42)).unwrap().unwrap();
     assert_eq!(p.summary.samples, 200);
     assert_eq!(p.stacks.iter().map(|(_, c)| c).sum::<u64>(), 200);
     assert_eq!(p.stacks.len(), 2);
@@ -105,15 +110,15 @@ fn one_id_twice_in_one_transaction_merges(engine: Engine) {
         .insert(vec![batch(7, 1_000, &["main", "a"], 2), batch(7, 2_000, &["main", "b"], 3), batch(8, 1_500, &["x"], 1)])
         .unwrap();
     assert_eq!((stats.span_profiles_created, stats.span_profiles_merged), (2, 1));
-    let p = store.span_profile(ProfileId(7)).unwrap().unwrap();
+    let p = store.span_profile(ProfileId::Span(7)).unwrap().unwrap();
     assert_eq!(p.summary.samples, 5);
     assert_eq!((p.summary.first_seen_ms, p.summary.last_seen_ms), (1_000, 2_000));
     assert_eq!(p.stacks.len(), 2);
     assert_eq!(store.stats().unwrap().span_profiles, 2);
     // The time index holds the merged profile once, at its new last-seen time.
     let page = store.search_spans(&SpanQuery { limit: 10, ..Default::default() }).unwrap();
-    let ids: Vec<u64> = page.profiles.iter().map(|s| s.profile_id.0).collect();
-    assert_eq!(ids, vec![7, 8]);
+    let ids: Vec<ProfileId> = page.profiles.iter().map(|s| s.profile_id.clone()).collect();
+    assert_eq!(ids, vec![ProfileId::Span(7), ProfileId::Span(8)]);
     let page = store.search_spans(&SpanQuery { limit: 10, service: Some("svc".into()), ..Default::default() }).unwrap();
     assert_eq!(page.profiles.len(), 2);
     assert_eq!(store.services().unwrap(), vec!["svc".to_string()]);
@@ -129,17 +134,77 @@ fn reopen_keeps_profiles_and_interned_stacks(engine: Engine) {
     let store = open(engine, dir.path());
     // New frames after the reopen must get fresh IDs, not overwrite the stored ones.
     store.insert(vec![batch(2, 2_000, &["main", "c", "d"], 1), batch(1, 2_000, &["main", "a"], 1)]).unwrap();
-    let p1 = store.span_profile(ProfileId(1)).unwrap().unwrap();
+    let p1 = store.span_profile(ProfileId::Span(1)).unwrap().unwrap();
     assert_eq!(p1.summary.samples, 3);
     let names: Vec<&str> = p1.stacks[0].0.iter().map(|f| &**f).collect();
     assert_eq!(names, ["main", "a"]);
-    let p2 = store.span_profile(ProfileId(2)).unwrap().unwrap();
+    let p2 = store.span_profile(ProfileId::Span(2)).unwrap().unwrap();
     let names: Vec<&str> = p2.stacks[0].0.iter().map(|f| &**f).collect();
     assert_eq!(names, ["main", "c", "d"]);
     let s = store.stats().unwrap();
     assert_eq!(s.span_profiles, 2);
     assert!(s.file_bytes > 0 && s.record_bytes > 0, "{s:?}");
     store.close();
+}
+
+fn string_profile_ids_merge_page_and_expire_beside_span_ids(engine: Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(engine, dir.path());
+    let trace = TraceId::parse("4bf92f3577b34da6a3ce929d0e0e4736").unwrap();
+    // Lengths around the 8 bytes of a span ID's key, characters a URL or key encoding could
+    // trip on, and span IDs — all at the same times, so the ID orders the listing.
+    let named = ["checkout-42", "1234567", "12345678", "123456", "a/b?c=d e", "€uro", "ffffffffffffffff0"];
+    let mut ids: Vec<ProfileId> = named.iter().map(|n| ProfileId::parse(n).unwrap()).collect();
+    ids.push(ProfileId::Span(u64::MAX));
+    ids.push(ProfileId::Span(1));
+    for (i, id) in ids.iter().enumerate() {
+        let t = 1_000 + (i as u64 % 3);
+        store.insert(vec![batch_of(id.clone(), Some(trace), t, &["main", &format!("f{i}")], 1)]).unwrap();
+    }
+    // The same string again merges; one that differs in case does not.
+    store.insert(vec![batch_of(ids[0].clone(), None, 1_005, &["main", "again"], 2)]).unwrap();
+    store.insert(vec![batch_of(ProfileId::parse("Checkout-42").unwrap(), None, 1_006, &["main"], 1)]).unwrap();
+    let p = store.span_profile(ids[0].clone()).unwrap().unwrap();
+    assert_eq!((p.summary.samples, p.summary.last_seen_ms), (3, 1_005));
+    assert_eq!(p.summary.profile_id, ids[0]);
+    assert_eq!(p.summary.trace_id, Some(trace));
+    for id in &ids {
+        assert_eq!(&store.span_profile(id.clone()).unwrap().unwrap().summary.profile_id, id);
+    }
+    assert!(store.span_profile(ProfileId::parse("checkout-4").unwrap()).unwrap().is_none());
+
+    // Every listing pages through every profile exactly once, newest first, by cursor.
+    for service in [None, Some("svc".to_string())] {
+        for trace_id in [None, Some(trace)] {
+            let mut seen = Vec::new();
+            let mut after = None;
+            loop {
+                let q = SpanQuery { limit: 2, service: service.clone(), trace_id, after: after.clone(), ..Default::default() };
+                let page = store.search_spans(&q).unwrap();
+                seen.extend(page.profiles.iter().map(|s| (s.last_seen_ms, s.profile_id.clone())));
+                let Some(next) = page.next else { break };
+                let cursor = store::Cursor::decode(&next.encode()).unwrap();
+                assert_eq!(cursor, next);
+                after = Some(cursor);
+            }
+            let expected = if trace_id.is_some() { ids.len() } else { ids.len() + 1 };
+            assert_eq!(seen.len(), expected, "service {service:?} trace {trace_id:?}: {seen:?}");
+            assert!(seen.windows(2).all(|w| w[0].0 >= w[1].0), "newest first: {seen:?}");
+            let distinct: std::collections::HashSet<_> = seen.iter().map(|s| &s.1).collect();
+            assert_eq!(distinct.len(), seen.len(), "each once: {seen:?}");
+        }
+    }
+    let in_trace = store.trace(trace).unwrap();
+    assert_eq!(in_trace.len(), ids.len());
+
+    // Retention deletes them like any span profile, index entries included.
+    store.enforce_retention(&Retention { max_age: Some(std::time::Duration::from_millis(1)), max_bytes: None }, 1_004).unwrap();
+    assert!(store.span_profile(ids[1].clone()).unwrap().is_none());
+    assert!(store.span_profile(ids[0].clone()).unwrap().is_some(), "seen at 1005");
+    let left = store.search_spans(&SpanQuery { limit: 100, ..Default::default() }).unwrap();
+    assert_eq!(left.profiles.len(), 2, "{:?}", left.profiles);
+    assert_eq!(store.trace(trace).unwrap().len(), 1);
+    assert_eq!(store.stats().unwrap().span_profiles, 2);
 }
 
 fn names(p: &spanprof_server::store::SpanProfile) -> Vec<String> {
@@ -166,18 +231,18 @@ fn collection_deletes_only_unreferenced_frames_and_stacks(engine: Engine) {
     assert_eq!(store.collect_garbage().unwrap(), Default::default(), "a second pass finds nothing");
     // What is left reads whole, and a deleted frame name comes back as a new frame.
     for i in 51..=100u64 {
-        assert_eq!(names(&store.span_profile(ProfileId(i)).unwrap().unwrap()), ["main", &format!("own_{i}")]);
+        assert_eq!(names(&store.span_profile(ProfileId::Span(i)).unwrap().unwrap()), ["main", &format!("own_{i}")]);
     }
     store.insert(vec![batch(1_001, 5_000, &["main", "own_1"], 1)]).unwrap();
-    assert_eq!(names(&store.span_profile(ProfileId(1_001)).unwrap().unwrap()), ["main", "own_1"]);
+    assert_eq!(names(&store.span_profile(ProfileId::Span(1_001)).unwrap().unwrap()), ["main", "own_1"]);
     // The interner a restart rebuilds agrees: same names, no reuse of a deleted ID for another.
     store.close();
     drop(store);
     let store = open(engine, dir.path());
     store.insert(vec![batch(1_002, 6_000, &["main", "own_2", "own_60"], 1)]).unwrap();
-    assert_eq!(names(&store.span_profile(ProfileId(1_002)).unwrap().unwrap()), ["main", "own_2", "own_60"]);
-    assert_eq!(names(&store.span_profile(ProfileId(60)).unwrap().unwrap()), ["main", "own_60"]);
-    assert_eq!(names(&store.span_profile(ProfileId(1_001)).unwrap().unwrap()), ["main", "own_1"]);
+    assert_eq!(names(&store.span_profile(ProfileId::Span(1_002)).unwrap().unwrap()), ["main", "own_2", "own_60"]);
+    assert_eq!(names(&store.span_profile(ProfileId::Span(60)).unwrap().unwrap()), ["main", "own_60"]);
+    assert_eq!(names(&store.span_profile(ProfileId::Span(1_001)).unwrap().unwrap()), ["main", "own_1"]);
 }
 
 fn size_retention_counts_interned_frames_and_gets_under_its_limit(engine: Engine) {
@@ -202,7 +267,7 @@ fn size_retention_counts_interned_frames_and_gets_under_its_limit(engine: Engine
     let after = store.stats().unwrap();
     assert!(after.record_bytes + after.interned_bytes <= limit, "{after:?} over {limit}");
     assert!(after.span_profiles >= 40, "deleted far more than needed: {after:?}");
-    assert!(store.span_profile(ProfileId(100)).unwrap().is_some(), "newest deleted");
+    assert!(store.span_profile(ProfileId::Span(100)).unwrap().is_some(), "newest deleted");
 }
 
 #[test]
@@ -218,5 +283,5 @@ fn a_data_dir_of_the_other_engine_is_refused_not_started_empty() {
     assert!(message.contains("--store-engine redb"), "{message}");
     assert!(!dir.path().join("spanprof.fjall").exists(), "nothing created beside the redb store");
     // The right engine still finds the data.
-    assert!(open(Engine::Redb, dir.path()).span_profile(ProfileId(7)).unwrap().is_some());
+    assert!(open(Engine::Redb, dir.path()).span_profile(ProfileId::Span(7)).unwrap().is_some());
 }

@@ -15,6 +15,7 @@
   const HEX32 = /^[0-9a-fA-F]{32}$/;
   const TRACEPARENT = /^[0-9a-fA-F]{2}-([0-9a-fA-F]{32})-([0-9a-fA-F]{16})-[0-9a-fA-F]{2}$/;
   const DEFAULT_PERIOD_NS = 10_000_000; // 100 Hz
+  const MAX_PROFILE_ID_BYTES = 128;
   const RANGES = [
     ['15m', 'Last 15 minutes', 15 * 60e3],
     ['1h', 'Last hour', 60 * 60e3],
@@ -180,13 +181,30 @@
 
   // ---------------------------------------------------------------- shared widgets
 
-  /** Parses what a person pasted: a span ID, a trace ID or a W3C traceparent. */
+  /**
+   * Why `v` is no profile ID (the server's rule: 1 to 128 bytes of UTF-8 without control
+   * characters; 16 hex digits are a span ID, all zeros invalid), or null when it is one.
+   */
+  function profileIdProblem(v) {
+    if (v === '') return 'it is empty';
+    if (HEX16.test(v) && /^0+$/.test(v)) return 'the all-zero span ID is invalid';
+    if (new TextEncoder().encode(v).length > MAX_PROFILE_ID_BYTES) return `it is longer than ${MAX_PROFILE_ID_BYTES} bytes`;
+    if (/\p{Cc}/u.test(v)) return 'it holds control characters';
+    return null;
+  }
+
+  /**
+   * Parses what a person pasted: a span ID, a trace ID, a W3C traceparent, or any other
+   * profile ID (profilers may label samples with arbitrary strings).
+   */
   function parseId(raw) {
-    const v = raw.trim().replace(/^0x/i, '');
-    if (HEX16.test(v)) return { kind: 'span', id: v.toLowerCase(), url: `/profiles/${v.toLowerCase()}` };
-    if (HEX32.test(v)) return { kind: 'trace', id: v.toLowerCase(), url: `/traces/${v.toLowerCase()}` };
+    const v = raw.trim();
+    const hex = v.replace(/^0x/i, '');
+    if (HEX16.test(hex) && !/^0+$/.test(hex)) return { kind: 'span', id: hex.toLowerCase(), url: `/profiles/${hex.toLowerCase()}` };
+    if (HEX32.test(hex)) return { kind: 'trace', id: hex.toLowerCase(), url: `/traces/${hex.toLowerCase()}` };
     const tp = TRACEPARENT.exec(v);
     if (tp) return { kind: 'trace', id: tp[1].toLowerCase(), url: `/traces/${tp[1].toLowerCase()}` };
+    if (profileIdProblem(v) === null) return { kind: 'profile', id: v, url: `/profiles/${enc(v)}` };
     return null;
   }
 
@@ -196,10 +214,10 @@
       class: 'search-input',
       type: 'search',
       name: 'id',
-      placeholder: big ? 'Span ID (16 hex digits) or trace ID (32 hex digits)' : 'Span or trace ID',
+      placeholder: big ? 'Span ID (16 hex digits), trace ID (32 hex digits) or profile ID' : 'Span, trace or profile ID',
       autocomplete: 'off',
       spellcheck: 'false',
-      'aria-label': 'Span ID or trace ID',
+      'aria-label': 'Span ID, trace ID or profile ID',
       'aria-describedby': `${idPrefix}-error`,
     });
     const err = h('div', { id: `${idPrefix}-error`, class: 'search-error', role: 'alert', hidden: true });
@@ -213,8 +231,9 @@
       const parsed = parseId(value);
       if (!parsed) {
         err.textContent = value === ''
-          ? 'Enter a span ID (16 hex digits) or a trace ID (32 hex digits).'
-          : `"${value.length > 80 ? value.slice(0, 80) + '…' : value}" is neither a span ID (16 hex digits) nor a trace ID (32 hex digits).`;
+          ? 'Enter a span ID (16 hex digits), a trace ID (32 hex digits) or a profile ID.'
+          : `"${value.length > 80 ? value.slice(0, 80) + '…' : value}" is no ID: ${profileIdProblem(value)}. `
+            + 'A span ID is 16 hex digits, a trace ID 32 hex digits, and any other profile ID up to 128 bytes of text.';
         err.hidden = false;
         input.setAttribute('aria-invalid', 'true');
         input.focus();
@@ -247,6 +266,11 @@
     const keys = Object.keys(labels).sort();
     if (!keys.length) return null;
     return h('span', { class: 'chips' }, keys.map((k) => h('span', { class: 'chip' }, `${k}=${labels[k]}`)));
+  }
+
+  /** `name` as part of a download's file name, as the server names its exports. */
+  function fileSafe(name) {
+    return [...name].slice(0, 64).map((c) => (/^[A-Za-z0-9-]$/.test(c) ? c : '_')).join('');
   }
 
   function exportLinks(basePath, extraQuery, stem) {
@@ -295,12 +319,13 @@
   function unknownIdPage(kind, id) {
     const s = searchForm('retry-search', true);
     s.input.value = id;
-    const other = kind === 'span' && HEX32.test(id) ? ['trace', `/traces/${id.toLowerCase()}`]
-      : kind === 'trace' && HEX16.test(id) ? ['span', `/profiles/${id.toLowerCase()}`] : null;
+    const other = kind === 'profile' && HEX32.test(id) ? ['trace', `/traces/${id.toLowerCase()}`]
+      : kind === 'trace' && profileIdProblem(id) === null ? ['profile', `/profiles/${enc(id)}`] : null;
     messagePage('Unknown ID', 'unknown',
       h('p', null, '“', h('code', null, id.length > 120 ? id.slice(0, 120) + '…' : id), `” is not a valid ${kind} ID.`),
       h('p', null, 'A span ID is 16 hexadecimal digits (for example ', h('code', null, '00f067aa0ba902b7'),
-        ') and a trace ID is 32 (for example ', h('code', null, '4bf92f3577b34da6a3ce929d0e0e4736'), ').'),
+        ') and a trace ID is 32 (for example ', h('code', null, '4bf92f3577b34da6a3ce929d0e0e4736'),
+        '). Profilers that label samples with other profile IDs may use any text of up to 128 bytes without control characters.'),
       other ? h('p', null, 'This looks like a ', other[0], ' ID: ', h('a', { href: other[1] }, `open the ${other[0]} page`), '.') : null,
       s.form);
   }
@@ -309,7 +334,7 @@
   function noSamplesPage(kind, id, reload, retriesLeft) {
     const status = h('p', { class: 'muted retry-status', 'aria-live': 'polite' });
     const retryBtn = h('button', { class: 'btn primary', type: 'button', onclick: () => reload({}) }, 'Retry now');
-    const what = kind === 'trace' ? 'trace' : 'span';
+    const what = kind === 'trace' ? 'trace' : HEX16.test(id) ? 'span' : 'profile';
     messagePage(`No samples for this ${what} yet`, 'empty',
       h('p', null, `spanprof has no CPU samples for ${what} ID `, h('code', { class: 'mono' }, id), ' yet.'),
       h('ul', { class: 'reasons' },
@@ -320,7 +345,9 @@
           'The sidecar uploads every 10 s, so a request that just finished may not be here yet. Retry shortly.'),
         kind === 'trace'
           ? h('li', null, 'Only services whose pods run the spanprof sampler produce span profiles.')
-          : h('li', null, 'The profile ID is the span ID of the local root span: the first span this process created for the request.')),
+          : what === 'span'
+            ? h('li', null, 'The profile ID is the span ID of the local root span: the first span this process created for the request.')
+            : h('li', null, 'A profile ID that is not a span ID is matched exactly, case included.')),
       h('p', { class: 'actions' }, retryBtn, ' ', h('a', { class: 'btn', href: '/' }, 'Back to search')),
       status);
     if (!(retriesLeft > 0)) {
@@ -946,9 +973,9 @@
       body = await api(`/api/v1/profiles/${enc(id)}`);
     } catch (e) {
       if (e.status === 404 && e.reason === 'no_samples') {
-        noSamplesPage('span', id, (o) => renderProfile(id, o), opts.retriesLeft ?? 6);
+        noSamplesPage('profile', id, (o) => renderProfile(id, o), opts.retriesLeft ?? 6);
       } else if (e.status === 400) {
-        unknownIdPage('span', id);
+        unknownIdPage('profile', id);
       } else {
         errorPage('this span profile', e, () => renderProfile(id));
       }
@@ -957,6 +984,7 @@
     const p = body.profile || {};
     const period = body.period_ns || DEFAULT_PERIOD_NS;
     const pid = p.profile_id || id;
+    const isSpan = HEX16.test(pid);
     const { nodes, after } = profileBody(body.flamegraph, body.top, period, `/api/v1/profiles/${enc(pid)}`);
     setPage(`${p.span_name || 'Span'} ${pid}`,
       h('section', { class: 'page-head' },
@@ -965,7 +993,7 @@
         metaList([
           ['Service', serviceLink(p.service_name)],
           ['Span name', p.span_name || '—'],
-          ['Span ID', h('code', { class: 'mono' }, pid)],
+          [isSpan ? 'Span ID' : 'Profile ID', h('code', { class: 'mono' }, pid)],
           ['Trace ID', idLink('trace', p.trace_id)],
           ['Samples', fmtInt(p.samples)],
           ['CPU time', fmtCpu(p.cpu_ns)],
@@ -973,7 +1001,7 @@
           ['Last seen', whenEl(p.last_seen_ms)],
           labelChips(p.labels) ? ['Labels', labelChips(p.labels)] : null,
         ]),
-        exportLinks(`/api/v1/profiles/${enc(pid)}`, null, `span-${pid}`)),
+        exportLinks(`/api/v1/profiles/${enc(pid)}`, null, isSpan ? `span-${pid}` : `profile-${fileSafe(pid)}`)),
       nodes);
     after();
   }

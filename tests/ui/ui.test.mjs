@@ -109,6 +109,11 @@ const TRACE = hex(16);
 const SPAN_A = hex(8); // OrderVehicle
 const SPAN_B = hex(8); // CarHandler
 const UNSEEN_SPAN = hex(8);
+// a profile ID that is no span ID, as profilers may set (pprof.Labels("profile_id", ...)):
+// characters a URL must escape, and non-ASCII
+const NAMED_ID = `order #42/eu ü?${run}`;
+// IDs the server refuses: the all-zero span ID, more than 128 bytes
+const BAD_IDS = ['0000000000000000', 'x'.repeat(129)];
 const UNSEEN_TRACE = hex(16);
 
 // span A, first post: 40 + 10 = 50 samples; second post (merged): 20 + 5 = 25 → 75
@@ -225,7 +230,7 @@ async function main() {
     for (const [path, status, reason] of [
       [`/api/v1/profiles/${UNSEEN_SPAN}`, 404, 'no_samples'],
       [`/api/v1/traces/${UNSEEN_TRACE}`, 404, 'no_samples'],
-      ['/api/v1/profiles/not-a-span-id', 400, 'invalid_id'],
+      ...BAD_IDS.map((id) => [`/api/v1/profiles/${id}`, 400, 'invalid_id']),
       ['/api/v1/traces/xyz', 400, 'invalid_id'],
     ]) {
       const r = await http('GET', path);
@@ -282,11 +287,11 @@ async function main() {
 
   await check('home: an invalid search shows an inline error and does not navigate', async () => {
     await goto(page, '/');
-    await page.fill('#search-input', 'hello world');
+    await page.fill('#search-input', BAD_IDS[1]);
     await page.press('#search-input', 'Enter');
     await page.locator('#search-error').waitFor({ state: 'visible' });
     const t = await page.locator('#search-error').innerText();
-    assert(/16 hex/.test(t) && /32 hex/.test(t), `error message does not explain the ID formats: "${t}"`);
+    assert(/16 hex/.test(t) && /32 hex/.test(t) && /128 bytes/.test(t), `error message does not explain the ID formats: "${t}"`);
     assert(new URL(page.url()).pathname === '/', `navigated to ${page.url()}`);
   });
 
@@ -420,10 +425,12 @@ async function main() {
   });
 
   await check('a malformed ID shows "Unknown ID"', async () => {
-    await goto(page, '/profiles/not-a-span-id');
-    await page.locator('h1', { hasText: 'Unknown ID' }).waitFor();
-    const body = await page.locator('main').innerText();
-    assert(/16 hexadecimal digits/.test(body) && /32/.test(body), `the page does not explain the ID formats: ${body}`);
+    for (const id of BAD_IDS) {
+      await goto(page, `/profiles/${id}`);
+      await page.locator('h1', { hasText: 'Unknown ID' }).waitFor();
+      const body = await page.locator('main').innerText();
+      assert(/16 hexadecimal digits/.test(body) && /32/.test(body) && /128 bytes/.test(body), `the page does not explain the ID formats: ${body}`);
+    }
     await goto(page, '/traces/xyz');
     await page.locator('h1', { hasText: 'Unknown ID' }).waitFor();
   });
@@ -440,6 +447,24 @@ async function main() {
     assert(await exp.count() === 1, 'no folded export link on the services page');
     const r = await http('GET', await exp.getAttribute('href'));
     assert(r.status === 200 && r.text.includes('poll_sockets'), `services folded export answered ${r.status}: ${r.text.slice(0, 200)}`);
+  });
+
+  await check('a profile ID that is no span ID: merged on insert, found by the search box, listed and linked', async () => {
+    await ingest(`profile_id=${NAMED_ID},span_name=Checkout`, 'main;checkout;charge_card 7\n');
+    await ingest(`profile_id=${NAMED_ID},span_name=Checkout`, 'main;checkout;reserve_stock 5\n');
+    await goto(page, '/');
+    await page.fill('#search-input', NAMED_ID);
+    await page.press('#search-input', 'Enter');
+    await page.waitForURL(`**/profiles/${encodeURIComponent(NAMED_ID)}`);
+    await frame(page, 'charge_card').waitFor();
+    await frame(page, 'reserve_stock').waitFor();
+    assert((await metaValue(page, 'Profile ID')) === NAMED_ID, 'header does not show the profile ID');
+    assert((await metaValue(page, 'Samples')) === '12', 'the two posts were not merged into 12 samples');
+    const exp = page.locator('a.export[data-format="folded"]');
+    const r = await http('GET', await exp.getAttribute('href'));
+    assert(r.status === 200 && r.text.includes('main;checkout;charge_card 7'), `folded export answered ${r.status}: ${r.text.slice(0, 200)}`);
+    await goto(page, '/');
+    await page.locator(`#recent-table a[href="/profiles/${encodeURIComponent(NAMED_ID)}"]`).waitFor();
   });
 
   await check('function names are shown as text, never as HTML', async () => {

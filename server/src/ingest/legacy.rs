@@ -53,9 +53,8 @@ pub fn parse_params(query: &str, now_ms: u64) -> Result<IngestParams> {
     let trace_label = labels.remove("trace_id");
     let span_name = labels.remove("span_name");
     if let Some(v) = span_label {
-        let id = ProfileId::parse(&v).ok_or_else(|| {
-            Error::rejected(Reject::BadLabel, format!("span_id/profile_id {v:?} is not 16 hex digits"))
-        })?;
+        let id = ProfileId::parse(&v)
+            .map_err(|why| Error::rejected(Reject::BadLabel, format!("span_id/profile_id {v:?} is no profile ID: {why}")))?;
         let trace_id = trace_label
             .map(|t| {
                 TraceId::parse(&t)
@@ -328,7 +327,8 @@ mod tests {
         assert_eq!(reason("name=app&from=xyz"), Reject::BadTimestamp);
         assert_eq!(reason("name=app&from=20&until=10"), Reject::BadTimestamp);
         assert_eq!(reason("name=app&format=jfr"), Reject::UnknownFormat);
-        assert_eq!(reason("name=app%7Bspan_id%3Dnothex%7D"), Reject::BadLabel);
+        assert_eq!(reason("name=app%7Bspan_id%3D0000000000000000%7D"), Reject::BadLabel);
+        assert_eq!(reason("name=app%7Bprofile_id%3Da%01b%7D"), Reject::BadLabel);
         assert_eq!(reason("name=app&sampleRate=0"), Reject::BadQuery);
     }
 

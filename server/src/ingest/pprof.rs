@@ -174,7 +174,7 @@ fn frames_of(
     Ok(frames)
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct SpanKey {
     id: ProfileId,
     trace: Option<TraceId>,
@@ -236,14 +236,15 @@ pub fn split(p: &Profile, forced_span: Option<&SpanContribution>) -> Result<Spli
         for l in &sample.label {
             if Some(l.key) == k_span || Some(l.key) == k_profile {
                 let id = match span_ids.get(&l.str) {
-                    Some(&id) => id,
+                    Some(id) => id.clone(),
                     None => {
                         let v = s.get(l.str)?;
-                        let id = ProfileId::parse(v);
-                        if id.is_none() {
-                            tracing::debug!(sample = n, value = ?v, "a span_id label that is not 16 hex digits: the sample counts as whole-process");
-                        }
-                        span_ids.insert(l.str, id);
+                        let id = ProfileId::parse(v)
+                            .inspect_err(|why| {
+                                tracing::debug!(sample = n, value = ?v, why, "a span_id/profile_id label that is no profile ID: the sample counts as whole-process");
+                            })
+                            .ok();
+                        span_ids.insert(l.str, id.clone());
                         id
                     }
                 };
@@ -277,7 +278,7 @@ pub fn split(p: &Profile, forced_span: Option<&SpanContribution>) -> Result<Spli
         }
         match (forced_span, span_id) {
             (Some(f), _) => spans
-                .entry(SpanKey { id: f.profile_id, trace: f.trace_id, name: -1 })
+                .entry(SpanKey { id: f.profile_id.clone(), trace: f.trace_id, name: -1 })
                 .or_default()
                 .add(&stack, count),
             (None, Some(id)) => spans.entry(SpanKey { id, trace, name }).or_default().add(&stack, count),
@@ -292,7 +293,7 @@ pub fn split(p: &Profile, forced_span: Option<&SpanContribution>) -> Result<Spli
             (0, _) => None,
             (i, _) => Some(s.get(i)?.to_owned()),
         };
-        let entry = merged.entry(key.id).or_insert_with(|| SpanContribution {
+        let entry = merged.entry(key.id.clone()).or_insert_with(|| SpanContribution {
             profile_id: key.id,
             trace_id: None,
             span_name: None,
@@ -305,7 +306,7 @@ pub fn split(p: &Profile, forced_span: Option<&SpanContribution>) -> Result<Spli
         entry.stacks.merge(stacks);
     }
     let mut spans: Vec<SpanContribution> = merged.into_values().collect();
-    spans.sort_by_key(|s| s.profile_id);
+    spans.sort_by(|a, b| a.profile_id.cmp(&b.profile_id));
 
     let time_range_ms = (p.time_nanos > 0).then(|| {
         let from = p.time_nanos as u64 / 1_000_000;
@@ -394,17 +395,27 @@ pub(crate) mod tests {
         let mut p = build(&[(&["a"], 10_000_000, &[])]);
         p.sample[0].location_id = vec![99];
         assert!(split(&p, None).unwrap_err().to_string().contains("unknown location 99"));
-        // A label value that is no ID costs the label, not the sample or the request.
+        // A label value that is no ID costs the label, not the sample or the request; any
+        // string within the ID rules is a profile ID of its own.
+        let too_long = "x".repeat(129);
         let p = build(&[
-            (&["a"], 10_000_000, &[("span_id", "239")]),
+            (&["a"], 10_000_000, &[("span_id", "0000000000000000")]),
             (&["a"], 20_000_000, &[("span_id", "00f067aa0ba902b7"), ("trace_id", "not-a-trace")]),
             (&["b"], 30_000_000, &[]),
+            (&["c"], 40_000_000, &[("profile_id", "checkout-42")]),
+            (&["c"], 50_000_000, &[("span_id", &too_long)]),
+            (&["d"], 60_000_000, &[("span_id", "239")]),
+            (&["d"], 70_000_000, &[("span_id", "line\nbreak")]),
         ]);
         let sp = split(&p, None).unwrap();
-        assert_eq!(sp.process.total(), 4, "the sample with the unusable span_id is whole-process");
-        assert_eq!(sp.spans.len(), 1);
-        assert_eq!((sp.spans[0].stacks.total(), sp.spans[0].trace_id), (2, None));
-        assert_eq!(sp.dropped, DroppedLabels { span_id: 1, trace_id: 1 });
+        assert_eq!(sp.process.total(), 1 + 3 + 5 + 7, "the samples with an unusable span_id are whole-process");
+        let spans: Vec<(String, u64, Option<TraceId>)> =
+            sp.spans.iter().map(|s| (s.profile_id.to_string(), s.stacks.total(), s.trace_id)).collect();
+        assert_eq!(
+            spans,
+            [("00f067aa0ba902b7".into(), 2, None), ("239".into(), 6, None), ("checkout-42".into(), 4, None)]
+        );
+        assert_eq!(sp.dropped, DroppedLabels { span_id: 3, trace_id: 1 });
         let mut p = build(&[(&["a"], 10_000_000, &[])]);
         p.function[0].name = 1000;
         assert!(split(&p, None).unwrap_err().to_string().contains("out of range"));

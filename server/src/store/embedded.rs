@@ -17,14 +17,17 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use prost::Message;
-use redb::{Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{
+    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, TableHandle, WriteTransaction,
+};
 
 use super::disk::{DiskReserve, allocated_bytes};
 use super::codec::{self, Counts, SpanRecord, StackRecord, StacksRecord};
 pub use super::shared::BUCKET_MS;
 use super::shared::{
-    GC_SWEEP_ROWS, GcBounds, GcCandidates, InternSink, Interner, Mark, MergedSpan, PendingInterns,
-    RETENTION_STEP_ROWS, SCAN_BUDGET, SeriesRecord, SizeEstimate, merge_span, rescaled, series_id_seed, span_labels, summary,
+    GC_SWEEP_ROWS, GcBounds, GcCandidates, InternSink, Interner, MAX_ID_KEY_BYTES, Mark, MergedSpan, PendingInterns,
+    RETENTION_STEP_ROWS, SCAN_BUDGET, SeriesRecord, SizeEstimate, id_from_key, id_key, merge_span, rescaled, series_id_seed,
+    span_labels, summary,
 };
 use super::{
     Cursor, Engine, GcStats, InsertStats, Page, ProcessProfile, ProfileStore, Retention, RetentionStats, SpanProfile,
@@ -33,14 +36,20 @@ use super::{
 use crate::error::{Error, Result};
 use crate::model::{Labels, ProfileId, SeriesBatch, TraceId};
 
-/// span id → `SpanRecord` (metadata and stack counts)
-const SPANS: TableDefinition<u64, &[u8]> = TableDefinition::new("spans");
-/// (last_seen_ms, span id)
-const SPANS_BY_TIME: TableDefinition<(u64, u64), ()> = TableDefinition::new("spans_by_time");
-/// (service, last_seen_ms, span id)
-const SPANS_BY_SERVICE: TableDefinition<(&str, u64, u64), ()> = TableDefinition::new("spans_by_service");
-/// (trace id, span id)
-const SPANS_BY_TRACE: TableDefinition<(u128, u64), ()> = TableDefinition::new("spans_by_trace");
+/// profile ID ([`id_key`]) → `SpanRecord` (metadata and stack counts)
+const SPANS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("span_profiles");
+/// (last_seen_ms, profile ID)
+const SPANS_BY_TIME: TableDefinition<(u64, &[u8]), ()> = TableDefinition::new("span_profiles_by_time");
+/// (service, last_seen_ms, profile ID)
+const SPANS_BY_SERVICE: TableDefinition<(&str, u64, &[u8]), ()> = TableDefinition::new("span_profiles_by_service");
+/// (trace id, profile ID)
+const SPANS_BY_TRACE: TableDefinition<(u128, &[u8]), ()> = TableDefinition::new("span_profiles_by_trace");
+/// The span tables before profile IDs were strings (keyed by the span ID's value); a store
+/// that has them is migrated when opened ([`migrate_span_id_tables`]).
+const OLD_SPANS: TableDefinition<u64, &[u8]> = TableDefinition::new("spans");
+const OLD_SPANS_BY_TIME: TableDefinition<(u64, u64), ()> = TableDefinition::new("spans_by_time");
+const OLD_SPANS_BY_SERVICE: TableDefinition<(&str, u64, u64), ()> = TableDefinition::new("spans_by_service");
+const OLD_SPANS_BY_TRACE: TableDefinition<(u128, u64), ()> = TableDefinition::new("spans_by_trace");
 const FRAMES: TableDefinition<u32, &str> = TableDefinition::new("frames");
 const STACKS: TableDefinition<u32, &[u8]> = TableDefinition::new("stacks");
 /// series id → labels (a `SeriesRecord`)
@@ -110,6 +119,7 @@ impl EmbeddedStore {
         {
             let w = db.begin_write()?;
             for_each_table(&w)?;
+            migrate_span_id_tables(&w)?;
             w.commit()?;
             let r = db.begin_read()?;
             load_interner(&mut interner, &r)?;
@@ -210,6 +220,43 @@ fn for_each_table(w: &WriteTransaction) -> Result<()> {
     w.open_table(PROCESS)?;
     w.open_table(PROCESS_BY_TIME)?;
     w.open_table(META)?;
+    Ok(())
+}
+
+/// Moves span profiles from the tables keyed by the span ID's value into the ones keyed by
+/// [`id_key`], in the transaction that opens the store; the old tables are then deleted.
+fn migrate_span_id_tables(w: &WriteTransaction) -> Result<()> {
+    if !w.list_tables()?.any(|t| t.name() == OLD_SPANS.name()) {
+        return Ok(());
+    }
+    let key = |id: u64| id_key(&ProfileId::Span(id));
+    {
+        let mut spans = w.open_table(SPANS)?;
+        for row in w.open_table(OLD_SPANS)?.iter()? {
+            let (id, rec) = row?;
+            spans.insert(key(id.value()).as_slice(), rec.value())?;
+        }
+        let mut by_time = w.open_table(SPANS_BY_TIME)?;
+        for row in w.open_table(OLD_SPANS_BY_TIME)?.iter()? {
+            let (t, id) = row?.0.value();
+            by_time.insert((t, key(id).as_slice()), ())?;
+        }
+        let mut by_service = w.open_table(SPANS_BY_SERVICE)?;
+        for row in w.open_table(OLD_SPANS_BY_SERVICE)?.iter()? {
+            let row = row?;
+            let (service, t, id) = row.0.value();
+            by_service.insert((service, t, key(id).as_slice()), ())?;
+        }
+        let mut by_trace = w.open_table(SPANS_BY_TRACE)?;
+        for row in w.open_table(OLD_SPANS_BY_TRACE)?.iter()? {
+            let (trace, id) = row?.0.value();
+            by_trace.insert((trace, key(id).as_slice()), ())?;
+        }
+    }
+    w.delete_table(OLD_SPANS)?;
+    w.delete_table(OLD_SPANS_BY_TIME)?;
+    w.delete_table(OLD_SPANS_BY_SERVICE)?;
+    w.delete_table(OLD_SPANS_BY_TRACE)?;
     Ok(())
 }
 
@@ -449,7 +496,8 @@ fn insert_batch(
     let mut by_service = w.open_table(SPANS_BY_SERVICE)?;
     let mut by_trace = w.open_table(SPANS_BY_TRACE)?;
     for span in &batch.spans {
-        let id = span.profile_id.0;
+        let id = id_key(&span.profile_id);
+        let id = id.as_slice();
         let counts = pending.counts(interner, &mut RedbInterns(w), &batch.frames, &mut frame_ids, &span.stacks)?;
         let old = spans_t.get(id)?.map(|v| v.value().to_vec());
         let old_len = old.as_ref().map_or(0, Vec::len);
@@ -493,26 +541,29 @@ fn retention_step(db: &Database, policy: &Retention, now_ms: u64, interned: u64)
         let mut deleted = 0;
         while deleted < RETENTION_STEP_ROWS {
             let over_size = size.over(policy.max_bytes);
-            let oldest_span = by_time.first()?.map(|(k, _)| k.value());
+            let oldest_span = by_time.first()?.map(|(k, _)| {
+                let (t, id) = k.value();
+                (t, id.to_vec())
+            });
             let oldest_bucket = process_by_time.first()?.map(|(k, _)| k.value());
             // The older of the two oldest entries goes first.
-            let span_first = match (oldest_span, oldest_bucket) {
-                (Some((t, _)), Some((b, _))) => t <= b + BUCKET_MS,
+            let span_first = match (&oldest_span, oldest_bucket) {
+                (Some((t, _)), Some((b, _))) => *t <= b + BUCKET_MS,
                 (Some(_), None) => true,
                 (None, Some(_)) => false,
                 (None, None) => break,
             };
-            let oldest_time = if span_first { oldest_span.map(|k| k.0) } else { oldest_bucket.map(|k| k.0 + BUCKET_MS) };
+            let oldest_time = if span_first { oldest_span.as_ref().map(|k| k.0) } else { oldest_bucket.map(|k| k.0 + BUCKET_MS) };
             let expired = matches!((cutoff, oldest_time), (Some(c), Some(t)) if t < c);
             if !expired && !over_size {
                 break;
             }
             let freed = if span_first {
                 let Some((last_seen, id)) = oldest_span else { break };
-                by_time.remove((last_seen, id))?;
+                by_time.remove((last_seen, id.as_slice()))?;
                 stats.span_profiles_deleted += 1;
                 spans_delta -= 1;
-                delete_span(&w, id, last_seen)?
+                delete_span(&w, &id, last_seen)?
             } else {
                 let Some((bucket, sid)) = oldest_bucket else { break };
                 process_by_time.remove((bucket, sid))?;
@@ -535,7 +586,7 @@ fn retention_step(db: &Database, policy: &Retention, now_ms: u64, interned: u64)
 }
 
 /// Deletes a span's record and its service and trace index entries; returns the bytes freed.
-fn delete_span(w: &WriteTransaction, id: u64, last_seen: u64) -> Result<u64> {
+fn delete_span(w: &WriteTransaction, id: &[u8], last_seen: u64) -> Result<u64> {
     let Some(bytes) = w.open_table(SPANS)?.remove(id)?.map(|v| v.value().to_vec()) else { return Ok(0) };
     let rec: SpanRecord = codec::decode(&bytes, "span")?;
     w.open_table(SPANS_BY_SERVICE)?.remove((rec.service_name.as_str(), last_seen, id))?;
@@ -592,11 +643,11 @@ impl<'r> Resolver<'r> {
     }
 }
 
-fn load_span(r: &ReadTransaction, resolver: &mut Resolver<'_>, id: u64) -> Result<Option<SpanProfile>> {
+fn load_span(r: &ReadTransaction, resolver: &mut Resolver<'_>, id: &[u8]) -> Result<Option<SpanProfile>> {
     let Some(bytes) = r.open_table(SPANS)?.get(id)?.map(|v| v.value().to_vec()) else { return Ok(None) };
     let rec: SpanRecord = codec::decode(&bytes, "span")?;
     let stacks = resolver.resolve(&rec.stack_counts()?)?;
-    Ok(Some(SpanProfile { summary: summary(id, rec), stacks }))
+    Ok(Some(SpanProfile { summary: summary(id_from_key(id)?, rec), stacks }))
 }
 
 impl ProfileStore for EmbeddedStore {
@@ -617,7 +668,7 @@ impl ProfileStore for EmbeddedStore {
     fn span_profile(&self, id: ProfileId) -> Result<Option<SpanProfile>> {
         let r = self.read()?;
         let mut resolver = Resolver::new(&r)?;
-        load_span(&r, &mut resolver, id.0)
+        load_span(&r, &mut resolver, &id_key(&id))
     }
 
     fn search_spans(&self, q: &SpanQuery) -> Result<Page> {
@@ -627,11 +678,8 @@ impl ProfileStore for EmbeddedStore {
         let mut page = Page::default();
         let from = q.from_ms.unwrap_or(0);
         // Upper bound of the scan, exclusive of the cursor position.
-        let (hi_t, hi_id) = match q.after {
-            Some(c) => (c.last_seen_ms, c.profile_id.0),
-            None => (u64::MAX, u64::MAX),
-        };
-        let accept = |id: u64, last_seen: u64, page: &mut Page| -> Result<bool> {
+        let hi = q.after.as_ref().map(|c| (c.last_seen_ms, id_key(&c.profile_id)));
+        let accept = |id: &[u8], last_seen: u64, page: &mut Page| -> Result<bool> {
             let Some(v) = meta_t.get(id)? else { return Ok(false) };
             let meta: SpanRecord = codec::decode(v.value(), "span")?;
             let ok = meta.samples >= q.min_samples
@@ -640,54 +688,78 @@ impl ProfileStore for EmbeddedStore {
                 && q.until_ms.is_none_or(|u| meta.first_seen_ms <= u)
                 && last_seen >= from;
             if ok {
-                page.profiles.push(summary(id, meta));
+                page.profiles.push(summary(id_from_key(id)?, meta));
             }
             Ok(page.profiles.len() >= limit)
         };
         let mut examined = 0usize;
         let mut last = None;
+        let empty: &[u8] = &[];
         if let Some(trace) = q.trace_id {
             // A trace has few spans: collect, sort newest first, then page.
             let by_trace = r.open_table(SPANS_BY_TRACE)?;
             let mut rows = Vec::new();
-            for row in by_trace.range((trace.0, 0)..=(trace.0, u64::MAX))? {
-                let id = row?.0.value().1;
+            for row in by_trace.range((trace.0, empty)..)? {
+                let row = row?;
+                let (t, id) = row.0.value();
+                if t != trace.0 {
+                    break;
+                }
                 if let Some(v) = meta_t.get(id)? {
                     let m: SpanRecord = codec::decode(v.value(), "span")?;
-                    rows.push((m.last_seen_ms, id));
+                    rows.push((m.last_seen_ms, id.to_vec()));
                 }
             }
             rows.sort_unstable_by(|a, b| b.cmp(a));
-            for (t, id) in rows.into_iter().filter(|&(t, id)| (t, id) < (hi_t, hi_id)) {
+            for (t, id) in rows.into_iter().filter(|row| hi.as_ref().is_none_or(|hi| row < hi)) {
+                let full = accept(&id, t, &mut page)?;
                 last = Some((t, id));
-                if accept(id, t, &mut page)? {
+                if full {
                     break;
                 }
             }
         } else if let Some(service) = q.service.as_deref() {
             let by_service = r.open_table(SPANS_BY_SERVICE)?;
-            for row in by_service.range((service, from, 0)..(service, hi_t, hi_id))?.rev() {
-                let (_, t, id) = row?.0.value();
-                last = Some((t, id));
+            let top = [0xFF; 1 + MAX_ID_KEY_BYTES];
+            let (hi_t, hi_id, hi_bound): (u64, &[u8], _) = match &hi {
+                Some((t, id)) => (*t, id.as_slice(), false),
+                None => (u64::MAX, &top, true),
+            };
+            let range = if hi_bound {
+                by_service.range((service, from, empty)..=(service, hi_t, hi_id))?
+            } else {
+                by_service.range((service, from, empty)..(service, hi_t, hi_id))?
+            };
+            for row in range.rev() {
+                let row = row?;
+                let (_, t, id) = row.0.value();
                 examined += 1;
-                if accept(id, t, &mut page)? || examined >= SCAN_BUDGET {
+                let full = accept(id, t, &mut page)?;
+                last = Some((t, id.to_vec()));
+                if full || examined >= SCAN_BUDGET {
                     break;
                 }
             }
         } else {
             let by_time = r.open_table(SPANS_BY_TIME)?;
-            for row in by_time.range((from, 0)..(hi_t, hi_id))?.rev() {
-                let (t, id) = row?.0.value();
-                last = Some((t, id));
+            let range = match &hi {
+                Some((t, id)) => by_time.range((from, empty)..(*t, id.as_slice()))?,
+                None => by_time.range((from, empty)..)?,
+            };
+            for row in range.rev() {
+                let row = row?;
+                let (t, id) = row.0.value();
                 examined += 1;
-                if accept(id, t, &mut page)? || examined >= SCAN_BUDGET {
+                let full = accept(id, t, &mut page)?;
+                last = Some((t, id.to_vec()));
+                if full || examined >= SCAN_BUDGET {
                     break;
                 }
             }
         }
         let full = page.profiles.len() >= limit || examined >= SCAN_BUDGET;
-        if full {
-            page.next = last.map(|(t, id)| Cursor { last_seen_ms: t, profile_id: ProfileId(id) });
+        if full && let Some((t, id)) = last {
+            page.next = Some(Cursor { last_seen_ms: t, profile_id: id_from_key(&id)? });
         }
         Ok(page)
     }
@@ -697,13 +769,18 @@ impl ProfileStore for EmbeddedStore {
         let mut resolver = Resolver::new(&r)?;
         let by_trace = r.open_table(SPANS_BY_TRACE)?;
         let mut out = Vec::new();
-        for row in by_trace.range((trace_id.0, 0)..=(trace_id.0, u64::MAX))? {
-            let id = row?.0.value().1;
+        let empty: &[u8] = &[];
+        for row in by_trace.range((trace_id.0, empty)..)? {
+            let row = row?;
+            let (t, id) = row.0.value();
+            if t != trace_id.0 {
+                break;
+            }
             if let Some(p) = load_span(&r, &mut resolver, id)? {
                 out.push(p);
             }
         }
-        out.sort_by_key(|p| (p.summary.first_seen_ms, p.summary.profile_id));
+        out.sort_by(|a, b| (a.summary.first_seen_ms, &a.summary.profile_id).cmp(&(b.summary.first_seen_ms, &b.summary.profile_id)));
         Ok(out)
     }
 
@@ -720,7 +797,8 @@ impl ProfileStore for EmbeddedStore {
             let row = match &next {
                 None => by_service.first()?.map(|(k, _)| k.value().0.to_owned()),
                 Some(s) => {
-                    let mut range = by_service.range((s.as_str(), u64::MAX, u64::MAX)..)?;
+                    let top = [0xFF; 1 + MAX_ID_KEY_BYTES];
+                    let mut range = by_service.range((s.as_str(), u64::MAX, &top[..])..)?;
                     let mut found = None;
                     for row in range.by_ref() {
                         let key = row?.0;
@@ -863,5 +941,89 @@ impl ProfileStore for EmbeddedStore {
 
     fn close(&self) {
         EmbeddedStore::close(self);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store written before profile IDs were strings (span tables keyed by the span ID's
+    /// value) opens with its profiles found, listed, merged into and expired as before.
+    #[test]
+    fn a_store_from_before_string_profile_ids_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let trace = TraceId::parse("4bf92f3577b34da6a3ce929d0e0e4736").unwrap();
+        {
+            let db = Database::create(dir.path().join(Engine::Redb.file_name())).unwrap();
+            let w = db.begin_write().unwrap();
+            {
+                w.open_table(FRAMES).unwrap().insert(0, "main").unwrap();
+                let stack = StackRecord { frame_ids: vec![0] }.encode_to_vec();
+                w.open_table(STACKS).unwrap().insert(0, stack.as_slice()).unwrap();
+                let mut rec = SpanRecord {
+                    trace_id: codec::trace_to_bytes(Some(trace)),
+                    service_name: "svc".into(),
+                    span_name: "S".into(),
+                    samples: 3,
+                    period_ns: 10_000_000,
+                    first_seen_ms: 1_000,
+                    last_seen_ms: 2_000,
+                    ..Default::default()
+                };
+                rec.set_stack_counts(&vec![(0, 3)]);
+                let bytes = rec.encode_to_vec();
+                w.open_table(OLD_SPANS).unwrap().insert(7, bytes.as_slice()).unwrap();
+                w.open_table(OLD_SPANS_BY_TIME).unwrap().insert((2_000, 7), ()).unwrap();
+                w.open_table(OLD_SPANS_BY_SERVICE).unwrap().insert(("svc", 2_000, 7), ()).unwrap();
+                w.open_table(OLD_SPANS_BY_TRACE).unwrap().insert((trace.0, 7), ()).unwrap();
+                let mut meta = w.open_table(META).unwrap();
+                meta.insert(SPAN_COUNT, 1).unwrap();
+                meta.insert(RECORD_BYTES, bytes.len() as u64).unwrap();
+            }
+            w.commit().unwrap();
+        }
+        let store = EmbeddedStore::open(dir.path(), EmbeddedOptions { engine: Engine::Redb, ..Default::default() }).unwrap();
+        let p = store.span_profile(ProfileId::Span(7)).unwrap().unwrap();
+        assert_eq!((p.summary.samples, p.summary.trace_id), (3, Some(trace)));
+        assert_eq!(p.stacks, vec![(vec![Arc::<str>::from("main")], 3)]);
+        for q in [
+            SpanQuery { limit: 10, ..Default::default() },
+            SpanQuery { limit: 10, service: Some("svc".into()), ..Default::default() },
+            SpanQuery { limit: 10, trace_id: Some(trace), ..Default::default() },
+        ] {
+            let page = store.search_spans(&q).unwrap();
+            assert_eq!(page.profiles.iter().map(|s| s.profile_id.clone()).collect::<Vec<_>>(), [ProfileId::Span(7)], "{q:?}");
+        }
+        assert_eq!(store.trace(trace).unwrap().len(), 1);
+        assert_eq!(store.services().unwrap(), ["svc"]);
+        {
+            let r = store.read().unwrap();
+            assert!(!r.list_tables().unwrap().any(|t| t.name() == OLD_SPANS.name()), "the old tables are gone");
+        }
+        drop(store);
+
+        // Reopened (nothing left to migrate), the profile takes merges and expires.
+        let store = EmbeddedStore::open(dir.path(), EmbeddedOptions { engine: Engine::Redb, ..Default::default() }).unwrap();
+        let mut frames = crate::model::Frames::default();
+        let mut stacks = crate::model::StackCounts::new();
+        stacks.add(&[frames.intern("main")], 1);
+        let batch = SeriesBatch {
+            labels: [("service_name".to_string(), "svc".to_string())].into_iter().collect(),
+            period_ns: 10_000_000,
+            from_ms: 3_000,
+            until_ms: 3_000,
+            frames,
+            spans: vec![crate::model::SpanContribution { profile_id: ProfileId::Span(7), trace_id: None, span_name: None, stacks }],
+            process: crate::model::StackCounts::new(),
+            dropped_labels: Default::default(),
+        };
+        let stats = store.insert(vec![batch]).unwrap();
+        assert_eq!(stats.span_profiles_merged, 1);
+        assert_eq!(store.span_profile(ProfileId::Span(7)).unwrap().unwrap().summary.samples, 4);
+        let gone = store.enforce_retention(&Retention { max_age: Some(std::time::Duration::from_millis(1)), max_bytes: None }, 10_000).unwrap();
+        assert_eq!(gone.span_profiles_deleted, 1);
+        assert_eq!(store.stats().unwrap().span_profiles, 0);
+        assert!(store.trace(trace).unwrap().is_empty());
     }
 }

@@ -28,8 +28,9 @@ use super::codec::{self, Counts, SpanRecord, StackRecord, StacksRecord};
 use super::disk::{DiskReserve, allocated_bytes};
 use super::embedded::EmbeddedOptions;
 use super::shared::{
-    BUCKET_MS, GC_SWEEP_ROWS, GcBounds, GcCandidates, InternSink, Interner, Mark, MergedSpan, PendingInterns,
-    RETENTION_STEP_ROWS, SCAN_BUDGET, SeriesRecord, SizeEstimate, merge_span, rescaled, series_id_seed, span_labels, summary,
+    BUCKET_MS, GC_SWEEP_ROWS, GcBounds, GcCandidates, InternSink, Interner, MAX_ID_KEY_BYTES, Mark, MergedSpan,
+    PendingInterns, RETENTION_STEP_ROWS, SCAN_BUDGET, SeriesRecord, SizeEstimate, id_from_key, id_key, merge_span, rescaled,
+    series_id_seed, span_labels, summary,
 };
 use super::{
     Cursor, GcStats, InsertStats, Page, ProcessProfile, ProfileStore, Retention, RetentionStats, SpanProfile, SpanQuery, Stacks,
@@ -44,13 +45,13 @@ const SPAN_COUNT: &str = "span_profiles";
 /// The keyspaces, named and keyed like the redb tables.
 struct Keyspaces {
     db: SingleWriterTxDatabase,
-    /// span id (8) → `SpanRecord`
+    /// profile ID ([`id_key`]) → `SpanRecord`
     spans: SingleWriterTxKeyspace,
-    /// (last_seen_ms, span id): 16 bytes
+    /// (last_seen_ms, profile ID): [`time_key`]
     spans_by_time: SingleWriterTxKeyspace,
-    /// (service, last_seen_ms, span id): [`svc_key`]
+    /// (service, last_seen_ms, profile ID): [`svc_time_key`]
     spans_by_service: SingleWriterTxKeyspace,
-    /// (trace id, span id): 24 bytes
+    /// (trace id, profile ID): [`trace_key`]
     spans_by_trace: SingleWriterTxKeyspace,
     /// frame id (4) → name
     frames: SingleWriterTxKeyspace,
@@ -96,11 +97,40 @@ fn k2(a: u64, b: u64) -> [u8; 16] {
     k
 }
 
-fn trace_key(trace: u128, id: u64) -> [u8; 24] {
-    let mut k = [0u8; 24];
-    k[..16].copy_from_slice(&trace.to_be_bytes());
-    k[16..].copy_from_slice(&id.to_be_bytes());
+/// (last_seen_ms, profile ID key): the ID is last, so it is the key's rest.
+fn time_key(t: u64, id: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + id.len());
+    k.extend_from_slice(&t.to_be_bytes());
+    k.extend_from_slice(id);
     k
+}
+
+/// (trace ID, profile ID key).
+fn trace_key(trace: u128, id: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(16 + id.len());
+    k.extend_from_slice(&trace.to_be_bytes());
+    k.extend_from_slice(id);
+    k
+}
+
+/// (service, last_seen_ms, profile ID key).
+fn svc_time_key(service: &str, t: u64, id: &[u8]) -> Vec<u8> {
+    let mut k = svc_key(service, &[t]);
+    k.extend_from_slice(id);
+    k
+}
+
+/// The (last_seen_ms, profile ID key) that follow the first `skip` bytes of an index key.
+fn time_and_id(key: &[u8], skip: usize) -> Result<(u64, Vec<u8>)> {
+    let corrupt = || Error::Corrupt("short span index key".into());
+    let t = key.get(skip..skip + 8).and_then(|b| <[u8; 8]>::try_from(b).ok()).ok_or_else(corrupt)?;
+    Ok((u64::from_be_bytes(t), key[skip + 8..].to_vec()))
+}
+
+/// The length of a [`svc_key`]'s service prefix.
+fn svc_prefix_len(key: &[u8]) -> Result<usize> {
+    let len = key.get(..4).and_then(|b| <[u8; 4]>::try_from(b).ok()).ok_or_else(|| Error::Corrupt("service index key".into()))?;
+    Ok(4 + u32::from_be_bytes(len) as usize)
 }
 
 /// A service name as a key prefix: length first, so one service's keys are exactly those with
@@ -471,18 +501,19 @@ fn insert_batch(
     }
 
     for span in &batch.spans {
-        let id = span.profile_id.0;
+        let id = id_key(&span.profile_id);
+        let id = id.as_slice();
         let counts =
             pending.counts(interner, &mut FjallInterns { w, k }, &batch.frames, &mut frame_ids, &span.stacks)?;
         // The transaction reads its own writes: an ID pushed twice in one group merges twice.
-        let old = w.get(k.spans.inner(), id.to_be_bytes())?;
+        let old = w.get(k.spans.inner(), id)?;
         let old_len = old.as_ref().map_or(0, |o| o.len());
         let MergedSpan { rec, old_last_seen, new_trace } =
             merge_span(old.as_deref(), batch, span, &span_labels, counts)?;
         match old_last_seen {
             Some(t) => {
-                w.remove(&k.spans_by_time, k2(t, id));
-                w.remove(&k.spans_by_service, svc_key(&rec.service_name, &[t, id]));
+                w.remove(&k.spans_by_time, time_key(t, id));
+                w.remove(&k.spans_by_service, svc_time_key(&rec.service_name, t, id));
                 stats.span_profiles_merged += 1;
             }
             None => {
@@ -493,21 +524,25 @@ fn insert_batch(
         if let Some(t) = new_trace {
             w.insert(&k.spans_by_trace, trace_key(t.0, id), []);
         }
-        w.insert(&k.spans_by_time, k2(rec.last_seen_ms, id), []);
-        w.insert(&k.spans_by_service, svc_key(&rec.service_name, &[rec.last_seen_ms, id]), []);
+        w.insert(&k.spans_by_time, time_key(rec.last_seen_ms, id), []);
+        w.insert(&k.spans_by_service, svc_time_key(&rec.service_name, rec.last_seen_ms, id), []);
         let bytes = rec.encode_to_vec();
         *bytes_delta += bytes.len() as i64 - old_len as i64;
-        w.insert(&k.spans, id.to_be_bytes(), bytes);
+        w.insert(&k.spans, id, bytes);
     }
     Ok(stats)
 }
 
-/// The first `n` keys of an index of (u64, u64) keys, decoded.
-fn oldest(w: &SingleWriterWriteTx<'_>, ks: &SingleWriterTxKeyspace, n: usize) -> Result<Vec<(u64, u64)>> {
+/// The first `n` keys of an index keyed by a time and then `decode`'s rest, decoded.
+fn oldest<T>(
+    w: &SingleWriterWriteTx<'_>,
+    ks: &SingleWriterTxKeyspace,
+    n: usize,
+    decode: impl Fn(&[u8]) -> Result<(u64, T)>,
+) -> Result<Vec<(u64, T)>> {
     let mut out = Vec::with_capacity(n.min(1024));
     for row in w.iter(ks.inner()).take(n) {
-        let key = row.key()?;
-        out.push((u64_at_end(&key, 1)?, u64_at_end(&key, 0)?));
+        out.push(decode(&row.key()?)?);
     }
     Ok(out)
 }
@@ -562,17 +597,17 @@ fn retention_step(k: &Keyspaces, policy: &Retention, now_ms: u64, interned: u64)
     // A step deletes at most RETENTION_STEP_ROWS rows, so the oldest that many entries of each
     // index are all it can reach: read them once rather than re-scanning past the tombstones
     // this step leaves at the front of the index after every delete.
-    let spans = oldest(&w, &k.spans_by_time, RETENTION_STEP_ROWS)?;
-    let buckets = oldest(&w, &k.process_by_time, RETENTION_STEP_ROWS)?;
+    let spans = oldest(&w, &k.spans_by_time, RETENTION_STEP_ROWS, |key| time_and_id(key, 0))?;
+    let buckets = oldest(&w, &k.process_by_time, RETENTION_STEP_ROWS, |key| Ok((u64_at_end(key, 1)?, u64_at_end(key, 0)?)))?;
     let (mut si, mut bi) = (0, 0);
     let mut deleted = 0;
     while deleted < RETENTION_STEP_ROWS {
         let over_size = size.over(policy.max_bytes);
-        let oldest_span = spans.get(si).copied();
+        let oldest_span = spans.get(si);
         let oldest_bucket = buckets.get(bi).copied();
         // The older of the two oldest entries goes first.
         let span_first = match (oldest_span, oldest_bucket) {
-            (Some((t, _)), Some((b, _))) => t <= b + BUCKET_MS,
+            (Some(&(t, _)), Some((b, _))) => t <= b + BUCKET_MS,
             (Some(_), None) => true,
             (None, Some(_)) => false,
             (None, None) => break,
@@ -584,8 +619,9 @@ fn retention_step(k: &Keyspaces, policy: &Retention, now_ms: u64, interned: u64)
         }
         let freed = if span_first {
             let Some((last_seen, id)) = oldest_span else { break };
+            let last_seen = *last_seen;
             si += 1;
-            w.remove(&k.spans_by_time, k2(last_seen, id));
+            w.remove(&k.spans_by_time, time_key(last_seen, id));
             stats.span_profiles_deleted += 1;
             spans_delta -= 1;
             delete_span(&mut w, k, id, last_seen)?
@@ -609,11 +645,11 @@ fn retention_step(k: &Keyspaces, policy: &Retention, now_ms: u64, interned: u64)
 }
 
 /// Deletes a span's record and its service and trace index entries; returns the bytes freed.
-fn delete_span(w: &mut SingleWriterWriteTx<'_>, k: &Keyspaces, id: u64, last_seen: u64) -> Result<u64> {
-    let Some(bytes) = w.get(k.spans.inner(), id.to_be_bytes())? else { return Ok(0) };
-    w.remove(&k.spans, id.to_be_bytes());
+fn delete_span(w: &mut SingleWriterWriteTx<'_>, k: &Keyspaces, id: &[u8], last_seen: u64) -> Result<u64> {
+    let Some(bytes) = w.get(k.spans.inner(), id)? else { return Ok(0) };
+    w.remove(&k.spans, id);
     let rec: SpanRecord = codec::decode(&bytes, "span")?;
-    w.remove(&k.spans_by_service, svc_key(&rec.service_name, &[last_seen, id]));
+    w.remove(&k.spans_by_service, svc_time_key(&rec.service_name, last_seen, id));
     if let Some(t) = codec::trace_from_bytes(&rec.trace_id) {
         w.remove(&k.spans_by_trace, trace_key(t.0, id));
     }
@@ -661,11 +697,11 @@ impl<'r> Resolver<'r> {
     }
 }
 
-fn load_span(resolver: &mut Resolver<'_>, id: u64) -> Result<Option<SpanProfile>> {
-    let Some(bytes) = resolver.snap.get(resolver.k.spans.inner(), id.to_be_bytes())? else { return Ok(None) };
+fn load_span(resolver: &mut Resolver<'_>, id: &[u8]) -> Result<Option<SpanProfile>> {
+    let Some(bytes) = resolver.snap.get(resolver.k.spans.inner(), id)? else { return Ok(None) };
     let rec: SpanRecord = codec::decode(&bytes, "span")?;
     let stacks = resolver.resolve(&rec.stack_counts()?)?;
-    Ok(Some(SpanProfile { summary: summary(id, rec), stacks }))
+    Ok(Some(SpanProfile { summary: summary(id_from_key(id)?, rec), stacks }))
 }
 
 impl ProfileStore for FjallStore {
@@ -692,7 +728,7 @@ impl ProfileStore for FjallStore {
 
     fn span_profile(&self, id: ProfileId) -> Result<Option<SpanProfile>> {
         let r = self.read();
-        load_span(&mut Resolver::new(&r, &self.ks), id.0)
+        load_span(&mut Resolver::new(&r, &self.ks), &id_key(&id))
     }
 
     fn search_spans(&self, q: &SpanQuery) -> Result<Page> {
@@ -702,12 +738,9 @@ impl ProfileStore for FjallStore {
         let mut page = Page::default();
         let from = q.from_ms.unwrap_or(0);
         // Upper bound of the scan, exclusive of the cursor position.
-        let (hi_t, hi_id) = match q.after {
-            Some(c) => (c.last_seen_ms, c.profile_id.0),
-            None => (u64::MAX, u64::MAX),
-        };
-        let accept = |id: u64, last_seen: u64, page: &mut Page| -> Result<bool> {
-            let Some(v) = r.get(k.spans.inner(), id.to_be_bytes())? else { return Ok(false) };
+        let hi = q.after.as_ref().map(|c| (c.last_seen_ms, id_key(&c.profile_id)));
+        let accept = |id: &[u8], last_seen: u64, page: &mut Page| -> Result<bool> {
+            let Some(v) = r.get(k.spans.inner(), id)? else { return Ok(false) };
             let meta: SpanRecord = codec::decode(&v, "span")?;
             let ok = meta.samples >= q.min_samples
                 && q.span_name.as_deref().is_none_or(|n| meta.span_name == n)
@@ -715,7 +748,7 @@ impl ProfileStore for FjallStore {
                 && q.until_ms.is_none_or(|u| meta.first_seen_ms <= u)
                 && last_seen >= from;
             if ok {
-                page.profiles.push(summary(id, meta));
+                page.profiles.push(summary(id_from_key(id)?, meta));
             }
             Ok(page.profiles.len() >= limit)
         };
@@ -724,46 +757,57 @@ impl ProfileStore for FjallStore {
         if let Some(trace) = q.trace_id {
             // A trace has few spans: collect, sort newest first, then page.
             let mut rows = Vec::new();
-            for row in r.range(k.spans_by_trace.inner(), trace_key(trace.0, 0)..=trace_key(trace.0, u64::MAX)) {
-                let id = u64_at_end(&row.key()?, 0)?;
-                if let Some(v) = r.get(k.spans.inner(), id.to_be_bytes())? {
+            for row in r.prefix(k.spans_by_trace.inner(), trace.0.to_be_bytes()) {
+                let id = row.key()?[16..].to_vec();
+                if let Some(v) = r.get(k.spans.inner(), &id)? {
                     let m: SpanRecord = codec::decode(&v, "span")?;
                     rows.push((m.last_seen_ms, id));
                 }
             }
             rows.sort_unstable_by(|a, b| b.cmp(a));
-            for (t, id) in rows.into_iter().filter(|&(t, id)| (t, id) < (hi_t, hi_id)) {
+            for (t, id) in rows.into_iter().filter(|row| hi.as_ref().is_none_or(|hi| row < hi)) {
+                let full = accept(&id, t, &mut page)?;
                 last = Some((t, id));
-                if accept(id, t, &mut page)? {
+                if full {
                     break;
                 }
             }
         } else if let Some(service) = q.service.as_deref() {
-            let lo = svc_key(service, &[from, 0]);
-            let hi = svc_key(service, &[hi_t, hi_id]);
-            for row in r.range(k.spans_by_service.inner(), lo..hi).rev() {
+            let lo = Bound::Included(svc_key(service, &[from]));
+            let hi = match &hi {
+                Some((t, id)) => Bound::Excluded(svc_time_key(service, *t, id)),
+                // Past every key of the service: its prefix with the largest time and ID.
+                None => Bound::Included(svc_time_key(service, u64::MAX, &[0xFF; 1 + MAX_ID_KEY_BYTES])),
+            };
+            for row in r.range(k.spans_by_service.inner(), (lo, hi)).rev() {
                 let key = row.key()?;
-                let (t, id) = (u64_at_end(&key, 1)?, u64_at_end(&key, 0)?);
-                last = Some((t, id));
+                let (t, id) = time_and_id(&key, svc_prefix_len(&key)?)?;
                 examined += 1;
-                if accept(id, t, &mut page)? || examined >= SCAN_BUDGET {
+                let full = accept(&id, t, &mut page)?;
+                last = Some((t, id));
+                if full || examined >= SCAN_BUDGET {
                     break;
                 }
             }
         } else {
-            for row in r.range(k.spans_by_time.inner(), k2(from, 0)..k2(hi_t, hi_id)).rev() {
-                let key = row.key()?;
-                let (t, id) = (u64_at_end(&key, 1)?, u64_at_end(&key, 0)?);
-                last = Some((t, id));
+            let lo = Bound::Included(time_key(from, &[]));
+            let hi = match &hi {
+                Some((t, id)) => Bound::Excluded(time_key(*t, id)),
+                None => Bound::Unbounded,
+            };
+            for row in r.range(k.spans_by_time.inner(), (lo, hi)).rev() {
+                let (t, id) = time_and_id(&row.key()?, 0)?;
                 examined += 1;
-                if accept(id, t, &mut page)? || examined >= SCAN_BUDGET {
+                let full = accept(&id, t, &mut page)?;
+                last = Some((t, id));
+                if full || examined >= SCAN_BUDGET {
                     break;
                 }
             }
         }
         let full = page.profiles.len() >= limit || examined >= SCAN_BUDGET;
-        if full {
-            page.next = last.map(|(t, id)| Cursor { last_seen_ms: t, profile_id: ProfileId(id) });
+        if full && let Some((t, id)) = last {
+            page.next = Some(Cursor { last_seen_ms: t, profile_id: id_from_key(&id)? });
         }
         Ok(page)
     }
@@ -773,13 +817,13 @@ impl ProfileStore for FjallStore {
         let k = &*self.ks;
         let mut resolver = Resolver::new(&r, k);
         let mut out = Vec::new();
-        for row in r.range(k.spans_by_trace.inner(), trace_key(trace_id.0, 0)..=trace_key(trace_id.0, u64::MAX)) {
-            let id = u64_at_end(&row.key()?, 0)?;
-            if let Some(p) = load_span(&mut resolver, id)? {
+        for row in r.prefix(k.spans_by_trace.inner(), trace_id.0.to_be_bytes()) {
+            let key = row.key()?;
+            if let Some(p) = load_span(&mut resolver, &key[16..])? {
                 out.push(p);
             }
         }
-        out.sort_by_key(|p| (p.summary.first_seen_ms, p.summary.profile_id));
+        out.sort_by(|a, b| (a.summary.first_seen_ms, &a.summary.profile_id).cmp(&(b.summary.first_seen_ms, &b.summary.profile_id)));
         Ok(out)
     }
 

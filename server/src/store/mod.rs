@@ -117,21 +117,31 @@ pub struct ProcessProfile {
 }
 
 /// Position in the newest-first listing, for pagination.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Cursor {
     pub last_seen_ms: u64,
     pub profile_id: ProfileId,
 }
 
 impl Cursor {
-    /// Opaque text form used by the API.
+    /// Opaque text form used by the API: hex only, so it goes into a URL as it is whatever
+    /// characters the profile ID holds.
     pub fn encode(&self) -> String {
-        format!("{:x}.{}", self.last_seen_ms, self.profile_id)
+        use std::fmt::Write;
+        let mut s = format!("{:x}.", self.last_seen_ms);
+        for b in shared::id_key(&self.profile_id) {
+            let _ = write!(s, "{b:02x}"); // writing to a String cannot fail
+        }
+        s
     }
 
     pub fn decode(s: &str) -> Option<Self> {
         let (t, id) = s.split_once('.')?;
-        Some(Cursor { last_seen_ms: u64::from_str_radix(t, 16).ok()?, profile_id: ProfileId::parse(id)? })
+        if id.len() % 2 != 0 || !id.is_ascii() {
+            return None;
+        }
+        let key = (0..id.len()).step_by(2).map(|i| u8::from_str_radix(&id[i..i + 2], 16).ok()).collect::<Option<Vec<u8>>>()?;
+        Some(Cursor { last_seen_ms: u64::from_str_radix(t, 16).ok()?, profile_id: shared::id_from_key(&key).ok()? })
     }
 }
 

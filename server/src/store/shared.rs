@@ -423,6 +423,43 @@ pub(crate) fn span_labels(batch: &SeriesBatch) -> Vec<LabelPair> {
         .collect()
 }
 
+/// The longest [`id_key`]: a named ID and its two end bytes at most.
+pub(crate) const MAX_ID_KEY_BYTES: usize = crate::model::MAX_PROFILE_ID_BYTES + 2;
+
+/// Ends a named profile ID in a key; no byte of UTF-8 text is 0xFF.
+const NAMED_ID_END: u8 = 0xFF;
+
+/// A profile ID as the stores key it. A span ID is its 8 big-endian bytes, as the stores have
+/// always kept it (so existing stores read on); a named ID is its UTF-8 bytes and a 0xFF, and a
+/// second 0xFF when it would otherwise be 8 bytes long: a key is a span ID exactly when it is
+/// 8 bytes long. The ID comes last in every index key, so its length is what remains.
+pub(crate) fn id_key(id: &ProfileId) -> Vec<u8> {
+    match id {
+        ProfileId::Span(v) => v.to_be_bytes().to_vec(),
+        ProfileId::Named(s) => {
+            let mut k = Vec::with_capacity(s.len() + 2);
+            k.extend_from_slice(s.as_bytes());
+            k.push(NAMED_ID_END);
+            if k.len() == 8 {
+                k.push(NAMED_ID_END);
+            }
+            k
+        }
+    }
+}
+
+/// The profile ID of an [`id_key`].
+pub(crate) fn id_from_key(key: &[u8]) -> Result<ProfileId> {
+    let corrupt = || Error::Corrupt(format!("profile ID key {key:02x?}"));
+    if let Ok(b) = <[u8; 8]>::try_from(key) {
+        return Ok(ProfileId::Span(u64::from_be_bytes(b)));
+    }
+    let text = key.strip_suffix(&[NAMED_ID_END]).ok_or_else(corrupt)?;
+    let text = text.strip_suffix(&[NAMED_ID_END]).unwrap_or(text);
+    let text = std::str::from_utf8(text).map_err(|_| corrupt())?;
+    Ok(ProfileId::Named(Arc::from(text)))
+}
+
 /// A span record after merging one contribution, and the index changes that requires.
 pub(crate) struct MergedSpan {
     pub rec: SpanRecord,
@@ -486,9 +523,9 @@ pub(crate) fn merge_span(
 }
 
 /// The API's view of a stored span record.
-pub(crate) fn summary(id: u64, meta: SpanRecord) -> SpanSummary {
+pub(crate) fn summary(id: ProfileId, meta: SpanRecord) -> SpanSummary {
     SpanSummary {
-        profile_id: ProfileId(id),
+        profile_id: id,
         trace_id: codec::trace_from_bytes(&meta.trace_id),
         service_name: meta.service_name,
         span_name: meta.span_name,
@@ -497,6 +534,24 @@ pub(crate) fn summary(id: u64, meta: SpanRecord) -> SpanSummary {
         first_seen_ms: meta.first_seen_ms,
         last_seen_ms: meta.last_seen_ms,
         labels: meta.labels.into_iter().map(|l| (l.name, l.value)).collect(),
+    }
+}
+
+#[cfg(test)]
+mod id_key_tests {
+    use super::*;
+
+    #[test]
+    fn every_profile_id_round_trips_and_only_span_ids_take_8_bytes() {
+        let ids = ["00f067aa0ba902b7", "ffffffffffffffff", "1234567", "12345678", "123456", "x", "checkout-42", "€uro"];
+        for s in ids {
+            let id = ProfileId::parse(s).unwrap();
+            let key = id_key(&id);
+            assert_eq!(key.len() == 8, id.is_span(), "{s}");
+            assert_eq!(id_from_key(&key).unwrap(), id, "{s}");
+        }
+        assert!(id_from_key(b"no end").is_err());
+        assert!(id_from_key(&[0xC3, 0xFF]).is_err(), "not UTF-8");
     }
 }
 
