@@ -6,12 +6,9 @@
 
 mod common;
 
-use std::io::Read;
 use std::process::Command;
 
 use common::*;
-use prost::Message;
-use spanprof_server::proto::pprof::Profile;
 
 const PROGRAM: &str = r#"
 package main
@@ -89,22 +86,6 @@ func main() {
 }
 "#;
 
-/// The string value of a sample's label `key`, if any.
-fn label<'a>(p: &'a Profile, sample: &spanprof_server::proto::pprof::Sample, key: &str) -> Option<&'a str> {
-    sample
-        .label
-        .iter()
-        .find(|l| p.string_table.get(l.key as usize).is_some_and(|k| k == key))
-        .and_then(|l| p.string_table.get(l.str as usize))
-        .map(String::as_str)
-}
-
-fn decode(gz: &[u8]) -> Profile {
-    let mut raw = Vec::new();
-    flate2::read::GzDecoder::new(gz).read_to_end(&mut raw).unwrap();
-    Profile::decode(raw.as_slice()).unwrap()
-}
-
 #[tokio::test]
 async fn go_cpu_and_heap_profiles_with_pprof_labels_are_split_by_profile_id_with_exact_totals() {
     let dir = tempfile::tempdir().unwrap();
@@ -127,12 +108,12 @@ async fn go_cpu_and_heap_profiles_with_pprof_labels_are_split_by_profile_id_with
     let heap = std::fs::read(&heap_out).unwrap();
 
     // What the profile itself says: samples per label group (value 0 is samples/count).
-    let p = decode(&cpu);
+    let p = gunzip_pprof(&cpu);
     assert_eq!(p.string_table[p.sample_type[0].r#type as usize], "samples");
     let (mut in_span, mut named, mut bad_label_entries, mut outside) = (0u64, 0u64, 0u64, 0u64);
     for s in &p.sample {
         let n = s.value[0] as u64;
-        match (label(&p, s, "span_id"), label(&p, s, "profile_id")) {
+        match (sample_label(&p, s, "span_id"), sample_label(&p, s, "profile_id")) {
             (Some("00f067aa0ba902b7"), _) => in_span += n,
             (_, Some("checkout-42")) => named += n,
             (Some("0000000000000000"), _) => {
@@ -180,7 +161,7 @@ async fn go_cpu_and_heap_profiles_with_pprof_labels_are_split_by_profile_id_with
     assert!(find(&whole["flamegraph"], "main.unlabelledWork").is_some());
 
     // The heap profile: a whole-process memory profile, its default sample type's values exact.
-    let h = decode(&heap);
+    let h = gunzip_pprof(&heap);
     let types: Vec<&str> = h.sample_type.iter().map(|t| h.string_table[t.r#type as usize].as_str()).collect();
     let default = &h.string_table[h.default_sample_type as usize];
     let index = types.iter().position(|t| t == default).unwrap_or(0);

@@ -1,5 +1,7 @@
 //! A real third-party client: Grafana's Python SDK (pyroscope-io, which embeds pyroscope-rs, with
-//! pyroscope-otel for span profiles) pushes to spanprof-server with the Connect push API.
+//! pyroscope-otel for span profiles) pushes to spanprof-server with the Connect push API: span
+//! profiles, and work labelled with a profile ID of its own (tag_wrapper) merged over several
+//! uploads.
 //! `scripts/test` installs the client into `target/test-venv` from `tests/clients/requirements.txt`.
 
 mod common;
@@ -26,7 +28,8 @@ async fn pyroscope_python_sdk_span_profiles_land_and_merge() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "client failed: {}\n{}", stdout, String::from_utf8_lossy(&out.stderr));
-    let spans: Vec<(&str, &str)> = stdout.lines().filter_map(|l| l.split_once(' ')).collect();
+    let spans: Vec<(&str, &str)> =
+        stdout.lines().filter(|l| !l.starts_with("profile ")).filter_map(|l| l.split_once(' ')).collect();
     assert!(spans.len() > 20, "the client ran too few spans: {stdout}");
 
     let (_, services) = get_json(&srv.url("/api/v1/services")).await;
@@ -56,5 +59,17 @@ async fn pyroscope_python_sdk_span_profiles_land_and_merge() {
     assert_eq!(status, 200, "{body}");
     let outside = body["samples"].as_u64().unwrap();
     assert!(samples >= 2 * outside, "{samples} samples in span profiles, {outside} outside spans");
+
+    // Work labelled with a profile ID of the app's choosing, over several uploads: one profile,
+    // merged upon insert, holding about the CPU time the app measured for it.
+    let batch = stdout.lines().find_map(|l| l.strip_prefix("profile ")).expect("the client printed its batch profile");
+    let (id, cpu_ms) = batch.split_once(' ').unwrap();
+    let cpu_ms: f64 = cpu_ms.parse().unwrap();
+    let (status, body) = get_json(&srv.url(&format!("/api/v1/profiles/{id}"))).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["profile"]["profile_id"], "nightly batch/42");
+    let stored_ms = body["profile"]["cpu_ns"].as_f64().unwrap() / 1e6;
+    assert!((stored_ms - cpu_ms).abs() <= cpu_ms * 0.35 + 50.0, "stored {stored_ms} ms of CPU, the app measured {cpu_ms} ms");
+    assert!(find(&body["flamegraph"], "find_nearest_vehicle").is_some(), "{}", body["flamegraph"]);
     srv.stop().await;
 }

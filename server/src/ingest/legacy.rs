@@ -18,6 +18,9 @@ pub struct IngestParams {
     pub period_ns: u64,
     /// The span named by a `span_id`/`profile_id` label: the whole payload belongs to it.
     pub span: Option<SpanContribution>,
+    /// Whether the request said the profile type (`app.wall`, a `__name__` label); when not,
+    /// `__name__` is `process_cpu` unless a pprof payload measures something else.
+    pub typed: bool,
 }
 
 /// Payload formats of `/ingest`.
@@ -66,10 +69,12 @@ pub fn parse_params(query: &str, now_ms: u64) -> Result<IngestParams> {
 
     let mut kind = "process_cpu";
     let mut service = app.as_str();
+    let mut typed = labels.contains_key("__name__");
     for (suffix, k) in TYPE_SUFFIXES {
         if let Some(s) = app.strip_suffix(suffix) {
             service = s;
             kind = k;
+            typed = true;
             break;
         }
     }
@@ -116,7 +121,7 @@ pub fn parse_params(query: &str, now_ms: u64) -> Result<IngestParams> {
     {
         return Err(Error::rejected(Reject::BadQuery, format!("unknown aggregationType {a:?}: sum or average")));
     }
-    Ok(IngestParams { labels, from_ms, until_ms, format, period_ns, span })
+    Ok(IngestParams { labels, from_ms, until_ms, format, period_ns, span, typed })
 }
 
 /// Decodes `application/x-www-form-urlencoded` pairs; later keys win.
@@ -257,7 +262,7 @@ pub async fn multipart_profile(body: bytes::Bytes, boundary: &str) -> Result<Vec
 
 /// Builds the batch of one `/ingest` request from its params and decoded payload.
 pub fn build_batch(params: IngestParams, payload: &[u8], limits: &Limits) -> Result<SeriesBatch> {
-    let IngestParams { labels, from_ms, until_ms, format, period_ns, span } = params;
+    let IngestParams { mut labels, from_ms, until_ms, format, period_ns, span, typed } = params;
     let mut dropped_labels = DroppedLabels::default();
     let (period_ns, frames, mut spans, process) = match format {
         Format::Folded | Format::Lines => {
@@ -275,6 +280,11 @@ pub fn build_batch(params: IngestParams, payload: &[u8], limits: &Limits) -> Res
             let profile = super::pprof::decode(payload, limits.max_decompressed_bytes)?;
             let split = super::pprof::split(&profile, span.as_ref())?;
             dropped_labels = split.dropped;
+            // Pyroscope's Node.js client sends its wall-time and heap profiles without a type
+            // suffix: the profile says what it measures, as Pyroscope reads it.
+            if !typed {
+                labels.insert("__name__".into(), split.measure.profile_type().into());
+            }
             (split.period_ns, split.frames, split.spans, split.process)
         }
     };

@@ -21,6 +21,9 @@ pub struct SplitProfile {
     pub process: StackCounts,
     /// Samples whose span or trace label could not be used (kept without it).
     pub dropped: DroppedLabels,
+    /// What the values measure: a wall-time profile sent without a profile type is stored as
+    /// `wall`, not as CPU.
+    pub measure: Measure,
 }
 
 /// Decodes a (possibly gzipped) pprof.
@@ -87,6 +90,33 @@ fn invalid(msg: String) -> Error {
     Error::rejected(Reject::InvalidPprof, format!("invalid pprof: {msg}"))
 }
 
+/// What the values a profile's samples are taken from measure.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Measure {
+    /// CPU time, or samples of a CPU-time clock.
+    #[default]
+    Cpu,
+    /// Wall-clock time (idle included), as Node.js's and other wall-time profilers measure.
+    Wall,
+    /// Allocated or live memory: objects or bytes.
+    Memory,
+    /// Something else (locks, goroutines, …), taken as it is.
+    Other,
+}
+
+impl Measure {
+    /// The profile type (`__name__`) a series of this measure is stored under when the
+    /// request did not say: Pyroscope's names.
+    pub fn profile_type(self) -> &'static str {
+        match self {
+            Measure::Cpu => "process_cpu",
+            Measure::Wall => "wall",
+            Measure::Memory => "memory",
+            Measure::Other => "other",
+        }
+    }
+}
+
 /// How sample values turn into sample counts.
 #[derive(Clone, Copy, Debug)]
 struct ValuePick {
@@ -94,6 +124,7 @@ struct ValuePick {
     /// Divide values by this to get samples (1 when values already count samples).
     divisor: u64,
     period_ns: u64,
+    measure: Measure,
 }
 
 fn pick_value(p: &Profile, s: &Strings<'_>) -> Result<ValuePick> {
@@ -108,16 +139,31 @@ fn pick_value(p: &Profile, s: &Strings<'_>) -> Result<ValuePick> {
     for vt in &p.sample_type {
         types.push((s.get(vt.r#type)?, s.get(vt.unit)?));
     }
-    if let Some(i) = types.iter().position(|&(t, u)| t == "samples" && u == "count") {
-        return Ok(ValuePick { index: i, divisor: 1, period_ns });
+    let clock = match p.period_type {
+        Some(pt) => s.get(pt.r#type)?,
+        None => "",
+    };
+    // CPU time first: a wall-time profiler that also measures CPU (Node.js's with
+    // collectCpuTime: `sample/count`, `wall/nanoseconds`, `cpu/nanoseconds`) is a CPU profile
+    // through that value; Go's `samples/count` and `cpu/nanoseconds` agree.
+    if let Some(i) = types.iter().position(|&(t, u)| t == "cpu" && u == "nanoseconds") {
+        return Ok(ValuePick { index: i, divisor: period_ns, period_ns, measure: Measure::Cpu });
     }
-    if let Some(i) = types.iter().position(|&(t, u)| (t == "cpu" || t == "wall") && u == "nanoseconds") {
-        return Ok(ValuePick { index: i, divisor: period_ns, period_ns });
+    // Sample counts measure what the sampling clock does.
+    let measure = if clock == "wall" { Measure::Wall } else { Measure::Cpu };
+    if let Some(i) = types.iter().position(|&(t, u)| (t == "samples" || t == "sample") && u == "count") {
+        return Ok(ValuePick { index: i, divisor: 1, period_ns, measure });
+    }
+    if let Some(i) = types.iter().position(|&(t, u)| t == "wall" && u == "nanoseconds") {
+        return Ok(ValuePick { index: i, divisor: period_ns, period_ns, measure: Measure::Wall });
     }
     // Another profile type (e.g. allocations): keep its values as they are.
     let default = s.get(p.default_sample_type).unwrap_or("");
     let index = types.iter().position(|&(t, _)| !default.is_empty() && t == default).unwrap_or(0);
-    Ok(ValuePick { index, divisor: 1, period_ns })
+    let (t, u) = types[index];
+    // V8's heap profiles say `objects`/`space`, Go's and the Pyroscope clients' `inuse_*`/`alloc_*`.
+    let memory = u == "bytes" || ["objects", "space"].contains(&t) || t.starts_with("inuse_") || t.starts_with("alloc_");
+    Ok(ValuePick { index, divisor: 1, period_ns, measure: if memory { Measure::Memory } else { Measure::Other } })
 }
 
 /// Resolves every location to frame indices in `frames`, root-most inlined frame first.
@@ -312,7 +358,7 @@ pub fn split(p: &Profile, forced_span: Option<&SpanContribution>) -> Result<Spli
         let from = p.time_nanos as u64 / 1_000_000;
         (from, from + (p.duration_nanos.max(0) as u64) / 1_000_000)
     });
-    Ok(SplitProfile { period_ns: pick.period_ns, time_range_ms, frames: table, spans, process, dropped })
+    Ok(SplitProfile { period_ns: pick.period_ns, time_range_ms, frames: table, spans, process, dropped, measure: pick.measure })
 }
 
 #[cfg(test)]
@@ -388,6 +434,50 @@ pub(crate) mod tests {
         assert_eq!(split.process.total(), 1);
         let names: Vec<&str> = split.process.iter().next().unwrap().0.iter().map(|&f| split.frames.name(f)).collect();
         assert_eq!(names, ["main", "idle"]);
+    }
+
+    /// Sets the profile's sample types (each sample gets `values`) and period type.
+    fn retype(p: &mut Profile, types: &[(&str, &str)], clock: &str, values: &[i64]) {
+        let mut idx = |s: &str| match p.string_table.iter().position(|x| x == s) {
+            Some(i) => i as i64,
+            None => {
+                p.string_table.push(s.into());
+                p.string_table.len() as i64 - 1
+            }
+        };
+        let sample_type: Vec<ValueType> = types.iter().map(|&(t, u)| ValueType { r#type: idx(t), unit: idx(u) }).collect();
+        let period_type = ValueType { r#type: idx(clock), unit: idx("nanoseconds") };
+        p.sample_type = sample_type;
+        p.period_type = Some(period_type);
+        for sample in &mut p.sample {
+            sample.value = values.to_vec();
+        }
+    }
+
+    #[test]
+    fn the_value_and_what_it_measures_follow_the_sample_types() {
+        // Sample types, the period's type, each sample's values → samples stored, measure.
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a [i64], u64, Measure);
+        let cases: &[Case<'_>] = &[
+            // Node.js wall profile with CPU time (as @datadog/pprof writes it): the CPU value.
+            (&[("sample", "count"), ("wall", "nanoseconds"), ("cpu", "nanoseconds")], "wall", &[1, 10_000_000, 30_000_000], 3, Measure::Cpu),
+            // Its Pyroscope client's renaming, the same.
+            (&[("samples", "count"), ("wall", "nanoseconds"), ("cpu", "nanoseconds")], "wall", &[1, 10_000_000, 30_000_000], 3, Measure::Cpu),
+            // Node.js wall profile without CPU time: wall samples, not CPU.
+            (&[("samples", "count"), ("wall", "nanoseconds")], "wall", &[2, 20_000_000], 2, Measure::Wall),
+            // Go CPU: samples and CPU time agree.
+            (&[("samples", "count"), ("cpu", "nanoseconds")], "cpu", &[4, 40_000_000], 4, Measure::Cpu),
+            // V8 heap (objects, space) and Go heap: memory, values as they are.
+            (&[("objects", "count"), ("space", "bytes")], "space", &[5, 4096], 5, Measure::Memory),
+            (&[("alloc_objects", "count"), ("alloc_space", "bytes")], "space", &[6, 4096], 6, Measure::Memory),
+            (&[("contentions", "count"), ("delay", "nanoseconds")], "contentions", &[7, 1], 7, Measure::Other),
+        ];
+        for &(types, clock, values, samples, measure) in cases {
+            let mut p = build(&[(&["a"], 1, &[])]);
+            retype(&mut p, types, clock, values);
+            let sp = split(&p, None).unwrap();
+            assert_eq!((sp.process.total(), sp.measure), (samples, measure), "{types:?}");
+        }
     }
 
     #[test]

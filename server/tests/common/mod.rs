@@ -127,6 +127,50 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
     e.finish().unwrap()
 }
 
+/// Decodes a gzipped pprof, as profilers write them.
+pub fn gunzip_pprof(gz: &[u8]) -> Profile {
+    use std::io::Read;
+    let mut raw = Vec::new();
+    flate2::read::GzDecoder::new(gz).read_to_end(&mut raw).unwrap();
+    Profile::decode(raw.as_slice()).unwrap()
+}
+
+/// The string value of a sample's label `key`, if any.
+pub fn sample_label<'a>(p: &'a Profile, sample: &Sample, key: &str) -> Option<&'a str> {
+    sample
+        .label
+        .iter()
+        .find(|l| p.string_table.get(l.key as usize).is_some_and(|k| k == key))
+        .and_then(|l| p.string_table.get(l.str as usize))
+        .map(String::as_str)
+}
+
+/// Index of the sample type `r#type`/`unit`, if the profile has it.
+pub fn sample_type_index(p: &Profile, r#type: &str, unit: &str) -> Option<usize> {
+    p.sample_type
+        .iter()
+        .position(|t| p.string_table[t.r#type as usize] == r#type && p.string_table[t.unit as usize] == unit)
+}
+
+/// Sends a profile to `/ingest?{query}` as a multipart `profile` part, as the Pyroscope Go and
+/// Node.js clients upload; returns the response.
+pub async fn ingest_multipart(base: &str, query: &str, profile: &[u8]) -> reqwest::Response {
+    let boundary = "----spanprofboundary";
+    let mut body = Vec::new();
+    body.extend_from_slice(
+        format!("--{boundary}\r\nContent-Disposition: form-data; name=\"profile\"; filename=\"profile\"\r\nContent-Type: application/octet-stream\r\n\r\n").as_bytes(),
+    );
+    body.extend_from_slice(profile);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    reqwest::Client::new()
+        .post(format!("{base}/ingest?{query}"))
+        .header("Content-Type", format!("multipart/form-data; boundary={boundary}"))
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
 /// A one-series push request as pyroscope-rs sends it.
 pub fn push_request(service: &str, profile: &Profile) -> PushRequest {
     PushRequest {
