@@ -19,7 +19,7 @@
 //!    `GET /api/v1/profiles?limit=50`, `GET /api/v1/traces/{id}`.
 //! 3. **merge**: pushes whose span IDs are all already stored (merge upon insert).
 //! 4. **mixed**: profile lookups from one client while new-profile ingest runs.
-//! 5. **disk**: size of the data directory (spanprof.fjall/ with the default engine) / samples stored,
+//! 5. **disk**: size of the data directory (spanprof.fjall/) / samples stored,
 //!    and / span profiles stored.
 //!
 //! Payloads are generated before each phase is timed, so the client's CPU cost is only HTTP.
@@ -55,7 +55,6 @@ usage: cargo bench -p spanprof-server --bench ingest_lookup -- [options]
   --tmp DIR             parent of the data directory (default /tmp)
   --breakdown N         pushes for the no-HTTP cost breakdown (decode alone, store alone; default 100, 0 = off)
   --cache-mb N          the store's page cache (default 256, as shipped: SPANPROF_CACHE_MB)
-  --store-engine E      the store's engine: fjall or redb (default fjall, as shipped: SPANPROF_STORE_ENGINE)
   --keep                keep the data directory afterwards";
 
 #[derive(Clone, Debug)]
@@ -76,7 +75,6 @@ struct Args {
     keep: bool,
     breakdown: usize,
     cache_mb: usize,
-    store_engine: spanprof_server::store::Engine,
 }
 
 impl Args {
@@ -98,7 +96,6 @@ impl Args {
             keep: false,
             breakdown: 100,
             cache_mb: 256,
-            store_engine: Default::default(),
         };
         let mut it = std::env::args().skip(1);
         while let Some(arg) = it.next() {
@@ -130,7 +127,6 @@ impl Args {
                 "--keep" => a.keep = true,
                 "--breakdown" => a.breakdown = num(&key, value(&key)?)?,
                 "--cache-mb" => a.cache_mb = num(&key, value(&key)?)?,
-                "--store-engine" => a.store_engine = value(&key)?.parse()?,
                 "-h" | "--help" => return Err(String::new()),
                 other => return Err(format!("unknown option {other:?}")),
             }
@@ -1139,7 +1135,6 @@ async fn bench(args: Args) {
         limits: spanprof_server::ingest::Limits::default(),
         store: spanprof_server::store::embedded::EmbeddedOptions {
             cache_bytes: args.cache_mb << 20,
-            engine: args.store_engine,
             ..Default::default()
         },
         queries: Default::default(),

@@ -56,7 +56,7 @@ pub enum Error {
     /// The client sent something we cannot accept; nothing was stored.
     #[error("{message}")]
     Rejected { reason: Reject, message: String },
-    /// The embedded database (redb or fjall) failed.
+    /// The embedded database (fjall) failed.
     #[error("storage: {0}")]
     Storage(String),
     /// A stored record could not be decoded (corruption or a format from a newer version).
@@ -103,25 +103,10 @@ impl Error {
     }
 }
 
-macro_rules! storage_from {
-    ($($t:ty),*) => {$(
-        impl From<$t> for Error {
-            fn from(e: $t) -> Self {
-                Error::Storage(e.to_string())
-            }
-        }
-    )*};
+impl From<fjall::Error> for Error {
+    fn from(e: fjall::Error) -> Self {
+        Error::Storage(e.to_string())
+    }
 }
-
-storage_from!(
-    redb::Error,
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError,
-    redb::SetDurabilityError,
-    fjall::Error
-);
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

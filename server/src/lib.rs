@@ -35,7 +35,7 @@ pub struct Config {
     /// How often retention runs.
     pub retention_interval: Duration,
     pub limits: ingest::Limits,
-    /// Store tuning, and which engine (`store.engine`: fjall, the default, or redb).
+    /// Tuning of the embedded store.
     pub store: EmbeddedOptions,
     /// How many heavy queries run and wait at once.
     pub queries: gate::QueryLimits,

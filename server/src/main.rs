@@ -8,7 +8,7 @@ use clap::Parser;
 use spanprof_server::Config;
 use spanprof_server::gate::QueryLimits;
 use spanprof_server::ingest::Limits;
-use spanprof_server::store::{Engine, Retention};
+use spanprof_server::store::Retention;
 use spanprof_server::store::embedded::EmbeddedOptions;
 
 /// spanprof server: Pyroscope-compatible ingest, span profiles merged by ID, query API and UI.
@@ -48,11 +48,6 @@ struct Args {
     /// Inserts that may wait for the disk; more get 503 and are retried by clients.
     #[arg(long, env = "SPANPROF_INGEST_QUEUE", default_value_t = 256)]
     ingest_queue: usize,
-    /// Storage engine of the embedded store: fjall or redb. Each keeps its own files in the data
-    /// directory; switching does not migrate data (a directory with the other engine's store is
-    /// refused).
-    #[arg(long, env = "SPANPROF_STORE_ENGINE", default_value = "fjall")]
-    store_engine: Engine,
     /// Free space kept on the data directory's filesystem: below it inserts are refused (507)
     /// and /readyz fails until space returns (default: 5 % of the filesystem, at most 1 GiB).
     #[arg(long, env = "SPANPROF_MIN_FREE_DISK_BYTES")]
@@ -61,7 +56,7 @@ struct Args {
     /// once (default: one per core); four times as many wait, more get 503 with Retry-After.
     #[arg(long, env = "SPANPROF_MAX_CONCURRENT_QUERIES")]
     max_concurrent_queries: Option<usize>,
-    /// Page cache of the embedded store, MiB.
+    /// Block cache of the embedded store, MiB.
     #[arg(long, env = "SPANPROF_CACHE_MB", default_value_t = 256)]
     cache_mb: usize,
     /// Log as JSON lines instead of text.
@@ -118,7 +113,6 @@ async fn main() -> anyhow::Result<()> {
         store: EmbeddedOptions {
             queue_depth: args.ingest_queue.max(1),
             cache_bytes: args.cache_mb << 20,
-            engine: args.store_engine,
             min_free_bytes: args.min_free_disk_bytes,
             ..Default::default()
         },

@@ -1,6 +1,5 @@
-//! The real binary, on both store engines (fjall, the default, and `--store-engine redb`): what
-//! was answered 2xx survives `kill -9` and a restart; SIGTERM shuts down cleanly; retention
-//! deletes old profiles in the background.
+//! The real binary: what was answered 2xx survives `kill -9` and a restart; SIGTERM shuts down
+//! cleanly; retention deletes old profiles in the background.
 
 mod common;
 
@@ -43,17 +42,8 @@ async fn spawn(dir: &std::path::Path, extra: &[&str]) -> Server {
 
 #[tokio::test]
 async fn acknowledged_pushes_survive_kill_9() {
-    survive_kill_9(&[]).await;
-}
-
-#[tokio::test]
-async fn acknowledged_pushes_survive_kill_9_redb() {
-    survive_kill_9(&["--store-engine", "redb"]).await;
-}
-
-async fn survive_kill_9(engine: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
-    let mut srv = spawn(dir.path(), engine).await;
+    let mut srv = spawn(dir.path(), &[]).await;
     let mut acked = 0u64;
     for i in 0..40i64 {
         let p = pprof(&[
@@ -66,11 +56,9 @@ async fn survive_kill_9(engine: &[&str]) {
     }
     srv.child.kill().unwrap(); // SIGKILL: no shutdown path runs
     srv.child.wait().unwrap();
-    let fjall = !engine.contains(&"redb");
-    assert_eq!(dir.path().join("spanprof.fjall").is_dir(), fjall, "the chosen engine holds the data");
-    assert_eq!(dir.path().join("spanprof.redb").is_file(), !fjall, "the chosen engine holds the data");
+    assert!(dir.path().join("spanprof.fjall").is_dir(), "the store is in the data directory");
 
-    let mut srv = spawn(dir.path(), engine).await;
+    let mut srv = spawn(dir.path(), &[]).await;
     let (status, body) = get_json(&format!("{}/api/v1/profiles/{SPAN_A}", srv.base)).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["profile"]["samples"], acked);
@@ -92,17 +80,8 @@ async fn survive_kill_9(engine: &[&str]) {
 
 #[tokio::test]
 async fn retention_deletes_profiles_older_than_the_age_limit() {
-    retention_by_age("redb").await;
-}
-
-#[tokio::test]
-async fn retention_deletes_profiles_older_than_the_age_limit_fjall() {
-    retention_by_age("fjall").await;
-}
-
-async fn retention_by_age(engine: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let args = ["--retention-age", "1h", "--retention-interval", "1s", "--store-engine", engine];
+    let args = ["--retention-age", "1h", "--retention-interval", "1s"];
     let mut srv = spawn(dir.path(), &args).await;
     let client = reqwest::Client::new();
     // One profile from two days ago, one from now.

@@ -1,38 +1,16 @@
-//! The embedded store through its trait, on both engines (redb and fjall): size-based
-//! retention, concurrent group commits, merges within one transaction and reopening.
+//! The embedded store through its trait: size-based retention, concurrent group commits, merges
+//! within one transaction, string profile IDs and reopening.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use spanprof_server::model::{Frames, Labels, ProfileId, SeriesBatch, SpanContribution, StackCounts, TraceId};
 use spanprof_server::store::embedded::EmbeddedOptions;
-use spanprof_server::store::{self, Engine, ProfileStore, Retention, SpanQuery};
+use spanprof_server::store::{self, ProfileStore, Retention, SpanQuery};
 
-fn open(engine: Engine, dir: &Path) -> Arc<dyn ProfileStore> {
-    store::open(dir, EmbeddedOptions { engine, ..Default::default() }).unwrap()
+fn open(dir: &Path) -> Arc<dyn ProfileStore> {
+    store::open(dir, EmbeddedOptions::default()).unwrap()
 }
-
-/// Runs a test body once per engine, as separate `#[test]`s so a failure names the engine.
-macro_rules! both_engines {
-    ($($name:ident),* $(,)?) => {
-        mod redb {
-            $(#[test] fn $name() { super::$name(spanprof_server::store::Engine::Redb) })*
-        }
-        mod fjall {
-            $(#[test] fn $name() { super::$name(spanprof_server::store::Engine::Fjall) })*
-        }
-    };
-}
-
-both_engines!(
-    size_retention_deletes_oldest_first,
-    concurrent_inserts_to_one_id_all_count,
-    one_id_twice_in_one_transaction_merges,
-    reopen_keeps_profiles_and_interned_stacks,
-    collection_deletes_only_unreferenced_frames_and_stacks,
-    size_retention_counts_interned_frames_and_gets_under_its_limit,
-    string_profile_ids_merge_page_and_expire_beside_span_ids,
-);
 
 fn batch(id: u64, t_ms: u64, frames: &[&str], count: u64) -> SeriesBatch {
     batch_of(ProfileId::Span(id), None, t_ms, frames, count)
@@ -57,9 +35,10 @@ fn batch_of(id: ProfileId, trace: Option<TraceId>, t_ms: u64, frames: &[&str], c
     }
 }
 
-fn size_retention_deletes_oldest_first(engine: Engine) {
+#[test]
+fn size_retention_deletes_oldest_first() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(engine, dir.path());
+    let store = open(dir.path());
     for i in 1..=300u64 {
         let f = format!("frame_{i}");
         store.insert(vec![batch(i, 1_000 + i, &["main", &f], i)]).unwrap();
@@ -78,9 +57,10 @@ fn size_retention_deletes_oldest_first(engine: Engine) {
     assert_eq!(page.profiles.len() as u64, after.span_profiles, "index and records agree");
 }
 
-fn concurrent_inserts_to_one_id_all_count(engine: Engine) {
+#[test]
+fn concurrent_inserts_to_one_id_all_count() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(engine, dir.path());
+    let store = open(dir.path());
     let threads: Vec<_> = (0..8)
         .map(|t| {
             let store = store.clone();
@@ -102,9 +82,10 @@ fn concurrent_inserts_to_one_id_all_count(engine: Engine) {
     assert!(store.insert(vec![batch(1, 1, &["x"], 1)]).is_err(), "a closed store refuses inserts");
 }
 
-fn one_id_twice_in_one_transaction_merges(engine: Engine) {
+#[test]
+fn one_id_twice_in_one_transaction_merges() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(engine, dir.path());
+    let store = open(dir.path());
     // Two batches of one insert are one transaction: the second must see the first's record.
     let stats = store
         .insert(vec![batch(7, 1_000, &["main", "a"], 2), batch(7, 2_000, &["main", "b"], 3), batch(8, 1_500, &["x"], 1)])
@@ -124,14 +105,15 @@ fn one_id_twice_in_one_transaction_merges(engine: Engine) {
     assert_eq!(store.services().unwrap(), vec!["svc".to_string()]);
 }
 
-fn reopen_keeps_profiles_and_interned_stacks(engine: Engine) {
+#[test]
+fn reopen_keeps_profiles_and_interned_stacks() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let store = open(engine, dir.path());
+        let store = open(dir.path());
         store.insert(vec![batch(1, 1_000, &["main", "a"], 2)]).unwrap();
         store.close();
     }
-    let store = open(engine, dir.path());
+    let store = open(dir.path());
     // New frames after the reopen must get fresh IDs, not overwrite the stored ones.
     store.insert(vec![batch(2, 2_000, &["main", "c", "d"], 1), batch(1, 2_000, &["main", "a"], 1)]).unwrap();
     let p1 = store.span_profile(ProfileId::Span(1)).unwrap().unwrap();
@@ -147,9 +129,10 @@ fn reopen_keeps_profiles_and_interned_stacks(engine: Engine) {
     store.close();
 }
 
-fn string_profile_ids_merge_page_and_expire_beside_span_ids(engine: Engine) {
+#[test]
+fn string_profile_ids_merge_page_and_expire_beside_span_ids() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(engine, dir.path());
+    let store = open(dir.path());
     let trace = TraceId::parse("4bf92f3577b34da6a3ce929d0e0e4736").unwrap();
     // Lengths around the 8 bytes of a span ID's key, characters a URL or key encoding could
     // trip on, and span IDs — all at the same times, so the ID orders the listing.
@@ -211,9 +194,10 @@ fn names(p: &spanprof_server::store::SpanProfile) -> Vec<String> {
     p.stacks.iter().flat_map(|(frames, _)| frames.iter().map(|f| f.to_string())).collect()
 }
 
-fn collection_deletes_only_unreferenced_frames_and_stacks(engine: Engine) {
+#[test]
+fn collection_deletes_only_unreferenced_frames_and_stacks() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(engine, dir.path());
+    let store = open(dir.path());
     // Profiles 1..=100 at t = 1,000 + i: a frame of their own each, and "main" shared by all.
     for i in 1..=100u64 {
         store.insert(vec![batch(i, 1_000 + i, &["main", &format!("own_{i}")], 1)]).unwrap();
@@ -238,16 +222,17 @@ fn collection_deletes_only_unreferenced_frames_and_stacks(engine: Engine) {
     // The interner a restart rebuilds agrees: same names, no reuse of a deleted ID for another.
     store.close();
     drop(store);
-    let store = open(engine, dir.path());
+    let store = open(dir.path());
     store.insert(vec![batch(1_002, 6_000, &["main", "own_2", "own_60"], 1)]).unwrap();
     assert_eq!(names(&store.span_profile(ProfileId::Span(1_002)).unwrap().unwrap()), ["main", "own_2", "own_60"]);
     assert_eq!(names(&store.span_profile(ProfileId::Span(60)).unwrap().unwrap()), ["main", "own_60"]);
     assert_eq!(names(&store.span_profile(ProfileId::Span(1_001)).unwrap().unwrap()), ["main", "own_1"]);
 }
 
-fn size_retention_counts_interned_frames_and_gets_under_its_limit(engine: Engine) {
+#[test]
+fn size_retention_counts_interned_frames_and_gets_under_its_limit() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(engine, dir.path());
+    let store = open(dir.path());
     // Frames that never repeat: the interned names are most of the store, not the records.
     for i in 1..=100u64 {
         let own: Vec<String> = (0..8).map(|j| format!("f{i}_{j}_{}", "x".repeat(1000))).collect();
@@ -271,17 +256,11 @@ fn size_retention_counts_interned_frames_and_gets_under_its_limit(engine: Engine
 }
 
 #[test]
-fn a_data_dir_of_the_other_engine_is_refused_not_started_empty() {
+fn a_data_dir_of_the_removed_redb_engine_is_refused_not_started_empty() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(Engine::Redb, dir.path());
-    store.insert(vec![batch(7, 1_000, &["main"], 1)]).unwrap();
-    drop(store);
-    let err = store::open(dir.path(), EmbeddedOptions { engine: Engine::Fjall, ..Default::default() })
-        .err()
-        .expect("a redb data dir opened as fjall");
+    std::fs::write(dir.path().join("spanprof.redb"), b"a redb file").unwrap();
+    let err = store::open(dir.path(), EmbeddedOptions::default()).err().expect("a redb data dir opened");
     let message = err.to_string();
-    assert!(message.contains("--store-engine redb"), "{message}");
+    assert!(message.contains("0.1.0 at commit") && message.contains("--store-engine redb"), "{message}");
     assert!(!dir.path().join("spanprof.fjall").exists(), "nothing created beside the redb store");
-    // The right engine still finds the data.
-    assert!(open(Engine::Redb, dir.path()).span_profile(ProfileId::Span(7)).unwrap().is_some());
 }

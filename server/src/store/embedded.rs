@@ -1,70 +1,42 @@
-//! The embedded store: one redb file in the data directory, written by one writer thread that
-//! group-commits concurrent inserts (one fsync for many requests) and read by any thread through
-//! MVCC snapshots, so queries never wait for ingest.
+//! The embedded store: span profiles and whole-process buckets in fjall's LSM tree, whose appends
+//! cost the same at millions of random span IDs (where a copy-on-write B-tree, redb, dirtied pages
+//! all over its file: README, Storage).
 //!
-//! Tables: span metadata and stacks by span ID, with indexes by last-seen time, service and trace;
-//! whole-process stacks by (series, minute bucket) with a time index; frames and stacks interned
-//! once (records hold stack IDs). See the README's "Storage" section for why redb; the fjall
-//! engine ([`super::fjall_store`]) stores the same records in an LSM tree.
+//! One directory `spanprof.fjall` in the data directory, one keyspace per index. Tuple keys are
+//! encoded big-endian (and strings length-prefixed) so byte order is tuple order and range and
+//! reverse scans work. One writer thread group-commits inserts in a single-writer
+//! transaction (which reads its own writes, so several inserts of one span ID in a group merge)
+//! and fsyncs the journal before anyone is answered; readers use snapshots, so a listing never
+//! sees half a commit.
 
 use std::collections::BTreeSet;
-
-use ahash::AHashMap as HashMap;
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use prost::Message;
-use redb::{
-    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, TableHandle, WriteTransaction,
+use ahash::AHashMap as HashMap;
+use fjall::{
+    KeyspaceCreateOptions, PersistMode, Readable, SingleWriterTxDatabase, SingleWriterTxKeyspace, SingleWriterWriteTx,
+    Snapshot,
 };
+use prost::Message;
 
-use super::disk::{DiskReserve, allocated_bytes};
 use super::codec::{self, Counts, SpanRecord, StackRecord, StacksRecord};
-pub use super::shared::BUCKET_MS;
+use super::disk::{DiskReserve, allocated_bytes};
 use super::shared::{
-    GC_SWEEP_ROWS, GcBounds, GcCandidates, InternSink, Interner, MAX_ID_KEY_BYTES, Mark, MergedSpan, PendingInterns,
-    RETENTION_STEP_ROWS, SCAN_BUDGET, SeriesRecord, SizeEstimate, id_from_key, id_key, merge_span, rescaled, series_id_seed,
-    span_labels, summary,
+    BUCKET_MS, GC_SWEEP_ROWS, GcBounds, GcCandidates, InternSink, Interner, MAX_ID_KEY_BYTES, Mark, MergedSpan,
+    PendingInterns, RETENTION_STEP_ROWS, SCAN_BUDGET, SeriesRecord, SizeEstimate, id_from_key, id_key, merge_span, rescaled,
+    series_id_seed, span_labels, summary,
 };
 use super::{
-    Cursor, Engine, GcStats, InsertStats, Page, ProcessProfile, ProfileStore, Retention, RetentionStats, SpanProfile,
-    SpanQuery, Stacks, StoreStats,
+    Cursor, GcStats, InsertStats, Page, ProcessProfile, ProfileStore, Retention, RetentionStats, SpanProfile, SpanQuery, Stacks,
+    StoreStats,
 };
 use crate::error::{Error, Result};
 use crate::model::{Labels, ProfileId, SeriesBatch, TraceId};
-
-/// profile ID ([`id_key`]) → `SpanRecord` (metadata and stack counts)
-const SPANS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("span_profiles");
-/// (last_seen_ms, profile ID)
-const SPANS_BY_TIME: TableDefinition<(u64, &[u8]), ()> = TableDefinition::new("span_profiles_by_time");
-/// (service, last_seen_ms, profile ID)
-const SPANS_BY_SERVICE: TableDefinition<(&str, u64, &[u8]), ()> = TableDefinition::new("span_profiles_by_service");
-/// (trace id, profile ID)
-const SPANS_BY_TRACE: TableDefinition<(u128, &[u8]), ()> = TableDefinition::new("span_profiles_by_trace");
-/// The span tables before profile IDs were strings (keyed by the span ID's value); a store
-/// that has them is migrated when opened ([`migrate_span_id_tables`]).
-const OLD_SPANS: TableDefinition<u64, &[u8]> = TableDefinition::new("spans");
-const OLD_SPANS_BY_TIME: TableDefinition<(u64, u64), ()> = TableDefinition::new("spans_by_time");
-const OLD_SPANS_BY_SERVICE: TableDefinition<(&str, u64, u64), ()> = TableDefinition::new("spans_by_service");
-const OLD_SPANS_BY_TRACE: TableDefinition<(u128, u64), ()> = TableDefinition::new("spans_by_trace");
-const FRAMES: TableDefinition<u32, &str> = TableDefinition::new("frames");
-const STACKS: TableDefinition<u32, &[u8]> = TableDefinition::new("stacks");
-/// series id → labels (a `SeriesRecord`)
-const SERIES: TableDefinition<u64, &[u8]> = TableDefinition::new("series");
-/// (service, series id)
-const SERIES_BY_SERVICE: TableDefinition<(&str, u64), ()> = TableDefinition::new("series_by_service");
-/// (series id, bucket start ms) → stacks
-const PROCESS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("process");
-/// (bucket start ms, series id)
-const PROCESS_BY_TIME: TableDefinition<(u64, u64), ()> = TableDefinition::new("process_by_time");
-/// Counters: `record_bytes`.
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-
-const RECORD_BYTES: &str = "record_bytes";
-const SPAN_COUNT: &str = "span_profiles";
 
 /// Tuning of the embedded store.
 #[derive(Clone, Debug)]
@@ -73,10 +45,8 @@ pub struct EmbeddedOptions {
     pub queue_depth: usize,
     /// Most inserts committed together in one transaction.
     pub max_group: usize,
-    /// Page cache (redb) or block cache (fjall), bytes.
+    /// fjall's block cache, bytes.
     pub cache_bytes: usize,
-    /// Which engine stores the data.
-    pub engine: Engine,
     /// Free space kept on the data directory's filesystem: inserts are refused (507) below it.
     /// `None`: 5 % of the filesystem, at most 1 GiB ([`super::disk`]).
     pub min_free_bytes: Option<u64>,
@@ -84,8 +54,163 @@ pub struct EmbeddedOptions {
 
 impl Default for EmbeddedOptions {
     fn default() -> Self {
-        EmbeddedOptions { queue_depth: 256, max_group: 64, cache_bytes: 256 << 20, engine: Engine::default(), min_free_bytes: None }
+        EmbeddedOptions { queue_depth: 256, max_group: 64, cache_bytes: 256 << 20, min_free_bytes: None }
     }
+}
+
+/// The store's directory in the data directory.
+pub const DIR_NAME: &str = "spanprof.fjall";
+
+const RECORD_BYTES: &str = "record_bytes";
+const SPAN_COUNT: &str = "span_profiles";
+
+/// The keyspaces.
+struct Keyspaces {
+    db: SingleWriterTxDatabase,
+    /// profile ID ([`id_key`]) → `SpanRecord`
+    spans: SingleWriterTxKeyspace,
+    /// (last_seen_ms, profile ID): [`time_key`]
+    spans_by_time: SingleWriterTxKeyspace,
+    /// (service, last_seen_ms, profile ID): [`svc_time_key`]
+    spans_by_service: SingleWriterTxKeyspace,
+    /// (trace id, profile ID): [`trace_key`]
+    spans_by_trace: SingleWriterTxKeyspace,
+    /// frame id (4) → name
+    frames: SingleWriterTxKeyspace,
+    /// stack id (4) → `StackRecord`
+    stacks: SingleWriterTxKeyspace,
+    /// series id (8) → `SeriesRecord`
+    series: SingleWriterTxKeyspace,
+    /// (service, series id): [`svc_key`]
+    series_by_service: SingleWriterTxKeyspace,
+    /// (series id, bucket start ms) → `StacksRecord`
+    process: SingleWriterTxKeyspace,
+    /// (bucket start ms, series id)
+    process_by_time: SingleWriterTxKeyspace,
+    /// counter name → u64 BE
+    meta: SingleWriterTxKeyspace,
+}
+
+impl Keyspaces {
+    fn open(path: &Path, cache_bytes: u64) -> Result<Self> {
+        let db = SingleWriterTxDatabase::builder(path).cache_size(cache_bytes).open()?;
+        let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
+        Ok(Keyspaces {
+            spans: ks("spans")?,
+            spans_by_time: ks("spans_by_time")?,
+            spans_by_service: ks("spans_by_service")?,
+            spans_by_trace: ks("spans_by_trace")?,
+            frames: ks("frames")?,
+            stacks: ks("stacks")?,
+            series: ks("series")?,
+            series_by_service: ks("series_by_service")?,
+            process: ks("process")?,
+            process_by_time: ks("process_by_time")?,
+            meta: ks("meta")?,
+            db,
+        })
+    }
+}
+
+fn k2(a: u64, b: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&a.to_be_bytes());
+    k[8..].copy_from_slice(&b.to_be_bytes());
+    k
+}
+
+/// (last_seen_ms, profile ID key): the ID is last, so it is the key's rest.
+fn time_key(t: u64, id: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + id.len());
+    k.extend_from_slice(&t.to_be_bytes());
+    k.extend_from_slice(id);
+    k
+}
+
+/// (trace ID, profile ID key).
+fn trace_key(trace: u128, id: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(16 + id.len());
+    k.extend_from_slice(&trace.to_be_bytes());
+    k.extend_from_slice(id);
+    k
+}
+
+/// (service, last_seen_ms, profile ID key).
+fn svc_time_key(service: &str, t: u64, id: &[u8]) -> Vec<u8> {
+    let mut k = svc_key(service, &[t]);
+    k.extend_from_slice(id);
+    k
+}
+
+/// The (last_seen_ms, profile ID key) that follow the first `skip` bytes of an index key.
+fn time_and_id(key: &[u8], skip: usize) -> Result<(u64, Vec<u8>)> {
+    let corrupt = || Error::Corrupt("short span index key".into());
+    let t = key.get(skip..skip + 8).and_then(|b| <[u8; 8]>::try_from(b).ok()).ok_or_else(corrupt)?;
+    Ok((u64::from_be_bytes(t), key[skip + 8..].to_vec()))
+}
+
+/// The length of a [`svc_key`]'s service prefix.
+fn svc_prefix_len(key: &[u8]) -> Result<usize> {
+    let len = key.get(..4).and_then(|b| <[u8; 4]>::try_from(b).ok()).ok_or_else(|| Error::Corrupt("service index key".into()))?;
+    Ok(4 + u32::from_be_bytes(len) as usize)
+}
+
+/// A service name as a key prefix: length first, so one service's keys are exactly those with
+/// its prefix whatever bytes the name holds (order across services does not matter).
+fn svc_prefix(service: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(4 + service.len() + 16);
+    k.extend_from_slice(&(service.len() as u32).to_be_bytes());
+    k.extend_from_slice(service.as_bytes());
+    k
+}
+
+/// `svc_prefix(service)` followed by big-endian u64s.
+fn svc_key(service: &str, rest: &[u64]) -> Vec<u8> {
+    let mut k = svc_prefix(service);
+    for v in rest {
+        k.extend_from_slice(&v.to_be_bytes());
+    }
+    k
+}
+
+/// The service name of a [`svc_key`].
+fn svc_of(key: &[u8]) -> Result<String> {
+    let corrupt = || Error::Corrupt("service index key".into());
+    let len = key.get(..4).and_then(|b| <[u8; 4]>::try_from(b).ok()).ok_or_else(corrupt)?;
+    let name = key.get(4..4 + u32::from_be_bytes(len) as usize).ok_or_else(corrupt)?;
+    String::from_utf8(name.to_vec()).map_err(|_| corrupt())
+}
+
+/// The big-endian u64 ending `key` `from_end` u64s before its end (0 = the last one).
+fn u64_at_end(key: &[u8], from_end: usize) -> Result<u64> {
+    let end = key.len().checked_sub(8 * from_end).ok_or_else(|| Error::Corrupt("short index key".into()))?;
+    let start = end.checked_sub(8).ok_or_else(|| Error::Corrupt("short index key".into()))?;
+    key.get(start..end)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| Error::Corrupt("short index key".into()))
+}
+
+fn u32_key(key: &[u8]) -> Result<u32> {
+    <[u8; 4]>::try_from(key).map(u32::from_be_bytes).map_err(|_| Error::Corrupt("id key".into()))
+}
+
+fn counter(r: &impl Readable, k: &Keyspaces, name: &str) -> Result<u64> {
+    match r.get(k.meta.inner(), name)? {
+        Some(v) => {
+            <[u8; 8]>::try_from(&*v).map(u64::from_be_bytes).map_err(|_| Error::Corrupt(format!("counter {name}")))
+        }
+        None => Ok(0),
+    }
+}
+
+fn add_counter(w: &mut SingleWriterWriteTx<'_>, k: &Keyspaces, name: &str, delta: i64) -> Result<()> {
+    if delta == 0 {
+        return Ok(());
+    }
+    let cur = counter(w, k, name)?;
+    w.insert(&k.meta, name, cur.saturating_add_signed(delta).to_be_bytes());
+    Ok(())
 }
 
 enum Command {
@@ -97,48 +222,57 @@ enum Command {
     GcAbort,
 }
 
-/// The embedded redb store. Cheap to share: clone the `Arc`.
+/// The embedded store on fjall. Cheap to share: clone the `Arc`.
 pub struct EmbeddedStore {
-    db: Arc<Database>,
+    ks: Arc<Keyspaces>,
     path: PathBuf,
     tx: Mutex<Option<SyncSender<Command>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// Set by the writer when fjall stopped taking writes (poisoned after an I/O error such as a
+    /// full disk); cleared by a later successful write.
+    failed: Arc<Mutex<Option<String>>>,
     reserve: DiskReserve,
     /// Bytes of the frame and stack tables, as the writer's interner counts them.
     interned_bytes: Arc<AtomicU64>,
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) the store in `dir`, recovering from an unclean shutdown if needed.
+    /// Opens (or creates) the store in `dir`, replaying the journal after an unclean shutdown.
     pub fn open(dir: &Path, options: EmbeddedOptions) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
-        let path = dir.join(super::Engine::Redb.file_name());
-        let db = Database::builder().set_cache_size(options.cache_bytes).create(&path)?;
-        let db = Arc::new(db);
+        let path = dir.join(DIR_NAME);
+        let ks = Arc::new(Keyspaces::open(&path, options.cache_bytes as u64)?);
         let mut interner = Interner::default();
         {
-            let w = db.begin_write()?;
-            for_each_table(&w)?;
-            migrate_span_id_tables(&w)?;
-            w.commit()?;
-            let r = db.begin_read()?;
-            load_interner(&mut interner, &r)?;
+            let r = ks.db.read_tx();
+            for row in r.iter(ks.frames.inner()) {
+                let (id, name) = row.into_inner()?;
+                let name = std::str::from_utf8(&name).map_err(|_| Error::Corrupt("frame name".into()))?;
+                interner.load_frame(u32_key(&id)?, name);
+            }
+            for row in r.iter(ks.stacks.inner()) {
+                let (id, bytes) = row.into_inner()?;
+                interner.load_stack(u32_key(&id)?, &bytes)?;
+            }
         }
         let (tx, rx) = mpsc::sync_channel(options.queue_depth);
-        let writer_db = db.clone();
+        let writer_ks = ks.clone();
         let max_group = options.max_group.max(1);
+        let failed = Arc::new(Mutex::new(None));
+        let writer_failed = Arc::clone(&failed);
         let reserve = DiskReserve::new(dir, options.min_free_bytes);
         let writer_reserve = reserve.clone();
         let interned_bytes = Arc::new(AtomicU64::new(interner.bytes()));
         let writer_interned = Arc::clone(&interned_bytes);
         let writer = std::thread::Builder::new().name("spanprof-store-writer".into()).spawn(move || {
-            writer_loop(&writer_db, rx, interner, max_group, &writer_reserve, &writer_interned)
+            writer_loop(&writer_ks, rx, interner, max_group, &writer_failed, &writer_reserve, &writer_interned)
         })?;
         Ok(EmbeddedStore {
-            db,
+            ks,
             path,
             tx: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
+            failed,
             reserve,
             interned_bytes,
         })
@@ -171,31 +305,32 @@ impl EmbeddedStore {
         tx.send(cmd).map_err(|_| Error::Unavailable)
     }
 
-    fn read(&self) -> Result<ReadTransaction> {
-        Ok(self.db.begin_read()?)
+    fn read(&self) -> Snapshot {
+        self.ks.db.read_tx()
     }
 
-    /// The mark phase of a collection, on a read transaction, outside the writer.
+    /// The mark phase of a collection, on a snapshot, outside the writer.
     fn mark(&self, bounds: GcBounds) -> Result<GcCandidates> {
-        let r = self.read()?;
+        let r = self.read();
+        let k = &*self.ks;
         let mut mark = Mark::new(bounds);
-        for row in r.open_table(SPANS)?.iter()? {
-            let (_, bytes) = row?;
-            let rec: SpanRecord = codec::decode(bytes.value(), "span")?;
+        for row in r.iter(k.spans.inner()) {
+            let (_, bytes) = row.into_inner()?;
+            let rec: SpanRecord = codec::decode(&bytes, "span")?;
             mark.record(&rec.stack_counts()?);
         }
-        for row in r.open_table(PROCESS)?.iter()? {
-            let (_, bytes) = row?;
-            let rec: StacksRecord = codec::decode(bytes.value(), "process bucket")?;
+        for row in r.iter(k.process.inner()) {
+            let (_, bytes) = row.into_inner()?;
+            let rec: StacksRecord = codec::decode(&bytes, "process bucket")?;
             mark.record(&rec.to_counts()?);
         }
-        for row in r.open_table(STACKS)?.iter()? {
-            let (id, bytes) = row?;
-            mark.stack(id.value(), bytes.value())?;
+        for row in r.iter(k.stacks.inner()) {
+            let (id, bytes) = row.into_inner()?;
+            mark.stack(u32_key(&id)?, &bytes)?;
         }
         let mut frames = Vec::new();
-        for row in r.open_table(FRAMES)?.iter()? {
-            frames.push(row?.0.value());
+        for row in r.iter(k.frames.inner()) {
+            frames.push(u32_key(&row.key()?)?);
         }
         Ok(mark.finish(frames.into_iter()))
     }
@@ -207,92 +342,30 @@ impl Drop for EmbeddedStore {
     }
 }
 
-/// Creates every table, so read transactions never meet a missing one.
-fn for_each_table(w: &WriteTransaction) -> Result<()> {
-    w.open_table(SPANS)?;
-    w.open_table(SPANS_BY_TIME)?;
-    w.open_table(SPANS_BY_SERVICE)?;
-    w.open_table(SPANS_BY_TRACE)?;
-    w.open_table(FRAMES)?;
-    w.open_table(STACKS)?;
-    w.open_table(SERIES)?;
-    w.open_table(SERIES_BY_SERVICE)?;
-    w.open_table(PROCESS)?;
-    w.open_table(PROCESS_BY_TIME)?;
-    w.open_table(META)?;
-    Ok(())
+/// Writes a transaction's new frames and stacks into their keyspaces.
+struct FjallInterns<'a, 'tx> {
+    w: &'a mut SingleWriterWriteTx<'tx>,
+    k: &'a Keyspaces,
 }
 
-/// Moves span profiles from the tables keyed by the span ID's value into the ones keyed by
-/// [`id_key`], in the transaction that opens the store; the old tables are then deleted.
-fn migrate_span_id_tables(w: &WriteTransaction) -> Result<()> {
-    if !w.list_tables()?.any(|t| t.name() == OLD_SPANS.name()) {
-        return Ok(());
-    }
-    let key = |id: u64| id_key(&ProfileId::Span(id));
-    {
-        let mut spans = w.open_table(SPANS)?;
-        for row in w.open_table(OLD_SPANS)?.iter()? {
-            let (id, rec) = row?;
-            spans.insert(key(id.value()).as_slice(), rec.value())?;
-        }
-        let mut by_time = w.open_table(SPANS_BY_TIME)?;
-        for row in w.open_table(OLD_SPANS_BY_TIME)?.iter()? {
-            let (t, id) = row?.0.value();
-            by_time.insert((t, key(id).as_slice()), ())?;
-        }
-        let mut by_service = w.open_table(SPANS_BY_SERVICE)?;
-        for row in w.open_table(OLD_SPANS_BY_SERVICE)?.iter()? {
-            let row = row?;
-            let (service, t, id) = row.0.value();
-            by_service.insert((service, t, key(id).as_slice()), ())?;
-        }
-        let mut by_trace = w.open_table(SPANS_BY_TRACE)?;
-        for row in w.open_table(OLD_SPANS_BY_TRACE)?.iter()? {
-            let (trace, id) = row?.0.value();
-            by_trace.insert((trace, key(id).as_slice()), ())?;
-        }
-    }
-    w.delete_table(OLD_SPANS)?;
-    w.delete_table(OLD_SPANS_BY_TIME)?;
-    w.delete_table(OLD_SPANS_BY_SERVICE)?;
-    w.delete_table(OLD_SPANS_BY_TRACE)?;
-    Ok(())
-}
-
-/// Writes a transaction's new frames and stacks into redb's tables.
-struct RedbInterns<'a>(&'a WriteTransaction);
-
-impl InternSink for RedbInterns<'_> {
+impl InternSink for FjallInterns<'_, '_> {
     fn put_frame(&mut self, id: u32, name: &str) -> Result<()> {
-        self.0.open_table(FRAMES)?.insert(id, name)?;
+        self.w.insert(&self.k.frames, id.to_be_bytes(), name);
         Ok(())
     }
 
     fn put_stack(&mut self, id: u32, record: &[u8]) -> Result<()> {
-        self.0.open_table(STACKS)?.insert(id, record)?;
+        self.w.insert(&self.k.stacks, id.to_be_bytes(), record);
         Ok(())
     }
 }
 
-/// Fills the interner from the committed frame and stack tables.
-fn load_interner(i: &mut Interner, r: &ReadTransaction) -> Result<()> {
-    for row in r.open_table(FRAMES)?.iter()? {
-        let (id, name) = row?;
-        i.load_frame(id.value(), name.value());
-    }
-    for row in r.open_table(STACKS)?.iter()? {
-        let (id, bytes) = row?;
-        i.load_stack(id.value(), bytes.value())?;
-    }
-    Ok(())
-}
-
 fn writer_loop(
-    db: &Database,
+    k: &Keyspaces,
     rx: Receiver<Command>,
     mut interner: Interner,
     max_group: usize,
+    failed: &Mutex<Option<String>>,
     reserve: &DiskReserve,
     interned_bytes: &AtomicU64,
 ) {
@@ -310,22 +383,33 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
+        // Under the reserve nothing reaches the engine, which so never meets ENOSPC mid-write.
         if let Err(Error::DiskFull { free, reserve }) = reserve.check() {
             for (_, reply) in inserts.drain(..) {
                 let _ = reply.send(Err(Error::DiskFull { free, reserve }));
             }
         }
         if !inserts.is_empty() {
-            let result = insert_group(db, &mut interner, &inserts);
-            match result {
+            match insert_group(k, &mut interner, &inserts) {
                 Ok(stats) => {
                     interned_bytes.store(interner.bytes(), Ordering::Relaxed);
+                    if let Ok(mut f) = failed.lock() {
+                        f.take();
+                    }
                     for ((_, reply), s) in inserts.into_iter().zip(stats) {
                         let _ = reply.send(Ok(s));
                     }
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "insert transaction failed; nothing of it was stored");
+                    // A full disk, and fjall refusing every later write once poisoned by one:
+                    // health reports it until a write succeeds again.
+                    let text = e.to_string();
+                    if (text.contains("Poisoned") || text.contains("No space left") || text.contains("StorageFull"))
+                        && let Ok(mut f) = failed.lock()
+                    {
+                        *f = Some(e.to_string());
+                    }
                     for (_, reply) in inserts {
                         let _ = reply.send(Err(Error::Storage(e.to_string())));
                     }
@@ -335,14 +419,14 @@ fn writer_loop(
         for cmd in others {
             match cmd {
                 Command::Retention(policy, now_ms, reply) => {
-                    let _ = reply.send(retention_step(db, &policy, now_ms, interner.bytes()));
+                    let _ = reply.send(retention_step(k, &policy, now_ms, interner.bytes()));
                 }
                 Command::GcBegin(reply) => {
                     let _ = reply.send(interner.begin_marking());
                 }
                 Command::GcSweep(candidates, reply) => {
                     let doomed = interner.end_marking(candidates);
-                    let swept = sweep(db, &mut interner, doomed);
+                    let swept = sweep(k, &mut interner, doomed);
                     // Before the reply: whoever waits for the collection then sees its effect.
                     interned_bytes.store(interner.bytes(), Ordering::Relaxed);
                     let _ = reply.send(swept);
@@ -353,59 +437,19 @@ fn writer_loop(
         }
         interned_bytes.store(interner.bytes(), Ordering::Relaxed);
     }
+    // Every commit was already fsynced; this only covers anything fjall buffered on its own.
+    if let Err(e) = k.db.persist(PersistMode::SyncAll) {
+        tracing::error!(error = %e, "persisting the fjall journal at close failed");
+    }
 }
 
-/// Deletes unreferenced frame and stack rows, [`GC_SWEEP_ROWS`] per transaction, and forgets
-/// each chunk in the interner once it is committed.
-fn sweep(db: &Database, interner: &mut Interner, doomed: GcCandidates) -> Result<GcStats> {
-    let mut stats = GcStats::default();
-    for chunk in doomed.stacks.chunks(GC_SWEEP_ROWS) {
-        let mut w = db.begin_write()?;
-        w.set_durability(Durability::Immediate)?;
-        let mut gone = Vec::with_capacity(chunk.len());
-        {
-            let mut t = w.open_table(STACKS)?;
-            for &id in chunk {
-                if let Some(record) = t.remove(id)? {
-                    gone.push((id, record.value().to_vec()));
-                }
-            }
-        }
-        w.commit()?;
-        for (id, record) in gone {
-            interner.forget_stack(id, &record)?;
-            stats.stacks_deleted += 1;
-        }
-    }
-    for chunk in doomed.frames.chunks(GC_SWEEP_ROWS) {
-        let mut w = db.begin_write()?;
-        w.set_durability(Durability::Immediate)?;
-        let mut gone = Vec::with_capacity(chunk.len());
-        {
-            let mut t = w.open_table(FRAMES)?;
-            for &id in chunk {
-                if let Some(name) = t.remove(id)? {
-                    gone.push((id, name.value().to_owned()));
-                }
-            }
-        }
-        w.commit()?;
-        for (id, name) in gone {
-            interner.forget_frame(id, &name);
-            stats.frames_deleted += 1;
-        }
-    }
-    Ok(stats)
-}
-
-/// Applies a group of inserts in one transaction and commits it durably.
+/// Applies a group of inserts in one transaction and commits it durably (journal fsynced).
 fn insert_group(
-    db: &Database,
+    k: &Keyspaces,
     interner: &mut Interner,
     inserts: &[(Vec<SeriesBatch>, SyncSender<Result<InsertStats>>)],
 ) -> Result<Vec<InsertStats>> {
-    let mut w = db.begin_write()?;
-    w.set_durability(Durability::Immediate)?;
+    let mut w = k.db.write_tx().durability(Some(PersistMode::SyncAll));
     let mut pending = PendingInterns::new(interner);
     let mut stats = Vec::with_capacity(inserts.len());
     let mut bytes_delta: i64 = 0;
@@ -413,51 +457,37 @@ fn insert_group(
     for (batches, _) in inserts {
         let mut s = InsertStats::default();
         for batch in batches {
-            s += insert_batch(&w, interner, &mut pending, batch, &mut bytes_delta, &mut spans_delta)?;
+            s += insert_batch(&mut w, k, interner, &mut pending, batch, &mut bytes_delta, &mut spans_delta)?;
         }
         stats.push(s);
     }
-    {
-        let mut meta = w.open_table(META)?;
-        add_counter(&mut meta, RECORD_BYTES, bytes_delta)?;
-        add_counter(&mut meta, SPAN_COUNT, spans_delta)?;
-    }
+    add_counter(&mut w, k, RECORD_BYTES, bytes_delta)?;
+    add_counter(&mut w, k, SPAN_COUNT, spans_delta)?;
     w.commit()?;
     pending.commit_into(interner);
     Ok(stats)
 }
 
-fn add_counter(meta: &mut redb::Table<&str, u64>, key: &str, delta: i64) -> Result<()> {
-    if delta == 0 {
-        return Ok(());
-    }
-    let cur = meta.get(key)?.map(|v| v.value()).unwrap_or(0);
-    meta.insert(key, cur.saturating_add_signed(delta))?;
-    Ok(())
-}
-
-fn series_id(w: &WriteTransaction, labels: &Labels) -> Result<u64> {
-    // A hash of the canonical label set; collisions are checked against the stored labels.
+fn series_id(w: &mut SingleWriterWriteTx<'_>, k: &Keyspaces, labels: &Labels) -> Result<u64> {
     let mut id = series_id_seed(labels);
-    let record = SeriesRecord::from_labels(labels);
-    let mut series = w.open_table(SERIES)?;
+    let record = SeriesRecord::from_labels(labels).encode_to_vec();
     loop {
-        let existing = series.get(id)?.map(|v| v.value().to_vec());
-        match existing {
+        match w.get(k.series.inner(), id.to_be_bytes())? {
             None => {
-                series.insert(id, record.encode_to_vec().as_slice())?;
+                w.insert(&k.series, id.to_be_bytes(), record.as_slice());
                 let service = labels.get("service_name").map(String::as_str).unwrap_or("");
-                w.open_table(SERIES_BY_SERVICE)?.insert((service, id), ())?;
+                w.insert(&k.series_by_service, svc_key(service, &[id]), []);
                 return Ok(id);
             }
-            Some(bytes) if bytes == record.encode_to_vec() => return Ok(id),
+            Some(bytes) if *bytes == *record => return Ok(id),
             Some(_) => id = id.wrapping_add(1),
         }
     }
 }
 
 fn insert_batch(
-    w: &WriteTransaction,
+    w: &mut SingleWriterWriteTx<'_>,
+    k: &Keyspaces,
     interner: &Interner,
     pending: &mut PendingInterns,
     batch: &SeriesBatch,
@@ -469,11 +499,12 @@ fn insert_batch(
     let mut frame_ids = Vec::new();
 
     if !batch.process.is_empty() {
-        let sid = series_id(w, &batch.labels)?;
+        let sid = series_id(w, k, &batch.labels)?;
         let bucket = batch.from_ms / BUCKET_MS * BUCKET_MS;
-        let counts = pending.counts(interner, &mut RedbInterns(w), &batch.frames, &mut frame_ids, &batch.process)?;
-        let mut process = w.open_table(PROCESS)?;
-        let old = process.get((sid, bucket))?.map(|v| v.value().to_vec());
+        let counts =
+            pending.counts(interner, &mut FjallInterns { w, k }, &batch.frames, &mut frame_ids, &batch.process)?;
+        let key = k2(sid, bucket);
+        let old = w.get(k.process.inner(), key)?;
         let (merged, period) = match &old {
             Some(bytes) => {
                 let rec: StacksRecord = codec::decode(bytes, "process bucket")?;
@@ -481,32 +512,30 @@ fn insert_batch(
                 (codec::merge_counts(&rec.to_counts()?, &incoming), rec.period_ns)
             }
             None => {
-                w.open_table(PROCESS_BY_TIME)?.insert((bucket, sid), ())?;
+                w.insert(&k.process_by_time, k2(bucket, sid), []);
                 (counts, batch.period_ns)
             }
         };
         let encoded = StacksRecord::from_counts(&merged, period).encode_to_vec();
         *bytes_delta += encoded.len() as i64 - old.map_or(0, |o| o.len() as i64);
-        process.insert((sid, bucket), encoded.as_slice())?;
+        w.insert(&k.process, key, encoded);
         stats.process_buckets += 1;
     }
 
-    let mut spans_t = w.open_table(SPANS)?;
-    let mut by_time = w.open_table(SPANS_BY_TIME)?;
-    let mut by_service = w.open_table(SPANS_BY_SERVICE)?;
-    let mut by_trace = w.open_table(SPANS_BY_TRACE)?;
     for span in &batch.spans {
         let id = id_key(&span.profile_id);
         let id = id.as_slice();
-        let counts = pending.counts(interner, &mut RedbInterns(w), &batch.frames, &mut frame_ids, &span.stacks)?;
-        let old = spans_t.get(id)?.map(|v| v.value().to_vec());
-        let old_len = old.as_ref().map_or(0, Vec::len);
+        let counts =
+            pending.counts(interner, &mut FjallInterns { w, k }, &batch.frames, &mut frame_ids, &span.stacks)?;
+        // The transaction reads its own writes: an ID pushed twice in one group merges twice.
+        let old = w.get(k.spans.inner(), id)?;
+        let old_len = old.as_ref().map_or(0, |o| o.len());
         let MergedSpan { rec, old_last_seen, new_trace } =
             merge_span(old.as_deref(), batch, span, &span_labels, counts)?;
         match old_last_seen {
             Some(t) => {
-                by_time.remove((t, id))?;
-                by_service.remove((rec.service_name.as_str(), t, id))?;
+                w.remove(&k.spans_by_time, time_key(t, id));
+                w.remove(&k.spans_by_service, svc_time_key(&rec.service_name, t, id));
                 stats.span_profiles_merged += 1;
             }
             None => {
@@ -515,111 +544,158 @@ fn insert_batch(
             }
         }
         if let Some(t) = new_trace {
-            by_trace.insert((t.0, id), ())?;
+            w.insert(&k.spans_by_trace, trace_key(t.0, id), []);
         }
-        by_time.insert((rec.last_seen_ms, id), ())?;
-        by_service.insert((rec.service_name.as_str(), rec.last_seen_ms, id), ())?;
+        w.insert(&k.spans_by_time, time_key(rec.last_seen_ms, id), []);
+        w.insert(&k.spans_by_service, svc_time_key(&rec.service_name, rec.last_seen_ms, id), []);
         let bytes = rec.encode_to_vec();
         *bytes_delta += bytes.len() as i64 - old_len as i64;
-        spans_t.insert(id, bytes.as_slice())?;
+        w.insert(&k.spans, id, bytes);
+    }
+    Ok(stats)
+}
+
+/// The first `n` keys of an index keyed by a time and then `decode`'s rest, decoded.
+fn oldest<T>(
+    w: &SingleWriterWriteTx<'_>,
+    ks: &SingleWriterTxKeyspace,
+    n: usize,
+    decode: impl Fn(&[u8]) -> Result<(u64, T)>,
+) -> Result<Vec<(u64, T)>> {
+    let mut out = Vec::with_capacity(n.min(1024));
+    for row in w.iter(ks.inner()).take(n) {
+        out.push(decode(&row.key()?)?);
+    }
+    Ok(out)
+}
+
+/// Deletes unreferenced frame and stack rows, [`GC_SWEEP_ROWS`] per transaction, and forgets
+/// each chunk in the interner once it is committed.
+fn sweep(k: &Keyspaces, interner: &mut Interner, doomed: GcCandidates) -> Result<GcStats> {
+    let mut stats = GcStats::default();
+    for chunk in doomed.stacks.chunks(GC_SWEEP_ROWS) {
+        let mut w = k.db.write_tx().durability(Some(PersistMode::SyncAll));
+        let mut gone = Vec::with_capacity(chunk.len());
+        for &id in chunk {
+            if let Some(record) = w.get(k.stacks.inner(), id.to_be_bytes())? {
+                w.remove(&k.stacks, id.to_be_bytes());
+                gone.push((id, record));
+            }
+        }
+        w.commit()?;
+        for (id, record) in gone {
+            interner.forget_stack(id, &record)?;
+            stats.stacks_deleted += 1;
+        }
+    }
+    for chunk in doomed.frames.chunks(GC_SWEEP_ROWS) {
+        let mut w = k.db.write_tx().durability(Some(PersistMode::SyncAll));
+        let mut gone = Vec::with_capacity(chunk.len());
+        for &id in chunk {
+            if let Some(name) = w.get(k.frames.inner(), id.to_be_bytes())? {
+                w.remove(&k.frames, id.to_be_bytes());
+                gone.push((id, name));
+            }
+        }
+        w.commit()?;
+        for (id, name) in gone {
+            let name = std::str::from_utf8(&name).map_err(|_| Error::Corrupt(format!("frame {id} name")))?;
+            interner.forget_frame(id, name);
+            stats.frames_deleted += 1;
+        }
     }
     Ok(stats)
 }
 
 /// One bounded retention step: deletes at most [`RETENTION_STEP_ROWS`] expired rows. The size
 /// limit counts the records and the `interned` frame and stack bytes.
-fn retention_step(db: &Database, policy: &Retention, now_ms: u64, interned: u64) -> Result<RetentionStats> {
+fn retention_step(k: &Keyspaces, policy: &Retention, now_ms: u64, interned: u64) -> Result<RetentionStats> {
     let mut stats = RetentionStats::default();
-    let w = db.begin_write()?;
+    let mut w = k.db.write_tx().durability(Some(PersistMode::SyncAll));
     let mut bytes_delta = 0i64;
     let mut spans_delta = 0i64;
-    {
-        let cutoff = policy.max_age.map(|a| now_ms.saturating_sub(a.as_millis() as u64));
-        let mut size = SizeEstimate::new(w.open_table(META)?.get(RECORD_BYTES)?.map(|v| v.value()).unwrap_or(0), interned);
-        let mut by_time = w.open_table(SPANS_BY_TIME)?;
-        let mut process_by_time = w.open_table(PROCESS_BY_TIME)?;
-        let mut deleted = 0;
-        while deleted < RETENTION_STEP_ROWS {
-            let over_size = size.over(policy.max_bytes);
-            let oldest_span = by_time.first()?.map(|(k, _)| {
-                let (t, id) = k.value();
-                (t, id.to_vec())
-            });
-            let oldest_bucket = process_by_time.first()?.map(|(k, _)| k.value());
-            // The older of the two oldest entries goes first.
-            let span_first = match (&oldest_span, oldest_bucket) {
-                (Some((t, _)), Some((b, _))) => *t <= b + BUCKET_MS,
-                (Some(_), None) => true,
-                (None, Some(_)) => false,
-                (None, None) => break,
-            };
-            let oldest_time = if span_first { oldest_span.as_ref().map(|k| k.0) } else { oldest_bucket.map(|k| k.0 + BUCKET_MS) };
-            let expired = matches!((cutoff, oldest_time), (Some(c), Some(t)) if t < c);
-            if !expired && !over_size {
-                break;
-            }
-            let freed = if span_first {
-                let Some((last_seen, id)) = oldest_span else { break };
-                by_time.remove((last_seen, id.as_slice()))?;
-                stats.span_profiles_deleted += 1;
-                spans_delta -= 1;
-                delete_span(&w, &id, last_seen)?
-            } else {
-                let Some((bucket, sid)) = oldest_bucket else { break };
-                process_by_time.remove((bucket, sid))?;
-                stats.process_buckets_deleted += 1;
-                let old = w.open_table(PROCESS)?.remove((sid, bucket))?.map(|v| v.value().len());
-                old.unwrap_or(0) as u64
-            };
-            size.deleted(freed);
-            bytes_delta -= freed as i64;
-            deleted += 1;
+    let cutoff = policy.max_age.map(|a| now_ms.saturating_sub(a.as_millis() as u64));
+    let mut size = SizeEstimate::new(counter(&w, k, RECORD_BYTES)?, interned);
+    // A step deletes at most RETENTION_STEP_ROWS rows, so the oldest that many entries of each
+    // index are all it can reach: read them once rather than re-scanning past the tombstones
+    // this step leaves at the front of the index after every delete.
+    let spans = oldest(&w, &k.spans_by_time, RETENTION_STEP_ROWS, |key| time_and_id(key, 0))?;
+    let buckets = oldest(&w, &k.process_by_time, RETENTION_STEP_ROWS, |key| Ok((u64_at_end(key, 1)?, u64_at_end(key, 0)?)))?;
+    let (mut si, mut bi) = (0, 0);
+    let mut deleted = 0;
+    while deleted < RETENTION_STEP_ROWS {
+        let over_size = size.over(policy.max_bytes);
+        let oldest_span = spans.get(si);
+        let oldest_bucket = buckets.get(bi).copied();
+        // The older of the two oldest entries goes first.
+        let span_first = match (oldest_span, oldest_bucket) {
+            (Some(&(t, _)), Some((b, _))) => t <= b + BUCKET_MS,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (None, None) => break,
+        };
+        let oldest_time = if span_first { oldest_span.map(|k| k.0) } else { oldest_bucket.map(|k| k.0 + BUCKET_MS) };
+        let expired = matches!((cutoff, oldest_time), (Some(c), Some(t)) if t < c);
+        if !expired && !over_size {
+            break;
         }
+        let freed = if span_first {
+            let Some((last_seen, id)) = oldest_span else { break };
+            let last_seen = *last_seen;
+            si += 1;
+            w.remove(&k.spans_by_time, time_key(last_seen, id));
+            stats.span_profiles_deleted += 1;
+            spans_delta -= 1;
+            delete_span(&mut w, k, id, last_seen)?
+        } else {
+            let Some((bucket, sid)) = oldest_bucket else { break };
+            bi += 1;
+            w.remove(&k.process_by_time, k2(bucket, sid));
+            stats.process_buckets_deleted += 1;
+            let old = w.get(k.process.inner(), k2(sid, bucket))?.map(|v| v.len());
+            w.remove(&k.process, k2(sid, bucket));
+            old.unwrap_or(0) as u64
+        };
+        size.deleted(freed);
+        bytes_delta -= freed as i64;
+        deleted += 1;
     }
-    {
-        let mut meta = w.open_table(META)?;
-        add_counter(&mut meta, RECORD_BYTES, bytes_delta)?;
-        add_counter(&mut meta, SPAN_COUNT, spans_delta)?;
-    }
+    add_counter(&mut w, k, RECORD_BYTES, bytes_delta)?;
+    add_counter(&mut w, k, SPAN_COUNT, spans_delta)?;
     w.commit()?;
     Ok(stats)
 }
 
 /// Deletes a span's record and its service and trace index entries; returns the bytes freed.
-fn delete_span(w: &WriteTransaction, id: &[u8], last_seen: u64) -> Result<u64> {
-    let Some(bytes) = w.open_table(SPANS)?.remove(id)?.map(|v| v.value().to_vec()) else { return Ok(0) };
+fn delete_span(w: &mut SingleWriterWriteTx<'_>, k: &Keyspaces, id: &[u8], last_seen: u64) -> Result<u64> {
+    let Some(bytes) = w.get(k.spans.inner(), id)? else { return Ok(0) };
+    w.remove(&k.spans, id);
     let rec: SpanRecord = codec::decode(&bytes, "span")?;
-    w.open_table(SPANS_BY_SERVICE)?.remove((rec.service_name.as_str(), last_seen, id))?;
+    w.remove(&k.spans_by_service, svc_time_key(&rec.service_name, last_seen, id));
     if let Some(t) = codec::trace_from_bytes(&rec.trace_id) {
-        w.open_table(SPANS_BY_TRACE)?.remove((t.0, id))?;
+        w.remove(&k.spans_by_trace, trace_key(t.0, id));
     }
     Ok(bytes.len() as u64)
 }
 
-/// Resolves stack IDs to frame names within one read snapshot, caching what it has seen.
+/// Resolves stack IDs to frame names within one snapshot, caching what it has seen.
 struct Resolver<'r> {
-    stacks: redb::ReadOnlyTable<u32, &'static [u8]>,
-    frames: redb::ReadOnlyTable<u32, &'static str>,
+    snap: &'r Snapshot,
+    k: &'r Keyspaces,
     frame_cache: HashMap<u32, Arc<str>>,
-    _r: std::marker::PhantomData<&'r ()>,
 }
 
 impl<'r> Resolver<'r> {
-    fn new(r: &'r ReadTransaction) -> Result<Self> {
-        Ok(Resolver {
-            stacks: r.open_table(STACKS)?,
-            frames: r.open_table(FRAMES)?,
-            frame_cache: HashMap::new(),
-            _r: std::marker::PhantomData,
-        })
+    fn new(snap: &'r Snapshot, k: &'r Keyspaces) -> Self {
+        Resolver { snap, k, frame_cache: HashMap::new() }
     }
 
     fn frame(&mut self, id: u32) -> Result<Arc<str>> {
         if let Some(f) = self.frame_cache.get(&id) {
             return Ok(f.clone());
         }
-        let name: Arc<str> = match self.frames.get(id)? {
-            Some(v) => Arc::from(v.value()),
+        let name: Arc<str> = match self.snap.get(self.k.frames.inner(), id.to_be_bytes())? {
+            Some(v) => Arc::from(std::str::from_utf8(&v).map_err(|_| Error::Corrupt(format!("frame {id} name")))?),
             None => return Err(Error::Corrupt(format!("frame {id} missing"))),
         };
         self.frame_cache.insert(id, name.clone());
@@ -629,8 +705,8 @@ impl<'r> Resolver<'r> {
     fn resolve(&mut self, counts: &Counts) -> Result<Stacks> {
         let mut out = Vec::with_capacity(counts.len());
         for &(sid, count) in counts {
-            let rec: StackRecord = match self.stacks.get(sid)? {
-                Some(v) => codec::decode(v.value(), "stack")?,
+            let rec: StackRecord = match self.snap.get(self.k.stacks.inner(), sid.to_be_bytes())? {
+                Some(v) => codec::decode(&v, "stack")?,
                 None => return Err(Error::Corrupt(format!("stack {sid} missing"))),
             };
             let mut frames = Vec::with_capacity(rec.frame_ids.len());
@@ -643,8 +719,8 @@ impl<'r> Resolver<'r> {
     }
 }
 
-fn load_span(r: &ReadTransaction, resolver: &mut Resolver<'_>, id: &[u8]) -> Result<Option<SpanProfile>> {
-    let Some(bytes) = r.open_table(SPANS)?.get(id)?.map(|v| v.value().to_vec()) else { return Ok(None) };
+fn load_span(resolver: &mut Resolver<'_>, id: &[u8]) -> Result<Option<SpanProfile>> {
+    let Some(bytes) = resolver.snap.get(resolver.k.spans.inner(), id)? else { return Ok(None) };
     let rec: SpanRecord = codec::decode(&bytes, "span")?;
     let stacks = resolver.resolve(&rec.stack_counts()?)?;
     Ok(Some(SpanProfile { summary: summary(id_from_key(id)?, rec), stacks }))
@@ -653,7 +729,14 @@ fn load_span(r: &ReadTransaction, resolver: &mut Resolver<'_>, id: &[u8]) -> Res
 impl ProfileStore for EmbeddedStore {
     fn health(&self) -> std::result::Result<(), super::Trouble> {
         super::writer_health(&self.writer)?;
-        super::reserve_health(&self.reserve)
+        match self.failed.lock().map(|f| f.clone()) {
+            Ok(Some(e)) => Err(super::Trouble {
+                message: format!("the store refuses writes after a failed write ({e}); free disk space"),
+                // fjall refuses every write once poisoned; a plain full disk passes when space returns.
+                restart_helps: e.contains("Poisoned"),
+            }),
+            _ => super::reserve_health(&self.reserve),
+        }
     }
 
     fn insert(&self, batches: Vec<SeriesBatch>) -> Result<InsertStats> {
@@ -666,22 +749,21 @@ impl ProfileStore for EmbeddedStore {
     }
 
     fn span_profile(&self, id: ProfileId) -> Result<Option<SpanProfile>> {
-        let r = self.read()?;
-        let mut resolver = Resolver::new(&r)?;
-        load_span(&r, &mut resolver, &id_key(&id))
+        let r = self.read();
+        load_span(&mut Resolver::new(&r, &self.ks), &id_key(&id))
     }
 
     fn search_spans(&self, q: &SpanQuery) -> Result<Page> {
-        let r = self.read()?;
-        let meta_t = r.open_table(SPANS)?;
+        let r = self.read();
+        let k = &*self.ks;
         let limit = q.limit.clamp(1, 1000);
         let mut page = Page::default();
         let from = q.from_ms.unwrap_or(0);
         // Upper bound of the scan, exclusive of the cursor position.
         let hi = q.after.as_ref().map(|c| (c.last_seen_ms, id_key(&c.profile_id)));
         let accept = |id: &[u8], last_seen: u64, page: &mut Page| -> Result<bool> {
-            let Some(v) = meta_t.get(id)? else { return Ok(false) };
-            let meta: SpanRecord = codec::decode(v.value(), "span")?;
+            let Some(v) = r.get(k.spans.inner(), id)? else { return Ok(false) };
+            let meta: SpanRecord = codec::decode(&v, "span")?;
             let ok = meta.samples >= q.min_samples
                 && q.span_name.as_deref().is_none_or(|n| meta.span_name == n)
                 && q.service.as_deref().is_none_or(|s| meta.service_name == s)
@@ -694,20 +776,14 @@ impl ProfileStore for EmbeddedStore {
         };
         let mut examined = 0usize;
         let mut last = None;
-        let empty: &[u8] = &[];
         if let Some(trace) = q.trace_id {
             // A trace has few spans: collect, sort newest first, then page.
-            let by_trace = r.open_table(SPANS_BY_TRACE)?;
             let mut rows = Vec::new();
-            for row in by_trace.range((trace.0, empty)..)? {
-                let row = row?;
-                let (t, id) = row.0.value();
-                if t != trace.0 {
-                    break;
-                }
-                if let Some(v) = meta_t.get(id)? {
-                    let m: SpanRecord = codec::decode(v.value(), "span")?;
-                    rows.push((m.last_seen_ms, id.to_vec()));
+            for row in r.prefix(k.spans_by_trace.inner(), trace.0.to_be_bytes()) {
+                let id = row.key()?[16..].to_vec();
+                if let Some(v) = r.get(k.spans.inner(), &id)? {
+                    let m: SpanRecord = codec::decode(&v, "span")?;
+                    rows.push((m.last_seen_ms, id));
                 }
             }
             rows.sort_unstable_by(|a, b| b.cmp(a));
@@ -719,39 +795,33 @@ impl ProfileStore for EmbeddedStore {
                 }
             }
         } else if let Some(service) = q.service.as_deref() {
-            let by_service = r.open_table(SPANS_BY_SERVICE)?;
-            let top = [0xFF; 1 + MAX_ID_KEY_BYTES];
-            let (hi_t, hi_id, hi_bound): (u64, &[u8], _) = match &hi {
-                Some((t, id)) => (*t, id.as_slice(), false),
-                None => (u64::MAX, &top, true),
+            let lo = Bound::Included(svc_key(service, &[from]));
+            let hi = match &hi {
+                Some((t, id)) => Bound::Excluded(svc_time_key(service, *t, id)),
+                // Past every key of the service: its prefix with the largest time and ID.
+                None => Bound::Included(svc_time_key(service, u64::MAX, &[0xFF; 1 + MAX_ID_KEY_BYTES])),
             };
-            let range = if hi_bound {
-                by_service.range((service, from, empty)..=(service, hi_t, hi_id))?
-            } else {
-                by_service.range((service, from, empty)..(service, hi_t, hi_id))?
-            };
-            for row in range.rev() {
-                let row = row?;
-                let (_, t, id) = row.0.value();
+            for row in r.range(k.spans_by_service.inner(), (lo, hi)).rev() {
+                let key = row.key()?;
+                let (t, id) = time_and_id(&key, svc_prefix_len(&key)?)?;
                 examined += 1;
-                let full = accept(id, t, &mut page)?;
-                last = Some((t, id.to_vec()));
+                let full = accept(&id, t, &mut page)?;
+                last = Some((t, id));
                 if full || examined >= SCAN_BUDGET {
                     break;
                 }
             }
         } else {
-            let by_time = r.open_table(SPANS_BY_TIME)?;
-            let range = match &hi {
-                Some((t, id)) => by_time.range((from, empty)..(*t, id.as_slice()))?,
-                None => by_time.range((from, empty)..)?,
+            let lo = Bound::Included(time_key(from, &[]));
+            let hi = match &hi {
+                Some((t, id)) => Bound::Excluded(time_key(*t, id)),
+                None => Bound::Unbounded,
             };
-            for row in range.rev() {
-                let row = row?;
-                let (t, id) = row.0.value();
+            for row in r.range(k.spans_by_time.inner(), (lo, hi)).rev() {
+                let (t, id) = time_and_id(&row.key()?, 0)?;
                 examined += 1;
-                let full = accept(id, t, &mut page)?;
-                last = Some((t, id.to_vec()));
+                let full = accept(&id, t, &mut page)?;
+                last = Some((t, id));
                 if full || examined >= SCAN_BUDGET {
                     break;
                 }
@@ -765,18 +835,13 @@ impl ProfileStore for EmbeddedStore {
     }
 
     fn trace(&self, trace_id: TraceId) -> Result<Vec<SpanProfile>> {
-        let r = self.read()?;
-        let mut resolver = Resolver::new(&r)?;
-        let by_trace = r.open_table(SPANS_BY_TRACE)?;
+        let r = self.read();
+        let k = &*self.ks;
+        let mut resolver = Resolver::new(&r, k);
         let mut out = Vec::new();
-        let empty: &[u8] = &[];
-        for row in by_trace.range((trace_id.0, empty)..)? {
-            let row = row?;
-            let (t, id) = row.0.value();
-            if t != trace_id.0 {
-                break;
-            }
-            if let Some(p) = load_span(&r, &mut resolver, id)? {
+        for row in r.prefix(k.spans_by_trace.inner(), trace_id.0.to_be_bytes()) {
+            let key = row.key()?;
+            if let Some(p) = load_span(&mut resolver, &key[16..])? {
                 out.push(p);
             }
         }
@@ -785,48 +850,37 @@ impl ProfileStore for EmbeddedStore {
     }
 
     fn services(&self) -> Result<Vec<String>> {
-        let r = self.read()?;
+        let r = self.read();
+        let k = &*self.ks;
         let mut out = BTreeSet::new();
-        for row in r.open_table(SERIES_BY_SERVICE)?.iter()? {
-            out.insert(row?.0.value().0.to_owned());
+        for row in r.iter(k.series_by_service.inner()) {
+            out.insert(svc_of(&row.key()?)?);
         }
-        // Services that only ever sent span profiles have no whole-process series.
-        let by_service = r.open_table(SPANS_BY_SERVICE)?;
+        // Services that only ever sent span profiles have no whole-process series. Skip from
+        // one service to the next rather than walking every span's index entry.
         let mut next: Option<String> = None;
         loop {
-            let row = match &next {
-                None => by_service.first()?.map(|(k, _)| k.value().0.to_owned()),
+            let first = match &next {
+                None => r.iter(k.spans_by_service.inner()).next(),
                 Some(s) => {
-                    let top = [0xFF; 1 + MAX_ID_KEY_BYTES];
-                    let mut range = by_service.range((s.as_str(), u64::MAX, &top[..])..)?;
-                    let mut found = None;
-                    for row in range.by_ref() {
-                        let key = row?.0;
-                        let svc = key.value().0;
-                        if svc != s {
-                            found = Some(svc.to_owned());
-                            break;
-                        }
-                    }
-                    found
+                    let past: (Bound<Vec<u8>>, Bound<Vec<u8>>) =
+                        (Bound::Excluded(svc_key(s, &[u64::MAX, u64::MAX])), Bound::Unbounded);
+                    r.range(k.spans_by_service.inner(), past).next()
                 }
             };
-            match row {
-                Some(s) => {
-                    out.insert(s.clone());
-                    next = Some(s);
-                }
-                None => break,
-            }
+            let Some(row) = first else { break };
+            let s = svc_of(&row.key()?)?;
+            out.insert(s.clone());
+            next = Some(s);
         }
         Ok(out.into_iter().collect())
     }
 
     fn label_values(&self, name: &str) -> Result<Vec<String>> {
-        let r = self.read()?;
+        let r = self.read();
         let mut out = BTreeSet::new();
-        for row in r.open_table(SERIES)?.iter()? {
-            let rec: SeriesRecord = codec::decode(row?.1.value(), "series")?;
+        for row in r.iter(self.ks.series.inner()) {
+            let rec: SeriesRecord = codec::decode(&row.value()?, "series")?;
             out.extend(rec.labels.into_iter().filter(|l| l.name == name).map(|l| l.value));
         }
         if name == "service_name" {
@@ -836,10 +890,10 @@ impl ProfileStore for EmbeddedStore {
     }
 
     fn label_names(&self) -> Result<Vec<String>> {
-        let r = self.read()?;
+        let r = self.read();
         let mut out = BTreeSet::new();
-        for row in r.open_table(SERIES)?.iter()? {
-            let rec: SeriesRecord = codec::decode(row?.1.value(), "series")?;
+        for row in r.iter(self.ks.series.inner()) {
+            let rec: SeriesRecord = codec::decode(&row.value()?, "series")?;
             out.extend(rec.labels.into_iter().map(|l| l.name));
         }
         Ok(out.into_iter().collect())
@@ -852,26 +906,24 @@ impl ProfileStore for EmbeddedStore {
         from_ms: u64,
         until_ms: u64,
     ) -> Result<Option<ProcessProfile>> {
-        let r = self.read()?;
-        let series_t = r.open_table(SERIES)?;
+        let r = self.read();
+        let k = &*self.ks;
         let mut series = Vec::new();
-        for row in r.open_table(SERIES_BY_SERVICE)?.range((service, 0)..=(service, u64::MAX))? {
-            let sid = row?.0.value().1;
-            let Some(v) = series_t.get(sid)? else { continue };
-            let rec: SeriesRecord = codec::decode(v.value(), "series")?;
+        for row in r.prefix(k.series_by_service.inner(), svc_prefix(service)) {
+            let sid = u64_at_end(&row.key()?, 0)?;
+            let Some(v) = r.get(k.series.inner(), sid.to_be_bytes())? else { continue };
+            let rec: SeriesRecord = codec::decode(&v, "series")?;
             if rec.labels.iter().any(|l| l.name == "__name__" && l.value == profile_type) {
                 series.push(sid);
             }
         }
-        let process = r.open_table(PROCESS)?;
         let first_bucket = from_ms / BUCKET_MS * BUCKET_MS;
         let mut total: Counts = Vec::new();
         let mut period = 0;
         let mut any = false;
         for sid in series {
-            for row in process.range((sid, first_bucket)..=(sid, until_ms))? {
-                let (_, v) = row?;
-                let rec: StacksRecord = codec::decode(v.value(), "process bucket")?;
+            for row in r.range(k.process.inner(), k2(sid, first_bucket)..=k2(sid, until_ms)) {
+                let rec: StacksRecord = codec::decode(&row.value()?, "process bucket")?;
                 let mut counts = rec.to_counts()?;
                 if period == 0 {
                     period = rec.period_ns;
@@ -887,7 +939,7 @@ impl ProfileStore for EmbeddedStore {
         if !any {
             return Ok(None);
         }
-        let mut resolver = Resolver::new(&r)?;
+        let mut resolver = Resolver::new(&r, k);
         Ok(Some(ProcessProfile { period_ns: period, stacks: resolver.resolve(&total)? }))
     }
 
@@ -928,102 +980,16 @@ impl ProfileStore for EmbeddedStore {
     }
 
     fn stats(&self) -> Result<StoreStats> {
-        let r = self.read()?;
-        let meta = r.open_table(META)?;
-        let get = |k: &str| -> Result<u64> { Ok(meta.get(k)?.map(|v| v.value()).unwrap_or(0)) };
+        let r = self.read();
         Ok(StoreStats {
             file_bytes: allocated_bytes(&self.path),
-            record_bytes: get(RECORD_BYTES)?,
+            record_bytes: counter(&r, &self.ks, RECORD_BYTES)?,
             interned_bytes: self.interned_bytes.load(Ordering::Relaxed),
-            span_profiles: get(SPAN_COUNT)?,
+            span_profiles: counter(&r, &self.ks, SPAN_COUNT)?,
         })
     }
 
     fn close(&self) {
         EmbeddedStore::close(self);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A store written before profile IDs were strings (span tables keyed by the span ID's
-    /// value) opens with its profiles found, listed, merged into and expired as before.
-    #[test]
-    fn a_store_from_before_string_profile_ids_is_migrated() {
-        let dir = tempfile::tempdir().unwrap();
-        let trace = TraceId::parse("4bf92f3577b34da6a3ce929d0e0e4736").unwrap();
-        {
-            let db = Database::create(dir.path().join(Engine::Redb.file_name())).unwrap();
-            let w = db.begin_write().unwrap();
-            {
-                w.open_table(FRAMES).unwrap().insert(0, "main").unwrap();
-                let stack = StackRecord { frame_ids: vec![0] }.encode_to_vec();
-                w.open_table(STACKS).unwrap().insert(0, stack.as_slice()).unwrap();
-                let mut rec = SpanRecord {
-                    trace_id: codec::trace_to_bytes(Some(trace)),
-                    service_name: "svc".into(),
-                    span_name: "S".into(),
-                    samples: 3,
-                    period_ns: 10_000_000,
-                    first_seen_ms: 1_000,
-                    last_seen_ms: 2_000,
-                    ..Default::default()
-                };
-                rec.set_stack_counts(&vec![(0, 3)]);
-                let bytes = rec.encode_to_vec();
-                w.open_table(OLD_SPANS).unwrap().insert(7, bytes.as_slice()).unwrap();
-                w.open_table(OLD_SPANS_BY_TIME).unwrap().insert((2_000, 7), ()).unwrap();
-                w.open_table(OLD_SPANS_BY_SERVICE).unwrap().insert(("svc", 2_000, 7), ()).unwrap();
-                w.open_table(OLD_SPANS_BY_TRACE).unwrap().insert((trace.0, 7), ()).unwrap();
-                let mut meta = w.open_table(META).unwrap();
-                meta.insert(SPAN_COUNT, 1).unwrap();
-                meta.insert(RECORD_BYTES, bytes.len() as u64).unwrap();
-            }
-            w.commit().unwrap();
-        }
-        let store = EmbeddedStore::open(dir.path(), EmbeddedOptions { engine: Engine::Redb, ..Default::default() }).unwrap();
-        let p = store.span_profile(ProfileId::Span(7)).unwrap().unwrap();
-        assert_eq!((p.summary.samples, p.summary.trace_id), (3, Some(trace)));
-        assert_eq!(p.stacks, vec![(vec![Arc::<str>::from("main")], 3)]);
-        for q in [
-            SpanQuery { limit: 10, ..Default::default() },
-            SpanQuery { limit: 10, service: Some("svc".into()), ..Default::default() },
-            SpanQuery { limit: 10, trace_id: Some(trace), ..Default::default() },
-        ] {
-            let page = store.search_spans(&q).unwrap();
-            assert_eq!(page.profiles.iter().map(|s| s.profile_id.clone()).collect::<Vec<_>>(), [ProfileId::Span(7)], "{q:?}");
-        }
-        assert_eq!(store.trace(trace).unwrap().len(), 1);
-        assert_eq!(store.services().unwrap(), ["svc"]);
-        {
-            let r = store.read().unwrap();
-            assert!(!r.list_tables().unwrap().any(|t| t.name() == OLD_SPANS.name()), "the old tables are gone");
-        }
-        drop(store);
-
-        // Reopened (nothing left to migrate), the profile takes merges and expires.
-        let store = EmbeddedStore::open(dir.path(), EmbeddedOptions { engine: Engine::Redb, ..Default::default() }).unwrap();
-        let mut frames = crate::model::Frames::default();
-        let mut stacks = crate::model::StackCounts::new();
-        stacks.add(&[frames.intern("main")], 1);
-        let batch = SeriesBatch {
-            labels: [("service_name".to_string(), "svc".to_string())].into_iter().collect(),
-            period_ns: 10_000_000,
-            from_ms: 3_000,
-            until_ms: 3_000,
-            frames,
-            spans: vec![crate::model::SpanContribution { profile_id: ProfileId::Span(7), trace_id: None, span_name: None, stacks }],
-            process: crate::model::StackCounts::new(),
-            dropped_labels: Default::default(),
-        };
-        let stats = store.insert(vec![batch]).unwrap();
-        assert_eq!(stats.span_profiles_merged, 1);
-        assert_eq!(store.span_profile(ProfileId::Span(7)).unwrap().unwrap().summary.samples, 4);
-        let gone = store.enforce_retention(&Retention { max_age: Some(std::time::Duration::from_millis(1)), max_bytes: None }, 10_000).unwrap();
-        assert_eq!(gone.span_profiles_deleted, 1);
-        assert_eq!(store.stats().unwrap().span_profiles, 0);
-        assert!(store.trace(trace).unwrap().is_empty());
     }
 }

@@ -1,14 +1,12 @@
 //! Profile storage: the [`ProfileStore`] trait the HTTP layer uses, its query and result types,
-//! and the embedded on-disk implementations ([`embedded::EmbeddedStore`] on redb,
-//! [`fjall_store::FjallStore`] on fjall), chosen by [`Engine`].
+//! and the embedded on-disk implementation ([`embedded::EmbeddedStore`], on fjall).
 //!
-//! Profiles with the same ID are merged upon insert. Span profiles (keyed by span ID) are kept
+//! Profiles with the same ID are merged upon insert. Span profiles (keyed by profile ID) are kept
 //! apart from whole-process profiles (keyed by series and minute bucket).
 
 pub mod codec;
 mod disk;
 pub mod embedded;
-pub mod fjall_store;
 mod shared;
 
 use std::path::Path;
@@ -18,68 +16,24 @@ use std::time::Duration;
 use crate::error::Result;
 use crate::model::{Labels, ProfileId, SeriesBatch, TraceId};
 
-/// The storage engine behind the embedded store.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Engine {
-    /// redb: copy-on-write B-tree in one file (`spanprof.redb`).
-    Redb,
-    /// fjall: LSM tree (`spanprof.fjall/`); cheaper random-key writes at millions of span
-    /// profiles — the default, chosen by measurement (README, Storage).
-    #[default]
-    Fjall,
-}
+/// What the redb engine, removed after spanprof-server 0.1.0 at commit 19c0b91,
+/// kept in the data directory.
+const REDB_FILE: &str = "spanprof.redb";
+/// The last commit whose server reads a redb store (`--store-engine redb`).
+const REDB_LAST_COMMIT: &str = "19c0b91";
 
-impl Engine {
-    /// What the engine keeps in the data directory.
-    pub fn file_name(self) -> &'static str {
-        match self {
-            Engine::Redb => "spanprof.redb",
-            Engine::Fjall => "spanprof.fjall",
-        }
-    }
-}
-
-impl std::str::FromStr for Engine {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "redb" => Ok(Engine::Redb),
-            "fjall" => Ok(Engine::Fjall),
-            other => Err(format!("unknown store engine {other:?} (fjall or redb)")),
-        }
-    }
-}
-
-impl std::fmt::Display for Engine {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Engine::Redb => "redb",
-            Engine::Fjall => "fjall",
-        })
-    }
-}
-
-/// Opens the store of `options.engine` in `dir`. A directory that holds only the other engine's
-/// store is refused rather than started empty beside it (switching engines does not migrate).
+/// Opens the embedded store in `dir`. A directory that holds only a store of the removed redb
+/// engine is refused rather than started empty beside it.
 pub fn open(dir: &Path, options: embedded::EmbeddedOptions) -> Result<Arc<dyn ProfileStore>> {
-    let other = match options.engine {
-        Engine::Redb => Engine::Fjall,
-        Engine::Fjall => Engine::Redb,
-    };
-    if dir.join(other.file_name()).exists() && !dir.join(options.engine.file_name()).exists() {
+    if dir.join(REDB_FILE).exists() && !dir.join(embedded::DIR_NAME).exists() {
         return Err(crate::error::Error::Storage(format!(
-            "{} holds a {other} store ({}), not a {} one: start with --store-engine {other} \
-             (SPANPROF_STORE_ENGINE={other}), or use another data directory",
+            "{} holds a store of the redb engine ({REDB_FILE}), which this version no longer reads: the last \
+             spanprof-server that does is 0.1.0 at commit {REDB_LAST_COMMIT} (--store-engine redb). Keep running that \
+             version until its retention has emptied the store, or start this one on another data directory",
             dir.display(),
-            other.file_name(),
-            options.engine
         )));
     }
-    Ok(match options.engine {
-        Engine::Redb => Arc::new(embedded::EmbeddedStore::open(dir, options)?),
-        Engine::Fjall => Arc::new(fjall_store::FjallStore::open(dir, options)?),
-    })
+    Ok(Arc::new(embedded::EmbeddedStore::open(dir, options)?))
 }
 
 /// One span profile's metadata.

@@ -1,6 +1,5 @@
-//! Engine-independent pieces of the embedded stores (redb and fjall): frame/stack interning, the
-//! merge of one span contribution into its stored record, series identity and tuning constants,
-//! so both engines store and merge exactly the same way.
+//! Pieces of the store apart from its engine: frame/stack interning, the merge of one span
+//! contribution into its stored record, profile ID keys, series identity and tuning constants.
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;

@@ -34,11 +34,7 @@ pub fn config(dir: &Path) -> Config {
         retention: Retention::default(),
         retention_interval: Duration::from_secs(3600),
         limits: Limits { max_body_bytes: 1 << 20, max_decompressed_bytes: 4 << 20, ..Limits::default() },
-        // SPANPROF_TEST_STORE_ENGINE=redb runs the in-process API tests on the redb engine.
-        store: EmbeddedOptions {
-            engine: std::env::var("SPANPROF_TEST_STORE_ENGINE").ok().and_then(|e| e.parse().ok()).unwrap_or_default(),
-            ..Default::default()
-        },
+        store: EmbeddedOptions::default(),
         queries: Default::default(),
     }
 }
