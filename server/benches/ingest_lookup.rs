@@ -1138,6 +1138,7 @@ async fn bench(args: Args) {
             ..Default::default()
         },
         queries: Default::default(),
+        blocks: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let base = format!("http://{}", listener.local_addr().unwrap());

@@ -62,6 +62,14 @@ pub enum Error {
     /// A stored record could not be decoded (corruption or a format from a newer version).
     #[error("corrupt record: {0}")]
     Corrupt(String),
+
+    /// The object store of the shared blocks failed (unreachable, refused, …).
+    #[error("object store: {0}")]
+    Bucket(String),
+
+    /// A setting cannot work (a bad `--object-store` URL, …).
+    #[error("configuration: {0}")]
+    Config(String),
     /// The data directory's filesystem has less free space than the store keeps in reserve
     /// (`--min-free-disk-bytes`): writes are refused before the disk is really full, so the
     /// engine never fails half-way and writes resume by themselves when space returns.

@@ -32,6 +32,8 @@ pub struct AppState {
     pub ready: AtomicBool,
     /// The bound on heavy queries running and waiting at once.
     pub queries: Arc<QueryGate>,
+    /// How the blocks in object storage are doing, when there are any.
+    pub bucket: Option<Arc<crate::store::layered::BucketStatus>>,
 }
 
 type St = State<Arc<AppState>>;
@@ -79,7 +81,15 @@ async fn readyz(State(s): St) -> Response {
         return (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response();
     }
     match s.store.health() {
-        Ok(()) => "ready".into_response(),
+        // Ingest goes on into the local store while the bucket is away: still ready (taking the
+        // replica out of its Service would turn clients away), but the answer says so.
+        Ok(()) => match s.bucket.as_ref().filter(|b| b.is_degraded()) {
+            Some(b) => {
+                let why = b.last_error.lock().ok().and_then(|l| l.clone()).unwrap_or_default();
+                format!("ready, degraded: the object store fails ({why}); data waits on local disk").into_response()
+            }
+            None => "ready".into_response(),
+        },
         Err(t) => (StatusCode::SERVICE_UNAVAILABLE, t.message).into_response(),
     }
 }

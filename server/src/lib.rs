@@ -39,7 +39,29 @@ pub struct Config {
     pub store: EmbeddedOptions,
     /// How many heavy queries run and wait at once.
     pub queries: gate::QueryLimits,
+    /// Blocks in object storage shared by replicas (`--object-store`); `None`: local only.
+    pub blocks: Option<BlockConfig>,
 }
+
+/// Where and how a replica keeps blocks in object storage.
+#[derive(Clone, Debug)]
+pub struct BlockConfig {
+    /// `s3://bucket/prefix` or `file:///path`.
+    pub object_store: String,
+    /// How often the local store's older data is cut into a block.
+    pub interval: Duration,
+    /// This replica's name in its blocks' IDs and metadata.
+    pub replica: String,
+    /// Bytes of block pages cached in memory.
+    pub cache_bytes: usize,
+}
+
+/// Data last seen this recently stays local at a cut: a request still running is not split
+/// over many blocks.
+const BLOCK_SETTLE: Duration = Duration::from_secs(60);
+/// How long shutdown waits for the last block to upload; what does not make it is uploaded
+/// after the restart (it stays in the local store).
+const SHUTDOWN_UPLOAD: Duration = Duration::from_secs(30);
 
 /// Runs the server until `shutdown` resolves (or SIGINT/SIGTERM when it is `None`), then
 /// finishes in-flight requests and commits everything acknowledged before returning.
@@ -58,17 +80,40 @@ pub async fn serve(
 ) -> Result<()> {
     let dir = config.data_dir.clone();
     let options = config.store.clone();
-    let store = tokio::task::spawn_blocking(move || store::open(&dir, options))
-        .await
-        .map_err(|e| Error::Storage(format!("opening the store failed: {e}")))??;
+    let blocks = config.blocks.clone();
+    let runtime = tokio::runtime::Handle::current();
+    type Opened = (Arc<dyn store::ProfileStore>, Option<Arc<store::layered::LayeredStore>>);
+    let (store, layered) = tokio::task::spawn_blocking(move || -> Result<Opened> {
+        match blocks {
+            None => Ok((store::open(&dir, options)?, None)),
+            Some(b) => {
+                let local = Arc::new(store::open_embedded(&dir, options)?);
+                let bucket = Arc::new(store::bucket::Bucket::open(&b.object_store, b.cache_bytes)?);
+                tracing::info!(bucket = %bucket.display, replica = %b.replica, "blocks go to object storage");
+                let layered = Arc::new(store::layered::LayeredStore::new(local, bucket, runtime, b.replica));
+                Ok((layered.clone(), Some(layered)))
+            }
+        }
+    })
+    .await
+    .map_err(|e| Error::Storage(format!("opening the store failed: {e}")))??;
+    let mut metrics = metrics::Metrics::default();
+    if let Some(l) = &layered {
+        metrics.register_bucket(&l.status);
+    }
     let state = Arc::new(http::AppState {
         store: store.clone(),
         limits: config.limits,
-        metrics: metrics::Metrics::default(),
+        metrics,
         ready: AtomicBool::new(false),
         queries: gate::QueryGate::new(config.queries),
+        bucket: layered.as_ref().map(|l| l.status.clone()),
     });
     let retention = tokio::spawn(retention_loop(state.clone(), config.retention, config.retention_interval));
+    let shipper = match (&layered, &config.blocks) {
+        (Some(l), Some(b)) => Some(tokio::spawn(ship_loop(l.clone(), b.interval))),
+        _ => None,
+    };
     let app = http::router(state.clone());
     tracing::info!(listen = %listener.local_addr()?, data_dir = %config.data_dir.display(), "spanprof-server listening");
     state.ready.store(true, Ordering::Release);
@@ -85,6 +130,16 @@ pub async fn serve(
     })
     .await?;
     retention.abort();
+    if let (Some(shipper), Some(layered)) = (shipper, layered) {
+        shipper.abort();
+        // Everything local goes into a last block, unless the bucket keeps it waiting too long.
+        let last = tokio::task::spawn_blocking(move || ship_all(&layered, u64::MAX));
+        match tokio::time::timeout(SHUTDOWN_UPLOAD, last).await {
+            Ok(Ok(Ok(()))) => tracing::info!("local data uploaded"),
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "the last upload failed: the data stays local and is uploaded after a restart"),
+            _ => tracing::warn!("the last upload did not finish in time: the data stays local and is uploaded after a restart"),
+        }
+    }
     tokio::task::spawn_blocking(move || store.close()).await.map_err(|e| Error::Storage(e.to_string()))?;
     tracing::info!("store closed; bye");
     Ok(())
@@ -106,6 +161,33 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Cuts blocks until what was last seen before `before_ms` is all in the bucket.
+fn ship_all(layered: &store::layered::LayeredStore, before_ms: u64) -> Result<()> {
+    while layered.ship(before_ms, now_ms())?.is_some() {}
+    Ok(())
+}
+
+/// Every `every`, moves what the local store holds and has not changed for [`BLOCK_SETTLE`]
+/// into blocks in the bucket; a failure is retried at the next tick (the data waits locally).
+async fn ship_loop(layered: Arc<store::layered::LayeredStore>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let l = layered.clone();
+        let before = now_ms().saturating_sub(BLOCK_SETTLE.as_millis() as u64);
+        match tokio::task::spawn_blocking(move || ship_all(&l, before)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cutting a block failed; the data stays local and is retried"),
+            Err(e) => tracing::warn!(error = %e, "the block task failed"),
+        }
+    }
 }
 
 async fn retention_loop(state: Arc<http::AppState>, policy: Retention, every: Duration) {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use spanprof_server::Config;
+use spanprof_server::{BlockConfig, Config};
 use spanprof_server::gate::QueryLimits;
 use spanprof_server::ingest::Limits;
 use spanprof_server::store::Retention;
@@ -59,9 +59,32 @@ struct Args {
     /// Block cache of the embedded store, MiB.
     #[arg(long, env = "SPANPROF_CACHE_MB", default_value_t = 256)]
     cache_mb: usize,
+    /// Object storage the replicas share (`s3://bucket/prefix`, credentials and endpoint from
+    /// the AWS_* environment; or `file:///path`): older data is cut into blocks there, and every
+    /// query reads them. Unset: everything stays in the local store.
+    #[arg(long, env = "SPANPROF_OBJECT_STORE")]
+    object_store: Option<String>,
+    /// How often the local store's older data is cut into a block in the object store.
+    #[arg(long, env = "SPANPROF_BLOCK_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    block_interval: Duration,
+    /// This replica's name in its blocks (default: the pod's name, else the host name).
+    #[arg(long, env = "SPANPROF_REPLICA_NAME")]
+    replica_name: Option<String>,
+    /// Block pages cached in memory, MiB.
+    #[arg(long, env = "SPANPROF_BLOCK_CACHE_MB", default_value_t = 256)]
+    block_cache_mb: usize,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "SPANPROF_LOG_JSON")]
     log_json: bool,
+}
+
+/// The host name (`/proc/sys/kernel/hostname`), or `spanprof-server` when it cannot be read.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "spanprof-server".into())
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -117,6 +140,12 @@ async fn main() -> anyhow::Result<()> {
             ..Default::default()
         },
         queries: args.max_concurrent_queries.map_or_else(QueryLimits::default, QueryLimits::running),
+        blocks: args.object_store.map(|object_store| BlockConfig {
+            object_store,
+            interval: args.block_interval.max(Duration::from_secs(1)),
+            replica: args.replica_name.or_else(|| std::env::var("POD_NAME").ok()).unwrap_or_else(host_name),
+            cache_bytes: args.block_cache_mb << 20,
+        }),
     };
     spanprof_server::run(config, None).await?;
     Ok(())

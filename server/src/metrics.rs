@@ -119,6 +119,23 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Adds the object store's metrics (they count in `status`).
+    pub fn register_bucket(&mut self, status: &crate::store::layered::BucketStatus) {
+        let r = &mut self.registry;
+        r.register(
+            "bucket_degraded",
+            "1 while the object store fails (uploads wait on local disk, queries may miss blocks)",
+            status.degraded.clone(),
+        );
+        r.register("blocks_uploaded", "Blocks cut from the local store and uploaded", status.blocks_uploaded.clone());
+        r.register("block_upload_failures", "Block uploads that failed (retried)", status.upload_failures.clone());
+        r.register(
+            "block_read_errors",
+            "Blocks left out of an answer because they could not be read or failed a checksum",
+            status.block_read_errors.clone(),
+        );
+    }
+
     pub fn reject(&self, reason: &str) {
         self.rejected_requests.get_or_create(&ReasonLabel { reason: reason.to_owned() }).inc();
     }

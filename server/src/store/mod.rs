@@ -4,9 +4,12 @@
 //! Profiles with the same ID are merged upon insert. Span profiles (keyed by profile ID) are kept
 //! apart from whole-process profiles (keyed by series and minute bucket).
 
+pub mod block;
+pub mod bucket;
 pub mod codec;
 mod disk;
 pub mod embedded;
+pub mod layered;
 mod shared;
 
 use std::path::Path;
@@ -25,6 +28,11 @@ const REDB_LAST_COMMIT: &str = "19c0b91";
 /// Opens the embedded store in `dir`. A directory that holds only a store of the removed redb
 /// engine is refused rather than started empty beside it.
 pub fn open(dir: &Path, options: embedded::EmbeddedOptions) -> Result<Arc<dyn ProfileStore>> {
+    Ok(Arc::new(open_embedded(dir, options)?))
+}
+
+/// [`open`], as the concrete store (the layered store cuts blocks from it).
+pub fn open_embedded(dir: &Path, options: embedded::EmbeddedOptions) -> Result<embedded::EmbeddedStore> {
     if dir.join(REDB_FILE).exists() && !dir.join(embedded::DIR_NAME).exists() {
         return Err(crate::error::Error::Storage(format!(
             "{} holds a store of the redb engine ({REDB_FILE}), which this version no longer reads: the last \
@@ -33,7 +41,7 @@ pub fn open(dir: &Path, options: embedded::EmbeddedOptions) -> Result<Arc<dyn Pr
             dir.display(),
         )));
     }
-    Ok(Arc::new(embedded::EmbeddedStore::open(dir, options)?))
+    embedded::EmbeddedStore::open(dir, options)
 }
 
 /// One span profile's metadata.

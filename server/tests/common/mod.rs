@@ -36,6 +36,7 @@ pub fn config(dir: &Path) -> Config {
         limits: Limits { max_body_bytes: 1 << 20, max_decompressed_bytes: 4 << 20, ..Limits::default() },
         store: EmbeddedOptions::default(),
         queries: Default::default(),
+        blocks: None,
     }
 }
 

@@ -31,6 +31,7 @@ async fn main() -> anyhow::Result<()> {
         limits: Default::default(),
         store: Default::default(),
         queries: Default::default(),
+        blocks: None,
     };
     spanprof_server::run(config, None).await?;
     Ok(())

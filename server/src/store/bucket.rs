@@ -1,0 +1,415 @@
+//! The bucket: blocks in object storage (S3 and compatibles through the `object_store` crate,
+//! local files for single machines and tests), and the reads of a block's tables with cached
+//! footers and pages. A block is `<prefix>/blocks/<id>/data` and `<prefix>/blocks/<id>/meta.json`;
+//! the meta object is written last, so a block exists once its meta does.
+
+use std::collections::{HashMap, VecDeque};
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+
+use super::block::{self, BlockFooter, BlockMeta, PageRef, Table};
+use crate::error::{Error, Result};
+
+/// Decoded entries of one page.
+pub type Page = Arc<Vec<(Vec<u8>, Vec<u8>)>>;
+
+/// How long a listing of the bucket's blocks is reused before it is read again.
+const META_REFRESH: Duration = Duration::from_secs(10);
+/// Bytes read from a block's end in the first request: the footer of a block of a few
+/// million span profiles fits.
+const TAIL_GUESS: u64 = 256 << 10;
+
+fn storage(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Bucket(format!("{what}: {e}"))
+}
+
+/// Where a block's bytes come from: the bucket, or memory for a block not uploaded yet.
+#[derive(Clone)]
+pub enum Source {
+    Bucket,
+    Memory(Arc<Vec<u8>>),
+}
+
+/// Pages cached across queries, bounded in bytes; the oldest go first.
+struct PageCache {
+    pages: HashMap<(String, u64), (Page, usize)>,
+    order: VecDeque<(String, u64)>,
+    bytes: usize,
+    max_bytes: usize,
+}
+
+impl PageCache {
+    fn get(&self, key: &(String, u64)) -> Option<Page> {
+        self.pages.get(key).map(|(p, _)| p.clone())
+    }
+
+    fn put(&mut self, key: (String, u64), page: Page, size: usize) {
+        if self.pages.insert(key.clone(), (page, size)).is_none() {
+            self.order.push_back(key);
+            self.bytes += size;
+        }
+        while self.bytes > self.max_bytes {
+            let Some(old) = self.order.pop_front() else { break };
+            if let Some((_, n)) = self.pages.remove(&old) {
+                self.bytes -= n;
+            }
+        }
+    }
+}
+
+/// A bucket of blocks, with caches of block footers and pages.
+pub struct Bucket {
+    store: Arc<dyn ObjectStore>,
+    prefix: ObjectPath,
+    /// What the URL said, credentials left out (for logs and errors).
+    pub display: String,
+    footers: Mutex<HashMap<String, Arc<BlockFooter>>>,
+    pages: Mutex<PageCache>,
+    metas: Mutex<Option<(Instant, Arc<Vec<BlockMeta>>)>>,
+}
+
+impl Bucket {
+    /// Opens `url`: `s3://bucket/prefix` (endpoint, region and credentials from the `AWS_*`
+    /// environment: `AWS_ENDPOINT`, `AWS_ALLOW_HTTP`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`, …) or `file:///path`. `cache_bytes` bounds the page cache.
+    pub fn open(url: &str, cache_bytes: usize) -> Result<Self> {
+        // rustls needs one crypto provider for the process: ring, as everywhere in spanprof.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let parsed = url::Url::parse(url).map_err(|e| Error::Config(format!("--object-store {url:?}: {e}")))?;
+        let display = format!("{}://{}{}", parsed.scheme(), parsed.host_str().unwrap_or(""), parsed.path());
+        let (store, prefix): (Arc<dyn ObjectStore>, ObjectPath) = match parsed.scheme() {
+            "s3" | "s3a" => {
+                let bucket = parsed.host_str().ok_or_else(|| Error::Config(format!("--object-store {display}: no bucket")))?;
+                let mut builder = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+                // SeaweedFS, MinIO and Ceph take path-style requests at a custom endpoint.
+                if std::env::var_os("AWS_ENDPOINT").is_some() || std::env::var_os("AWS_ENDPOINT_URL").is_some() {
+                    builder = builder.with_virtual_hosted_style_request(false);
+                }
+                let store = builder
+                    .with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch)
+                    .build()
+                    .map_err(|e| Error::Config(format!("--object-store {display}: {e}")))?;
+                let prefix = ObjectPath::parse(parsed.path().trim_matches('/')).map_err(|e| Error::Config(e.to_string()))?;
+                (Arc::new(store), prefix)
+            }
+            "file" => {
+                let dir = parsed.to_file_path().map_err(|_| Error::Config(format!("--object-store {display}: not a local path")))?;
+                std::fs::create_dir_all(&dir)?;
+                let store = object_store::local::LocalFileSystem::new_with_prefix(&dir)
+                    .map_err(|e| Error::Config(format!("--object-store {display}: {e}")))?;
+                (Arc::new(store), ObjectPath::default())
+            }
+            other => {
+                return Err(Error::Config(format!("--object-store {display}: unknown scheme {other:?} (s3:// or file://)")));
+            }
+        };
+        Ok(Bucket {
+            store,
+            prefix,
+            display,
+            footers: Mutex::new(HashMap::new()),
+            pages: Mutex::new(PageCache { pages: HashMap::new(), order: VecDeque::new(), bytes: 0, max_bytes: cache_bytes }),
+            metas: Mutex::new(None),
+        })
+    }
+
+    fn path(&self, block: &str, file: &str) -> ObjectPath {
+        self.prefix.clone().join("blocks").join(block).join(file)
+    }
+
+    /// Writes a block: its data, then its meta (so a reader never meets a meta without data).
+    /// Writing a block that exists (a retried upload) succeeds.
+    pub async fn put_block(&self, data: Vec<u8>, meta: &BlockMeta) -> Result<()> {
+        self.store.put(&self.path(&meta.id, "data"), PutPayload::from(data)).await.map_err(|e| storage("writing block data", e))?;
+        let json = serde_json::to_vec(meta).map_err(|e| Error::Bucket(e.to_string()))?;
+        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+        match self.store.put_opts(&self.path(&meta.id, "meta.json"), PutPayload::from(json), opts).await {
+            Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => {}
+            Err(e) => return Err(storage("writing block meta", e)),
+        }
+        self.forget_listing();
+        Ok(())
+    }
+
+    /// Whether block `id` is in the bucket (its meta is).
+    pub async fn has_block(&self, id: &str) -> Result<bool> {
+        match self.store.head(&self.path(id, "meta.json")).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(storage("looking for a block", e)),
+        }
+    }
+
+    fn forget_listing(&self) {
+        if let Ok(mut m) = self.metas.lock() {
+            m.take();
+        }
+    }
+
+    /// Every block's meta, oldest block first; a listing at most [`META_REFRESH`] old is reused.
+    /// A meta that cannot be read or parsed is left out (counted by the caller as an error).
+    pub async fn blocks(&self) -> Result<(Arc<Vec<BlockMeta>>, usize)> {
+        if let Ok(m) = self.metas.lock()
+            && let Some((at, metas)) = m.as_ref()
+            && at.elapsed() < META_REFRESH
+        {
+            return Ok((metas.clone(), 0));
+        }
+        use futures_util::TryStreamExt;
+        let listing: Vec<object_store::ObjectMeta> = self
+            .store
+            .list(Some(&self.prefix.clone().join("blocks")))
+            .try_collect()
+            .await
+            .map_err(|e| storage("listing blocks", e))?;
+        let mut metas = Vec::new();
+        let mut bad = 0;
+        for o in listing.iter().filter(|o| o.location.filename() == Some("meta.json")) {
+            let read = async {
+                let bytes = self.store.get(&o.location).await?.bytes().await?;
+                Ok::<_, object_store::Error>(bytes)
+            };
+            match read.await.map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice::<BlockMeta>(&b).map_err(|e| e.to_string())) {
+                Ok(m) if m.format == block::FORMAT_VERSION => metas.push(m),
+                Ok(m) => {
+                    tracing::error!(block = %m.id, format = m.format, "a block of an unknown format is skipped");
+                    bad += 1;
+                }
+                Err(e) => {
+                    tracing::error!(object = %o.location, error = %e, "an unreadable block meta is skipped");
+                    bad += 1;
+                }
+            }
+        }
+        metas.sort_by(|a, b| a.id.cmp(&b.id));
+        let metas = Arc::new(metas);
+        if let Ok(mut m) = self.metas.lock() {
+            *m = Some((Instant::now(), metas.clone()));
+        }
+        Ok((metas, bad))
+    }
+
+    /// Deletes a block: its meta first, so readers stop seeing it, then its data.
+    pub async fn delete_block(&self, id: &str) -> Result<()> {
+        for file in ["meta.json", "data"] {
+            match self.store.delete(&self.path(id, file)).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(storage("deleting a block", e)),
+            }
+        }
+        self.forget_listing();
+        if let Ok(mut f) = self.footers.lock() {
+            f.remove(id);
+        }
+        Ok(())
+    }
+
+    async fn range(&self, source: &Source, meta: &BlockMeta, r: Range<u64>) -> Result<bytes::Bytes> {
+        match source {
+            Source::Memory(data) => data
+                .get(r.start as usize..r.end as usize)
+                .map(bytes::Bytes::copy_from_slice)
+                .ok_or_else(|| Error::Corrupt(format!("block {}: range past its end", meta.id))),
+            Source::Bucket => {
+                self.store.get_range(&self.path(&meta.id, "data"), r).await.map_err(|e| storage(&format!("reading block {}", meta.id), e))
+            }
+        }
+    }
+
+    /// The footer of a block (cached).
+    pub async fn footer(&self, source: &Source, meta: &BlockMeta) -> Result<Arc<BlockFooter>> {
+        if let Some(f) = self.footers.lock().ok().and_then(|f| f.get(&meta.id).cloned()) {
+            return Ok(f);
+        }
+        let len = meta.data_bytes;
+        let mut tail = self.range(source, meta, len.saturating_sub(TAIL_GUESS)..len).await?;
+        let footer = match block::decode_footer(&tail)? {
+            Ok(f) => f,
+            Err(need) => {
+                tail = self.range(source, meta, len.saturating_sub(need as u64)..len).await?;
+                block::decode_footer(&tail)?.map_err(|_| Error::Corrupt(format!("block {}: footer", meta.id)))?
+            }
+        };
+        let footer = Arc::new(footer);
+        if let Ok(mut f) = self.footers.lock() {
+            f.insert(meta.id.clone(), footer.clone());
+        }
+        Ok(footer)
+    }
+
+    /// One page of a block, decoded and checked (cached).
+    pub async fn page(&self, source: &Source, meta: &BlockMeta, page: &PageRef) -> Result<Page> {
+        let key = (meta.id.clone(), page.offset);
+        if let Some(p) = self.pages.lock().ok().and_then(|c| c.get(&key)) {
+            return Ok(p);
+        }
+        let bytes = self.range(source, meta, page.offset..page.offset + u64::from(page.len)).await?;
+        let entries = Arc::new(block::decode_page(&bytes).map_err(|e| Error::Corrupt(format!("block {}: {e}", meta.id)))?);
+        if let Ok(mut c) = self.pages.lock() {
+            c.put(key, entries.clone(), bytes.len());
+        }
+        Ok(entries)
+    }
+
+    /// The value of `key` in `table`, if the block has it.
+    pub async fn get(&self, source: &Source, meta: &BlockMeta, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let footer = self.footer(source, meta).await?;
+        let t = footer.table(table)?;
+        let Some(page) = t.page_for(key) else { return Ok(None) };
+        let entries = self.page(source, meta, page).await?;
+        Ok(entries.binary_search_by(|(k, _)| k.as_slice().cmp(key)).ok().map(|i| entries[i].1.clone()))
+    }
+}
+
+/// Reads of one block's tables: span profiles, traces, listing entries and whole-process
+/// buckets, resolved through the block's own frame and stack dictionary.
+pub struct BlockRead<'a> {
+    pub bucket: &'a Bucket,
+    pub source: &'a Source,
+    pub meta: &'a BlockMeta,
+}
+
+impl BlockRead<'_> {
+    async fn footer(&self) -> Result<Arc<BlockFooter>> {
+        self.bucket.footer(self.source, self.meta).await
+    }
+
+    /// Frames of the block's stack counts, root first.
+    pub async fn resolve(&self, counts: &super::codec::Counts) -> Result<super::Stacks> {
+        let mut frames: HashMap<u32, Arc<str>> = HashMap::new();
+        let mut out = Vec::with_capacity(counts.len());
+        for &(sid, count) in counts {
+            let bytes = self
+                .bucket
+                .get(self.source, self.meta, Table::Stacks, &sid.to_be_bytes())
+                .await?
+                .ok_or_else(|| Error::Corrupt(format!("block {}: stack {sid} missing", self.meta.id)))?;
+            let rec: super::codec::StackRecord = super::codec::decode(&bytes, "block stack")?;
+            let mut names = Vec::with_capacity(rec.frame_ids.len());
+            for f in rec.frame_ids {
+                if let Some(n) = frames.get(&f) {
+                    names.push(n.clone());
+                    continue;
+                }
+                let name = self
+                    .bucket
+                    .get(self.source, self.meta, Table::Frames, &f.to_be_bytes())
+                    .await?
+                    .ok_or_else(|| Error::Corrupt(format!("block {}: frame {f} missing", self.meta.id)))?;
+                let name: Arc<str> = Arc::from(String::from_utf8_lossy(&name).as_ref());
+                frames.insert(f, name.clone());
+                names.push(name);
+            }
+            out.push((names, count));
+        }
+        Ok(out)
+    }
+
+    /// The span record of `id`, if the block has it (the Bloom filter rules most blocks out).
+    pub async fn span_record(&self, id: &crate::model::ProfileId) -> Result<Option<super::codec::SpanRecord>> {
+        let key = super::shared::id_key(id);
+        let footer = self.footer().await?;
+        if !footer.table(Table::Spans)?.bloom().may_contain(&key) {
+            return Ok(None);
+        }
+        match self.bucket.get(self.source, self.meta, Table::Spans, &key).await? {
+            Some(v) => Ok(Some(super::codec::decode(&v, "block span")?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The span profile of `id`, resolved, if the block has it.
+    pub async fn span(&self, id: &crate::model::ProfileId) -> Result<Option<super::SpanProfile>> {
+        let Some(rec) = self.span_record(id).await? else { return Ok(None) };
+        let counts = rec.stack_counts()?;
+        let stacks = self.resolve(&counts).await?;
+        Ok(Some(super::SpanProfile { summary: super::shared::summary(id.clone(), rec), stacks }))
+    }
+
+    /// Profile IDs of the block's span profiles in trace `trace`.
+    pub async fn trace_ids(&self, trace: crate::model::TraceId) -> Result<Vec<crate::model::ProfileId>> {
+        let prefix = trace.0.to_be_bytes();
+        let footer = self.footer().await?;
+        let t = footer.table(Table::Traces)?;
+        if !t.bloom().may_contain(&prefix) {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for page in t.pages_for_prefix(&prefix) {
+            for (k, _) in self.bucket.page(self.source, self.meta, page).await?.iter() {
+                if let Some(id) = block::trace_entry_id(k, trace) {
+                    out.push(id?);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Listing entries last seen at or before `until_ms`, newest first, from the page that
+    /// holds that time on; `visit` returns false to stop.
+    pub async fn list_from(
+        &self,
+        until_ms: u64,
+        mut visit: impl FnMut(u64, crate::model::ProfileId, block::ListEntry) -> bool,
+    ) -> Result<()> {
+        let footer = self.footer().await?;
+        let t = footer.table(Table::List)?;
+        let start_key = (!until_ms).to_be_bytes();
+        let first = t.pages.partition_point(|p| p.first_key.as_slice() <= &start_key[..]).saturating_sub(1);
+        for page in &t.pages[first..] {
+            for (k, v) in self.bucket.page(self.source, self.meta, page).await?.iter() {
+                let (last_seen, id) = block::decode_list_key(k)?;
+                if last_seen > until_ms {
+                    continue;
+                }
+                let entry: block::ListEntry = super::codec::decode(v, "block list entry")?;
+                if !visit(last_seen, id, entry) {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The whole-process buckets of the block's series matching `matches`, started in
+    /// `[from_ms rounded down to its bucket, until_ms]`: (period, stack counts) each.
+    pub async fn process(
+        &self,
+        matches: impl Fn(&crate::model::Labels) -> bool,
+        from_ms: u64,
+        until_ms: u64,
+    ) -> Result<Vec<(u64, super::Stacks)>> {
+        let footer = self.footer().await?;
+        let mut series = Vec::new();
+        for page in &footer.table(Table::Series)?.pages {
+            for (k, v) in self.bucket.page(self.source, self.meta, page).await?.iter() {
+                let rec: super::shared::SeriesRecord = super::codec::decode(v, "block series")?;
+                let labels: crate::model::Labels = rec.labels.into_iter().map(|l| (l.name, l.value)).collect();
+                if matches(&labels) {
+                    series.push(k.clone());
+                }
+            }
+        }
+        let first_bucket = from_ms / super::shared::BUCKET_MS * super::shared::BUCKET_MS;
+        let table = footer.table(Table::Process)?;
+        let mut out = Vec::new();
+        for s in series {
+            for page in table.pages_for_prefix(&s) {
+                for (k, v) in self.bucket.page(self.source, self.meta, page).await?.iter() {
+                    let Some(bucket) = k.strip_prefix(s.as_slice()).and_then(|b| <[u8; 8]>::try_from(b).ok()) else { continue };
+                    let bucket = u64::from_be_bytes(bucket);
+                    if bucket < first_bucket || bucket > until_ms {
+                        continue;
+                    }
+                    let rec: super::codec::StacksRecord = super::codec::decode(v, "block bucket")?;
+                    out.push((rec.period_ns, self.resolve(&rec.to_counts()?).await?));
+                }
+            }
+        }
+        Ok(out)
+    }
+}

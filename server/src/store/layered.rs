@@ -1,0 +1,509 @@
+//! The store of a server with `--object-store`: the local embedded store (the write-ahead and the
+//! recent data) in front of the blocks in the bucket, queried as one. Profiles with the same ID
+//! merge across the local store and every block, as an insert would have merged them.
+//!
+//! The local store's older data is regularly cut into a block ([`LayeredStore::ship`]): the rows
+//! move into a pending cut inside the local store (one transaction, so a row is never in both or
+//! neither), the block is built, served from memory while it is uploaded, and the cut is deleted
+//! once the bucket has the block. A query reads the local store, the block in memory, and the
+//! bucket's blocks but that one — each row is seen exactly once at every moment.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+
+use super::block::{BlockBuilder, BlockMeta};
+use super::bucket::{BlockRead, Bucket, Source};
+use super::embedded::{Cut, EmbeddedStore};
+use super::shared::id_key;
+use super::{
+    Cursor, GcStats, InsertStats, Page, ProcessProfile, ProfileStore, Retention, RetentionStats, SpanProfile, SpanQuery,
+    SpanSummary, Stacks, StoreStats,
+};
+use crate::error::{Error, Result};
+use crate::model::{Labels, ProfileId, SeriesBatch, TraceId, rescale_count};
+
+/// Most span profiles (and as many whole-process buckets) one block takes from the local store.
+pub const MAX_BLOCK_ROWS: usize = 500_000;
+
+/// How the bucket side is doing, for `/metrics` and `/readyz`.
+#[derive(Debug, Default)]
+pub struct BucketStatus {
+    /// 1 when the last upload (or the bucket listing) failed: queries may miss blocks, and data
+    /// waits on local disk.
+    pub degraded: Gauge,
+    pub blocks_uploaded: Counter,
+    pub upload_failures: Counter,
+    /// Blocks (or their pages) skipped because they could not be read or failed their checksum.
+    pub block_read_errors: Counter,
+    pub last_error: Mutex<Option<String>>,
+}
+
+impl BucketStatus {
+    pub fn is_degraded(&self) -> bool {
+        self.degraded.get() != 0
+    }
+
+    fn failed(&self, what: &str, e: &Error) {
+        self.degraded.set(1);
+        if let Ok(mut l) = self.last_error.lock() {
+            *l = Some(format!("{what}: {e}"));
+        }
+    }
+}
+
+/// A block's metadata and data, before the bucket has it.
+type InMemoryBlock = (Arc<BlockMeta>, Arc<Vec<u8>>);
+
+/// Local store + blocks, one [`ProfileStore`].
+pub struct LayeredStore {
+    local: Arc<EmbeddedStore>,
+    bucket: Arc<Bucket>,
+    runtime: tokio::runtime::Handle,
+    /// The block of the pending cut while it is uploaded: served from memory.
+    pending: Mutex<Option<InMemoryBlock>>,
+    replica: String,
+    pub status: Arc<BucketStatus>,
+}
+
+/// The order parts of one profile merge in: earliest first, so every replica merges alike.
+fn part_order(s: &SpanSummary) -> (u64, u64, u64, u64) {
+    (s.first_seen_ms, s.period_ns, s.last_seen_ms, s.samples)
+}
+
+/// Merges the metadata of parts of one profile ID from several places, as inserting them one
+/// after another would have: samples on the smallest period, first/last seen widened, the
+/// earliest part's trace, name and service kept, labels joined. Deterministic whatever the order
+/// of `parts`, so every replica answers alike.
+pub fn merge_summaries(mut parts: Vec<SpanSummary>) -> Option<SpanSummary> {
+    parts.sort_by_key(part_order);
+    let period = parts.iter().map(|p| p.period_ns).filter(|&p| p > 0).min().unwrap_or(0);
+    let mut iter = parts.into_iter();
+    let mut summary = iter.next()?;
+    summary.samples = rescale_count(summary.samples, summary.period_ns, period);
+    for s in iter {
+        summary.samples = summary.samples.saturating_add(rescale_count(s.samples, s.period_ns, period));
+        summary.first_seen_ms = summary.first_seen_ms.min(s.first_seen_ms);
+        summary.last_seen_ms = summary.last_seen_ms.max(s.last_seen_ms);
+        summary.trace_id = summary.trace_id.or(s.trace_id);
+        if summary.span_name.is_empty() {
+            summary.span_name = s.span_name;
+        }
+        for (k, v) in s.labels {
+            summary.labels.entry(k).or_insert(v);
+        }
+    }
+    summary.period_ns = period;
+    Some(summary)
+}
+
+/// Merges parts of one profile ID: [`merge_summaries`], and stack counts rescaled onto the
+/// smallest period and added.
+pub fn merge_span_parts(parts: Vec<SpanProfile>) -> Option<SpanProfile> {
+    let period = parts.iter().map(|p| p.summary.period_ns).filter(|&p| p > 0).min().unwrap_or(0);
+    let mut stacks: HashMap<Vec<Arc<str>>, u64> = HashMap::new();
+    let mut summaries = Vec::with_capacity(parts.len());
+    for p in parts {
+        for (frames, count) in p.stacks {
+            *stacks.entry(frames).or_default() += rescale_count(count, p.summary.period_ns, period);
+        }
+        summaries.push(p.summary);
+    }
+    let mut summary = merge_summaries(summaries)?;
+    let mut stacks: Stacks = stacks.into_iter().collect();
+    stacks.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    summary.samples = stacks.iter().map(|s| s.1).sum();
+    Some(SpanProfile { summary, stacks })
+}
+
+/// Adds whole-process parts (period, stacks) up on the smallest period.
+pub fn merge_process_parts(parts: Vec<(u64, Stacks)>) -> Option<ProcessProfile> {
+    let period = parts.iter().map(|p| p.0).filter(|&p| p > 0).min()?;
+    let mut stacks: HashMap<Vec<Arc<str>>, u64> = HashMap::new();
+    for (p, part) in parts {
+        for (frames, count) in part {
+            *stacks.entry(frames).or_default() += rescale_count(count, p, period);
+        }
+    }
+    let mut stacks: Stacks = stacks.into_iter().collect();
+    stacks.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    Some(ProcessProfile { period_ns: period, stacks })
+}
+
+/// A listing candidate: last seen (in its source), profile ID, its key for ordering.
+struct Candidate {
+    last_seen_ms: u64,
+    key: Vec<u8>,
+    id: ProfileId,
+}
+
+impl LayeredStore {
+    pub fn new(local: Arc<EmbeddedStore>, bucket: Arc<Bucket>, runtime: tokio::runtime::Handle, replica: String) -> Self {
+        LayeredStore { local, bucket, runtime, pending: Mutex::new(None), replica, status: Arc::default() }
+    }
+
+    /// The blocks a query reads: the one in memory, then the bucket's but that one. A bucket
+    /// that cannot be listed leaves its blocks out (counted, logged): the answer is partial.
+    fn sources(&self) -> Vec<(Source, Arc<BlockMeta>)> {
+        let mut out = Vec::new();
+        let pending = self.pending.lock().ok().and_then(|p| p.clone());
+        if let Some((meta, data)) = &pending {
+            out.push((Source::Memory(data.clone()), meta.clone()));
+        }
+        match self.runtime.block_on(self.bucket.blocks()) {
+            Ok((metas, bad)) => {
+                if bad > 0 {
+                    self.status.block_read_errors.inc_by(bad as u64);
+                }
+                for m in metas.iter() {
+                    if pending.as_ref().is_some_and(|(p, _)| p.id == m.id) {
+                        continue;
+                    }
+                    out.push((Source::Bucket, Arc::new(m.clone())));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the bucket cannot be listed: answering from local data only");
+                self.status.failed("listing blocks", &e);
+            }
+        }
+        out
+    }
+
+    /// Runs `f` on each block; a block that fails (unreadable, corrupt) is skipped and counted.
+    fn each_block<T>(&self, mut f: impl AsyncFnMut(BlockRead<'_>) -> Result<T>) -> Vec<T> {
+        let mut out = Vec::new();
+        for (source, meta) in self.sources() {
+            let read = BlockRead { bucket: &self.bucket, source: &source, meta: &meta };
+            match self.runtime.block_on(f(read)) {
+                Ok(v) => out.push(v),
+                Err(e) => {
+                    self.status.block_read_errors.inc();
+                    tracing::error!(block = %meta.id, error = %e, "a block could not be read: it is left out of the answer");
+                }
+            }
+        }
+        out
+    }
+
+    /// The merged metadata of `id` over the local store and every block (no stacks read).
+    fn merged_summary(&self, id: &ProfileId) -> Result<Option<SpanSummary>> {
+        let mut parts: Vec<SpanSummary> = self.local.span_summary(id)?.into_iter().collect();
+        for rec in self.each_block(async |b| b.span_record(id).await).into_iter().flatten() {
+            parts.push(super::shared::summary(id.clone(), rec));
+        }
+        Ok(merge_summaries(parts))
+    }
+
+    fn parts_of(&self, id: &ProfileId) -> Result<Vec<SpanProfile>> {
+        let mut parts: Vec<SpanProfile> = self.local.span_profile(id.clone())?.into_iter().collect();
+        parts.extend(self.each_block(async |b| b.span(id).await).into_iter().flatten());
+        Ok(parts)
+    }
+
+    /// One cut of the local store into a block in the bucket: a pending cut (after a restart or
+    /// a failed upload) first, else what was last seen before `before_ms`. Returns the block's
+    /// span profiles, or `None` when there was nothing to cut.
+    pub fn ship(&self, before_ms: u64, now_ms: u64) -> Result<Option<u64>> {
+        let cut = match self.local.pending_cut()? {
+            Some(cut) => cut,
+            None => {
+                let id = new_block_id(now_ms, &self.replica);
+                if self.local.cut(before_ms, MAX_BLOCK_ROWS, &id)? == 0 {
+                    return Ok(None);
+                }
+                self.local.pending_cut()?.ok_or_else(|| Error::Storage("the cut vanished".into()))?
+            }
+        };
+        let Cut { block_id, spans, process } = cut;
+        let mut builder = BlockBuilder::default();
+        for s in &spans {
+            builder.add_span(s);
+        }
+        for (labels, bucket, period, stacks) in &process {
+            builder.add_process(labels, *bucket, *period, stacks);
+        }
+        let (data, meta) = builder.finish(&block_id, &self.replica, now_ms);
+        let meta = Arc::new(meta);
+        let data = Arc::new(data);
+        if let Ok(mut p) = self.pending.lock() {
+            *p = Some((meta.clone(), data.clone()));
+        }
+        let uploaded = self.runtime.block_on(async {
+            if self.bucket.has_block(&block_id).await? {
+                return Ok(());
+            }
+            self.bucket.put_block(data.as_ref().clone(), &meta).await
+        });
+        if let Err(e) = uploaded {
+            self.status.upload_failures.inc();
+            self.status.failed("uploading a block", &e);
+            return Err(e);
+        }
+        self.local.cut_done(&block_id)?;
+        if let Ok(mut p) = self.pending.lock() {
+            p.take();
+        }
+        self.status.blocks_uploaded.inc();
+        self.status.degraded.set(0);
+        tracing::info!(block = %block_id, span_profiles = meta.span_profiles, bytes = meta.data_bytes, "block uploaded");
+        Ok(Some(meta.span_profiles))
+    }
+
+    /// Listing candidates of the blocks: entries matching the filters that do not change when a
+    /// profile merges, at or past `after`, `want` per block (all of one time at the boundary).
+    fn block_candidates(&self, q: &SpanQuery, after: Option<&(u64, Vec<u8>)>, want: usize) -> Vec<Candidate> {
+        let until = after.map_or(u64::MAX, |a| a.0);
+        let from = q.from_ms.unwrap_or(0);
+        let lists = self.each_block(async |b| {
+            let mut found: Vec<Candidate> = Vec::new();
+            if b.meta.max_time_ms < from || q.service.as_ref().is_some_and(|s| !b.meta.services.contains(s)) {
+                return Ok(found);
+            }
+            let mut boundary = None;
+            b.list_from(until, |t, id, entry| {
+                if t < from || boundary.is_some_and(|bt| t < bt) {
+                    return false;
+                }
+                let key = id_key(&id);
+                if after.is_some_and(|(at, ak)| (t, &key) >= (*at, ak)) {
+                    return true;
+                }
+                if q.service.as_ref().is_some_and(|s| *s != entry.service_name)
+                    || q.span_name.as_ref().is_some_and(|n| *n != entry.span_name)
+                {
+                    return true;
+                }
+                found.push(Candidate { last_seen_ms: t, key, id });
+                if found.len() >= want && boundary.is_none() {
+                    boundary = Some(t);
+                }
+                true
+            })
+            .await?;
+            Ok(found)
+        });
+        lists.into_iter().flatten().collect()
+    }
+}
+
+fn cursor(last_seen_ms: u64, key: &[u8]) -> Result<Cursor> {
+    Ok(Cursor { last_seen_ms, profile_id: super::shared::id_from_key(key)? })
+}
+
+/// A new block's ID: its cut time first, so IDs sort by age, then the replica and a random part.
+pub fn new_block_id(now_ms: u64, replica: &str) -> String {
+    let safe: String = replica.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').take(63).collect();
+    let random = std::collections::hash_map::RandomState::new();
+    let r = std::hash::BuildHasher::hash_one(&random, now_ms);
+    format!("{now_ms:013}-{safe}-{:08x}", r as u32)
+}
+
+impl ProfileStore for LayeredStore {
+    fn insert(&self, batches: Vec<SeriesBatch>) -> Result<InsertStats> {
+        self.local.insert(batches)
+    }
+
+    fn span_profile(&self, id: ProfileId) -> Result<Option<SpanProfile>> {
+        Ok(merge_span_parts(self.parts_of(&id)?))
+    }
+
+    fn search_spans(&self, q: &SpanQuery) -> Result<Page> {
+        let limit = q.limit.clamp(1, 1000);
+        let mut page = Page::default();
+        let mut after = q.after.as_ref().map(|c| (c.last_seen_ms, id_key(&c.profile_id)));
+        let mut seen: BTreeSet<Vec<u8>> = BTreeSet::new();
+        // Each round takes the next candidates of every source in (last seen, ID) order, newest
+        // first; a profile is listed where its merged last-seen time puts it, once.
+        for _round in 0..16 {
+            let want = limit + 1;
+            let local_q = SpanQuery {
+                min_samples: 0,
+                until_ms: None,
+                limit: want,
+                after: after.as_ref().map(|(t, k)| cursor(*t, k)).transpose()?,
+                ..q.clone()
+            };
+            let local = self.local.search_spans(&local_q)?;
+            let local_more = local.next.is_some();
+            let mut candidates: Vec<Candidate> = local
+                .profiles
+                .into_iter()
+                .map(|s| Candidate { last_seen_ms: s.last_seen_ms, key: id_key(&s.profile_id), id: s.profile_id })
+                .collect();
+            let blocks = self.block_candidates(q, after.as_ref(), want);
+            let block_more = blocks.len() >= want;
+            candidates.extend(blocks);
+            candidates.sort_by(|a, b| (b.last_seen_ms, &b.key).cmp(&(a.last_seen_ms, &a.key)));
+            if candidates.is_empty() {
+                return Ok(page);
+            }
+            let mut last = None;
+            for c in candidates.into_iter().take(want) {
+                last = Some((c.last_seen_ms, c.key.clone()));
+                if !seen.insert(c.key.clone()) {
+                    continue;
+                }
+                let Some(s) = self.merged_summary(&c.id)? else { continue };
+                // Listed at its newest time only: an older part of it is skipped.
+                if s.last_seen_ms != c.last_seen_ms {
+                    continue;
+                }
+                let ok = s.samples >= q.min_samples
+                    && q.until_ms.is_none_or(|u| s.first_seen_ms <= u)
+                    && q.span_name.as_ref().is_none_or(|n| *n == s.span_name);
+                if ok {
+                    page.profiles.push(s);
+                    if page.profiles.len() >= limit {
+                        page.next = last.map(|(t, k)| cursor(t, &k)).transpose()?;
+                        return Ok(page);
+                    }
+                }
+            }
+            if !local_more && !block_more {
+                return Ok(page);
+            }
+            after = last;
+        }
+        page.next = after.map(|(t, k)| cursor(t, &k)).transpose()?;
+        Ok(page)
+    }
+
+    fn trace(&self, trace_id: TraceId) -> Result<Vec<SpanProfile>> {
+        let mut ids: BTreeSet<ProfileId> = self.local.trace(trace_id)?.into_iter().map(|p| p.summary.profile_id).collect();
+        for found in self.each_block(async |b| b.trace_ids(trace_id).await) {
+            ids.extend(found);
+        }
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(p) = merge_span_parts(self.parts_of(&id)?) {
+                out.push(p);
+            }
+        }
+        out.sort_by(|a, b| (a.summary.first_seen_ms, &a.summary.profile_id).cmp(&(b.summary.first_seen_ms, &b.summary.profile_id)));
+        Ok(out)
+    }
+
+    fn services(&self) -> Result<Vec<String>> {
+        let mut out: BTreeSet<String> = self.local.services()?.into_iter().collect();
+        for (_, meta) in self.sources() {
+            out.extend(meta.services.iter().cloned());
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    fn label_values(&self, name: &str) -> Result<Vec<String>> {
+        let mut out: BTreeSet<String> = self.local.label_values(name)?.into_iter().collect();
+        for (_, meta) in self.sources() {
+            out.extend(meta.series.iter().filter_map(|l| l.get(name).cloned()));
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    fn label_names(&self) -> Result<Vec<String>> {
+        let mut out: BTreeSet<String> = self.local.label_names()?.into_iter().collect();
+        for (_, meta) in self.sources() {
+            out.extend(meta.series.iter().flat_map(|l| l.keys().cloned()));
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    fn process_profile(&self, service: &str, profile_type: &str, from_ms: u64, until_ms: u64) -> Result<Option<ProcessProfile>> {
+        let mut parts: Vec<(u64, Stacks)> = Vec::new();
+        if let Some(p) = self.local.process_profile(service, profile_type, from_ms, until_ms)? {
+            parts.push((p.period_ns, p.stacks));
+        }
+        let matches = |l: &Labels| {
+            l.get("service_name").is_some_and(|s| s == service) && l.get("__name__").is_some_and(|t| t == profile_type)
+        };
+        for found in self.each_block(async |b| {
+            if !b.meta.overlaps(from_ms / super::shared::BUCKET_MS * super::shared::BUCKET_MS, until_ms)
+                || !b.meta.series.iter().any(&matches)
+            {
+                return Ok(Vec::new());
+            }
+            b.process(matches, from_ms, until_ms).await
+        }) {
+            parts.extend(found);
+        }
+        Ok(merge_process_parts(parts))
+    }
+
+    fn enforce_retention(&self, policy: &Retention, now_ms: u64) -> Result<RetentionStats> {
+        let mut stats = self.local.enforce_retention(policy, now_ms)?;
+        // In the bucket, age is the limit: a block goes when all of it is older.
+        if let Some(age) = policy.max_age {
+            let cutoff = now_ms.saturating_sub(age.as_millis() as u64);
+            let (metas, _) = self.runtime.block_on(self.bucket.blocks())?;
+            for m in metas.iter().filter(|m| m.max_time_ms < cutoff) {
+                self.runtime.block_on(self.bucket.delete_block(&m.id))?;
+                stats.span_profiles_deleted += m.span_profiles;
+                tracing::info!(block = %m.id, "retention deleted a block");
+            }
+        }
+        Ok(stats)
+    }
+
+    fn collect_garbage(&self) -> Result<GcStats> {
+        self.local.collect_garbage()
+    }
+
+    fn stats(&self) -> Result<StoreStats> {
+        self.local.stats()
+    }
+
+    fn health(&self) -> std::result::Result<(), super::Trouble> {
+        self.local.health()
+    }
+
+    fn close(&self) {
+        self.local.close()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(first: u64, last: u64, period: u64, stacks: &[(&[&str], u64)]) -> SpanProfile {
+        let stacks: Stacks = stacks.iter().map(|(f, c)| (f.iter().map(|s| Arc::<str>::from(*s)).collect(), *c)).collect();
+        SpanProfile {
+            summary: SpanSummary {
+                profile_id: ProfileId::Span(7),
+                trace_id: None,
+                service_name: "svc".into(),
+                span_name: String::new(),
+                samples: stacks.iter().map(|s| s.1).sum(),
+                period_ns: period,
+                first_seen_ms: first,
+                last_seen_ms: last,
+                labels: Labels::new(),
+            },
+            stacks,
+        }
+    }
+
+    #[test]
+    fn parts_merge_like_inserts_whatever_their_order() {
+        let mut a = part(100, 200, 10_000_000, &[(&["main", "a"], 3)]);
+        a.summary.labels.insert("pod".into(), "p1".into());
+        let mut b = part(50, 150, 20_000_000, &[(&["main", "a"], 1), (&["main", "b"], 2)]);
+        b.summary.span_name = "Checkout".into();
+        b.summary.trace_id = TraceId::parse("4bf92f3577b34da6a3ce929d0e0e4736");
+        let one = merge_span_parts(vec![a.clone(), b.clone()]).unwrap();
+        let two = merge_span_parts(vec![b, a]).unwrap();
+        assert_eq!(one.summary, two.summary);
+        assert_eq!(one.stacks, two.stacks);
+        let s = &one.summary;
+        // On the smaller period: b's 20 ms samples count twice.
+        assert_eq!((s.period_ns, s.samples, s.first_seen_ms, s.last_seen_ms), (10_000_000, 3 + 2 + 4, 50, 200));
+        assert_eq!(s.span_name, "Checkout");
+        assert!(s.trace_id.is_some());
+        assert_eq!(s.labels["pod"], "p1");
+        assert!(merge_span_parts(Vec::new()).is_none());
+        let p = merge_process_parts(vec![(20_000_000, one.stacks.clone()), (10_000_000, one.stacks)]).unwrap();
+        assert_eq!((p.period_ns, p.stacks.iter().map(|s| s.1).sum::<u64>()), (10_000_000, 9 * 3));
+    }
+}

@@ -1,0 +1,122 @@
+//! Replicas sharing an object store (`--object-store`, here `file://`; SeaweedFS's S3 in
+//! `s3_blocks.rs`): older data is cut into blocks, any replica answers from its local store and
+//! every block with profiles of one ID merged, a graceful stop uploads the rest, and a corrupt
+//! block is left out of answers (counted) instead of failing them.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use spanprof_server::BlockConfig;
+
+fn replica(dir: &std::path::Path, bucket: &std::path::Path, name: &str) -> spanprof_server::Config {
+    let mut c = config(&dir.join(name));
+    c.blocks = Some(BlockConfig {
+        object_store: format!("file://{}", bucket.display()),
+        interval: Duration::from_millis(300),
+        replica: name.into(),
+        cache_bytes: 8 << 20,
+    });
+    c
+}
+
+/// `/ingest` of folded stacks into `span` (or whole-process when `None`), at Unix seconds `at`.
+async fn ingest(srv: &TestServer, span: Option<&str>, at: u64, body: &str) {
+    let name = match span {
+        Some(s) => format!("ride.cpu%7Bspan_id%3D{s}%2Ctrace_id%3D{TRACE}%2Cspan_name%3DOrder%7D"),
+        None => "ride.cpu".into(),
+    };
+    let url = srv.url(&format!("/ingest?name={name}&from={at}&until={at}"));
+    let r = reqwest::Client::new().post(url).body(body.to_owned()).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+}
+
+async fn metric(srv: &TestServer, name: &str) -> u64 {
+    let text = reqwest::get(srv.url("/metrics")).await.unwrap().text().await.unwrap();
+    text.lines().find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok()).unwrap_or(0.0) as u64
+}
+
+async fn wait_for_blocks(srv: &TestServer, n: u64) {
+    for _ in 0..200 {
+        if metric(srv, "spanprof_blocks_uploaded_total").await >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{} did not upload {n} blocks", srv.base);
+}
+
+fn now_s() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_answer_from_every_block_with_one_id_merged() {
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = dir.path().join("bucket");
+    let a = TestServer::start(replica(dir.path(), &bucket, "a")).await;
+    let b = TestServer::start(replica(dir.path(), &bucket, "b")).await;
+    let old = now_s() - 600;
+    // One span ID pushed to both replicas; whole-process samples on both; all of it old enough
+    // to be cut at once. A recent span stays in a's local store.
+    ingest(&a, Some(SPAN_A), old, "main;handle;find_nearest_vehicle 3\n").await;
+    ingest(&b, Some(SPAN_A), old + 1, "main;handle;find_nearest_vehicle 2\nmain;handle;lock 1\n").await;
+    ingest(&a, None, old, "main;idle 5\n").await;
+    ingest(&b, None, old, "main;idle 4\nmain;gc 1\n").await;
+    ingest(&a, Some(SPAN_B), now_s(), "main;recent 4\n").await;
+    wait_for_blocks(&a, 1).await;
+    wait_for_blocks(&b, 1).await;
+    assert!(bucket.join("blocks").read_dir().unwrap().count() >= 2, "each replica wrote a block");
+
+    // Every replica answers the same: the two pushes are one profile.
+    for srv in [&a, &b] {
+        let (status, p) = get_json(&srv.url(&format!("/api/v1/profiles/{SPAN_A}"))).await;
+        assert_eq!(status, 200, "{p}");
+        assert_eq!(p["profile"]["samples"], 6, "{p}");
+        assert_eq!(p["profile"]["trace_id"], TRACE);
+        assert_eq!(find(&p["flamegraph"], "find_nearest_vehicle").unwrap()["total"], 5);
+        let (_, trace) = get_json(&srv.url(&format!("/api/v1/traces/{TRACE}"))).await;
+        assert!(trace["samples"].as_u64().unwrap() >= 6, "{trace}");
+        let (_, whole) = get_json(&srv.url(&format!("/api/v1/services/ride/profile?from={}&until={}", old - 60, old + 60))).await;
+        assert_eq!(whole["samples"], 10, "{whole}");
+        let (_, list) = get_json(&srv.url("/api/v1/profiles?service=ride")).await;
+        let listed: Vec<&serde_json::Value> = list["profiles"].as_array().unwrap().iter().filter(|p| p["profile_id"] == SPAN_A).collect();
+        assert_eq!(listed.len(), 1, "listed once: {list}");
+        assert_eq!(listed[0]["samples"], 6);
+        let (_, services) = get_json(&srv.url("/api/v1/services")).await;
+        assert_eq!(services["services"], serde_json::json!(["ride"]));
+    }
+    // The recent span is still a's alone (b reads a's local store only through a's blocks).
+    assert_eq!(get_json(&a.url(&format!("/api/v1/profiles/{SPAN_B}"))).await.0, 200);
+    assert_eq!(get_json(&b.url(&format!("/api/v1/profiles/{SPAN_B}"))).await.0, 404);
+
+    // A graceful stop uploads what was left: b now answers a's recent span too.
+    a.stop().await;
+    let (status, p) = get_json(&b.url(&format!("/api/v1/profiles/{SPAN_B}"))).await;
+    // b's listing of the bucket is cached for a few seconds.
+    let p = if status == 200 {
+        p
+    } else {
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        get_json(&b.url(&format!("/api/v1/profiles/{SPAN_B}"))).await.1
+    };
+    assert_eq!(p["profile"]["samples"], 4, "{p}");
+
+    // A block whose bytes went bad is left out and counted; the others still answer.
+    let blocks: Vec<_> = bucket.join("blocks").read_dir().unwrap().map(|e| e.unwrap().path()).collect();
+    let b_block = blocks.iter().find(|p| p.file_name().unwrap().to_string_lossy().contains("-b-")).unwrap();
+    let data = b_block.join("data");
+    let mut bytes = std::fs::read(&data).unwrap();
+    for byte in bytes.iter_mut().take(64) {
+        *byte ^= 0x5a;
+    }
+    std::fs::write(&data, bytes).unwrap();
+    let c = TestServer::start(replica(dir.path(), &bucket, "c")).await;
+    let (status, p) = get_json(&c.url(&format!("/api/v1/profiles/{SPAN_A}"))).await;
+    assert_eq!(status, 200, "{p}");
+    assert_eq!(p["profile"]["samples"], 3, "a's part only: {p}");
+    assert!(metric(&c, "spanprof_block_read_errors_total").await >= 1);
+    b.stop().await;
+    c.stop().await;
+}
