@@ -3,47 +3,15 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
 
-struct Server {
-    child: Child,
-    base: String,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-async fn spawn(dir: &std::path::Path, extra: &[&str]) -> Server {
-    let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_spanprof-server"))
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-        .arg(dir)
-        .args(extra)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    for _ in 0..200 {
-        if reqwest::get(format!("{base}/readyz")).await.is_ok_and(|r| r.status().is_success()) {
-            return Server { child, base };
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("server did not become ready");
-}
-
 #[tokio::test]
 async fn acknowledged_pushes_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
-    let mut srv = spawn(dir.path(), &[]).await;
+    let mut srv = ServerProcess::spawn(dir.path(), &[], &[]).await;
     let mut acked = 0u64;
     for i in 0..40i64 {
         let p = pprof(&[
@@ -58,7 +26,7 @@ async fn acknowledged_pushes_survive_kill_9() {
     srv.child.wait().unwrap();
     assert!(dir.path().join("spanprof.fjall").is_dir(), "the store is in the data directory");
 
-    let mut srv = spawn(dir.path(), &[]).await;
+    let mut srv = ServerProcess::spawn(dir.path(), &[], &[]).await;
     let (status, body) = get_json(&format!("{}/api/v1/profiles/{SPAN_A}", srv.base)).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["profile"]["samples"], acked);
@@ -82,7 +50,7 @@ async fn acknowledged_pushes_survive_kill_9() {
 async fn retention_deletes_profiles_older_than_the_age_limit() {
     let dir = tempfile::tempdir().unwrap();
     let args = ["--retention-age", "1h", "--retention-interval", "1s"];
-    let mut srv = spawn(dir.path(), &args).await;
+    let mut srv = ServerProcess::spawn(dir.path(), &args, &[]).await;
     let client = reqwest::Client::new();
     // One profile from two days ago, one from now.
     let old_s = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() - 2 * 86_400).to_string();

@@ -89,7 +89,17 @@ impl Bucket {
                 if std::env::var_os("AWS_ENDPOINT").is_some() || std::env::var_os("AWS_ENDPOINT_URL").is_some() {
                     builder = builder.with_virtual_hosted_style_request(false);
                 }
+                // A bucket that is away fails fast: queries fall back on what is cached and the
+                // uploads wait for the next tick, instead of hanging for minutes in retries.
+                let client = |key| object_store::aws::AmazonS3ConfigKey::Client(key);
                 let store = builder
+                    .with_config(client(object_store::ClientConfigKey::ConnectTimeout), "2s")
+                    .with_config(client(object_store::ClientConfigKey::Timeout), "60s")
+                    .with_retry(object_store::RetryConfig {
+                        max_retries: 2,
+                        retry_timeout: Duration::from_secs(5),
+                        backoff: Default::default(),
+                    })
                     .with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch)
                     .build()
                     .map_err(|e| Error::Config(format!("--object-store {display}: {e}")))?;
@@ -152,20 +162,26 @@ impl Bucket {
 
     /// Every block's meta, oldest block first; a listing at most [`META_REFRESH`] old is reused.
     /// A meta that cannot be read or parsed is left out (counted by the caller as an error).
+    /// When the bucket cannot be listed, the last listing is used again for [`META_REFRESH`]
+    /// (and the error returned once), so queries neither fail nor wait on every request.
     pub async fn blocks(&self) -> Result<(Arc<Vec<BlockMeta>>, usize)> {
-        if let Ok(m) = self.metas.lock()
-            && let Some((at, metas)) = m.as_ref()
+        let last = self.metas.lock().ok().and_then(|m| m.clone());
+        if let Some((at, metas)) = &last
             && at.elapsed() < META_REFRESH
         {
             return Ok((metas.clone(), 0));
         }
         use futures_util::TryStreamExt;
-        let listing: Vec<object_store::ObjectMeta> = self
-            .store
-            .list(Some(&self.prefix.clone().join("blocks")))
-            .try_collect()
-            .await
-            .map_err(|e| storage("listing blocks", e))?;
+        let listed = self.store.list(Some(&self.prefix.clone().join("blocks"))).try_collect::<Vec<_>>().await;
+        let listing: Vec<object_store::ObjectMeta> = match listed {
+            Ok(l) => l,
+            Err(e) => {
+                if let Ok(mut m) = self.metas.lock() {
+                    *m = Some((Instant::now(), last.map(|l| l.1).unwrap_or_default()));
+                }
+                return Err(storage("listing blocks", e));
+            }
+        };
         let mut metas = Vec::new();
         let mut bad = 0;
         for o in listing.iter().filter(|o| o.location.filename() == Some("meta.json")) {
