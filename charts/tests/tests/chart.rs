@@ -692,6 +692,22 @@ fn server_statefulset_service_probes_and_storage() {
         .unwrap();
     assert_eq!(headless.cluster_ip.as_deref(), Some("None"));
 
+    // No object store by default; the pod's name names its blocks when there is one.
+    assert_eq!(arg(c, "object-store"), None);
+    assert!(c.env_from.is_none());
+    assert!(c.env.iter().flatten().any(|e| e.name == "POD_NAME"
+        && e.value_from.as_ref().and_then(|v| v.field_ref.as_ref()).is_some_and(|f| f.field_path == "metadata.name")));
+    // With one: its URL and block settings as flags, its credentials from the Secret as env.
+    let sts = statefulset(&render_file("non-default.yaml"), "spanprof-server").spec;
+    let pod = sts.template.spec.unwrap();
+    let c = container(&pod, "server");
+    assert_eq!(arg(c, "object-store").as_deref(), Some("s3://profiles/prod/spanprof"));
+    assert_eq!(arg(c, "block-interval").as_deref(), Some("2m"));
+    assert_eq!(arg(c, "block-cache-mb").as_deref(), Some("64"));
+    let from = c.env_from.clone().unwrap_or_default();
+    assert_eq!(from.len(), 1);
+    assert_eq!(from[0].secret_ref.as_ref().map(|s| s.name.as_str()), Some("spanprof-s3"));
+
     // Without persistence: an emptyDir at the same place. With a StorageClass: it is used.
     let sts = statefulset(&render_file("non-default.yaml"), "spanprof-server").spec;
     assert!(sts.volume_claim_templates.is_none_or(|v| v.is_empty()));
