@@ -32,8 +32,9 @@ pub struct AppState {
     pub ready: AtomicBool,
     /// The bound on heavy queries running and waiting at once.
     pub queries: Arc<QueryGate>,
-    /// How the blocks in object storage are doing, when there are any.
-    pub bucket: Option<Arc<crate::store::layered::BucketStatus>>,
+    /// The local store in front of object storage, when there is one (its status, and its
+    /// answers to peers).
+    pub layered: Option<Arc<crate::store::layered::LayeredStore>>,
 }
 
 type St = State<Arc<AppState>>;
@@ -43,6 +44,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/ingest", post(ingest_legacy))
         .route("/push.v1.PusherService/Push", post(push))
+        .route(crate::store::peers::LOCAL_PATH, post(peer_local))
         .route("/api/v1/profiles", get(list_profiles))
         .route("/api/v1/profiles/{id}", get(get_profile))
         .route("/api/v1/traces/{id}", get(get_trace))
@@ -83,7 +85,7 @@ async fn readyz(State(s): St) -> Response {
     match s.store.health() {
         // Ingest goes on into the local store while the bucket is away: still ready (taking the
         // replica out of its Service would turn clients away), but the answer says so.
-        Ok(()) => match s.bucket.as_ref().filter(|b| b.is_degraded()) {
+        Ok(()) => match s.layered.as_ref().map(|l| &l.status).filter(|b| b.is_degraded()) {
             Some(b) => {
                 let why = b.last_error.lock().ok().and_then(|l| l.clone()).unwrap_or_default();
                 format!("ready, degraded: the object store fails ({why}); data waits on local disk").into_response()
@@ -117,6 +119,22 @@ async fn metrics(State(s): St) -> Response {
         s.metrics.render(),
     )
         .into_response()
+}
+
+/// A peer asks for this replica's own data (local store and the block it is uploading).
+async fn peer_local(State(s): St, body: Bytes) -> Response {
+    let Some(layered) = s.layered.clone() else {
+        return error_response(StatusCode::NOT_FOUND, "no_object_store", "this server has no --object-store, so no peers");
+    };
+    let q: crate::store::peers::LocalQuery = match serde_json::from_slice(&body) {
+        Ok(q) => q,
+        Err(e) => return error_response(StatusCode::BAD_REQUEST, "bad_query", format!("not a local query: {e}")),
+    };
+    match tokio::task::spawn_blocking(move || layered.local_answer(q)).await {
+        Ok(Ok(a)) => axum::Json(a).into_response(),
+        Ok(Err(e)) => fail(&s, e),
+        Err(e) => fail(&s, Error::Storage(e.to_string())),
+    }
 }
 
 /// A JSON error body: `{"error": "...", "reason": "..."}`.
@@ -431,15 +449,19 @@ async fn list_profiles(State(s): St, Query(q): Query<HashMap<String, String>>) -
         Err(e) => return fail(&s, e),
     };
     let store = s.store.clone();
-    let page = match tokio::task::spawn_blocking(move || store.search_spans(&query)).await {
-        Ok(Ok(p)) => p,
-        Ok(Err(e)) => return fail(&s, e),
+    let (page, partial) = match tokio::task::spawn_blocking(move || with_partial(|| store.search_spans(&query))).await {
+        Ok((Ok(p), partial)) => (p, partial),
+        Ok((Err(e), _)) => return fail(&s, e),
         Err(e) => return fail(&s, Error::Storage(e.to_string())),
     };
-    let body = json!({
+    let mut body = json!({
         "profiles": page.profiles.iter().map(summary_json).collect::<Vec<_>>(),
         "next_cursor": page.next.map(|c| c.encode()),
     });
+    if let Some(why) = &partial {
+        body["partial"] = json!(true);
+        body["partial_reason"] = json!(why);
+    }
     s.metrics.observe_query("list_profiles", started.elapsed().as_secs_f64());
     axum::Json(body).into_response()
 }
@@ -630,20 +652,42 @@ where
         Err(e) => return fail(s, e),
     };
     let store = s.store.clone();
-    let loaded = match tokio::task::spawn_blocking(move || load(store.as_ref())).await {
-        Ok(Ok(Some(l))) => l,
-        Ok(Ok(None)) => return no_samples(&what),
-        Ok(Err(e)) => return fail(s, e),
+    let (loaded, partial) = match tokio::task::spawn_blocking(move || with_partial(|| load(store.as_ref()))).await {
+        Ok((Ok(Some(l)), partial)) => (l, partial),
+        Ok((Ok(None), _)) => return no_samples(&what),
+        Ok((Err(e), _)) => return fail(s, e),
         Err(e) => return fail(s, Error::Storage(e.to_string())),
     };
+    let mut loaded = loaded;
+    if let Some(why) = &partial {
+        loaded.extra.insert("partial".into(), json!(true));
+        loaded.extra.insert("partial_reason".into(), json!(why));
+    }
     let loaded_after = started.elapsed();
     let state = s.clone();
     // The answer is written after this returns: it is timed when the last byte is handed over.
-    render(turn, rendering, loaded, move || {
+    let mut response = render(turn, rendering, loaded, move || {
         let total = started.elapsed();
         state.metrics.observe_query(endpoint, total.as_secs_f64());
         tracing::debug!(endpoint, load_ms = loaded_after.as_millis() as u64, total_ms = total.as_millis() as u64, "query answered");
-    })
+    });
+    mark_partial_header(&mut response, partial.as_deref());
+    response
+}
+
+/// Runs a store call and says whether its answer missed data (a peer or the object store was
+/// away), as the layered store noted on this thread.
+fn with_partial<T>(f: impl FnOnce() -> T) -> (T, Option<String>) {
+    let _ = crate::store::peers::take_partial();
+    let out = f();
+    (out, crate::store::peers::take_partial())
+}
+
+/// `spanprof-partial: <why>` on an answer that misses data (exports have no JSON field for it).
+fn mark_partial_header(response: &mut Response, why: Option<&str>) {
+    if let Some(v) = why.and_then(|w| HeaderValue::from_str(&w.replace(['\r', '\n'], " ")).ok()) {
+        response.headers_mut().insert("spanprof-partial", v);
+    }
 }
 
 fn no_samples(what: &str) -> Response {

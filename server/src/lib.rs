@@ -54,6 +54,8 @@ pub struct BlockConfig {
     pub replica: String,
     /// Bytes of block pages cached in memory.
     pub cache_bytes: usize,
+    /// The other replicas (`--peers`): `dns+host:port` or a comma list of `host:port`.
+    pub peers: Option<String>,
 }
 
 /// Data last seen this recently stays local at a cut: a request still running is not split
@@ -90,7 +92,8 @@ pub async fn serve(
                 let local = Arc::new(store::open_embedded(&dir, options)?);
                 let bucket = Arc::new(store::bucket::Bucket::open(&b.object_store, b.cache_bytes)?);
                 tracing::info!(bucket = %bucket.display, replica = %b.replica, "blocks go to object storage");
-                let layered = Arc::new(store::layered::LayeredStore::new(local, bucket, runtime, b.replica));
+                let peers = b.peers.as_deref().map(store::peers::Peers::parse).transpose()?;
+                let layered = Arc::new(store::layered::LayeredStore::new(local, bucket, runtime, b.replica, peers));
                 Ok((layered.clone(), Some(layered)))
             }
         }
@@ -107,7 +110,7 @@ pub async fn serve(
         metrics,
         ready: AtomicBool::new(false),
         queries: gate::QueryGate::new(config.queries),
-        bucket: layered.as_ref().map(|l| l.status.clone()),
+        layered: layered.clone(),
     });
     let retention = tokio::spawn(retention_loop(state.clone(), config.retention, config.retention_interval));
     let shipper = match (&layered, &config.blocks) {

@@ -70,6 +70,11 @@ struct Args {
     /// This replica's name in its blocks (default: the pod's name, else the host name).
     #[arg(long, env = "SPANPROF_REPLICA_NAME")]
     replica_name: Option<String>,
+    /// The other replicas sharing the object store, asked for their local (not yet cut) data by
+    /// every query: `dns+<host>:<port>` (every address of a headless Service) or a comma list of
+    /// `host:port`. A peer that does not answer makes the answer partial, never an error.
+    #[arg(long, env = "SPANPROF_PEERS")]
+    peers: Option<String>,
     /// Block pages cached in memory, MiB.
     #[arg(long, env = "SPANPROF_BLOCK_CACHE_MB", default_value_t = 256)]
     block_cache_mb: usize,
@@ -145,6 +150,7 @@ async fn main() -> anyhow::Result<()> {
             interval: args.block_interval.max(Duration::from_secs(1)),
             replica: args.replica_name.or_else(|| std::env::var("POD_NAME").ok()).unwrap_or_else(host_name),
             cache_bytes: args.block_cache_mb << 20,
+            peers: args.peers,
         }),
     };
     spanprof_server::run(config, None).await?;

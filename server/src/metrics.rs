@@ -129,6 +129,7 @@ impl Metrics {
         );
         r.register("blocks_uploaded", "Blocks cut from the local store and uploaded", status.blocks_uploaded.clone());
         r.register("block_upload_failures", "Block uploads that failed (retried)", status.upload_failures.clone());
+        r.register("peer_errors", "Calls to peers that failed (the answer missed their local data)", status.peer_errors.clone());
         r.register(
             "block_read_errors",
             "Blocks left out of an answer because they could not be read or failed a checksum",

@@ -17,6 +17,7 @@ fn replica(dir: &std::path::Path, bucket: &std::path::Path, name: &str) -> spanp
         interval: Duration::from_millis(300),
         replica: name.into(),
         cache_bytes: 8 << 20,
+        peers: None,
     });
     c
 }

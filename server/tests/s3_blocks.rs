@@ -1,8 +1,10 @@
-//! Three real `spanprof-server` processes sharing a real S3-compatible bucket (SeaweedFS's
-//! `weed mini`, installed by `scripts/test` into `target/test-venv`): pushes of one span ID split
-//! across replicas come back summed from every replica; `kill -9` of a replica loses nothing it
-//! acknowledged (replayed on restart and uploaded); with the bucket down ingest goes on, the
-//! replica says it is degraded, and the data is uploaded once the bucket is back.
+//! Three real `spanprof-server` processes, peers of each other, sharing a real S3-compatible
+//! bucket (SeaweedFS's `weed mini`, installed by `scripts/test` into `target/test-venv`): pushes
+//! of one span ID split across replicas come back summed from every replica, recent data through
+//! the peers and older data through the blocks; a peer that is down makes answers partial (and
+//! says so), never an error; `kill -9` of a replica loses nothing it acknowledged (replayed on
+//! restart and uploaded); with the bucket down ingest goes on, the replica says it is degraded,
+//! and the data is uploaded once the bucket is back.
 
 mod common;
 
@@ -101,11 +103,14 @@ fn s3_env(port: u16) -> Vec<(&'static str, String)> {
     ]
 }
 
-async fn replica(data: &Path, name: &str, s3_port: u16) -> ServerProcess {
+/// Replica `i` of three on its port in `ports`, the others its peers.
+async fn replica(data: &Path, i: usize, ports: &[u16; 3], s3_port: u16) -> ServerProcess {
     let env = s3_env(s3_port);
     let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let args = ["--object-store", "s3://spanprof/e2e", "--block-interval", "1s", "--replica-name", name];
-    ServerProcess::spawn(&data.join(name), &args, &envs).await
+    let name = format!("r{}", i + 1);
+    let peers = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
+    let args = ["--object-store", "s3://spanprof/e2e", "--block-interval", "1s", "--replica-name", &name, "--peers", &peers];
+    ServerProcess::spawn_on(ports[i], &data.join(&name), &args, &envs).await
 }
 
 async fn ingest(srv: &ServerProcess, span: &str, at: u64, body: &str) {
@@ -154,7 +159,8 @@ async fn three_replicas_share_a_seaweedfs_bucket_through_kill_9_and_an_outage() 
     weed.wait_ready().await;
     let port = weed.s3_port();
     let data = dir.path().join("replicas");
-    let mut r = vec![replica(&data, "r1", port).await, replica(&data, "r2", port).await, replica(&data, "r3", port).await];
+    let ports = [free_port(), free_port(), free_port()];
+    let mut r = vec![replica(&data, 0, &ports, port).await, replica(&data, 1, &ports, port).await, replica(&data, 2, &ports, port).await];
 
     // One span ID, a part on every replica, old enough to be cut at once.
     let old = now_s() - 600;
@@ -168,17 +174,34 @@ async fn three_replicas_share_a_seaweedfs_bucket_through_kill_9_and_an_outage() 
         eventually("the summed profile on every replica", 15, async || samples(srv, SPAN_A).await == 6).await;
     }
 
-    // kill -9 of r1 with acknowledged, not yet uploaded data: the others still serve its block;
-    // restarted, it replays its local store and uploads the rest.
+    // Recent data, in r1's local store only, is on every replica at once through the peers:
+    // in profiles, listings (once) and traces.
     ingest(&r[0], SPAN_B, now_s(), "main;recent 4\n").await;
+    ingest(&r[1], SPAN_B, now_s(), "main;recent 1\n").await;
+    for srv in &r {
+        assert_eq!(samples(srv, SPAN_B).await, 5, "{}", srv.base);
+        let (_, list) = get_json(&srv.url("/api/v1/profiles?service=ride")).await;
+        let ids: Vec<&str> = list["profiles"].as_array().unwrap().iter().map(|p| p["profile_id"].as_str().unwrap()).collect();
+        assert_eq!(ids, [SPAN_B, SPAN_A], "newest first, each once: {list}");
+        assert!(list.get("partial").is_none(), "{list}");
+        let (_, trace) = get_json(&srv.url(&format!("/api/v1/traces/{TRACE}"))).await;
+        assert_eq!(trace["samples"], 11, "{trace}");
+    }
+
+    // kill -9 of r1 with acknowledged, not yet uploaded data: the others still serve its block,
+    // and say that their answers miss r1's local data; restarted, r1 replays its local store.
     r[0].kill_9();
     assert_eq!(samples(&r[1], SPAN_A).await, 6, "r1's block outlives r1");
-    r[0] = replica(&data, "r1", port).await;
-    assert_eq!(samples(&r[0], SPAN_B).await, 4, "acknowledged before kill -9, replayed");
+    let (status, p) = get_json(&r[1].url(&format!("/api/v1/profiles/{SPAN_B}"))).await;
+    assert_eq!((status, &p["partial"]), (200, &serde_json::json!(true)), "{p}");
+    assert_eq!(p["profile"]["samples"], 1, "r2's own part");
+    assert!(metric(&r[1], "spanprof_peer_errors_total").await >= 1);
+    r[0] = replica(&data, 0, &ports, port).await;
+    assert_eq!(samples(&r[0], SPAN_B).await, 5, "acknowledged before kill -9, replayed");
     assert!(r[0].terminate().success(), "graceful stop (uploads the rest)");
-    eventually("r1's last block on r2", 20, async || samples(&r[1], SPAN_B).await == 4).await;
-    r[0] = replica(&data, "r1", port).await;
-    assert_eq!(samples(&r[0], SPAN_B).await, 4, "once, from the block: nothing doubled");
+    eventually("r1's last block on r2", 20, async || samples(&r[1], SPAN_B).await == 5).await;
+    r[0] = replica(&data, 0, &ports, port).await;
+    assert_eq!(samples(&r[0], SPAN_B).await, 5, "once, from the block: nothing doubled");
 
     // The bucket goes away: ingest goes on, the replica says it is degraded, and its data is
     // uploaded once the bucket is back.

@@ -77,8 +77,7 @@ impl Bucket {
     /// environment: `AWS_ENDPOINT`, `AWS_ALLOW_HTTP`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`,
     /// `AWS_SECRET_ACCESS_KEY`, …) or `file:///path`. `cache_bytes` bounds the page cache.
     pub fn open(url: &str, cache_bytes: usize) -> Result<Self> {
-        // rustls needs one crypto provider for the process: ring, as everywhere in spanprof.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        super::use_ring_for_tls();
         let parsed = url::Url::parse(url).map_err(|e| Error::Config(format!("--object-store {url:?}: {e}")))?;
         let display = format!("{}://{}{}", parsed.scheme(), parsed.host_str().unwrap_or(""), parsed.path());
         let (store, prefix): (Arc<dyn ObjectStore>, ObjectPath) = match parsed.scheme() {
@@ -143,6 +142,18 @@ impl Bucket {
         }
         self.forget_listing();
         Ok(())
+    }
+
+    /// The meta of block `id`, if the bucket has it.
+    pub async fn meta(&self, id: &str) -> Result<Option<BlockMeta>> {
+        let got = match self.store.get(&self.path(id, "meta.json")).await {
+            Ok(g) => g,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(storage("reading a block meta", e)),
+        };
+        let bytes = got.bytes().await.map_err(|e| storage("reading a block meta", e))?;
+        let meta: BlockMeta = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt(format!("block {id} meta: {e}")))?;
+        Ok((meta.format == block::FORMAT_VERSION).then_some(meta))
     }
 
     /// Whether block `id` is in the bucket (its meta is).

@@ -8,8 +8,9 @@
 //! once the bucket has the block. A query reads the local store, the block in memory, and the
 //! bucket's blocks but that one — each row is seen exactly once at every moment.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -17,6 +18,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use super::block::{BlockBuilder, BlockMeta};
 use super::bucket::{BlockRead, Bucket, Source};
 use super::embedded::{Cut, EmbeddedStore};
+use super::peers::{LocalAnswer, LocalQuery, Peers, WireStacks, WireSummary, mark_partial};
 use super::shared::id_key;
 use super::{
     Cursor, GcStats, InsertStats, Page, ProcessProfile, ProfileStore, Retention, RetentionStats, SpanProfile, SpanQuery,
@@ -38,6 +40,8 @@ pub struct BucketStatus {
     pub upload_failures: Counter,
     /// Blocks (or their pages) skipped because they could not be read or failed their checksum.
     pub block_read_errors: Counter,
+    /// Peer calls that failed (the answer was partial).
+    pub peer_errors: Counter,
     pub last_error: Mutex<Option<String>>,
 }
 
@@ -66,6 +70,31 @@ pub struct LayeredStore {
     pending: Mutex<Option<InMemoryBlock>>,
     replica: String,
     pub status: Arc<BucketStatus>,
+    /// The other replicas, asked for their local data (`--peers`).
+    peers: Option<Peers>,
+    /// Blocks this replica uploaded lately, for peers whose bucket listing lags.
+    recent: Mutex<VecDeque<(Instant, String)>>,
+}
+
+/// How long an uploaded block is announced to peers as recent: longer than a bucket listing
+/// is reused.
+const RECENT_BLOCK: Duration = Duration::from_secs(60);
+
+/// What the peers said that shapes which blocks a query reads: blocks they are uploading (their
+/// data came in their answers) and blocks they uploaded lately (maybe not listed here yet).
+#[derive(Default)]
+struct PeerView {
+    skip: HashSet<String>,
+    recent: Vec<String>,
+}
+
+impl PeerView {
+    fn of(answers: &[LocalAnswer]) -> Self {
+        PeerView {
+            skip: answers.iter().filter_map(|a| a.pending_block.clone()).collect(),
+            recent: answers.iter().flat_map(|a| a.recent_blocks.iter().cloned()).collect(),
+        }
+    }
 }
 
 /// The order parts of one profile merge in: earliest first, so every replica merges alike.
@@ -140,42 +169,86 @@ struct Candidate {
 }
 
 impl LayeredStore {
-    pub fn new(local: Arc<EmbeddedStore>, bucket: Arc<Bucket>, runtime: tokio::runtime::Handle, replica: String) -> Self {
-        LayeredStore { local, bucket, runtime, pending: Mutex::new(None), replica, status: Arc::default() }
+    pub fn new(
+        local: Arc<EmbeddedStore>,
+        bucket: Arc<Bucket>,
+        runtime: tokio::runtime::Handle,
+        replica: String,
+        peers: Option<Peers>,
+    ) -> Self {
+        LayeredStore {
+            local,
+            bucket,
+            runtime,
+            pending: Mutex::new(None),
+            replica,
+            status: Arc::default(),
+            peers,
+            recent: Mutex::new(VecDeque::new()),
+        }
     }
 
-    /// The blocks a query reads: the one in memory, then the bucket's but that one. A bucket
-    /// that cannot be listed leaves its blocks out (counted, logged): the answer is partial.
-    fn sources(&self) -> Vec<(Source, Arc<BlockMeta>)> {
+    /// Asks every peer `q`. A peer that fails is counted, logged and makes the answer partial.
+    fn ask_peers(&self, q: LocalQuery) -> (Vec<LocalAnswer>, PeerView) {
+        let Some(peers) = &self.peers else { return (Vec::new(), PeerView::default()) };
+        let (answers, failed) = self.runtime.block_on(peers.ask(&q));
+        if !failed.is_empty() {
+            self.status.peer_errors.inc_by(failed.len() as u64);
+            tracing::warn!(peers = ?failed, "peers did not answer: the answer misses their local data");
+            mark_partial(format!("peers did not answer: {}", failed.join("; ")));
+        }
+        let view = PeerView::of(&answers);
+        (answers, view)
+    }
+
+    fn own_pending(&self) -> Option<(Source, Arc<BlockMeta>)> {
+        let (meta, data) = self.pending.lock().ok().and_then(|p| p.clone())?;
+        Some((Source::Memory(data), meta))
+    }
+
+    /// The blocks a query reads: this replica's block in memory, the bucket's but that one and
+    /// those peers reported as theirs in memory, and blocks peers uploaded lately that the
+    /// listing does not have yet. A bucket that cannot be listed leaves its blocks out (counted,
+    /// logged, the answer marked partial).
+    fn sources(&self, view: &PeerView) -> Vec<(Source, Arc<BlockMeta>)> {
         let mut out = Vec::new();
-        let pending = self.pending.lock().ok().and_then(|p| p.clone());
-        if let Some((meta, data)) = &pending {
-            out.push((Source::Memory(data.clone()), meta.clone()));
+        let own = self.own_pending();
+        let mut skip = view.skip.clone();
+        if let Some((source, meta)) = own {
+            skip.insert(meta.id.clone());
+            out.push((source, meta));
         }
         match self.runtime.block_on(self.bucket.blocks()) {
             Ok((metas, bad)) => {
                 if bad > 0 {
                     self.status.block_read_errors.inc_by(bad as u64);
                 }
-                for m in metas.iter() {
-                    if pending.as_ref().is_some_and(|(p, _)| p.id == m.id) {
-                        continue;
-                    }
+                let listed: HashSet<&str> = metas.iter().map(|m| m.id.as_str()).collect();
+                for m in metas.iter().filter(|m| !skip.contains(&m.id)) {
                     out.push((Source::Bucket, Arc::new(m.clone())));
+                }
+                for id in view.recent.iter().filter(|id| !listed.contains(id.as_str()) && !skip.contains(*id)) {
+                    match self.runtime.block_on(self.bucket.meta(id)) {
+                        Ok(Some(m)) => out.push((Source::Bucket, Arc::new(m))),
+                        Ok(None) => {}
+                        Err(e) => tracing::warn!(block = %id, error = %e, "a peer's new block cannot be read"),
+                    }
                 }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "the bucket cannot be listed: answering from local data only");
                 self.status.failed("listing blocks", &e);
+                mark_partial(format!("the object store cannot be listed: {e}"));
             }
         }
         out
     }
 
-    /// Runs `f` on each block; a block that fails (unreadable, corrupt) is skipped and counted.
-    fn each_block<T>(&self, mut f: impl AsyncFnMut(BlockRead<'_>) -> Result<T>) -> Vec<T> {
+    /// Runs `f` on each of `sources`; a block that fails (unreadable, corrupt) is skipped and
+    /// counted.
+    fn each_of<T>(&self, sources: Vec<(Source, Arc<BlockMeta>)>, mut f: impl AsyncFnMut(BlockRead<'_>) -> Result<T>) -> Vec<T> {
         let mut out = Vec::new();
-        for (source, meta) in self.sources() {
+        for (source, meta) in sources {
             let read = BlockRead { bucket: &self.bucket, source: &source, meta: &meta };
             match self.runtime.block_on(f(read)) {
                 Ok(v) => out.push(v),
@@ -188,19 +261,157 @@ impl LayeredStore {
         out
     }
 
-    /// The merged metadata of `id` over the local store and every block (no stacks read).
-    fn merged_summary(&self, id: &ProfileId) -> Result<Option<SpanSummary>> {
+    fn each_block<T>(&self, view: &PeerView, f: impl AsyncFnMut(BlockRead<'_>) -> Result<T>) -> Vec<T> {
+        self.each_of(self.sources(view), f)
+    }
+
+    /// Runs `f` on this replica's block in memory only (what it answers peers with).
+    fn on_own_pending<T>(&self, f: impl AsyncFnMut(BlockRead<'_>) -> Result<T>) -> Vec<T> {
+        self.each_of(self.own_pending().into_iter().collect(), f)
+    }
+
+    /// The merged metadata of `id` over the local store, every block and `peer_parts`.
+    fn merged_summary(&self, id: &ProfileId, view: &PeerView, peer_parts: Vec<SpanSummary>) -> Result<Option<SpanSummary>> {
         let mut parts: Vec<SpanSummary> = self.local.span_summary(id)?.into_iter().collect();
-        for rec in self.each_block(async |b| b.span_record(id).await).into_iter().flatten() {
+        for rec in self.each_block(view, async |b| b.span_record(id).await).into_iter().flatten() {
             parts.push(super::shared::summary(id.clone(), rec));
         }
+        parts.extend(peer_parts);
         Ok(merge_summaries(parts))
     }
 
     fn parts_of(&self, id: &ProfileId) -> Result<Vec<SpanProfile>> {
+        let (answers, view) = self.ask_peers(LocalQuery::Profile { id: id.to_string() });
         let mut parts: Vec<SpanProfile> = self.local.span_profile(id.clone())?.into_iter().collect();
-        parts.extend(self.each_block(async |b| b.span(id).await).into_iter().flatten());
+        parts.extend(self.each_block(&view, async |b| b.span(id).await).into_iter().flatten());
+        for mut a in answers {
+            parts.extend(a.span_profile()?);
+        }
         Ok(parts)
+    }
+
+    /// A listing of one trace's span profiles: few, so all of them merged, newest first, paged.
+    fn search_trace(&self, q: &SpanQuery, trace: TraceId) -> Result<Page> {
+        let limit = q.limit.clamp(1, 1000);
+        let mut all: Vec<SpanSummary> = self
+            .trace(trace)?
+            .into_iter()
+            .map(|p| p.summary)
+            .filter(|s| {
+                s.samples >= q.min_samples
+                    && q.service.as_ref().is_none_or(|x| *x == s.service_name)
+                    && q.span_name.as_ref().is_none_or(|n| *n == s.span_name)
+                    && q.until_ms.is_none_or(|u| s.first_seen_ms <= u)
+                    && q.from_ms.is_none_or(|f| s.last_seen_ms >= f)
+            })
+            .collect();
+        all.sort_by_key(|s| std::cmp::Reverse((s.last_seen_ms, id_key(&s.profile_id))));
+        let after = q.after.as_ref().map(|c| (c.last_seen_ms, id_key(&c.profile_id)));
+        let mut page = Page::default();
+        for s in all {
+            if after.as_ref().is_some_and(|a| (s.last_seen_ms, id_key(&s.profile_id)) >= *a) {
+                continue;
+            }
+            if page.profiles.len() >= limit {
+                page.next = page.profiles.last().map(|l| Cursor { last_seen_ms: l.last_seen_ms, profile_id: l.profile_id.clone() });
+                break;
+            }
+            page.profiles.push(s);
+        }
+        Ok(page)
+    }
+
+    /// This replica's answer to a peer: from its local store and its block in memory only.
+    pub fn local_answer(&self, q: LocalQuery) -> Result<LocalAnswer> {
+        let mut a = LocalAnswer {
+            instance: self.peers.as_ref().map(|p| p.instance.clone()).unwrap_or_default(),
+            pending_block: self.own_pending().map(|(_, m)| m.id.clone()),
+            recent_blocks: self.recent_blocks(),
+            ..Default::default()
+        };
+        let parse = |id: &str| ProfileId::parse(id).map_err(|e| Error::rejected(crate::error::Reject::BadQuery, e));
+        match q {
+            LocalQuery::Profile { id } => {
+                let id = parse(&id)?;
+                let mut parts: Vec<SpanProfile> = self.local.span_profile(id.clone())?.into_iter().collect();
+                parts.extend(self.on_own_pending(async |b| b.span(&id).await).into_iter().flatten());
+                a.profile = merge_span_parts(parts).map(|p| (WireSummary::from_summary(&p.summary), WireStacks::from_stacks(&p.stacks)));
+            }
+            LocalQuery::Summaries { ids } => {
+                for id in ids.iter().filter_map(|i| ProfileId::parse(i).ok()) {
+                    let mut parts: Vec<SpanSummary> = self.local.span_summary(&id)?.into_iter().collect();
+                    for rec in self.on_own_pending(async |b| b.span_record(&id).await).into_iter().flatten() {
+                        parts.push(super::shared::summary(id.clone(), rec));
+                    }
+                    a.summaries.extend(merge_summaries(parts).map(|s| WireSummary::from_summary(&s)));
+                }
+            }
+            LocalQuery::Trace { trace_id } => {
+                let t = TraceId::parse(&trace_id).ok_or_else(|| Error::rejected(crate::error::Reject::BadQuery, "trace_id"))?;
+                let mut ids: BTreeSet<ProfileId> = self.local.trace(t)?.into_iter().map(|p| p.summary.profile_id).collect();
+                ids.extend(self.on_own_pending(async |b| b.trace_ids(t).await).into_iter().flatten());
+                a.ids = ids.iter().map(ToString::to_string).collect();
+            }
+            LocalQuery::List { service, span_name, from_ms, after, limit } => {
+                let q = SpanQuery { service, span_name, from_ms, limit, ..Default::default() };
+                let after = after.map(|(t, id): (u64, String)| parse(&id).map(|id| (t, id_key(&id)))).transpose()?;
+                let mut c = self.local_candidates(&q, after.as_ref(), limit)?;
+                c.extend(self.list_candidates(self.own_pending().into_iter().collect(), &q, after.as_ref(), limit));
+                a.candidates = c.into_iter().map(|c| (c.last_seen_ms, c.id.to_string())).collect();
+            }
+            LocalQuery::Process { service, profile_type, from_ms, until_ms } => {
+                if let Some(p) = self.local.process_profile(&service, &profile_type, from_ms, until_ms)? {
+                    a.process.push((p.period_ns, WireStacks::from_stacks(&p.stacks)));
+                }
+                let matches = series_matcher(&service, &profile_type);
+                for found in self.on_own_pending(async |b| b.process(&matches, from_ms, until_ms).await) {
+                    a.process.extend(found.into_iter().map(|(p, s)| (p, WireStacks::from_stacks(&s))));
+                }
+            }
+            LocalQuery::Services => {
+                let mut out: BTreeSet<String> = self.local.services()?.into_iter().collect();
+                out.extend(self.own_pending().into_iter().flat_map(|(_, m)| m.services.clone()));
+                a.names = out.into_iter().collect();
+            }
+            LocalQuery::LabelNames => {
+                let mut out: BTreeSet<String> = self.local.label_names()?.into_iter().collect();
+                out.extend(self.own_pending().into_iter().flat_map(|(_, m)| m.series.iter().flat_map(|l| l.keys().cloned()).collect::<Vec<_>>()));
+                a.names = out.into_iter().collect();
+            }
+            LocalQuery::LabelValues { name } => {
+                let mut out: BTreeSet<String> = self.local.label_values(&name)?.into_iter().collect();
+                out.extend(self.own_pending().into_iter().flat_map(|(_, m)| m.series.iter().filter_map(|l| l.get(&name).cloned()).collect::<Vec<_>>()));
+                a.names = out.into_iter().collect();
+            }
+        }
+        Ok(a)
+    }
+
+    fn recent_blocks(&self) -> Vec<String> {
+        let Ok(mut r) = self.recent.lock() else { return Vec::new() };
+        while r.front().is_some_and(|(at, _)| at.elapsed() > RECENT_BLOCK) {
+            r.pop_front();
+        }
+        r.iter().map(|(_, id)| id.clone()).collect()
+    }
+
+    /// Listing candidates of the local store (filters that change on merge left to the caller).
+    fn local_candidates(&self, q: &SpanQuery, after: Option<&(u64, Vec<u8>)>, want: usize) -> Result<Vec<Candidate>> {
+        let local_q = SpanQuery {
+            min_samples: 0,
+            until_ms: None,
+            trace_id: None,
+            limit: want,
+            after: after.map(|(t, k)| cursor(*t, k)).transpose()?,
+            ..q.clone()
+        };
+        Ok(self
+            .local
+            .search_spans(&local_q)?
+            .profiles
+            .into_iter()
+            .map(|s| Candidate { last_seen_ms: s.last_seen_ms, key: id_key(&s.profile_id), id: s.profile_id })
+            .collect())
     }
 
     /// One cut of the local store into a block in the bucket: a pending cut (after a restart or
@@ -243,6 +454,9 @@ impl LayeredStore {
             return Err(e);
         }
         self.local.cut_done(&block_id)?;
+        if let Ok(mut r) = self.recent.lock() {
+            r.push_back((Instant::now(), block_id.clone()));
+        }
         if let Ok(mut p) = self.pending.lock() {
             p.take();
         }
@@ -254,10 +468,16 @@ impl LayeredStore {
 
     /// Listing candidates of the blocks: entries matching the filters that do not change when a
     /// profile merges, at or past `after`, `want` per block (all of one time at the boundary).
-    fn block_candidates(&self, q: &SpanQuery, after: Option<&(u64, Vec<u8>)>, want: usize) -> Vec<Candidate> {
+    fn list_candidates(
+        &self,
+        sources: Vec<(Source, Arc<BlockMeta>)>,
+        q: &SpanQuery,
+        after: Option<&(u64, Vec<u8>)>,
+        want: usize,
+    ) -> Vec<Candidate> {
         let until = after.map_or(u64::MAX, |a| a.0);
         let from = q.from_ms.unwrap_or(0);
-        let lists = self.each_block(async |b| {
+        let lists = self.each_of(sources, async |b| {
             let mut found: Vec<Candidate> = Vec::new();
             if b.meta.max_time_ms < from || q.service.as_ref().is_some_and(|s| !b.meta.services.contains(s)) {
                 return Ok(found);
@@ -293,6 +513,14 @@ fn cursor(last_seen_ms: u64, key: &[u8]) -> Result<Cursor> {
     Ok(Cursor { last_seen_ms, profile_id: super::shared::id_from_key(key)? })
 }
 
+/// Whether a series is `service`'s of type `profile_type`.
+fn series_matcher(service: &str, profile_type: &str) -> impl Fn(&Labels) -> bool + use<> {
+    let (service, profile_type) = (service.to_owned(), profile_type.to_owned());
+    move |l: &Labels| {
+        l.get("service_name").is_some_and(|s| *s == service) && l.get("__name__").is_some_and(|t| *t == profile_type)
+    }
+}
+
 /// A new block's ID: its cut time first, so IDs sort by age, then the replica and a random part.
 pub fn new_block_id(now_ms: u64, replica: &str) -> String {
     let safe: String = replica.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').take(63).collect();
@@ -311,6 +539,9 @@ impl ProfileStore for LayeredStore {
     }
 
     fn search_spans(&self, q: &SpanQuery) -> Result<Page> {
+        if let Some(trace) = q.trace_id {
+            return self.search_trace(q, trace);
+        }
         let limit = q.limit.clamp(1, 1000);
         let mut page = Page::default();
         let mut after = q.after.as_ref().map(|c| (c.last_seen_ms, id_key(&c.profile_id)));
@@ -319,34 +550,48 @@ impl ProfileStore for LayeredStore {
         // first; a profile is listed where its merged last-seen time puts it, once.
         for _round in 0..16 {
             let want = limit + 1;
-            let local_q = SpanQuery {
-                min_samples: 0,
-                until_ms: None,
+            let (answers, view) = self.ask_peers(LocalQuery::List {
+                service: q.service.clone(),
+                span_name: q.span_name.clone(),
+                from_ms: q.from_ms,
+                after: after.as_ref().map(|(t, k)| super::shared::id_from_key(k).map(|id| (*t, id.to_string()))).transpose()?,
                 limit: want,
-                after: after.as_ref().map(|(t, k)| cursor(*t, k)).transpose()?,
-                ..q.clone()
-            };
-            let local = self.local.search_spans(&local_q)?;
-            let local_more = local.next.is_some();
-            let mut candidates: Vec<Candidate> = local
-                .profiles
-                .into_iter()
-                .map(|s| Candidate { last_seen_ms: s.last_seen_ms, key: id_key(&s.profile_id), id: s.profile_id })
-                .collect();
-            let blocks = self.block_candidates(q, after.as_ref(), want);
-            let block_more = blocks.len() >= want;
+            });
+            let mut more = false;
+            let mut candidates = self.local_candidates(q, after.as_ref(), want)?;
+            more |= candidates.len() >= want;
+            let blocks = self.list_candidates(self.sources(&view), q, after.as_ref(), want);
+            more |= blocks.len() >= want;
             candidates.extend(blocks);
+            for a in &answers {
+                more |= a.candidates.len() >= want;
+                for (t, id) in &a.candidates {
+                    let id = ProfileId::parse(id).map_err(|e| Error::Corrupt(format!("peer answer: {e}")))?;
+                    candidates.push(Candidate { last_seen_ms: *t, key: id_key(&id), id });
+                }
+            }
             candidates.sort_by(|a, b| (b.last_seen_ms, &b.key).cmp(&(a.last_seen_ms, &a.key)));
+            candidates.truncate(want);
             if candidates.is_empty() {
                 return Ok(page);
             }
+            // The peers' parts of these profiles, in one call per peer.
+            let ids: Vec<String> = candidates.iter().filter(|c| !seen.contains(&c.key)).map(|c| c.id.to_string()).collect();
+            let mut peer_parts: HashMap<String, Vec<SpanSummary>> = HashMap::new();
+            let (summaries, view) = self.ask_peers(LocalQuery::Summaries { ids });
+            for a in summaries {
+                for w in a.summaries {
+                    peer_parts.entry(w.profile_id.clone()).or_default().push(w.into_summary()?);
+                }
+            }
             let mut last = None;
-            for c in candidates.into_iter().take(want) {
+            for c in candidates {
                 last = Some((c.last_seen_ms, c.key.clone()));
                 if !seen.insert(c.key.clone()) {
                     continue;
                 }
-                let Some(s) = self.merged_summary(&c.id)? else { continue };
+                let parts = peer_parts.remove(&c.id.to_string()).unwrap_or_default();
+                let Some(s) = self.merged_summary(&c.id, &view, parts)? else { continue };
                 // Listed at its newest time only: an older part of it is skipped.
                 if s.last_seen_ms != c.last_seen_ms {
                     continue;
@@ -362,7 +607,7 @@ impl ProfileStore for LayeredStore {
                     }
                 }
             }
-            if !local_more && !block_more {
+            if !more {
                 return Ok(page);
             }
             after = last;
@@ -372,9 +617,13 @@ impl ProfileStore for LayeredStore {
     }
 
     fn trace(&self, trace_id: TraceId) -> Result<Vec<SpanProfile>> {
+        let (answers, view) = self.ask_peers(LocalQuery::Trace { trace_id: trace_id.to_string() });
         let mut ids: BTreeSet<ProfileId> = self.local.trace(trace_id)?.into_iter().map(|p| p.summary.profile_id).collect();
-        for found in self.each_block(async |b| b.trace_ids(trace_id).await) {
+        for found in self.each_block(&view, async |b| b.trace_ids(trace_id).await) {
             ids.extend(found);
+        }
+        for a in &answers {
+            ids.extend(a.ids.iter().filter_map(|i| ProfileId::parse(i).ok()));
         }
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
@@ -387,46 +636,61 @@ impl ProfileStore for LayeredStore {
     }
 
     fn services(&self) -> Result<Vec<String>> {
+        let (answers, view) = self.ask_peers(LocalQuery::Services);
         let mut out: BTreeSet<String> = self.local.services()?.into_iter().collect();
-        for (_, meta) in self.sources() {
+        for (_, meta) in self.sources(&view) {
             out.extend(meta.services.iter().cloned());
         }
+        out.extend(answers.into_iter().flat_map(|a| a.names));
         Ok(out.into_iter().collect())
     }
 
     fn label_values(&self, name: &str) -> Result<Vec<String>> {
+        let (answers, view) = self.ask_peers(LocalQuery::LabelValues { name: name.to_owned() });
         let mut out: BTreeSet<String> = self.local.label_values(name)?.into_iter().collect();
-        for (_, meta) in self.sources() {
+        for (_, meta) in self.sources(&view) {
             out.extend(meta.series.iter().filter_map(|l| l.get(name).cloned()));
         }
+        out.extend(answers.into_iter().flat_map(|a| a.names));
         Ok(out.into_iter().collect())
     }
 
     fn label_names(&self) -> Result<Vec<String>> {
+        let (answers, view) = self.ask_peers(LocalQuery::LabelNames);
         let mut out: BTreeSet<String> = self.local.label_names()?.into_iter().collect();
-        for (_, meta) in self.sources() {
+        for (_, meta) in self.sources(&view) {
             out.extend(meta.series.iter().flat_map(|l| l.keys().cloned()));
         }
+        out.extend(answers.into_iter().flat_map(|a| a.names));
         Ok(out.into_iter().collect())
     }
 
     fn process_profile(&self, service: &str, profile_type: &str, from_ms: u64, until_ms: u64) -> Result<Option<ProcessProfile>> {
+        let (answers, view) = self.ask_peers(LocalQuery::Process {
+            service: service.to_owned(),
+            profile_type: profile_type.to_owned(),
+            from_ms,
+            until_ms,
+        });
         let mut parts: Vec<(u64, Stacks)> = Vec::new();
         if let Some(p) = self.local.process_profile(service, profile_type, from_ms, until_ms)? {
             parts.push((p.period_ns, p.stacks));
         }
-        let matches = |l: &Labels| {
-            l.get("service_name").is_some_and(|s| s == service) && l.get("__name__").is_some_and(|t| t == profile_type)
-        };
-        for found in self.each_block(async |b| {
+        let matches = series_matcher(service, profile_type);
+        for found in self.each_block(&view, async |b| {
             if !b.meta.overlaps(from_ms / super::shared::BUCKET_MS * super::shared::BUCKET_MS, until_ms)
                 || !b.meta.series.iter().any(&matches)
             {
                 return Ok(Vec::new());
             }
-            b.process(matches, from_ms, until_ms).await
+            b.process(&matches, from_ms, until_ms).await
         }) {
             parts.extend(found);
+        }
+        for a in answers {
+            for (period, stacks) in a.process {
+                parts.push((period, stacks.into_stacks()?));
+            }
         }
         Ok(merge_process_parts(parts))
     }

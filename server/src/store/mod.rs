@@ -10,6 +10,7 @@ pub mod codec;
 mod disk;
 pub mod embedded;
 pub mod layered;
+pub mod peers;
 mod shared;
 
 use std::path::Path;
@@ -18,6 +19,12 @@ use std::time::Duration;
 
 use crate::error::Result;
 use crate::model::{Labels, ProfileId, SeriesBatch, TraceId};
+
+/// Makes ring the process's rustls crypto provider (the object store's and peers' HTTPS
+/// clients need one; ring, as everywhere in spanprof). Idempotent.
+pub(crate) fn use_ring_for_tls() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
 
 /// What the redb engine, removed after spanprof-server 0.1.0 at commit 19c0b91,
 /// kept in the data directory.

@@ -84,7 +84,11 @@ pub fn free_port() -> u16 {
 impl ServerProcess {
     /// Starts the server on data directory `dir` with `args` and `envs`; returns once it is ready.
     pub async fn spawn(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> ServerProcess {
-        let port = free_port();
+        Self::spawn_on(free_port(), dir, args, envs).await
+    }
+
+    /// [`Self::spawn`] on a given port (a restart on the same address, peers that know it).
+    pub async fn spawn_on(port: u16, dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> ServerProcess {
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_spanprof-server"))
             .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
             .arg(dir)
