@@ -423,7 +423,7 @@ fn webhook_and_operator_follow_non_default_values() {
             .any(|p| p.port == 10443)
     );
     let pdb = ms.iter().find_map(|(_, m)| match m {
-        Manifest::PodDisruptionBudget(p) => Some(p.clone()),
+        Manifest::PodDisruptionBudget(p) if p.metadata.name.as_deref() == Some("spanprof-operator") => Some(p.clone()),
         _ => None,
     });
     assert_eq!(
@@ -473,7 +473,7 @@ fn operator_deployment_defaults_are_highly_available() {
     let pdb = ms
         .iter()
         .find_map(|(_, m)| match m {
-            Manifest::PodDisruptionBudget(p) => Some(p.clone()),
+            Manifest::PodDisruptionBudget(p) if p.metadata.name.as_deref() == Some("spanprof-operator") => Some(p.clone()),
             _ => None,
         })
         .expect("PodDisruptionBudget");
@@ -694,6 +694,8 @@ fn server_statefulset_service_probes_and_storage() {
 
     // No object store by default; the pod's name names its blocks when there is one.
     assert_eq!(arg(c, "object-store"), None);
+    assert_eq!(arg(c, "peers"), None);
+    assert!(!ms.iter().any(|(_, m)| matches!(m, Manifest::PodDisruptionBudget(p) if p.metadata.name.as_deref() == Some("spanprof-server"))));
     assert!(c.env_from.is_none());
     assert!(c.env.iter().flatten().any(|e| e.name == "POD_NAME"
         && e.value_from.as_ref().and_then(|v| v.field_ref.as_ref()).is_some_and(|f| f.field_path == "metadata.name")));
@@ -707,6 +709,23 @@ fn server_statefulset_service_probes_and_storage() {
     let from = c.env_from.clone().unwrap_or_default();
     assert_eq!(from.len(), 1);
     assert_eq!(from[0].secret_ref.as_ref().map(|s| s.name.as_str()), Some("spanprof-s3"));
+    // Several replicas: peers through the headless Service, one down at a time.
+    assert_eq!(sts.replicas, Some(3));
+    assert_eq!(arg(c, "peers"), Some(format!("dns+{}.observability.svc:4040", sts.service_name.clone().unwrap())));
+    let non_default = render_file("non-default.yaml");
+    let pdb = non_default
+        .iter()
+        .find_map(|(_, m)| match m {
+            Manifest::PodDisruptionBudget(p) if p.metadata.name.as_deref() == Some("spanprof-server") => Some(p.clone()),
+            _ => None,
+        })
+        .expect("a PodDisruptionBudget for the server replicas");
+    let selector = pdb.spec.and_then(|s| s.selector).and_then(|s| s.match_labels).unwrap();
+    let labels = sts.template.metadata.clone().unwrap().labels.unwrap();
+    assert!(selector.iter().all(|(k, v)| labels.get(k) == Some(v)));
+    // More than one replica without an object store is refused by the values schema.
+    let err = template("spanprof", NS, &["--set", "server.replicas=2"]).expect_err("replicas without an object store");
+    assert!(err.to_string().contains("url"), "{err}");
 
     // Without persistence: an emptyDir at the same place. With a StorageClass: it is used.
     let sts = statefulset(&render_file("non-default.yaml"), "spanprof-server").spec;
