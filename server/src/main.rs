@@ -122,6 +122,9 @@ async fn main() -> anyhow::Result<()> {
         let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
         tracing_subscriber::fmt().with_ansi(ansi).with_env_filter(filter).init();
     }
+    if args.peers.is_some() && args.object_store.is_none() {
+        anyhow::bail!("--peers needs --object-store: replicas share their older data through it");
+    }
     let config = Config {
         listen: args.listen,
         data_dir: args.data_dir,

@@ -274,7 +274,8 @@ impl Bucket {
         if let Some(p) = self.pages.lock().ok().and_then(|c| c.get(&key)) {
             return Ok(p);
         }
-        let bytes = self.range(source, meta, page.offset..page.offset + u64::from(page.len)).await?;
+        let end = page.offset.checked_add(u64::from(page.len)).ok_or_else(|| Error::Corrupt(format!("block {}: page past the end", meta.id)))?;
+        let bytes = self.range(source, meta, page.offset..end).await?;
         let entries = Arc::new(block::decode_page(&bytes).map_err(|e| Error::Corrupt(format!("block {}: {e}", meta.id)))?);
         if let Ok(mut c) = self.pages.lock() {
             c.put(key, entries.clone(), bytes.len());

@@ -74,6 +74,8 @@ pub struct LayeredStore {
     peers: Option<Peers>,
     /// Blocks this replica uploaded lately, for peers whose bucket listing lags.
     recent: Mutex<VecDeque<(Instant, String)>>,
+    /// One cut at a time (the interval's and the shutdown's may overlap).
+    shipping: Mutex<()>,
 }
 
 /// How long an uploaded block is announced to peers as recent: longer than a bucket listing
@@ -185,6 +187,7 @@ impl LayeredStore {
             status: Arc::default(),
             peers,
             recent: Mutex::new(VecDeque::new()),
+            shipping: Mutex::new(()),
         }
     }
 
@@ -265,10 +268,6 @@ impl LayeredStore {
         self.each_of(self.sources(view), f)
     }
 
-    /// Runs `f` on this replica's block in memory only (what it answers peers with).
-    fn on_own_pending<T>(&self, f: impl AsyncFnMut(BlockRead<'_>) -> Result<T>) -> Vec<T> {
-        self.each_of(self.own_pending().into_iter().collect(), f)
-    }
 
     /// The merged metadata of `id` over the local store, every block and `peer_parts`.
     fn merged_summary(&self, id: &ProfileId, view: &PeerView, peer_parts: Vec<SpanSummary>) -> Result<Option<SpanSummary>> {
@@ -323,10 +322,14 @@ impl LayeredStore {
 
     /// This replica's answer to a peer: from its local store and its block in memory only.
     pub fn local_answer(&self, q: LocalQuery) -> Result<LocalAnswer> {
+        // One look at the block in memory for the whole answer: the block it names as pending
+        // (which the asker then leaves out of its bucket reads) is the one whose data it holds.
+        let recent_blocks = self.recent_blocks();
+        let pending = self.own_pending();
         let mut a = LocalAnswer {
             instance: self.peers.as_ref().map(|p| p.instance.clone()).unwrap_or_default(),
-            pending_block: self.own_pending().map(|(_, m)| m.id.clone()),
-            recent_blocks: self.recent_blocks(),
+            pending_block: pending.as_ref().map(|(_, m)| m.id.clone()),
+            recent_blocks,
             ..Default::default()
         };
         let parse = |id: &str| ProfileId::parse(id).map_err(|e| Error::rejected(crate::error::Reject::BadQuery, e));
@@ -334,13 +337,13 @@ impl LayeredStore {
             LocalQuery::Profile { id } => {
                 let id = parse(&id)?;
                 let mut parts: Vec<SpanProfile> = self.local.span_profile(id.clone())?.into_iter().collect();
-                parts.extend(self.on_own_pending(async |b| b.span(&id).await).into_iter().flatten());
+                parts.extend(self.each_of(pending.clone().into_iter().collect(), async |b| b.span(&id).await).into_iter().flatten());
                 a.profile = merge_span_parts(parts).map(|p| (WireSummary::from_summary(&p.summary), WireStacks::from_stacks(&p.stacks)));
             }
             LocalQuery::Summaries { ids } => {
                 for id in ids.iter().filter_map(|i| ProfileId::parse(i).ok()) {
                     let mut parts: Vec<SpanSummary> = self.local.span_summary(&id)?.into_iter().collect();
-                    for rec in self.on_own_pending(async |b| b.span_record(&id).await).into_iter().flatten() {
+                    for rec in self.each_of(pending.clone().into_iter().collect(), async |b| b.span_record(&id).await).into_iter().flatten() {
                         parts.push(super::shared::summary(id.clone(), rec));
                     }
                     a.summaries.extend(merge_summaries(parts).map(|s| WireSummary::from_summary(&s)));
@@ -349,14 +352,14 @@ impl LayeredStore {
             LocalQuery::Trace { trace_id } => {
                 let t = TraceId::parse(&trace_id).ok_or_else(|| Error::rejected(crate::error::Reject::BadQuery, "trace_id"))?;
                 let mut ids: BTreeSet<ProfileId> = self.local.trace(t)?.into_iter().map(|p| p.summary.profile_id).collect();
-                ids.extend(self.on_own_pending(async |b| b.trace_ids(t).await).into_iter().flatten());
+                ids.extend(self.each_of(pending.clone().into_iter().collect(), async |b| b.trace_ids(t).await).into_iter().flatten());
                 a.ids = ids.iter().map(ToString::to_string).collect();
             }
             LocalQuery::List { service, span_name, from_ms, after, limit } => {
                 let q = SpanQuery { service, span_name, from_ms, limit, ..Default::default() };
                 let after = after.map(|(t, id): (u64, String)| parse(&id).map(|id| (t, id_key(&id)))).transpose()?;
                 let mut c = self.local_candidates(&q, after.as_ref(), limit)?;
-                c.extend(self.list_candidates(self.own_pending().into_iter().collect(), &q, after.as_ref(), limit));
+                c.extend(self.list_candidates(pending.clone().into_iter().collect(), &q, after.as_ref(), limit));
                 a.candidates = c.into_iter().map(|c| (c.last_seen_ms, c.id.to_string())).collect();
             }
             LocalQuery::Process { service, profile_type, from_ms, until_ms } => {
@@ -364,23 +367,23 @@ impl LayeredStore {
                     a.process.push((p.period_ns, WireStacks::from_stacks(&p.stacks)));
                 }
                 let matches = series_matcher(&service, &profile_type);
-                for found in self.on_own_pending(async |b| b.process(&matches, from_ms, until_ms).await) {
+                for found in self.each_of(pending.clone().into_iter().collect(), async |b| b.process(&matches, from_ms, until_ms).await) {
                     a.process.extend(found.into_iter().map(|(p, s)| (p, WireStacks::from_stacks(&s))));
                 }
             }
             LocalQuery::Services => {
                 let mut out: BTreeSet<String> = self.local.services()?.into_iter().collect();
-                out.extend(self.own_pending().into_iter().flat_map(|(_, m)| m.services.clone()));
+                out.extend(pending.iter().flat_map(|(_, m)| m.services.clone()));
                 a.names = out.into_iter().collect();
             }
             LocalQuery::LabelNames => {
                 let mut out: BTreeSet<String> = self.local.label_names()?.into_iter().collect();
-                out.extend(self.own_pending().into_iter().flat_map(|(_, m)| m.series.iter().flat_map(|l| l.keys().cloned()).collect::<Vec<_>>()));
+                out.extend(pending.iter().flat_map(|(_, m)| m.series.iter().flat_map(|l| l.keys().cloned()).collect::<Vec<_>>()));
                 a.names = out.into_iter().collect();
             }
             LocalQuery::LabelValues { name } => {
                 let mut out: BTreeSet<String> = self.local.label_values(&name)?.into_iter().collect();
-                out.extend(self.own_pending().into_iter().flat_map(|(_, m)| m.series.iter().filter_map(|l| l.get(&name).cloned()).collect::<Vec<_>>()));
+                out.extend(pending.iter().flat_map(|(_, m)| m.series.iter().filter_map(|l| l.get(&name).cloned()).collect::<Vec<_>>()));
                 a.names = out.into_iter().collect();
             }
         }
@@ -418,6 +421,7 @@ impl LayeredStore {
     /// a failed upload) first, else what was last seen before `before_ms`. Returns the block's
     /// span profiles, or `None` when there was nothing to cut.
     pub fn ship(&self, before_ms: u64, now_ms: u64) -> Result<Option<u64>> {
+        let _one_at_a_time = self.shipping.lock().map_err(|_| Error::Storage("a block upload panicked".into()))?;
         let cut = match self.local.pending_cut()? {
             Some(cut) => cut,
             None => {
