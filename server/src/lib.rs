@@ -56,6 +56,8 @@ pub struct BlockConfig {
     pub cache_bytes: usize,
     /// The other replicas (`--peers`): `dns+host:port` or a comma list of `host:port`.
     pub peers: Option<String>,
+    /// How long blocks replaced by compaction are kept for queries that listed them.
+    pub compaction_grace: Duration,
 }
 
 /// Data last seen this recently stays local at a cut: a request still running is not split
@@ -114,7 +116,7 @@ pub async fn serve(
     });
     let retention = tokio::spawn(retention_loop(state.clone(), config.retention, config.retention_interval));
     let shipper = match (&layered, &config.blocks) {
-        (Some(l), Some(b)) => Some(tokio::spawn(ship_loop(l.clone(), b.interval))),
+        (Some(l), Some(b)) => Some(tokio::spawn(ship_loop(l.clone(), b.interval, b.compaction_grace))),
         _ => None,
     };
     let app = http::router(state.clone());
@@ -177,8 +179,9 @@ fn ship_all(layered: &store::layered::LayeredStore, before_ms: u64) -> Result<()
 }
 
 /// Every `every`, moves what the local store holds and has not changed for [`BLOCK_SETTLE`]
-/// into blocks in the bucket; a failure is retried at the next tick (the data waits locally).
-async fn ship_loop(layered: Arc<store::layered::LayeredStore>, every: Duration) {
+/// into blocks in the bucket (a failure is retried at the next tick: the data waits locally),
+/// then compacts the bucket's blocks if this replica holds the compactor lease.
+async fn ship_loop(layered: Arc<store::layered::LayeredStore>, every: Duration, grace: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -189,6 +192,12 @@ async fn ship_loop(layered: Arc<store::layered::LayeredStore>, every: Duration) 
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "cutting a block failed; the data stays local and is retried"),
             Err(e) => tracing::warn!(error = %e, "the block task failed"),
+        }
+        let l = layered.clone();
+        match tokio::task::spawn_blocking(move || l.compact(now_ms(), grace.as_millis() as u64)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "compaction failed; retried at the next tick"),
+            Err(e) => tracing::warn!(error = %e, "the compaction task failed"),
         }
     }
 }

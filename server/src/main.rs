@@ -75,6 +75,9 @@ struct Args {
     /// `host:port`. A peer that does not answer makes the answer partial, never an error.
     #[arg(long, env = "SPANPROF_PEERS")]
     peers: Option<String>,
+    /// How long blocks replaced by compaction stay for queries that listed them before.
+    #[arg(long, env = "SPANPROF_COMPACTION_GRACE", default_value = "5m", value_parser = parse_duration)]
+    compaction_grace: Duration,
     /// Block pages cached in memory, MiB.
     #[arg(long, env = "SPANPROF_BLOCK_CACHE_MB", default_value_t = 256)]
     block_cache_mb: usize,
@@ -154,6 +157,7 @@ async fn main() -> anyhow::Result<()> {
             replica: args.replica_name.or_else(|| std::env::var("POD_NAME").ok()).unwrap_or_else(host_name),
             cache_bytes: args.block_cache_mb << 20,
             peers: args.peers,
+            compaction_grace: args.compaction_grace,
         }),
     };
     spanprof_server::run(config, None).await?;

@@ -129,6 +129,8 @@ impl Metrics {
         );
         r.register("blocks_uploaded", "Blocks cut from the local store and uploaded", status.blocks_uploaded.clone());
         r.register("block_upload_failures", "Block uploads that failed (retried)", status.upload_failures.clone());
+        r.register("blocks_compacted", "Blocks merged into larger ones by compaction", status.blocks_compacted.clone());
+        r.register("blocks_deleted", "Replaced blocks compaction deleted after their grace period", status.blocks_deleted.clone());
         r.register("peer_errors", "Calls to peers that failed (the answer missed their local data)", status.peer_errors.clone());
         r.register(
             "block_read_errors",

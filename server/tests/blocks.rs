@@ -1,7 +1,8 @@
 //! Replicas sharing an object store (`--object-store`, here `file://`; SeaweedFS's S3 in
 //! `s3_blocks.rs`): older data is cut into blocks, any replica answers from its local store and
 //! every block with profiles of one ID merged, a graceful stop uploads the rest, and a corrupt
-//! block is left out of answers (counted) instead of failing them.
+//! block is left out of answers (counted) instead of failing them; compaction merges blocks into
+//! one and deletes them after a grace period, answers unchanged.
 
 mod common;
 
@@ -10,7 +11,9 @@ use std::time::Duration;
 use common::*;
 use spanprof_server::BlockConfig;
 
-fn replica(dir: &std::path::Path, bucket: &std::path::Path, name: &str) -> spanprof_server::Config {
+/// A replica's config; `grace`: how old a block must be before compaction merges it, and how long
+/// replaced blocks stay.
+fn replica(dir: &std::path::Path, bucket: &std::path::Path, name: &str, grace: Duration) -> spanprof_server::Config {
     let mut c = config(&dir.join(name));
     c.blocks = Some(BlockConfig {
         object_store: format!("file://{}", bucket.display()),
@@ -18,9 +21,13 @@ fn replica(dir: &std::path::Path, bucket: &std::path::Path, name: &str) -> spanp
         replica: name.into(),
         cache_bytes: 8 << 20,
         peers: None,
+        compaction_grace: grace,
     });
     c
 }
+
+/// Blocks this young are not compacted: this test's blocks stay as uploaded.
+const NO_COMPACTION: Duration = Duration::from_secs(3600);
 
 /// `/ingest` of folded stacks into `span` (or whole-process when `None`), at Unix seconds `at`.
 async fn ingest(srv: &TestServer, span: Option<&str>, at: u64, body: &str) {
@@ -56,8 +63,8 @@ fn now_s() -> u64 {
 async fn replicas_answer_from_every_block_with_one_id_merged() {
     let dir = tempfile::tempdir().unwrap();
     let bucket = dir.path().join("bucket");
-    let a = TestServer::start(replica(dir.path(), &bucket, "a")).await;
-    let b = TestServer::start(replica(dir.path(), &bucket, "b")).await;
+    let a = TestServer::start(replica(dir.path(), &bucket, "a", NO_COMPACTION)).await;
+    let b = TestServer::start(replica(dir.path(), &bucket, "b", NO_COMPACTION)).await;
     let old = now_s() - 600;
     // One span ID pushed to both replicas; whole-process samples on both; all of it old enough
     // to be cut at once. A recent span stays in a's local store.
@@ -113,11 +120,59 @@ async fn replicas_answer_from_every_block_with_one_id_merged() {
         *byte ^= 0x5a;
     }
     std::fs::write(&data, bytes).unwrap();
-    let c = TestServer::start(replica(dir.path(), &bucket, "c")).await;
+    let c = TestServer::start(replica(dir.path(), &bucket, "c", NO_COMPACTION)).await;
     let (status, p) = get_json(&c.url(&format!("/api/v1/profiles/{SPAN_A}"))).await;
     assert_eq!(status, 200, "{p}");
     assert_eq!(p["profile"]["samples"], 3, "a's part only: {p}");
     assert!(metric(&c, "spanprof_block_read_errors_total").await >= 1);
     b.stop().await;
     c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_merges_blocks_physically_and_deletes_them_after_the_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = dir.path().join("bucket");
+    let a = TestServer::start(replica(dir.path(), &bucket, "a", Duration::from_secs(1))).await;
+    let b = TestServer::start(replica(dir.path(), &bucket, "b", Duration::from_secs(1))).await;
+    let old = now_s() - 600;
+    ingest(&a, Some(SPAN_A), old, "main;handle;find_nearest_vehicle 3\n").await;
+    ingest(&b, Some(SPAN_A), old + 1, "main;handle;find_nearest_vehicle 2\nmain;handle;lock 1\n").await;
+    ingest(&a, None, old, "main;idle 5\n").await;
+    ingest(&b, None, old, "main;idle 4\nmain;gc 1\n").await;
+    wait_for_blocks(&a, 1).await;
+    wait_for_blocks(&b, 1).await;
+
+    // One of the two holds the lease and merges both blocks into one; the replaced ones go a
+    // grace period later.
+    for _ in 0..200 {
+        let deleted = metric(&a, "spanprof_blocks_deleted_total").await + metric(&b, "spanprof_blocks_deleted_total").await;
+        if deleted >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let compacted = metric(&a, "spanprof_blocks_compacted_total").await + metric(&b, "spanprof_blocks_compacted_total").await;
+    assert_eq!(compacted, 2, "exactly one compactor merged the two blocks");
+    // (Local files leave the emptied directories of deleted blocks behind.)
+    let blocks: Vec<_> =
+        bucket.join("blocks").read_dir().unwrap().map(|e| e.unwrap().path()).filter(|p| p.join("meta.json").exists()).collect();
+    assert_eq!(blocks.len(), 1, "{blocks:?}");
+    let data_objects = bucket.join("blocks").read_dir().unwrap().filter(|e| e.as_ref().unwrap().path().join("data").exists()).count();
+    assert_eq!(data_objects, 1, "the replaced blocks' data is deleted too");
+    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(blocks[0].join("meta.json")).unwrap()).unwrap();
+    assert_eq!(meta["replaces"].as_array().unwrap().len(), 2, "{meta}");
+    assert_eq!(meta["span_profiles"], 1, "the two parts of one ID are one record: {meta}");
+    assert_eq!(meta["samples"], 16, "{meta}");
+
+    // Answers are the same as before.
+    tokio::time::sleep(Duration::from_secs(11)).await; // past the replicas' cached listings
+    for srv in [&a, &b] {
+        let (status, p) = get_json(&srv.url(&format!("/api/v1/profiles/{SPAN_A}"))).await;
+        assert_eq!((status, &p["profile"]["samples"]), (200, &serde_json::json!(6)), "{p}");
+        let (_, whole) = get_json(&srv.url(&format!("/api/v1/services/ride/profile?from={}&until={}", old - 60, old + 60))).await;
+        assert_eq!(whole["samples"], 10, "{whole}");
+    }
+    a.stop().await;
+    b.stop().await;
 }

@@ -70,6 +70,8 @@ pub struct Bucket {
     footers: Mutex<HashMap<String, Arc<BlockFooter>>>,
     pages: Mutex<PageCache>,
     metas: Mutex<Option<(Instant, Arc<Vec<BlockMeta>>)>>,
+    /// Blocks the last listing found replaced (left out of it).
+    hidden: Mutex<Arc<std::collections::HashSet<String>>>,
 }
 
 impl Bucket {
@@ -123,6 +125,7 @@ impl Bucket {
             footers: Mutex::new(HashMap::new()),
             pages: Mutex::new(PageCache { pages: HashMap::new(), order: VecDeque::new(), bytes: 0, max_bytes: cache_bytes }),
             metas: Mutex::new(None),
+            hidden: Mutex::new(Arc::default()),
         })
     }
 
@@ -171,7 +174,14 @@ impl Bucket {
         }
     }
 
-    /// Every block's meta, oldest block first; a listing at most [`META_REFRESH`] old is reused.
+    /// Every block's meta as listed, replaced blocks included (compaction deletes them).
+    pub async fn all_blocks(&self) -> Result<Vec<BlockMeta>> {
+        self.forget_listing();
+        let (metas, _) = self.list_metas().await?;
+        Ok(metas)
+    }
+
+    /// Every visible block's meta ([`visible`]), oldest block first; a listing at most [`META_REFRESH`] old is reused.
     /// A meta that cannot be read or parsed is left out (counted by the caller as an error).
     /// When the bucket cannot be listed, the last listing is used again for [`META_REFRESH`]
     /// (and the error returned once), so queries neither fail nor wait on every request.
@@ -182,17 +192,44 @@ impl Bucket {
         {
             return Ok((metas.clone(), 0));
         }
-        use futures_util::TryStreamExt;
-        let listed = self.store.list(Some(&self.prefix.clone().join("blocks"))).try_collect::<Vec<_>>().await;
-        let listing: Vec<object_store::ObjectMeta> = match listed {
+        let (metas, bad) = match self.list_metas().await {
             Ok(l) => l,
             Err(e) => {
                 if let Ok(mut m) = self.metas.lock() {
                     *m = Some((Instant::now(), last.map(|l| l.1).unwrap_or_default()));
                 }
-                return Err(storage("listing blocks", e));
+                return Err(e);
             }
         };
+        let ids: Vec<String> = metas.iter().map(|m| m.id.clone()).collect();
+        let mut metas = visible(metas);
+        metas.sort_by(|a, b| a.id.cmp(&b.id));
+        let shown: std::collections::HashSet<&str> = metas.iter().map(|m| m.id.as_str()).collect();
+        let hidden: std::collections::HashSet<String> = ids.into_iter().filter(|id| !shown.contains(id.as_str())).collect();
+        let metas = Arc::new(metas);
+        if let Ok(mut m) = self.metas.lock() {
+            *m = Some((Instant::now(), metas.clone()));
+        }
+        if let Ok(mut h) = self.hidden.lock() {
+            *h = Arc::new(hidden);
+        }
+        Ok((metas, bad))
+    }
+
+    /// Blocks the last listing found replaced by another block.
+    pub fn hidden(&self) -> Arc<std::collections::HashSet<String>> {
+        self.hidden.lock().map(|h| h.clone()).unwrap_or_default()
+    }
+
+    /// Lists and reads every block meta (no cache); returns them and how many were unreadable.
+    async fn list_metas(&self) -> Result<(Vec<BlockMeta>, usize)> {
+        use futures_util::TryStreamExt;
+        let listing: Vec<object_store::ObjectMeta> = self
+            .store
+            .list(Some(&self.prefix.clone().join("blocks")))
+            .try_collect()
+            .await
+            .map_err(|e| storage("listing blocks", e))?;
         let mut metas = Vec::new();
         let mut bad = 0;
         for o in listing.iter().filter(|o| o.location.filename() == Some("meta.json")) {
@@ -211,11 +248,6 @@ impl Bucket {
                     bad += 1;
                 }
             }
-        }
-        metas.sort_by(|a, b| a.id.cmp(&b.id));
-        let metas = Arc::new(metas);
-        if let Ok(mut m) = self.metas.lock() {
-            *m = Some((Instant::now(), metas.clone()));
         }
         Ok((metas, bad))
     }
@@ -439,5 +471,157 @@ impl BlockRead<'_> {
             }
         }
         Ok(out)
+    }
+}
+
+impl BlockRead<'_> {
+    /// Every span profile of the block, resolved (compaction reads whole blocks).
+    pub async fn all_spans(&self) -> Result<Vec<super::SpanProfile>> {
+        let footer = self.footer().await?;
+        let mut out = Vec::new();
+        for page in &footer.table(Table::Spans)?.pages {
+            for (k, v) in self.bucket.page(self.source, self.meta, page).await?.iter() {
+                let rec: super::codec::SpanRecord = super::codec::decode(v, "block span")?;
+                let counts = rec.stack_counts()?;
+                let stacks = self.resolve(&counts).await?;
+                out.push(super::SpanProfile { summary: super::shared::summary(super::shared::id_from_key(k)?, rec), stacks });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every whole-process bucket of the block: series labels, bucket start, period, stacks.
+    pub async fn all_process(&self) -> Result<Vec<(crate::model::Labels, u64, u64, super::Stacks)>> {
+        let footer = self.footer().await?;
+        let mut series: HashMap<Vec<u8>, crate::model::Labels> = HashMap::new();
+        for page in &footer.table(Table::Series)?.pages {
+            for (k, v) in self.bucket.page(self.source, self.meta, page).await?.iter() {
+                let rec: super::shared::SeriesRecord = super::codec::decode(v, "block series")?;
+                series.insert(k.clone(), rec.labels.into_iter().map(|l| (l.name, l.value)).collect());
+            }
+        }
+        let mut out = Vec::new();
+        for page in &footer.table(Table::Process)?.pages {
+            for (k, v) in self.bucket.page(self.source, self.meta, page).await?.iter() {
+                let (s, b) = k.split_at_checked(4).ok_or_else(|| Error::Corrupt("block process key".into()))?;
+                let labels = series.get(s).cloned().ok_or_else(|| Error::Corrupt("block process series missing".into()))?;
+                let bucket = <[u8; 8]>::try_from(b).map(u64::from_be_bytes).map_err(|_| Error::Corrupt("block process key".into()))?;
+                let rec: super::codec::StacksRecord = super::codec::decode(v, "block bucket")?;
+                out.push((labels, bucket, rec.period_ns, self.resolve(&rec.to_counts()?).await?));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Which listed blocks a query reads: a block another block replaces (compaction) is left out
+/// once the replacing block exists. Should two blocks claim to replace the same block (two
+/// compactors despite the lease), only the one with the smallest ID counts, so nothing is read
+/// twice.
+pub fn visible(metas: Vec<BlockMeta>) -> Vec<BlockMeta> {
+    let mut claimed: HashMap<&str, &str> = HashMap::new();
+    let mut invalid: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    // Smallest ID first: it claims first.
+    let mut order: Vec<&BlockMeta> = metas.iter().filter(|m| !m.replaces.is_empty()).collect();
+    order.sort_by(|a, b| a.id.cmp(&b.id));
+    for m in order {
+        if m.replaces.iter().any(|r| claimed.contains_key(r.as_str())) {
+            invalid.insert(&m.id);
+            continue;
+        }
+        for r in &m.replaces {
+            claimed.insert(r, &m.id);
+        }
+    }
+    let hidden: std::collections::HashSet<String> =
+        claimed.keys().map(|k| k.to_string()).chain(invalid.iter().map(|k| k.to_string())).collect();
+    metas.into_iter().filter(|m| !hidden.contains(&m.id)).collect()
+}
+
+/// The compaction lease: `compactor/lease-<generation>` objects, created with "create if
+/// absent" only (so every S3-compatible store and local files can do it): the holder of the
+/// highest generation holds the lease until it expires; taking it over means creating the next
+/// generation, which exactly one contender manages.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Lease {
+    pub holder: String,
+    pub expires_ms: u64,
+}
+
+impl Bucket {
+    fn lease_path(&self, generation: u64) -> ObjectPath {
+        self.prefix.clone().join("compactor").join(format!("lease-{generation:020}"))
+    }
+
+    /// Takes (or renews) the compaction lease for `holder` until `now_ms + ttl_ms`; false when
+    /// another holder's lease has not expired or another contender won.
+    pub async fn take_lease(&self, holder: &str, now_ms: u64, ttl_ms: u64) -> Result<bool> {
+        use futures_util::TryStreamExt;
+        let leases: Vec<object_store::ObjectMeta> = self
+            .store
+            .list(Some(&self.prefix.clone().join("compactor")))
+            .try_collect()
+            .await
+            .map_err(|e| storage("listing the lease", e))?;
+        let generation = leases
+            .iter()
+            .filter_map(|o| o.location.filename()?.strip_prefix("lease-")?.parse::<u64>().ok())
+            .max();
+        if let Some(g) = generation {
+            let bytes = self.store.get(&self.lease_path(g)).await.map_err(|e| storage("reading the lease", e))?.bytes().await;
+            let lease: Option<Lease> = bytes.ok().and_then(|b| serde_json::from_slice(&b).ok());
+            if let Some(l) = lease
+                && l.holder != holder
+                && l.expires_ms > now_ms
+            {
+                return Ok(false);
+            }
+        }
+        let next = generation.map_or(0, |g| g + 1);
+        let lease = serde_json::to_vec(&Lease { holder: holder.to_owned(), expires_ms: now_ms + ttl_ms }).map_err(|e| Error::Bucket(e.to_string()))?;
+        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+        match self.store.put_opts(&self.lease_path(next), PutPayload::from(lease), opts).await {
+            Ok(_) => {}
+            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => return Ok(false),
+            Err(e) => return Err(storage("taking the lease", e)),
+        }
+        // Older generations are history: the newest one decides.
+        for g in leases.iter().filter_map(|o| o.location.filename()?.strip_prefix("lease-")?.parse::<u64>().ok()).filter(|&g| g + 2 <= next) {
+            let _ = self.store.delete(&self.lease_path(g)).await;
+        }
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(id: &str, replaces: &[&str]) -> BlockMeta {
+        BlockMeta {
+            format: block::FORMAT_VERSION,
+            id: id.into(),
+            replica: "r".into(),
+            created_ms: 0,
+            min_time_ms: 0,
+            max_time_ms: 0,
+            span_profiles: 0,
+            samples: 0,
+            data_bytes: 0,
+            data_crc32: 0,
+            services: Vec::new(),
+            series: Vec::new(),
+            replaces: replaces.iter().map(|r| r.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_replaced_block_is_never_read_beside_its_replacement() {
+        let ids = |v: Vec<BlockMeta>| v.into_iter().map(|m| m.id).collect::<Vec<_>>();
+        assert_eq!(ids(visible(vec![meta("1", &[]), meta("2", &[]), meta("3", &["1", "2"])])), ["3"]);
+        // Two compactors merged overlapping sets: the smaller ID's output counts, the other
+        // output is left out with everything it claims that the first does not.
+        let v = ids(visible(vec![meta("1", &[]), meta("2", &[]), meta("4", &[]), meta("5", &["1", "2"]), meta("6", &["2", "4"])]));
+        assert_eq!(v, ["4", "5"]);
     }
 }

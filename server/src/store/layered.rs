@@ -42,6 +42,9 @@ pub struct BucketStatus {
     pub block_read_errors: Counter,
     /// Peer calls that failed (the answer was partial).
     pub peer_errors: Counter,
+    /// Blocks merged into larger ones by compaction, and blocks it deleted after their grace.
+    pub blocks_compacted: Counter,
+    pub blocks_deleted: Counter,
     pub last_error: Mutex<Option<String>>,
 }
 
@@ -227,10 +230,12 @@ impl LayeredStore {
                     self.status.block_read_errors.inc_by(bad as u64);
                 }
                 let listed: HashSet<&str> = metas.iter().map(|m| m.id.as_str()).collect();
+                let hidden = self.bucket.hidden();
                 for m in metas.iter().filter(|m| !skip.contains(&m.id)) {
                     out.push((Source::Bucket, Arc::new(m.clone())));
                 }
-                for id in view.recent.iter().filter(|id| !listed.contains(id.as_str()) && !skip.contains(*id)) {
+                // A peer's new block the listing lacks, unless the listing saw it replaced.
+                for id in view.recent.iter().filter(|id| !listed.contains(id.as_str()) && !skip.contains(*id) && !hidden.contains(*id)) {
                     match self.runtime.block_on(self.bucket.meta(id)) {
                         Ok(Some(m)) => out.push((Source::Bucket, Arc::new(m))),
                         Ok(None) => {}
@@ -470,6 +475,68 @@ impl LayeredStore {
         Ok(Some(meta.span_profiles))
     }
 
+    /// One compaction, when this replica holds the compactor lease: deletes blocks replaced more
+    /// than `grace_ms` ago (queries that listed them before have finished by then), then merges
+    /// small blocks into one — span profiles with the same ID merged physically, buckets of the
+    /// same series and minute added — whose meta names the blocks it replaces, so queries read
+    /// either them or it, never both. Returns the blocks merged (`None`: not the compactor).
+    pub fn compact(&self, now_ms: u64, grace_ms: u64) -> Result<Option<usize>> {
+        let bucket = &self.bucket;
+        if !self.runtime.block_on(bucket.take_lease(&self.replica, now_ms, LEASE_MS))? {
+            return Ok(None);
+        }
+        let all = self.runtime.block_on(bucket.all_blocks())?;
+        let shown: HashSet<String> = super::bucket::visible(all.clone()).into_iter().map(|m| m.id).collect();
+        let replaced_at: HashMap<&str, u64> = all
+            .iter()
+            .filter(|m| shown.contains(&m.id))
+            .flat_map(|m| m.replaces.iter().map(move |r| (r.as_str(), m.created_ms)))
+            .collect();
+        for m in all.iter().filter(|m| !shown.contains(&m.id)) {
+            // Replaced: gone after the grace. Not replaced yet hidden: a losing compactor's
+            // output, gone after its own grace.
+            let since = replaced_at.get(m.id.as_str()).copied().unwrap_or(m.created_ms);
+            if since.saturating_add(grace_ms) <= now_ms {
+                self.runtime.block_on(bucket.delete_block(&m.id))?;
+                self.status.blocks_deleted.inc();
+                tracing::info!(block = %m.id, "compaction deleted a replaced block");
+            }
+        }
+        let mut inputs: Vec<&BlockMeta> = all
+            .iter()
+            .filter(|m| shown.contains(&m.id) && m.data_bytes < COMPACT_BELOW_BYTES && m.created_ms + grace_ms <= now_ms)
+            .collect();
+        inputs.sort_by_key(|m| (m.min_time_ms, m.id.clone()));
+        let mut total = 0;
+        inputs.retain(|m| {
+            total += m.data_bytes;
+            total <= COMPACT_MAX_INPUT_BYTES
+        });
+        inputs.truncate(COMPACT_MAX_BLOCKS);
+        if inputs.len() < 2 {
+            return Ok(Some(0));
+        }
+        let mut builder = BlockBuilder::default();
+        for m in &inputs {
+            let read = BlockRead { bucket, source: &Source::Bucket, meta: m };
+            let (spans, process) = self.runtime.block_on(async { Ok::<_, Error>((read.all_spans().await?, read.all_process().await?)) })?;
+            for s in &spans {
+                builder.add_span(s);
+            }
+            for (labels, b, period, stacks) in &process {
+                builder.add_process(labels, *b, *period, stacks);
+            }
+        }
+        let id = new_block_id(now_ms, &self.replica);
+        let (data, mut meta) = builder.finish(&id, &self.replica, now_ms);
+        meta.replaces = inputs.iter().map(|m| m.id.clone()).collect();
+        let in_bytes: u64 = inputs.iter().map(|m| m.data_bytes).sum();
+        self.runtime.block_on(bucket.put_block(data, &meta))?;
+        self.status.blocks_compacted.inc_by(inputs.len() as u64);
+        tracing::info!(block = %id, merged = inputs.len(), bytes_in = in_bytes, bytes_out = meta.data_bytes, "compaction merged blocks");
+        Ok(Some(inputs.len()))
+    }
+
     /// Listing candidates of the blocks: entries matching the filters that do not change when a
     /// profile merges, at or past `after`, `want` per block (all of one time at the boundary).
     fn list_candidates(
@@ -516,6 +583,15 @@ impl LayeredStore {
 fn cursor(last_seen_ms: u64, key: &[u8]) -> Result<Cursor> {
     Ok(Cursor { last_seen_ms, profile_id: super::shared::id_from_key(key)? })
 }
+
+/// Blocks smaller than this are merged by compaction.
+const COMPACT_BELOW_BYTES: u64 = 64 << 20;
+/// Most bytes of blocks one compaction reads.
+const COMPACT_MAX_INPUT_BYTES: u64 = 256 << 20;
+/// Most blocks one compaction merges.
+const COMPACT_MAX_BLOCKS: usize = 32;
+/// How long a compactor holds its lease without renewing it.
+const LEASE_MS: u64 = 10 * 60_000;
 
 /// Whether a series is `service`'s of type `profile_type`.
 fn series_matcher(service: &str, profile_type: &str) -> impl Fn(&Labels) -> bool + use<> {
