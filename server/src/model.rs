@@ -70,6 +70,20 @@ impl fmt::Display for ProfileId {
     }
 }
 
+/// In JSON (peers' answers): the ID's text.
+impl serde::Serialize for ProfileId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ProfileId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        ProfileId::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
 /// A 128-bit trace ID, shown as 32 lowercase hex digits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TraceId(pub u128);
@@ -82,6 +96,20 @@ impl TraceId {
         }
         let v = u128::from_str_radix(s, 16).ok()?;
         (v != 0).then_some(TraceId(v))
+    }
+}
+
+/// In JSON (peers' answers): 32 hex digits.
+impl serde::Serialize for TraceId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for TraceId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        TraceId::parse(&s).ok_or_else(|| serde::de::Error::custom("not a trace ID (32 hex digits)"))
     }
 }
 

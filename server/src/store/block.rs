@@ -31,7 +31,7 @@ use std::sync::Arc;
 use prost::Message;
 
 use super::codec::{self, SpanRecord, StackRecord, StacksRecord};
-use super::shared::{SeriesRecord, id_from_key, id_key};
+use super::shared::{SeriesRecord, SpanPart, id_from_key, id_key};
 use super::{SpanProfile, SpanSummary, Stacks};
 use crate::error::{Error, Result};
 use crate::model::{Labels, ProfileId, TraceId};
@@ -364,46 +364,33 @@ impl BlockBuilder {
         codec::normalize(out)
     }
 
-    /// Adds a span profile; one of the same ID already added merges with it.
+    /// Adds a span profile; one of the same ID already added merges with it, as an insert would.
     pub fn add_span(&mut self, p: &SpanProfile) {
         let s = &p.summary;
         self.time(s.first_seen_ms, s.last_seen_ms);
         self.samples += s.samples;
         let counts = self.counts(&p.stacks);
+        let labels: Vec<LabelPair> = s.labels.iter().map(|(k, v)| LabelPair { name: k.clone(), value: v.clone() }).collect();
+        let part = SpanPart {
+            counts,
+            period_ns: s.period_ns,
+            first_seen_ms: s.first_seen_ms,
+            last_seen_ms: s.last_seen_ms,
+            trace_id: s.trace_id,
+            span_name: Some(&s.span_name),
+            labels: &labels,
+            service_name: &s.service_name,
+        };
         let key = id_key(&s.profile_id);
-        let rec = match self.spans.remove(&key) {
-            Some(mut old) => {
-                let incoming = super::shared::rescaled(counts, s.period_ns, old.period_ns);
-                old.samples = old.samples.saturating_add(incoming.iter().map(|c| c.1).sum());
-                old.first_seen_ms = old.first_seen_ms.min(s.first_seen_ms);
-                old.last_seen_ms = old.last_seen_ms.max(s.last_seen_ms);
-                if old.trace_id.is_empty() {
-                    old.trace_id = codec::trace_to_bytes(s.trace_id);
-                }
-                if old.span_name.is_empty() {
-                    old.span_name = s.span_name.clone();
-                }
-                let merged = codec::merge_counts(&old.stack_counts().unwrap_or_default(), &incoming);
-                old.set_stack_counts(&merged);
-                old
+        match self.spans.get_mut(&key) {
+            // Both records were built here from valid counts: merging them cannot fail.
+            Some(old) => {
+                let _ = part.merge_into(old);
             }
             None => {
-                let mut rec = SpanRecord {
-                    trace_id: codec::trace_to_bytes(s.trace_id),
-                    service_name: s.service_name.clone(),
-                    span_name: s.span_name.clone(),
-                    samples: s.samples,
-                    period_ns: s.period_ns,
-                    first_seen_ms: s.first_seen_ms,
-                    last_seen_ms: s.last_seen_ms,
-                    labels: s.labels.iter().map(|(k, v)| LabelPair { name: k.clone(), value: v.clone() }).collect(),
-                    ..Default::default()
-                };
-                rec.set_stack_counts(&counts);
-                rec
+                self.spans.insert(key, part.into_record());
             }
-        };
-        self.spans.insert(key, rec);
+        }
     }
 
     /// Adds a whole-process bucket of the series `labels`.

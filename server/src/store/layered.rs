@@ -18,7 +18,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use super::block::{BlockBuilder, BlockMeta};
 use super::bucket::{BlockRead, Bucket, Source};
 use super::embedded::{Cut, EmbeddedStore};
-use super::peers::{LocalAnswer, LocalQuery, Peers, WireStacks, WireSummary, mark_partial};
+use super::peers::{LocalAnswer, LocalQuery, Peers, WireStacks, mark_partial};
 use super::shared::id_key;
 use super::{
     Cursor, GcStats, InsertStats, Page, ProcessProfile, ProfileStore, Retention, RetentionStats, SpanProfile, SpanQuery,
@@ -343,7 +343,10 @@ impl LayeredStore {
                 let id = parse(&id)?;
                 let mut parts: Vec<SpanProfile> = self.local.span_profile(id.clone())?.into_iter().collect();
                 parts.extend(self.each_of(pending.clone().into_iter().collect(), async |b| b.span(&id).await).into_iter().flatten());
-                a.profile = merge_span_parts(parts).map(|p| (WireSummary::from_summary(&p.summary), WireStacks::from_stacks(&p.stacks)));
+                a.profile = merge_span_parts(parts).map(|p| {
+                    let stacks = WireStacks::from_stacks(&p.stacks);
+                    (p.summary, stacks)
+                });
             }
             LocalQuery::Summaries { ids } => {
                 for id in ids.iter().filter_map(|i| ProfileId::parse(i).ok()) {
@@ -351,7 +354,7 @@ impl LayeredStore {
                     for rec in self.each_of(pending.clone().into_iter().collect(), async |b| b.span_record(&id).await).into_iter().flatten() {
                         parts.push(super::shared::summary(id.clone(), rec));
                     }
-                    a.summaries.extend(merge_summaries(parts).map(|s| WireSummary::from_summary(&s)));
+                    a.summaries.extend(merge_summaries(parts));
                 }
             }
             LocalQuery::Trace { trace_id } => {
@@ -657,11 +660,11 @@ impl ProfileStore for LayeredStore {
             }
             // The peers' parts of these profiles, in one call per peer.
             let ids: Vec<String> = candidates.iter().filter(|c| !seen.contains(&c.key)).map(|c| c.id.to_string()).collect();
-            let mut peer_parts: HashMap<String, Vec<SpanSummary>> = HashMap::new();
+            let mut peer_parts: HashMap<ProfileId, Vec<SpanSummary>> = HashMap::new();
             let (summaries, view) = self.ask_peers(LocalQuery::Summaries { ids });
             for a in summaries {
-                for w in a.summaries {
-                    peer_parts.entry(w.profile_id.clone()).or_default().push(w.into_summary()?);
+                for summary in a.summaries {
+                    peer_parts.entry(summary.profile_id.clone()).or_default().push(summary);
                 }
             }
             let mut last = None;
@@ -670,7 +673,7 @@ impl ProfileStore for LayeredStore {
                 if !seen.insert(c.key.clone()) {
                     continue;
                 }
-                let parts = peer_parts.remove(&c.id.to_string()).unwrap_or_default();
+                let parts = peer_parts.remove(&c.id).unwrap_or_default();
                 let Some(s) = self.merged_summary(&c.id, &view, parts)? else { continue };
                 // Listed at its newest time only: an older part of it is skipped.
                 if s.last_seen_ms != c.last_seen_ms {

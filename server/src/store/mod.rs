@@ -52,7 +52,7 @@ pub fn open_embedded(dir: &Path, options: embedded::EmbeddedOptions) -> Result<e
 }
 
 /// One span profile's metadata.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SpanSummary {
     pub profile_id: ProfileId,
     pub trace_id: Option<TraceId>,

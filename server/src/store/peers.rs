@@ -13,7 +13,6 @@ use serde::{Deserialize, Serialize};
 
 use super::{SpanProfile, SpanSummary, Stacks};
 use crate::error::{Error, Result};
-use crate::model::{Labels, ProfileId, TraceId};
 
 /// The internal route peers call.
 pub const LOCAL_PATH: &str = "/internal/v1/local";
@@ -82,50 +81,6 @@ impl WireStacks {
     }
 }
 
-/// A span profile's metadata on the wire.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct WireSummary {
-    pub profile_id: String,
-    pub trace_id: Option<String>,
-    pub service_name: String,
-    pub span_name: String,
-    pub samples: u64,
-    pub period_ns: u64,
-    pub first_seen_ms: u64,
-    pub last_seen_ms: u64,
-    pub labels: Labels,
-}
-
-impl WireSummary {
-    pub fn from_summary(s: &SpanSummary) -> Self {
-        WireSummary {
-            profile_id: s.profile_id.to_string(),
-            trace_id: s.trace_id.map(|t| t.to_string()),
-            service_name: s.service_name.clone(),
-            span_name: s.span_name.clone(),
-            samples: s.samples,
-            period_ns: s.period_ns,
-            first_seen_ms: s.first_seen_ms,
-            last_seen_ms: s.last_seen_ms,
-            labels: s.labels.clone(),
-        }
-    }
-
-    pub fn into_summary(self) -> Result<SpanSummary> {
-        Ok(SpanSummary {
-            profile_id: ProfileId::parse(&self.profile_id).map_err(|e| Error::Corrupt(format!("peer answer: {e}")))?,
-            trace_id: self.trace_id.as_deref().and_then(TraceId::parse),
-            service_name: self.service_name,
-            span_name: self.span_name,
-            samples: self.samples,
-            period_ns: self.period_ns,
-            first_seen_ms: self.first_seen_ms,
-            last_seen_ms: self.last_seen_ms,
-            labels: self.labels,
-        })
-    }
-}
-
 /// One replica's answer about its own data.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct LocalAnswer {
@@ -136,9 +91,9 @@ pub struct LocalAnswer {
     /// Blocks it uploaded lately (the querier's listing of the bucket may not have them yet).
     pub recent_blocks: Vec<String>,
     #[serde(default)]
-    pub profile: Option<(WireSummary, WireStacks)>,
+    pub profile: Option<(SpanSummary, WireStacks)>,
     #[serde(default)]
-    pub summaries: Vec<WireSummary>,
+    pub summaries: Vec<SpanSummary>,
     #[serde(default)]
     pub ids: Vec<String>,
     #[serde(default)]
@@ -152,7 +107,7 @@ pub struct LocalAnswer {
 impl LocalAnswer {
     pub fn span_profile(&mut self) -> Result<Option<SpanProfile>> {
         match self.profile.take() {
-            Some((s, stacks)) => Ok(Some(SpanProfile { summary: s.into_summary()?, stacks: stacks.into_stacks()? })),
+            Some((summary, stacks)) => Ok(Some(SpanProfile { summary, stacks: stacks.into_stacks()? })),
             None => Ok(None),
         }
     }

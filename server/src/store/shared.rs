@@ -469,6 +469,64 @@ pub(crate) struct MergedSpan {
     pub new_trace: Option<TraceId>,
 }
 
+/// One more part of a span profile, to merge into its record.
+pub(crate) struct SpanPart<'a> {
+    /// Stack counts (of the record's stack IDs) at `period_ns`.
+    pub counts: Counts,
+    pub period_ns: u64,
+    pub first_seen_ms: u64,
+    pub last_seen_ms: u64,
+    pub trace_id: Option<TraceId>,
+    pub span_name: Option<&'a str>,
+    pub labels: &'a [LabelPair],
+    pub service_name: &'a str,
+}
+
+impl SpanPart<'_> {
+    /// A new record of this part alone.
+    pub fn into_record(self) -> SpanRecord {
+        let mut rec = SpanRecord {
+            trace_id: codec::trace_to_bytes(self.trace_id),
+            service_name: self.service_name.to_owned(),
+            span_name: self.span_name.unwrap_or_default().to_owned(),
+            samples: self.counts.iter().map(|c| c.1).sum(),
+            period_ns: self.period_ns,
+            first_seen_ms: self.first_seen_ms,
+            last_seen_ms: self.last_seen_ms,
+            labels: self.labels.to_vec(),
+            ..Default::default()
+        };
+        rec.set_stack_counts(&self.counts);
+        rec
+    }
+
+    /// Merges this part into `rec` as merge upon insert does: counts rescaled onto the record's
+    /// period and added, first/last seen widened, a trace ID, span name or label the record
+    /// lacks taken. Returns the trace ID the record gained, if any.
+    pub fn merge_into(self, rec: &mut SpanRecord) -> Result<Option<TraceId>> {
+        let incoming = rescaled(self.counts, self.period_ns, rec.period_ns);
+        rec.samples = rec.samples.saturating_add(incoming.iter().map(|c| c.1).sum());
+        rec.first_seen_ms = rec.first_seen_ms.min(self.first_seen_ms);
+        rec.last_seen_ms = rec.last_seen_ms.max(self.last_seen_ms);
+        let mut new_trace = None;
+        if rec.trace_id.is_empty() && self.trace_id.is_some() {
+            rec.trace_id = codec::trace_to_bytes(self.trace_id);
+            new_trace = self.trace_id;
+        }
+        if rec.span_name.is_empty() {
+            rec.span_name = self.span_name.unwrap_or_default().to_owned();
+        }
+        for l in self.labels {
+            if !rec.labels.iter().any(|m| m.name == l.name) {
+                rec.labels.push(l.clone());
+            }
+        }
+        let merged = codec::merge_counts(&rec.stack_counts()?, &incoming);
+        rec.set_stack_counts(&merged);
+        Ok(new_trace)
+    }
+}
+
 /// Merges `span` (its stacks already interned into `counts`) into the stored record `old`, or
 /// builds a new record.
 pub(crate) fn merge_span(
@@ -478,46 +536,24 @@ pub(crate) fn merge_span(
     span_labels: &[LabelPair],
     counts: Counts,
 ) -> Result<MergedSpan> {
+    let part = SpanPart {
+        counts,
+        period_ns: batch.period_ns,
+        first_seen_ms: batch.from_ms,
+        last_seen_ms: batch.until_ms,
+        trace_id: span.trace_id,
+        span_name: span.span_name.as_deref(),
+        labels: span_labels,
+        service_name: batch.service_name(),
+    };
     match old {
         Some(old_bytes) => {
             let mut rec: SpanRecord = codec::decode(old_bytes, "span")?;
-            let incoming = rescaled(counts, batch.period_ns, rec.period_ns);
             let old_last_seen = Some(rec.last_seen_ms);
-            let mut new_trace = None;
-            rec.samples = rec.samples.saturating_add(incoming.iter().map(|c| c.1).sum());
-            rec.first_seen_ms = rec.first_seen_ms.min(batch.from_ms);
-            rec.last_seen_ms = rec.last_seen_ms.max(batch.until_ms);
-            if rec.trace_id.is_empty() && span.trace_id.is_some() {
-                rec.trace_id = codec::trace_to_bytes(span.trace_id);
-                new_trace = span.trace_id;
-            }
-            if rec.span_name.is_empty() {
-                rec.span_name = span.span_name.clone().unwrap_or_default();
-            }
-            for l in span_labels {
-                if !rec.labels.iter().any(|m| m.name == l.name) {
-                    rec.labels.push(l.clone());
-                }
-            }
-            let merged = codec::merge_counts(&rec.stack_counts()?, &incoming);
-            rec.set_stack_counts(&merged);
+            let new_trace = part.merge_into(&mut rec)?;
             Ok(MergedSpan { rec, old_last_seen, new_trace })
         }
-        None => {
-            let mut rec = SpanRecord {
-                trace_id: codec::trace_to_bytes(span.trace_id),
-                service_name: batch.service_name().to_owned(),
-                span_name: span.span_name.clone().unwrap_or_default(),
-                samples: span.stacks.total(),
-                period_ns: batch.period_ns,
-                first_seen_ms: batch.from_ms,
-                last_seen_ms: batch.until_ms,
-                labels: span_labels.to_vec(),
-                ..Default::default()
-            };
-            rec.set_stack_counts(&counts);
-            Ok(MergedSpan { rec, old_last_seen: None, new_trace: span.trace_id })
-        }
+        None => Ok(MergedSpan { rec: part.into_record(), old_last_seen: None, new_trace: span.trace_id }),
     }
 }
 
