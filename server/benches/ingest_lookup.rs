@@ -21,6 +21,10 @@
 //! 4. **mixed**: profile lookups from one client while new-profile ingest runs.
 //! 5. **disk**: size of the data directory (spanprof.fjall/) / samples stored,
 //!    and / span profiles stored.
+//! 6. **blocks** (with `--object-store file:///dir` or `s3://…`): the graceful stop cuts the
+//!    whole store into blocks (timed); a new server on an empty data directory then answers
+//!    the same lookups from the blocks alone, cold and warm, checked against what was pushed;
+//!    bytes per sample in the blocks (file:// only: the bench reads the metas).
 //!
 //! Payloads are generated before each phase is timed, so the client's CPU cost is only HTTP.
 //! Nothing here asserts on time; wrong answers from the server are reported as errors.
@@ -55,7 +59,8 @@ usage: cargo bench -p spanprof-server --bench ingest_lookup -- [options]
   --tmp DIR             parent of the data directory (default /tmp)
   --breakdown N         pushes for the no-HTTP cost breakdown (decode alone, store alone; default 100, 0 = off)
   --cache-mb N          the store's page cache (default 256, as shipped: SPANPROF_CACHE_MB)
-  --keep                keep the data directory afterwards";
+  --keep                keep the data directory afterwards
+  --object-store URL    also run the blocks phase against this bucket (file:///dir, or s3://… with AWS_* set)";
 
 #[derive(Clone, Debug)]
 struct Args {
@@ -75,6 +80,7 @@ struct Args {
     keep: bool,
     breakdown: usize,
     cache_mb: usize,
+    object_store: Option<String>,
 }
 
 impl Args {
@@ -96,6 +102,7 @@ impl Args {
             keep: false,
             breakdown: 100,
             cache_mb: 256,
+            object_store: None,
         };
         let mut it = std::env::args().skip(1);
         while let Some(arg) = it.next() {
@@ -127,6 +134,7 @@ impl Args {
                 "--keep" => a.keep = true,
                 "--breakdown" => a.breakdown = num(&key, value(&key)?)?,
                 "--cache-mb" => a.cache_mb = num(&key, value(&key)?)?,
+                "--object-store" => a.object_store = Some(value(&key)?),
                 "-h" | "--help" => return Err(String::new()),
                 other => return Err(format!("unknown option {other:?}")),
             }
@@ -1039,6 +1047,103 @@ fn dir_bytes(dir: &Path) -> (u64, u64) {
     (len, alloc)
 }
 
+fn blocks_config(object_store: String, replica: &str) -> spanprof_server::BlockConfig {
+    spanprof_server::BlockConfig {
+        object_store,
+        interval: Duration::from_secs(3600),
+        replica: replica.into(),
+        cache_bytes: 256 << 20,
+        peers: None,
+        compaction_grace: Duration::from_secs(3600),
+    }
+}
+
+/// Phase 6: a server with an empty data directory answers from the blocks the first one cut at
+/// its stop.
+#[allow(clippy::too_many_arguments)]
+async fn blocks_phase(
+    args: &Args,
+    url: &str,
+    client: &reqwest::Client,
+    profile_urls: &[String],
+    want: &[Option<u64>],
+    stop_time: Duration,
+    samples: u64,
+    problems: &mut Vec<String>,
+) {
+    let dir = args.tmp.join(format!("spanprof-bench-blocks-{}", std::process::id()));
+    let config = spanprof_server::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.clone(),
+        retention: spanprof_server::store::Retention::default(),
+        retention_interval: Duration::from_secs(3600),
+        limits: spanprof_server::ingest::Limits::default(),
+        store: Default::default(),
+        queries: Default::default(),
+        blocks: Some(blocks_config(url.to_owned(), "bench-b")),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let server = tokio::spawn(spanprof_server::serve(config, listener, Some(rx)));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The same lookups as phase 2, answered by a server holding nothing locally.
+    let urls: Vec<String> = profile_urls
+        .iter()
+        .map(|u| format!("http://{addr}{}", &u[u.find("/api/").unwrap_or(0)..]))
+        .collect();
+    let check = |i: usize, status: u16, body: &[u8]| -> Result<(), String> {
+        if status != 200 {
+            return Err(String::from_utf8_lossy(body).chars().take(300).collect());
+        }
+        let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+        let got = v["profile"]["samples"].as_u64();
+        if got != want[i] {
+            return Err(format!("samples {got:?}, expected {:?}", want[i]));
+        }
+        Ok(())
+    };
+    let ok200 = |_: usize, status: u16, body: &[u8]| -> Result<(), String> {
+        if status == 200 { Ok(()) } else { Err(String::from_utf8_lossy(body).chars().take(300).collect()) }
+    };
+    let cold = timed_gets(client, "GET /api/v1/profiles/{id} from blocks, cold cache", &urls, &check).await;
+    let warm = timed_gets(client, "GET /api/v1/profiles/{id} from blocks, warm cache", &urls, &check).await;
+    let list_urls: Vec<String> = (0..args.list_lookups.min(100)).map(|_| format!("http://{addr}/api/v1/profiles?limit=50")).collect();
+    let list = timed_gets(client, "GET /api/v1/profiles?limit=50 from blocks", &list_urls, &ok200).await;
+    let _ = tx.send(());
+    let _ = server.await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let block_bytes: Option<u64> = url.strip_prefix("file://").map(|root| {
+        let mut total = 0;
+        for e in std::fs::read_dir(Path::new(root).join("blocks")).into_iter().flatten().flatten() {
+            if let Ok(m) = std::fs::metadata(e.path().join("data")) {
+                total += m.len();
+            }
+        }
+        total
+    });
+    println!();
+    println!("### blocks ({url})");
+    println!();
+    println!(
+        "stop (cut everything, build and upload the blocks): {:.2} s for {samples} samples ({:.0} samples/s)",
+        stop_time.as_secs_f64(),
+        samples as f64 / stop_time.as_secs_f64().max(1e-9)
+    );
+    if let Some(b) = block_bytes {
+        println!("block data: {} for {samples} samples: {:.1} bytes/sample", human_bytes(b), b as f64 / samples as f64);
+    }
+    println!();
+    println!("| lookup | requests | p50 ms | p99 ms | max ms | mean ms | kB/response |");
+    println!("|---|---|---|---|---|---|---|");
+    for l in [&cold, &warm, &list] {
+        print_latency(l);
+        for e in &l.errors {
+            problems.push(format!("{}: {e}", l.label));
+        }
+    }
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64() * 1e3)
 }
@@ -1138,7 +1243,8 @@ async fn bench(args: Args) {
             ..Default::default()
         },
         queries: Default::default(),
-        blocks: None,
+        // Nothing is cut while the phases run (hour-long interval); the stop cuts everything.
+        blocks: args.object_store.clone().map(|object_store| blocks_config(object_store, "bench-a")),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -1374,12 +1480,14 @@ async fn bench(args: Args) {
     let span_profiles_final = metric(&m, "spanprof_store_span_profiles") as u64;
     let (file_final, alloc_final) = dir_bytes(&dir);
 
+    let stop = Instant::now();
     let _ = shutdown_tx.send(());
     match server.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => problems.push(format!("server returned an error: {e}")),
         Err(e) => problems.push(format!("server task: {e}")),
     }
+    let stop_time = stop.elapsed();
     let (file_closed, _) = dir_bytes(&dir);
     let disk_final = DiskFigures {
         file_bytes: file_final,
@@ -1464,6 +1572,11 @@ async fn bench(args: Args) {
         for e in &l.errors {
             problems.push(format!("{}: {e}", l.label));
         }
+    }
+    if let Some(url) = &args.object_store {
+        // What each looked-up profile holds after every phase.
+        let want: Vec<Option<u64>> = pick.iter().map(|s| expected.get(&s.id).copied()).collect();
+        blocks_phase(&args, url, &client, &urls, &want, stop_time, total_samples, &mut problems).await;
     }
     if problems.is_empty() {
         println!("checks: all responses and counters as expected");
