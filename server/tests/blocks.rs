@@ -2,7 +2,7 @@
 //! `s3_blocks.rs`): older data is cut into blocks, any replica answers from its local store and
 //! every block with profiles of one ID merged, a graceful stop uploads the rest, and a corrupt
 //! block is left out of answers (counted) instead of failing them; compaction merges blocks into
-//! one and deletes them after a grace period, answers unchanged.
+//! one and deletes them after a grace period, answers unchanged; retention deletes whole blocks.
 
 mod common;
 
@@ -174,5 +174,34 @@ async fn compaction_merges_blocks_physically_and_deletes_them_after_the_grace() 
         assert_eq!(whole["samples"], 10, "{whole}");
     }
     a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_by_age_deletes_whole_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = dir.path().join("bucket");
+    let a = TestServer::start(replica(dir.path(), &bucket, "a", NO_COMPACTION)).await;
+    let two_days_ago = now_s() - 2 * 86_400;
+    ingest(&a, Some(SPAN_A), two_days_ago, "main;old 3\n").await;
+    wait_for_blocks(&a, 1).await;
+    a.stop().await;
+    let metas = || bucket.join("blocks").read_dir().unwrap().filter(|e| e.as_ref().unwrap().path().join("meta.json").exists()).count();
+    assert_eq!(metas(), 1);
+
+    // Another replica keeping a day: the block, all of it older, goes.
+    let mut config = replica(dir.path(), &bucket, "b", NO_COMPACTION);
+    config.retention.max_age = Some(Duration::from_secs(86_400));
+    config.retention_interval = Duration::from_millis(200);
+    let b = TestServer::start(config).await;
+    for _ in 0..100 {
+        if metas() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(metas(), 0, "the expired block is deleted");
+    // b deleted it, so b's own listing of the bucket is fresh.
+    assert_eq!(get_json(&b.url(&format!("/api/v1/profiles/{SPAN_A}"))).await.0, 404);
     b.stop().await;
 }
