@@ -326,6 +326,21 @@ impl TableRef {
     }
 }
 
+/// Where records to put into a block keep their stacks: the local store, by its own IDs.
+pub trait StackSource {
+    /// Frame IDs of stack `id`, root first.
+    fn frames_of(&mut self, id: u32) -> Result<Vec<u32>>;
+    /// The name of frame `id`.
+    fn frame_name(&mut self, id: u32) -> Result<Arc<str>>;
+}
+
+/// The block's IDs of a [`StackSource`]'s stacks and frames, each translated once.
+#[derive(Default)]
+pub struct IdMap {
+    stacks: HashMap<u32, u32>,
+    frames: HashMap<u32, u32>,
+}
+
 /// Builds one block from resolved profiles: frames and stacks are interned into the block's own
 /// dictionary, span profiles with the same ID merge.
 #[derive(Default)]
@@ -364,6 +379,81 @@ impl BlockBuilder {
         codec::normalize(out)
     }
 
+    /// Stack counts of `source`'s stack IDs in the block's IDs: each distinct stack is read and
+    /// interned once (by ID, not by frame names), so a cut costs a lookup per stack occurrence.
+    fn translate(&mut self, counts: &codec::Counts, map: &mut IdMap, source: &mut dyn StackSource) -> Result<codec::Counts> {
+        let mut out = Vec::with_capacity(counts.len());
+        for &(sid, count) in counts {
+            let id = match map.stacks.get(&sid) {
+                Some(&id) => id,
+                None => {
+                    let mut ids = Vec::new();
+                    for f in source.frames_of(sid)? {
+                        let fid = match map.frames.get(&f) {
+                            Some(&fid) => fid,
+                            None => {
+                                let name = source.frame_name(f)?;
+                                let next = self.frames.len() as u32;
+                                let fid = *self.frames.entry(name).or_insert(next);
+                                map.frames.insert(f, fid);
+                                fid
+                            }
+                        };
+                        ids.push(fid);
+                    }
+                    let next = self.stacks.len() as u32;
+                    let id = *self.stacks.entry(ids).or_insert(next);
+                    map.stacks.insert(sid, id);
+                    id
+                }
+            };
+            out.push((id, count));
+        }
+        Ok(codec::normalize(out))
+    }
+
+    /// Adds a stored span record (profile ID key `key`) whose stack IDs are `source`'s.
+    pub fn add_span_record(&mut self, key: &[u8], mut rec: SpanRecord, map: &mut IdMap, source: &mut dyn StackSource) -> Result<()> {
+        self.time(rec.first_seen_ms, rec.last_seen_ms);
+        self.samples += rec.samples;
+        let counts = self.translate(&rec.stack_counts()?, map, source)?;
+        match self.spans.get_mut(key) {
+            Some(old) => {
+                let part = SpanPart {
+                    counts,
+                    period_ns: rec.period_ns,
+                    first_seen_ms: rec.first_seen_ms,
+                    last_seen_ms: rec.last_seen_ms,
+                    trace_id: codec::trace_from_bytes(&rec.trace_id),
+                    span_name: Some(&rec.span_name),
+                    labels: &rec.labels,
+                    service_name: &rec.service_name,
+                };
+                part.merge_into(old)?;
+            }
+            None => {
+                rec.set_stack_counts(&counts);
+                self.spans.insert(key.to_vec(), rec);
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds a stored whole-process bucket whose stack IDs are `source`'s.
+    pub fn add_process_record(
+        &mut self,
+        labels: &Labels,
+        bucket_ms: u64,
+        rec: &StacksRecord,
+        map: &mut IdMap,
+        source: &mut dyn StackSource,
+    ) -> Result<()> {
+        self.time(bucket_ms, bucket_ms + super::shared::BUCKET_MS - 1);
+        let counts = self.translate(&rec.to_counts()?, map, source)?;
+        self.add_process_counts(labels, bucket_ms, rec.period_ns, counts);
+        Ok(())
+    }
+
     /// Adds a span profile; one of the same ID already added merges with it, as an insert would.
     pub fn add_span(&mut self, p: &SpanProfile) {
         let s = &p.summary;
@@ -397,6 +487,10 @@ impl BlockBuilder {
     pub fn add_process(&mut self, labels: &Labels, bucket_ms: u64, period_ns: u64, stacks: &Stacks) {
         self.time(bucket_ms, bucket_ms + super::shared::BUCKET_MS - 1);
         let counts = self.counts(stacks);
+        self.add_process_counts(labels, bucket_ms, period_ns, counts);
+    }
+
+    fn add_process_counts(&mut self, labels: &Labels, bucket_ms: u64, period_ns: u64, counts: codec::Counts) {
         self.samples += counts.iter().map(|c| c.1).sum::<u64>();
         let next = self.series.len() as u32;
         let series = *self.series.entry(labels.clone()).or_insert(next);

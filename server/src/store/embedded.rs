@@ -67,13 +67,22 @@ const CUT_BLOCK: &[u8] = b"block";
 const CUT_SPAN: u8 = b's';
 const CUT_PROCESS: u8 = b'p';
 
-/// What a cut took out of the store, resolved: the content of the block it becomes.
-#[derive(Clone, Debug, Default)]
-pub struct Cut {
-    pub block_id: String,
-    pub spans: Vec<SpanProfile>,
-    /// Whole-process buckets: series labels, bucket start ms, period, stacks.
-    pub process: Vec<(Labels, u64, u64, Stacks)>,
+/// The stacks and frames of one snapshot, by ID, for building a block from stored records.
+struct SnapshotStacks<'r> {
+    snap: &'r Snapshot,
+    k: &'r Keyspaces,
+}
+
+impl super::block::StackSource for SnapshotStacks<'_> {
+    fn frames_of(&mut self, id: u32) -> Result<Vec<u32>> {
+        let bytes = self.snap.get(self.k.stacks.inner(), id.to_be_bytes())?.ok_or_else(|| Error::Corrupt(format!("stack {id} missing")))?;
+        Ok(codec::decode::<StackRecord>(&bytes, "stack")?.frame_ids)
+    }
+
+    fn frame_name(&mut self, id: u32) -> Result<Arc<str>> {
+        let bytes = self.snap.get(self.k.frames.inner(), id.to_be_bytes())?.ok_or_else(|| Error::Corrupt(format!("frame {id} missing")))?;
+        Ok(Arc::from(String::from_utf8_lossy(&bytes).as_ref()))
+    }
 }
 const SPAN_COUNT: &str = "span_profiles";
 
@@ -835,42 +844,37 @@ impl EmbeddedStore {
         Ok(Some(summary(id.clone(), codec::decode(&bytes, "span")?)))
     }
 
-    /// The pending cut, resolved, if there is one (after a restart too).
-    pub fn pending_cut(&self) -> Result<Option<Cut>> {
+    /// Puts the pending cut (after a restart too), if there is one, into `builder`, stacks
+    /// translated by ID; returns the block ID the cut was made for.
+    pub fn build_pending_cut(&self, builder: &mut super::block::BlockBuilder) -> Result<Option<String>> {
         let r = self.read();
         let k = &*self.ks;
         let Some(id) = r.get(k.cut.inner(), CUT_BLOCK)? else { return Ok(None) };
         let block_id = String::from_utf8(id.to_vec()).map_err(|_| Error::Corrupt("cut block id".into()))?;
-        let mut cut = Cut { block_id, ..Default::default() };
-        let mut resolver = Resolver::new(&r, k);
+        let mut source = SnapshotStacks { snap: &r, k };
+        let mut map = super::block::IdMap::default();
         let mut series: HashMap<u64, Labels> = HashMap::new();
         for row in r.iter(k.cut.inner()) {
             let (key, bytes) = row.into_inner()?;
             match key.split_first() {
                 Some((&CUT_SPAN, id)) => {
                     let rec: SpanRecord = codec::decode(&bytes, "cut span")?;
-                    let stacks = resolver.resolve(&rec.stack_counts()?)?;
-                    cut.spans.push(SpanProfile { summary: summary(id_from_key(id)?, rec), stacks });
+                    builder.add_span_record(id, rec, &mut map, &mut source)?;
                 }
                 Some((&CUT_PROCESS, rest)) if rest.len() == 16 => {
                     let (sid, bucket) = (u64_at_end(rest, 1)?, u64_at_end(rest, 0)?);
                     let rec: StacksRecord = codec::decode(&bytes, "cut bucket")?;
-                    let labels = match series.get(&sid) {
-                        Some(l) => l.clone(),
-                        None => {
-                            let bytes = r.get(k.series.inner(), sid.to_be_bytes())?.ok_or_else(|| Error::Corrupt(format!("series {sid} missing")))?;
-                            let rec: SeriesRecord = codec::decode(&bytes, "series")?;
-                            let labels: Labels = rec.labels.into_iter().map(|l| (l.name, l.value)).collect();
-                            series.insert(sid, labels.clone());
-                            labels
-                        }
-                    };
-                    cut.process.push((labels, bucket, rec.period_ns, resolver.resolve(&rec.to_counts()?)?));
+                    if !series.contains_key(&sid) {
+                        let bytes = r.get(k.series.inner(), sid.to_be_bytes())?.ok_or_else(|| Error::Corrupt(format!("series {sid} missing")))?;
+                        let rec: SeriesRecord = codec::decode(&bytes, "series")?;
+                        series.insert(sid, rec.labels.into_iter().map(|l| (l.name, l.value)).collect());
+                    }
+                    builder.add_process_record(&series[&sid], bucket, &rec, &mut map, &mut source)?;
                 }
                 _ => {}
             }
         }
-        Ok(Some(cut))
+        Ok(Some(block_id))
     }
 
     /// The pending cut's block `block_id` is safely in the bucket: its rows are deleted.

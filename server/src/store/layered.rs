@@ -17,7 +17,7 @@ use prometheus_client::metrics::gauge::Gauge;
 
 use super::block::{BlockBuilder, BlockMeta};
 use super::bucket::{BlockRead, Bucket, Source};
-use super::embedded::{Cut, EmbeddedStore};
+use super::embedded::EmbeddedStore;
 use super::peers::{LocalAnswer, LocalQuery, Peers, WireStacks, mark_partial};
 use super::shared::id_key;
 use super::{
@@ -430,24 +430,17 @@ impl LayeredStore {
     /// span profiles, or `None` when there was nothing to cut.
     pub fn ship(&self, before_ms: u64, now_ms: u64) -> Result<Option<u64>> {
         let _one_at_a_time = self.shipping.lock().map_err(|_| Error::Storage("a block upload panicked".into()))?;
-        let cut = match self.local.pending_cut()? {
-            Some(cut) => cut,
+        let mut builder = BlockBuilder::default();
+        let block_id = match self.local.build_pending_cut(&mut builder)? {
+            Some(id) => id,
             None => {
                 let id = new_block_id(now_ms, &self.replica);
                 if self.local.cut(before_ms, MAX_BLOCK_ROWS, &id)? == 0 {
                     return Ok(None);
                 }
-                self.local.pending_cut()?.ok_or_else(|| Error::Storage("the cut vanished".into()))?
+                self.local.build_pending_cut(&mut builder)?.ok_or_else(|| Error::Storage("the cut vanished".into()))?
             }
         };
-        let Cut { block_id, spans, process } = cut;
-        let mut builder = BlockBuilder::default();
-        for s in &spans {
-            builder.add_span(s);
-        }
-        for (labels, bucket, period, stacks) in &process {
-            builder.add_process(labels, *bucket, *period, stacks);
-        }
         let (data, meta) = builder.finish(&block_id, &self.replica, now_ms);
         let meta = Arc::new(meta);
         let data = Arc::new(data);
