@@ -124,6 +124,7 @@ async fn replicas_answer_from_every_block_with_one_id_merged() {
     let (status, p) = get_json(&c.url(&format!("/api/v1/profiles/{SPAN_A}"))).await;
     assert_eq!(status, 200, "{p}");
     assert_eq!(p["profile"]["samples"], 3, "a's part only: {p}");
+    assert_eq!(p["partial"], true, "the answer says it misses a block: {p}");
     assert!(metric(&c, "spanprof_block_read_errors_total").await >= 1);
     b.stop().await;
     c.stop().await;

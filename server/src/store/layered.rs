@@ -263,6 +263,7 @@ impl LayeredStore {
                 Err(e) => {
                     self.status.block_read_errors.inc();
                     tracing::error!(block = %meta.id, error = %e, "a block could not be read: it is left out of the answer");
+                    mark_partial(format!("block {} could not be read: {e}", meta.id));
                 }
             }
         }
@@ -272,7 +273,6 @@ impl LayeredStore {
     fn each_block<T>(&self, view: &PeerView, f: impl AsyncFnMut(BlockRead<'_>) -> Result<T>) -> Vec<T> {
         self.each_of(self.sources(view), f)
     }
-
 
     /// The merged metadata of `id` over the local store, every block and `peer_parts`.
     fn merged_summary(&self, id: &ProfileId, view: &PeerView, peer_parts: Vec<SpanSummary>) -> Result<Option<SpanSummary>> {
