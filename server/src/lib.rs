@@ -60,9 +60,9 @@ pub struct BlockConfig {
     pub compaction_grace: Duration,
 }
 
-/// Data last seen this recently stays local at a cut: a request still running is not split
-/// over many blocks.
-const BLOCK_SETTLE: Duration = Duration::from_secs(60);
+/// How often the block loop looks whether the head generation is due (its interval passed,
+/// or it grew to a block's size) and retries a failed upload (with backoff up to the interval).
+const BLOCK_TICK: Duration = Duration::from_secs(10);
 /// How long shutdown waits for the last block to upload; what does not make it is uploaded
 /// after the restart (it stays in the local store).
 const SHUTDOWN_UPLOAD: Duration = Duration::from_secs(30);
@@ -91,11 +91,12 @@ pub async fn serve(
         match blocks {
             None => Ok((store::open(&dir, options)?, None)),
             Some(b) => {
-                let local = Arc::new(store::open_embedded(&dir, options)?);
+                let local = store::generations::Generations::open(&dir, options, &b.replica, now_ms())?;
                 let bucket = Arc::new(store::bucket::Bucket::open(&b.object_store, b.cache_bytes)?);
                 tracing::info!(bucket = %bucket.display, replica = %b.replica, "blocks go to object storage");
                 let peers = b.peers.as_deref().map(store::peers::Peers::parse).transpose()?;
                 let layered = Arc::new(store::layered::LayeredStore::new(local, bucket, runtime, b.replica, peers));
+                layered.announce_recent_uploads(now_ms());
                 Ok((layered.clone(), Some(layered)))
             }
         }
@@ -138,7 +139,7 @@ pub async fn serve(
     if let (Some(shipper), Some(layered)) = (shipper, layered) {
         shipper.abort();
         // Everything local goes into a last block, unless the bucket keeps it waiting too long.
-        let last = tokio::task::spawn_blocking(move || ship_all(&layered, u64::MAX));
+        let last = tokio::task::spawn_blocking(move || ship_all(&layered, Duration::ZERO, true));
         match tokio::time::timeout(SHUTDOWN_UPLOAD, last).await {
             Ok(Ok(Ok(()))) => tracing::info!("local data uploaded"),
             Ok(Ok(Err(e))) => tracing::warn!(error = %e, "the last upload failed: the data stays local and is uploaded after a restart"),
@@ -172,27 +173,48 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-/// Cuts blocks until what was last seen before `before_ms` is all in the bucket.
-fn ship_all(layered: &store::layered::LayeredStore, before_ms: u64) -> Result<()> {
-    while layered.ship(before_ms, now_ms())?.is_some() {}
+/// Seals the head generation if due after `interval` (or at once when `force`d) and uploads
+/// every sealed generation.
+fn ship_all(layered: &store::layered::LayeredStore, interval: Duration, force: bool) -> Result<()> {
+    layered.seal_head(interval, force, now_ms())?;
+    while layered.ship(now_ms())?.is_some() {}
     Ok(())
 }
 
-/// Every `every`, moves what the local store holds and has not changed for [`BLOCK_SETTLE`]
-/// into blocks in the bucket (a failure is retried at the next tick: the data waits locally),
-/// then compacts the bucket's blocks if this replica holds the compactor lease.
+/// Every [`BLOCK_TICK`], seals the head generation when it is due and uploads sealed
+/// generations as blocks (a failure is retried with backoff: the data waits locally); every
+/// `every`, compacts the bucket's blocks if this replica holds the compactor lease.
 async fn ship_loop(layered: Arc<store::layered::LayeredStore>, every: Duration, grace: Duration) {
-    let mut tick = tokio::time::interval(every);
+    let mut tick = tokio::time::interval(BLOCK_TICK.min(every));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failures = 0u32;
+    let mut next_try = tokio::time::Instant::now();
+    let mut next_compaction = tokio::time::Instant::now() + every;
     loop {
         tick.tick().await;
-        let l = layered.clone();
-        let before = now_ms().saturating_sub(BLOCK_SETTLE.as_millis() as u64);
-        match tokio::task::spawn_blocking(move || ship_all(&l, before)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "cutting a block failed; the data stays local and is retried"),
-            Err(e) => tracing::warn!(error = %e, "the block task failed"),
+        if tokio::time::Instant::now() >= next_try {
+            let l = layered.clone();
+            let shipped = tokio::task::spawn_blocking(move || ship_all(&l, every, false)).await;
+            let failed = match shipped {
+                Ok(Ok(())) => false,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "uploading a block failed; the data stays local and is retried");
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the block task failed");
+                    true
+                }
+            };
+            failures = if failed { failures.saturating_add(1) } else { 0 };
+            // 10 s, 20 s, 40 s, … up to the interval between blocks.
+            let backoff = BLOCK_TICK.saturating_mul(1 << failures.min(16).saturating_sub(1)).min(every.max(BLOCK_TICK));
+            next_try = tokio::time::Instant::now() + if failed { backoff } else { Duration::ZERO };
         }
+        if tokio::time::Instant::now() < next_compaction {
+            continue;
+        }
+        next_compaction = tokio::time::Instant::now() + every;
         let l = layered.clone();
         match tokio::task::spawn_blocking(move || l.compact(now_ms(), grace.as_millis() as u64)).await {
             Ok(Ok(_)) => {}

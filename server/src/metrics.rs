@@ -131,6 +131,17 @@ impl Metrics {
         r.register("block_upload_failures", "Block uploads that failed (retried)", status.upload_failures.clone());
         r.register("blocks_compacted", "Blocks merged into larger ones by compaction", status.blocks_compacted.clone());
         r.register("blocks_deleted", "Replaced blocks compaction deleted after their grace period", status.blocks_deleted.clone());
+        r.register("bucket_blocks", "Blocks in the object store that queries read, as last listed", status.bucket_blocks.clone());
+        r.register(
+            "bucket_block_bytes",
+            "Data bytes of the blocks in the object store that queries read, as last listed",
+            status.bucket_block_bytes.clone(),
+        );
+        r.register(
+            "local_generations_sealed",
+            "Local generations sealed and waiting to be uploaded as blocks (more than one: uploads fall behind or fail)",
+            status.sealed_generations.clone(),
+        );
         r.register("peer_errors", "Calls to peers that failed (the answer missed their local data)", status.peer_errors.clone());
         r.register(
             "block_read_errors",

@@ -1,8 +1,9 @@
 //! Replicas sharing an object store (`--object-store`, here `file://`; SeaweedFS's S3 in
-//! `s3_blocks.rs`): older data is cut into blocks, any replica answers from its local store and
-//! every block with profiles of one ID merged, a graceful stop uploads the rest, and a corrupt
-//! block is left out of answers (counted) instead of failing them; compaction merges blocks into
-//! one and deletes them after a grace period, answers unchanged; retention deletes whole blocks.
+//! `s3_blocks.rs`): each interval's data becomes a block, any replica answers from its local data
+//! and every block with profiles of one ID merged, a graceful stop uploads the rest, and a
+//! corrupt block is left out of answers (counted) instead of failing them; compaction merges
+//! blocks into one and deletes them after a grace period, answers unchanged; retention deletes
+//! whole blocks.
 
 mod common;
 
@@ -12,12 +13,19 @@ use common::*;
 use spanprof_server::BlockConfig;
 
 /// A replica's config; `grace`: how old a block must be before compaction merges it, and how long
-/// replaced blocks stay.
+/// replaced blocks stay. Its local data becomes a block every [`INTERVAL`]: the pushes a test
+/// makes right after the start all go into its first block.
 fn replica(dir: &std::path::Path, bucket: &std::path::Path, name: &str, grace: Duration) -> spanprof_server::Config {
+    replica_every(dir, bucket, name, grace, INTERVAL)
+}
+
+const INTERVAL: Duration = Duration::from_secs(2);
+
+fn replica_every(dir: &std::path::Path, bucket: &std::path::Path, name: &str, grace: Duration, interval: Duration) -> spanprof_server::Config {
     let mut c = config(&dir.join(name));
     c.blocks = Some(BlockConfig {
         object_store: format!("file://{}", bucket.display()),
-        interval: Duration::from_millis(300),
+        interval,
         replica: name.into(),
         cache_bytes: 8 << 20,
         peers: None,
@@ -63,21 +71,44 @@ fn now_s() -> u64 {
 async fn replicas_answer_from_every_block_with_one_id_merged() {
     let dir = tempfile::tempdir().unwrap();
     let bucket = dir.path().join("bucket");
-    let a = TestServer::start(replica(dir.path(), &bucket, "a", NO_COMPACTION)).await;
+    // a keeps its data local until it stops; b uploads a block after its first interval.
+    let a = TestServer::start(replica_every(dir.path(), &bucket, "a", NO_COMPACTION, Duration::from_secs(3600))).await;
     let b = TestServer::start(replica(dir.path(), &bucket, "b", NO_COMPACTION)).await;
     let old = now_s() - 600;
-    // One span ID pushed to both replicas; whole-process samples on both; all of it old enough
-    // to be cut at once. A recent span stays in a's local store.
+    // One span ID pushed to both replicas; whole-process samples on both; another span on a.
     ingest(&a, Some(SPAN_A), old, "main;handle;find_nearest_vehicle 3\n").await;
     ingest(&b, Some(SPAN_A), old + 1, "main;handle;find_nearest_vehicle 2\nmain;handle;lock 1\n").await;
     ingest(&a, None, old, "main;idle 5\n").await;
     ingest(&b, None, old, "main;idle 4\nmain;gc 1\n").await;
     ingest(&a, Some(SPAN_B), now_s(), "main;recent 4\n").await;
-    wait_for_blocks(&a, 1).await;
     wait_for_blocks(&b, 1).await;
-    assert!(bucket.join("blocks").read_dir().unwrap().count() >= 2, "each replica wrote a block");
+    assert_eq!(metric(&a, "spanprof_blocks_uploaded_total").await, 0);
 
-    // Every replica answers the same: the two pushes are one profile.
+    // a answers from its local data and b's block (once a's listing of the bucket, cached for
+    // a few seconds, has it): the two pushes are one profile.
+    let mut p = serde_json::Value::Null;
+    for _ in 0..150 {
+        p = get_json(&a.url(&format!("/api/v1/profiles/{SPAN_A}"))).await.1;
+        if p["profile"]["samples"] == 6 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(p["profile"]["samples"], 6, "{p}");
+    let (_, whole) = get_json(&a.url(&format!("/api/v1/services/ride/profile?from={}&until={}", old - 60, old + 60))).await;
+    assert_eq!(whole["samples"], 10, "{whole}");
+    // b, without peers, sees only what is in the bucket: its own part.
+    assert_eq!(get_json(&b.url(&format!("/api/v1/profiles/{SPAN_A}"))).await.1["profile"]["samples"], 3);
+    assert_eq!(get_json(&b.url(&format!("/api/v1/profiles/{SPAN_B}"))).await.0, 404);
+
+    // A graceful stop uploads a's data: every replica answers the same.
+    a.stop().await;
+    assert!(bucket.join("blocks").read_dir().unwrap().count() >= 2, "each replica wrote a block");
+    let a = TestServer::start(replica(dir.path(), &bucket, "a", NO_COMPACTION)).await;
+    // b's listing of the bucket is cached for a few seconds.
+    if get_json(&b.url(&format!("/api/v1/profiles/{SPAN_B}"))).await.0 != 200 {
+        tokio::time::sleep(Duration::from_secs(11)).await;
+    }
     for srv in [&a, &b] {
         let (status, p) = get_json(&srv.url(&format!("/api/v1/profiles/{SPAN_A}"))).await;
         assert_eq!(status, 200, "{p}");
@@ -85,7 +116,7 @@ async fn replicas_answer_from_every_block_with_one_id_merged() {
         assert_eq!(p["profile"]["trace_id"], TRACE);
         assert_eq!(find(&p["flamegraph"], "find_nearest_vehicle").unwrap()["total"], 5);
         let (_, trace) = get_json(&srv.url(&format!("/api/v1/traces/{TRACE}"))).await;
-        assert!(trace["samples"].as_u64().unwrap() >= 6, "{trace}");
+        assert_eq!(trace["samples"], 10, "{trace}");
         let (_, whole) = get_json(&srv.url(&format!("/api/v1/services/ride/profile?from={}&until={}", old - 60, old + 60))).await;
         assert_eq!(whole["samples"], 10, "{whole}");
         let (_, list) = get_json(&srv.url("/api/v1/profiles?service=ride")).await;
@@ -94,22 +125,10 @@ async fn replicas_answer_from_every_block_with_one_id_merged() {
         assert_eq!(listed[0]["samples"], 6);
         let (_, services) = get_json(&srv.url("/api/v1/services")).await;
         assert_eq!(services["services"], serde_json::json!(["ride"]));
+        let (_, p) = get_json(&srv.url(&format!("/api/v1/profiles/{SPAN_B}"))).await;
+        assert_eq!(p["profile"]["samples"], 4, "{p}");
     }
-    // The recent span is still a's alone (b reads a's local store only through a's blocks).
-    assert_eq!(get_json(&a.url(&format!("/api/v1/profiles/{SPAN_B}"))).await.0, 200);
-    assert_eq!(get_json(&b.url(&format!("/api/v1/profiles/{SPAN_B}"))).await.0, 404);
-
-    // A graceful stop uploads what was left: b now answers a's recent span too.
     a.stop().await;
-    let (status, p) = get_json(&b.url(&format!("/api/v1/profiles/{SPAN_B}"))).await;
-    // b's listing of the bucket is cached for a few seconds.
-    let p = if status == 200 {
-        p
-    } else {
-        tokio::time::sleep(Duration::from_secs(11)).await;
-        get_json(&b.url(&format!("/api/v1/profiles/{SPAN_B}"))).await.1
-    };
-    assert_eq!(p["profile"]["samples"], 4, "{p}");
 
     // A block whose bytes went bad is left out and counted; the others still answer.
     let blocks: Vec<_> = bucket.join("blocks").read_dir().unwrap().map(|e| e.unwrap().path()).collect();

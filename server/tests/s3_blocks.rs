@@ -4,7 +4,8 @@
 //! the peers and older data through the blocks; a peer that is down makes answers partial (and
 //! says so), never an error; `kill -9` of a replica loses nothing it acknowledged (replayed on
 //! restart and uploaded); with the bucket down ingest goes on, the replica says it is degraded,
-//! and the data is uploaded once the bucket is back.
+//! and the data is uploaded once the bucket is back; three compactors race for the lease on the
+//! real bucket, exactly one merges the blocks, and the stored bytes shrink with answers unchanged.
 
 mod common;
 
@@ -103,13 +104,20 @@ fn s3_env(port: u16) -> Vec<(&'static str, String)> {
     ]
 }
 
-/// Replica `i` of three on its port in `ports`, the others its peers.
+/// Replica `i` of three on its port in `ports`, the others its peers, keeping its data local
+/// until it stops.
 async fn replica(data: &Path, i: usize, ports: &[u16; 3], s3_port: u16) -> ServerProcess {
+    replica_with(data, i, ports, s3_port, &["--block-interval", "1h"]).await
+}
+
+/// Replica `i` with more flags (a short `--block-interval` uploads and compacts as it runs).
+async fn replica_with(data: &Path, i: usize, ports: &[u16; 3], s3_port: u16, more: &[&str]) -> ServerProcess {
     let env = s3_env(s3_port);
     let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let name = format!("r{}", i + 1);
     let peers = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
-    let args = ["--object-store", "s3://spanprof/e2e", "--block-interval", "1s", "--replica-name", &name, "--peers", &peers];
+    let mut args = vec!["--object-store", "s3://spanprof/e2e", "--replica-name", &name, "--peers", &peers];
+    args.extend_from_slice(more);
     ServerProcess::spawn_on(ports[i], &data.join(&name), &args, &envs).await
 }
 
@@ -162,19 +170,24 @@ async fn three_replicas_share_a_seaweedfs_bucket_through_kill_9_and_an_outage() 
     let ports = [free_port(), free_port(), free_port()];
     let mut r = vec![replica(&data, 0, &ports, port).await, replica(&data, 1, &ports, port).await, replica(&data, 2, &ports, port).await];
 
-    // One span ID, a part on every replica, old enough to be cut at once.
+    // One span ID, a part on every replica: every replica answers the sum through its peers.
     let old = now_s() - 600;
     for (i, srv) in r.iter().enumerate() {
         ingest(srv, SPAN_A, old + i as u64, &format!("main;handle;part_{i} {}\n", i + 1)).await;
     }
     for srv in &r {
-        eventually("every replica's block", 30, async || metric(srv, "spanprof_blocks_uploaded_total").await >= 1).await;
+        assert_eq!(samples(srv, SPAN_A).await, 6, "{}", srv.base);
+    }
+    // Graceful restarts upload each replica's data as a block; then the blocks answer alone.
+    for i in 0..3 {
+        assert!(r[i].terminate().success(), "graceful stop (uploads the local data)");
+        r[i] = replica(&data, i, &ports, port).await;
     }
     for srv in &r {
-        eventually("the summed profile on every replica", 15, async || samples(srv, SPAN_A).await == 6).await;
+        assert_eq!(samples(srv, SPAN_A).await, 6, "from the blocks, nothing doubled: {}", srv.base);
     }
 
-    // Recent data, in r1's local store only, is on every replica at once through the peers:
+    // Recent data, in r1's and r2's local data only, is on every replica through the peers:
     // in profiles, listings (once) and traces.
     ingest(&r[0], SPAN_B, now_s(), "main;recent 4\n").await;
     ingest(&r[1], SPAN_B, now_s(), "main;recent 1\n").await;
@@ -189,7 +202,7 @@ async fn three_replicas_share_a_seaweedfs_bucket_through_kill_9_and_an_outage() 
     }
 
     // kill -9 of r1 with acknowledged, not yet uploaded data: the others still serve its block,
-    // and say that their answers miss r1's local data; restarted, r1 replays its local store.
+    // and say that their answers miss r1's local data; restarted, r1 replays its local data.
     r[0].kill_9();
     assert_eq!(samples(&r[1], SPAN_A).await, 6, "r1's block outlives r1");
     let (status, p) = get_json(&r[1].url(&format!("/api/v1/profiles/{SPAN_B}"))).await;
@@ -204,7 +217,9 @@ async fn three_replicas_share_a_seaweedfs_bucket_through_kill_9_and_an_outage() 
     assert_eq!(samples(&r[0], SPAN_B).await, 5, "once, from the block: nothing doubled");
 
     // The bucket goes away: ingest goes on, the replica says it is degraded, and its data is
-    // uploaded once the bucket is back.
+    // uploaded once the bucket is back. (r2 now uploads every second.)
+    assert!(r[1].terminate().success());
+    r[1] = replica_with(&data, 1, &ports, port, &["--block-interval", "1s"]).await;
     weed.stop();
     let span_c = "00000000000000cc";
     ingest(&r[1], span_c, old, "main;during_outage 5\n").await;
@@ -213,13 +228,62 @@ async fn three_replicas_share_a_seaweedfs_bucket_through_kill_9_and_an_outage() 
     assert_eq!(ready.status(), 200, "still taking data");
     assert!(ready.text().await.unwrap().contains("degraded"));
     assert!(metric(&r[1], "spanprof_block_upload_failures_total").await >= 1);
-    assert_eq!(samples(&r[1], span_c).await, 5, "the pending cut answers from memory");
+    assert!(metric(&r[1], "spanprof_local_generations_sealed").await >= 1, "waiting on local disk");
+    assert_eq!(samples(&r[1], span_c).await, 5, "the sealed local data answers until it is uploaded");
     weed.run();
     weed.wait_ready().await;
-    eventually("the upload after the outage", 40, async || metric(&r[1], "spanprof_bucket_degraded").await == 0).await;
+    eventually("the upload after the outage", 60, async || metric(&r[1], "spanprof_bucket_degraded").await == 0).await;
     eventually("the outage's data on r3", 20, async || samples(&r[2], span_c).await == 5).await;
     assert_eq!(samples(&r[2], SPAN_A).await, 6);
-    for mut srv in r {
+
+    // Compaction: all three replicas compact every second, racing for the lease in the bucket.
+    // Exactly one merges the blocks (each block merged once), the parts of one span ID become one
+    // record, the stored bytes shrink, and every answer stays the same.
+    for i in 0..3 {
+        assert!(r[i].terminate().success());
+    }
+    let mut r3 = replica(&data, 2, &ports, port).await;
+    assert_eq!(samples(&r3, SPAN_A).await, 6); // lists the bucket
+    let blocks_before = metric(&r3, "spanprof_bucket_blocks").await;
+    let bytes_before = metric(&r3, "spanprof_bucket_block_bytes").await;
+    assert_eq!(blocks_before, 6, "a block for each stop or restart with local data");
+    assert!(r3.terminate().success());
+    let compacting = ["--block-interval", "1s", "--compaction-grace", "1s"];
+    let mut r = vec![
+        replica_with(&data, 0, &ports, port, &compacting).await,
+        replica_with(&data, 1, &ports, port, &compacting).await,
+        replica_with(&data, 2, &ports, port, &compacting).await,
+    ];
+    let mut compacted = 0;
+    for _ in 0..300 {
+        compacted = 0;
+        let mut deleted = 0;
+        for srv in &r {
+            compacted += metric(srv, "spanprof_blocks_compacted_total").await;
+            deleted += metric(srv, "spanprof_blocks_deleted_total").await;
+        }
+        if deleted >= blocks_before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(compacted, blocks_before, "every block merged exactly once, by one compactor");
+    // The compactor's own listing is fresh; the others' within their listing refresh.
+    let mut shrunk = None;
+    for srv in &r {
+        eventually("a fresh listing", 20, async || {
+            samples(srv, SPAN_A).await == 6 && metric(srv, "spanprof_bucket_blocks").await == 1
+        })
+        .await;
+        shrunk = Some(metric(srv, "spanprof_bucket_block_bytes").await);
+        assert_eq!(samples(srv, SPAN_B).await, 5);
+        assert_eq!(samples(srv, span_c).await, 5);
+        let (_, trace) = get_json(&srv.url(&format!("/api/v1/traces/{TRACE}"))).await;
+        assert_eq!(trace["samples"], 16, "{trace}");
+    }
+    let shrunk = shrunk.unwrap();
+    assert!(shrunk < bytes_before, "compaction shrinks the stored bytes: {bytes_before} -> {shrunk}");
+    for srv in r.iter_mut() {
         assert!(srv.terminate().success());
     }
 }

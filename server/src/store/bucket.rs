@@ -27,13 +27,6 @@ fn storage(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Bucket(format!("{what}: {e}"))
 }
 
-/// Where a block's bytes come from: the bucket, or memory for a block not uploaded yet.
-#[derive(Clone)]
-pub enum Source {
-    Bucket,
-    Memory(Arc<Vec<u8>>),
-}
-
 /// Pages cached across queries, bounded in bytes; the oldest go first.
 struct PageCache {
     pages: HashMap<(String, u64), (Page, usize)>,
@@ -267,29 +260,21 @@ impl Bucket {
         Ok(())
     }
 
-    async fn range(&self, source: &Source, meta: &BlockMeta, r: Range<u64>) -> Result<bytes::Bytes> {
-        match source {
-            Source::Memory(data) => data
-                .get(r.start as usize..r.end as usize)
-                .map(bytes::Bytes::copy_from_slice)
-                .ok_or_else(|| Error::Corrupt(format!("block {}: range past its end", meta.id))),
-            Source::Bucket => {
-                self.store.get_range(&self.path(&meta.id, "data"), r).await.map_err(|e| storage(&format!("reading block {}", meta.id), e))
-            }
-        }
+    async fn range(&self, meta: &BlockMeta, r: Range<u64>) -> Result<bytes::Bytes> {
+        self.store.get_range(&self.path(&meta.id, "data"), r).await.map_err(|e| storage(&format!("reading block {}", meta.id), e))
     }
 
     /// The footer of a block (cached).
-    pub async fn footer(&self, source: &Source, meta: &BlockMeta) -> Result<Arc<BlockFooter>> {
+    pub async fn footer(&self, meta: &BlockMeta) -> Result<Arc<BlockFooter>> {
         if let Some(f) = self.footers.lock().ok().and_then(|f| f.get(&meta.id).cloned()) {
             return Ok(f);
         }
         let len = meta.data_bytes;
-        let mut tail = self.range(source, meta, len.saturating_sub(TAIL_GUESS)..len).await?;
+        let mut tail = self.range(meta, len.saturating_sub(TAIL_GUESS)..len).await?;
         let footer = match block::decode_footer(&tail)? {
             Ok(f) => f,
             Err(need) => {
-                tail = self.range(source, meta, len.saturating_sub(need as u64)..len).await?;
+                tail = self.range(meta, len.saturating_sub(need as u64)..len).await?;
                 block::decode_footer(&tail)?.map_err(|_| Error::Corrupt(format!("block {}: footer", meta.id)))?
             }
         };
@@ -301,13 +286,13 @@ impl Bucket {
     }
 
     /// One page of a block, decoded and checked (cached).
-    pub async fn page(&self, source: &Source, meta: &BlockMeta, page: &PageRef) -> Result<Page> {
+    pub async fn page(&self, meta: &BlockMeta, page: &PageRef) -> Result<Page> {
         let key = (meta.id.clone(), page.offset);
         if let Some(p) = self.pages.lock().ok().and_then(|c| c.get(&key)) {
             return Ok(p);
         }
         let end = page.offset.checked_add(u64::from(page.len)).ok_or_else(|| Error::Corrupt(format!("block {}: page past the end", meta.id)))?;
-        let bytes = self.range(source, meta, page.offset..end).await?;
+        let bytes = self.range(meta, page.offset..end).await?;
         let entries = Arc::new(block::decode_page(&bytes).map_err(|e| Error::Corrupt(format!("block {}: {e}", meta.id)))?);
         if let Ok(mut c) = self.pages.lock() {
             c.put(key, entries.clone(), bytes.len());
@@ -316,11 +301,11 @@ impl Bucket {
     }
 
     /// The value of `key` in `table`, if the block has it.
-    pub async fn get(&self, source: &Source, meta: &BlockMeta, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let footer = self.footer(source, meta).await?;
+    pub async fn get(&self, meta: &BlockMeta, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let footer = self.footer(meta).await?;
         let t = footer.table(table)?;
         let Some(page) = t.page_for(key) else { return Ok(None) };
-        let entries = self.page(source, meta, page).await?;
+        let entries = self.page(meta, page).await?;
         Ok(entries.binary_search_by(|(k, _)| k.as_slice().cmp(key)).ok().map(|i| entries[i].1.clone()))
     }
 }
@@ -329,13 +314,12 @@ impl Bucket {
 /// buckets, resolved through the block's own frame and stack dictionary.
 pub struct BlockRead<'a> {
     pub bucket: &'a Bucket,
-    pub source: &'a Source,
     pub meta: &'a BlockMeta,
 }
 
 impl BlockRead<'_> {
     async fn footer(&self) -> Result<Arc<BlockFooter>> {
-        self.bucket.footer(self.source, self.meta).await
+        self.bucket.footer(self.meta).await
     }
 
     /// Frames of the block's stack counts, root first.
@@ -345,7 +329,7 @@ impl BlockRead<'_> {
         for &(sid, count) in counts {
             let bytes = self
                 .bucket
-                .get(self.source, self.meta, Table::Stacks, &sid.to_be_bytes())
+                .get(self.meta, Table::Stacks, &sid.to_be_bytes())
                 .await?
                 .ok_or_else(|| Error::Corrupt(format!("block {}: stack {sid} missing", self.meta.id)))?;
             let rec: super::codec::StackRecord = super::codec::decode(&bytes, "block stack")?;
@@ -357,7 +341,7 @@ impl BlockRead<'_> {
                 }
                 let name = self
                     .bucket
-                    .get(self.source, self.meta, Table::Frames, &f.to_be_bytes())
+                    .get(self.meta, Table::Frames, &f.to_be_bytes())
                     .await?
                     .ok_or_else(|| Error::Corrupt(format!("block {}: frame {f} missing", self.meta.id)))?;
                 let name: Arc<str> = Arc::from(String::from_utf8_lossy(&name).as_ref());
@@ -376,7 +360,7 @@ impl BlockRead<'_> {
         if !footer.table(Table::Spans)?.bloom().may_contain(&key) {
             return Ok(None);
         }
-        match self.bucket.get(self.source, self.meta, Table::Spans, &key).await? {
+        match self.bucket.get(self.meta, Table::Spans, &key).await? {
             Some(v) => Ok(Some(super::codec::decode(&v, "block span")?)),
             None => Ok(None),
         }
@@ -400,7 +384,7 @@ impl BlockRead<'_> {
         }
         let mut out = Vec::new();
         for page in t.pages_for_prefix(&prefix) {
-            for (k, _) in self.bucket.page(self.source, self.meta, page).await?.iter() {
+            for (k, _) in self.bucket.page(self.meta, page).await?.iter() {
                 if let Some(id) = block::trace_entry_id(k, trace) {
                     out.push(id?);
                 }
@@ -421,7 +405,7 @@ impl BlockRead<'_> {
         let start_key = (!until_ms).to_be_bytes();
         let first = t.pages.partition_point(|p| p.first_key.as_slice() <= &start_key[..]).saturating_sub(1);
         for page in &t.pages[first..] {
-            for (k, v) in self.bucket.page(self.source, self.meta, page).await?.iter() {
+            for (k, v) in self.bucket.page(self.meta, page).await?.iter() {
                 let (last_seen, id) = block::decode_list_key(k)?;
                 if last_seen > until_ms {
                     continue;
@@ -446,7 +430,7 @@ impl BlockRead<'_> {
         let footer = self.footer().await?;
         let mut series = Vec::new();
         for page in &footer.table(Table::Series)?.pages {
-            for (k, v) in self.bucket.page(self.source, self.meta, page).await?.iter() {
+            for (k, v) in self.bucket.page(self.meta, page).await?.iter() {
                 let rec: super::shared::SeriesRecord = super::codec::decode(v, "block series")?;
                 let labels: crate::model::Labels = rec.labels.into_iter().map(|l| (l.name, l.value)).collect();
                 if matches(&labels) {
@@ -459,7 +443,7 @@ impl BlockRead<'_> {
         let mut out = Vec::new();
         for s in series {
             for page in table.pages_for_prefix(&s) {
-                for (k, v) in self.bucket.page(self.source, self.meta, page).await?.iter() {
+                for (k, v) in self.bucket.page(self.meta, page).await?.iter() {
                     let Some(bucket) = k.strip_prefix(s.as_slice()).and_then(|b| <[u8; 8]>::try_from(b).ok()) else { continue };
                     let bucket = u64::from_be_bytes(bucket);
                     if bucket < first_bucket || bucket > until_ms {
@@ -480,7 +464,7 @@ impl BlockRead<'_> {
         let footer = self.footer().await?;
         let mut out = Vec::new();
         for page in &footer.table(Table::Spans)?.pages {
-            for (k, v) in self.bucket.page(self.source, self.meta, page).await?.iter() {
+            for (k, v) in self.bucket.page(self.meta, page).await?.iter() {
                 let rec: super::codec::SpanRecord = super::codec::decode(v, "block span")?;
                 let counts = rec.stack_counts()?;
                 let stacks = self.resolve(&counts).await?;
@@ -495,14 +479,14 @@ impl BlockRead<'_> {
         let footer = self.footer().await?;
         let mut series: HashMap<Vec<u8>, crate::model::Labels> = HashMap::new();
         for page in &footer.table(Table::Series)?.pages {
-            for (k, v) in self.bucket.page(self.source, self.meta, page).await?.iter() {
+            for (k, v) in self.bucket.page(self.meta, page).await?.iter() {
                 let rec: super::shared::SeriesRecord = super::codec::decode(v, "block series")?;
                 series.insert(k.clone(), rec.labels.into_iter().map(|l| (l.name, l.value)).collect());
             }
         }
         let mut out = Vec::new();
         for page in &footer.table(Table::Process)?.pages {
-            for (k, v) in self.bucket.page(self.source, self.meta, page).await?.iter() {
+            for (k, v) in self.bucket.page(self.meta, page).await?.iter() {
                 let (s, b) = k.split_at_checked(4).ok_or_else(|| Error::Corrupt("block process key".into()))?;
                 let labels = series.get(s).cloned().ok_or_else(|| Error::Corrupt("block process series missing".into()))?;
                 let bucket = <[u8; 8]>::try_from(b).map(u64::from_be_bytes).map_err(|_| Error::Corrupt("block process key".into()))?;

@@ -62,10 +62,6 @@ impl Default for EmbeddedOptions {
 pub const DIR_NAME: &str = "spanprof.fjall";
 
 const RECORD_BYTES: &str = "record_bytes";
-/// The `cut` keyspace's key of the pending block's ID.
-const CUT_BLOCK: &[u8] = b"block";
-const CUT_SPAN: u8 = b's';
-const CUT_PROCESS: u8 = b'p';
 
 /// The stacks and frames of one snapshot, by ID, for building a block from stored records.
 struct SnapshotStacks<'r> {
@@ -109,9 +105,6 @@ struct Keyspaces {
     process: SingleWriterTxKeyspace,
     /// (bucket start ms, series id)
     process_by_time: SingleWriterTxKeyspace,
-    /// The cut on its way to the bucket ([`EmbeddedStore::cut`]): [`CUT_BLOCK`] → its block ID,
-    /// `s` + profile ID → `SpanRecord`, `p` + (series id, bucket start ms) → `StacksRecord`.
-    cut: SingleWriterTxKeyspace,
     /// counter name → u64 BE
     meta: SingleWriterTxKeyspace,
 }
@@ -132,7 +125,6 @@ impl Keyspaces {
             process: ks("process")?,
             process_by_time: ks("process_by_time")?,
             meta: ks("meta")?,
-            cut: ks("cut")?,
             db,
         })
     }
@@ -246,11 +238,6 @@ enum Command {
     GcBegin(SyncSender<GcBounds>),
     GcSweep(GcCandidates, SyncSender<Result<GcStats>>),
     GcAbort,
-    /// Moves what was last seen before a time (at most so many rows) into the cut as block
-    /// `block_id`, unless a cut is pending; replies with the rows moved.
-    Cut { before_ms: u64, max_rows: usize, block_id: String, reply: SyncSender<Result<u64>> },
-    /// The cut's block is in the bucket: its rows go.
-    CutDone(String, SyncSender<Result<()>>),
 }
 
 /// The embedded store on fjall. Cheap to share: clone the `Arc`.
@@ -354,15 +341,6 @@ impl EmbeddedStore {
             let (_, bytes) = row.into_inner()?;
             let rec: StacksRecord = codec::decode(&bytes, "process bucket")?;
             mark.record(&rec.to_counts()?);
-        }
-        // Rows of a pending cut still refer to their stacks (a restart rebuilds its block).
-        for row in r.iter(k.cut.inner()) {
-            let (key, bytes) = row.into_inner()?;
-            match key.first() {
-                Some(&CUT_SPAN) => mark.record(&codec::decode::<SpanRecord>(&bytes, "cut span")?.stack_counts()?),
-                Some(&CUT_PROCESS) => mark.record(&codec::decode::<StacksRecord>(&bytes, "cut bucket")?.to_counts()?),
-                _ => {}
-            }
         }
         for row in r.iter(k.stacks.inner()) {
             let (id, bytes) = row.into_inner()?;
@@ -472,12 +450,6 @@ fn writer_loop(
                     let _ = reply.send(swept);
                 }
                 Command::GcAbort => interner.abort_marking(),
-                Command::Cut { before_ms, max_rows, block_id, reply } => {
-                    let _ = reply.send(cut_step(k, before_ms, max_rows, &block_id));
-                }
-                Command::CutDone(block_id, reply) => {
-                    let _ = reply.send(cut_done(k, &block_id));
-                }
                 Command::Insert(..) => {}
             }
         }
@@ -712,59 +684,6 @@ fn retention_step(k: &Keyspaces, policy: &Retention, now_ms: u64, interned: u64)
     Ok(stats)
 }
 
-/// Moves the span profiles last seen before `before_ms` and the whole-process buckets that ended
-/// before it (the oldest first, at most `max_rows` of each) into the cut as block `block_id`, in
-/// one transaction; nothing when a cut is pending. Returns the rows moved.
-fn cut_step(k: &Keyspaces, before_ms: u64, max_rows: usize, block_id: &str) -> Result<u64> {
-    let mut w = k.db.write_tx().durability(Some(PersistMode::SyncAll));
-    if w.get(k.cut.inner(), CUT_BLOCK)?.is_some() {
-        return Ok(0);
-    }
-    let spans = oldest(&w, &k.spans_by_time, max_rows, |key| time_and_id(key, 0))?;
-    let buckets = oldest(&w, &k.process_by_time, max_rows, |key| Ok((u64_at_end(key, 1)?, u64_at_end(key, 0)?)))?;
-    let (mut moved, mut bytes_delta, mut spans_delta) = (0u64, 0i64, 0i64);
-    for (last_seen, id) in spans.into_iter().take_while(|(t, _)| *t < before_ms) {
-        let Some(bytes) = w.get(k.spans.inner(), &id)? else { continue };
-        w.remove(&k.spans_by_time, time_key(last_seen, &id));
-        delete_span(&mut w, k, &id, last_seen)?;
-        w.insert(&k.cut, [&[CUT_SPAN][..], &id].concat(), bytes.clone());
-        bytes_delta -= bytes.len() as i64;
-        spans_delta -= 1;
-        moved += 1;
-    }
-    for (bucket, sid) in buckets.into_iter().take_while(|(b, _)| b + BUCKET_MS <= before_ms) {
-        let Some(bytes) = w.get(k.process.inner(), k2(sid, bucket))? else { continue };
-        w.remove(&k.process_by_time, k2(bucket, sid));
-        w.remove(&k.process, k2(sid, bucket));
-        w.insert(&k.cut, [&[CUT_PROCESS][..], &k2(sid, bucket)].concat(), bytes.clone());
-        bytes_delta -= bytes.len() as i64;
-        moved += 1;
-    }
-    if moved == 0 {
-        return Ok(0);
-    }
-    w.insert(&k.cut, CUT_BLOCK, block_id.as_bytes());
-    add_counter(&mut w, k, RECORD_BYTES, bytes_delta)?;
-    add_counter(&mut w, k, SPAN_COUNT, spans_delta)?;
-    w.commit()?;
-    Ok(moved)
-}
-
-/// Deletes the pending cut once its block `block_id` is in the bucket.
-fn cut_done(k: &Keyspaces, block_id: &str) -> Result<()> {
-    let mut w = k.db.write_tx().durability(Some(PersistMode::SyncAll));
-    match w.get(k.cut.inner(), CUT_BLOCK)? {
-        Some(id) if *id == *block_id.as_bytes() => {}
-        _ => return Err(Error::Storage(format!("no pending cut of block {block_id}"))),
-    }
-    let keys: Vec<_> = w.iter(k.cut.inner()).map(|row| row.key()).collect::<std::result::Result<_, _>>()?;
-    for key in keys {
-        w.remove(&k.cut, key);
-    }
-    w.commit()?;
-    Ok(())
-}
-
 /// Deletes a span's record and its service and trace index entries; returns the bytes freed.
 fn delete_span(w: &mut SingleWriterWriteTx<'_>, k: &Keyspaces, id: &[u8], last_seen: u64) -> Result<u64> {
     let Some(bytes) = w.get(k.spans.inner(), id)? else { return Ok(0) };
@@ -826,16 +745,6 @@ fn load_span(resolver: &mut Resolver<'_>, id: &[u8]) -> Result<Option<SpanProfil
 }
 
 impl EmbeddedStore {
-    /// Moves what was last seen before `before_ms` (at most `max_rows` span profiles and as
-    /// many whole-process buckets, the oldest first) out of the store into a pending cut that
-    /// becomes block `block_id`; the store's queries no longer see it. Does nothing while a cut
-    /// is pending ([`Self::pending_cut`], [`Self::cut_done`]). Returns the rows moved.
-    pub fn cut(&self, before_ms: u64, max_rows: usize, block_id: &str) -> Result<u64> {
-        let (reply_tx, reply_rx) = mpsc::sync_channel(1);
-        self.send_waiting(Command::Cut { before_ms, max_rows, block_id: block_id.to_owned(), reply: reply_tx })?;
-        reply_rx.recv().map_err(|_| Error::Unavailable)?
-    }
-
     /// The metadata of span profile `id`, without its stacks.
     pub fn span_summary(&self, id: &ProfileId) -> Result<Option<super::SpanSummary>> {
         let r = self.read();
@@ -844,44 +753,42 @@ impl EmbeddedStore {
         Ok(Some(summary(id.clone(), codec::decode(&bytes, "span")?)))
     }
 
-    /// Puts the pending cut (after a restart too), if there is one, into `builder`, stacks
-    /// translated by ID; returns the block ID the cut was made for.
-    pub fn build_pending_cut(&self, builder: &mut super::block::BlockBuilder) -> Result<Option<String>> {
+    /// Puts everything the store holds into `builder`, read from one snapshot in key order
+    /// (span profiles by ID, whole-process buckets by series), stacks translated by ID. The
+    /// layered store builds a sealed generation's block with it.
+    pub fn build_block(&self, builder: &mut super::block::BlockBuilder) -> Result<()> {
         let r = self.read();
         let k = &*self.ks;
-        let Some(id) = r.get(k.cut.inner(), CUT_BLOCK)? else { return Ok(None) };
-        let block_id = String::from_utf8(id.to_vec()).map_err(|_| Error::Corrupt("cut block id".into()))?;
         let mut source = SnapshotStacks { snap: &r, k };
         let mut map = super::block::IdMap::default();
-        let mut series: HashMap<u64, Labels> = HashMap::new();
-        for row in r.iter(k.cut.inner()) {
+        for row in r.iter(k.spans.inner()) {
+            let (id, bytes) = row.into_inner()?;
+            let rec: SpanRecord = codec::decode(&bytes, "span")?;
+            builder.add_span_record(&id, rec, &mut map, &mut source)?;
+        }
+        // Buckets are keyed by (series, bucket): one series' labels serve a run of rows.
+        let mut series: Option<(u64, Labels)> = None;
+        for row in r.iter(k.process.inner()) {
             let (key, bytes) = row.into_inner()?;
-            match key.split_first() {
-                Some((&CUT_SPAN, id)) => {
-                    let rec: SpanRecord = codec::decode(&bytes, "cut span")?;
-                    builder.add_span_record(id, rec, &mut map, &mut source)?;
-                }
-                Some((&CUT_PROCESS, rest)) if rest.len() == 16 => {
-                    let (sid, bucket) = (u64_at_end(rest, 1)?, u64_at_end(rest, 0)?);
-                    let rec: StacksRecord = codec::decode(&bytes, "cut bucket")?;
-                    if !series.contains_key(&sid) {
-                        let bytes = r.get(k.series.inner(), sid.to_be_bytes())?.ok_or_else(|| Error::Corrupt(format!("series {sid} missing")))?;
-                        let rec: SeriesRecord = codec::decode(&bytes, "series")?;
-                        series.insert(sid, rec.labels.into_iter().map(|l| (l.name, l.value)).collect());
-                    }
-                    builder.add_process_record(&series[&sid], bucket, &rec, &mut map, &mut source)?;
-                }
-                _ => {}
+            let (sid, bucket) = (u64_at_end(&key, 1)?, u64_at_end(&key, 0)?);
+            if series.as_ref().is_none_or(|(s, _)| *s != sid) {
+                let bytes = r.get(k.series.inner(), sid.to_be_bytes())?.ok_or_else(|| Error::Corrupt(format!("series {sid} missing")))?;
+                let rec: SeriesRecord = codec::decode(&bytes, "series")?;
+                series = Some((sid, rec.labels.into_iter().map(|l| (l.name, l.value)).collect()));
+            }
+            let rec: StacksRecord = codec::decode(&bytes, "process bucket")?;
+            if let Some((_, labels)) = &series {
+                builder.add_process_record(labels, bucket, &rec, &mut map, &mut source)?;
             }
         }
-        Ok(Some(block_id))
+        Ok(())
     }
 
-    /// The pending cut's block `block_id` is safely in the bucket: its rows are deleted.
-    pub fn cut_done(&self, block_id: &str) -> Result<()> {
-        let (reply_tx, reply_rx) = mpsc::sync_channel(1);
-        self.send_waiting(Command::CutDone(block_id.to_owned(), reply_tx))?;
-        reply_rx.recv().map_err(|_| Error::Unavailable)?
+    /// Span profiles and record bytes (span profiles and whole-process buckets) stored, from
+    /// counters: cheap.
+    pub fn fill(&self) -> Result<(u64, u64)> {
+        let r = self.read();
+        Ok((counter(&r, &self.ks, SPAN_COUNT)?, counter(&r, &self.ks, RECORD_BYTES)?))
     }
 }
 

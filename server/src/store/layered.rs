@@ -2,11 +2,11 @@
 //! recent data) in front of the blocks in the bucket, queried as one. Profiles with the same ID
 //! merge across the local store and every block, as an insert would have merged them.
 //!
-//! The local store's older data is regularly cut into a block ([`LayeredStore::ship`]): the rows
-//! move into a pending cut inside the local store (one transaction, so a row is never in both or
-//! neither), the block is built, served from memory while it is uploaded, and the cut is deleted
-//! once the bucket has the block. A query reads the local store, the block in memory, and the
-//! bucket's blocks but that one — each row is seen exactly once at every moment.
+//! The local data lives in generations ([`super::generations`]): the head takes inserts and is
+//! regularly sealed; a sealed generation is read once into a block ([`LayeredStore::ship`]),
+//! uploaded, and then dropped whole. A query reads every local generation and the bucket's
+//! blocks but those the local generations become (theirs and the peers'), so each row is seen
+//! exactly once at every moment: a block counts once its generation is gone.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -16,8 +16,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 
 use super::block::{BlockBuilder, BlockMeta};
-use super::bucket::{BlockRead, Bucket, Source};
-use super::embedded::EmbeddedStore;
+use super::bucket::{BlockRead, Bucket};
+use super::generations::{Generation, Generations};
 use super::peers::{LocalAnswer, LocalQuery, Peers, WireStacks, mark_partial};
 use super::shared::id_key;
 use super::{
@@ -26,9 +26,6 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::model::{Labels, ProfileId, SeriesBatch, TraceId, rescale_count};
-
-/// Most span profiles (and as many whole-process buckets) one block takes from the local store.
-pub const MAX_BLOCK_ROWS: usize = 500_000;
 
 /// How the bucket side is doing, for `/metrics` and `/readyz`.
 #[derive(Debug, Default)]
@@ -45,12 +42,22 @@ pub struct BucketStatus {
     /// Blocks merged into larger ones by compaction, and blocks it deleted after their grace.
     pub blocks_compacted: Counter,
     pub blocks_deleted: Counter,
+    /// The visible blocks and their data bytes, as last listed.
+    pub bucket_blocks: Gauge,
+    pub bucket_block_bytes: Gauge,
+    /// Local generations sealed and not uploaded yet.
+    pub sealed_generations: Gauge,
     pub last_error: Mutex<Option<String>>,
 }
 
 impl BucketStatus {
     pub fn is_degraded(&self) -> bool {
         self.degraded.get() != 0
+    }
+
+    fn listed(&self, visible: &[BlockMeta]) {
+        self.bucket_blocks.set(visible.len() as i64);
+        self.bucket_block_bytes.set(visible.iter().map(|m| m.data_bytes).sum::<u64>() as i64);
     }
 
     fn failed(&self, what: &str, e: &Error) {
@@ -61,23 +68,18 @@ impl BucketStatus {
     }
 }
 
-/// A block's metadata and data, before the bucket has it.
-type InMemoryBlock = (Arc<BlockMeta>, Arc<Vec<u8>>);
-
 /// Local store + blocks, one [`ProfileStore`].
 pub struct LayeredStore {
-    local: Arc<EmbeddedStore>,
+    local: Generations,
     bucket: Arc<Bucket>,
     runtime: tokio::runtime::Handle,
-    /// The block of the pending cut while it is uploaded: served from memory.
-    pending: Mutex<Option<InMemoryBlock>>,
     replica: String,
     pub status: Arc<BucketStatus>,
     /// The other replicas, asked for their local data (`--peers`).
     peers: Option<Peers>,
     /// Blocks this replica uploaded lately, for peers whose bucket listing lags.
     recent: Mutex<VecDeque<(Instant, String)>>,
-    /// One cut at a time (the interval's and the shutdown's may overlap).
+    /// One upload at a time (the interval's and the shutdown's may overlap).
     shipping: Mutex<()>,
 }
 
@@ -85,8 +87,9 @@ pub struct LayeredStore {
 /// is reused.
 const RECENT_BLOCK: Duration = Duration::from_secs(60);
 
-/// What the peers said that shapes which blocks a query reads: blocks they are uploading (their
-/// data came in their answers) and blocks they uploaded lately (maybe not listed here yet).
+/// What shapes which blocks a query reads: the blocks local generations become, this replica's
+/// and the peers' (their data came from them directly), and blocks peers uploaded lately (maybe
+/// not listed here yet).
 #[derive(Default)]
 struct PeerView {
     skip: HashSet<String>,
@@ -94,11 +97,84 @@ struct PeerView {
 }
 
 impl PeerView {
-    fn of(answers: &[LocalAnswer]) -> Self {
-        PeerView {
-            skip: answers.iter().filter_map(|a| a.pending_block.clone()).collect(),
-            recent: answers.iter().flat_map(|a| a.recent_blocks.iter().cloned()).collect(),
+    fn of(answers: &[LocalAnswer], local: &LocalView) -> Self {
+        let mut skip: HashSet<String> = answers.iter().flat_map(|a| a.local_blocks.iter().cloned()).collect();
+        skip.extend(local.block_ids());
+        PeerView { skip, recent: answers.iter().flat_map(|a| a.recent_blocks.iter().cloned()).collect() }
+    }
+}
+
+/// The local generations one query reads, fixed for the whole query.
+struct LocalView(Vec<Arc<Generation>>);
+
+impl LocalView {
+    fn block_ids(&self) -> impl Iterator<Item = String> + '_ {
+        self.0.iter().map(|g| g.block_id.clone())
+    }
+
+    fn summaries(&self, id: &ProfileId) -> Result<Vec<SpanSummary>> {
+        let mut out = Vec::new();
+        for g in &self.0 {
+            out.extend(g.store.span_summary(id)?);
         }
+        Ok(out)
+    }
+
+    fn profiles(&self, id: &ProfileId) -> Result<Vec<SpanProfile>> {
+        let mut out = Vec::new();
+        for g in &self.0 {
+            out.extend(g.store.span_profile(id.clone())?);
+        }
+        Ok(out)
+    }
+
+    fn trace_ids(&self, trace: TraceId) -> Result<BTreeSet<ProfileId>> {
+        let mut out = BTreeSet::new();
+        for g in &self.0 {
+            out.extend(g.store.trace(trace)?.into_iter().map(|p| p.summary.profile_id));
+        }
+        Ok(out)
+    }
+
+    fn process(&self, service: &str, profile_type: &str, from_ms: u64, until_ms: u64) -> Result<Vec<(u64, Stacks)>> {
+        let mut out = Vec::new();
+        for g in &self.0 {
+            out.extend(g.store.process_profile(service, profile_type, from_ms, until_ms)?.map(|p| (p.period_ns, p.stacks)));
+        }
+        Ok(out)
+    }
+
+    /// Names from every generation (services, label names or values), sorted, once each.
+    fn names(&self, f: impl Fn(&dyn ProfileStore) -> Result<Vec<String>>) -> Result<BTreeSet<String>> {
+        let mut out = BTreeSet::new();
+        for g in &self.0 {
+            out.extend(f(&g.store)?);
+        }
+        Ok(out)
+    }
+
+    /// Listing candidates (filters that change on merge left to the caller), `want` from each
+    /// generation.
+    fn candidates(&self, q: &SpanQuery, after: Option<&(u64, Vec<u8>)>, want: usize) -> Result<Vec<Candidate>> {
+        let local_q = SpanQuery {
+            min_samples: 0,
+            until_ms: None,
+            trace_id: None,
+            limit: want,
+            after: after.map(|(t, k)| cursor(*t, k)).transpose()?,
+            ..q.clone()
+        };
+        let mut out = Vec::new();
+        for g in &self.0 {
+            out.extend(
+                g.store
+                    .search_spans(&local_q)?
+                    .profiles
+                    .into_iter()
+                    .map(|s| Candidate { last_seen_ms: s.last_seen_ms, key: id_key(&s.profile_id), id: s.profile_id }),
+            );
+        }
+        Ok(out)
     }
 }
 
@@ -175,7 +251,7 @@ struct Candidate {
 
 impl LayeredStore {
     pub fn new(
-        local: Arc<EmbeddedStore>,
+        local: Generations,
         bucket: Arc<Bucket>,
         runtime: tokio::runtime::Handle,
         replica: String,
@@ -185,7 +261,6 @@ impl LayeredStore {
             local,
             bucket,
             runtime,
-            pending: Mutex::new(None),
             replica,
             status: Arc::default(),
             peers,
@@ -194,50 +269,45 @@ impl LayeredStore {
         }
     }
 
+    fn local_view(&self) -> Result<LocalView> {
+        Ok(LocalView(self.local.all()?))
+    }
+
     /// Asks every peer `q`. A peer that fails is counted, logged and makes the answer partial.
-    fn ask_peers(&self, q: LocalQuery) -> (Vec<LocalAnswer>, PeerView) {
-        let Some(peers) = &self.peers else { return (Vec::new(), PeerView::default()) };
+    fn ask_peers(&self, q: LocalQuery, local: &LocalView) -> (Vec<LocalAnswer>, PeerView) {
+        let Some(peers) = &self.peers else { return (Vec::new(), PeerView::of(&[], local)) };
         let (answers, failed) = self.runtime.block_on(peers.ask(&q));
         if !failed.is_empty() {
             self.status.peer_errors.inc_by(failed.len() as u64);
             tracing::warn!(peers = ?failed, "peers did not answer: the answer misses their local data");
             mark_partial(format!("peers did not answer: {}", failed.join("; ")));
         }
-        let view = PeerView::of(&answers);
+        let view = PeerView::of(&answers, local);
         (answers, view)
     }
 
-    fn own_pending(&self) -> Option<(Source, Arc<BlockMeta>)> {
-        let (meta, data) = self.pending.lock().ok().and_then(|p| p.clone())?;
-        Some((Source::Memory(data), meta))
-    }
-
-    /// The blocks a query reads: this replica's block in memory, the bucket's but that one and
-    /// those peers reported as theirs in memory, and blocks peers uploaded lately that the
-    /// listing does not have yet. A bucket that cannot be listed leaves its blocks out (counted,
-    /// logged, the answer marked partial).
-    fn sources(&self, view: &PeerView) -> Vec<(Source, Arc<BlockMeta>)> {
+    /// The blocks a query reads: the bucket's but those local generations (this replica's and
+    /// the peers') become, and blocks peers uploaded lately that the listing does not have yet.
+    /// A bucket that cannot be listed leaves its blocks out (counted, logged, the answer marked
+    /// partial).
+    fn sources(&self, view: &PeerView) -> Vec<Arc<BlockMeta>> {
         let mut out = Vec::new();
-        let own = self.own_pending();
-        let mut skip = view.skip.clone();
-        if let Some((source, meta)) = own {
-            skip.insert(meta.id.clone());
-            out.push((source, meta));
-        }
+        let skip = &view.skip;
         match self.runtime.block_on(self.bucket.blocks()) {
             Ok((metas, bad)) => {
                 if bad > 0 {
                     self.status.block_read_errors.inc_by(bad as u64);
                 }
+                self.status.listed(&metas);
                 let listed: HashSet<&str> = metas.iter().map(|m| m.id.as_str()).collect();
                 let hidden = self.bucket.hidden();
                 for m in metas.iter().filter(|m| !skip.contains(&m.id)) {
-                    out.push((Source::Bucket, Arc::new(m.clone())));
+                    out.push(Arc::new(m.clone()));
                 }
                 // A peer's new block the listing lacks, unless the listing saw it replaced.
                 for id in view.recent.iter().filter(|id| !listed.contains(id.as_str()) && !skip.contains(*id) && !hidden.contains(*id)) {
                     match self.runtime.block_on(self.bucket.meta(id)) {
-                        Ok(Some(m)) => out.push((Source::Bucket, Arc::new(m))),
+                        Ok(Some(m)) => out.push(Arc::new(m)),
                         Ok(None) => {}
                         Err(e) => tracing::warn!(block = %id, error = %e, "a peer's new block cannot be read"),
                     }
@@ -254,10 +324,10 @@ impl LayeredStore {
 
     /// Runs `f` on each of `sources`; a block that fails (unreadable, corrupt) is skipped and
     /// counted.
-    fn each_of<T>(&self, sources: Vec<(Source, Arc<BlockMeta>)>, mut f: impl AsyncFnMut(BlockRead<'_>) -> Result<T>) -> Vec<T> {
+    fn each_of<T>(&self, sources: Vec<Arc<BlockMeta>>, mut f: impl AsyncFnMut(BlockRead<'_>) -> Result<T>) -> Vec<T> {
         let mut out = Vec::new();
-        for (source, meta) in sources {
-            let read = BlockRead { bucket: &self.bucket, source: &source, meta: &meta };
+        for meta in sources {
+            let read = BlockRead { bucket: &self.bucket, meta: &meta };
             match self.runtime.block_on(f(read)) {
                 Ok(v) => out.push(v),
                 Err(e) => {
@@ -274,9 +344,9 @@ impl LayeredStore {
         self.each_of(self.sources(view), f)
     }
 
-    /// The merged metadata of `id` over the local store, every block and `peer_parts`.
-    fn merged_summary(&self, id: &ProfileId, view: &PeerView, peer_parts: Vec<SpanSummary>) -> Result<Option<SpanSummary>> {
-        let mut parts: Vec<SpanSummary> = self.local.span_summary(id)?.into_iter().collect();
+    /// The merged metadata of `id` over the local generations, every block and `peer_parts`.
+    fn merged_summary(&self, id: &ProfileId, local: &LocalView, view: &PeerView, peer_parts: Vec<SpanSummary>) -> Result<Option<SpanSummary>> {
+        let mut parts = local.summaries(id)?;
         for rec in self.each_block(view, async |b| b.span_record(id).await).into_iter().flatten() {
             parts.push(super::shared::summary(id.clone(), rec));
         }
@@ -285,8 +355,9 @@ impl LayeredStore {
     }
 
     fn parts_of(&self, id: &ProfileId) -> Result<Vec<SpanProfile>> {
-        let (answers, view) = self.ask_peers(LocalQuery::Profile { id: id.to_string() });
-        let mut parts: Vec<SpanProfile> = self.local.span_profile(id.clone())?.into_iter().collect();
+        let local = self.local_view()?;
+        let (answers, view) = self.ask_peers(LocalQuery::Profile { id: id.to_string() }, &local);
+        let mut parts = local.profiles(id)?;
         parts.extend(self.each_block(&view, async |b| b.span(id).await).into_iter().flatten());
         for mut a in answers {
             parts.extend(a.span_profile()?);
@@ -325,15 +396,15 @@ impl LayeredStore {
         Ok(page)
     }
 
-    /// This replica's answer to a peer: from its local store and its block in memory only.
+    /// This replica's answer to a peer: from its local generations only.
     pub fn local_answer(&self, q: LocalQuery) -> Result<LocalAnswer> {
-        // One look at the block in memory for the whole answer: the block it names as pending
-        // (which the asker then leaves out of its bucket reads) is the one whose data it holds.
+        // One look at the generations for the whole answer: the blocks it names as local (which
+        // the asker then leaves out of its bucket reads) are those whose data it holds.
         let recent_blocks = self.recent_blocks();
-        let pending = self.own_pending();
+        let local = self.local_view()?;
         let mut a = LocalAnswer {
             instance: self.peers.as_ref().map(|p| p.instance.clone()).unwrap_or_default(),
-            pending_block: pending.as_ref().map(|(_, m)| m.id.clone()),
+            local_blocks: local.block_ids().collect(),
             recent_blocks,
             ..Default::default()
         };
@@ -341,59 +412,33 @@ impl LayeredStore {
         match q {
             LocalQuery::Profile { id } => {
                 let id = parse(&id)?;
-                let mut parts: Vec<SpanProfile> = self.local.span_profile(id.clone())?.into_iter().collect();
-                parts.extend(self.each_of(pending.clone().into_iter().collect(), async |b| b.span(&id).await).into_iter().flatten());
-                a.profile = merge_span_parts(parts).map(|p| {
+                a.profile = merge_span_parts(local.profiles(&id)?).map(|p| {
                     let stacks = WireStacks::from_stacks(&p.stacks);
                     (p.summary, stacks)
                 });
             }
             LocalQuery::Summaries { ids } => {
                 for id in ids.iter().filter_map(|i| ProfileId::parse(i).ok()) {
-                    let mut parts: Vec<SpanSummary> = self.local.span_summary(&id)?.into_iter().collect();
-                    for rec in self.each_of(pending.clone().into_iter().collect(), async |b| b.span_record(&id).await).into_iter().flatten() {
-                        parts.push(super::shared::summary(id.clone(), rec));
-                    }
-                    a.summaries.extend(merge_summaries(parts));
+                    a.summaries.extend(merge_summaries(local.summaries(&id)?));
                 }
             }
             LocalQuery::Trace { trace_id } => {
                 let t = TraceId::parse(&trace_id).ok_or_else(|| Error::rejected(crate::error::Reject::BadQuery, "trace_id"))?;
-                let mut ids: BTreeSet<ProfileId> = self.local.trace(t)?.into_iter().map(|p| p.summary.profile_id).collect();
-                ids.extend(self.each_of(pending.clone().into_iter().collect(), async |b| b.trace_ids(t).await).into_iter().flatten());
-                a.ids = ids.iter().map(ToString::to_string).collect();
+                a.ids = local.trace_ids(t)?.iter().map(ToString::to_string).collect();
             }
             LocalQuery::List { service, span_name, from_ms, after, limit } => {
                 let q = SpanQuery { service, span_name, from_ms, limit, ..Default::default() };
                 let after = after.map(|(t, id): (u64, String)| parse(&id).map(|id| (t, id_key(&id)))).transpose()?;
-                let mut c = self.local_candidates(&q, after.as_ref(), limit)?;
-                c.extend(self.list_candidates(pending.clone().into_iter().collect(), &q, after.as_ref(), limit));
-                a.candidates = c.into_iter().map(|c| (c.last_seen_ms, c.id.to_string())).collect();
+                a.candidates = local.candidates(&q, after.as_ref(), limit)?.into_iter().map(|c| (c.last_seen_ms, c.id.to_string())).collect();
             }
             LocalQuery::Process { service, profile_type, from_ms, until_ms } => {
-                if let Some(p) = self.local.process_profile(&service, &profile_type, from_ms, until_ms)? {
-                    a.process.push((p.period_ns, WireStacks::from_stacks(&p.stacks)));
-                }
-                let matches = series_matcher(&service, &profile_type);
-                for found in self.each_of(pending.clone().into_iter().collect(), async |b| b.process(&matches, from_ms, until_ms).await) {
-                    a.process.extend(found.into_iter().map(|(p, s)| (p, WireStacks::from_stacks(&s))));
+                for (period, stacks) in local.process(&service, &profile_type, from_ms, until_ms)? {
+                    a.process.push((period, WireStacks::from_stacks(&stacks)));
                 }
             }
-            LocalQuery::Services => {
-                let mut out: BTreeSet<String> = self.local.services()?.into_iter().collect();
-                out.extend(pending.iter().flat_map(|(_, m)| m.services.clone()));
-                a.names = out.into_iter().collect();
-            }
-            LocalQuery::LabelNames => {
-                let mut out: BTreeSet<String> = self.local.label_names()?.into_iter().collect();
-                out.extend(pending.iter().flat_map(|(_, m)| m.series.iter().flat_map(|l| l.keys().cloned()).collect::<Vec<_>>()));
-                a.names = out.into_iter().collect();
-            }
-            LocalQuery::LabelValues { name } => {
-                let mut out: BTreeSet<String> = self.local.label_values(&name)?.into_iter().collect();
-                out.extend(pending.iter().flat_map(|(_, m)| m.series.iter().filter_map(|l| l.get(&name).cloned()).collect::<Vec<_>>()));
-                a.names = out.into_iter().collect();
-            }
+            LocalQuery::Services => a.names = local.names(|s| s.services())?.into_iter().collect(),
+            LocalQuery::LabelNames => a.names = local.names(|s| s.label_names())?.into_iter().collect(),
+            LocalQuery::LabelValues { name } => a.names = local.names(|s| s.label_values(&name))?.into_iter().collect(),
         }
         Ok(a)
     }
@@ -406,69 +451,92 @@ impl LayeredStore {
         r.iter().map(|(_, id)| id.clone()).collect()
     }
 
-    /// Listing candidates of the local store (filters that change on merge left to the caller).
-    fn local_candidates(&self, q: &SpanQuery, after: Option<&(u64, Vec<u8>)>, want: usize) -> Result<Vec<Candidate>> {
-        let local_q = SpanQuery {
-            min_samples: 0,
-            until_ms: None,
-            trace_id: None,
-            limit: want,
-            after: after.map(|(t, k)| cursor(*t, k)).transpose()?,
-            ..q.clone()
-        };
-        Ok(self
-            .local
-            .search_spans(&local_q)?
-            .profiles
-            .into_iter()
-            .map(|s| Candidate { last_seen_ms: s.last_seen_ms, key: id_key(&s.profile_id), id: s.profile_id })
-            .collect())
+    /// Seals the head generation when `force`d (shutdown) or due ([`Generations::head_due`]).
+    pub fn seal_head(&self, interval: Duration, force: bool, now_ms: u64) -> Result<bool> {
+        let sealed = (force || self.local.head_due(interval)?) && self.local.seal(now_ms)?;
+        self.status.sealed_generations.set(self.local.sealed_count()? as i64);
+        Ok(sealed)
     }
 
-    /// One cut of the local store into a block in the bucket: a pending cut (after a restart or
-    /// a failed upload) first, else what was last seen before `before_ms`. Returns the block's
-    /// span profiles, or `None` when there was nothing to cut.
-    pub fn ship(&self, before_ms: u64, now_ms: u64) -> Result<Option<u64>> {
+    /// Uploads the oldest sealed generation as a block and drops it. Returns the block's span
+    /// profiles, or `None` when no generation is sealed.
+    pub fn ship(&self, now_ms: u64) -> Result<Option<u64>> {
         let _one_at_a_time = self.shipping.lock().map_err(|_| Error::Storage("a block upload panicked".into()))?;
-        let mut builder = BlockBuilder::default();
-        let block_id = match self.local.build_pending_cut(&mut builder)? {
-            Some(id) => id,
-            None => {
-                let id = new_block_id(now_ms, &self.replica);
-                if self.local.cut(before_ms, MAX_BLOCK_ROWS, &id)? == 0 {
-                    return Ok(None);
-                }
-                self.local.build_pending_cut(&mut builder)?.ok_or_else(|| Error::Storage("the cut vanished".into()))?
+        let Some(generation) = self.local.oldest_sealed()? else { return Ok(None) };
+        let block_id = generation.block_id.clone();
+        let started = Instant::now();
+        // Uploaded before a restart (or by an upload that failed after writing): not again.
+        let present = self.runtime.block_on(self.bucket.has_block(&block_id));
+        let present = match present {
+            Ok(p) => p,
+            Err(e) => {
+                self.status.upload_failures.inc();
+                self.status.failed("uploading a block", &e);
+                return Err(e);
             }
         };
-        let (data, meta) = builder.finish(&block_id, &self.replica, now_ms);
-        let meta = Arc::new(meta);
-        let data = Arc::new(data);
-        if let Ok(mut p) = self.pending.lock() {
-            *p = Some((meta.clone(), data.clone()));
+        if present || generation.is_empty()? {
+            self.local.retire(&block_id)?;
+            self.announce(&block_id);
+            return Ok(Some(0));
         }
-        let uploaded = self.runtime.block_on(async {
-            if self.bucket.has_block(&block_id).await? {
-                return Ok(());
-            }
-            self.bucket.put_block(data.as_ref().clone(), &meta).await
-        });
-        if let Err(e) = uploaded {
+        let mut builder = BlockBuilder::default();
+        generation.store.build_block(&mut builder)?;
+        let read_at = Instant::now();
+        let (data, meta) = builder.finish(&block_id, &self.replica, now_ms);
+        let built_at = Instant::now();
+        if let Err(e) = self.runtime.block_on(self.bucket.put_block(data, &meta)) {
             self.status.upload_failures.inc();
             self.status.failed("uploading a block", &e);
             return Err(e);
         }
-        self.local.cut_done(&block_id)?;
-        if let Ok(mut r) = self.recent.lock() {
-            r.push_back((Instant::now(), block_id.clone()));
-        }
-        if let Ok(mut p) = self.pending.lock() {
-            p.take();
-        }
+        let uploaded_at = Instant::now();
+        drop(generation);
+        self.local.retire(&block_id)?;
+        self.status.sealed_generations.set(self.local.sealed_count()? as i64);
+        self.announce(&block_id);
         self.status.blocks_uploaded.inc();
         self.status.degraded.set(0);
-        tracing::info!(block = %block_id, span_profiles = meta.span_profiles, bytes = meta.data_bytes, "block uploaded");
+        let ms = |a: Instant, b: Instant| b.duration_since(a).as_secs_f64() * 1000.0;
+        tracing::info!(
+            block = %block_id,
+            span_profiles = meta.span_profiles,
+            bytes = meta.data_bytes,
+            read_ms = ms(started, read_at),
+            build_ms = ms(read_at, built_at),
+            upload_ms = ms(built_at, uploaded_at),
+            "block uploaded"
+        );
         Ok(Some(meta.span_profiles))
+    }
+
+    /// Tells peers for a while that this replica uploaded `block_id` (their listing may lag).
+    fn announce(&self, block_id: &str) {
+        if let Ok(mut r) = self.recent.lock() {
+            r.push_back((Instant::now(), block_id.to_owned()));
+        }
+    }
+
+    /// After a start: announces the blocks this replica uploaded lately (the last ones at its
+    /// shutdown, just before), which peers' listings may not have yet.
+    pub fn announce_recent_uploads(&self, now_ms: u64) {
+        let metas = match self.runtime.block_on(self.bucket.blocks()) {
+            Ok((metas, _)) => metas,
+            Err(e) => {
+                tracing::warn!(error = %e, "the bucket cannot be listed at the start");
+                return;
+            }
+        };
+        let window = RECENT_BLOCK.as_millis() as u64;
+        let mut mine: Vec<&BlockMeta> =
+            metas.iter().filter(|m| m.replica == self.replica && m.created_ms.saturating_add(window) > now_ms).collect();
+        mine.sort_by_key(|m| m.created_ms);
+        if let Ok(mut r) = self.recent.lock() {
+            for m in mine {
+                let age = Duration::from_millis(now_ms.saturating_sub(m.created_ms));
+                r.push_back((Instant::now().checked_sub(age).unwrap_or_else(Instant::now), m.id.clone()));
+            }
+        }
     }
 
     /// One compaction, when this replica holds the compactor lease: deletes blocks replaced more
@@ -482,7 +550,9 @@ impl LayeredStore {
             return Ok(None);
         }
         let all = self.runtime.block_on(bucket.all_blocks())?;
-        let shown: HashSet<String> = super::bucket::visible(all.clone()).into_iter().map(|m| m.id).collect();
+        let visible = super::bucket::visible(all.clone());
+        self.status.listed(&visible);
+        let shown: HashSet<String> = visible.into_iter().map(|m| m.id).collect();
         let replaced_at: HashMap<&str, u64> = all
             .iter()
             .filter(|m| shown.contains(&m.id))
@@ -514,7 +584,7 @@ impl LayeredStore {
         }
         let mut builder = BlockBuilder::default();
         for m in &inputs {
-            let read = BlockRead { bucket, source: &Source::Bucket, meta: m };
+            let read = BlockRead { bucket, meta: m };
             let (spans, process) = self.runtime.block_on(async { Ok::<_, Error>((read.all_spans().await?, read.all_process().await?)) })?;
             for s in &spans {
                 builder.add_span(s);
@@ -537,7 +607,7 @@ impl LayeredStore {
     /// profile merges, at or past `after`, `want` per block (all of one time at the boundary).
     fn list_candidates(
         &self,
-        sources: Vec<(Source, Arc<BlockMeta>)>,
+        sources: Vec<Arc<BlockMeta>>,
         q: &SpanQuery,
         after: Option<&(u64, Vec<u8>)>,
         want: usize,
@@ -622,6 +692,7 @@ impl ProfileStore for LayeredStore {
         let mut page = Page::default();
         let mut after = q.after.as_ref().map(|c| (c.last_seen_ms, id_key(&c.profile_id)));
         let mut seen: BTreeSet<Vec<u8>> = BTreeSet::new();
+        let local = self.local_view()?;
         // Each round takes the next candidates of every source in (last seen, ID) order, newest
         // first; a profile is listed where its merged last-seen time puts it, once.
         for _round in 0..16 {
@@ -632,9 +703,9 @@ impl ProfileStore for LayeredStore {
                 from_ms: q.from_ms,
                 after: after.as_ref().map(|(t, k)| super::shared::id_from_key(k).map(|id| (*t, id.to_string()))).transpose()?,
                 limit: want,
-            });
+            }, &local);
             let mut more = false;
-            let mut candidates = self.local_candidates(q, after.as_ref(), want)?;
+            let mut candidates = local.candidates(q, after.as_ref(), want)?;
             more |= candidates.len() >= want;
             let blocks = self.list_candidates(self.sources(&view), q, after.as_ref(), want);
             more |= blocks.len() >= want;
@@ -654,7 +725,7 @@ impl ProfileStore for LayeredStore {
             // The peers' parts of these profiles, in one call per peer.
             let ids: Vec<String> = candidates.iter().filter(|c| !seen.contains(&c.key)).map(|c| c.id.to_string()).collect();
             let mut peer_parts: HashMap<ProfileId, Vec<SpanSummary>> = HashMap::new();
-            let (summaries, view) = self.ask_peers(LocalQuery::Summaries { ids });
+            let (summaries, view) = self.ask_peers(LocalQuery::Summaries { ids }, &local);
             for a in summaries {
                 for summary in a.summaries {
                     peer_parts.entry(summary.profile_id.clone()).or_default().push(summary);
@@ -667,7 +738,7 @@ impl ProfileStore for LayeredStore {
                     continue;
                 }
                 let parts = peer_parts.remove(&c.id).unwrap_or_default();
-                let Some(s) = self.merged_summary(&c.id, &view, parts)? else { continue };
+                let Some(s) = self.merged_summary(&c.id, &local, &view, parts)? else { continue };
                 // Listed at its newest time only: an older part of it is skipped.
                 if s.last_seen_ms != c.last_seen_ms {
                     continue;
@@ -693,8 +764,9 @@ impl ProfileStore for LayeredStore {
     }
 
     fn trace(&self, trace_id: TraceId) -> Result<Vec<SpanProfile>> {
-        let (answers, view) = self.ask_peers(LocalQuery::Trace { trace_id: trace_id.to_string() });
-        let mut ids: BTreeSet<ProfileId> = self.local.trace(trace_id)?.into_iter().map(|p| p.summary.profile_id).collect();
+        let local = self.local_view()?;
+        let (answers, view) = self.ask_peers(LocalQuery::Trace { trace_id: trace_id.to_string() }, &local);
+        let mut ids = local.trace_ids(trace_id)?;
         for found in self.each_block(&view, async |b| b.trace_ids(trace_id).await) {
             ids.extend(found);
         }
@@ -712,9 +784,10 @@ impl ProfileStore for LayeredStore {
     }
 
     fn services(&self) -> Result<Vec<String>> {
-        let (answers, view) = self.ask_peers(LocalQuery::Services);
-        let mut out: BTreeSet<String> = self.local.services()?.into_iter().collect();
-        for (_, meta) in self.sources(&view) {
+        let local = self.local_view()?;
+        let (answers, view) = self.ask_peers(LocalQuery::Services, &local);
+        let mut out = local.names(|s| s.services())?;
+        for meta in self.sources(&view) {
             out.extend(meta.services.iter().cloned());
         }
         out.extend(answers.into_iter().flat_map(|a| a.names));
@@ -722,9 +795,10 @@ impl ProfileStore for LayeredStore {
     }
 
     fn label_values(&self, name: &str) -> Result<Vec<String>> {
-        let (answers, view) = self.ask_peers(LocalQuery::LabelValues { name: name.to_owned() });
-        let mut out: BTreeSet<String> = self.local.label_values(name)?.into_iter().collect();
-        for (_, meta) in self.sources(&view) {
+        let local = self.local_view()?;
+        let (answers, view) = self.ask_peers(LocalQuery::LabelValues { name: name.to_owned() }, &local);
+        let mut out = local.names(|s| s.label_values(name))?;
+        for meta in self.sources(&view) {
             out.extend(meta.series.iter().filter_map(|l| l.get(name).cloned()));
         }
         out.extend(answers.into_iter().flat_map(|a| a.names));
@@ -732,9 +806,10 @@ impl ProfileStore for LayeredStore {
     }
 
     fn label_names(&self) -> Result<Vec<String>> {
-        let (answers, view) = self.ask_peers(LocalQuery::LabelNames);
-        let mut out: BTreeSet<String> = self.local.label_names()?.into_iter().collect();
-        for (_, meta) in self.sources(&view) {
+        let local = self.local_view()?;
+        let (answers, view) = self.ask_peers(LocalQuery::LabelNames, &local);
+        let mut out = local.names(|s| s.label_names())?;
+        for meta in self.sources(&view) {
             out.extend(meta.series.iter().flat_map(|l| l.keys().cloned()));
         }
         out.extend(answers.into_iter().flat_map(|a| a.names));
@@ -742,16 +817,14 @@ impl ProfileStore for LayeredStore {
     }
 
     fn process_profile(&self, service: &str, profile_type: &str, from_ms: u64, until_ms: u64) -> Result<Option<ProcessProfile>> {
+        let local = self.local_view()?;
         let (answers, view) = self.ask_peers(LocalQuery::Process {
             service: service.to_owned(),
             profile_type: profile_type.to_owned(),
             from_ms,
             until_ms,
-        });
-        let mut parts: Vec<(u64, Stacks)> = Vec::new();
-        if let Some(p) = self.local.process_profile(service, profile_type, from_ms, until_ms)? {
-            parts.push((p.period_ns, p.stacks));
-        }
+        }, &local);
+        let mut parts = local.process(service, profile_type, from_ms, until_ms)?;
         let matches = series_matcher(service, profile_type);
         for found in self.each_block(&view, async |b| {
             if !b.meta.overlaps(from_ms / super::shared::BUCKET_MS * super::shared::BUCKET_MS, until_ms)
@@ -772,7 +845,12 @@ impl ProfileStore for LayeredStore {
     }
 
     fn enforce_retention(&self, policy: &Retention, now_ms: u64) -> Result<RetentionStats> {
-        let mut stats = self.local.enforce_retention(policy, now_ms)?;
+        let mut stats = RetentionStats::default();
+        for g in self.local.all()? {
+            let s = g.store.enforce_retention(policy, now_ms)?;
+            stats.span_profiles_deleted += s.span_profiles_deleted;
+            stats.process_buckets_deleted += s.process_buckets_deleted;
+        }
         // In the bucket, age is the limit: a block goes when all of it is older.
         if let Some(age) = policy.max_age {
             let cutoff = now_ms.saturating_sub(age.as_millis() as u64);
@@ -787,15 +865,29 @@ impl ProfileStore for LayeredStore {
     }
 
     fn collect_garbage(&self) -> Result<GcStats> {
-        self.local.collect_garbage()
+        // Sealed generations go whole soon; the head is where garbage piles up.
+        self.local.head()?.store.collect_garbage()
     }
 
+    /// The local generations' sizes, added up.
     fn stats(&self) -> Result<StoreStats> {
-        self.local.stats()
+        let mut total = StoreStats::default();
+        for g in self.local.all()? {
+            let s = g.store.stats()?;
+            total.file_bytes += s.file_bytes;
+            total.record_bytes += s.record_bytes;
+            total.interned_bytes += s.interned_bytes;
+            total.span_profiles += s.span_profiles;
+        }
+        Ok(total)
     }
 
+    /// The head's health: it takes the inserts.
     fn health(&self) -> std::result::Result<(), super::Trouble> {
-        self.local.health()
+        match self.local.head() {
+            Ok(head) => head.store.health(),
+            Err(e) => Err(super::Trouble { message: e.to_string(), restart_helps: true }),
+        }
     }
 
     fn close(&self) {

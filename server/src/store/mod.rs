@@ -9,6 +9,7 @@ pub mod bucket;
 pub mod codec;
 mod disk;
 pub mod embedded;
+pub mod generations;
 pub mod layered;
 pub mod peers;
 mod shared;
@@ -38,8 +39,26 @@ pub fn open(dir: &Path, options: embedded::EmbeddedOptions) -> Result<Arc<dyn Pr
     Ok(Arc::new(open_embedded(dir, options)?))
 }
 
-/// [`open`], as the concrete store (the layered store cuts blocks from it).
+/// [`open`], as the concrete store (each local generation of the layered store is one). A
+/// directory with generations not uploaded yet is refused too: without `--object-store` they
+/// would be left behind unseen.
 pub fn open_embedded(dir: &Path, options: embedded::EmbeddedOptions) -> Result<embedded::EmbeddedStore> {
+    let generations = std::fs::read_dir(dir.join(generations::GENERATIONS_DIR)).map(|mut d| d.next().is_some()).unwrap_or(false);
+    if generations && !dir.join(embedded::DIR_NAME).exists() {
+        return Err(crate::error::Error::Storage(format!(
+            "{} holds local data of a server run with --object-store ({}/) that may not be in the bucket yet: \
+             start the server with the same --object-store to upload it, or on another data directory",
+            dir.display(),
+            generations::GENERATIONS_DIR,
+        )));
+    }
+    check_not_redb(dir)?;
+    embedded::EmbeddedStore::open(dir, options)
+}
+
+/// Refuses a directory that holds only a store of the removed redb engine, rather than starting
+/// empty beside it.
+pub(crate) fn check_not_redb(dir: &Path) -> Result<()> {
     if dir.join(REDB_FILE).exists() && !dir.join(embedded::DIR_NAME).exists() {
         return Err(crate::error::Error::Storage(format!(
             "{} holds a store of the redb engine ({REDB_FILE}), which this version no longer reads: the last \
@@ -48,7 +67,7 @@ pub fn open_embedded(dir: &Path, options: embedded::EmbeddedOptions) -> Result<e
             dir.display(),
         )));
     }
-    embedded::EmbeddedStore::open(dir, options)
+    Ok(())
 }
 
 /// One span profile's metadata.

@@ -86,8 +86,10 @@ impl WireStacks {
 pub struct LocalAnswer {
     /// The answering replica's instance ID (a replica ignores its own answer).
     pub instance: String,
-    /// The block it is uploading (its data is in this answer: the querier leaves that block out).
-    pub pending_block: Option<String>,
+    /// The blocks its local generations become (their data is in this answer, so the querier
+    /// leaves those blocks out even once they are uploaded).
+    #[serde(default)]
+    pub local_blocks: Vec<String>,
     /// Blocks it uploaded lately (the querier's listing of the bucket may not have them yet).
     pub recent_blocks: Vec<String>,
     #[serde(default)]
