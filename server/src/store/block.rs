@@ -25,7 +25,7 @@
 //! | `frames` | frame ID (4) | name |
 //! | `stacks` | stack ID (4) | `StackRecord` |
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use prost::Message;
@@ -37,8 +37,9 @@ use crate::error::{Error, Result};
 use crate::model::{Labels, ProfileId, TraceId};
 use crate::proto::push::LabelPair;
 
-/// The format version this code writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version this code writes and reads. 2: span records name their label set in the
+/// series table instead of carrying it (1 repeated it in every record).
+pub const FORMAT_VERSION: u32 = 2;
 /// Ends every block.
 pub const MAGIC: &[u8; 8] = b"SPBLOCK1";
 /// Bytes after the footer: its length, its CRC-32 and the magic.
@@ -349,6 +350,8 @@ pub struct BlockBuilder {
     stacks: HashMap<Vec<u32>, u32>,
     spans: BTreeMap<Vec<u8>, SpanRecord>,
     series: HashMap<Labels, u32>,
+    /// Series with whole-process buckets (the others are span label sets only).
+    process_series: HashSet<u32>,
     process: BTreeMap<(u32, u64), StacksRecord>,
     min_time_ms: u64,
     max_time_ms: u64,
@@ -494,6 +497,7 @@ impl BlockBuilder {
         self.samples += counts.iter().map(|c| c.1).sum::<u64>();
         let next = self.series.len() as u32;
         let series = *self.series.entry(labels.clone()).or_insert(next);
+        self.process_series.insert(series);
         let rec = match self.process.remove(&(series, bucket_ms)) {
             Some(old) => {
                 let incoming = super::shared::rescaled(counts, period_ns, old.period_ns);
@@ -510,14 +514,34 @@ impl BlockBuilder {
     }
 
     /// The block's data object and its metadata.
-    pub fn finish(self, id: &str, replica: &str, created_ms: u64) -> (Vec<u8>, BlockMeta) {
+    pub fn finish(mut self, id: &str, replica: &str, created_ms: u64) -> (Vec<u8>, BlockMeta) {
         let mut out = Vec::new();
         let mut tables = Vec::with_capacity(Table::ALL.len());
         let mut services = std::collections::BTreeSet::new();
 
-        let spans: Vec<(Vec<u8>, Vec<u8>)> = self.spans.iter().map(|(k, r)| (k.clone(), r.encode_to_vec())).collect();
+        // Each span's label set goes into the series table once; records name it.
+        let span_count = self.spans.len() as u64;
+        let mut label_sets: HashMap<Vec<u8>, u32> = HashMap::new();
+        let mut spans: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(self.spans.len());
+        for (k, r) in self.spans.iter_mut() {
+            let set = SeriesRecord { labels: std::mem::take(&mut r.labels) };
+            let encoded = set.encode_to_vec();
+            let series = match label_sets.get(&encoded) {
+                Some(&n) => n,
+                None => {
+                    let map: Labels = set.labels.into_iter().map(|l| (l.name, l.value)).collect();
+                    let next = self.series.len() as u32;
+                    let n = *self.series.entry(map).or_insert(next);
+                    label_sets.insert(encoded, n);
+                    n
+                }
+            };
+            r.block_series = series + 1;
+            spans.push((k.clone(), r.encode_to_vec()));
+        }
         let bloom = Bloom::with_keys(self.spans.keys().map(Vec::as_slice));
         tables.push(write_table(&mut out, Table::Spans, &spans, Some(bloom)));
+        drop(spans);
 
         let mut traces: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         let mut list: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(self.spans.len());
@@ -585,12 +609,13 @@ impl BlockBuilder {
             created_ms,
             min_time_ms: self.min_time_ms,
             max_time_ms: self.max_time_ms,
-            span_profiles: self.spans.len() as u64,
+            span_profiles: span_count,
             samples: self.samples,
             data_bytes: out.len() as u64,
             data_crc32: crc32fast::hash(&out),
             services: services.into_iter().collect(),
-            series: series.into_iter().map(|(l, _)| l.clone()).collect(),
+            // What query planning needs: the series with whole-process data.
+            series: series.into_iter().filter(|(_, n)| self.process_series.contains(n)).map(|(l, _)| l.clone()).collect(),
             replaces: Vec::new(),
         };
         (out, meta)

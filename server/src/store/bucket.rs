@@ -13,6 +13,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 
 use super::block::{self, BlockFooter, BlockMeta, PageRef, Table};
 use crate::error::{Error, Result};
+use crate::proto::push::LabelPair;
 
 /// Decoded entries of one page.
 pub type Page = Arc<Vec<(Vec<u8>, Vec<u8>)>>;
@@ -361,9 +362,29 @@ impl BlockRead<'_> {
             return Ok(None);
         }
         match self.bucket.get(self.meta, Table::Spans, &key).await? {
-            Some(v) => Ok(Some(super::codec::decode(&v, "block span")?)),
+            Some(v) => {
+                let mut rec: super::codec::SpanRecord = super::codec::decode(&v, "block span")?;
+                rec.labels = self.label_set(rec.block_series, &mut HashMap::new()).await?;
+                Ok(Some(rec))
+            }
             None => Ok(None),
         }
+    }
+
+    /// The labels of a span record's `block_series` (0: none; its labels were inline).
+    async fn label_set(&self, block_series: u32, seen: &mut HashMap<u32, Vec<LabelPair>>) -> Result<Vec<LabelPair>> {
+        let Some(series) = block_series.checked_sub(1) else { return Ok(Vec::new()) };
+        if let Some(l) = seen.get(&series) {
+            return Ok(l.clone());
+        }
+        let bytes = self
+            .bucket
+            .get(self.meta, Table::Series, &series.to_be_bytes())
+            .await?
+            .ok_or_else(|| Error::Corrupt(format!("block {}: series {series} missing", self.meta.id)))?;
+        let labels = super::codec::decode::<super::shared::SeriesRecord>(&bytes, "block series")?.labels;
+        seen.insert(series, labels.clone());
+        Ok(labels)
     }
 
     /// The span profile of `id`, resolved, if the block has it.
@@ -463,9 +484,11 @@ impl BlockRead<'_> {
     pub async fn all_spans(&self) -> Result<Vec<super::SpanProfile>> {
         let footer = self.footer().await?;
         let mut out = Vec::new();
+        let mut label_sets = HashMap::new();
         for page in &footer.table(Table::Spans)?.pages {
             for (k, v) in self.bucket.page(self.meta, page).await?.iter() {
-                let rec: super::codec::SpanRecord = super::codec::decode(v, "block span")?;
+                let mut rec: super::codec::SpanRecord = super::codec::decode(v, "block span")?;
+                rec.labels = self.label_set(rec.block_series, &mut label_sets).await?;
                 let counts = rec.stack_counts()?;
                 let stacks = self.resolve(&counts).await?;
                 out.push(super::SpanProfile { summary: super::shared::summary(super::shared::id_from_key(k)?, rec), stacks });
@@ -597,6 +620,49 @@ mod tests {
             series: Vec::new(),
             replaces: replaces.iter().map(|r| r.to_string()).collect(),
         }
+    }
+
+    fn span(id: u64, pod: &str, stacks: &[(&[&str], u64)]) -> super::super::SpanProfile {
+        let labels: crate::model::Labels = [("pod".to_owned(), pod.to_owned()), ("namespace".to_owned(), "shop".to_owned())].into();
+        super::super::SpanProfile {
+            summary: super::super::SpanSummary {
+                profile_id: crate::model::ProfileId::Span(id),
+                trace_id: None,
+                service_name: "ride".into(),
+                span_name: "Order".into(),
+                samples: stacks.iter().map(|s| s.1).sum(),
+                period_ns: 10_000_000,
+                first_seen_ms: 1_000,
+                last_seen_ms: 2_000,
+                labels,
+            },
+            stacks: stacks.iter().map(|(f, c)| (f.iter().map(|s| Arc::<str>::from(*s)).collect(), *c)).collect(),
+        }
+    }
+
+    #[tokio::test]
+    async fn span_labels_are_stored_once_per_block_and_read_back_with_each_profile() {
+        let dir = tempfile::tempdir().unwrap();
+        let bucket = Bucket::open(&format!("file://{}", dir.path().display()), 1 << 20).unwrap();
+        let mut b = block::BlockBuilder::default();
+        let spans = [span(1, "p1", &[(&["main", "a"], 2)]), span(2, "p2", &[(&["main", "b"], 1)]), span(3, "p1", &[(&["main", "a"], 5)])];
+        for s in &spans {
+            b.add_span(s);
+        }
+        let process: crate::model::Labels = [("service_name".to_owned(), "ride".to_owned())].into();
+        b.add_process(&process, 60_000, 10_000_000, &vec![(vec![Arc::<str>::from("idle")], 3)]);
+        let (data, meta) = b.finish("1-r-0", "r", 5_000);
+        assert_eq!(meta.series, vec![process.clone()], "planning sees the whole-process series only");
+        bucket.put_block(data, &meta).await.unwrap();
+        let read = BlockRead { bucket: &bucket, meta: &meta };
+        for s in &spans {
+            let got = read.span(&s.summary.profile_id).await.unwrap().unwrap();
+            assert_eq!(got.summary, s.summary);
+            assert_eq!(got.stacks, s.stacks);
+        }
+        let all = read.all_spans().await.unwrap();
+        assert_eq!(all.iter().map(|p| p.summary.clone()).collect::<Vec<_>>(), spans.iter().map(|p| p.summary.clone()).collect::<Vec<_>>());
+        assert_eq!(read.all_process().await.unwrap().len(), 1);
     }
 
     #[test]

@@ -32,6 +32,11 @@ pub struct SpanRecord {
     pub stack_id_deltas: Vec<u32>,
     #[prost(uint64, repeated, tag = "10")]
     pub counts: Vec<u64>,
+    /// In a block: 1 + the ID of the block's series whose labels are this profile's (the labels
+    /// above are then empty: each label set is stored once per block). 0: labels inline (the
+    /// embedded store).
+    #[prost(uint32, tag = "11")]
+    pub block_series: u32,
 }
 
 impl SpanRecord {
