@@ -21,10 +21,15 @@
 //! 4. **mixed**: profile lookups from one client while new-profile ingest runs.
 //! 5. **disk**: size of the data directory (spanprof.fjall/) / samples stored,
 //!    and / span profiles stored.
-//! 6. **blocks** (with `--object-store file:///dir` or `s3://…`): the graceful stop cuts the
-//!    whole store into blocks (timed); a new server on an empty data directory then answers
-//!    the same lookups from the blocks alone, cold and warm, checked against what was pushed;
-//!    bytes per sample in the blocks (file:// only: the bench reads the metas).
+//! 6. **blocks** (with `--object-store file:///dir` or `s3://…`): the server seals its local
+//!    data into a block at every 500k span profiles while the phases run, and its graceful stop
+//!    uploads the rest (timed); a new server on an empty data directory then answers the same
+//!    profile and trace lookups from the blocks alone, cold and warm, checked against what was
+//!    pushed; then a server compacts the blocks and the lookups are checked again; bytes per
+//!    sample in the blocks before and after compaction (file:// only: the bench reads the metas).
+//! 7. **replicas** (`--replica-profiles N` with `--object-store`): N new span profiles loaded into
+//!    an embedded-only server, one replica and three replicas (peers; pushes round-robin) that
+//!    seal a block every 5 s while loading, side by side.
 //!
 //! Payloads are generated before each phase is timed, so the client's CPU cost is only HTTP.
 //! Nothing here asserts on time; wrong answers from the server are reported as errors.
@@ -60,7 +65,11 @@ usage: cargo bench -p spanprof-server --bench ingest_lookup -- [options]
   --breakdown N         pushes for the no-HTTP cost breakdown (decode alone, store alone; default 100, 0 = off)
   --cache-mb N          the store's page cache (default 256, as shipped: SPANPROF_CACHE_MB)
   --keep                keep the data directory afterwards
-  --object-store URL    also run the blocks phase against this bucket (file:///dir, or s3://… with AWS_* set)";
+  --object-store URL    also run the blocks phase against this bucket (file:///dir, or s3://… with AWS_* set)
+  --replica-profiles N  with --object-store: also load N new span profiles into an embedded-only server, one
+                        replica and three replicas (peers, pushes round-robin) cutting blocks every 5 s,
+                        side by side (default 0 = off)
+  --skip-compaction     with --object-store: leave out compacting the blocks at the end";
 
 #[derive(Clone, Debug)]
 struct Args {
@@ -81,6 +90,8 @@ struct Args {
     breakdown: usize,
     cache_mb: usize,
     object_store: Option<String>,
+    replica_profiles: usize,
+    skip_compaction: bool,
 }
 
 impl Args {
@@ -103,6 +114,8 @@ impl Args {
             breakdown: 100,
             cache_mb: 256,
             object_store: None,
+            replica_profiles: 0,
+            skip_compaction: false,
         };
         let mut it = std::env::args().skip(1);
         while let Some(arg) = it.next() {
@@ -135,6 +148,8 @@ impl Args {
                 "--breakdown" => a.breakdown = num(&key, value(&key)?)?,
                 "--cache-mb" => a.cache_mb = num(&key, value(&key)?)?,
                 "--object-store" => a.object_store = Some(value(&key)?),
+                "--replica-profiles" => a.replica_profiles = num(&key, value(&key)?)?,
+                "--skip-compaction" => a.skip_compaction = true,
                 "-h" | "--help" => return Err(String::new()),
                 other => return Err(format!("unknown option {other:?}")),
             }
@@ -775,7 +790,7 @@ async fn post_push(client: &reqwest::Client, url: &str, body: Bytes, retries: &A
 
 async fn run_ingest(
     client: &reqwest::Client,
-    base: &str,
+    bases: &[String],
     label: &str,
     bodies: Vec<Bytes>,
     span_profiles: u64,
@@ -784,7 +799,8 @@ async fn run_ingest(
 ) -> IngestResult {
     let n = bodies.len();
     let bodies = Arc::new(bodies);
-    let url = format!("{base}/push.v1.PusherService/Push");
+    // Push i goes to server i mod n (replicas take turns).
+    let urls: Arc<Vec<String>> = Arc::new(bases.iter().map(|b| format!("{b}/push.v1.PusherService/Push")).collect());
     let next = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicUsize::new(0));
     let retries = Arc::new(AtomicU64::new(0));
@@ -792,8 +808,8 @@ async fn run_ingest(
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
-        let (client, url, bodies, next, done, retries) =
-            (client.clone(), url.clone(), bodies.clone(), next.clone(), done.clone(), retries.clone());
+        let (client, urls, bodies, next, done, retries) =
+            (client.clone(), urls.clone(), bodies.clone(), next.clone(), done.clone(), retries.clone());
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             loop {
@@ -802,7 +818,7 @@ async fn run_ingest(
                     return Ok::<_, String>(lat);
                 }
                 let t = Instant::now();
-                post_push(&client, &url, bodies[i].clone(), &retries).await?;
+                post_push(&client, &urls[i % urls.len()], bodies[i].clone(), &retries).await?;
                 lat.push(t.elapsed());
                 done.fetch_add(1, Ordering::Relaxed);
             }
@@ -1058,8 +1074,72 @@ fn blocks_config(object_store: String, replica: &str) -> spanprof_server::BlockC
     }
 }
 
-/// Phase 6: a server with an empty data directory answers from the blocks the first one cut at
-/// its stop.
+/// A server in this process on 127.0.0.1:0, ready: its base URL, its stop, and its task.
+struct Running {
+    base: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), spanprof_server::error::Error>>,
+}
+
+async fn start(config: spanprof_server::Config, client: &reqwest::Client) -> Running {
+    let listener = tokio::net::TcpListener::bind(config.listen).await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(spanprof_server::serve(config, listener, Some(rx)));
+    for _ in 0..200 {
+        if let Ok(r) = client.get(format!("{base}/readyz")).send().await
+            && r.status().is_success()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Running { base, stop, task }
+}
+
+impl Running {
+    /// Stops gracefully (with an object store: uploads the local data); returns how long it took.
+    async fn stop(self) -> Duration {
+        let t = Instant::now();
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+        t.elapsed()
+    }
+}
+
+fn bench_config(dir: &Path, blocks: Option<spanprof_server::BlockConfig>) -> spanprof_server::Config {
+    spanprof_server::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.to_owned(),
+        retention: spanprof_server::store::Retention::default(),
+        retention_interval: Duration::from_secs(3600),
+        limits: spanprof_server::ingest::Limits::default(),
+        store: Default::default(),
+        queries: Default::default(),
+        blocks,
+    }
+}
+
+/// Data bytes and count of the visible blocks in a `file://` bucket (the bench reads the metas).
+fn bucket_blocks(url: &str) -> Option<(u64, usize)> {
+    let root = url.strip_prefix("file://")?;
+    let mut metas = Vec::new();
+    for e in std::fs::read_dir(Path::new(root).join("blocks")).into_iter().flatten().flatten() {
+        if let Ok(b) = std::fs::read(e.path().join("meta.json"))
+            && let Ok(m) = serde_json::from_slice::<serde_json::Value>(&b)
+        {
+            metas.push(m);
+        }
+    }
+    let replaced: HashSet<String> =
+        metas.iter().flat_map(|m| m["replaces"].as_array().cloned().unwrap_or_default()).filter_map(|v| v.as_str().map(str::to_owned)).collect();
+    let visible: Vec<&serde_json::Value> = metas.iter().filter(|m| !replaced.contains(m["id"].as_str().unwrap_or(""))).collect();
+    Some((visible.iter().map(|m| m["data_bytes"].as_u64().unwrap_or(0)).sum(), visible.len()))
+}
+
+/// Phase 6: a server with an empty data directory answers from the blocks the first one cut (at
+/// 500k span profiles a block while it ran, the rest at its stop); then the blocks are compacted
+/// and the lookups checked again.
 #[allow(clippy::too_many_arguments)]
 async fn blocks_phase(
     args: &Args,
@@ -1067,31 +1147,32 @@ async fn blocks_phase(
     client: &reqwest::Client,
     profile_urls: &[String],
     want: &[Option<u64>],
+    trace_urls: &[String],
+    trace_want: &[u64],
     stop_time: Duration,
     samples: u64,
     problems: &mut Vec<String>,
 ) {
     let dir = args.tmp.join(format!("spanprof-bench-blocks-{}", std::process::id()));
-    let config = spanprof_server::Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.clone(),
-        retention: spanprof_server::store::Retention::default(),
-        retention_interval: Duration::from_secs(3600),
-        limits: spanprof_server::ingest::Limits::default(),
-        store: Default::default(),
-        queries: Default::default(),
-        blocks: Some(blocks_config(url.to_owned(), "bench-b")),
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let server = tokio::spawn(spanprof_server::serve(config, listener, Some(rx)));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let b = start(bench_config(&dir, Some(blocks_config(url.to_owned(), "bench-b"))), client).await;
+    let addr = b.base.trim_start_matches("http://").to_owned();
     // The same lookups as phase 2, answered by a server holding nothing locally.
     let urls: Vec<String> = profile_urls
         .iter()
         .map(|u| format!("http://{addr}{}", &u[u.find("/api/").unwrap_or(0)..]))
         .collect();
+    let trace_urls: Vec<String> = trace_urls.iter().map(|u| format!("http://{addr}{}", &u[u.find("/api/").unwrap_or(0)..])).collect();
+    let check_trace = |i: usize, status: u16, body: &[u8]| -> Result<(), String> {
+        if status != 200 {
+            return Err(String::from_utf8_lossy(body).chars().take(300).collect());
+        }
+        let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+        let n = v["profiles"].as_array().map_or(0, Vec::len) as u64;
+        if n != trace_want[i] {
+            return Err(format!("{n} span profiles, expected {}", trace_want[i]));
+        }
+        Ok(())
+    };
     let check = |i: usize, status: u16, body: &[u8]| -> Result<(), String> {
         if status != 200 {
             return Err(String::from_utf8_lossy(body).chars().take(300).collect());
@@ -1110,37 +1191,138 @@ async fn blocks_phase(
     let warm = timed_gets(client, "GET /api/v1/profiles/{id} from blocks, warm cache", &urls, &check).await;
     let list_urls: Vec<String> = (0..args.list_lookups.min(100)).map(|_| format!("http://{addr}/api/v1/profiles?limit=50")).collect();
     let list = timed_gets(client, "GET /api/v1/profiles?limit=50 from blocks", &list_urls, &ok200).await;
-    let _ = tx.send(());
-    let _ = server.await;
+    let traces = timed_gets(client, "GET /api/v1/traces/{id} from blocks", &trace_urls, &check_trace).await;
+    b.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
-    let block_bytes: Option<u64> = url.strip_prefix("file://").map(|root| {
-        let mut total = 0;
-        for e in std::fs::read_dir(Path::new(root).join("blocks")).into_iter().flatten().flatten() {
-            if let Ok(m) = std::fs::metadata(e.path().join("data")) {
-                total += m.len();
-            }
+    let before = bucket_blocks(url);
+    // Compaction: a server compacting every second with no grace, until nothing changes.
+    let mut after_compaction = Vec::new();
+    let mut compaction = None;
+    if !args.skip_compaction {
+        let mut config = blocks_config(url.to_owned(), "bench-c");
+        config.interval = Duration::from_secs(1);
+        config.compaction_grace = Duration::ZERO;
+        let c = start(bench_config(&dir, Some(config)), client).await;
+        let t = Instant::now();
+        let mut last = (0.0, 0.0);
+        let mut still = 0;
+        while still < 5 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let text = get_text(client, &format!("{}/metrics", c.base)).await;
+            let now = (metric(&text, "spanprof_blocks_compacted_total"), metric(&text, "spanprof_blocks_deleted_total"));
+            still = if now == last && now.0 == now.1 { still + 1 } else { 0 };
+            last = now;
         }
-        total
-    });
+        compaction = Some((t.elapsed().saturating_sub(Duration::from_secs(5)), last.0 as u64));
+        let curls: Vec<String> = urls.iter().map(|u| u.replace(&format!("http://{addr}"), &c.base)).collect();
+        after_compaction.push(timed_gets(client, "GET /api/v1/profiles/{id} after compaction, cold cache", &curls, &check).await);
+        after_compaction.push(timed_gets(client, "GET /api/v1/profiles/{id} after compaction, warm cache", &curls, &check).await);
+        let turls: Vec<String> = trace_urls.iter().map(|u| u.replace(&format!("http://{addr}"), &c.base)).collect();
+        after_compaction.push(timed_gets(client, "GET /api/v1/traces/{id} after compaction", &turls, &check_trace).await);
+        c.stop().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     println!();
     println!("### blocks ({url})");
     println!();
     println!(
-        "stop (cut everything, build and upload the blocks): {:.2} s for {samples} samples ({:.0} samples/s)",
+        "stop (seal the head, build and upload its block): {:.2} s; {samples} samples stored in all",
         stop_time.as_secs_f64(),
-        samples as f64 / stop_time.as_secs_f64().max(1e-9)
     );
-    if let Some(b) = block_bytes {
-        println!("block data: {} for {samples} samples: {:.1} bytes/sample", human_bytes(b), b as f64 / samples as f64);
+    if let Some((b, n)) = before {
+        println!("block data: {} in {n} blocks for {samples} samples: {:.1} bytes/sample", human_bytes(b), b as f64 / samples as f64);
+    }
+    if let (Some((t, merged)), Some((b, n))) = (compaction, bucket_blocks(url)) {
+        println!(
+            "after compaction ({merged} blocks merged in {:.1} s): {} in {n} blocks: {:.1} bytes/sample",
+            t.as_secs_f64(),
+            human_bytes(b),
+            b as f64 / samples as f64
+        );
     }
     println!();
     println!("| lookup | requests | p50 ms | p99 ms | max ms | mean ms | kB/response |");
     println!("|---|---|---|---|---|---|---|");
-    for l in [&cold, &warm, &list] {
+    for l in [&cold, &warm, &list, &traces].into_iter().chain(after_compaction.iter()) {
         print_latency(l);
         for e in &l.errors {
             problems.push(format!("{}: {e}", l.label));
         }
+    }
+}
+
+/// Phase 7 (`--replica-profiles N`): the same N new span profiles loaded into an embedded-only
+/// server, one replica with the object store, and three replicas (peers of each other, pushes
+/// round-robin), the replicas sealing a block every 5 s while the load runs (under
+/// `<url>/replicas-1`, `<url>/replicas-3`); samples/s and CPU per sample side by side. CPU is
+/// this process's (servers and client) and, with an S3 server on this machine, the machine's.
+async fn replicas_phase(args: &Args, url: &str, client: &reqwest::Client, workload: &Workload) {
+    let n = args.replica_profiles;
+    let pushes = n.div_ceil(args.spans_per_push);
+    let (spp, seed) = (args.spans_per_push, args.seed ^ 0x7e91_1ca5);
+    let spans_of = move |i: usize| new_spans(spp.min(n - i * spp), splitmix64(seed.wrapping_add(i as u64)));
+    let built = build_pushes(workload, args, pushes, seed, &spans_of);
+    let samples: u64 = built.iter().map(|b| b.0.samples).sum();
+    let bodies: Vec<Bytes> = built.into_iter().map(|b| b.0.body).collect();
+    let mut rows = Vec::new();
+    for replicas in [0usize, 1, 3] {
+        let run = std::process::id();
+        let dirs: Vec<PathBuf> = (0..replicas.max(1)).map(|i| args.tmp.join(format!("spanprof-bench-r{replicas}-{i}-{run}"))).collect();
+        let ports: Vec<u16> = (0..replicas.max(1))
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port"))
+            .collect();
+        let peers = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
+        let mut servers = Vec::new();
+        for (i, dir) in dirs.iter().enumerate() {
+            let blocks = (replicas > 0).then(|| {
+                let mut b = blocks_config(format!("{url}/replicas-{replicas}"), &format!("bench-r{i}"));
+                b.interval = Duration::from_secs(5);
+                b.peers = (replicas > 1).then(|| peers.clone());
+                b
+            });
+            let mut config = bench_config(dir, blocks);
+            config.listen = format!("127.0.0.1:{}", ports[i]).parse().unwrap();
+            servers.push(start(config, client).await);
+        }
+        let label = match replicas {
+            0 => "embedded only".to_owned(),
+            1 => "1 replica, object store".to_owned(),
+            r => format!("{r} replicas, object store, peers"),
+        };
+        let bases: Vec<String> = servers.iter().map(|s| s.base.clone()).collect();
+        let r = run_ingest(client, &bases, &label, bodies.clone(), n as u64, samples, args.concurrency).await;
+        let mut uploaded = 0.0;
+        for b in &bases {
+            uploaded += metric(&get_text(client, &format!("{b}/metrics")).await, "spanprof_blocks_uploaded_total");
+        }
+        let mut stop = Duration::ZERO;
+        for s in servers {
+            stop += s.stop().await;
+        }
+        for d in &dirs {
+            let _ = std::fs::remove_dir_all(d);
+        }
+        rows.push((label, r, uploaded as u64, stop));
+    }
+    println!();
+    println!("### ingest with 1 and 3 replicas ({url}), {n} new span profiles, {samples} samples");
+    println!();
+    println!("| servers | samples/s | pushes p50 / p99 ms | cores busy: this process / machine | CPU µs per sample (process) | blocks uploaded during the load | graceful stops (upload the rest) |");
+    println!("|---|---|---|---|---|---|---|");
+    for (label, r, uploaded, stop) in rows {
+        let mut lat = r.latencies.clone();
+        lat.sort();
+        let pct = |q: f64| lat.get(((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or_default();
+        println!(
+            "| {label} | {:.0} | {} / {} | {:.2} / {:.2} | {:.2} | {uploaded} | {:.2} s |",
+            r.samples as f64 / r.elapsed.as_secs_f64(),
+            ms(pct(0.5)),
+            ms(pct(0.99)),
+            r.cpu.process_cores,
+            r.cpu.machine_cores,
+            r.cpu.process_cores * r.elapsed.as_secs_f64() * 1e6 / r.samples as f64,
+            stop.as_secs_f64()
+        );
     }
 }
 
@@ -1247,7 +1429,7 @@ async fn bench(args: Args) {
             ..Default::default()
         },
         queries: Default::default(),
-        // Nothing is cut while the phases run (hour-long interval); the stop cuts everything.
+        // An hour-long interval: blocks are sealed at 500k span profiles, and at the stop.
         blocks: args.object_store.clone().map(|object_store| blocks_config(object_store, "bench-a")),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -1314,7 +1496,7 @@ async fn bench(args: Args) {
     );
     let span_profiles_created = expected.len() as u64;
     let breakdown = if args.breakdown > 0 { Some(cost_breakdown(&args, &bodies, &dir)) } else { None };
-    let load = run_ingest(&client, &base, "load", bodies, stored.len() as u64, load_samples, args.concurrency).await;
+    let load = run_ingest(&client, std::slice::from_ref(&base), "load", bodies, stored.len() as u64, load_samples, args.concurrency).await;
     let metrics_after_load = get_text(&client, &format!("{base}/metrics")).await;
     let (file_after_load, alloc_after_load) = dir_bytes(&dir);
     let disk_load = DiskFigures {
@@ -1412,7 +1594,7 @@ async fn bench(args: Args) {
         merge_samples += push.samples;
         bodies.push(push.body);
     }
-    let merge = run_ingest(&client, &base, "merge", bodies, merge_spans, merge_samples, args.concurrency).await;
+    let merge = run_ingest(&client, std::slice::from_ref(&base), "merge", bodies, merge_spans, merge_samples, args.concurrency).await;
 
     // ---- Phase 4: lookups while new profiles are ingested ---------------------------------------
     eprintln!("generating {} pushes for the mixed phase…", args.mixed_pushes);
@@ -1431,7 +1613,7 @@ async fn bench(args: Args) {
     let mixed_ingest = {
         let (c, b) = (client.clone(), base.clone());
         let conc = args.concurrency;
-        tokio::spawn(async move { run_ingest(&c, &b, "mixed", bodies, mixed_spans, mixed_samples, conc).await })
+        tokio::spawn(async move { run_ingest(&c, std::slice::from_ref(&b), "mixed", bodies, mixed_spans, mixed_samples, conc).await })
     };
     // Look up previously stored profiles until the ingest finishes (no correctness check on
     // samples here: the merge phase changed them; the status must still be 200).
@@ -1580,7 +1762,11 @@ async fn bench(args: Args) {
     if let Some(url) = &args.object_store {
         // What each looked-up profile holds after every phase.
         let want: Vec<Option<u64>> = pick.iter().map(|s| expected.get(&s.id).copied()).collect();
-        blocks_phase(&args, url, &client, &urls, &want, stop_time, total_samples, &mut problems).await;
+        let trace_want: Vec<u64> = traces.iter().map(|t| spans_per_trace[t]).collect();
+        blocks_phase(&args, url, &client, &urls, &want, &trace_urls, &trace_want, stop_time, total_samples, &mut problems).await;
+    }
+    if let (Some(url), true) = (&args.object_store, args.replica_profiles > 0) {
+        replicas_phase(&args, url, &client, &workload).await;
     }
     if problems.is_empty() {
         println!("checks: all responses and counters as expected");

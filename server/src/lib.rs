@@ -48,7 +48,7 @@ pub struct Config {
 pub struct BlockConfig {
     /// `s3://bucket/prefix` or `file:///path`.
     pub object_store: String,
-    /// How often the local store's older data is cut into a block.
+    /// How often the head generation is sealed and becomes a block.
     pub interval: Duration,
     /// This replica's name in its blocks' IDs and metadata.
     pub replica: String,

@@ -60,17 +60,18 @@ struct Args {
     #[arg(long, env = "SPANPROF_CACHE_MB", default_value_t = 256)]
     cache_mb: usize,
     /// Object storage the replicas share (`s3://bucket/prefix`, credentials and endpoint from
-    /// the AWS_* environment; or `file:///path`): older data is cut into blocks there, and every
+    /// the AWS_* environment; or `file:///path`): the local data becomes blocks there, and every
     /// query reads them. Unset: everything stays in the local store.
     #[arg(long, env = "SPANPROF_OBJECT_STORE")]
     object_store: Option<String>,
-    /// How often the local store's older data is cut into a block in the object store.
+    /// How often the local data (the head generation) becomes a block in the object store; sooner
+    /// once it holds 500k span profiles or 256 MiB.
     #[arg(long, env = "SPANPROF_BLOCK_INTERVAL", default_value = "5m", value_parser = parse_duration)]
     block_interval: Duration,
     /// This replica's name in its blocks (default: the pod's name, else the host name).
     #[arg(long, env = "SPANPROF_REPLICA_NAME")]
     replica_name: Option<String>,
-    /// The other replicas sharing the object store, asked for their local (not yet cut) data by
+    /// The other replicas sharing the object store, asked for their local (not yet uploaded) data by
     /// every query: `dns+<host>:<port>` (every address of a headless Service) or a comma list of
     /// `host:port`. A peer that does not answer makes the answer partial, never an error.
     #[arg(long, env = "SPANPROF_PEERS")]

@@ -91,7 +91,10 @@ impl Generations {
     /// block is built and uploaded next), and a new head is created. A store of the embedded
     /// layout (`data_dir/spanprof.fjall`, from running without `--object-store`) is taken over
     /// as the oldest sealed generation, so its data moves to the bucket.
-    pub fn open(data_dir: &Path, options: EmbeddedOptions, replica: &str, now_ms: u64) -> Result<Self> {
+    pub fn open(data_dir: &Path, mut options: EmbeddedOptions, replica: &str, now_ms: u64) -> Result<Self> {
+        // The head and the generation being uploaded share the block cache: half each (every
+        // further generation waiting through a bucket outage takes up to half as well).
+        options.cache_bytes = (options.cache_bytes / 2).max(8 << 20);
         let root = data_dir.join(GENERATIONS_DIR);
         std::fs::create_dir_all(&root)?;
         // The redb check and the embedded layout: what the data directory itself holds.
@@ -186,9 +189,14 @@ impl Generations {
     /// the last query still reading it is done (or, if the process ends first, at the next
     /// start, which finds the block uploaded).
     pub fn retire(&self, block_id: &str) -> Result<()> {
-        let mut state = self.state.write().map_err(|_| poisoned())?;
-        if let Some(i) = state.sealed.iter().position(|g| g.block_id == block_id) {
-            state.sealed.remove(i).discard();
+        let retired = {
+            let mut state = self.state.write().map_err(|_| poisoned())?;
+            let i = state.sealed.iter().position(|g| g.block_id == block_id);
+            i.map(|i| state.sealed.remove(i))
+        };
+        // Outside the lock: closing and deleting take a while, and inserts wait for the lock.
+        if let Some(g) = retired {
+            g.discard();
         }
         Ok(())
     }
