@@ -10,7 +10,7 @@
 //! ```
 //!
 //! A table is pages of at most [`PAGE_BYTES`] of `(key, value)` entries sorted by key, each page
-//! ending in the CRC-32 of its bytes. The footer holds, per table, each page's first key, offset
+//! LZ4-compressed (its size first, 4 bytes LE) and ending in the CRC-32 of its stored bytes. The footer holds, per table, each page's first key, offset
 //! and length (so a reader finds the one page a key can be in and fetches it with one ranged
 //! read) and a Bloom filter of the keys of the tables that are looked up by key (spans by
 //! profile ID, traces by trace ID), so most blocks are ruled out without a read. Keys:
@@ -38,7 +38,8 @@ use crate::model::{Labels, ProfileId, TraceId};
 use crate::proto::push::LabelPair;
 
 /// The format version this code writes and reads. 2: span records name their label set in the
-/// series table instead of carrying it (1 repeated it in every record).
+/// series table instead of carrying it (1 repeated it in every record), and pages are
+/// LZ4-compressed.
 pub const FORMAT_VERSION: u32 = 2;
 /// Ends every block.
 pub const MAGIC: &[u8; 8] = b"SPBLOCK1";
@@ -218,10 +219,12 @@ fn write_table(out: &mut Vec<u8>, table: Table, entries: &[(Vec<u8>, Vec<u8>)], 
     let mut page = Vec::new();
     let mut first_key: Option<&[u8]> = None;
     let mut flush = |out: &mut Vec<u8>, page: &mut Vec<u8>, first: &[u8]| {
-        let crc = crc32fast::hash(page);
-        page.extend_from_slice(&crc.to_le_bytes());
-        pages.push(PageRef { first_key: first.to_vec(), offset: out.len() as u64, len: page.len() as u32 });
-        out.append(page);
+        let mut stored = lz4_flex::block::compress_prepend_size(page);
+        page.clear();
+        let crc = crc32fast::hash(&stored);
+        stored.extend_from_slice(&crc.to_le_bytes());
+        pages.push(PageRef { first_key: first.to_vec(), offset: out.len() as u64, len: stored.len() as u32 });
+        out.append(&mut stored);
     };
     for (k, v) in entries {
         if first_key.is_none() {
@@ -254,7 +257,13 @@ pub fn decode_page(bytes: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     if crc32fast::hash(body) != crc {
         return Err(corrupt("checksum mismatch"));
     }
-    let mut buf = body;
+    // LZ4 expands at most 255-fold: a larger claimed size is a corrupt page, not an allocation.
+    let size = body.get(..4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize).ok_or_else(|| corrupt("short"))?;
+    if size > body.len().saturating_mul(255) {
+        return Err(corrupt("impossible size"));
+    }
+    let plain = lz4_flex::block::decompress_size_prepended(body).map_err(|e| corrupt(&format!("LZ4: {e}")))?;
+    let mut buf = plain.as_slice();
     let mut out = Vec::new();
     let take = |buf: &mut &[u8]| -> Result<Vec<u8>> {
         let len = prost::encoding::decode_varint(buf).map_err(|_| corrupt("bad length"))? as usize;
