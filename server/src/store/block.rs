@@ -192,19 +192,31 @@ impl Bloom {
         bloom
     }
 
-    pub fn from_bytes(bits: Vec<u8>) -> Self {
-        Bloom { bits }
-    }
-
     fn positions(&self, key: &[u8]) -> impl Iterator<Item = usize> + use<> {
-        let n = self.bits.len() as u64 * 8;
-        let (a, b) = (fnv1a(key, 0), fnv1a(key, 0x9e37_79b9_7f4a_7c15) | 1);
-        (0..BLOOM_HASHES).map(move |i| (a.wrapping_add(u64::from(i).wrapping_mul(b)) % n) as usize)
+        bloom_positions(self.bits.len(), key)
     }
 
     /// False: the key is surely absent. True: it may be present.
     pub fn may_contain(&self, key: &[u8]) -> bool {
-        self.bits.is_empty() || self.positions(key).all(|bit| self.bits[bit / 8] & (1 << (bit % 8)) != 0)
+        BloomRef { bits: &self.bits }.may_contain(key)
+    }
+}
+
+fn bloom_positions(bytes: usize, key: &[u8]) -> impl Iterator<Item = usize> + use<> {
+    let n = bytes as u64 * 8;
+    let (a, b) = (fnv1a(key, 0), fnv1a(key, 0x9e37_79b9_7f4a_7c15) | 1);
+    (0..BLOOM_HASHES).map(move |i| (a.wrapping_add(u64::from(i).wrapping_mul(b)) % n) as usize)
+}
+
+/// A [`Bloom`] filter read where its bits are (a block's footer): a lookup copies nothing.
+pub struct BloomRef<'a> {
+    bits: &'a [u8],
+}
+
+impl BloomRef<'_> {
+    /// False: the key is surely absent. True: it may be present.
+    pub fn may_contain(&self, key: &[u8]) -> bool {
+        self.bits.is_empty() || bloom_positions(self.bits.len(), key).all(|bit| self.bits[bit / 8] & (1 << (bit % 8)) != 0)
     }
 }
 
@@ -331,8 +343,8 @@ impl TableRef {
         &self.pages[start..end.max(start)]
     }
 
-    pub fn bloom(&self) -> Bloom {
-        Bloom::from_bytes(self.bloom.clone())
+    pub fn bloom(&self) -> BloomRef<'_> {
+        BloomRef { bits: &self.bloom }
     }
 }
 
@@ -555,17 +567,13 @@ impl BlockBuilder {
         let mut traces: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         let mut list: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(self.spans.len());
         for (k, r) in &self.spans {
-            services.insert(r.service_name.clone());
+            if !services.contains(&r.service_name) {
+                services.insert(r.service_name.clone());
+            }
             if r.trace_id.len() == 16 {
                 traces.push(([r.trace_id.as_slice(), k].concat(), Vec::new()));
             }
-            let entry = ListEntry {
-                service_name: r.service_name.clone(),
-                span_name: r.span_name.clone(),
-                samples: r.samples,
-                first_seen_ms: r.first_seen_ms,
-            };
-            list.push(([(!r.last_seen_ms).to_be_bytes().as_slice(), k].concat(), entry.encode_to_vec()));
+            list.push(([(!r.last_seen_ms).to_be_bytes().as_slice(), k].concat(), list_entry(r)));
         }
         traces.sort_unstable();
         list.sort_unstable_by(|a, b| a.0.cmp(&b.0));
@@ -631,6 +639,27 @@ impl BlockBuilder {
     }
 }
 
+/// The [`ListEntry`] of a span record, encoded without copying its strings first (one per span
+/// profile of a block).
+fn list_entry(r: &SpanRecord) -> Vec<u8> {
+    use prost::encoding::{string, uint64};
+    let mut out = Vec::with_capacity(r.service_name.len() + r.span_name.len() + 24);
+    // As prost encodes the message: fields at their default value are left out.
+    if !r.service_name.is_empty() {
+        string::encode(1, &r.service_name, &mut out);
+    }
+    if !r.span_name.is_empty() {
+        string::encode(2, &r.span_name, &mut out);
+    }
+    if r.samples != 0 {
+        uint64::encode(3, &r.samples, &mut out);
+    }
+    if r.first_seen_ms != 0 {
+        uint64::encode(4, &r.first_seen_ms, &mut out);
+    }
+    out
+}
+
 /// A span record of a block, as the API shows it (stacks still block stack IDs).
 pub fn span_summary(key: &[u8], rec: SpanRecord) -> Result<(SpanSummary, codec::Counts)> {
     let counts = rec.stack_counts()?;
@@ -656,6 +685,21 @@ pub fn trace_entry_id(key: &[u8], trace: TraceId) -> Option<Result<ProfileId>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn list_entries_encode_as_the_message_does() {
+        let full = SpanRecord { service_name: "ride".into(), span_name: "Order".into(), samples: 7, first_seen_ms: 1_700, ..Default::default() };
+        let empty = SpanRecord::default();
+        for r in [&full, &empty] {
+            let message = ListEntry {
+                service_name: r.service_name.clone(),
+                span_name: r.span_name.clone(),
+                samples: r.samples,
+                first_seen_ms: r.first_seen_ms,
+            };
+            assert_eq!(list_entry(r), message.encode_to_vec());
+        }
+    }
 
     fn profile(id: &str, t: u64, stacks: &[(&[&str], u64)]) -> SpanProfile {
         let stacks: Stacks = stacks.iter().map(|(f, c)| (f.iter().map(|s| Arc::<str>::from(*s)).collect(), *c)).collect();
