@@ -1147,6 +1147,41 @@ fn small_blocks(url: &str) -> Option<usize> {
     Some(visible_metas(url)?.iter().filter(|m| m["data_bytes"].as_u64().unwrap_or(0) < 64 << 20).count())
 }
 
+/// The visible blocks and their data bytes as the server at `base` lists them (a query makes it
+/// list the bucket afresh when its listing is stale).
+async fn listed_blocks(client: &reqwest::Client, base: &str) -> (u64, u64) {
+    let _ = get_text(client, &format!("{base}/api/v1/services")).await;
+    let text = get_text(client, &format!("{base}/metrics")).await;
+    (metric(&text, "spanprof_bucket_blocks") as u64, metric(&text, "spanprof_bucket_block_bytes") as u64)
+}
+
+/// Waits until the server at `base` (compacting every second, no grace) has merged what it
+/// merges: every merged block deleted, and (`file://`) fewer than two blocks left under the
+/// compactor's 64 MiB, or (other buckets) nothing changed for 30 s. Returns the time it took
+/// and the blocks merged.
+async fn wait_for_compaction(client: &reqwest::Client, base: &str, url: &str) -> (Duration, u64) {
+    let t = Instant::now();
+    let mut last = (0.0, 0.0);
+    let mut changed = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let text = get_text(client, &format!("{base}/metrics")).await;
+        let now = (metric(&text, "spanprof_blocks_compacted_total"), metric(&text, "spanprof_blocks_deleted_total"));
+        if now != last {
+            changed = Instant::now();
+            last = now;
+        }
+        let quiet = changed.elapsed();
+        let settled = match small_blocks(url) {
+            Some(n) => n < 2 && quiet >= Duration::from_secs(2),
+            None => quiet >= Duration::from_secs(30),
+        };
+        if (settled && now.0 == now.1) || quiet >= Duration::from_secs(180) {
+            return (changed.duration_since(t), last.0 as u64);
+        }
+    }
+}
+
 /// Phase 6: a server with an empty data directory answers from the blocks the first one cut (at
 /// 500k span profiles a block while it ran, the rest at its stop); then the blocks are compacted
 /// and the lookups checked again.
@@ -1213,27 +1248,7 @@ async fn blocks_phase(
         config.interval = Duration::from_secs(1);
         config.compaction_grace = Duration::ZERO;
         let c = start(bench_config(&dir, Some(config)), client).await;
-        // Done when every merged block is deleted and the count stays so for 5 s — or when no
-        // compaction has finished for a minute (nothing to merge: blocks at their size).
-        let t = Instant::now();
-        let mut last = (0.0, 0.0);
-        let mut changed = Instant::now();
-        loop {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let text = get_text(client, &format!("{}/metrics", c.base)).await;
-            let now = (metric(&text, "spanprof_blocks_compacted_total"), metric(&text, "spanprof_blocks_deleted_total"));
-            if now != last {
-                changed = Instant::now();
-                last = now;
-            }
-            let quiet = changed.elapsed();
-            // What the compactor still merges: two or more visible blocks under its 64 MiB.
-            let pending = small_blocks(url).is_none_or(|n| n >= 2);
-            if (!pending && now.0 == now.1 && quiet >= Duration::from_secs(2)) || quiet >= Duration::from_secs(120) {
-                break;
-            }
-        }
-        compaction = Some((changed.duration_since(t), last.0 as u64));
+        compaction = Some(wait_for_compaction(client, &c.base, url).await);
         let curls: Vec<String> = urls.iter().map(|u| u.replace(&format!("http://{addr}"), &c.base)).collect();
         after_compaction.push(timed_gets(client, "GET /api/v1/profiles/{id} after compaction, cold cache", &curls, &check).await);
         after_compaction.push(timed_gets(client, "GET /api/v1/profiles/{id} after compaction, warm cache", &curls, &check).await);
@@ -1285,6 +1300,7 @@ async fn replicas_phase(args: &Args, url: &str, client: &reqwest::Client, worklo
     let samples: u64 = built.iter().map(|b| b.0.samples).sum();
     let bodies: Vec<Bytes> = built.into_iter().map(|b| b.0.body).collect();
     let mut rows = Vec::new();
+    let mut compacted = None;
     for replicas in [0usize, 1, 3] {
         let run = std::process::id();
         let dirs: Vec<PathBuf> = (0..replicas.max(1)).map(|i| args.tmp.join(format!("spanprof-bench-r{replicas}-{i}-{run}"))).collect();
@@ -1323,6 +1339,21 @@ async fn replicas_phase(args: &Args, url: &str, client: &reqwest::Client, worklo
             let _ = std::fs::remove_dir_all(d);
         }
         rows.push((label, r, uploaded as u64, stop));
+        // The three replicas' many small blocks, compacted.
+        if replicas == 3 && !args.skip_compaction {
+            let bucket = format!("{url}/replicas-{replicas}");
+            let mut config = blocks_config(bucket.clone(), "bench-c");
+            config.interval = Duration::from_secs(1);
+            config.compaction_grace = Duration::ZERO;
+            let dir = args.tmp.join(format!("spanprof-bench-compact-{run}"));
+            let c = start(bench_config(&dir, Some(config)), client).await;
+            let before = listed_blocks(client, &c.base).await;
+            let (took, merged) = wait_for_compaction(client, &c.base, &bucket).await;
+            let after = listed_blocks(client, &c.base).await;
+            c.stop().await;
+            let _ = std::fs::remove_dir_all(&dir);
+            compacted = Some((before, after, took, merged));
+        }
     }
     println!();
     println!("### ingest with 1 and 3 replicas ({url}), {n} new span profiles, {samples} samples");
@@ -1342,6 +1373,17 @@ async fn replicas_phase(args: &Args, url: &str, client: &reqwest::Client, worklo
             r.cpu.machine_cores,
             r.cpu.process_cores * r.elapsed.as_secs_f64() * 1e6 / r.samples as f64,
             stop.as_secs_f64()
+        );
+    }
+    if let Some(((n0, b0), (n1, b1), took, merged)) = compacted {
+        println!();
+        println!(
+            "the 3 replicas' blocks: {n0} blocks, {} = {:.1} bytes/sample; compacted ({merged} merged in {:.1} s): {n1} blocks, {} = {:.1} bytes/sample",
+            human_bytes(b0),
+            b0 as f64 / samples as f64,
+            took.as_secs_f64(),
+            human_bytes(b1),
+            b1 as f64 / samples as f64
         );
     }
 }

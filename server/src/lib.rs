@@ -139,7 +139,12 @@ pub async fn serve(
     if let (Some(shipper), Some(layered)) = (shipper, layered) {
         shipper.abort();
         // Everything local goes into a last block, unless the bucket keeps it waiting too long.
-        let last = tokio::task::spawn_blocking(move || ship_all(&layered, Duration::ZERO, true));
+        let last = tokio::task::spawn_blocking(move || {
+            if let Err(e) = layered.release_compactor_lease() {
+                tracing::warn!(error = %e, "the compactor lease could not be released: it expires by itself");
+            }
+            ship_all(&layered, Duration::ZERO, true)
+        });
         match tokio::time::timeout(SHUTDOWN_UPLOAD, last).await {
             Ok(Ok(Ok(()))) => tracing::info!("local data uploaded"),
             Ok(Ok(Err(e))) => tracing::warn!(error = %e, "the last upload failed: the data stays local and is uploaded after a restart"),

@@ -479,6 +479,85 @@ impl BlockRead<'_> {
     }
 }
 
+/// A block's whole frame and stack dictionary in memory: compaction translates the block's
+/// records into the new block by ID through it, each distinct stack once.
+pub struct BlockDictionary {
+    frames: HashMap<u32, Arc<str>>,
+    stacks: HashMap<u32, Vec<u32>>,
+}
+
+impl block::StackSource for BlockDictionary {
+    fn frames_of(&mut self, id: u32) -> Result<Vec<u32>> {
+        self.stacks.get(&id).cloned().ok_or_else(|| Error::Corrupt(format!("block stack {id} missing")))
+    }
+
+    fn frame_name(&mut self, id: u32) -> Result<Arc<str>> {
+        self.frames.get(&id).cloned().ok_or_else(|| Error::Corrupt(format!("block frame {id} missing")))
+    }
+}
+
+fn u32_key(k: &[u8]) -> Result<u32> {
+    <[u8; 4]>::try_from(k).map(u32::from_be_bytes).map_err(|_| Error::Corrupt("block key".into()))
+}
+
+impl BlockRead<'_> {
+    /// The block's frames and stacks, read whole.
+    pub async fn dictionary(&self) -> Result<BlockDictionary> {
+        let footer = self.footer().await?;
+        let mut dict = BlockDictionary { frames: HashMap::new(), stacks: HashMap::new() };
+        for page in &footer.table(Table::Frames)?.pages {
+            for (k, v) in self.bucket.page(self.meta, page).await?.iter() {
+                dict.frames.insert(u32_key(k)?, Arc::from(String::from_utf8_lossy(v).as_ref()));
+            }
+        }
+        for page in &footer.table(Table::Stacks)?.pages {
+            for (k, v) in self.bucket.page(self.meta, page).await?.iter() {
+                dict.stacks.insert(u32_key(k)?, super::codec::decode::<super::codec::StackRecord>(v, "block stack")?.frame_ids);
+            }
+        }
+        Ok(dict)
+    }
+
+    /// Every span record of the block with its key, labels restored, stack IDs the block's.
+    pub async fn all_span_records(&self) -> Result<Vec<(Vec<u8>, super::codec::SpanRecord)>> {
+        let footer = self.footer().await?;
+        let mut out = Vec::new();
+        let mut label_sets = HashMap::new();
+        for page in &footer.table(Table::Spans)?.pages {
+            for (k, v) in self.bucket.page(self.meta, page).await?.iter() {
+                let mut rec: super::codec::SpanRecord = super::codec::decode(v, "block span")?;
+                rec.labels = self.label_set(rec.block_series, &mut label_sets).await?;
+                rec.block_series = 0;
+                out.push((k.clone(), rec));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every whole-process bucket record of the block: series labels, bucket start, record
+    /// (stack IDs the block's).
+    pub async fn all_process_records(&self) -> Result<Vec<(crate::model::Labels, u64, super::codec::StacksRecord)>> {
+        let footer = self.footer().await?;
+        let mut series: HashMap<Vec<u8>, crate::model::Labels> = HashMap::new();
+        for page in &footer.table(Table::Series)?.pages {
+            for (k, v) in self.bucket.page(self.meta, page).await?.iter() {
+                let rec: super::shared::SeriesRecord = super::codec::decode(v, "block series")?;
+                series.insert(k.clone(), rec.labels.into_iter().map(|l| (l.name, l.value)).collect());
+            }
+        }
+        let mut out = Vec::new();
+        for page in &footer.table(Table::Process)?.pages {
+            for (k, v) in self.bucket.page(self.meta, page).await?.iter() {
+                let (s, b) = k.split_at_checked(4).ok_or_else(|| Error::Corrupt("block process key".into()))?;
+                let labels = series.get(s).cloned().ok_or_else(|| Error::Corrupt("block process series missing".into()))?;
+                let bucket = <[u8; 8]>::try_from(b).map(u64::from_be_bytes).map_err(|_| Error::Corrupt("block process key".into()))?;
+                out.push((labels, bucket, super::codec::decode(v, "block bucket")?));
+            }
+        }
+        Ok(out)
+    }
+}
+
 impl BlockRead<'_> {
     /// Every span profile of the block, resolved (compaction reads whole blocks).
     pub async fn all_spans(&self) -> Result<Vec<super::SpanProfile>> {
@@ -598,6 +677,33 @@ impl Bucket {
         }
         Ok(true)
     }
+
+    /// Gives the lease up if `holder` has it (a graceful stop), so another replica compacts
+    /// at once instead of when it expires: the next generation, expired. Losing that race to a
+    /// contender is as good.
+    pub async fn release_lease(&self, holder: &str) -> Result<()> {
+        use futures_util::TryStreamExt;
+        let leases: Vec<object_store::ObjectMeta> = self
+            .store
+            .list(Some(&self.prefix.clone().join("compactor")))
+            .try_collect()
+            .await
+            .map_err(|e| storage("listing the lease", e))?;
+        let Some(g) = leases.iter().filter_map(|o| o.location.filename()?.strip_prefix("lease-")?.parse::<u64>().ok()).max() else {
+            return Ok(());
+        };
+        let bytes = self.store.get(&self.lease_path(g)).await.map_err(|e| storage("reading the lease", e))?.bytes().await;
+        let lease: Option<Lease> = bytes.ok().and_then(|b| serde_json::from_slice(&b).ok());
+        if lease.is_none_or(|l| l.holder != holder) {
+            return Ok(());
+        }
+        let released = serde_json::to_vec(&Lease { holder: String::new(), expires_ms: 0 }).map_err(|e| Error::Bucket(e.to_string()))?;
+        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+        match self.store.put_opts(&self.lease_path(g + 1), PutPayload::from(released), opts).await {
+            Ok(_) | Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => Ok(()),
+            Err(e) => Err(storage("releasing the lease", e)),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -663,6 +769,21 @@ mod tests {
         let all = read.all_spans().await.unwrap();
         assert_eq!(all.iter().map(|p| p.summary.clone()).collect::<Vec<_>>(), spans.iter().map(|p| p.summary.clone()).collect::<Vec<_>>());
         assert_eq!(read.all_process().await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn one_compactor_holds_the_lease_until_it_expires_or_is_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let bucket = Bucket::open(&format!("file://{}", dir.path().display()), 1 << 20).unwrap();
+        assert!(bucket.take_lease("a", 1_000, 60_000).await.unwrap());
+        assert!(!bucket.take_lease("b", 2_000, 60_000).await.unwrap(), "held by a");
+        assert!(bucket.take_lease("a", 3_000, 60_000).await.unwrap(), "a renews");
+        bucket.release_lease("b").await.unwrap();
+        assert!(!bucket.take_lease("b", 4_000, 60_000).await.unwrap(), "only the holder releases");
+        bucket.release_lease("a").await.unwrap();
+        assert!(bucket.take_lease("b", 5_000, 60_000).await.unwrap(), "released: b at once");
+        assert!(!bucket.take_lease("a", 6_000, 60_000).await.unwrap());
+        assert!(bucket.take_lease("a", 70_000, 60_000).await.unwrap(), "b's lease expired");
     }
 
     #[test]

@@ -510,6 +510,11 @@ impl LayeredStore {
         Ok(Some(meta.span_profiles))
     }
 
+    /// Gives the compactor lease up, if this replica holds it (a graceful stop).
+    pub fn release_compactor_lease(&self) -> Result<()> {
+        self.runtime.block_on(self.bucket.release_lease(&self.replica))
+    }
+
     /// Tells peers for a while that this replica uploaded `block_id` (their listing may lag).
     fn announce(&self, block_id: &str) {
         if let Ok(mut r) = self.recent.lock() {
@@ -582,15 +587,20 @@ impl LayeredStore {
         if inputs.len() < 2 {
             return Ok(Some(0));
         }
+        // Records are translated into the new block by stack ID, each distinct stack of an input
+        // block once (not resolved to frame names and interned again).
         let mut builder = BlockBuilder::default();
         for m in &inputs {
             let read = BlockRead { bucket, meta: m };
-            let (spans, process) = self.runtime.block_on(async { Ok::<_, Error>((read.all_spans().await?, read.all_process().await?)) })?;
-            for s in &spans {
-                builder.add_span(s);
+            let (mut dict, spans, process) = self.runtime.block_on(async {
+                Ok::<_, Error>((read.dictionary().await?, read.all_span_records().await?, read.all_process_records().await?))
+            })?;
+            let mut map = super::block::IdMap::default();
+            for (key, rec) in spans {
+                builder.add_span_record(&key, rec, &mut map, &mut dict)?;
             }
-            for (labels, b, period, stacks) in &process {
-                builder.add_process(labels, *b, *period, stacks);
+            for (labels, b, rec) in &process {
+                builder.add_process_record(labels, *b, rec, &mut map, &mut dict)?;
             }
         }
         let id = new_block_id(now_ms, &self.replica);
