@@ -1326,6 +1326,7 @@ async fn replicas_phase(args: &Args, url: &str, client: &reqwest::Client, worklo
             r => format!("{r} replicas, object store, peers"),
         };
         let bases: Vec<String> = servers.iter().map(|s| s.base.clone()).collect();
+        let (cpu_before, started) = (CpuSnap::take(), Instant::now());
         let r = run_ingest(client, &bases, &label, bodies.clone(), n as u64, samples, args.concurrency).await;
         let mut uploaded = 0.0;
         for b in &bases {
@@ -1335,10 +1336,14 @@ async fn replicas_phase(args: &Args, url: &str, client: &reqwest::Client, worklo
         for s in servers {
             stop += s.stop().await;
         }
+        // Everything this mode cost: the load and the stops (with an object store, the last
+        // blocks are cut there).
+        let all = CpuUse::between(&cpu_before, &CpuSnap::take(), started.elapsed());
+        let all_cpu_s = all.process_cores * all.wall_s;
         for d in &dirs {
             let _ = std::fs::remove_dir_all(d);
         }
-        rows.push((label, r, uploaded as u64, stop));
+        rows.push((label, r, uploaded as u64, stop, all_cpu_s));
         // The three replicas' many small blocks, compacted.
         if replicas == 3 && !args.skip_compaction {
             let bucket = format!("{url}/replicas-{replicas}");
@@ -1358,21 +1363,24 @@ async fn replicas_phase(args: &Args, url: &str, client: &reqwest::Client, worklo
     println!();
     println!("### ingest with 1 and 3 replicas ({url}), {n} new span profiles, {samples} samples");
     println!();
-    println!("| servers | samples/s | pushes p50 / p99 ms | cores busy: this process / machine | CPU µs per sample (process) | blocks uploaded during the load | graceful stops (upload the rest) |");
-    println!("|---|---|---|---|---|---|---|");
-    for (label, r, uploaded, stop) in rows {
+    println!(
+        "| servers | samples/s | pushes p50 / p99 ms | cores busy: this process / machine | CPU µs per sample, load | blocks uploaded during the load | graceful stops (upload the rest) | CPU µs per sample, load + stops |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for (label, r, uploaded, stop, all_cpu_s) in rows {
         let mut lat = r.latencies.clone();
         lat.sort();
         let pct = |q: f64| lat.get(((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or_default();
         println!(
-            "| {label} | {:.0} | {} / {} | {:.2} / {:.2} | {:.2} | {uploaded} | {:.2} s |",
+            "| {label} | {:.0} | {} / {} | {:.2} / {:.2} | {:.2} | {uploaded} | {:.2} s | {:.2} |",
             r.samples as f64 / r.elapsed.as_secs_f64(),
             ms(pct(0.5)),
             ms(pct(0.99)),
             r.cpu.process_cores,
             r.cpu.machine_cores,
             r.cpu.process_cores * r.elapsed.as_secs_f64() * 1e6 / r.samples as f64,
-            stop.as_secs_f64()
+            stop.as_secs_f64(),
+            all_cpu_s * 1e6 / r.samples as f64
         );
     }
     if let Some(((n0, b0), (n1, b1), took, merged)) = compacted {

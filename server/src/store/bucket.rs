@@ -559,42 +559,22 @@ impl BlockRead<'_> {
 }
 
 impl BlockRead<'_> {
-    /// Every span profile of the block, resolved (compaction reads whole blocks).
+    /// Every span profile of the block, resolved.
     pub async fn all_spans(&self) -> Result<Vec<super::SpanProfile>> {
-        let footer = self.footer().await?;
         let mut out = Vec::new();
-        let mut label_sets = HashMap::new();
-        for page in &footer.table(Table::Spans)?.pages {
-            for (k, v) in self.bucket.page(self.meta, page).await?.iter() {
-                let mut rec: super::codec::SpanRecord = super::codec::decode(v, "block span")?;
-                rec.labels = self.label_set(rec.block_series, &mut label_sets).await?;
-                let counts = rec.stack_counts()?;
-                let stacks = self.resolve(&counts).await?;
-                out.push(super::SpanProfile { summary: super::shared::summary(super::shared::id_from_key(k)?, rec), stacks });
-            }
+        for (k, rec) in self.all_span_records().await? {
+            let stacks = self.resolve(&rec.stack_counts()?).await?;
+            out.push(super::SpanProfile { summary: super::shared::summary(super::shared::id_from_key(&k)?, rec), stacks });
         }
         Ok(out)
     }
 
-    /// Every whole-process bucket of the block: series labels, bucket start, period, stacks.
+    /// Every whole-process bucket of the block, resolved: series labels, bucket start, period,
+    /// stacks.
     pub async fn all_process(&self) -> Result<Vec<(crate::model::Labels, u64, u64, super::Stacks)>> {
-        let footer = self.footer().await?;
-        let mut series: HashMap<Vec<u8>, crate::model::Labels> = HashMap::new();
-        for page in &footer.table(Table::Series)?.pages {
-            for (k, v) in self.bucket.page(self.meta, page).await?.iter() {
-                let rec: super::shared::SeriesRecord = super::codec::decode(v, "block series")?;
-                series.insert(k.clone(), rec.labels.into_iter().map(|l| (l.name, l.value)).collect());
-            }
-        }
         let mut out = Vec::new();
-        for page in &footer.table(Table::Process)?.pages {
-            for (k, v) in self.bucket.page(self.meta, page).await?.iter() {
-                let (s, b) = k.split_at_checked(4).ok_or_else(|| Error::Corrupt("block process key".into()))?;
-                let labels = series.get(s).cloned().ok_or_else(|| Error::Corrupt("block process series missing".into()))?;
-                let bucket = <[u8; 8]>::try_from(b).map(u64::from_be_bytes).map_err(|_| Error::Corrupt("block process key".into()))?;
-                let rec: super::codec::StacksRecord = super::codec::decode(v, "block bucket")?;
-                out.push((labels, bucket, rec.period_ns, self.resolve(&rec.to_counts()?).await?));
-            }
+        for (labels, bucket, rec) in self.all_process_records().await? {
+            out.push((labels, bucket, rec.period_ns, self.resolve(&rec.to_counts()?).await?));
         }
         Ok(out)
     }
