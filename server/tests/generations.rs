@@ -106,6 +106,17 @@ fn a_restart_seals_what_was_left_and_takes_over_an_embedded_store() {
     // The empty head of that run is gone; nothing else.
     assert_eq!(generation_dirs(dir.path()), 2);
 
+    // A generation whose delete the process did not finish (renamed first, so never half a
+    // generation) is deleted at the start.
+    let trash = dir.path().join(GENERATIONS_DIR).join(".deleting-1-test-0");
+    std::fs::create_dir_all(trash.join(store::embedded::DIR_NAME)).unwrap();
+    std::fs::write(trash.join(store::embedded::DIR_NAME).join("junk"), b"x").unwrap();
+    let gens = open(dir.path());
+    assert!(!trash.exists());
+    assert_eq!(gens.all().unwrap().len(), 3, "the two sealed and a new head; nothing from the trash");
+    gens.close();
+    drop(gens);
+
     // A plain embedded store is refused here: it would leave the generations unseen.
     let err = store::open(dir.path(), EmbeddedOptions::default()).err().expect("refused");
     assert!(err.to_string().contains("--object-store"), "{err}");

@@ -35,13 +35,27 @@ struct DirOnDrop {
 
 impl Drop for DirOnDrop {
     fn drop(&mut self) {
-        if self.delete.load(Ordering::Acquire)
-            && let Err(e) = std::fs::remove_dir_all(&self.path)
-        {
+        if !self.delete.load(Ordering::Acquire) {
+            return;
+        }
+        // Renamed first (atomic), so a crash halfway through the delete never leaves a
+        // generation that is partly gone: the next start deletes what is left of it.
+        let trash = trash_path(&self.path);
+        let gone = std::fs::rename(&self.path, &trash).and_then(|()| std::fs::remove_dir_all(&trash));
+        if let Err(e) = gone {
             tracing::warn!(dir = %self.path.display(), error = %e, "a local generation's directory could not be deleted; it is deleted at the next start");
         }
     }
 }
+
+/// Where a generation's directory goes to be deleted: beside it, under a name [`Generations::open`]
+/// deletes.
+fn trash_path(dir: &Path) -> PathBuf {
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    dir.with_file_name(format!("{TRASH_PREFIX}{name}"))
+}
+
+const TRASH_PREFIX: &str = ".deleting-";
 
 impl Generation {
     fn open(dir: PathBuf, block_id: String, options: EmbeddedOptions) -> Result<Self> {
@@ -110,8 +124,9 @@ impl Generations {
         for entry in std::fs::read_dir(&root)? {
             let entry = entry?;
             let Ok(name) = entry.file_name().into_string() else { continue };
-            if !entry.path().join(DIR_NAME).exists() {
-                // Created, then the process died before the store was: nothing in it.
+            if name.starts_with(TRASH_PREFIX) || !entry.path().join(DIR_NAME).exists() {
+                // Being deleted when the process ended; or created, and the process died before
+                // its store was: nothing in it.
                 std::fs::remove_dir_all(entry.path())?;
                 continue;
             }
