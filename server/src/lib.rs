@@ -143,7 +143,7 @@ pub async fn serve(
             if let Err(e) = layered.release_compactor_lease() {
                 tracing::warn!(error = %e, "the compactor lease could not be released: it expires by itself");
             }
-            ship_all(&layered, Duration::ZERO, true)
+            ship_all(&layered)
         });
         match tokio::time::timeout(SHUTDOWN_UPLOAD, last).await {
             Ok(Ok(Ok(()))) => tracing::info!("local data uploaded"),
@@ -178,17 +178,21 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-/// Seals the head generation if due after `interval` (or at once when `force`d) and uploads
-/// every sealed generation.
-fn ship_all(layered: &store::layered::LayeredStore, interval: Duration, force: bool) -> Result<()> {
-    layered.seal_head(interval, force, now_ms())?;
+/// Seals the head generation and uploads every sealed generation (a graceful stop).
+fn ship_all(layered: &store::layered::LayeredStore) -> Result<()> {
+    layered.seal_head(Duration::ZERO, true, now_ms())?;
+    ship_sealed(layered)
+}
+
+/// Uploads every sealed generation, oldest first.
+fn ship_sealed(layered: &store::layered::LayeredStore) -> Result<()> {
     while layered.ship(now_ms())?.is_some() {}
     Ok(())
 }
 
 /// Every [`BLOCK_TICK`], seals the head generation when it is due and uploads sealed
-/// generations as blocks (a failure is retried with backoff: the data waits locally); every
-/// `every`, compacts the bucket's blocks if this replica holds the compactor lease.
+/// generations as blocks (a failed upload is retried with backoff: the data waits locally);
+/// every `every`, compacts the bucket's blocks if this replica holds the compactor lease.
 async fn ship_loop(layered: Arc<store::layered::LayeredStore>, every: Duration, grace: Duration) {
     let mut tick = tokio::time::interval(BLOCK_TICK.min(every));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -197,9 +201,16 @@ async fn ship_loop(layered: Arc<store::layered::LayeredStore>, every: Duration, 
     let mut next_compaction = tokio::time::Instant::now() + every;
     loop {
         tick.tick().await;
+        // Sealing goes on while uploads back off: a generation stays the size of one interval.
+        let l = layered.clone();
+        match tokio::task::spawn_blocking(move || l.seal_head(every, false, now_ms())).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "sealing the head generation failed; retried at the next tick"),
+            Err(e) => tracing::warn!(error = %e, "the sealing task failed"),
+        }
         if tokio::time::Instant::now() >= next_try {
             let l = layered.clone();
-            let shipped = tokio::task::spawn_blocking(move || ship_all(&l, every, false)).await;
+            let shipped = tokio::task::spawn_blocking(move || ship_sealed(&l)).await;
             let failed = match shipped {
                 Ok(Ok(())) => false,
                 Ok(Err(e)) => {

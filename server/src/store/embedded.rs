@@ -745,6 +745,17 @@ fn load_span(resolver: &mut Resolver<'_>, id: &[u8]) -> Result<Option<SpanProfil
 }
 
 impl EmbeddedStore {
+    /// The IDs of trace `trace`'s span profiles, without loading them.
+    pub fn trace_ids(&self, trace: TraceId) -> Result<Vec<ProfileId>> {
+        let r = self.read();
+        let mut out = Vec::new();
+        for row in r.prefix(self.ks.spans_by_trace.inner(), trace.0.to_be_bytes()) {
+            let key = row.key()?;
+            out.push(id_from_key(key.get(16..).ok_or_else(|| Error::Corrupt("trace index key".into()))?)?);
+        }
+        Ok(out)
+    }
+
     /// The metadata of span profile `id`, without its stacks.
     pub fn span_summary(&self, id: &ProfileId) -> Result<Option<super::SpanSummary>> {
         let r = self.read();

@@ -131,7 +131,7 @@ impl LocalView {
     fn trace_ids(&self, trace: TraceId) -> Result<BTreeSet<ProfileId>> {
         let mut out = BTreeSet::new();
         for g in &self.0 {
-            out.extend(g.store.trace(trace)?.into_iter().map(|p| p.summary.profile_id));
+            out.extend(g.store.trace_ids(trace)?);
         }
         Ok(out)
     }
@@ -466,18 +466,13 @@ impl LayeredStore {
         let block_id = generation.block_id.clone();
         let started = Instant::now();
         // Uploaded before a restart (or by an upload that failed after writing): not again.
-        let present = self.runtime.block_on(self.bucket.has_block(&block_id));
-        let present = match present {
-            Ok(p) => p,
-            Err(e) => {
-                self.status.upload_failures.inc();
-                self.status.failed("uploading a block", &e);
-                return Err(e);
-            }
-        };
+        let present = self.runtime.block_on(self.bucket.has_block(&block_id)).map_err(|e| self.upload_failed(e))?;
         if present || generation.is_empty()? {
-            self.local.retire(&block_id)?;
-            self.announce(&block_id);
+            drop(generation);
+            self.retire(&block_id)?;
+            if present {
+                self.announce(&block_id);
+            }
             return Ok(Some(0));
         }
         let mut builder = BlockBuilder::default();
@@ -485,15 +480,10 @@ impl LayeredStore {
         let read_at = Instant::now();
         let (data, meta) = builder.finish(&block_id, &self.replica, now_ms);
         let built_at = Instant::now();
-        if let Err(e) = self.runtime.block_on(self.bucket.put_block(data, &meta)) {
-            self.status.upload_failures.inc();
-            self.status.failed("uploading a block", &e);
-            return Err(e);
-        }
+        self.runtime.block_on(self.bucket.put_block(data, &meta)).map_err(|e| self.upload_failed(e))?;
         let uploaded_at = Instant::now();
         drop(generation);
-        self.local.retire(&block_id)?;
-        self.status.sealed_generations.set(self.local.sealed_count()? as i64);
+        self.retire(&block_id)?;
         self.announce(&block_id);
         self.status.blocks_uploaded.inc();
         self.status.degraded.set(0);
@@ -508,6 +498,19 @@ impl LayeredStore {
             "block uploaded"
         );
         Ok(Some(meta.span_profiles))
+    }
+
+    fn upload_failed(&self, e: Error) -> Error {
+        self.status.upload_failures.inc();
+        self.status.failed("uploading a block", &e);
+        e
+    }
+
+    /// Drops sealed generation `block_id` (its block is in the bucket, or it was empty).
+    fn retire(&self, block_id: &str) -> Result<()> {
+        self.local.retire(block_id)?;
+        self.status.sealed_generations.set(self.local.sealed_count()? as i64);
+        Ok(())
     }
 
     /// Gives the compactor lease up, if this replica holds it (a graceful stop).
