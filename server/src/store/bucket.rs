@@ -622,37 +622,19 @@ impl Bucket {
     /// Takes (or renews) the compaction lease for `holder` until `now_ms + ttl_ms`; false when
     /// another holder's lease has not expired or another contender won.
     pub async fn take_lease(&self, holder: &str, now_ms: u64, ttl_ms: u64) -> Result<bool> {
-        use futures_util::TryStreamExt;
-        let leases: Vec<object_store::ObjectMeta> = self
-            .store
-            .list(Some(&self.prefix.clone().join("compactor")))
-            .try_collect()
-            .await
-            .map_err(|e| storage("listing the lease", e))?;
-        let generation = leases
-            .iter()
-            .filter_map(|o| o.location.filename()?.strip_prefix("lease-")?.parse::<u64>().ok())
-            .max();
-        if let Some(g) = generation {
-            let bytes = self.store.get(&self.lease_path(g)).await.map_err(|e| storage("reading the lease", e))?.bytes().await;
-            let lease: Option<Lease> = bytes.ok().and_then(|b| serde_json::from_slice(&b).ok());
-            if let Some(l) = lease
-                && l.holder != holder
-                && l.expires_ms > now_ms
-            {
-                return Ok(false);
-            }
+        let (generations, newest) = self.newest_lease().await?;
+        if let Some((_, Some(l))) = &newest
+            && l.holder != holder
+            && l.expires_ms > now_ms
+        {
+            return Ok(false);
         }
-        let next = generation.map_or(0, |g| g + 1);
-        let lease = serde_json::to_vec(&Lease { holder: holder.to_owned(), expires_ms: now_ms + ttl_ms }).map_err(|e| Error::Bucket(e.to_string()))?;
-        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
-        match self.store.put_opts(&self.lease_path(next), PutPayload::from(lease), opts).await {
-            Ok(_) => {}
-            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => return Ok(false),
-            Err(e) => return Err(storage("taking the lease", e)),
+        let next = newest.map_or(0, |(g, _)| g + 1);
+        if !self.write_lease(next, &Lease { holder: holder.to_owned(), expires_ms: now_ms + ttl_ms }).await? {
+            return Ok(false);
         }
         // Older generations are history: the newest one decides.
-        for g in leases.iter().filter_map(|o| o.location.filename()?.strip_prefix("lease-")?.parse::<u64>().ok()).filter(|&g| g + 2 <= next) {
+        for g in generations.into_iter().filter(|&g| g + 2 <= next) {
             let _ = self.store.delete(&self.lease_path(g)).await;
         }
         Ok(true)
@@ -662,26 +644,41 @@ impl Bucket {
     /// at once instead of when it expires: the next generation, expired. Losing that race to a
     /// contender is as good.
     pub async fn release_lease(&self, holder: &str) -> Result<()> {
+        if let (_, Some((g, Some(l)))) = self.newest_lease().await?
+            && l.holder == holder
+        {
+            self.write_lease(g + 1, &Lease { holder: String::new(), expires_ms: 0 }).await?;
+        }
+        Ok(())
+    }
+
+    /// Every lease generation in the bucket, and the newest with its lease (`None` if it
+    /// cannot be parsed: then it holds nothing).
+    async fn newest_lease(&self) -> Result<(Vec<u64>, Option<(u64, Option<Lease>)>)> {
         use futures_util::TryStreamExt;
-        let leases: Vec<object_store::ObjectMeta> = self
+        let listed: Vec<object_store::ObjectMeta> = self
             .store
             .list(Some(&self.prefix.clone().join("compactor")))
             .try_collect()
             .await
             .map_err(|e| storage("listing the lease", e))?;
-        let Some(g) = leases.iter().filter_map(|o| o.location.filename()?.strip_prefix("lease-")?.parse::<u64>().ok()).max() else {
-            return Ok(());
-        };
+        let generations: Vec<u64> =
+            listed.iter().filter_map(|o| o.location.filename()?.strip_prefix("lease-")?.parse::<u64>().ok()).collect();
+        let Some(&g) = generations.iter().max() else { return Ok((generations, None)) };
         let bytes = self.store.get(&self.lease_path(g)).await.map_err(|e| storage("reading the lease", e))?.bytes().await;
-        let lease: Option<Lease> = bytes.ok().and_then(|b| serde_json::from_slice(&b).ok());
-        if lease.is_none_or(|l| l.holder != holder) {
-            return Ok(());
-        }
-        let released = serde_json::to_vec(&Lease { holder: String::new(), expires_ms: 0 }).map_err(|e| Error::Bucket(e.to_string()))?;
+        let lease = bytes.ok().and_then(|b| serde_json::from_slice(&b).ok());
+        Ok((generations, Some((g, lease))))
+    }
+
+    /// Writes lease generation `generation` unless it exists: false when another contender
+    /// wrote it first.
+    async fn write_lease(&self, generation: u64, lease: &Lease) -> Result<bool> {
+        let body = serde_json::to_vec(lease).map_err(|e| Error::Bucket(e.to_string()))?;
         let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
-        match self.store.put_opts(&self.lease_path(g + 1), PutPayload::from(released), opts).await {
-            Ok(_) | Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => Ok(()),
-            Err(e) => Err(storage("releasing the lease", e)),
+        match self.store.put_opts(&self.lease_path(generation), PutPayload::from(body), opts).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => Ok(false),
+            Err(e) => Err(storage("writing the lease", e)),
         }
     }
 }
