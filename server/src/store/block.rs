@@ -10,17 +10,18 @@
 //! ```
 //!
 //! A table is pages of at most [`PAGE_BYTES`] of `(key, value)` entries sorted by key, each page
-//! LZ4-compressed (its size first, 4 bytes LE) and ending in the CRC-32 of its stored bytes. The footer holds, per table, each page's first key, offset
-//! and length (so a reader finds the one page a key can be in and fetches it with one ranged
-//! read) and a Bloom filter of the keys of the tables that are looked up by key (spans by
-//! profile ID, traces by trace ID), so most blocks are ruled out without a read. Keys:
+//! LZ4-compressed (its size first, 4 bytes LE) and ending in the CRC-32 of its stored bytes.
+//! The footer holds, per table, each page's first key, offset and length (so a reader finds the
+//! one page a key can be in and fetches it with one ranged read) and a Bloom filter of the keys
+//! of the tables that are looked up by key (spans by profile ID, traces by trace ID), so most
+//! blocks are ruled out without a read. Keys:
 //!
 //! | table | key | value |
 //! |---|---|---|
-//! | `spans` | profile ID ([`super::shared::id_key`]) | `SpanRecord` (stack IDs of this block) |
+//! | `spans` | profile ID ([`super::shared::id_key`]) | `SpanRecord` (stack IDs of this block, its labels a `series` number) |
 //! | `traces` | trace ID (16 bytes) + profile ID | — |
 //! | `list` | `!last_seen_ms` (8 bytes BE, newest first) + profile ID | `ListEntry` |
-//! | `series` | series number (4 bytes BE) | `SeriesRecord` |
+//! | `series` | series number (4 bytes BE) | `SeriesRecord` (whole-process series and span label sets) |
 //! | `process` | series number (4) + bucket start ms (8) | `StacksRecord` |
 //! | `frames` | frame ID (4) | name |
 //! | `stacks` | stack ID (4) | `StackRecord` |
