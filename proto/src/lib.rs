@@ -1,9 +1,11 @@
-//! Wire formats shared by the server and the sidecar: pprof's `profile.proto` and Pyroscope's
-//! push API.
+//! Wire formats shared by the server and the sidecar: pprof's `profile.proto`, Pyroscope's
+//! push API and the query API Grafana's Pyroscope data source calls.
 //!
 //! The messages are written by hand with `prost` derives from the public field numbers of
 //! `perftools.profiles.Profile` and `push.v1.PushRequest`, so no `protoc` is needed to build.
 #![forbid(unsafe_code)]
 
+pub mod json;
 pub mod pprof;
 pub mod push;
+pub mod querier;

@@ -19,7 +19,8 @@ pub struct RawProfileSeries {
 }
 
 /// `types.v1.LabelPair`.
-#[derive(Clone, PartialEq, Eq, prost::Message)]
+#[derive(Clone, PartialEq, Eq, prost::Message, serde::Serialize, Deserialize)]
+#[serde(default)]
 pub struct LabelPair {
     #[prost(string, tag = "1")]
     pub name: String,

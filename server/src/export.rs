@@ -76,8 +76,29 @@ pub fn folded(stacks: StacksRef<'_>) -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
+/// What a pprof's sample values say.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum PprofValues {
+    /// `samples/count` and `cpu/nanoseconds` (samples × period): a CPU profile.
+    #[default]
+    SamplesAndCpu,
+    /// One value of this type and unit, the stored counts as they are (allocations, …).
+    Single { sample_type: String, unit: String },
+}
+
 /// Writes a gzipped pprof with sample types `samples/count` and `cpu/nanoseconds`.
 pub fn write_pprof(stacks: StacksRef<'_>, meta: &ExportMeta, out: &mut dyn Write) -> Result<()> {
+    let raw = pprof_profile(stacks, meta, &PprofValues::SamplesAndCpu).encode_to_vec();
+    // Level 1: on a profile of 20,000 stacks, default compression spent more time than all the
+    // rest of the export for a file 10–20 % smaller.
+    let mut gz = flate2::write::GzEncoder::new(out, flate2::Compression::fast());
+    gz.write_all(&raw)?;
+    gz.finish()?;
+    Ok(())
+}
+
+/// The pprof of `stacks`, not encoded.
+pub fn pprof_profile(stacks: StacksRef<'_>, meta: &ExportMeta, values: &PprofValues) -> Profile {
     let mut strings: Vec<String> = vec![String::new()];
     let mut index: HashMap<String, i64> = HashMap::new();
     let mut intern = |s: &str, strings: &mut Vec<String>| -> i64 {
@@ -92,14 +113,24 @@ pub fn write_pprof(stacks: StacksRef<'_>, meta: &ExportMeta, out: &mut dyn Write
         index.insert(s.to_owned(), i);
         i
     };
-    let samples_t = intern("samples", &mut strings);
-    let count_u = intern("count", &mut strings);
-    let cpu_t = intern("cpu", &mut strings);
-    let ns_u = intern("nanoseconds", &mut strings);
+    let (sample_type, period_type, period) = match values {
+        PprofValues::SamplesAndCpu => {
+            let samples_t = intern("samples", &mut strings);
+            let count_u = intern("count", &mut strings);
+            let cpu_t = intern("cpu", &mut strings);
+            let ns_u = intern("nanoseconds", &mut strings);
+            let types = vec![ValueType { r#type: samples_t, unit: count_u }, ValueType { r#type: cpu_t, unit: ns_u }];
+            (types, Some(ValueType { r#type: cpu_t, unit: ns_u }), meta.period_ns as i64)
+        }
+        PprofValues::Single { sample_type, unit } => {
+            let t = ValueType { r#type: intern(sample_type, &mut strings), unit: intern(unit, &mut strings) };
+            (vec![t], None, 0)
+        }
+    };
     let mut p = Profile {
-        sample_type: vec![ValueType { r#type: samples_t, unit: count_u }, ValueType { r#type: cpu_t, unit: ns_u }],
-        period_type: Some(ValueType { r#type: cpu_t, unit: ns_u }),
-        period: meta.period_ns as i64,
+        sample_type,
+        period_type,
+        period,
         time_nanos: (meta.time_ms as i64).saturating_mul(1_000_000),
         duration_nanos: (meta.duration_ms as i64).saturating_mul(1_000_000),
         ..Default::default()
@@ -141,19 +172,15 @@ pub fn write_pprof(stacks: StacksRef<'_>, meta: &ExportMeta, out: &mut dyn Write
             });
             location_id.push(id);
         }
-        let value = vec![*count as i64, (*count as i64).saturating_mul(meta.period_ns as i64)];
+        let value = match values {
+            PprofValues::SamplesAndCpu => vec![*count as i64, (*count as i64).saturating_mul(meta.period_ns as i64)],
+            PprofValues::Single { .. } => vec![*count as i64],
+        };
         p.sample.push(Sample { location_id, value, label: labels.clone() });
     }
     drop(function_ids);
     p.string_table = strings;
-    let raw = p.encode_to_vec();
-    drop(p);
-    // Level 1: on a profile of 20,000 stacks, default compression spent more time than all the
-    // rest of the export for a file 10–20 % smaller.
-    let mut gz = flate2::write::GzEncoder::new(out, flate2::Compression::fast());
-    gz.write_all(&raw)?;
-    gz.finish()?;
-    Ok(())
+    p
 }
 
 /// Writes a speedscope "sampled" profile (https://www.speedscope.app/file-format-schema.json),

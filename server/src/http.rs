@@ -22,7 +22,9 @@ use crate::gate::{QueryGate, QueryTurn};
 use crate::ingest::{self, Limits};
 use crate::model::{DroppedLabels, ProfileId, SeriesBatch, TraceId};
 use crate::metrics::{LabelLabel, Metrics, ProtocolLabel, ResultLabel};
-use crate::store::{Cursor, ProfileStore, SpanProfile, SpanQuery, SpanSummary, Stacks};
+use crate::query;
+use crate::selector::{self, Matcher, Selector};
+use crate::store::{Cursor, ProcessQuery, ProfileStore, SpanQuery, SpanSummary, Stacks};
 
 /// Shared state of every handler.
 pub struct AppState {
@@ -61,6 +63,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/services/{name}", get(index))
         .route("/ui/app.js", get(|| async { asset("text/javascript; charset=utf-8", crate::ui::APP_JS) }))
         .route("/ui/style.css", get(|| async { asset("text/css; charset=utf-8", crate::ui::STYLE_CSS) }))
+        .merge(crate::querier::routes())
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
 }
@@ -186,7 +189,7 @@ const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Reads the body up to the configured limit. A declared `Content-Length` over the limit is
 /// refused before a byte is read (so `Expect: 100-continue` is not granted either), and a body
 /// that trickles in slower than [`BODY_TIMEOUT`] is given up on.
-async fn read_body(s: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes, Error> {
+pub(crate) async fn read_body(s: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes, Error> {
     let limit = s.limits.max_body_bytes;
     let too_large = || Error::rejected(Reject::TooLarge, format!("request body is larger than the limit of {limit} bytes"));
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
@@ -210,7 +213,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Error> + Send
 }
 
 /// Undoes `Content-Encoding: gzip` within the decompression limit.
-fn content_decoded(limits: &Limits, headers: &HeaderMap, bytes: Bytes) -> Result<Bytes, Error> {
+pub(crate) fn content_decoded(limits: &Limits, headers: &HeaderMap, bytes: Bytes) -> Result<Bytes, Error> {
     match headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).map(str::trim) {
         None | Some("") | Some("identity") => Ok(bytes),
         Some("gzip") => Ok(ingest::decode::gunzip_limited(&bytes, limits.max_decompressed_bytes, "request body")?.into()),
@@ -677,14 +680,14 @@ where
 
 /// Runs a store call and says whether its answer missed data (a peer or the object store was
 /// away), as the layered store noted on this thread.
-fn with_partial<T>(f: impl FnOnce() -> T) -> (T, Option<String>) {
+pub(crate) fn with_partial<T>(f: impl FnOnce() -> T) -> (T, Option<String>) {
     let _ = crate::store::peers::take_partial();
     let out = f();
     (out, crate::store::peers::take_partial())
 }
 
 /// `spanprof-partial: <why>` on an answer that misses data (exports have no JSON field for it).
-fn mark_partial_header(response: &mut Response, why: Option<&str>) {
+pub(crate) fn mark_partial_header(response: &mut Response, why: Option<&str>) {
     if let Some(v) = why.and_then(|w| HeaderValue::from_str(&w.replace(['\r', '\n'], " ")).ok()) {
         response.headers_mut().insert("spanprof-partial", v);
     }
@@ -736,23 +739,6 @@ async fn get_profile(State(s): St, Path(id): Path<String>, Query(q): Query<HashM
     .await
 }
 
-/// Merges the stacks of several span profiles onto the first one's period.
-fn merge_spans(profiles: Vec<SpanProfile>) -> (u64, Stacks) {
-    let period = profiles.first().map_or(crate::model::DEFAULT_PERIOD_NS, |p| p.summary.period_ns);
-    let mut merged: HashMap<Vec<Arc<str>>, u64> = HashMap::new();
-    for p in profiles {
-        for (stack, count) in p.stacks {
-            let c = if p.summary.period_ns == period || period == 0 {
-                count
-            } else {
-                (count.saturating_mul(p.summary.period_ns) / period).max(1)
-            };
-            *merged.entry(stack).or_insert(0) += c;
-        }
-    }
-    (period, merged.into_iter().collect())
-}
-
 async fn get_trace(State(s): St, Path(id): Path<String>, Query(q): Query<HashMap<String, String>>) -> Response {
     let Some(tid) = TraceId::parse(&id) else {
         return invalid_id(&s, format!("{id:?} is not a trace ID (32 hex digits)"));
@@ -762,7 +748,7 @@ async fn get_trace(State(s): St, Path(id): Path<String>, Query(q): Query<HashMap
         Err(e) => return fail(&s, e),
     };
     heavy_query(&s, "trace", rendering, format!("trace {tid}"), move |store| {
-        let profiles = store.trace(tid)?;
+        let profiles = query::trace(store, tid, &Selector::all())?;
         if profiles.is_empty() {
             return Ok(None);
         }
@@ -771,7 +757,7 @@ async fn get_trace(State(s): St, Path(id): Path<String>, Query(q): Query<HashMap
         let mut extra = serde_json::Map::new();
         extra.insert("trace_id".into(), json!(tid.to_string()));
         extra.insert("profiles".into(), json!(profiles.iter().map(|p| summary_json(&p.summary)).collect::<Vec<_>>()));
-        let (period_ns, stacks) = merge_spans(profiles);
+        let (period_ns, stacks) = query::merge_spans(profiles);
         let samples: u64 = stacks.iter().map(|(_, c)| c).sum();
         extra.insert("samples".into(), json!(samples));
         extra.insert("cpu_ns".into(), json!(samples.saturating_mul(period_ns)));
@@ -796,23 +782,47 @@ async fn list_services(State(s): St) -> Response {
     }
 }
 
-async fn label_names(State(s): St) -> Response {
+/// `?selector=`: a label selector (`{service_name="ride"}`); none selects everything.
+fn selector_param(q: &HashMap<String, String>) -> Result<Selector, Error> {
+    Selector::parse(q.get("selector").map(String::as_str).unwrap_or(""))
+}
+
+async fn label_names(State(s): St, Query(q): Query<HashMap<String, String>>) -> Response {
+    let selector = match selector_param(&q) {
+        Ok(sel) => sel,
+        Err(e) => return fail(&s, e),
+    };
     let store = s.store.clone();
-    match tokio::task::spawn_blocking(move || store.label_names()).await {
+    match tokio::task::spawn_blocking(move || query::label_names(store.as_ref(), &selector)).await {
         Ok(Ok(names)) => axum::Json(json!({ "names": names })).into_response(),
         Ok(Err(e)) => fail(&s, e),
         Err(e) => fail(&s, Error::Storage(e.to_string())),
     }
 }
 
-async fn label_values(State(s): St, Path(name): Path<String>) -> Response {
+async fn label_values(State(s): St, Path(name): Path<String>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let selector = match selector_param(&q) {
+        Ok(sel) => sel,
+        Err(e) => return fail(&s, e),
+    };
     let store = s.store.clone();
     let n = name.clone();
-    match tokio::task::spawn_blocking(move || store.label_values(&n)).await {
+    match tokio::task::spawn_blocking(move || query::label_values(store.as_ref(), &n, &selector)).await {
         Ok(Ok(values)) => axum::Json(json!({ "name": name, "values": values })).into_response(),
         Ok(Err(e)) => fail(&s, e),
         Err(e) => fail(&s, Error::Storage(e.to_string())),
     }
+}
+
+/// `?spans=`: which samples of a service a whole-process view shows.
+fn spans_matcher(q: &HashMap<String, String>) -> Result<Option<Matcher>, Error> {
+    let op = match q.get("spans").map(String::as_str).unwrap_or("all") {
+        "all" | "" => return Ok(None),
+        "inside" => selector::Op::NotEqual,
+        "outside" => selector::Op::Equal,
+        other => return Err(bad_query(format!("spans {other:?}: all, inside or outside"))),
+    };
+    Matcher::new(selector::SPAN_NAME_LABEL, op, "").map(Some)
 }
 
 async fn service_profile(
@@ -821,22 +831,29 @@ async fn service_profile(
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     let now = now_ms();
-    let range = (|| -> Result<(u64, u64, Rendering), Error> {
+    let range = (|| -> Result<(ProcessQuery, Rendering), Error> {
         let from = q.get("from").map(|v| parse_time(v, now, "from")).transpose()?.unwrap_or(now - 3_600_000);
         let until = q.get("until").map(|v| parse_time(v, now, "until")).transpose()?.unwrap_or(now);
         if from > until {
             return Err(Error::rejected(Reject::BadTimestamp, "`from` is after `until`"));
         }
-        Ok((from, until, Rendering::from_query(&q)?))
+        let profile_type = q.get("type").filter(|t| !t.is_empty()).cloned().unwrap_or_else(|| "process_cpu".into());
+        let mut selector = selector_param(&q)?
+            .and(Matcher::new("service_name", selector::Op::Equal, &service)?)
+            .and(Matcher::new(selector::NAME_LABEL, selector::Op::Equal, &profile_type)?);
+        if let Some(m) = spans_matcher(&q)? {
+            selector = selector.and(m);
+        }
+        Ok((ProcessQuery { selector, from_ms: from, until_ms: until }, Rendering::from_query(&q)?))
     })();
-    let (from, until, rendering) = match range {
+    let (pq, rendering) = match range {
         Ok(r) => r,
         Err(e) => return fail(&s, e),
     };
-    let profile_type = q.get("type").filter(|t| !t.is_empty()).cloned().unwrap_or_else(|| "process_cpu".into());
+    let (from, until) = (pq.from_ms, pq.until_ms);
     let what = format!("service {service:?} in this time range");
     heavy_query(&s, "service_profile", rendering, what, move |store| {
-        let Some(profile) = store.process_profile(&service, &profile_type, from, until)? else {
+        let Some(profile) = query::process(store, &pq)? else {
             return Ok(None);
         };
         let samples: u64 = profile.stacks.iter().map(|(_, c)| c).sum();

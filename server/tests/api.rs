@@ -55,10 +55,21 @@ async fn push_merges_same_span_id_and_separates_whole_process() {
     assert!(find(flame, "idle_loop").is_none(), "whole-process samples leaked into the span profile");
     assert_eq!(body["top"][0]["name"], "find_nearest_vehicle");
 
+    // A service's CPU is all of its CPU: span samples (14) and the rest (4).
     let (status, body) = get_json(&srv.url("/api/v1/services/ride/profile?from=now-1h")).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["samples"], 4, "the whole-process profile holds only samples outside spans");
+    assert_eq!(body["samples"], 18, "{body}");
+    assert_eq!(find(&body["flamegraph"], "find_nearest_vehicle").unwrap()["self"], 12);
     assert!(find(&body["flamegraph"], "idle_loop").is_some());
+    let (_, outside) = get_json(&srv.url("/api/v1/services/ride/profile?from=now-1h&spans=outside")).await;
+    assert_eq!(outside["samples"], 4, "outside spans only");
+    assert!(find(&outside["flamegraph"], "find_nearest_vehicle").is_none());
+    let (_, inside) = get_json(&srv.url("/api/v1/services/ride/profile?from=now-1h&spans=inside")).await;
+    assert_eq!(inside["samples"], 14, "inside spans only");
+    let (_, one_name) = get_json(&srv.url("/api/v1/services/ride/profile?from=now-1h&selector=%7Bspan_name%3D%22OrderVehicle%22%7D")).await;
+    assert_eq!(one_name["samples"], 14, "{one_name}");
+    let (status, bad) = get_json(&srv.url("/api/v1/services/ride/profile?spans=some")).await;
+    assert_eq!((status, bad["reason"].as_str()), (400, Some("bad_query")), "{bad}");
 
     let (_, body) = get_json(&srv.url("/api/v1/services")).await;
     assert_eq!(body["services"], json!(["ride"]));
@@ -307,7 +318,7 @@ async fn a_sample_label_that_is_no_id_costs_the_label_not_the_request() {
     let (_, b) = get_json(&srv.url(&format!("/api/v1/profiles/{SPAN_B}"))).await;
     assert_eq!(b["profile"]["samples"], 2, "kept in its span profile without the trace");
     assert!(b["profile"]["trace_id"].is_null());
-    let (_, whole) = get_json(&srv.url("/api/v1/services/ride/profile?from=now-1h")).await;
+    let (_, whole) = get_json(&srv.url("/api/v1/services/ride/profile?from=now-1h&spans=outside")).await;
     assert_eq!(whole["samples"], 3);
     assert_eq!(find(&whole["flamegraph"], "poll").unwrap()["self"], 3);
     let metrics = reqwest::get(srv.url("/metrics")).await.unwrap().text().await.unwrap();

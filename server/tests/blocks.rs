@@ -95,8 +95,10 @@ async fn replicas_answer_from_every_block_with_one_id_merged() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(p["profile"]["samples"], 6, "{p}");
-    let (_, whole) = get_json(&a.url(&format!("/api/v1/services/ride/profile?from={}&until={}", old - 60, old + 60))).await;
+    let (_, whole) = get_json(&a.url(&format!("/api/v1/services/ride/profile?from={}&until={}&spans=outside", old - 60, old + 60))).await;
     assert_eq!(whole["samples"], 10, "{whole}");
+    let (_, all) = get_json(&a.url(&format!("/api/v1/services/ride/profile?from={}&until={}", old - 60, old + 60))).await;
+    assert_eq!(all["samples"], 16, "{all}");
     // b, without peers, sees only what is in the bucket: its own part.
     assert_eq!(get_json(&b.url(&format!("/api/v1/profiles/{SPAN_A}"))).await.1["profile"]["samples"], 3);
     assert_eq!(get_json(&b.url(&format!("/api/v1/profiles/{SPAN_B}"))).await.0, 404);
@@ -118,7 +120,9 @@ async fn replicas_answer_from_every_block_with_one_id_merged() {
         let (_, trace) = get_json(&srv.url(&format!("/api/v1/traces/{TRACE}"))).await;
         assert_eq!(trace["samples"], 10, "{trace}");
         let (_, whole) = get_json(&srv.url(&format!("/api/v1/services/ride/profile?from={}&until={}", old - 60, old + 60))).await;
-        assert_eq!(whole["samples"], 10, "{whole}");
+        assert_eq!(whole["samples"], 16, "span samples (6) and the rest (10): {whole}");
+        let (_, outside) = get_json(&srv.url(&format!("/api/v1/services/ride/profile?from={}&until={}&spans=outside", old - 60, old + 60))).await;
+        assert_eq!(outside["samples"], 10, "{outside}");
         let (_, list) = get_json(&srv.url("/api/v1/profiles?service=ride")).await;
         let listed: Vec<&serde_json::Value> = list["profiles"].as_array().unwrap().iter().filter(|p| p["profile_id"] == SPAN_A).collect();
         assert_eq!(listed.len(), 1, "listed once: {list}");
@@ -191,7 +195,9 @@ async fn compaction_merges_blocks_physically_and_deletes_them_after_the_grace() 
         let (status, p) = get_json(&srv.url(&format!("/api/v1/profiles/{SPAN_A}"))).await;
         assert_eq!((status, &p["profile"]["samples"]), (200, &serde_json::json!(6)), "{p}");
         let (_, whole) = get_json(&srv.url(&format!("/api/v1/services/ride/profile?from={}&until={}", old - 60, old + 60))).await;
-        assert_eq!(whole["samples"], 10, "{whole}");
+        assert_eq!(whole["samples"], 16, "span samples (6) and the rest (10): {whole}");
+        let (_, outside) = get_json(&srv.url(&format!("/api/v1/services/ride/profile?from={}&until={}&spans=outside", old - 60, old + 60))).await;
+        assert_eq!(outside["samples"], 10, "{outside}");
     }
     a.stop().await;
     b.stop().await;

@@ -30,8 +30,10 @@ async fn acknowledged_pushes_survive_kill_9() {
     let (status, body) = get_json(&format!("{}/api/v1/profiles/{SPAN_A}", srv.base)).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["profile"]["samples"], acked);
-    let (_, body) = get_json(&format!("{}/api/v1/services/ride/profile?from=now-1h", srv.base)).await;
+    let (_, body) = get_json(&format!("{}/api/v1/services/ride/profile?from=now-1h&spans=outside", srv.base)).await;
     assert_eq!(body["samples"], 40);
+    let (_, body) = get_json(&format!("{}/api/v1/services/ride/profile?from=now-1h", srv.base)).await;
+    assert_eq!(body["samples"], 40 + acked, "the service's CPU inside spans and out");
 
     // Merging continues on the recovered store.
     let p = pprof(&[(&["main", "handle", "find_nearest_vehicle"], 5, &[("span_id", SPAN_A)])]);
@@ -75,7 +77,8 @@ async fn retention_deletes_profiles_older_than_the_age_limit() {
     assert_eq!(status, 200, "a fresh profile was deleted");
     let m = reqwest::get(format!("{}/metrics", srv.base)).await.unwrap().text().await.unwrap();
     assert!(m.contains("spanprof_retention_deleted_total{kind=\"span_profile\"} 1"), "{m}");
-    assert!(m.contains("spanprof_retention_deleted_total{kind=\"process_bucket\"} 1"), "{m}");
+    // The old whole-process bucket and the old span's rollup bucket.
+    assert!(m.contains("spanprof_retention_deleted_total{kind=\"process_bucket\"} 2"), "{m}");
     srv.child.kill().unwrap();
     srv.child.wait().unwrap();
 }

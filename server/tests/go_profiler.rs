@@ -155,9 +155,11 @@ async fn go_cpu_and_heap_profiles_with_pprof_labels_are_split_by_profile_id_with
     assert_eq!(ids.len(), 2, "{listed}");
     assert!(ids.contains(&"checkout-42") && ids.contains(&"00f067aa0ba902b7"), "{listed}");
 
-    let (status, whole) = get_json(&srv.url("/api/v1/services/gosvc/profile?from=now-1h")).await;
+    let (status, whole) = get_json(&srv.url("/api/v1/services/gosvc/profile?from=now-1h&spans=outside")).await;
     assert_eq!(status, 200, "{whole}");
     assert_eq!(whole["samples"], 2 * outside, "the samples with the all-zero span ID and the unlabelled ones");
+    let (_, all) = get_json(&srv.url("/api/v1/services/gosvc/profile?from=now-1h")).await;
+    assert_eq!(all["samples"], 2 * (in_span + named + outside), "all of the service's CPU, inside spans and out");
     assert!(find(&whole["flamegraph"], "main.unlabelledWork").is_some());
 
     // The heap profile: a whole-process memory profile, its default sample type's values exact.

@@ -66,8 +66,10 @@ async fn node_wall_cpu_and_heap_profiles_are_typed_and_split_by_profile_id_with_
     assert!(find(&by_name["flamegraph"], "batchWork").is_some());
     let (_, listed) = get_json(&srv.url("/api/v1/profiles?service=nodesvc")).await;
     assert_eq!(listed["profiles"].as_array().unwrap().len(), 2, "only the CPU profile makes span profiles: {listed}");
-    let (_, whole) = get_json(&srv.url("/api/v1/services/nodesvc/profile?from=now-1h")).await;
+    let (_, whole) = get_json(&srv.url("/api/v1/services/nodesvc/profile?from=now-1h&spans=outside")).await;
     assert_eq!(whole["samples"], outside, "{whole}");
+    let (_, all) = get_json(&srv.url("/api/v1/services/nodesvc/profile?from=now-1h")).await;
+    assert_eq!(all["samples"], in_span + named + outside, "all of the service's CPU, inside spans and out");
 
     // The wall-only profile is a wall profile, not CPU; the heap profile is memory.
     let w = gunzip_pprof(&wall);

@@ -55,10 +55,13 @@ async fn pyroscope_python_sdk_span_profiles_land_and_merge() {
     assert!(found * 10 >= spans.len() * 7, "only {found} of {} spans have a profile", spans.len());
     assert!(hot * 10 >= found * 8, "only {hot} of {found} span profiles show find_nearest_vehicle");
     // The app spends nearly all its CPU inside spans: most samples must be span samples.
-    let (status, body) = get_json(&srv.url("/api/v1/services/pyride/profile")).await;
+    let (status, body) = get_json(&srv.url("/api/v1/services/pyride/profile?spans=outside")).await;
     assert_eq!(status, 200, "{body}");
     let outside = body["samples"].as_u64().unwrap();
     assert!(samples >= 2 * outside, "{samples} samples in span profiles, {outside} outside spans");
+    let (_, inside) = get_json(&srv.url("/api/v1/services/pyride/profile?spans=inside")).await;
+    // The span rollups hold every span sample (these spans' and the batch profile's below).
+    assert!(inside["samples"].as_u64().unwrap() >= samples, "{samples} in the spans listed: {inside}");
 
     // Work labelled with a profile ID of the app's choosing, over several uploads: one profile,
     // merged upon insert, holding about the CPU time the app measured for it.

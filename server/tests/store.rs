@@ -198,15 +198,17 @@ fn names(p: &spanprof_server::store::SpanProfile) -> Vec<String> {
 fn collection_deletes_only_unreferenced_frames_and_stacks() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    // Profiles 1..=100 at t = 1,000 + i: a frame of their own each, and "main" shared by all.
+    // Profiles 1..=100, each late in a minute of its own (its span rollup's bucket holds its
+    // stacks too): a frame of their own each, and "main" shared by all.
     for i in 1..=100u64 {
-        store.insert(vec![batch(i, 1_000 + i, &["main", &format!("own_{i}")], 1)]).unwrap();
+        store.insert(vec![batch(i, i * 60_000 + 59_000, &["main", &format!("own_{i}")], 1)]).unwrap();
     }
     assert_eq!(store.collect_garbage().unwrap(), Default::default(), "nothing unreferenced yet");
     let before = store.stats().unwrap();
-    // Age retention at now = 1,050 + 7 d - … keeps profiles 51..=100.
+    // Age retention with the cutoff just past minute 50's end keeps profiles 51..=100 and their
+    // minutes.
     let max_age = std::time::Duration::from_millis(1_000_000);
-    let gone = store.enforce_retention(&Retention { max_age: Some(max_age), max_bytes: None }, 1_000_000 + 1_051).unwrap();
+    let gone = store.enforce_retention(&Retention { max_age: Some(max_age), max_bytes: None }, 1_000_000 + 51 * 60_000 + 1).unwrap();
     assert_eq!(gone.span_profiles_deleted, 50);
     let gc = store.collect_garbage().unwrap();
     assert_eq!((gc.frames_deleted, gc.stacks_deleted), (50, 50), "each deleted profile's own frame and stack");
@@ -237,7 +239,8 @@ fn size_retention_counts_interned_frames_and_gets_under_its_limit() {
     for i in 1..=100u64 {
         let own: Vec<String> = (0..8).map(|j| format!("f{i}_{j}_{}", "x".repeat(1000))).collect();
         let frames: Vec<&str> = own.iter().map(String::as_str).collect();
-        store.insert(vec![batch(i, 1_000 + i, &frames, 1)]).unwrap();
+        // A minute each: a span and its rollup's bucket age out together.
+        store.insert(vec![batch(i, i * 60_000, &frames, 1)]).unwrap();
     }
     let before = store.stats().unwrap();
     assert!(before.interned_bytes > 4 * before.record_bytes, "{before:?}");

@@ -37,7 +37,8 @@ async fn pprof_exports_open_in_go_tool_pprof() {
     for (path, expect_ms) in [
         (format!("/api/v1/profiles/{SPAN_A}?format=pprof"), "430ms"),
         (format!("/api/v1/traces/{TRACE}?format=pprof"), "430ms"),
-        ("/api/v1/services/ride/profile?format=pprof".to_owned(), "20ms"),
+        ("/api/v1/services/ride/profile?format=pprof&spans=outside".to_owned(), "20ms"),
+        ("/api/v1/services/ride/profile?format=pprof".to_owned(), "450ms"),
     ] {
         let bytes = reqwest::get(srv.url(&path)).await.unwrap().bytes().await.unwrap();
         let file = dir.path().join("export.pb.gz");

@@ -1,3 +1,3 @@
 //! Wire formats spanprof speaks, from the shared `spanprof-proto` crate.
 
-pub use spanprof_proto::{pprof, push};
+pub use spanprof_proto::{pprof, push, querier};

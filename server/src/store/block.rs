@@ -516,7 +516,10 @@ impl BlockBuilder {
     }
 
     fn add_process_counts(&mut self, labels: &Labels, bucket_ms: u64, period_ns: u64, counts: codec::Counts) {
-        self.samples += counts.iter().map(|c| c.1).sum::<u64>();
+        // A span rollup's samples are counted once, in their span profiles.
+        if !labels.contains_key(crate::selector::SPAN_NAME_LABEL) {
+            self.samples += counts.iter().map(|c| c.1).sum::<u64>();
+        }
         let next = self.series.len() as u32;
         let series = *self.series.entry(labels.clone()).or_insert(next);
         self.process_series.insert(series);

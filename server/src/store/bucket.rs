@@ -440,6 +440,39 @@ impl BlockRead<'_> {
         Ok(())
     }
 
+    /// The keys and labels of the block's whole-process series matching `matches`.
+    async fn series_matching(&self, footer: &BlockFooter, matches: impl Fn(&crate::model::Labels) -> bool) -> Result<Vec<(Vec<u8>, crate::model::Labels)>> {
+        let mut series = Vec::new();
+        for page in &footer.table(Table::Series)?.pages {
+            for (k, v) in self.bucket.page(self.meta, page).await?.iter() {
+                let rec: super::shared::SeriesRecord = super::codec::decode(v, "block series")?;
+                let labels: crate::model::Labels = rec.labels.into_iter().map(|l| (l.name, l.value)).collect();
+                if matches(&labels) {
+                    series.push((k.clone(), labels));
+                }
+            }
+        }
+        Ok(series)
+    }
+
+    /// The buckets of the series `key` started in `[from_ms rounded down to its bucket,
+    /// until_ms]`, decoded: (bucket start, record) each.
+    async fn buckets(&self, footer: &BlockFooter, key: &[u8], from_ms: u64, until_ms: u64) -> Result<Vec<(u64, super::codec::StacksRecord)>> {
+        let first_bucket = from_ms / super::shared::BUCKET_MS * super::shared::BUCKET_MS;
+        let mut out = Vec::new();
+        for page in footer.table(Table::Process)?.pages_for_prefix(key) {
+            for (k, v) in self.bucket.page(self.meta, page).await?.iter() {
+                let Some(bucket) = k.strip_prefix(key).and_then(|b| <[u8; 8]>::try_from(b).ok()) else { continue };
+                let bucket = u64::from_be_bytes(bucket);
+                if bucket < first_bucket || bucket > until_ms {
+                    continue;
+                }
+                out.push((bucket, super::codec::decode(v, "block bucket")?));
+            }
+        }
+        Ok(out)
+    }
+
     /// The whole-process buckets of the block's series matching `matches`, started in
     /// `[from_ms rounded down to its bucket, until_ms]`: (period, stack counts) each.
     pub async fn process(
@@ -449,30 +482,33 @@ impl BlockRead<'_> {
         until_ms: u64,
     ) -> Result<Vec<(u64, super::Stacks)>> {
         let footer = self.footer().await?;
-        let mut series = Vec::new();
-        for page in &footer.table(Table::Series)?.pages {
-            for (k, v) in self.bucket.page(self.meta, page).await?.iter() {
-                let rec: super::shared::SeriesRecord = super::codec::decode(v, "block series")?;
-                let labels: crate::model::Labels = rec.labels.into_iter().map(|l| (l.name, l.value)).collect();
-                if matches(&labels) {
-                    series.push(k.clone());
-                }
+        let mut out = Vec::new();
+        for (key, _) in self.series_matching(&footer, matches).await? {
+            for (_, rec) in self.buckets(&footer, &key, from_ms, until_ms).await? {
+                out.push((rec.period_ns, self.resolve(&rec.to_counts()?).await?));
             }
         }
-        let first_bucket = from_ms / super::shared::BUCKET_MS * super::shared::BUCKET_MS;
-        let table = footer.table(Table::Process)?;
+        Ok(out)
+    }
+
+    /// Per series matching `matches`, its samples per bucket in the range (as [`Self::process`]).
+    pub async fn process_series(
+        &self,
+        matches: impl Fn(&crate::model::Labels) -> bool,
+        from_ms: u64,
+        until_ms: u64,
+    ) -> Result<Vec<super::SeriesPoints>> {
+        let footer = self.footer().await?;
         let mut out = Vec::new();
-        for s in series {
-            for page in table.pages_for_prefix(&s) {
-                for (k, v) in self.bucket.page(self.meta, page).await?.iter() {
-                    let Some(bucket) = k.strip_prefix(s.as_slice()).and_then(|b| <[u8; 8]>::try_from(b).ok()) else { continue };
-                    let bucket = u64::from_be_bytes(bucket);
-                    if bucket < first_bucket || bucket > until_ms {
-                        continue;
-                    }
-                    let rec: super::codec::StacksRecord = super::codec::decode(v, "block bucket")?;
-                    out.push((rec.period_ns, self.resolve(&rec.to_counts()?).await?));
-                }
+        for (key, labels) in self.series_matching(&footer, matches).await? {
+            let points: Vec<(u64, u64, u64)> = self
+                .buckets(&footer, &key, from_ms, until_ms)
+                .await?
+                .into_iter()
+                .map(|(bucket, rec)| (bucket, rec.counts.iter().sum(), rec.period_ns))
+                .collect();
+            if !points.is_empty() {
+                out.push(super::SeriesPoints { labels, points });
             }
         }
         Ok(out)

@@ -32,7 +32,7 @@ use super::shared::{
     series_id_seed, span_labels, summary,
 };
 use super::{
-    Cursor, GcStats, InsertStats, Page, ProcessProfile, ProfileStore, Retention, RetentionStats, SpanProfile, SpanQuery, Stacks,
+    Cursor, GcStats, InsertStats, Page, ProcessProfile, ProcessQuery, ProfileStore, Retention, RetentionStats, SeriesPoints, SpanProfile, SpanQuery, Stacks,
     StoreStats,
 };
 use crate::error::{Error, Result};
@@ -252,6 +252,34 @@ pub struct EmbeddedStore {
     reserve: DiskReserve,
     /// Bytes of the frame and stack tables, as the writer's interner counts them.
     interned_bytes: Arc<AtomicU64>,
+}
+
+/// The series `selector` selects: through the service index when it names one service.
+fn selected_series(r: &Snapshot, k: &Keyspaces, selector: &crate::selector::Selector) -> Result<Vec<(u64, Labels)>> {
+    let decode = |v: &[u8]| -> Result<Labels> {
+        let rec: SeriesRecord = codec::decode(v, "series")?;
+        Ok(rec.labels.into_iter().map(|l| (l.name, l.value)).collect())
+    };
+    let mut out = Vec::new();
+    if let Some(service) = selector.required("service_name") {
+        for row in r.prefix(k.series_by_service.inner(), svc_prefix(service)) {
+            let sid = u64_at_end(&row.key()?, 0)?;
+            let Some(v) = r.get(k.series.inner(), sid.to_be_bytes())? else { continue };
+            let labels = decode(&v)?;
+            if selector.matches(&labels) {
+                out.push((sid, labels));
+            }
+        }
+    } else {
+        for row in r.iter(k.series.inner()) {
+            let (key, v) = row.into_inner()?;
+            let labels = decode(&v)?;
+            if selector.matches(&labels) {
+                out.push((u64_at_end(&key, 0)?, labels));
+            }
+        }
+    }
+    Ok(out)
 }
 
 impl EmbeddedStore {
@@ -517,26 +545,11 @@ fn insert_batch(
     let mut frame_ids = Vec::new();
 
     if !batch.process.is_empty() {
-        let sid = series_id(w, k, &batch.labels)?;
-        let bucket = batch.from_ms / BUCKET_MS * BUCKET_MS;
-        let counts =
-            pending.counts(interner, &mut FjallInterns { w, k }, &batch.frames, &mut frame_ids, &batch.process)?;
-        let key = k2(sid, bucket);
-        let old = w.get(k.process.inner(), key)?;
-        let (merged, period) = match &old {
-            Some(bytes) => {
-                let rec: StacksRecord = codec::decode(bytes, "process bucket")?;
-                let incoming = rescaled(counts, batch.period_ns, rec.period_ns);
-                (codec::merge_counts(&rec.to_counts()?, &incoming), rec.period_ns)
-            }
-            None => {
-                w.insert(&k.process_by_time, k2(bucket, sid), []);
-                (counts, batch.period_ns)
-            }
-        };
-        let encoded = StacksRecord::from_counts(&merged, period).encode_to_vec();
-        *bytes_delta += encoded.len() as i64 - old.map_or(0, |o| o.len() as i64);
-        w.insert(&k.process, key, encoded);
+        *bytes_delta += add_to_bucket(w, k, interner, pending, batch, &mut frame_ids, &batch.labels, &batch.process)?;
+        stats.process_buckets += 1;
+    }
+    for (labels, stacks) in batch.span_rollups() {
+        *bytes_delta += add_to_bucket(w, k, interner, pending, batch, &mut frame_ids, &labels, &stacks)?;
         stats.process_buckets += 1;
     }
 
@@ -571,6 +584,41 @@ fn insert_batch(
         w.insert(&k.spans, id, bytes);
     }
     Ok(stats)
+}
+
+/// Adds `stacks` (of `batch`'s frames) to the minute bucket of the series `labels` at the
+/// batch's start; returns how many record bytes that added.
+#[allow(clippy::too_many_arguments)]
+fn add_to_bucket(
+    w: &mut SingleWriterWriteTx<'_>,
+    k: &Keyspaces,
+    interner: &Interner,
+    pending: &mut PendingInterns,
+    batch: &SeriesBatch,
+    frame_ids: &mut Vec<Option<u32>>,
+    labels: &Labels,
+    stacks: &crate::model::StackCounts,
+) -> Result<i64> {
+    let sid = series_id(w, k, labels)?;
+    let bucket = batch.from_ms / BUCKET_MS * BUCKET_MS;
+    let counts = pending.counts(interner, &mut FjallInterns { w, k }, &batch.frames, frame_ids, stacks)?;
+    let key = k2(sid, bucket);
+    let old = w.get(k.process.inner(), key)?;
+    let (merged, period) = match &old {
+        Some(bytes) => {
+            let rec: StacksRecord = codec::decode(bytes, "process bucket")?;
+            let incoming = rescaled(counts, batch.period_ns, rec.period_ns);
+            (codec::merge_counts(&rec.to_counts()?, &incoming), rec.period_ns)
+        }
+        None => {
+            w.insert(&k.process_by_time, k2(bucket, sid), []);
+            (counts, batch.period_ns)
+        }
+    };
+    let encoded = StacksRecord::from_counts(&merged, period).encode_to_vec();
+    let delta = encoded.len() as i64 - old.map_or(0, |o| o.len() as i64);
+    w.insert(&k.process, key, encoded);
+    Ok(delta)
 }
 
 /// The first `n` keys of an index keyed by a time and then `decode`'s rest, decoded.
@@ -953,63 +1001,29 @@ impl ProfileStore for EmbeddedStore {
         Ok(out.into_iter().collect())
     }
 
-    fn label_values(&self, name: &str) -> Result<Vec<String>> {
+    fn series(&self) -> Result<Vec<Labels>> {
         let r = self.read();
-        let mut out = BTreeSet::new();
+        let mut out = Vec::new();
         for row in r.iter(self.ks.series.inner()) {
             let rec: SeriesRecord = codec::decode(&row.value()?, "series")?;
-            out.extend(rec.labels.into_iter().filter(|l| l.name == name).map(|l| l.value));
+            out.push(rec.labels.into_iter().map(|l| (l.name, l.value)).collect());
         }
-        if name == "service_name" {
-            out.extend(self.services()?);
-        }
-        Ok(out.into_iter().collect())
+        Ok(out)
     }
 
-    fn label_names(&self) -> Result<Vec<String>> {
-        let r = self.read();
-        let mut out = BTreeSet::new();
-        for row in r.iter(self.ks.series.inner()) {
-            let rec: SeriesRecord = codec::decode(&row.value()?, "series")?;
-            out.extend(rec.labels.into_iter().map(|l| l.name));
-        }
-        Ok(out.into_iter().collect())
-    }
-
-    fn process_profile(
-        &self,
-        service: &str,
-        profile_type: &str,
-        from_ms: u64,
-        until_ms: u64,
-    ) -> Result<Option<ProcessProfile>> {
+    fn process_profile(&self, q: &ProcessQuery) -> Result<Option<ProcessProfile>> {
         let r = self.read();
         let k = &*self.ks;
-        let mut series = Vec::new();
-        for row in r.prefix(k.series_by_service.inner(), svc_prefix(service)) {
-            let sid = u64_at_end(&row.key()?, 0)?;
-            let Some(v) = r.get(k.series.inner(), sid.to_be_bytes())? else { continue };
-            let rec: SeriesRecord = codec::decode(&v, "series")?;
-            if rec.labels.iter().any(|l| l.name == "__name__" && l.value == profile_type) {
-                series.push(sid);
-            }
-        }
-        let first_bucket = from_ms / BUCKET_MS * BUCKET_MS;
         let mut total: Counts = Vec::new();
         let mut period = 0;
         let mut any = false;
-        for sid in series {
-            for row in r.range(k.process.inner(), k2(sid, first_bucket)..=k2(sid, until_ms)) {
+        for (sid, _) in selected_series(&r, k, &q.selector)? {
+            for row in r.range(k.process.inner(), k2(sid, q.first_bucket())..=k2(sid, q.until_ms)) {
                 let rec: StacksRecord = codec::decode(&row.value()?, "process bucket")?;
-                let mut counts = rec.to_counts()?;
                 if period == 0 {
                     period = rec.period_ns;
-                } else if rec.period_ns != period && period > 0 {
-                    for c in &mut counts {
-                        c.1 = (c.1 * rec.period_ns / period).max(1);
-                    }
                 }
-                total = codec::merge_counts(&total, &counts);
+                total = codec::merge_counts(&total, &rescaled(rec.to_counts()?, rec.period_ns, period));
                 any = true;
             }
         }
@@ -1018,6 +1032,24 @@ impl ProfileStore for EmbeddedStore {
         }
         let mut resolver = Resolver::new(&r, k);
         Ok(Some(ProcessProfile { period_ns: period, stacks: resolver.resolve(&total)? }))
+    }
+
+    fn process_series(&self, q: &ProcessQuery) -> Result<Vec<SeriesPoints>> {
+        let r = self.read();
+        let k = &*self.ks;
+        let mut out = Vec::new();
+        for (sid, labels) in selected_series(&r, k, &q.selector)? {
+            let mut points = Vec::new();
+            for row in r.range(k.process.inner(), k2(sid, q.first_bucket())..=k2(sid, q.until_ms)) {
+                let (key, value) = row.into_inner()?;
+                let rec: StacksRecord = codec::decode(&value, "process bucket")?;
+                points.push((u64_at_end(&key, 0)?, rec.counts.iter().sum(), rec.period_ns));
+            }
+            if !points.is_empty() {
+                out.push(SeriesPoints { labels, points });
+            }
+        }
+        Ok(out)
     }
 
     fn enforce_retention(&self, policy: &Retention, now_ms: u64) -> Result<RetentionStats> {

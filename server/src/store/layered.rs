@@ -21,8 +21,8 @@ use super::generations::{Generation, Generations};
 use super::peers::{LocalAnswer, LocalQuery, Peers, WireStacks, mark_partial};
 use super::shared::id_key;
 use super::{
-    Cursor, GcStats, InsertStats, Page, ProcessProfile, ProfileStore, Retention, RetentionStats, SpanProfile, SpanQuery,
-    SpanSummary, Stacks, StoreStats,
+    Cursor, GcStats, InsertStats, Page, ProcessProfile, ProcessQuery, ProfileStore, Retention, RetentionStats, SeriesPoints,
+    SpanProfile, SpanQuery, SpanSummary, Stacks, StoreStats,
 };
 use crate::error::{Error, Result};
 use crate::model::{Labels, ProfileId, SeriesBatch, TraceId, rescale_count};
@@ -136,10 +136,26 @@ impl LocalView {
         Ok(out)
     }
 
-    fn process(&self, service: &str, profile_type: &str, from_ms: u64, until_ms: u64) -> Result<Vec<(u64, Stacks)>> {
+    fn process(&self, q: &ProcessQuery) -> Result<Vec<(u64, Stacks)>> {
         let mut out = Vec::new();
         for g in &self.0 {
-            out.extend(g.store.process_profile(service, profile_type, from_ms, until_ms)?.map(|p| (p.period_ns, p.stacks)));
+            out.extend(g.store.process_profile(q)?.map(|p| (p.period_ns, p.stacks)));
+        }
+        Ok(out)
+    }
+
+    fn process_series(&self, q: &ProcessQuery) -> Result<Vec<SeriesPoints>> {
+        let mut out = Vec::new();
+        for g in &self.0 {
+            out.extend(g.store.process_series(q)?);
+        }
+        Ok(out)
+    }
+
+    fn series(&self) -> Result<Vec<Labels>> {
+        let mut out = Vec::new();
+        for g in &self.0 {
+            out.extend(g.store.series()?);
         }
         Ok(out)
     }
@@ -431,14 +447,14 @@ impl LayeredStore {
                 let after = after.map(|(t, id): (u64, String)| parse(&id).map(|id| (t, id_key(&id)))).transpose()?;
                 a.candidates = local.candidates(&q, after.as_ref(), limit)?.into_iter().map(|c| (c.last_seen_ms, c.id.to_string())).collect();
             }
-            LocalQuery::Process { service, profile_type, from_ms, until_ms } => {
-                for (period, stacks) in local.process(&service, &profile_type, from_ms, until_ms)? {
+            LocalQuery::Process { query } => {
+                for (period, stacks) in local.process(&query)? {
                     a.process.push((period, WireStacks::from_stacks(&stacks)));
                 }
             }
+            LocalQuery::ProcessSeries { query } => a.series_points = local.process_series(&query)?,
             LocalQuery::Services => a.names = local.names(|s| s.services())?.into_iter().collect(),
-            LocalQuery::LabelNames => a.names = local.names(|s| s.label_names())?.into_iter().collect(),
-            LocalQuery::LabelValues { name } => a.names = local.names(|s| s.label_values(&name))?.into_iter().collect(),
+            LocalQuery::Series => a.series = local.series()?,
         }
         Ok(a)
     }
@@ -672,14 +688,6 @@ const COMPACT_MAX_BLOCKS: usize = 32;
 /// How long a compactor holds its lease without renewing it.
 const LEASE_MS: u64 = 10 * 60_000;
 
-/// Whether a series is `service`'s of type `profile_type`.
-fn series_matcher(service: &str, profile_type: &str) -> impl Fn(&Labels) -> bool + use<> {
-    let (service, profile_type) = (service.to_owned(), profile_type.to_owned());
-    move |l: &Labels| {
-        l.get("service_name").is_some_and(|s| *s == service) && l.get("__name__").is_some_and(|t| *t == profile_type)
-    }
-}
-
 /// A new block's ID: its cut time first, so IDs sort by age, then the replica and a random part.
 pub fn new_block_id(now_ms: u64, replica: &str) -> String {
     let safe: String = replica.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').take(63).collect();
@@ -807,45 +815,26 @@ impl ProfileStore for LayeredStore {
         Ok(out.into_iter().collect())
     }
 
-    fn label_values(&self, name: &str) -> Result<Vec<String>> {
+    fn series(&self) -> Result<Vec<Labels>> {
         let local = self.local_view()?;
-        let (answers, view) = self.ask_peers(LocalQuery::LabelValues { name: name.to_owned() }, &local);
-        let mut out = local.names(|s| s.label_values(name))?;
+        let (answers, view) = self.ask_peers(LocalQuery::Series, &local);
+        let mut out = local.series()?;
         for meta in self.sources(&view) {
-            out.extend(meta.series.iter().filter_map(|l| l.get(name).cloned()));
+            out.extend(meta.series.iter().cloned());
         }
-        out.extend(answers.into_iter().flat_map(|a| a.names));
-        Ok(out.into_iter().collect())
+        out.extend(answers.into_iter().flat_map(|a| a.series));
+        Ok(out)
     }
 
-    fn label_names(&self) -> Result<Vec<String>> {
+    fn process_profile(&self, q: &ProcessQuery) -> Result<Option<ProcessProfile>> {
         let local = self.local_view()?;
-        let (answers, view) = self.ask_peers(LocalQuery::LabelNames, &local);
-        let mut out = local.names(|s| s.label_names())?;
-        for meta in self.sources(&view) {
-            out.extend(meta.series.iter().flat_map(|l| l.keys().cloned()));
-        }
-        out.extend(answers.into_iter().flat_map(|a| a.names));
-        Ok(out.into_iter().collect())
-    }
-
-    fn process_profile(&self, service: &str, profile_type: &str, from_ms: u64, until_ms: u64) -> Result<Option<ProcessProfile>> {
-        let local = self.local_view()?;
-        let (answers, view) = self.ask_peers(LocalQuery::Process {
-            service: service.to_owned(),
-            profile_type: profile_type.to_owned(),
-            from_ms,
-            until_ms,
-        }, &local);
-        let mut parts = local.process(service, profile_type, from_ms, until_ms)?;
-        let matches = series_matcher(service, profile_type);
+        let (answers, view) = self.ask_peers(LocalQuery::Process { query: q.clone() }, &local);
+        let mut parts = local.process(q)?;
         for found in self.each_block(&view, async |b| {
-            if !b.meta.overlaps(from_ms / super::shared::BUCKET_MS * super::shared::BUCKET_MS, until_ms)
-                || !b.meta.series.iter().any(&matches)
-            {
+            if !b.meta.overlaps(q.first_bucket(), q.until_ms) || !b.meta.series.iter().any(|l| q.selector.matches(l)) {
                 return Ok(Vec::new());
             }
-            b.process(&matches, from_ms, until_ms).await
+            b.process(|l| q.selector.matches(l), q.first_bucket(), q.until_ms).await
         }) {
             parts.extend(found);
         }
@@ -855,6 +844,22 @@ impl ProfileStore for LayeredStore {
             }
         }
         Ok(merge_process_parts(parts))
+    }
+
+    fn process_series(&self, q: &ProcessQuery) -> Result<Vec<SeriesPoints>> {
+        let local = self.local_view()?;
+        let (answers, view) = self.ask_peers(LocalQuery::ProcessSeries { query: q.clone() }, &local);
+        let mut out = local.process_series(q)?;
+        for found in self.each_block(&view, async |b| {
+            if !b.meta.overlaps(q.first_bucket(), q.until_ms) || !b.meta.series.iter().any(|l| q.selector.matches(l)) {
+                return Ok(Vec::new());
+            }
+            b.process_series(|l| q.selector.matches(l), q.first_bucket(), q.until_ms).await
+        }) {
+            out.extend(found);
+        }
+        out.extend(answers.into_iter().flat_map(|a| a.series_points));
+        Ok(out)
     }
 
     fn enforce_retention(&self, policy: &Retention, now_ms: u64) -> Result<RetentionStats> {

@@ -104,6 +104,32 @@ pub struct ProcessProfile {
     pub stacks: Stacks,
 }
 
+/// The length of the time buckets whole-process samples are kept in (a minute).
+pub const BUCKET_MS: u64 = shared::BUCKET_MS;
+
+/// Which whole-process series, over which time, a query reads.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct ProcessQuery {
+    pub selector: crate::selector::Selector,
+    pub from_ms: u64,
+    pub until_ms: u64,
+}
+
+impl ProcessQuery {
+    /// The first minute bucket the range reads: the one `from_ms` falls in.
+    pub fn first_bucket(&self) -> u64 {
+        self.from_ms / shared::BUCKET_MS * shared::BUCKET_MS
+    }
+}
+
+/// One series' samples per minute bucket.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SeriesPoints {
+    pub labels: Labels,
+    /// `(bucket start ms, samples, period ns)`, by bucket.
+    pub points: Vec<(u64, u64, u64)>,
+}
+
 /// Position in the newest-first listing, for pagination.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Cursor {
@@ -219,19 +245,15 @@ pub trait ProfileStore: Send + Sync + 'static {
     /// All span profiles of a trace, oldest first.
     fn trace(&self, trace_id: TraceId) -> Result<Vec<SpanProfile>>;
     fn services(&self) -> Result<Vec<String>>;
-    /// Values of a series label, over every series stored.
-    fn label_values(&self, name: &str) -> Result<Vec<String>>;
-    /// Label names over every series stored.
-    fn label_names(&self) -> Result<Vec<String>>;
-    /// The whole-process profile of a service (samples outside spans) over `[from_ms, until_ms]`,
-    /// merged over the service's series of the profile type `profile_type` (`__name__`).
-    fn process_profile(
-        &self,
-        service: &str,
-        profile_type: &str,
-        from_ms: u64,
-        until_ms: u64,
-    ) -> Result<Option<ProcessProfile>>;
+    /// The labels of every whole-process series stored (span rollups included: they carry
+    /// `span_name`).
+    fn series(&self) -> Result<Vec<Labels>>;
+    /// The whole-process profile of the series `q` selects over `[from_ms, until_ms]` (minute
+    /// buckets started in it), merged onto one period. Span samples are in it through their
+    /// rollup series (`span_name` set); `span_name=""` selects the samples outside spans.
+    fn process_profile(&self, q: &ProcessQuery) -> Result<Option<ProcessProfile>>;
+    /// Per series that `q` selects, its samples per minute bucket in the range.
+    fn process_series(&self, q: &ProcessQuery) -> Result<Vec<SeriesPoints>>;
     /// Deletes what the policy no longer keeps; works in small steps so ingest is not held up.
     fn enforce_retention(&self, policy: &Retention, now_ms: u64) -> Result<RetentionStats>;
     /// Deletes the frames and stacks no record references any more (after retention deleted

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::{SpanProfile, SpanSummary, Stacks};
+use super::{ProcessQuery, SeriesPoints, SpanProfile, SpanSummary, Stacks};
+use crate::model::Labels;
 use crate::error::{Error, Result};
 
 /// The internal route peers call.
@@ -33,11 +34,13 @@ pub enum LocalQuery {
     Trace { trace_id: String },
     /// Listing candidates strictly after `after` (last seen ms, profile ID), newest first.
     List { service: Option<String>, span_name: Option<String>, from_ms: Option<u64>, after: Option<(u64, String)>, limit: usize },
-    /// Local whole-process parts of a service.
-    Process { service: String, profile_type: String, from_ms: u64, until_ms: u64 },
+    /// Local whole-process parts of the selected series.
+    Process { query: ProcessQuery },
+    /// Local per-bucket samples of the selected series.
+    ProcessSeries { query: ProcessQuery },
     Services,
-    LabelNames,
-    LabelValues { name: String },
+    /// Labels of every local whole-process series.
+    Series,
 }
 
 /// Stacks with their frame names once: `(frame indexes, count)`.
@@ -104,6 +107,10 @@ pub struct LocalAnswer {
     pub process: Vec<(u64, WireStacks)>,
     #[serde(default)]
     pub names: Vec<String>,
+    #[serde(default)]
+    pub series: Vec<Labels>,
+    #[serde(default)]
+    pub series_points: Vec<SeriesPoints>,
 }
 
 impl LocalAnswer {

@@ -146,10 +146,10 @@ pub fn parse_folded(text: &str) -> Vec<(String, u64)> {
         .collect()
 }
 
-/// The whole-process profile of `service` over the last hour, as folded stacks.
+/// The samples of `service` outside spans over the last hour, as folded stacks.
 pub fn process_folded(server: u16, service: &str) -> Vec<(String, u64)> {
     let r = http()
-        .get(format!("http://127.0.0.1:{server}/api/v1/services/{service}/profile?format=folded&from=now-1h&until=now"))
+        .get(format!("http://127.0.0.1:{server}/api/v1/services/{service}/profile?format=folded&from=now-1h&until=now&spans=outside"))
         .send()
         .unwrap();
     if !r.status().is_success() {
