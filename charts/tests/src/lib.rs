@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{PodTemplateSpec, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, PodTemplateSpec, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use serde::de::DeserializeOwned;
@@ -259,6 +259,7 @@ pub enum Manifest {
     PodDisruptionBudget(PodDisruptionBudget),
     MutatingWebhookConfiguration(MutatingWebhookConfiguration),
     ServiceMonitor(ServiceMonitor),
+    ConfigMap(ConfigMap),
     /// Parsed by the caller with the operator's type (this crate does not depend on it).
     SpanProfiling(Value),
 }
@@ -277,6 +278,7 @@ impl Manifest {
         Ok(match (api_version, kind) {
             ("v1", "ServiceAccount") => Manifest::ServiceAccount(strict(value)?),
             ("v1", "Service") => Manifest::Service(strict(value)?),
+            ("v1", "ConfigMap") => Manifest::ConfigMap(strict(value)?),
             ("rbac.authorization.k8s.io/v1", "ClusterRole") => {
                 Manifest::ClusterRole(strict(value)?)
             }

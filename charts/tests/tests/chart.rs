@@ -1006,3 +1006,36 @@ fn notes_print_the_port_forward_and_how_to_opt_in() {
     assert!(notes.contains("rollout"), "{notes}");
     assert!(notes.contains("kind: SpanProfiling"), "{notes}");
 }
+
+#[test]
+fn grafana_data_source_points_at_the_server_service() {
+    assert!(
+        !kinds(&render_default()).contains("ConfigMap"),
+        "off by default"
+    );
+    let ms = render_file("non-default.yaml");
+    let cm = ms
+        .iter()
+        .find_map(|(_, m)| match m {
+            Manifest::ConfigMap(c) if c.metadata.name.as_deref() == Some("spanprof-grafana-datasource") => Some(c.clone()),
+            _ => None,
+        })
+        .expect("the data source ConfigMap");
+    let labels = cm.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(labels.get("grafana_datasource").map(String::as_str), Some("1"), "the Grafana sidecar's label");
+    assert_eq!(labels.get("team").map(String::as_str), Some("platform"));
+    let data = cm.data.clone().unwrap_or_default();
+    let provisioning: Value = serde_yaml::from_str(&data["spanprof-datasource.yaml"]).expect("provisioning YAML");
+    assert_eq!(provisioning["apiVersion"], 1);
+    let ds = &provisioning["datasources"][0];
+    assert_eq!(ds["type"], "grafana-pyroscope-datasource");
+    assert_eq!((ds["name"].as_str(), ds["uid"].as_str()), (Some("Span profiles"), Some("spanprof-prod")));
+    assert_eq!(ds["jsonData"]["minStep"], "30s");
+    // The URL names the server's Service, in the release namespace, on its port.
+    let svc = service(&ms, "spanprof-server");
+    let port = svc.spec.as_ref().unwrap().ports.as_ref().unwrap()[0].port;
+    assert_eq!(
+        ds["url"].as_str().unwrap(),
+        format!("http://spanprof-server.observability.svc:{port}")
+    );
+}
