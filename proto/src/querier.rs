@@ -85,9 +85,13 @@ pub struct Exemplar {
     #[prost(int64, tag = "4")]
     #[serde(with = "json::int64")]
     pub value: i64,
+    /// Labels of the profile that are not on the series.
     #[prost(message, repeated, tag = "5")]
-    #[serde(deserialize_with = "json::nullable::deserialize")]
+    #[serde(deserialize_with = "json::nullable::deserialize", skip_serializing_if = "Vec::is_empty")]
     pub labels: Vec<LabelPair>,
+    #[prost(string, tag = "6")]
+    #[serde(rename = "traceId", alias = "trace_id", skip_serializing_if = "String::is_empty")]
+    pub trace_id: String,
 }
 
 /// `types.v1.LabelValuesRequest`.
@@ -253,6 +257,8 @@ json_enum!(
         UNSPECIFIED = 0 => "PROFILE_FORMAT_UNSPECIFIED",
         FLAMEGRAPH = 1 => "PROFILE_FORMAT_FLAMEGRAPH",
         TREE = 2 => "PROFILE_FORMAT_TREE",
+        DOT = 3 => "PROFILE_FORMAT_DOT",
+        PPROF = 4 => "PROFILE_FORMAT_PPROF",
     }
 );
 
@@ -339,13 +345,24 @@ pub struct Level {
 }
 
 /// `querier.v1.SelectMergeStacktracesResponse` (and `SelectMergeSpanProfileResponse`: the same
-/// fields).
+/// first field).
 #[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
 #[serde(default)]
 pub struct FlameGraphResponse {
     #[prost(message, optional, tag = "1")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub flamegraph: Option<FlameGraph>,
+    /// The merged profile, for `PROFILE_FORMAT_PPROF` (protobuf only: pprof has no JSON form).
+    #[prost(message, optional, tag = "5")]
+    #[serde(skip)]
+    pub pprof: Option<PprofProfile>,
+}
+
+/// `querier.v1.PprofProfile`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PprofProfile {
+    #[prost(message, optional, tag = "1")]
+    pub profile: Option<crate::pprof::Profile>,
 }
 
 /// `querier.v1.SelectMergeSpanProfileRequest`.
@@ -400,6 +417,9 @@ pub struct SelectMergeProfileRequest {
     #[prost(string, repeated, tag = "7")]
     #[serde(rename = "profileIdSelector", alias = "profile_id_selector", deserialize_with = "json::nullable::deserialize")]
     pub profile_id_selector: Vec<String>,
+    #[prost(string, repeated, tag = "8")]
+    #[serde(rename = "traceIdSelector", alias = "trace_id_selector", deserialize_with = "json::nullable::deserialize")]
+    pub trace_id_selector: Vec<String>,
 }
 
 /// `querier.v1.SelectSeriesRequest`.

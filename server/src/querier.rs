@@ -34,6 +34,8 @@ const SERVICE: &str = "/querier.v1.QuerierService/";
 const MAX_POINTS: u64 = 11_000;
 /// Span profiles a series query looks through for exemplars.
 const MAX_EXEMPLAR_CANDIDATES: usize = 10_000;
+/// The largest `max_nodes` a request may ask for (Pyroscope's bound).
+const MAX_NODES_LIMIT: i64 = 1 << 20;
 /// Answers larger than this are gzipped for a client that accepts it.
 const GZIP_ABOVE_BYTES: usize = 4 << 10;
 
@@ -81,6 +83,7 @@ fn connect_code(e: &Error) -> (StatusCode, &'static str) {
     match e {
         Error::Rejected { reason: Reject::UnsupportedMediaType, .. } => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unimplemented"),
         Error::Rejected { reason: Reject::TooLarge, .. } => (StatusCode::TOO_MANY_REQUESTS, "resource_exhausted"),
+        Error::Rejected { reason: Reject::UnknownFormat, .. } => (StatusCode::NOT_IMPLEMENTED, "unimplemented"),
         Error::Rejected { .. } => (StatusCode::BAD_REQUEST, "invalid_argument"),
         Error::Busy | Error::Overloaded | Error::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -170,7 +173,7 @@ async fn unary<Req, Resp>(
     req: Request,
     endpoint: &'static str,
     heavy: bool,
-    answer: impl FnOnce(&dyn ProfileStore, Req) -> Result<Answer<Resp>, Error> + Send + 'static,
+    answer: impl FnOnce(&dyn ProfileStore, Req, Wire) -> Result<Answer<Resp>, Error> + Send + 'static,
 ) -> Response
 where
     Req: Message + Default + DeserializeOwned + Send + 'static,
@@ -202,7 +205,7 @@ where
         None
     };
     let store = s.store.clone();
-    let (result, partial) = match tokio::task::spawn_blocking(move || crate::http::with_partial(|| answer(store.as_ref(), request))).await {
+    let (result, partial) = match tokio::task::spawn_blocking(move || crate::http::with_partial(|| answer(store.as_ref(), request, wire))).await {
         Ok(r) => r,
         Err(e) => return connect_error(&s, endpoint, Error::Storage(e.to_string())),
     };
@@ -231,10 +234,14 @@ fn range(start: i64, end: i64) -> Result<(u64, u64), Error> {
     Ok((start, end))
 }
 
-/// The selectors of a `matchers` list: a series passes when any selects it; none = all.
-fn selectors(matchers: &[String]) -> Result<Vec<Selector>, Error> {
-    let parsed: Vec<Selector> = matchers.iter().filter(|m| !m.trim().is_empty()).map(|m| Selector::parse(m)).collect::<Result<_, _>>()?;
-    Ok(if parsed.is_empty() { vec![Selector::all()] } else { parsed })
+/// The selector of a `matchers` list: every matcher of every entry applies (Pyroscope ANDs
+/// them); none selects everything.
+fn selector_of(matchers: &[String]) -> Result<Selector, Error> {
+    let mut all = Selector::all();
+    for m in matchers.iter().filter(|m| !m.trim().is_empty()) {
+        all.matchers.extend(Selector::parse(m)?.matchers);
+    }
+    Ok(all)
 }
 
 /// `label_selector` narrowed to the profile type `type_id`.
@@ -256,7 +263,7 @@ fn profile_type_message(t: ProfileType) -> pb::ProfileType {
 }
 
 async fn profile_types(State(s): St, req: Request) -> Response {
-    unary(s, req, "ProfileTypes", false, |store, _req: pb::ProfileTypesRequest| {
+    unary(s, req, "ProfileTypes", false, |store, _req: pb::ProfileTypesRequest, _wire| {
         let types = query::profile_types(store, &Selector::all())?;
         Ok(Answer::Message(pb::ProfileTypesResponse { profile_types: types.into_iter().map(profile_type_message).collect() }))
     })
@@ -264,37 +271,31 @@ async fn profile_types(State(s): St, req: Request) -> Response {
 }
 
 async fn label_names(State(s): St, req: Request) -> Response {
-    unary(s, req, "LabelNames", false, |store, req: pb::LabelNamesRequest| {
-        let mut names = BTreeSet::new();
-        for selector in selectors(&req.matchers)? {
-            names.extend(query::label_names(store, &selector)?);
-        }
-        Ok(Answer::Message(pb::NamesResponse { names: names.into_iter().collect() }))
+    unary(s, req, "LabelNames", false, |store, req: pb::LabelNamesRequest, _wire| {
+        let names = query::label_names(store, &selector_of(&req.matchers)?)?;
+        Ok(Answer::Message(pb::NamesResponse { names }))
     })
     .await
 }
 
 async fn label_values(State(s): St, req: Request) -> Response {
-    unary(s, req, "LabelValues", false, |store, req: pb::LabelValuesRequest| {
+    unary(s, req, "LabelValues", false, |store, req: pb::LabelValuesRequest, _wire| {
         if req.name.is_empty() {
             return Err(bad("LabelValues needs the label's name".into()));
         }
-        let mut values = BTreeSet::new();
-        for selector in selectors(&req.matchers)? {
-            values.extend(query::label_values(store, &req.name, &selector)?);
-        }
-        Ok(Answer::Message(pb::NamesResponse { names: values.into_iter().collect() }))
+        let values = query::label_values(store, &req.name, &selector_of(&req.matchers)?)?;
+        Ok(Answer::Message(pb::NamesResponse { names: values }))
     })
     .await
 }
 
 /// The label sets of the selected series, cut to `label_names` when given.
 async fn series_labels(State(s): St, req: Request) -> Response {
-    unary(s, req, "Series", false, |store, req: pb::SeriesRequest| {
-        let selectors = selectors(&req.matchers)?;
+    unary(s, req, "Series", false, |store, req: pb::SeriesRequest, _wire| {
+        let selector = selector_of(&req.matchers)?;
         let mut sets: BTreeSet<Labels> = BTreeSet::new();
         for labels in query::series_labels(store)? {
-            if !selectors.iter().any(|sel| sel.matches(&labels)) {
+            if !selector.matches(&labels) {
                 continue;
             }
             let kept: Labels = if req.label_names.is_empty() {
@@ -315,7 +316,7 @@ async fn series_labels(State(s): St, req: Request) -> Response {
 
 /// Whether any data was stored (a listing of span profiles tells the newest time).
 async fn profile_stats(State(s): St, req: Request) -> Response {
-    unary(s, req, "GetProfileStats", false, |store, _req: pb::ProfileTypesRequest| {
+    unary(s, req, "GetProfileStats", false, |store, _req: pb::ProfileTypesRequest, _wire| {
         let newest = store.search_spans(&crate::store::SpanQuery { limit: 1, ..Default::default() })?.profiles.first().map(|p| p.last_seen_ms);
         let ingested = newest.is_some() || !store.services()?.is_empty();
         Ok(Answer::Message(pb::GetProfileStatsResponse {
@@ -347,6 +348,9 @@ fn load(
 ) -> Result<(Stacks, u64), Error> {
     let (profile_type, selector) = typed_selector(type_id, label_selector)?;
     let (from_ms, until_ms) = range(start, end)?;
+    if !subjects.span_ids.is_empty() && !subjects.trace_ids.is_empty() {
+        return Err(bad("span_selector and trace_id_selector exclude each other".into()));
+    }
     let mut ids = Vec::new();
     for id in &subjects.profile_ids {
         ids.push(ProfileId::parse(id).map_err(|why| bad(format!("profile ID {id:?}: {why}")))?);
@@ -387,8 +391,11 @@ fn load(
 fn node_bound(max_nodes: Option<i64>) -> Result<usize, Error> {
     match max_nodes {
         None | Some(0) => Ok(flame::DEFAULT_MAX_NODES),
-        Some(n) if n >= 2 => Ok(usize::try_from(n).unwrap_or(usize::MAX)),
-        Some(n) => Err(bad(format!("max_nodes {n}: 0 (the default, {}) or at least 2", flame::DEFAULT_MAX_NODES))),
+        Some(n) if (2..=MAX_NODES_LIMIT).contains(&n) => Ok(usize::try_from(n).unwrap_or(usize::MAX)),
+        Some(n) => Err(bad(format!(
+            "max_nodes {n}: 0 (the default, {}) or 2 to {MAX_NODES_LIMIT}",
+            flame::DEFAULT_MAX_NODES
+        ))),
     }
 }
 
@@ -413,36 +420,72 @@ pub fn flamegraph_message(stacks: &Stacks, unit: u64, max_nodes: usize) -> pb::F
     }
 }
 
-/// The answer of a flame-graph RPC in the requested format.
-fn flamegraph_answer(stacks: Stacks, unit: u64, max_nodes: Option<i64>, format: i32) -> Result<Answer<pb::FlameGraphResponse>, Error> {
-    if format == pb::profile_format::TREE {
-        return Err(Error::rejected(
-            Reject::UnknownFormat,
-            "PROFILE_FORMAT_TREE is not served; ask for PROFILE_FORMAT_FLAMEGRAPH (or SelectMergeProfile for a pprof)",
-        ));
-    }
+/// The answer of a flame-graph RPC in the requested format: the flame graph, or the merged
+/// pprof (`PROFILE_FORMAT_PPROF`, protobuf only).
+fn flamegraph_answer(
+    stacks: Stacks,
+    unit: u64,
+    max_nodes: Option<i64>,
+    format: i32,
+    wire: Wire,
+    pprof_type: &ProfileType,
+) -> Result<Answer<pb::FlameGraphResponse>, Error> {
     let bound = node_bound(max_nodes)?;
-    Ok(Answer::Message(pb::FlameGraphResponse { flamegraph: Some(flamegraph_message(&stacks, unit, bound)) }))
+    match format {
+        pb::profile_format::UNSPECIFIED | pb::profile_format::FLAMEGRAPH => {
+            Ok(Answer::Message(pb::FlameGraphResponse { flamegraph: Some(flamegraph_message(&stacks, unit, bound)), pprof: None }))
+        }
+        pb::profile_format::PPROF if wire == Wire::Proto => {
+            let profile = pprof_of(&stacks, unit, pprof_type, 0, 0);
+            Ok(Answer::Message(pb::FlameGraphResponse { flamegraph: None, pprof: Some(pb::PprofProfile { profile: Some(profile) }) }))
+        }
+        pb::profile_format::PPROF => Err(Error::rejected(Reject::UnknownFormat, "PROFILE_FORMAT_PPROF is served in protobuf only (pprof has no JSON form)")),
+        other => Err(Error::rejected(
+            Reject::UnknownFormat,
+            format!("profile format {other} is not served: PROFILE_FORMAT_FLAMEGRAPH or PROFILE_FORMAT_PPROF"),
+        )),
+    }
+}
+
+/// The pprof of `stacks`: CPU and wall-clock types as samples and nanoseconds, others as their
+/// one value.
+fn pprof_of(stacks: &Stacks, unit: u64, profile_type: &ProfileType, from_ms: u64, until_ms: u64) -> crate::proto::pprof::Profile {
+    let meta = crate::export::ExportMeta {
+        title: profile_type.id.clone(),
+        period_ns: if profile_type.counts_samples() { unit } else { 0 },
+        time_ms: from_ms,
+        duration_ms: until_ms.saturating_sub(from_ms),
+        labels: Vec::new(),
+    };
+    let values = if profile_type.counts_samples() {
+        crate::export::PprofValues::SamplesAndCpu
+    } else {
+        crate::export::PprofValues::Single { sample_type: profile_type.sample_type.clone(), unit: profile_type.sample_unit.clone() }
+    };
+    crate::export::pprof_profile(stacks, &meta, &values)
 }
 
 async fn select_merge_stacktraces(State(s): St, req: Request) -> Response {
-    unary(s, req, "SelectMergeStacktraces", true, |store, req: pb::SelectMergeStacktracesRequest| {
+    unary(s, req, "SelectMergeStacktraces", true, |store, req: pb::SelectMergeStacktracesRequest, wire| {
         let subjects = Subjects { profile_ids: req.profile_id_selector, span_ids: req.span_selector, trace_ids: req.trace_id_selector };
         let (stacks, unit) = load(store, &req.profile_type_id, &req.label_selector, req.start, req.end, &subjects, req.stack_trace_selector.as_ref())?;
-        flamegraph_answer(stacks, unit, req.max_nodes, req.format)
+        flamegraph_answer(stacks, unit, req.max_nodes, req.format, wire, &ProfileType::parse(&req.profile_type_id)?)
     })
     .await
 }
 
 async fn select_merge_span_profile(State(s): St, req: Request) -> Response {
-    unary(s, req, "SelectMergeSpanProfile", true, |store, req: pb::SelectMergeSpanProfileRequest| {
-        // No span asked for: nothing selected (Pyroscope answers the same).
+    unary(s, req, "SelectMergeSpanProfile", true, |store, req: pb::SelectMergeSpanProfileRequest, _wire| {
+        let profile_type = ProfileType::parse(&req.profile_type_id)?;
+        // Any format but the tree is a flame graph here (as Pyroscope answers this call).
+        let format = if req.format == pb::profile_format::TREE { req.format } else { pb::profile_format::FLAMEGRAPH };
+        // No span asked for: nothing selected.
         if req.span_selector.is_empty() {
-            return flamegraph_answer(Vec::new(), 1, req.max_nodes, req.format);
+            return flamegraph_answer(Vec::new(), 1, req.max_nodes, format, Wire::Proto, &profile_type);
         }
         let subjects = Subjects { span_ids: req.span_selector, ..Default::default() };
         let (stacks, unit) = load(store, &req.profile_type_id, &req.label_selector, req.start, req.end, &subjects, None)?;
-        flamegraph_answer(stacks, unit, req.max_nodes, req.format)
+        flamegraph_answer(stacks, unit, req.max_nodes, format, Wire::Proto, &profile_type)
     })
     .await
 }
@@ -450,34 +493,22 @@ async fn select_merge_span_profile(State(s): St, req: Request) -> Response {
 /// The merged profile as a pprof (`google.v1.Profile`, not gzipped: Connect carries it).
 async fn select_merge_profile(State(s): St, req: Request) -> Response {
     let endpoint = "SelectMergeProfile";
-    unary(s, req, endpoint, true, |store, req: pb::SelectMergeProfileRequest| -> Result<Answer<pb::NamesResponse>, Error> {
-        let subjects = Subjects { profile_ids: req.profile_id_selector, ..Default::default() };
-        let (profile_type, _) = typed_selector(&req.profile_type_id, &req.label_selector)?;
+    unary(s, req, endpoint, true, |store, req: pb::SelectMergeProfileRequest, _wire| -> Result<Answer<pb::NamesResponse>, Error> {
+        let subjects = Subjects { profile_ids: req.profile_id_selector, trace_ids: req.trace_id_selector, ..Default::default() };
+        let profile_type = ProfileType::parse(&req.profile_type_id)?;
         let (stacks, unit) = load(store, &req.profile_type_id, &req.label_selector, req.start, req.end, &subjects, req.stack_trace_selector.as_ref())?;
         let (from_ms, until_ms) = range(req.start, req.end)?;
-        let meta = crate::export::ExportMeta {
-            title: format!("{} {}", profile_type.id, req.label_selector),
-            period_ns: if profile_type.counts_samples() { unit } else { 0 },
-            time_ms: from_ms,
-            duration_ms: until_ms - from_ms,
-            labels: Vec::new(),
-        };
-        let values = if profile_type.counts_samples() {
-            crate::export::PprofValues::SamplesAndCpu
-        } else {
-            crate::export::PprofValues::Single { sample_type: profile_type.sample_type.clone(), unit: profile_type.sample_unit.clone() }
-        };
-        Ok(Answer::Pprof(crate::export::pprof_profile(&stacks, &meta, &values).encode_to_vec()))
+        Ok(Answer::Pprof(pprof_of(&stacks, unit, &profile_type, from_ms, until_ms).encode_to_vec()))
     })
     .await
 }
 
 async fn select_series(State(s): St, req: Request) -> Response {
-    unary(s, req, "SelectSeries", true, |store, req: pb::SelectSeriesRequest| {
+    unary(s, req, "SelectSeries", true, |store, req: pb::SelectSeriesRequest, _wire| {
         let (profile_type, selector) = typed_selector(&req.profile_type_id, &req.label_selector)?;
         let (from_ms, until_ms) = range(req.start, req.end)?;
-        if !(req.step.is_finite() && req.step > 0.0) {
-            return Err(bad(format!("step {} s: a positive number of seconds", req.step)));
+        if !(req.step.is_finite() && req.step >= 0.001) {
+            return Err(bad(format!("step {} s: at least 0.001 s (1 ms)", req.step)));
         }
         let step_ms = ((req.step * 1000.0).round() as u64).max(1);
         if (until_ms - from_ms) / step_ms > MAX_POINTS {
@@ -528,23 +559,26 @@ fn add_exemplars(
         }) else {
             continue;
         };
-        let t = span.last_seen_ms.clamp(from_ms, until_ms);
-        let step = from_ms + (t - from_ms) / step_ms * step_ms;
+        let step = query::step_of(span.last_seen_ms.clamp(from_ms, until_ms), from_ms, until_ms, step_ms);
         let Some(point) = s.points.iter_mut().find(|p| p.timestamp as u64 == step) else { continue };
         let value = i64::try_from(span.samples.saturating_mul(span.period_ns)).unwrap_or(i64::MAX);
         if point.exemplars.first().is_some_and(|e| e.value >= value) {
             continue;
         }
         let id = span.profile_id.to_string();
+        let on_series: BTreeSet<&str> = s.labels.iter().map(|l| l.name.as_str()).collect();
+        let own = [("service_name", span.service_name.clone()), ("span_name", span.span_name.clone())];
         point.exemplars = vec![pb::Exemplar {
             timestamp: span.last_seen_ms as i64,
             span_id: if span.profile_id.is_span() { id.clone() } else { String::new() },
             profile_id: id,
             value,
-            labels: [("service_name", span.service_name.clone()), ("span_name", span.span_name.clone())]
+            labels: own
                 .into_iter()
+                .filter(|(name, value)| !on_series.contains(name) && !value.is_empty())
                 .map(|(name, value)| pb::LabelPair { name: name.into(), value })
                 .collect(),
+            trace_id: span.trace_id.map(|t| t.to_string()).unwrap_or_default(),
         }];
     }
     Ok(())

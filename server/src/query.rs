@@ -145,30 +145,36 @@ pub struct Series {
     pub points: Vec<(u64, f64)>,
 }
 
-/// The selected series' values per step. The store keeps minute buckets: a bucket's value is
-/// spread evenly over the steps it covers when steps are shorter, and added to the step it
-/// starts in otherwise. Steps run from `from_ms`; steps without data have no point.
+/// The step a sample taken at `t` counts in, as Pyroscope places it: steps are named by their
+/// end, `from + k × step`, and hold the samples of `(end − step, end]`; a time past the last step
+/// within `until` counts in that last step.
+pub fn step_of(t: u64, from: u64, until: u64, step: u64) -> u64 {
+    let step = step.max(1);
+    let last = from + until.saturating_sub(from) / step * step;
+    let k = t.saturating_sub(from).div_ceil(step);
+    from.saturating_add(k.saturating_mul(step)).min(last)
+}
+
+/// The selected series' values per step (see [`step_of`]), grouped by `group_by`, the largest
+/// series first. The store keeps minute buckets: a bucket's value is spread evenly over the
+/// steps its minute covers. Steps without data have no point.
 pub fn series(store: &dyn ProfileStore, q: &SeriesQuery) -> Result<Vec<Series>> {
     let step = q.step_ms.max(1);
     let bucket_ms = crate::store::BUCKET_MS;
-    let from = q.process.from_ms;
-    // group → step start → (sum, series seen in the step)
+    let (from, until) = (q.process.from_ms, q.process.until_ms);
+    // group → step → (sum, series seen in the step)
     let mut groups: BTreeMap<Labels, BTreeMap<u64, (f64, BTreeSet<Labels>)>> = BTreeMap::new();
     for s in store.process_series(&q.process)? {
         let group: Labels = q.group_by.iter().filter_map(|g| s.labels.get(g).map(|v| (g.clone(), v.clone()))).collect();
         let steps = groups.entry(group).or_default();
         for &(bucket, samples, period) in &s.points {
             let value = if q.profile_type.counts_samples() { samples as f64 * period as f64 } else { samples as f64 };
-            let bucket_end = bucket.saturating_add(bucket_ms).min(q.process.until_ms.saturating_add(1));
-            let start = bucket.max(from);
-            if bucket_end <= start {
-                continue;
-            }
-            let first = from + (start - from) / step * step;
-            let slots: Vec<u64> = (0..).map(|k| first + k * step).take_while(|t| *t < bucket_end).collect();
-            let share = value / slots.len().max(1) as f64;
-            for t in slots {
-                let slot = steps.entry(t).or_insert_with(|| (0.0, BTreeSet::new()));
+            let first = step_of(bucket.max(from), from, until, step);
+            let last = step_of(bucket.saturating_add(bucket_ms - 1).min(until), from, until, step);
+            let slots = (last - first) / step + 1;
+            let share = value / slots as f64;
+            for k in 0..slots {
+                let slot = steps.entry(first + k * step).or_insert_with(|| (0.0, BTreeSet::new()));
                 slot.0 += share;
                 slot.1.insert(s.labels.clone());
             }
@@ -189,10 +195,9 @@ pub fn series(store: &dyn ProfileStore, q: &SeriesQuery) -> Result<Vec<Series>> 
         })
         .filter(|(_, s)| !s.points.is_empty())
         .collect();
-    if q.limit > 0 && out.len() > q.limit {
-        out.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.labels.cmp(&b.1.labels)));
+    out.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.labels.cmp(&b.1.labels)));
+    if q.limit > 0 {
         out.truncate(q.limit);
-        out.sort_by(|a, b| a.1.labels.cmp(&b.1.labels));
     }
     Ok(out.into_iter().map(|(_, s)| s).collect())
 }
@@ -261,6 +266,17 @@ mod tests {
         assert_eq!(period, 10_000_000);
         assert_eq!(stacks, vec![(vec![Arc::<str>::from("a")], 1 + rescale_count(3, 15_000_000, 10_000_000))]);
         assert_eq!(rescale_count(3, 15_000_000, 10_000_000), 5);
+    }
+
+    #[test]
+    fn steps_are_named_by_their_end() {
+        // Steps of 15 s from 1,000: (985, 1000], (1000, 16000], …
+        assert_eq!(step_of(1_000, 1_000, 100_000, 15_000), 1_000);
+        assert_eq!(step_of(1_001, 1_000, 100_000, 15_000), 16_000);
+        assert_eq!(step_of(16_000, 1_000, 100_000, 15_000), 16_000);
+        assert_eq!(step_of(16_001, 1_000, 100_000, 15_000), 31_000);
+        // Past the last step within `until`: the last step.
+        assert_eq!(step_of(99_999, 1_000, 100_000, 15_000), 91_000);
     }
 
     #[test]

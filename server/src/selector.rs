@@ -67,7 +67,7 @@ impl Matcher {
     pub fn new(name: &str, op: Op, value: &str) -> Result<Self> {
         let regex = match op {
             Op::Matches | Op::NotMatches => Some(
-                regex::RegexBuilder::new(&format!("^(?:{value})$"))
+                regex::RegexBuilder::new(&format!("^(?s:{value})$"))
                     .size_limit(MAX_REGEX_BYTES)
                     .build()
                     .map_err(|e| bad(format!("{name}{}{value:?}: not a regular expression: {e}", op.as_str())))?,
@@ -116,14 +116,30 @@ impl Selector {
         if p.s.is_empty() {
             return Ok(Selector::all());
         }
-        p.expect(b'{')?;
         let mut matchers = Vec::new();
+        // A leading metric name selects `__name__`, as in PromQL: `process_cpu{…}`.
+        if p.s.first().is_some_and(|c| c.is_ascii_alphabetic() || *c == b'_' || *c == b':') {
+            let start = p.at;
+            while p.s.get(p.at).is_some_and(|&c| c.is_ascii_alphanumeric() || c == b'_' || c == b':') {
+                p.at += 1;
+            }
+            matchers.push(Matcher::new(NAME_LABEL, Op::Equal, &p.text[start..p.at])?);
+            p.skip_space();
+            if p.at == p.s.len() {
+                return Ok(Selector { matchers });
+            }
+        }
+        p.expect(b'{')?;
         loop {
             p.skip_space();
             if p.eat(b'}') {
                 break;
             }
-            let name = p.name()?;
+            // A label name as it is, or quoted (Prometheus 3's UTF-8 names: `"k8s.namespace"`).
+            let name = if matches!(p.s.get(p.at), Some(b'"' | b'\'' | b'`')) { p.string()? } else { p.name()? };
+            if name.is_empty() {
+                return Err(bad(format!("an empty label name in {:?}", p.text)));
+            }
             p.skip_space();
             let op = p.op()?;
             p.skip_space();
@@ -181,7 +197,12 @@ impl fmt::Display for Selector {
             if i > 0 {
                 f.write_str(",")?;
             }
-            write!(f, "{}{}{}", m.name, m.op.as_str(), serde_json::Value::String(m.value.clone()))?;
+            if crate::ingest::legacy::valid_label_name(&m.name) {
+                f.write_str(&m.name)?;
+            } else {
+                write!(f, "{}", serde_json::Value::String(m.name.clone()))?;
+            }
+            write!(f, "{}{}", m.op.as_str(), serde_json::Value::String(m.value.clone()))?;
         }
         f.write_str("}")
     }
@@ -398,6 +419,12 @@ mod tests {
         assert_eq!(Selector::parse("{}").unwrap(), Selector::all());
         assert_eq!(Selector::parse("  ").unwrap(), Selector::all());
         assert_eq!(Selector::parse(r#"{a="\u00e9\x41\n"}"#).unwrap().matchers[0].value, "éA\n");
+        // A metric name is a `__name__` matcher; quoted label names may hold any character.
+        let named = Selector::parse(r#"process_cpu{"k8s.namespace"="shop"}"#).unwrap();
+        let got: Vec<(&str, &str)> = named.matchers.iter().map(|m| (m.name.as_str(), m.value.as_str())).collect();
+        assert_eq!(got, [("__name__", "process_cpu"), ("k8s.namespace", "shop")]);
+        assert_eq!(Selector::parse("process_cpu").unwrap().matchers.len(), 1);
+        assert_eq!(Selector::parse(&named.to_string()).unwrap(), named, "quoted names read back");
         // The text form reads back.
         assert_eq!(Selector::parse(&s.to_string()).unwrap(), s);
     }
@@ -427,6 +454,7 @@ mod tests {
         let outside = labels(&[("service_name", "ride"), ("__name__", "process_cpu")]);
         let m = |s: &str, l: &Labels| Selector::parse(s).unwrap().matches(l);
         assert!(m(r#"{span_name=~"Order.*"}"#, &series));
+        assert!(m("{span_name=~\"Order.*\"}", &labels(&[("span_name", "Order\nVehicle")])), "`.` matches a newline too");
         assert!(!m(r#"{span_name=~"Order"}"#, &series), "anchored");
         assert!(m(r#"{span_name!=""}"#, &series) && !m(r#"{span_name!=""}"#, &outside));
         assert!(m(r#"{span_name=""}"#, &outside), "a missing label is the empty string");

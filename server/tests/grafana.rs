@@ -327,6 +327,9 @@ async fn grafana_pyroscope_data_source_calls_answer_like_the_json_api() {
     let span_names =
         call(&srv.base, "LabelValues", &Msg::new().string(1, "span_name").string(2, &sel).int(3, start).int(4, end)).await.unwrap().strings(1);
     assert_eq!(span_names, ["OrderVehicle", "Payment"]);
+    // Several matchers apply together.
+    let anded = Msg::new().string(1, "span_name").string(2, &sel).string(2, "{span_name=~\"P.*\"}").int(3, start).int(4, end);
+    assert_eq!(call(&srv.base, "LabelValues", &anded).await.unwrap().strings(1), ["Payment"]);
 
     // A service's CPU: all of it, as the JSON API's service view shows it.
     let (stacks, total) = flamegraph_stacks(&call(&srv.base, "SelectMergeStacktraces", &merge_request("{service_name=\"ride\"}", start, end)).await.unwrap());
@@ -383,6 +386,7 @@ async fn grafana_pyroscope_data_source_calls_answer_like_the_json_api() {
     let series_req = Msg::new().string(1, CPU).string(2, "{service_name=\"ride\"}").int(3, start).int(4, end).string(5, "span_name").double(6, 15.0).int(10, 2);
     let series = call(&srv.base, "SelectSeries", &series_req).await.unwrap().msgs(1);
     let mut by_group = BTreeMap::new();
+    let mut order = Vec::new();
     let mut exemplar_spans = Vec::new();
     for s in &series {
         let label = s.msgs(1).iter().find(|l| l.string_of(1) == "span_name").map(|l| l.string_of(2)).unwrap_or_default();
@@ -392,12 +396,14 @@ async fn grafana_pyroscope_data_source_calls_answer_like_the_json_api() {
             assert!(p.int_of(2) >= start && p.int_of(2) > last, "points in time order within the range");
             assert_eq!((p.int_of(2) - start) % 15_000, 0, "on the step grid");
             last = p.int_of(2);
-            exemplar_spans.extend(p.msgs(4).iter().map(|e| e.string_of(3)));
+            exemplar_spans.extend(p.msgs(4).iter().map(|e| (e.string_of(2), e.string_of(3), e.string_of(6))));
         }
+        order.push(label.clone());
         by_group.insert(label, points.iter().map(|p| p.double_of(1)).sum::<f64>().round() as i64);
     }
     assert_eq!(by_group, BTreeMap::from([("".into(), 5 * PERIOD_NS), ("OrderVehicle".into(), 14 * PERIOD_NS), ("Payment".into(), 3 * PERIOD_NS)]));
-    assert!(exemplar_spans.contains(&SPAN_A.to_owned()), "span IDs as exemplars: {exemplar_spans:?}");
+    assert_eq!(order, ["OrderVehicle", "", "Payment"], "the largest series first");
+    assert!(exemplar_spans.contains(&(SPAN_A.into(), SPAN_A.into(), TRACE.into())), "span profiles as exemplars: {exemplar_spans:?}");
     // JSON, with the enum by name.
     let (status, answer) = call_json(&srv.base, "SelectSeries", json!({
         "profileTypeID": CPU, "labelSelector": "{service_name=\"other-svc\"}", "start": start.to_string(), "end": end.to_string(),
@@ -408,7 +414,15 @@ async fn grafana_pyroscope_data_source_calls_answer_like_the_json_api() {
     let total: f64 = answer["series"][0]["points"].as_array().unwrap().iter().map(|p| p["value"].as_f64().unwrap()).sum();
     assert_eq!(total.round() as i64, 9 * PERIOD_NS);
 
-    // The merged pprof.
+    // The merged pprof, in SelectMergeStacktraces' PROFILE_FORMAT_PPROF (field 5 holds
+    // PprofProfile{profile = 1}) and from SelectMergeProfile.
+    let as_pprof = call(&srv.base, "SelectMergeStacktraces", &merge_request("{service_name=\"ride\"}", start, end).int(6, 4)).await.unwrap();
+    let wrapped = as_pprof.msgs(5).pop().expect("the pprof field");
+    let wire::Value::Bytes(raw) = &wrapped.0.iter().find(|(f, _)| *f == 1).unwrap().1 else { panic!("profile bytes") };
+    let profile = <spanprof_proto::pprof::Profile as prost::Message>::decode(raw.as_slice()).unwrap();
+    let cpu_index = sample_type_index(&profile, "cpu", "nanoseconds").unwrap();
+    assert_eq!(profile.sample.iter().map(|s| s.value[cpu_index]).sum::<i64>(), 22 * PERIOD_NS);
+
     let pprof_answer = reqwest::Client::new()
         .post(format!("{}/querier.v1.QuerierService/SelectMergeProfile", srv.base))
         .header("Content-Type", "application/proto")
@@ -470,6 +484,8 @@ async fn bad_requests_get_connect_errors_and_unknown_data_is_empty() {
         ("SelectMergeStacktraces", merge_request("{}", end, start), "after end"),
         ("SelectMergeSpanProfile", Msg::new().string(1, CPU).string(2, "{}").string(3, "not-a-span").int(4, start).int(5, end), "span ID"),
         ("SelectMergeStacktraces", merge_request("{}", start, end).string(10, "xyz"), "trace ID"),
+        ("SelectMergeStacktraces", merge_request("{}", start, end).string(10, TRACE).string(11, SPAN_A), "exclude each other"),
+        ("SelectMergeStacktraces", merge_request("{}", start, end).int(5, -1), "max_nodes"),
         ("SelectSeries", Msg::new().string(1, CPU).string(2, "{}").int(3, 0).int(4, end).double(6, 0.001), "points"),
         ("SelectSeries", Msg::new().string(1, CPU).string(2, "{}").int(3, start).int(4, end).double(6, -1.0), "step"),
         ("LabelValues", Msg::new(), "name"),
@@ -492,6 +508,8 @@ async fn bad_requests_get_connect_errors_and_unknown_data_is_empty() {
     assert_eq!(r.status(), 415);
     let (status, error) = call(&srv.base, "AnalyzeQuery", &Msg::new()).await.unwrap_err();
     assert_eq!((status, error["code"].as_str()), (501, Some("unimplemented")));
+    let (status, error) = call(&srv.base, "SelectMergeStacktraces", &merge_request("{}", start, end).int(6, 3)).await.unwrap_err();
+    assert_eq!((status, error["code"].as_str()), (501, Some("unimplemented")), "the DOT format: {error}");
     // The UI and JSON API are where they were.
     assert_eq!(reqwest::get(srv.url("/")).await.unwrap().status(), 200);
     assert_eq!(get_json(&srv.url("/api/v1/services")).await.0, 200);
