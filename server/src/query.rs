@@ -21,7 +21,8 @@ pub fn span_labels(s: &SpanSummary) -> Labels {
     labels
 }
 
-/// The span profiles of `ids` that `selector` selects, in the order asked, each once.
+/// The span profiles of `ids` that `selector` selects ([`Selector::matches_recorded`]), in the
+/// order asked, each once.
 pub fn span_profiles(store: &dyn ProfileStore, ids: &[ProfileId], selector: &Selector) -> Result<Vec<SpanProfile>> {
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
@@ -29,17 +30,18 @@ pub fn span_profiles(store: &dyn ProfileStore, ids: &[ProfileId], selector: &Sel
         if !seen.insert(id.clone()) {
             continue;
         }
-        if let Some(p) = store.span_profile(id.clone())?.filter(|p| selector.matches(&span_labels(&p.summary))) {
+        if let Some(p) = store.span_profile(id.clone())?.filter(|p| selector.matches_recorded(&span_labels(&p.summary))) {
             out.push(p);
         }
     }
     Ok(out)
 }
 
-/// The span profiles of a trace that `selector` selects, oldest first.
+/// The span profiles of a trace that `selector` selects ([`Selector::matches_recorded`]), oldest
+/// first.
 pub fn trace(store: &dyn ProfileStore, trace_id: TraceId, selector: &Selector) -> Result<Vec<SpanProfile>> {
     let mut profiles = store.trace(trace_id)?;
-    profiles.retain(|p| selector.matches(&span_labels(&p.summary)));
+    profiles.retain(|p| selector.matches_recorded(&span_labels(&p.summary)));
     Ok(profiles)
 }
 

@@ -178,6 +178,22 @@ impl Selector {
         })
     }
 
+    /// [`Selector::matches`] for a profile chosen by its ID: matchers on labels the profile
+    /// does not carry at all are left out. An ID names one profile; a selector sent with it by a
+    /// link (Tempo adds `service_namespace` from a span's resource, say) only narrows by what
+    /// the profile records, and a label the sampler never saw must not hide the profile.
+    pub fn matches_recorded(&self, labels: &Labels) -> bool {
+        self.matchers.iter().all(|m| {
+            if m.name == PROFILE_TYPE_LABEL {
+                return m.matches(&ProfileType::of_series(labels).id);
+            }
+            match labels.get(&m.name) {
+                Some(v) => m.matches(v),
+                None => true,
+            }
+        })
+    }
+
     /// The value an `=` matcher requires of `name`, if there is one (index lookups).
     pub fn required(&self, name: &str) -> Option<&str> {
         self.matchers.iter().find(|m| m.name == name && m.op == Op::Equal).map(|m| m.value.as_str())
@@ -462,6 +478,17 @@ mod tests {
         assert!(m(&format!("{{__profile_type__=\"{CPU_PROFILE_TYPE}\"}}"), &series));
         assert!(!m(r#"{__profile_type__="memory:alloc_space:bytes:space:bytes"}"#, &series));
         assert!(m("{}", &series));
+    }
+
+    #[test]
+    fn a_profile_by_id_is_narrowed_only_by_the_labels_it_records() {
+        let span = labels(&[("service_name", "ride"), ("__name__", "process_cpu"), ("span_name", "Order")]);
+        let tempo = Selector::parse(r#"{service_name="ride", service_namespace="shop"}"#).unwrap();
+        assert!(!tempo.matches(&span), "as a series selector, the missing label is \"\"");
+        assert!(tempo.matches_recorded(&span));
+        assert!(!Selector::parse(r#"{service_name="other"}"#).unwrap().matches_recorded(&span));
+        let memory = Selector::parse(r#"{__profile_type__="memory:alloc_space:bytes:space:bytes"}"#).unwrap();
+        assert!(!memory.matches_recorded(&span), "span profiles are CPU");
     }
 
     #[test]

@@ -361,6 +361,10 @@ async fn grafana_pyroscope_data_source_calls_answer_like_the_json_api() {
     let (span_stacks, span_total) = flamegraph_stacks(&span);
     assert_eq!(span_stacks, folded_ns(&srv.base, &format!("/api/v1/profiles/{SPAN_A}")).await);
     assert_eq!(span_total, 14 * PERIOD_NS);
+    // Tempo adds labels from the span's resource the sampler never recorded (service.namespace):
+    // the span ID still finds its profile.
+    let with_namespace = call(&srv.base, "SelectMergeSpanProfile", &tempo("{service_name=\"ride\",service_namespace=\"shop\"}", SPAN_A)).await.unwrap();
+    assert_eq!(flamegraph_stacks(&with_namespace).0, span_stacks);
     // A span of another service, or one without samples: the root alone (Grafana: "no data").
     for (selector, id) in [("{service_name=\"other-svc\"}", SPAN_A), ("{service_name=\"ride\"}", "0123456789abcdef")] {
         let empty = call(&srv.base, "SelectMergeSpanProfile", &tempo(selector, id)).await.unwrap();

@@ -267,3 +267,37 @@ fn a_data_dir_of_the_removed_redb_engine_is_refused_not_started_empty() {
     assert!(message.contains("0.1.0 at commit") && message.contains("--store-engine redb"), "{message}");
     assert!(!dir.path().join("spanprof.fjall").exists(), "nothing created beside the redb store");
 }
+
+/// Concurrent inserts land in one group commit, whose bucket additions are merged before each
+/// bucket record is written once: the whole-process profile and its per-minute series say the
+/// same as inserting one at a time, span samples (through their rollups) included.
+#[test]
+fn grouped_inserts_add_up_in_buckets_as_single_ones() {
+    use spanprof_server::selector::Selector;
+    use spanprof_server::store::ProcessQuery;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let store = store.clone();
+            s.spawn(move || {
+                for i in 0..50u64 {
+                    let mut b = batch(t * 1000 + i, 60_000 + i, &["main", "work", &format!("f{}", i % 7)], 1 + i % 3);
+                    b.process.add(&[0], 2); // "main" alone, outside spans
+                    store.insert(vec![b]).unwrap();
+                }
+            });
+        }
+    });
+    let expected_spans: u64 = 4 * (0..50u64).map(|i| 1 + i % 3).sum::<u64>();
+    let q = |sel: &str| ProcessQuery { selector: Selector::parse(sel).unwrap(), from_ms: 0, until_ms: 200_000 };
+    let total = |sel: &str| store.process_profile(&q(sel)).unwrap().unwrap().stacks.iter().map(|s| s.1).sum::<u64>();
+    assert_eq!(total("{service_name=\"svc\"}"), expected_spans + 4 * 50 * 2);
+    assert_eq!(total("{span_name=\"S\"}"), expected_spans);
+    assert_eq!(total("{span_name=\"\"}"), 4 * 50 * 2);
+    let series = store.process_series(&q("{}")).unwrap();
+    let points: Vec<(u64, u64)> = series.iter().flat_map(|s| s.points.iter().map(|p| (p.0, p.1))).collect();
+    assert!(points.iter().all(|p| p.0 == 60_000), "one minute: {points:?}");
+    assert_eq!(points.iter().map(|p| p.1).sum::<u64>(), expected_spans + 4 * 50 * 2);
+    assert_eq!(series.len(), 2, "the series and its span rollup");
+}

@@ -500,13 +500,15 @@ fn insert_group(
     let mut stats = Vec::with_capacity(inserts.len());
     let mut bytes_delta: i64 = 0;
     let mut spans_delta: i64 = 0;
+    let mut adds = BucketAdds::default();
     for (batches, _) in inserts {
         let mut s = InsertStats::default();
         for batch in batches {
-            s += insert_batch(&mut w, k, interner, &mut pending, batch, &mut bytes_delta, &mut spans_delta)?;
+            s += insert_batch(&mut w, k, interner, &mut pending, &mut adds, batch, &mut bytes_delta, &mut spans_delta)?;
         }
         stats.push(s);
     }
+    bytes_delta += adds.write(&mut w, k)?;
     add_counter(&mut w, k, RECORD_BYTES, bytes_delta)?;
     add_counter(&mut w, k, SPAN_COUNT, spans_delta)?;
     w.commit()?;
@@ -536,6 +538,7 @@ fn insert_batch(
     k: &Keyspaces,
     interner: &Interner,
     pending: &mut PendingInterns,
+    adds: &mut BucketAdds,
     batch: &SeriesBatch,
     bytes_delta: &mut i64,
     spans_delta: &mut i64,
@@ -545,11 +548,11 @@ fn insert_batch(
     let mut frame_ids = Vec::new();
 
     if !batch.process.is_empty() {
-        *bytes_delta += add_to_bucket(w, k, interner, pending, batch, &mut frame_ids, &batch.labels, &batch.process)?;
+        add_to_bucket(w, k, interner, pending, adds, batch, &mut frame_ids, &batch.labels, &batch.process)?;
         stats.process_buckets += 1;
     }
     for (labels, stacks) in batch.span_rollups() {
-        *bytes_delta += add_to_bucket(w, k, interner, pending, batch, &mut frame_ids, &labels, &stacks)?;
+        add_to_bucket(w, k, interner, pending, adds, batch, &mut frame_ids, &labels, &stacks)?;
         stats.process_buckets += 1;
     }
 
@@ -586,39 +589,67 @@ fn insert_batch(
     Ok(stats)
 }
 
+/// What an insert group adds to whole-process buckets, merged per bucket record (series, minute)
+/// so each record is read, merged and written once per group, however many batches of the group
+/// add to it (every push of a service adds to the same few buckets of the current minute).
+#[derive(Default)]
+struct BucketAdds(HashMap<[u8; 16], (Counts, u64)>);
+
+impl BucketAdds {
+    /// Adds `counts` at `period_ns` to the bucket record `key`.
+    fn add(&mut self, key: [u8; 16], counts: Counts, period_ns: u64) {
+        match self.0.get_mut(&key) {
+            Some((acc, period)) => *acc = codec::merge_counts(acc, &rescaled(counts, period_ns, *period)),
+            None => {
+                self.0.insert(key, (counts, period_ns));
+            }
+        }
+    }
+
+    /// Merges every addition into its stored record; returns the record bytes that added.
+    fn write(self, w: &mut SingleWriterWriteTx<'_>, k: &Keyspaces) -> Result<i64> {
+        let mut delta = 0i64;
+        for (key, (counts, period_ns)) in self.0 {
+            let old = w.get(k.process.inner(), key)?;
+            let (merged, period) = match &old {
+                Some(bytes) => {
+                    let rec: StacksRecord = codec::decode(bytes, "process bucket")?;
+                    let incoming = rescaled(counts, period_ns, rec.period_ns);
+                    (codec::merge_counts(&rec.to_counts()?, &incoming), rec.period_ns)
+                }
+                None => {
+                    let (sid, bucket) = (u64_at_end(&key, 1)?, u64_at_end(&key, 0)?);
+                    w.insert(&k.process_by_time, k2(bucket, sid), []);
+                    (counts, period_ns)
+                }
+            };
+            let encoded = StacksRecord::from_counts(&merged, period).encode_to_vec();
+            delta += encoded.len() as i64 - old.map_or(0, |o| o.len() as i64);
+            w.insert(&k.process, key, encoded);
+        }
+        Ok(delta)
+    }
+}
+
 /// Adds `stacks` (of `batch`'s frames) to the minute bucket of the series `labels` at the
-/// batch's start; returns how many record bytes that added.
+/// batch's start (written when the group is).
 #[allow(clippy::too_many_arguments)]
 fn add_to_bucket(
     w: &mut SingleWriterWriteTx<'_>,
     k: &Keyspaces,
     interner: &Interner,
     pending: &mut PendingInterns,
+    adds: &mut BucketAdds,
     batch: &SeriesBatch,
     frame_ids: &mut Vec<Option<u32>>,
     labels: &Labels,
     stacks: &crate::model::StackCounts,
-) -> Result<i64> {
+) -> Result<()> {
     let sid = series_id(w, k, labels)?;
     let bucket = batch.from_ms / BUCKET_MS * BUCKET_MS;
     let counts = pending.counts(interner, &mut FjallInterns { w, k }, &batch.frames, frame_ids, stacks)?;
-    let key = k2(sid, bucket);
-    let old = w.get(k.process.inner(), key)?;
-    let (merged, period) = match &old {
-        Some(bytes) => {
-            let rec: StacksRecord = codec::decode(bytes, "process bucket")?;
-            let incoming = rescaled(counts, batch.period_ns, rec.period_ns);
-            (codec::merge_counts(&rec.to_counts()?, &incoming), rec.period_ns)
-        }
-        None => {
-            w.insert(&k.process_by_time, k2(bucket, sid), []);
-            (counts, batch.period_ns)
-        }
-    };
-    let encoded = StacksRecord::from_counts(&merged, period).encode_to_vec();
-    let delta = encoded.len() as i64 - old.map_or(0, |o| o.len() as i64);
-    w.insert(&k.process, key, encoded);
-    Ok(delta)
+    adds.add(k2(sid, bucket), counts, batch.period_ns);
+    Ok(())
 }
 
 /// The first `n` keys of an index keyed by a time and then `decode`'s rest, decoded.
