@@ -533,6 +533,8 @@ fn series_id(w: &mut SingleWriterWriteTx<'_>, k: &Keyspaces, labels: &Labels) ->
     }
 }
 
+// The transaction, its interning and the group's running totals are what a batch writes into.
+#[allow(clippy::too_many_arguments)]
 fn insert_batch(
     w: &mut SingleWriterWriteTx<'_>,
     k: &Keyspaces,
