@@ -59,7 +59,7 @@ pub fn routes() -> Router<Arc<AppState>> {
 
 /// How a request (and so its answer) is encoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Wire {
+pub enum Wire {
     Proto,
     Json,
 }
@@ -152,7 +152,7 @@ fn accepts_gzip(headers: &HeaderMap) -> bool {
 }
 
 /// Decodes a request body of either encoding.
-fn decode<T: Message + Default + DeserializeOwned>(body: &[u8], wire: Wire, what: &str) -> Result<T, Error> {
+pub fn decode<T: Message + Default + DeserializeOwned>(body: &[u8], wire: Wire, what: &str) -> Result<T, Error> {
     match wire {
         Wire::Proto => T::decode(body).map_err(|e| Error::rejected(Reject::InvalidProtobuf, format!("invalid {what} protobuf: {e}"))),
         Wire::Json if body.is_empty() => serde_json::from_slice(b"{}").map_err(|e| Error::rejected(Reject::InvalidJson, e.to_string())),
@@ -245,7 +245,7 @@ fn selector_of(matchers: &[String]) -> Result<Selector, Error> {
 }
 
 /// `label_selector` narrowed to the profile type `type_id`.
-fn typed_selector(type_id: &str, label_selector: &str) -> Result<(ProfileType, Selector), Error> {
+pub fn typed_selector(type_id: &str, label_selector: &str) -> Result<(ProfileType, Selector), Error> {
     let profile_type = ProfileType::parse(type_id)?;
     let selector = Selector::parse(label_selector)?.and(Matcher::new(PROFILE_TYPE_LABEL, Op::Equal, &profile_type.id)?);
     Ok((profile_type, selector))

@@ -363,15 +363,23 @@ pub struct ProfileType {
 pub const CPU_PROFILE_TYPE: &str = "process_cpu:cpu:nanoseconds:cpu:nanoseconds";
 
 impl ProfileType {
-    /// Splits an ID; `Err` when it does not have five parts.
+    /// Splits an ID; `Err` when it does not have five parts (a sixth, Pyroscope's `:delta`
+    /// marker, is dropped).
     pub fn parse(id: &str) -> Result<Self> {
         let parts: Vec<&str> = id.split(':').collect();
-        let [name, sample_type, sample_unit, period_type, period_unit] = parts[..] else {
+        let id = if parts.len() == 6 { id.rsplit_once(':').map_or(id, |(five, _)| five) } else { id };
+        let [name, sample_type, sample_unit, period_type, period_unit, ..] = parts[..] else {
             return Err(Error::rejected(
                 Reject::BadQuery,
                 format!("profile type {id:?} is not name:sample_type:sample_unit:period_type:period_unit, e.g. {CPU_PROFILE_TYPE}"),
             ));
         };
+        if parts.len() > 6 {
+            return Err(Error::rejected(
+                Reject::BadQuery,
+                format!("profile type {id:?} is not name:sample_type:sample_unit:period_type:period_unit, e.g. {CPU_PROFILE_TYPE}"),
+            ));
+        }
         Ok(ProfileType {
             id: id.to_owned(),
             name: name.to_owned(),
@@ -500,5 +508,7 @@ mod tests {
         let recorded = labels(&[("__name__", "memory"), (PROFILE_TYPE_LABEL, "memory:inuse_objects:count:space:bytes")]);
         assert_eq!(ProfileType::of_series(&recorded).sample_type, "inuse_objects");
         assert!(ProfileType::parse("cpu").is_err());
+        assert!(ProfileType::parse("a:b:c:d:e:f:g").is_err());
+        assert_eq!(ProfileType::parse(&format!("{CPU_PROFILE_TYPE}:delta")).unwrap().id, CPU_PROFILE_TYPE);
     }
 }
