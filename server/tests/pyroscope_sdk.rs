@@ -39,6 +39,7 @@ async fn pyroscope_python_sdk_span_profiles_land_and_merge() {
     let mut found = 0;
     let mut hot = 0;
     let mut samples = 0;
+    let mut with_trace = 0;
     for (span_id, trace_id) in &spans {
         let (status, body) = get_json(&srv.url(&format!("/api/v1/profiles/{span_id}"))).await;
         if status != 200 {
@@ -46,13 +47,20 @@ async fn pyroscope_python_sdk_span_profiles_land_and_merge() {
         }
         found += 1;
         samples += body["profile"]["samples"].as_u64().unwrap();
-        assert_eq!(body["profile"]["trace_id"], *trace_id);
-        assert_eq!(body["profile"]["span_name"], "OrderVehicle");
+        // pyroscope-otel tags a thread with span_id, then span_name, then trace_id, one call
+        // after another: a sample taken in between has the span ID alone, and a span whose few
+        // samples all fell there has no trace or name. Where there is one, it is the span's.
+        if !body["profile"]["trace_id"].is_null() {
+            assert_eq!(body["profile"]["trace_id"], *trace_id);
+            with_trace += 1;
+        }
+        assert!(["OrderVehicle", ""].contains(&body["profile"]["span_name"].as_str().unwrap()), "{body}");
         assert_eq!(body["profile"]["labels"]["region"], "eu");
         // A span's few samples may all fall into the SDK's own span bookkeeping on a busy machine.
         hot += usize::from(find(&body["flamegraph"], "find_nearest_vehicle").is_some());
     }
     assert!(found * 10 >= spans.len() * 7, "only {found} of {} spans have a profile", spans.len());
+    assert!(with_trace * 10 >= found * 9, "only {with_trace} of {found} span profiles have their trace ID");
     assert!(hot * 10 >= found * 8, "only {hot} of {found} span profiles show find_nearest_vehicle");
     // The app spends nearly all its CPU inside spans: most samples must be span samples.
     let (status, body) = get_json(&srv.url("/api/v1/services/pyride/profile?spans=outside")).await;
