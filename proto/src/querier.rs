@@ -467,3 +467,46 @@ pub struct SelectSeriesResponse {
     #[serde(deserialize_with = "json::nullable::deserialize")]
     pub series: Vec<Series>,
 }
+
+/// `querier.v1.DiffRequest`: two selections (their `format` is ignored).
+#[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DiffRequest {
+    #[prost(message, optional, tag = "1")]
+    pub left: Option<SelectMergeStacktracesRequest>,
+    #[prost(message, optional, tag = "2")]
+    pub right: Option<SelectMergeStacktracesRequest>,
+}
+
+/// `querier.v1.FlameGraphDiff`: per bar `[left x, left total, left self, right x, right total,
+/// right self, name index]`, offsets delta-encoded per side.
+#[derive(Clone, PartialEq, Eq, prost::Message, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FlameGraphDiff {
+    #[prost(string, repeated, tag = "1")]
+    #[serde(deserialize_with = "json::nullable::deserialize")]
+    pub names: Vec<String>,
+    #[prost(message, repeated, tag = "2")]
+    #[serde(deserialize_with = "json::nullable::deserialize")]
+    pub levels: Vec<Level>,
+    #[prost(int64, tag = "3")]
+    #[serde(with = "json::int64")]
+    pub total: i64,
+    #[prost(int64, tag = "4")]
+    #[serde(rename = "maxSelf", alias = "max_self", with = "json::int64")]
+    pub max_self: i64,
+    #[prost(int64, tag = "5")]
+    #[serde(rename = "leftTicks", with = "json::int64")]
+    pub left_ticks: i64,
+    #[prost(int64, tag = "6")]
+    #[serde(rename = "rightTicks", with = "json::int64")]
+    pub right_ticks: i64,
+}
+
+/// `querier.v1.DiffResponse`.
+#[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DiffResponse {
+    #[prost(message, optional, tag = "1")]
+    pub flamegraph: Option<FlameGraphDiff>,
+}

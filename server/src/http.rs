@@ -54,6 +54,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/services/{name}/profile", get(service_profile))
         .route("/api/v1/labels", get(label_names))
         .route("/api/v1/labels/{name}/values", get(label_values))
+        .route("/api/v1/diff", get(diff_profiles))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -874,6 +875,113 @@ async fn service_profile(
         Ok(Some(Loaded { stacks: profile.stacks, meta, file_stem, extra }))
     })
     .await
+}
+
+/// One side of `/api/v1/diff` from its `{side}.…` parameters: exactly one of `{side}.profile`,
+/// `{side}.trace` or `{side}.service` (with `from`, `until`, `type`, `spans`, `span_name`,
+/// `selector`, and `min_cpu_ms`/`max_cpu_ms` to take only the spans whose own CPU is in range).
+fn subject_param(q: &HashMap<String, String>, side: &str, now: u64) -> Result<query::Subject, Error> {
+    let get = |k: &str| q.get(&format!("{side}.{k}")).map(|v| v.trim()).filter(|v| !v.is_empty());
+    let named = [get("profile"), get("trace"), get("service")].iter().filter(|v| v.is_some()).count();
+    if named != 1 {
+        return Err(bad_query(format!("{side}: give exactly one of {side}.profile, {side}.trace or {side}.service")));
+    }
+    if let Some(id) = get("profile") {
+        return ProfileId::parse(id).map(query::Subject::Profile).map_err(|why| bad_query(format!("{side}.profile {id:?}: {why}")));
+    }
+    if let Some(t) = get("trace") {
+        return TraceId::parse(t).map(query::Subject::Trace).ok_or_else(|| bad_query(format!("{side}.trace {t:?} is not 32 hex digits")));
+    }
+    let service = get("service").unwrap_or_default();
+    let from = get("from").map(|v| parse_time(v, now, &format!("{side}.from"))).transpose()?.unwrap_or(now.saturating_sub(3_600_000));
+    let until = get("until").map(|v| parse_time(v, now, &format!("{side}.until"))).transpose()?.unwrap_or(now);
+    if from > until {
+        return Err(Error::rejected(Reject::BadTimestamp, format!("{side}.from is after {side}.until")));
+    }
+    let mut selector = Selector::parse(get("selector").unwrap_or(""))?.and(Matcher::new("service_name", selector::Op::Equal, service)?);
+    if let Some(name) = get("span_name") {
+        selector = selector.and(Matcher::new(selector::SPAN_NAME_LABEL, selector::Op::Equal, name)?);
+    }
+    let cpu_ms = |k: &str| {
+        get(k).map(|v| v.parse::<u64>().map_err(|_| bad_query(format!("{side}.{k} {v:?} is not a number of milliseconds")))).transpose()
+    };
+    let (min_cpu, max_cpu) = (cpu_ms("min_cpu_ms")?, cpu_ms("max_cpu_ms")?);
+    if min_cpu.is_some() || max_cpu.is_some() {
+        return Ok(query::Subject::Spans {
+            selector,
+            from_ms: from,
+            until_ms: until,
+            min_cpu_ns: min_cpu.unwrap_or(0).saturating_mul(1_000_000),
+            max_cpu_ns: max_cpu.map_or(u64::MAX, |m| m.saturating_mul(1_000_000)),
+        });
+    }
+    let profile_type = get("type").unwrap_or("process_cpu");
+    selector = selector.and(Matcher::new(selector::NAME_LABEL, selector::Op::Equal, profile_type)?);
+    let mut side_q = HashMap::new();
+    if let Some(spans) = get("spans") {
+        side_q.insert("spans".to_owned(), spans.to_owned());
+    }
+    if let Some(m) = spans_matcher(&side_q)? {
+        selector = selector.and(m);
+    }
+    Ok(query::Subject::Process(ProcessQuery { selector, from_ms: from, until_ms: until }))
+}
+
+/// A diff side as the JSON answer describes it.
+fn subject_json(subject: &query::Subject, loaded: &query::Loaded) -> serde_json::Value {
+    let mut v = match subject {
+        query::Subject::Profile(id) => json!({ "kind": "profile", "profile_id": id.to_string() }),
+        query::Subject::Trace(t) => json!({ "kind": "trace", "trace_id": t.to_string() }),
+        query::Subject::Process(q) => json!({ "kind": "service", "selector": q.selector.to_string(), "from_ms": q.from_ms, "until_ms": q.until_ms }),
+        query::Subject::Spans { selector, from_ms, until_ms, min_cpu_ns, max_cpu_ns } => json!({
+            "kind": "spans", "selector": selector.to_string(), "from_ms": from_ms, "until_ms": until_ms,
+            "min_cpu_ns": min_cpu_ns, "max_cpu_ns": (*max_cpu_ns != u64::MAX).then_some(*max_cpu_ns),
+        }),
+    };
+    let samples = loaded.samples();
+    v["samples"] = json!(samples);
+    v["period_ns"] = json!(loaded.period_ns);
+    v["cpu_ns"] = json!(samples.saturating_mul(loaded.period_ns));
+    if let Some(n) = loaded.span_profiles {
+        v["span_profiles"] = json!(n);
+    }
+    v
+}
+
+/// `GET /api/v1/diff?left.…&right.…`: both sides' totals and their diff flame graph.
+async fn diff_profiles(State(s): St, Query(q): Query<HashMap<String, String>>) -> Response {
+    let started = Instant::now();
+    let now = now_ms();
+    let parsed = (|| Ok::<_, Error>((subject_param(&q, "left", now)?, subject_param(&q, "right", now)?, max_nodes(&q)?)))();
+    let (left, right, bound) = match parsed {
+        Ok(p) => p,
+        Err(e) => return fail(&s, e),
+    };
+    let _turn = match s.queries.enter().await {
+        Ok(t) => t,
+        Err(e) => return fail(&s, e),
+    };
+    let store = s.store.clone();
+    let answer = tokio::task::spawn_blocking(move || {
+        with_partial(|| -> Result<serde_json::Value, Error> {
+            let (l, r) = (query::load(store.as_ref(), &left)?, query::load(store.as_ref(), &right)?);
+            let graph = crate::diff::diff(&l.stacks, &r.stacks, bound);
+            Ok(json!({ "left": subject_json(&left, &l), "right": subject_json(&right, &r), "flamegraph": graph }))
+        })
+    })
+    .await;
+    let (body, partial) = match answer {
+        Ok((Ok(b), p)) => (b, p),
+        Ok((Err(e), _)) => return fail(&s, e),
+        Err(e) => return fail(&s, Error::Storage(e.to_string())),
+    };
+    let mut body = body;
+    if let Some(why) = &partial {
+        body["partial"] = json!(true);
+        body["partial_reason"] = json!(why);
+    }
+    s.metrics.observe_query("diff", started.elapsed().as_secs_f64());
+    axum::Json(body).into_response()
 }
 
 #[cfg(test)]

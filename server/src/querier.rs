@@ -54,6 +54,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route(&route("SelectMergeProfile"), post(select_merge_profile))
         .route(&route("SelectSeries"), post(select_series))
         .route(&route("GetProfileStats"), post(profile_stats))
+        .route(&route("Diff"), post(diff))
         .route(&format!("{SERVICE}{{method}}"), post(unimplemented))
 }
 
@@ -535,6 +536,55 @@ async fn select_series(State(s): St, req: Request) -> Response {
             add_exemplars(store, &selector, from_ms, until_ms, step_ms, &req.group_by, &mut series)?;
         }
         Ok(Answer::Message(pb::SelectSeriesResponse { series }))
+    })
+    .await
+}
+
+/// Two selections' diff flame graph, each side's values in its unit.
+async fn diff(State(s): St, req: Request) -> Response {
+    unary(s, req, "Diff", true, |store, req: pb::DiffRequest, _wire| {
+        let side = |r: Option<pb::SelectMergeStacktracesRequest>, which: &str| -> Result<(Stacks, u64, usize), Error> {
+            let r = r.ok_or_else(|| bad(format!("Diff needs its {which} selection")))?;
+            let subjects = Subjects { profile_ids: r.profile_id_selector, span_ids: r.span_selector, trace_ids: r.trace_id_selector };
+            let (stacks, unit) = load(store, &r.profile_type_id, &r.label_selector, r.start, r.end, &subjects, r.stack_trace_selector.as_ref())?;
+            Ok((stacks, unit, node_bound(r.max_nodes)?))
+        };
+        let (left, left_unit, left_bound) = side(req.left, "left")?;
+        let (right, right_unit, right_bound) = side(req.right, "right")?;
+        let graph = crate::diff::diff(&left, &right, left_bound.max(right_bound));
+        let scale = |v: u64, unit: u64| i64::try_from(v.saturating_mul(unit)).unwrap_or(i64::MAX);
+        let levels = graph
+            .levels
+            .iter()
+            .map(|level| pb::Level {
+                values: level
+                    .chunks(7)
+                    .flat_map(|b| {
+                        [
+                            scale(b[0], left_unit),
+                            scale(b[1], left_unit),
+                            scale(b[2], left_unit),
+                            scale(b[3], right_unit),
+                            scale(b[4], right_unit),
+                            scale(b[5], right_unit),
+                            b[6] as i64,
+                        ]
+                    })
+                    .collect(),
+            })
+            .collect();
+        let (left_ticks, right_ticks) = (scale(graph.left_ticks, left_unit), scale(graph.right_ticks, right_unit));
+        let max_self = graph.levels.iter().flat_map(|l| l.chunks(7)).map(|b| scale(b[2], left_unit).max(scale(b[5], right_unit))).max().unwrap_or(0);
+        Ok(Answer::Message(pb::DiffResponse {
+            flamegraph: Some(pb::FlameGraphDiff {
+                names: graph.names.iter().map(|n| n.to_string()).collect(),
+                levels,
+                total: left_ticks.saturating_add(right_ticks),
+                max_self,
+                left_ticks,
+                right_ticks,
+            }),
+        }))
     })
     .await
 }

@@ -290,3 +290,59 @@ mod tests {
         assert!(Selector::parse(r#"{service_name="ride", span_name!=""}"#).unwrap().matches(&l));
     }
 }
+
+/// One side of a diff, or any profile a query names: a span profile, a trace, or CPU of a
+/// service over a time range (a span name's with `span_name`, optionally only its spans whose
+/// own CPU is within a range).
+#[derive(Clone, Debug)]
+pub enum Subject {
+    Profile(ProfileId),
+    Trace(TraceId),
+    Process(ProcessQuery),
+    /// Span profiles of a selection whose CPU is within `[min_cpu_ns, max_cpu_ns]`, merged.
+    Spans { selector: Selector, from_ms: u64, until_ms: u64, min_cpu_ns: u64, max_cpu_ns: u64 },
+}
+
+/// Most span profiles a CPU-filtered selection merges (their stacks are loaded one by one).
+pub const MAX_FILTERED_SPANS: usize = 100_000;
+
+/// A loaded subject: its stacks on one period, and how many span profiles went in (None for a
+/// whole-process selection).
+#[derive(Clone, Debug, Default)]
+pub struct Loaded {
+    pub period_ns: u64,
+    pub stacks: Stacks,
+    pub span_profiles: Option<usize>,
+}
+
+impl Loaded {
+    pub fn samples(&self) -> u64 {
+        self.stacks.iter().fold(0u64, |a, (_, c)| a.saturating_add(*c))
+    }
+}
+
+/// Loads a subject; a subject with no samples loads empty.
+pub fn load(store: &dyn ProfileStore, subject: &Subject) -> Result<Loaded> {
+    let spans = |profiles: Vec<SpanProfile>| {
+        let n = profiles.len();
+        let (period_ns, stacks) = merge_spans(profiles);
+        Loaded { period_ns, stacks, span_profiles: Some(n) }
+    };
+    Ok(match subject {
+        Subject::Profile(id) => spans(span_profiles(store, std::slice::from_ref(id), &Selector::all())?),
+        Subject::Trace(t) => spans(trace(store, *t, &Selector::all())?),
+        Subject::Process(q) => match process(store, q)? {
+            Some(p) => Loaded { period_ns: p.period_ns, stacks: p.stacks, span_profiles: None },
+            None => Loaded { period_ns: crate::model::DEFAULT_PERIOD_NS, ..Default::default() },
+        },
+        Subject::Spans { selector, from_ms, until_ms, min_cpu_ns, max_cpu_ns } => {
+            let summaries = spans_in_range(store, selector, *from_ms, *until_ms, MAX_FILTERED_SPANS)?;
+            let ids: Vec<ProfileId> = summaries
+                .into_iter()
+                .filter(|s| (*min_cpu_ns..=*max_cpu_ns).contains(&s.samples.saturating_mul(s.period_ns)))
+                .map(|s| s.profile_id)
+                .collect();
+            spans(span_profiles(store, &ids, &Selector::all())?)
+        }
+    })
+}

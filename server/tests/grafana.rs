@@ -418,6 +418,16 @@ async fn grafana_pyroscope_data_source_calls_answer_like_the_json_api() {
     let total: f64 = answer["series"][0]["points"].as_array().unwrap().iter().map(|p| p["value"].as_f64().unwrap()).sum();
     assert_eq!(total.round() as i64, 9 * PERIOD_NS);
 
+    // Diff (what Profiles Drilldown's comparison calls): two selections, both sides per bar.
+    let diff_req = Msg::new()
+        .msg(1, merge_request("{service_name=\"ride\", span_name=\"OrderVehicle\"}", start, end))
+        .msg(2, merge_request("{service_name=\"ride\", span_name=\"Payment\"}", start, end));
+    let d = call(&srv.base, "Diff", &diff_req).await.unwrap().msgs(1).pop().expect("a diff flame graph");
+    assert_eq!((d.int_of(5), d.int_of(6)), (14 * PERIOD_NS, 3 * PERIOD_NS), "leftTicks and rightTicks");
+    let diff_levels: Vec<Vec<i64>> = d.msgs(2).iter().map(|l| l.ints(1)).collect();
+    assert!(diff_levels.iter().all(|l| !l.is_empty() && l.len() % 7 == 0));
+    assert_eq!(diff_levels[0], vec![0, 14 * PERIOD_NS, 0, 0, 3 * PERIOD_NS, 0, 0], "the root holds both totals");
+
     // The merged pprof, in SelectMergeStacktraces' PROFILE_FORMAT_PPROF (field 5 holds
     // PprofProfile{profile = 1}) and from SelectMergeProfile.
     let as_pprof = call(&srv.base, "SelectMergeStacktraces", &merge_request("{service_name=\"ride\"}", start, end).int(6, 4)).await.unwrap();
@@ -510,6 +520,8 @@ async fn bad_requests_get_connect_errors_and_unknown_data_is_empty() {
     // An unknown content type, and an RPC spanprof does not serve.
     let r = reqwest::Client::new().post(format!("{}/querier.v1.QuerierService/ProfileTypes", srv.base)).header("Content-Type", "text/plain").body("x").send().await.unwrap();
     assert_eq!(r.status(), 415);
+    let (status, error) = call(&srv.base, "Diff", &Msg::new().msg(1, merge_request("{}", start, end))).await.unwrap_err();
+    assert_eq!((status, error["code"].as_str()), (400, Some("invalid_argument")), "a Diff without its right side: {error}");
     let (status, error) = call(&srv.base, "AnalyzeQuery", &Msg::new()).await.unwrap_err();
     assert_eq!((status, error["code"].as_str()), (501, Some("unimplemented")));
     let (status, error) = call(&srv.base, "SelectMergeStacktraces", &merge_request("{}", start, end).int(6, 3)).await.unwrap_err();
