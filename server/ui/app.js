@@ -22,6 +22,12 @@
     ['6h', 'Last 6 hours', 6 * 60 * 60e3],
     ['24h', 'Last 24 hours', 24 * 60 * 60e3],
   ];
+  // What a service page shows: [value of ?spans=, option, the sentence that says it].
+  const SPAN_SCOPES = [
+    ['all', 'All CPU', 'All CPU samples of the service, inside spans or not.'],
+    ['inside', 'Inside spans', 'Only the samples taken inside spans: every span profile of the service, added up.'],
+    ['outside', 'Outside spans', 'Only the samples taken outside any span.'],
+  ];
   const EXPORTS = [
     ['pprof', 'pprof', 'gzipped pprof protobuf: go tool pprof, Grafana Pyroscope', '.pb.gz'],
     ['folded', 'folded', 'folded stacks, one "a;b;c 12" per line: flamegraph.pl, inferno', '.folded.txt'],
@@ -1079,6 +1085,10 @@
     let range = RANGES.some((r) => r[0] === params.get('range')) ? params.get('range') : '1h';
     const select = h('select', { id: 'range-select', 'aria-label': 'Time range' },
       RANGES.map(([v, label]) => h('option', { value: v, selected: v === range }, label)));
+    let spans = SPAN_SCOPES.some((r) => r[0] === params.get('spans')) ? params.get('spans') : 'all';
+    const spansSelect = h('select', { id: 'spans-select', 'aria-label': 'Samples shown' },
+      SPAN_SCOPES.map(([v, label]) => h('option', { value: v, selected: v === spans }, label)));
+    const scopeText = h('span', { class: 'scope-text' });
     const meta = h('div', { class: 'service-meta' });
     const body = h('div', { class: 'service-body' }, loadingEl('profile'));
     setPage(name,
@@ -1086,8 +1096,9 @@
         crumbs(['Profiles', '/'], 'service'),
         h('div', { class: 'head-row' },
           h('h1', null, name, ' ', h('span', { class: 'kind' }, 'whole-process profile')),
+          h('label', { class: 'range' }, 'Samples ', spansSelect),
           h('label', { class: 'range' }, 'Time range ', select)),
-        h('p', { class: 'muted' }, 'All CPU samples of the service, inside spans or not. ',
+        h('p', { class: 'muted' }, scopeText, ' ',
           h('a', { href: `/?service=${enc(name)}` }, 'Span profiles of this service →')),
         meta),
       body);
@@ -1099,7 +1110,8 @@
       const until = Date.now();
       const from = until - spec[2];
       const base = `/api/v1/services/${enc(name)}/profile`;
-      const qs = `from=${from}&until=${until}`;
+      const qs = `from=${from}&until=${until}` + (spans === 'all' ? '' : `&spans=${spans}`);
+      scopeText.textContent = (SPAN_SCOPES.find((r) => r[0] === spans) || SPAN_SCOPES[0])[2];
       body.replaceChildren(loadingEl('profile'));
       let data;
       try {
@@ -1139,6 +1151,14 @@
       const q = new URLSearchParams(location.search);
       q.set('range', range);
       history.replaceState(null, '', `${location.pathname}?${q.toString()}`);
+      load();
+    });
+    spansSelect.addEventListener('change', () => {
+      spans = spansSelect.value;
+      const q = new URLSearchParams(location.search);
+      if (spans === 'all') q.delete('spans'); else q.set('spans', spans);
+      const rest = q.toString();
+      history.replaceState(null, '', rest ? `${location.pathname}?${rest}` : location.pathname);
       load();
     });
     load();

@@ -447,6 +447,21 @@ async function main() {
     assert(await exp.count() === 1, 'no folded export link on the services page');
     const r = await http('GET', await exp.getAttribute('href'));
     assert(r.status === 200 && r.text.includes('poll_sockets'), `services folded export answered ${r.status}: ${r.text.slice(0, 200)}`);
+    // All of the service's CPU by default, span samples too; then only outside, only inside.
+    await frame(page, 'find_nearest_vehicle').waitFor();
+    assert(/inside spans or not/.test(await page.locator('.scope-text').innerText()), 'the page says what it shows');
+    await page.selectOption('#spans-select', 'outside');
+    await page.waitForURL(/spans=outside/);
+    await frame(page, 'find_nearest_vehicle').waitFor({ state: 'detached' });
+    await frame(page, 'poll_sockets').waitFor();
+    assert(/outside any span/.test(await page.locator('.scope-text').innerText()), 'the outside-spans text');
+    const outside = await http('GET', await exp.getAttribute('href'));
+    assert(outside.text.includes('poll_sockets') && !outside.text.includes('find_nearest_vehicle'), `the export follows the choice: ${outside.text.slice(0, 300)}`);
+    await page.selectOption('#spans-select', 'inside');
+    await frame(page, 'find_nearest_vehicle').waitFor();
+    await frame(page, 'poll_sockets').waitFor({ state: 'detached' });
+    assert(/inside spans/.test(await page.locator('.scope-text').innerText()), 'the inside-spans text');
+    await page.selectOption('#spans-select', 'all');
   });
 
   await check('a profile ID that is no span ID: merged on insert, found by the search box, listed and linked', async () => {

@@ -688,6 +688,12 @@ const COMPACT_MAX_BLOCKS: usize = 32;
 /// How long a compactor holds its lease without renewing it.
 const LEASE_MS: u64 = 10 * 60_000;
 
+/// Whether a block may hold whole-process buckets a query reads, from its metadata alone: its
+/// time span overlaps the range and one of its series is selected.
+fn may_hold(meta: &BlockMeta, q: &ProcessQuery) -> bool {
+    meta.overlaps(q.first_bucket(), q.until_ms) && meta.series.iter().any(|l| q.selector.matches(l))
+}
+
 /// A new block's ID: its cut time first, so IDs sort by age, then the replica and a random part.
 pub fn new_block_id(now_ms: u64, replica: &str) -> String {
     let safe: String = replica.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').take(63).collect();
@@ -831,7 +837,7 @@ impl ProfileStore for LayeredStore {
         let (answers, view) = self.ask_peers(LocalQuery::Process { query: q.clone() }, &local);
         let mut parts = local.process(q)?;
         for found in self.each_block(&view, async |b| {
-            if !b.meta.overlaps(q.first_bucket(), q.until_ms) || !b.meta.series.iter().any(|l| q.selector.matches(l)) {
+            if !may_hold(&b.meta, q) {
                 return Ok(Vec::new());
             }
             b.process(|l| q.selector.matches(l), q.first_bucket(), q.until_ms).await
@@ -851,7 +857,7 @@ impl ProfileStore for LayeredStore {
         let (answers, view) = self.ask_peers(LocalQuery::ProcessSeries { query: q.clone() }, &local);
         let mut out = local.process_series(q)?;
         for found in self.each_block(&view, async |b| {
-            if !b.meta.overlaps(q.first_bucket(), q.until_ms) || !b.meta.series.iter().any(|l| q.selector.matches(l)) {
+            if !may_hold(&b.meta, q) {
                 return Ok(Vec::new());
             }
             b.process_series(|l| q.selector.matches(l), q.first_bucket(), q.until_ms).await
