@@ -837,7 +837,7 @@ impl ProfileStore for LayeredStore {
         let (answers, view) = self.ask_peers(LocalQuery::Process { query: q.clone() }, &local);
         let mut parts = local.process(q)?;
         for found in self.each_block(&view, async |b| {
-            if !may_hold(&b.meta, q) {
+            if !may_hold(b.meta, q) {
                 return Ok(Vec::new());
             }
             b.process(|l| q.selector.matches(l), q.first_bucket(), q.until_ms).await
@@ -857,7 +857,7 @@ impl ProfileStore for LayeredStore {
         let (answers, view) = self.ask_peers(LocalQuery::ProcessSeries { query: q.clone() }, &local);
         let mut out = local.process_series(q)?;
         for found in self.each_block(&view, async |b| {
-            if !may_hold(&b.meta, q) {
+            if !may_hold(b.meta, q) {
                 return Ok(Vec::new());
             }
             b.process_series(|l| q.selector.matches(l), q.first_bucket(), q.until_ms).await
