@@ -62,6 +62,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/profiles/{id}", get(index))
         .route("/traces/{id}", get(index))
         .route("/services/{name}", get(index))
+        .route("/diff", get(index))
         .route("/ui/app.js", get(|| async { asset("text/javascript; charset=utf-8", crate::ui::APP_JS) }))
         .route("/ui/style.css", get(|| async { asset("text/css; charset=utf-8", crate::ui::STYLE_CSS) }))
         .merge(crate::querier::routes())

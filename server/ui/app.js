@@ -5,6 +5,7 @@
 //   /profiles/{id}     one span profile (profile ID = local root span ID)
 //   /traces/{id}       all span profiles of one trace, merged
 //   /services/{name}   whole-process profile of a service over a time range
+//   /diff?left.…&right.…  two profiles compared (the parameters of /api/v1/diff)
 //
 // Every string that comes from the API is put into the page with textContent or
 // setAttribute, never with innerHTML.
@@ -462,13 +463,84 @@
     return root || empty;
   }
 
+  /**
+   * Builds the node tree of a diff flame graph (`/api/v1/diff`): per bar [left x, left total,
+   * left self, right x, right total, right self, name index], offsets delta-encoded per side.
+   * A node's width is its share of the left side plus its share of the right side, so both sides
+   * count alike whatever their sizes; `left`/`right` keep the samples.
+   */
+  function treeFromDiffLevels(fg) {
+    const L = Number(fg && fg.left_ticks) || 0;
+    const R = Number(fg && fg.right_ticks) || 0;
+    const share = (l, r) => (L ? l / L : 0) + (R ? r / R : 0);
+    const empty = { name: 'total', self: 0, total: 0, left: 0, right: 0, leftSelf: 0, rightSelf: 0, children: [] };
+    if (!fg || typeof fg !== 'object' || !Array.isArray(fg.levels)) return empty;
+    const names = Array.isArray(fg.names) ? fg.names : [];
+    const merged = (fg.dropped_nodes || 0) > 0;
+    let root = null;
+    let prev = [];
+    for (let d = 0; d < fg.levels.length; d++) {
+      const v = Array.isArray(fg.levels[d]) ? fg.levels[d] : [];
+      const cur = [];
+      let endL = 0;
+      let endR = 0;
+      let pi = 0;
+      for (let i = 0; i + 6 < v.length; i += 7) {
+        const xl = endL + (Number(v[i]) || 0);
+        const tl = Number(v[i + 1]) || 0;
+        const xr = endR + (Number(v[i + 3]) || 0);
+        const tr = Number(v[i + 4]) || 0;
+        endL = xl + tl;
+        endR = xr + tr;
+        const name = names[v[i + 6]];
+        const n = {
+          name: name == null ? '(unknown)' : String(name),
+          left: tl, right: tr, leftSelf: Number(v[i + 2]) || 0, rightSelf: Number(v[i + 5]) || 0, children: [],
+        };
+        n.total = share(n.left, n.right);
+        n.self = share(n.leftSelf, n.rightSelf);
+        if (d === 0) {
+          if (root) continue;
+          root = n;
+        } else {
+          // Parents come left to right on both sides, as their children do.
+          const holds = (q) => (tl === 0 || (q.xl <= xl && xl + tl <= q.xl + q.n.left))
+            && (tr === 0 || (q.xr <= xr && xr + tr <= q.xr + q.n.right));
+          while (pi < prev.length && !holds(prev[pi])) pi++;
+          const p = prev[pi];
+          if (!p) { pi = 0; continue; } // malformed: a bar outside every parent
+          if (merged && n.name === 'other') n.merged = true;
+          p.n.children.push(n);
+        }
+        cur.push({ n, xl, xr });
+      }
+      prev = cur;
+    }
+    return root || empty;
+  }
+
+  /** How a node's share changed from the left side to the right one, in parts of 1. */
+  function diffChange(n, d) {
+    return (d.right ? n.right / d.right : 0) - (d.left ? n.left / d.left : 0);
+  }
+
+  /** Red for a larger share on the right, green for a smaller one, grey for about the same. */
+  function diffColour(change) {
+    const t = Math.min(1, Math.abs(change) / 0.25);
+    if (Math.abs(change) < 0.005) return 'hsl(220, 12%, 86%)';
+    const light = Math.round(88 - 40 * t);
+    return change > 0 ? `hsl(0, 75%, ${light}%)` : `hsl(140, 55%, ${light}%)`;
+  }
+
   class FlameGraph {
     /**
      * @param {object} root   Node tree ({name, self, total, children}), root named "total"
      * @param {number} period nanoseconds of CPU time per sample
+     * @param {object} [diff] for a diff graph: the sides' totals, {left, right} samples
      */
-    constructor(root, period) {
+    constructor(root, period, diff) {
       this.root = root;
+      this.diff = diff || null;
       this.period = period || DEFAULT_PERIOD_NS;
       this.focus = root;
       this.term = '';
@@ -491,7 +563,9 @@
         h('div', { class: 'card-head' },
           h('h2', null, 'Flame graph'),
           h('div', { class: 'fg-toolbar' }, this.zoomInfo, this.matchInfo, this.searchInput, this.resetBtn)),
-        h('p', { class: 'hint muted' }, 'Width is CPU time. Click a frame to zoom in, click a bar above it to zoom out; hover for details.'),
+        h('p', { class: 'hint muted' }, diff
+          ? 'Width is a function\'s share of both sides. Click a frame to zoom in, click a bar above it to zoom out; hover for both values.'
+          : 'Width is CPU time. Click a frame to zoom in, click a bar above it to zoom out; hover for details.'),
         this.boundNote, this.graph, this.note);
 
       let searchTimer = 0;
@@ -593,7 +667,23 @@
       return maxDepth;
     }
 
+    diffTooltip(n) {
+      const d = this.diff;
+      const change = diffChange(n, d);
+      const pts = `${change > 0 ? '+' : change < 0 ? '−' : '±'}${Math.abs(change * 100).toFixed(1)} points`;
+      return [
+        h('div', { class: 'tt-name' }, n.merged ? 'other (smaller call paths, merged)' : n.name),
+        h('div', { class: 'tt-row' }, h('span', { class: 'tt-k' }, 'Left'),
+          `${fmtInt(n.left)} samples · ${fmtPct(n.left, d.left)} of the left (self ${fmtInt(n.leftSelf)})`),
+        h('div', { class: 'tt-row' }, h('span', { class: 'tt-k' }, 'Right'),
+          `${fmtInt(n.right)} samples · ${fmtPct(n.right, d.right)} of the right (self ${fmtInt(n.rightSelf)})`),
+        h('div', { class: 'tt-row' }, h('span', { class: 'tt-k' }, 'Change'), `${pts} of its side's CPU`),
+        h('div', { class: 'tt-hint' }, n === this.focus && n._parent ? 'Click to zoom out' : 'Click to zoom'),
+      ];
+    }
+
     tooltipContent(n) {
+      if (this.diff) return this.diffTooltip(n);
       const p = this.period;
       const rows = [
         h('div', { class: 'tt-name' }, n.merged ? 'other (smaller call paths, merged)' : n.name),
@@ -682,10 +772,17 @@
         if (n.merged) cls += ' merged';
         if (w < LABEL_MIN_PX) cls += ' narrow';
         if (this.matches(n)) cls += ' highlighted';
+        let colour = n !== this.root && !n.merged ? frameColour(n.name) : null;
+        if (this.diff && n !== this.root) {
+          const change = diffChange(n, this.diff);
+          colour = diffColour(change);
+          if (change >= 0.005) cls += ' diff-more';
+          else if (change <= -0.005) cls += ' diff-less';
+        }
         d.className = cls;
         // Numbers and our own colour only: no API string goes into cssText.
         d.style.cssText = `left:${((100 * x) / W).toFixed(4)}%;width:${((100 * w) / W).toFixed(4)}%;top:${row * ROW_PX}px`
-          + (n !== this.root && !n.merged ? `;background-color:${frameColour(n.name)}` : '');
+          + (colour ? `;background-color:${colour}` : '');
         d.setAttribute('data-name', n.name);
         d.setAttribute('data-idx', String(this.nodes.length));
         // A label cannot show even one character in a narrow frame; leaving it out
@@ -1007,9 +1104,75 @@
           ['Last seen', whenEl(p.last_seen_ms)],
           labelChips(p.labels) ? ['Labels', labelChips(p.labels)] : null,
         ]),
-        exportLinks(`/api/v1/profiles/${enc(pid)}`, null, isSpan ? `span-${pid}` : `profile-${fileSafe(pid)}`)),
+        exportLinks(`/api/v1/profiles/${enc(pid)}`, null, isSpan ? `span-${pid}` : `profile-${fileSafe(pid)}`),
+        compareForm(`left.profile=${enc(pid)}`)),
       nodes);
     after();
+  }
+
+  /**
+   * "Compare with…": another span profile, profile or trace ID, opened as the right side of a
+   * diff whose left side is `leftQuery`.
+   */
+  function compareForm(leftQuery) {
+    const input = h('input', {
+      id: 'compare-input', type: 'text', placeholder: 'span, profile or trace ID', autocomplete: 'off', spellcheck: 'false',
+      'aria-label': 'ID of the profile to compare with',
+    });
+    const form = h('form', { class: 'compare', id: 'compare-form' },
+      h('label', { for: 'compare-input' }, 'Compare with… '), input,
+      h('button', { class: 'btn', type: 'submit' }, 'Compare'));
+    form.addEventListener('submit', (e) => {
+      e.preventDefault();
+      const v = input.value.trim();
+      if (!v) return;
+      const right = HEX32.test(v) ? `right.trace=${enc(v.toLowerCase())}` : `right.profile=${enc(HEX16.test(v) ? v.toLowerCase() : v)}`;
+      location.href = `/diff?${leftQuery}&${right}`;
+    });
+    return form;
+  }
+
+  // ---- a diff of two profiles
+
+  function sideMeta(label, side) {
+    const s = side || {};
+    let what;
+    if (s.kind === 'profile') what = idLink('profile', s.profile_id);
+    else if (s.kind === 'trace') what = idLink('trace', s.trace_id);
+    else what = h('code', { class: 'mono' }, `${s.selector || ''}`);
+    return h('section', { class: 'card diff-side' },
+      h('h2', null, label),
+      metaList([
+        ['What', what],
+        s.kind === 'service' || s.kind === 'spans' ? ['Time', h('span', null, whenEl(s.from_ms), ' – ', whenEl(s.until_ms))] : null,
+        s.span_profiles != null ? ['Span profiles', fmtInt(s.span_profiles)] : null,
+        ['Samples', fmtInt(s.samples)],
+        ['CPU time', fmtCpu(s.cpu_ns)],
+      ]));
+  }
+
+  async function renderDiff() {
+    mountNavSearch(true);
+    setPage('Diff', loadingEl('diff'));
+    let body;
+    try {
+      body = await api(`/api/v1/diff${location.search}`);
+    } catch (e) {
+      errorPage('this diff', e, () => renderDiff());
+      return;
+    }
+    const g = body.flamegraph || {};
+    const fg = new FlameGraph(treeFromDiffLevels(g), DEFAULT_PERIOD_NS, { left: Number(g.left_ticks) || 0, right: Number(g.right_ticks) || 0 });
+    fg.showBound(g, null);
+    setPage('Diff',
+      h('section', { class: 'page-head' },
+        crumbs(['Profiles', '/'], 'diff'),
+        h('h1', null, 'Diff ', h('span', { class: 'kind' }, 'left → right')),
+        h('p', { class: 'muted', id: 'diff-legend' },
+          'Width: a function\'s share of the left side plus its share of the right. Red: a larger share of the right side\'s CPU than of the left\'s; green: a smaller one; grey: about the same. Hover for both values.'),
+        h('div', { class: 'diff-sides' }, sideMeta('Left', body.left), sideMeta('Right', body.right))),
+      fg.el);
+    fg.render();
   }
 
   // ---- one trace
@@ -1182,6 +1345,7 @@
       if ((m = /^\/profiles\/([^/]+)$/.exec(path))) return renderProfile(decodeSegment(m[1]));
       if ((m = /^\/traces\/([^/]+)$/.exec(path))) return renderTrace(decodeSegment(m[1]));
       if ((m = /^\/services\/([^/]+)$/.exec(path))) return renderService(decodeSegment(m[1]));
+      if (path === '/diff') return renderDiff();
       mountNavSearch(true);
       return messagePage('Page not found', 'unknown',
         h('p', null, 'There is no page at ', h('code', null, location.pathname), '.'),

@@ -435,6 +435,38 @@ async function main() {
     await page.locator('h1', { hasText: 'Unknown ID' }).waitFor();
   });
 
+  await check('compare with…: a diff page of two span profiles in red and green, both values in the tooltip', async () => {
+    await goto(page, `/profiles/${SPAN_A}`);
+    await page.fill('#compare-input', SPAN_B.toUpperCase());
+    await page.press('#compare-input', 'Enter');
+    await page.waitForURL(`**/diff?left.profile=${SPAN_A}&right.profile=${SPAN_B}`);
+    // find_nearest_vehicle is only in A (left): a smaller share on the right, green; B's
+    // check_driver_availability only on the right: red; main is all of both: grey.
+    await frame(page, 'find_nearest_vehicle').waitFor();
+    await frame(page, 'check_driver_availability').waitFor();
+    assert(await frame(page, 'find_nearest_vehicle').evaluate((e) => e.classList.contains('diff-less')), 'left only is green (diff-less)');
+    assert(await frame(page, 'check_driver_availability').evaluate((e) => e.classList.contains('diff-more')), 'right only is red (diff-more)');
+    const main = await frame(page, 'main').evaluate((e) => e.className);
+    assert(!/diff-(more|less)/.test(main), `main holds all of both sides: ${main}`);
+    const [green, red] = await Promise.all([
+      frame(page, 'find_nearest_vehicle').evaluate((e) => getComputedStyle(e).backgroundColor),
+      frame(page, 'check_driver_availability').evaluate((e) => getComputedStyle(e).backgroundColor),
+    ]);
+    const rgb = (c) => (c.match(/\d+/g) || []).map(Number);
+    assert(rgb(green)[1] > rgb(green)[0] && rgb(red)[0] > rgb(red)[1], `green ${green}, red ${red}`);
+    await frame(page, 'find_nearest_vehicle').hover();
+    await page.locator('#tooltip').waitFor({ state: 'visible' });
+    const tip = await page.locator('#tooltip').innerText();
+    assert(/Left/.test(tip) && /60 samples/.test(tip) && /Right/.test(tip) && /0 samples/.test(tip) && /points/.test(tip), `tooltip: ${tip}`);
+    const sides = await page.locator('.diff-side').allInnerTexts();
+    assert(sides.length === 2 && sides[0].includes(String(A_SAMPLES)) && sides[1].includes(String(B_SAMPLES)), `side totals: ${sides}`);
+    await page.screenshot({ path: SCREENSHOT.replace(/\.png$/, '-diff.png'), fullPage: true });
+    // A malformed side: the page says what is wrong.
+    await goto(page, `/diff?left.profile=${SPAN_A}`);
+    await page.locator('.error-box').waitFor();
+    assert(/right/.test(await page.locator('.error-box').innerText()), 'the error names the missing side');
+  });
+
   await check('services page of the app shows the whole-process flame graph and a time range select', async () => {
     await goto(page, `/services/${encodeURIComponent(APP)}`);
     await frame(page, 'poll_sockets').waitFor();
