@@ -152,6 +152,10 @@ pub struct StackTraceSelector {
     pub call_site: Vec<Location>,
 }
 
+/// `types.v1.GetProfileStatsRequest`: no fields.
+#[derive(Clone, Copy, PartialEq, Eq, prost::Message, Serialize, Deserialize)]
+pub struct GetProfileStatsRequest {}
+
 /// `types.v1.GetProfileStatsResponse`.
 #[derive(Clone, PartialEq, Eq, prost::Message, Serialize, Deserialize)]
 #[serde(default)]

@@ -816,9 +816,9 @@ async fn label_values(State(s): St, Path(name): Path<String>, Query(q): Query<Ha
     }
 }
 
-/// `?spans=`: which samples of a service a whole-process view shows.
-fn spans_matcher(q: &HashMap<String, String>) -> Result<Option<Matcher>, Error> {
-    let op = match q.get("spans").map(String::as_str).unwrap_or("all") {
+/// `spans=`: which samples of a service a whole-process view shows (`all` when absent).
+fn spans_matcher(spans: Option<&str>) -> Result<Option<Matcher>, Error> {
+    let op = match spans.unwrap_or("all") {
         "all" | "" => return Ok(None),
         "inside" => selector::Op::NotEqual,
         "outside" => selector::Op::Equal,
@@ -843,7 +843,7 @@ async fn service_profile(
         let mut selector = selector_param(&q)?
             .and(Matcher::new("service_name", selector::Op::Equal, &service)?)
             .and(Matcher::new(selector::NAME_LABEL, selector::Op::Equal, &profile_type)?);
-        if let Some(m) = spans_matcher(&q)? {
+        if let Some(m) = spans_matcher(q.get("spans").map(String::as_str))? {
             selector = selector.and(m);
         }
         Ok((ProcessQuery { selector, from_ms: from, until_ms: until }, Rendering::from_query(&q)?))
@@ -918,11 +918,7 @@ fn subject_param(q: &HashMap<String, String>, side: &str, now: u64) -> Result<qu
     }
     let profile_type = get("type").unwrap_or("process_cpu");
     selector = selector.and(Matcher::new(selector::NAME_LABEL, selector::Op::Equal, profile_type)?);
-    let mut side_q = HashMap::new();
-    if let Some(spans) = get("spans") {
-        side_q.insert("spans".to_owned(), spans.to_owned());
-    }
-    if let Some(m) = spans_matcher(&side_q)? {
+    if let Some(m) = spans_matcher(get("spans"))? {
         selector = selector.and(m);
     }
     Ok(query::Subject::Process(ProcessQuery { selector, from_ms: from, until_ms: until }))

@@ -317,7 +317,7 @@ async fn series_labels(State(s): St, req: Request) -> Response {
 
 /// Whether any data was stored (a listing of span profiles tells the newest time).
 async fn profile_stats(State(s): St, req: Request) -> Response {
-    unary(s, req, "GetProfileStats", false, |store, _req: pb::ProfileTypesRequest, _wire| {
+    unary(s, req, "GetProfileStats", false, |store, _req: pb::GetProfileStatsRequest, _wire| {
         let newest = store.search_spans(&crate::store::SpanQuery { limit: 1, ..Default::default() })?.profiles.first().map(|p| p.last_seen_ms);
         let ingested = newest.is_some() || !store.services()?.is_empty();
         Ok(Answer::Message(pb::GetProfileStatsResponse {

@@ -315,6 +315,11 @@ async fn grafana_pyroscope_data_source_calls_answer_like_the_json_api() {
     assert_eq!((cpu.string_of(2), cpu.string_of(4), cpu.string_of(5), cpu.string_of(6), cpu.string_of(7)),
         ("process_cpu".into(), "cpu".into(), "nanoseconds".into(), "cpu".into(), "nanoseconds".into()));
 
+    // Profiles Drilldown asks whether anything was ingested, and when last.
+    let stats = call(&srv.base, "GetProfileStats", &Msg::new()).await.unwrap();
+    assert_eq!(stats.int_of(1), 1, "data_ingested");
+    assert!(stats.int_of(3) >= start, "newest_profile_time");
+
     // The query editor: label names and values, narrowed by a selector.
     let sel = format!("{{__profile_type__=\"{CPU}\",service_name=\"ride\"}}");
     let names = call(&srv.base, "LabelNames", &Msg::new().string(1, &sel).int(2, start).int(3, end)).await.unwrap().strings(1);
@@ -483,6 +488,7 @@ async fn bad_requests_get_connect_errors_and_unknown_data_is_empty() {
     // An empty server: Save & test passes, series and flame graphs are empty.
     let types = call(&srv.base, "ProfileTypes", &Msg::new().int(1, 1000).int(2, 4000)).await.unwrap();
     assert!(types.msgs(1).is_empty());
+    assert_eq!(call(&srv.base, "GetProfileStats", &Msg::new()).await.unwrap().int_of(1), 0, "nothing ingested yet");
     let series = call(&srv.base, "SelectSeries", &Msg::new().string(1, CPU).string(2, "{}").int(3, start).int(4, end).double(6, 15.0)).await.unwrap();
     assert!(series.msgs(1).is_empty());
     let empty = call(&srv.base, "SelectMergeStacktraces", &merge_request("{service_name=\"nobody\"}", start, end)).await.unwrap();
