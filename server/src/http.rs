@@ -15,6 +15,7 @@ use axum::routing::{get, post};
 use serde::Serialize;
 use serde_json::json;
 
+use crate::aggregate::AggregateQuery;
 use crate::error::{Error, Reject};
 use crate::export::{self, ExportMeta};
 use crate::flame;
@@ -55,6 +56,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/labels", get(label_names))
         .route("/api/v1/labels/{name}/values", get(label_values))
         .route("/api/v1/diff", get(diff_profiles))
+        .route("/api/v1/aggregate", get(aggregate_spans))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -62,6 +64,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/profiles/{id}", get(index))
         .route("/traces/{id}", get(index))
         .route("/services/{name}", get(index))
+        .route("/services/{name}/spans/{span_name}", get(index))
         .route("/diff", get(index))
         .route("/ui/app.js", get(|| async { asset("text/javascript; charset=utf-8", crate::ui::APP_JS) }))
         .route("/ui/style.css", get(|| async { asset("text/css; charset=utf-8", crate::ui::STYLE_CSS) }))
@@ -903,18 +906,8 @@ fn subject_param(q: &HashMap<String, String>, side: &str, now: u64) -> Result<qu
     if let Some(name) = get("span_name") {
         selector = selector.and(Matcher::new(selector::SPAN_NAME_LABEL, selector::Op::Equal, name)?);
     }
-    let cpu_ms = |k: &str| {
-        get(k).map(|v| v.parse::<u64>().map_err(|_| bad_query(format!("{side}.{k} {v:?} is not a number of milliseconds")))).transpose()
-    };
-    let (min_cpu, max_cpu) = (cpu_ms("min_cpu_ms")?, cpu_ms("max_cpu_ms")?);
-    if min_cpu.is_some() || max_cpu.is_some() {
-        return Ok(query::Subject::Spans {
-            selector,
-            from_ms: from,
-            until_ms: until,
-            min_cpu_ns: min_cpu.unwrap_or(0).saturating_mul(1_000_000),
-            max_cpu_ns: max_cpu.map_or(u64::MAX, |m| m.saturating_mul(1_000_000)),
-        });
+    if let Some(q) = cpu_filter(selector.clone(), from, until, get, &format!("{side}."))? {
+        return Ok(query::Subject::Spans(q));
     }
     let profile_type = get("type").unwrap_or("process_cpu");
     selector = selector.and(Matcher::new(selector::NAME_LABEL, selector::Op::Equal, profile_type)?);
@@ -924,15 +917,113 @@ fn subject_param(q: &HashMap<String, String>, side: &str, now: u64) -> Result<qu
     Ok(query::Subject::Process(ProcessQuery { selector, from_ms: from, until_ms: until }))
 }
 
+/// The aggregate of a selection of span rollups when `get` gives `min_cpu_ms` or `max_cpu_ms`
+/// (`what` names the parameters' prefix in errors).
+fn cpu_filter<'a>(
+    selector: Selector,
+    from_ms: u64,
+    until_ms: u64,
+    get: impl Fn(&str) -> Option<&'a str>,
+    what: &str,
+) -> Result<Option<AggregateQuery>, Error> {
+    let cpu_ms = |k: &str| {
+        get(k)
+            .map(|v| v.trim().parse::<u64>().map_err(|_| bad_query(format!("{what}{k} {v:?} is not a number of milliseconds"))))
+            .transpose()
+    };
+    let (min_cpu, max_cpu) = (cpu_ms("min_cpu_ms")?, cpu_ms("max_cpu_ms")?);
+    if min_cpu.is_none() && max_cpu.is_none() {
+        return Ok(None);
+    }
+    if let (Some(lo), Some(hi)) = (min_cpu, max_cpu)
+        && lo > hi
+    {
+        return Err(bad_query(format!("{what}min_cpu_ms {lo} is above {what}max_cpu_ms {hi}")));
+    }
+    Ok(Some(AggregateQuery {
+        selector,
+        from_ms,
+        until_ms,
+        min_cpu_ns: min_cpu.unwrap_or(0).saturating_mul(1_000_000),
+        max_cpu_ns: max_cpu.map_or(u64::MAX, |m| m.saturating_mul(1_000_000)),
+    }))
+}
+
+/// `GET /api/v1/aggregate?service=S&span_name=N&from=&until=[&selector=][&min_cpu_ms=][&max_cpu_ms=]`:
+/// every span profile of a span name (every named or unnamed span without `span_name`) last
+/// seen in the range, as one answer — counts, the per-span CPU distribution, the heaviest spans
+/// and the merged flame graph — or an export of the merged stacks (`format=`).
+async fn aggregate_spans(State(s): St, Query(q): Query<HashMap<String, String>>) -> Response {
+    let now = now_ms();
+    let parsed = (|| -> Result<(AggregateQuery, Rendering), Error> {
+        let get = |k: &str| q.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
+        let service = get("service").ok_or_else(|| bad_query("service is required: the service whose spans to aggregate".into()))?;
+        let from = get("from").map(|v| parse_time(v, now, "from")).transpose()?.unwrap_or(now.saturating_sub(3_600_000));
+        let until = get("until").map(|v| parse_time(v, now, "until")).transpose()?.unwrap_or(now);
+        if from > until {
+            return Err(Error::rejected(Reject::BadTimestamp, "`from` is after `until`"));
+        }
+        let mut selector = selector_param(&q)?.and(Matcher::new("service_name", selector::Op::Equal, service)?);
+        selector = selector.and(match get("span_name") {
+            Some(name) => Matcher::new(selector::SPAN_NAME_LABEL, selector::Op::Equal, name)?,
+            None => Matcher::new(selector::SPAN_NAME_LABEL, selector::Op::NotEqual, "")?,
+        });
+        let everything = AggregateQuery { selector: selector.clone(), from_ms: from, until_ms: until, min_cpu_ns: 0, max_cpu_ns: u64::MAX };
+        let aq = cpu_filter(selector, from, until, get, "")?.unwrap_or(everything);
+        Ok((aq, Rendering::from_query(&q)?))
+    })();
+    let (aq, rendering) = match parsed {
+        Ok(p) => p,
+        Err(e) => return fail(&s, e),
+    };
+    let service = q.get("service").cloned().unwrap_or_default();
+    let span_name = q.get("span_name").cloned().filter(|n| !n.trim().is_empty());
+    let what = match &span_name {
+        Some(n) => format!("spans {n:?} of service {service:?} in this time range"),
+        None => format!("spans of service {service:?} in this time range"),
+    };
+    heavy_query(&s, "aggregate", rendering, what, move |store| {
+        let Some(mut a) = crate::aggregate::aggregate(store, &aq)? else {
+            return Ok(None);
+        };
+        let stacks = std::mem::take(&mut a.stacks);
+        let title = match &span_name {
+            Some(n) => format!("{service}: {n} ({} spans)", a.spans),
+            None => format!("{service}: all spans ({})", a.spans),
+        };
+        let meta = ExportMeta {
+            title,
+            period_ns: a.period_ns,
+            time_ms: aq.from_ms,
+            duration_ms: aq.until_ms - aq.from_ms,
+            labels: vec![("service_name", service.clone())],
+        };
+        let mut extra = match serde_json::to_value(&a) {
+            Ok(serde_json::Value::Object(m)) => m,
+            _ => serde_json::Map::new(),
+        };
+        extra.insert("service_name".into(), json!(service));
+        extra.insert("span_name".into(), json!(span_name));
+        extra.insert("selector".into(), json!(aq.selector.to_string()));
+        extra.insert("from_ms".into(), json!(aq.from_ms));
+        extra.insert("until_ms".into(), json!(aq.until_ms));
+        extra.insert("min_cpu_ns".into(), json!(aq.min_cpu_ns));
+        extra.insert("max_cpu_ns".into(), json!((aq.max_cpu_ns != u64::MAX).then_some(aq.max_cpu_ns)));
+        let file_stem = file_name_safe(&format!("{service}-{}", span_name.as_deref().unwrap_or("spans")));
+        Ok(Some(Loaded { stacks, meta, file_stem, extra }))
+    })
+    .await
+}
+
 /// A diff side as the JSON answer describes it.
 fn subject_json(subject: &query::Subject, loaded: &query::Loaded) -> serde_json::Value {
     let mut v = match subject {
         query::Subject::Profile(id) => json!({ "kind": "profile", "profile_id": id.to_string() }),
         query::Subject::Trace(t) => json!({ "kind": "trace", "trace_id": t.to_string() }),
         query::Subject::Process(q) => json!({ "kind": "service", "selector": q.selector.to_string(), "from_ms": q.from_ms, "until_ms": q.until_ms }),
-        query::Subject::Spans { selector, from_ms, until_ms, min_cpu_ns, max_cpu_ns } => json!({
-            "kind": "spans", "selector": selector.to_string(), "from_ms": from_ms, "until_ms": until_ms,
-            "min_cpu_ns": min_cpu_ns, "max_cpu_ns": (*max_cpu_ns != u64::MAX).then_some(*max_cpu_ns),
+        query::Subject::Spans(q) => json!({
+            "kind": "spans", "selector": q.selector.to_string(), "from_ms": q.from_ms, "until_ms": q.until_ms,
+            "min_cpu_ns": q.min_cpu_ns, "max_cpu_ns": (q.max_cpu_ns != u64::MAX).then_some(q.max_cpu_ns),
         }),
     };
     let samples = loaded.samples();

@@ -2,6 +2,7 @@
 //! the same span ID upon insert, and serves the JSON API, exports and the flame-graph UI.
 #![forbid(unsafe_code)]
 
+pub mod aggregate;
 pub mod diff;
 pub mod error;
 pub mod export;

@@ -273,8 +273,16 @@ pub fn rescale_count(count: u64, num: u64, den: u64) -> u64 {
     u64::try_from(scaled).unwrap_or(u64::MAX).max(1)
 }
 
-/// The `span_name` of the rollup of spans that have no name ([`SeriesBatch::span_rollups`]).
+/// The `span_name` of the rollup of spans that have no name.
 pub const UNNAMED_SPAN: &str = "[unnamed]";
+
+/// The `span_name` of the span rollup a profile named `span_name` is counted in: a span's
+/// samples are kept beside the whole-process profile, under the series' labels plus
+/// `span_name`, so the CPU of a service inside spans, or of one span name, is read from a few
+/// minute buckets instead of from every span profile.
+pub fn rollup_span_name(span_name: &str) -> &str {
+    if span_name.is_empty() { UNNAMED_SPAN } else { span_name }
+}
 
 /// Series labels (`service_name`, `namespace`, `pod`, …), sorted by name.
 pub type Labels = BTreeMap<String, String>;
@@ -336,27 +344,6 @@ impl SeriesBatch {
     /// Samples in spans plus samples outside them.
     pub fn total_samples(&self) -> u64 {
         self.process.total() + self.spans.iter().map(|s| s.stacks.total()).sum::<u64>()
-    }
-
-    /// The batch's span samples per span name, each under the series' labels plus `span_name`
-    /// (spans without a name under [`UNNAMED_SPAN`]). They are kept beside the whole-process
-    /// profile, in the same per-minute buckets, so the CPU of a service inside spans, or of one
-    /// span name over time, is read from a few buckets instead of from every span profile.
-    pub fn span_rollups(&self) -> Vec<(Labels, StackCounts)> {
-        let mut by_name: BTreeMap<&str, StackCounts> = BTreeMap::new();
-        for span in &self.spans {
-            let name = span.span_name.as_deref().filter(|n| !n.is_empty()).unwrap_or(UNNAMED_SPAN);
-            by_name.entry(name).or_default().merge_from(&span.stacks);
-        }
-        by_name
-            .into_iter()
-            .filter(|(_, stacks)| !stacks.is_empty())
-            .map(|(name, stacks)| {
-                let mut labels = self.labels.clone();
-                labels.insert(crate::selector::SPAN_NAME_LABEL.to_owned(), name.to_owned());
-                (labels, stacks)
-            })
-            .collect()
     }
 
     /// `stacks` with frame names, sorted (for tests and debugging).
@@ -421,32 +408,6 @@ mod tests {
         assert!(!bound_depth(&mut ok, &mut frames), "a stack within the bound is left alone");
     }
 
-
-    #[test]
-    fn span_rollups_add_up_spans_per_name_under_the_series_labels() {
-        let mut frames = Frames::default();
-        let (a, b) = (frames.intern("a"), frames.intern("b"));
-        let span = |id: u64, name: Option<&str>, stack: &[u32], n: u64| {
-            let mut stacks = StackCounts::new();
-            stacks.add(stack, n);
-            SpanContribution { profile_id: ProfileId::Span(id), trace_id: None, span_name: name.map(str::to_owned), stacks }
-        };
-        let batch = SeriesBatch {
-            labels: [("service_name".to_owned(), "ride".to_owned())].into(),
-            period_ns: DEFAULT_PERIOD_NS,
-            from_ms: 0,
-            until_ms: 0,
-            frames,
-            spans: vec![span(1, Some("Order"), &[a, b], 2), span(2, Some("Order"), &[a, b], 3), span(3, None, &[a], 1), span(4, Some(""), &[b], 1)],
-            process: StackCounts::new(),
-            dropped_labels: DroppedLabels::default(),
-        };
-        let rollups = batch.span_rollups();
-        let got: Vec<(String, String, u64)> =
-            rollups.iter().map(|(l, s)| (l["service_name"].clone(), l["span_name"].clone(), s.total())).collect();
-        assert_eq!(got, [("ride".into(), "Order".into(), 5), ("ride".into(), UNNAMED_SPAN.into(), 2)]);
-        assert_eq!(rollups[0].1.len(), 1, "identical stacks of one name add up");
-    }
 
     #[test]
     fn huge_frame_names_are_cut_on_a_character_boundary() {

@@ -15,7 +15,7 @@ use crate::store::{ProcessProfile, ProcessQuery, ProfileStore, SpanProfile, Span
 pub fn span_labels(s: &SpanSummary) -> Labels {
     let mut labels = s.labels.clone();
     labels.insert("service_name".into(), s.service_name.clone());
-    let name = if s.span_name.is_empty() { UNNAMED_SPAN } else { s.span_name.as_str() };
+    let name = crate::model::rollup_span_name(&s.span_name);
     labels.insert(SPAN_NAME_LABEL.into(), name.to_owned());
     labels.insert(NAME_LABEL.into(), crate::ingest::SPAN_PROFILE_TYPE.into());
     labels
@@ -299,12 +299,9 @@ pub enum Subject {
     Profile(ProfileId),
     Trace(TraceId),
     Process(ProcessQuery),
-    /// Span profiles of a selection whose CPU is within `[min_cpu_ns, max_cpu_ns]`, merged.
-    Spans { selector: Selector, from_ms: u64, until_ms: u64, min_cpu_ns: u64, max_cpu_ns: u64 },
+    /// The span profiles of a span-name aggregate (its CPU filter included), merged.
+    Spans(crate::aggregate::AggregateQuery),
 }
-
-/// Most span profiles a CPU-filtered selection merges (their stacks are loaded one by one).
-pub const MAX_FILTERED_SPANS: usize = 100_000;
 
 /// A loaded subject: its stacks on one period, and how many span profiles went in (None for a
 /// whole-process selection).
@@ -335,14 +332,9 @@ pub fn load(store: &dyn ProfileStore, subject: &Subject) -> Result<Loaded> {
             Some(p) => Loaded { period_ns: p.period_ns, stacks: p.stacks, span_profiles: None },
             None => Loaded { period_ns: crate::model::DEFAULT_PERIOD_NS, ..Default::default() },
         },
-        Subject::Spans { selector, from_ms, until_ms, min_cpu_ns, max_cpu_ns } => {
-            let summaries = spans_in_range(store, selector, *from_ms, *until_ms, MAX_FILTERED_SPANS)?;
-            let ids: Vec<ProfileId> = summaries
-                .into_iter()
-                .filter(|s| (*min_cpu_ns..=*max_cpu_ns).contains(&s.samples.saturating_mul(s.period_ns)))
-                .map(|s| s.profile_id)
-                .collect();
-            spans(span_profiles(store, &ids, &Selector::all())?)
-        }
+        Subject::Spans(q) => match crate::aggregate::aggregate(store, q)? {
+            Some(a) => Loaded { period_ns: a.period_ns, stacks: a.stacks, span_profiles: Some(a.spans as usize) },
+            None => Loaded { period_ns: crate::model::DEFAULT_PERIOD_NS, span_profiles: Some(0), ..Default::default() },
+        },
     })
 }

@@ -128,6 +128,12 @@ pub struct ListEntry {
     pub samples: u64,
     #[prost(uint64, tag = "4")]
     pub first_seen_ms: u64,
+    /// Absent in blocks written before span aggregates (then 0: the default period is assumed).
+    #[prost(uint64, tag = "5")]
+    pub period_ns: u64,
+    /// The record's `block_series` (its label set), for label selectors over the listing.
+    #[prost(uint32, tag = "6")]
+    pub block_series: u32,
 }
 
 /// The small object beside a block's data: what a query plans with, without reading the block.
@@ -458,6 +464,8 @@ impl BlockBuilder {
             }
             None => {
                 rec.set_stack_counts(&counts);
+                // The embedded store's series ID means nothing in a block.
+                rec.rollup_series = 0;
                 self.spans.insert(key.to_vec(), rec);
             }
         }
@@ -661,6 +669,12 @@ fn list_entry(r: &SpanRecord) -> Vec<u8> {
     if r.first_seen_ms != 0 {
         uint64::encode(4, &r.first_seen_ms, &mut out);
     }
+    if r.period_ns != 0 {
+        uint64::encode(5, &r.period_ns, &mut out);
+    }
+    if r.block_series != 0 {
+        prost::encoding::uint32::encode(6, &r.block_series, &mut out);
+    }
     out
 }
 
@@ -692,7 +706,15 @@ mod tests {
 
     #[test]
     fn list_entries_encode_as_the_message_does() {
-        let full = SpanRecord { service_name: "ride".into(), span_name: "Order".into(), samples: 7, first_seen_ms: 1_700, ..Default::default() };
+        let full = SpanRecord {
+            service_name: "ride".into(),
+            span_name: "Order".into(),
+            samples: 7,
+            first_seen_ms: 1_700,
+            period_ns: 10_000_000,
+            block_series: 3,
+            ..Default::default()
+        };
         let empty = SpanRecord::default();
         for r in [&full, &empty] {
             let message = ListEntry {
@@ -700,6 +722,8 @@ mod tests {
                 span_name: r.span_name.clone(),
                 samples: r.samples,
                 first_seen_ms: r.first_seen_ms,
+                period_ns: r.period_ns,
+                block_series: r.block_series,
             };
             assert_eq!(list_entry(r), message.encode_to_vec());
         }

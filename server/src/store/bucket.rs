@@ -440,6 +440,41 @@ impl BlockRead<'_> {
         Ok(())
     }
 
+    /// The block's span profiles counted in the span rollups `matches` selects, last seen in a
+    /// minute bucket started in `[from_ms, until_ms]` (as [`super::ProfileStore::span_stats`]):
+    /// from the listing, whose entries carry each profile's samples, period and label set.
+    pub async fn span_stats(
+        &self,
+        matches: impl Fn(&crate::model::Labels) -> bool,
+        from_ms: u64,
+        until_ms: u64,
+    ) -> Result<Vec<super::SpanStat>> {
+        let end = (until_ms / super::BUCKET_MS * super::BUCKET_MS).saturating_add(super::BUCKET_MS - 1);
+        let mut entries = Vec::new();
+        self.list_from(end, |last_seen, id, entry| {
+            if last_seen < from_ms {
+                return false;
+            }
+            entries.push((last_seen, id, entry));
+            true
+        })
+        .await?;
+        let mut sets = HashMap::new();
+        let mut out = Vec::new();
+        for (last_seen_ms, profile_id, entry) in entries {
+            let mut labels: crate::model::Labels =
+                self.label_set(entry.block_series, &mut sets).await?.into_iter().map(|l| (l.name, l.value)).collect();
+            labels.insert("service_name".into(), entry.service_name);
+            let span_name = crate::model::rollup_span_name(&entry.span_name).to_owned();
+            labels.insert(crate::selector::SPAN_NAME_LABEL.into(), span_name.clone());
+            if matches(&labels) {
+                let period_ns = if entry.period_ns == 0 { crate::model::DEFAULT_PERIOD_NS } else { entry.period_ns };
+                out.push(super::SpanStat { profile_id, span_name, samples: entry.samples, period_ns, last_seen_ms });
+            }
+        }
+        Ok(out)
+    }
+
     /// The keys and labels of the block's whole-process series matching `matches`.
     async fn series_matching(&self, footer: &BlockFooter, matches: impl Fn(&crate::model::Labels) -> bool) -> Result<Vec<(Vec<u8>, crate::model::Labels)>> {
         let mut series = Vec::new();

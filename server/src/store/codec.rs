@@ -37,6 +37,11 @@ pub struct SpanRecord {
     /// embedded store).
     #[prost(uint32, tag = "11")]
     pub block_series: u32,
+    /// The embedded store's ID of the span-rollup series this profile's samples are counted in
+    /// (its first push's labels and its span name), in the minute bucket of its last-seen time.
+    /// 0: none (a record of an older version, which counted them per push; or a block's).
+    #[prost(uint64, tag = "12")]
+    pub rollup_series: u64,
 }
 
 impl SpanRecord {

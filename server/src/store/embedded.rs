@@ -32,11 +32,11 @@ use super::shared::{
     series_id_seed, span_labels, summary,
 };
 use super::{
-    Cursor, GcStats, InsertStats, Page, ProcessProfile, ProcessQuery, ProfileStore, Retention, RetentionStats, SeriesPoints, SpanProfile, SpanQuery, Stacks,
+    Cursor, GcStats, InsertStats, Page, ProcessProfile, ProcessQuery, ProfileStore, Retention, RetentionStats, SeriesPoints, SpanProfile, SpanQuery, SpanStat, Stacks,
     StoreStats,
 };
 use crate::error::{Error, Result};
-use crate::model::{Labels, ProfileId, SeriesBatch, TraceId};
+use crate::model::{Labels, ProfileId, SeriesBatch, TraceId, rescale_count};
 
 /// Tuning of the embedded store.
 #[derive(Clone, Debug)]
@@ -105,6 +105,9 @@ struct Keyspaces {
     process: SingleWriterTxKeyspace,
     /// (bucket start ms, series id)
     process_by_time: SingleWriterTxKeyspace,
+    /// (span-rollup series id, last_seen_ms, profile ID) → samples, period: [`stat_key`]. The
+    /// per-span CPU of a span name without reading its profiles.
+    span_stats: SingleWriterTxKeyspace,
     /// counter name → u64 BE
     meta: SingleWriterTxKeyspace,
 }
@@ -124,6 +127,7 @@ impl Keyspaces {
             series_by_service: ks("series_by_service")?,
             process: ks("process")?,
             process_by_time: ks("process_by_time")?,
+            span_stats: ks("span_stats")?,
             meta: ks("meta")?,
             db,
         })
@@ -550,35 +554,69 @@ fn insert_batch(
     let mut frame_ids = Vec::new();
 
     if !batch.process.is_empty() {
-        add_to_bucket(w, k, interner, pending, adds, batch, &mut frame_ids, &batch.labels, &batch.process)?;
-        stats.process_buckets += 1;
-    }
-    for (labels, stacks) in batch.span_rollups() {
-        add_to_bucket(w, k, interner, pending, adds, batch, &mut frame_ids, &labels, &stacks)?;
+        let sid = series_id(w, k, &batch.labels)?;
+        let counts = pending.counts(interner, &mut FjallInterns { w, k }, &batch.frames, &mut frame_ids, &batch.process)?;
+        adds.add(k2(sid, bucket_of(batch.from_ms)), &counts, batch.period_ns, 1);
         stats.process_buckets += 1;
     }
 
+    // The batch's span-rollup series, by span name.
+    let mut rollups: HashMap<String, u64> = HashMap::new();
     for span in &batch.spans {
         let id = id_key(&span.profile_id);
         let id = id.as_slice();
         let counts =
             pending.counts(interner, &mut FjallInterns { w, k }, &batch.frames, &mut frame_ids, &span.stacks)?;
+        let incoming = counts.clone();
         // The transaction reads its own writes: an ID pushed twice in one group merges twice.
         let old = w.get(k.spans.inner(), id)?;
         let old_len = old.as_ref().map_or(0, |o| o.len());
-        let MergedSpan { rec, old_last_seen, new_trace } =
+        let MergedSpan { mut rec, old_last_seen, new_trace, gained_name } =
             merge_span(old.as_deref(), batch, span, &span_labels, counts)?;
-        match old_last_seen {
-            Some(t) => {
+        let old_rollup = rec.rollup_series;
+        let name = crate::model::rollup_span_name(&rec.span_name);
+        // A profile stays in the rollup series of its first push unless it gains its name.
+        if old_rollup == 0 || gained_name {
+            rec.rollup_series = match rollups.get(name) {
+                Some(&sid) => sid,
+                None => {
+                    let mut labels = batch.labels.clone();
+                    labels.insert(crate::selector::SPAN_NAME_LABEL.to_owned(), name.to_owned());
+                    let sid = series_id(w, k, &labels)?;
+                    rollups.insert(name.to_owned(), sid);
+                    stats.process_buckets += 1;
+                    sid
+                }
+            };
+        }
+        let new_key = k2(rec.rollup_series, bucket_of(rec.last_seen_ms));
+        match (old_last_seen, old.as_deref()) {
+            (Some(t), Some(old_bytes)) => {
                 w.remove(&k.spans_by_time, time_key(t, id));
                 w.remove(&k.spans_by_service, svc_time_key(&rec.service_name, t, id));
                 stats.span_profiles_merged += 1;
+                if old_rollup == 0 {
+                    // Stored by a version that counted span samples per push: only this part.
+                    adds.add(new_key, &incoming, batch.period_ns, 1);
+                } else {
+                    w.remove(&k.span_stats, stat_key(old_rollup, t, id));
+                    if k2(old_rollup, bucket_of(t)) == new_key {
+                        adds.add(new_key, &incoming, batch.period_ns, 1);
+                    } else {
+                        // The profile moves to the bucket of its new last-seen minute, whole.
+                        let before: SpanRecord = codec::decode(old_bytes, "span")?;
+                        adds.add(k2(old_rollup, bucket_of(t)), &before.stack_counts()?, before.period_ns, -1);
+                        adds.add(new_key, &rec.stack_counts()?, rec.period_ns, 1);
+                    }
+                }
             }
-            None => {
+            _ => {
                 stats.span_profiles_created += 1;
                 *spans_delta += 1;
+                adds.add(new_key, &incoming, batch.period_ns, 1);
             }
         }
+        w.insert(&k.span_stats, stat_key(rec.rollup_series, rec.last_seen_ms, id), stat_value(rec.samples, rec.period_ns));
         if let Some(t) = new_trace {
             w.insert(&k.spans_by_trace, trace_key(t.0, id), []);
         }
@@ -591,67 +629,94 @@ fn insert_batch(
     Ok(stats)
 }
 
-/// What an insert group adds to whole-process buckets, merged per bucket record (series, minute)
-/// so each record is read, merged and written once per group, however many batches of the group
-/// add to it (every push of a service adds to the same few buckets of the current minute).
+/// The start of the minute bucket `t_ms` falls in.
+fn bucket_of(t_ms: u64) -> u64 {
+    t_ms / BUCKET_MS * BUCKET_MS
+}
+
+/// (rollup series ID, last_seen_ms, profile ID key): a span index entry.
+fn stat_key(series: u64, last_seen_ms: u64, id: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(16 + id.len());
+    k.extend_from_slice(&series.to_be_bytes());
+    k.extend_from_slice(&last_seen_ms.to_be_bytes());
+    k.extend_from_slice(id);
+    k
+}
+
+/// A span index entry's value: the profile's samples and period, varints.
+fn stat_value(samples: u64, period_ns: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(12);
+    prost::encoding::encode_varint(samples, &mut v);
+    prost::encoding::encode_varint(period_ns, &mut v);
+    v
+}
+
+fn decode_stat_value(mut v: &[u8]) -> Result<(u64, u64)> {
+    let corrupt = |_| Error::Corrupt("span index value".into());
+    let samples = prost::encoding::decode_varint(&mut v).map_err(corrupt)?;
+    let period = prost::encoding::decode_varint(&mut v).map_err(corrupt)?;
+    Ok((samples, period))
+}
+
+/// What a group adds to (or, as profiles move between minutes or expire, takes from) bucket
+/// records (series, minute), summed per record so each is read, merged and written once per
+/// group however many batches and profiles add to it.
 #[derive(Default)]
-struct BucketAdds(HashMap<[u8; 16], (Counts, u64)>);
+struct BucketAdds(HashMap<[u8; 16], (HashMap<u32, i128>, u64)>);
 
 impl BucketAdds {
-    /// Adds `counts` at `period_ns` to the bucket record `key`.
-    fn add(&mut self, key: [u8; 16], counts: Counts, period_ns: u64) {
-        match self.0.get_mut(&key) {
-            Some((acc, period)) => *acc = codec::merge_counts(acc, &rescaled(counts, period_ns, *period)),
-            None => {
-                self.0.insert(key, (counts, period_ns));
-            }
+    /// Adds `sign` × `counts` taken at `period_ns` to the bucket record `key`.
+    fn add(&mut self, key: [u8; 16], counts: &Counts, period_ns: u64, sign: i128) {
+        let (acc, period) = self.0.entry(key).or_insert_with(|| (HashMap::new(), period_ns));
+        for &(stack, count) in counts {
+            let count = if period_ns == *period { count } else { rescale_count(count, period_ns, *period) };
+            *acc.entry(stack).or_default() += sign * i128::from(count);
         }
     }
 
-    /// Merges every addition into its stored record; returns the record bytes that added.
+    /// Merges every change into its stored record (a record left empty is deleted; nothing is
+    /// taken from a record that is gone); returns the record bytes that added.
     fn write(self, w: &mut SingleWriterWriteTx<'_>, k: &Keyspaces) -> Result<i64> {
         let mut delta = 0i64;
-        for (key, (counts, period_ns)) in self.0 {
+        for (key, (changes, period_ns)) in self.0 {
             let old = w.get(k.process.inner(), key)?;
-            let (merged, period) = match &old {
+            let (mut counts, period) = match &old {
                 Some(bytes) => {
                     let rec: StacksRecord = codec::decode(bytes, "process bucket")?;
-                    let incoming = rescaled(counts, period_ns, rec.period_ns);
-                    (codec::merge_counts(&rec.to_counts()?, &incoming), rec.period_ns)
+                    (rec.to_counts()?.into_iter().map(|(s, c)| (s, i128::from(c))).collect::<HashMap<u32, i128>>(), rec.period_ns)
                 }
-                None => {
-                    let (sid, bucket) = (u64_at_end(&key, 1)?, u64_at_end(&key, 0)?);
-                    w.insert(&k.process_by_time, k2(bucket, sid), []);
-                    (counts, period_ns)
-                }
+                None => (HashMap::new(), period_ns),
             };
+            for (stack, change) in changes {
+                let change = if period == period_ns {
+                    change
+                } else {
+                    let magnitude = rescale_count(change.unsigned_abs().min(u64::MAX as u128) as u64, period_ns, period);
+                    change.signum() * i128::from(magnitude)
+                };
+                *counts.entry(stack).or_default() += change;
+            }
+            let merged = codec::normalize(
+                counts.into_iter().filter(|&(_, c)| c > 0).map(|(s, c)| (s, c.min(u64::MAX as i128) as u64)).collect(),
+            );
+            let (sid, bucket) = (u64_at_end(&key, 1)?, u64_at_end(&key, 0)?);
+            if merged.is_empty() {
+                if old.is_some() {
+                    w.remove(&k.process, key);
+                    w.remove(&k.process_by_time, k2(bucket, sid));
+                }
+                delta -= old.map_or(0, |o| o.len() as i64);
+                continue;
+            }
+            if old.is_none() {
+                w.insert(&k.process_by_time, k2(bucket, sid), []);
+            }
             let encoded = StacksRecord::from_counts(&merged, period).encode_to_vec();
             delta += encoded.len() as i64 - old.map_or(0, |o| o.len() as i64);
             w.insert(&k.process, key, encoded);
         }
         Ok(delta)
     }
-}
-
-/// Adds `stacks` (of `batch`'s frames) to the minute bucket of the series `labels` at the
-/// batch's start (written when the group is).
-#[allow(clippy::too_many_arguments)]
-fn add_to_bucket(
-    w: &mut SingleWriterWriteTx<'_>,
-    k: &Keyspaces,
-    interner: &Interner,
-    pending: &mut PendingInterns,
-    adds: &mut BucketAdds,
-    batch: &SeriesBatch,
-    frame_ids: &mut Vec<Option<u32>>,
-    labels: &Labels,
-    stacks: &crate::model::StackCounts,
-) -> Result<()> {
-    let sid = series_id(w, k, labels)?;
-    let bucket = batch.from_ms / BUCKET_MS * BUCKET_MS;
-    let counts = pending.counts(interner, &mut FjallInterns { w, k }, &batch.frames, frame_ids, stacks)?;
-    adds.add(k2(sid, bucket), counts, batch.period_ns);
-    Ok(())
 }
 
 /// The first `n` keys of an index keyed by a time and then `decode`'s rest, decoded.
@@ -722,6 +787,8 @@ fn retention_step(k: &Keyspaces, policy: &Retention, now_ms: u64, interned: u64)
     let buckets = oldest(&w, &k.process_by_time, RETENTION_STEP_ROWS, |key| Ok((u64_at_end(key, 1)?, u64_at_end(key, 0)?)))?;
     let (mut si, mut bi) = (0, 0);
     let mut deleted = 0;
+    // What the deleted profiles take from their rollup buckets.
+    let mut adds = BucketAdds::default();
     while deleted < RETENTION_STEP_ROWS {
         let over_size = size.over(policy.max_bytes);
         let oldest_span = spans.get(si);
@@ -745,7 +812,7 @@ fn retention_step(k: &Keyspaces, policy: &Retention, now_ms: u64, interned: u64)
             w.remove(&k.spans_by_time, time_key(last_seen, id));
             stats.span_profiles_deleted += 1;
             spans_delta -= 1;
-            delete_span(&mut w, k, id, last_seen)?
+            delete_span(&mut w, k, &mut adds, id, last_seen)?
         } else {
             let Some((bucket, sid)) = oldest_bucket else { break };
             bi += 1;
@@ -759,18 +826,24 @@ fn retention_step(k: &Keyspaces, policy: &Retention, now_ms: u64, interned: u64)
         bytes_delta -= freed as i64;
         deleted += 1;
     }
+    bytes_delta += adds.write(&mut w, k)?;
     add_counter(&mut w, k, RECORD_BYTES, bytes_delta)?;
     add_counter(&mut w, k, SPAN_COUNT, spans_delta)?;
     w.commit()?;
     Ok(stats)
 }
 
-/// Deletes a span's record and its service and trace index entries; returns the bytes freed.
-fn delete_span(w: &mut SingleWriterWriteTx<'_>, k: &Keyspaces, id: &[u8], last_seen: u64) -> Result<u64> {
+/// Deletes a span's record, its index entries and its samples from its rollup bucket (into
+/// `adds`); returns the bytes freed.
+fn delete_span(w: &mut SingleWriterWriteTx<'_>, k: &Keyspaces, adds: &mut BucketAdds, id: &[u8], last_seen: u64) -> Result<u64> {
     let Some(bytes) = w.get(k.spans.inner(), id)? else { return Ok(0) };
     w.remove(&k.spans, id);
     let rec: SpanRecord = codec::decode(&bytes, "span")?;
     w.remove(&k.spans_by_service, svc_time_key(&rec.service_name, last_seen, id));
+    if rec.rollup_series != 0 {
+        w.remove(&k.span_stats, stat_key(rec.rollup_series, last_seen, id));
+        adds.add(k2(rec.rollup_series, bucket_of(last_seen)), &rec.stack_counts()?, rec.period_ns, -1);
+    }
     if let Some(t) = codec::trace_from_bytes(&rec.trace_id) {
         w.remove(&k.spans_by_trace, trace_key(t.0, id));
     }
@@ -1080,6 +1153,23 @@ impl ProfileStore for EmbeddedStore {
             }
             if !points.is_empty() {
                 out.push(SeriesPoints { labels, points });
+            }
+        }
+        Ok(out)
+    }
+
+    fn span_stats(&self, q: &ProcessQuery) -> Result<Vec<SpanStat>> {
+        let r = self.read();
+        let k = &*self.ks;
+        let until = bucket_of(q.until_ms).saturating_add(BUCKET_MS);
+        let mut out = Vec::new();
+        for (sid, labels) in selected_series(&r, k, &q.selector)? {
+            let Some(span_name) = labels.get(crate::selector::SPAN_NAME_LABEL) else { continue };
+            for row in r.range(k.span_stats.inner(), k2(sid, q.first_bucket())..k2(sid, until)) {
+                let (key, value) = row.into_inner()?;
+                let (last_seen_ms, id) = time_and_id(&key, 8)?;
+                let (samples, period_ns) = decode_stat_value(&value)?;
+                out.push(SpanStat { profile_id: id_from_key(&id)?, span_name: span_name.clone(), samples, period_ns, last_seen_ms });
             }
         }
         Ok(out)

@@ -22,7 +22,7 @@ use super::peers::{LocalAnswer, LocalQuery, Peers, WireStacks, mark_partial};
 use super::shared::id_key;
 use super::{
     Cursor, GcStats, InsertStats, Page, ProcessProfile, ProcessQuery, ProfileStore, Retention, RetentionStats, SeriesPoints,
-    SpanProfile, SpanQuery, SpanSummary, Stacks, StoreStats,
+    SpanProfile, SpanQuery, SpanStat, SpanSummary, Stacks, StoreStats,
 };
 use crate::error::{Error, Result};
 use crate::model::{Labels, ProfileId, SeriesBatch, TraceId, rescale_count};
@@ -152,6 +152,14 @@ impl LocalView {
         Ok(out)
     }
 
+    fn span_stats(&self, q: &ProcessQuery) -> Result<Vec<SpanStat>> {
+        let mut out = Vec::new();
+        for g in &self.0 {
+            out.extend(g.store.span_stats(q)?);
+        }
+        Ok(out)
+    }
+
     fn series(&self) -> Result<Vec<Labels>> {
         let mut out = Vec::new();
         for g in &self.0 {
@@ -192,6 +200,30 @@ impl LocalView {
         }
         Ok(out)
     }
+}
+
+/// Parts of the same span profiles (from generations, blocks and peers) merged per profile as
+/// [`merge_summaries`] merges them: samples on the smallest period, the latest last seen.
+pub fn merge_span_stats(parts: Vec<SpanStat>) -> Vec<SpanStat> {
+    let mut by_id: HashMap<ProfileId, Vec<SpanStat>> = HashMap::with_capacity(parts.len());
+    for p in parts {
+        by_id.entry(p.profile_id.clone()).or_default().push(p);
+    }
+    by_id
+        .into_values()
+        .filter_map(|parts| {
+            let period = parts.iter().map(|p| p.period_ns).filter(|&p| p > 0).min().unwrap_or(0);
+            let mut iter = parts.into_iter();
+            let mut merged = iter.next()?;
+            merged.samples = rescale_count(merged.samples, merged.period_ns, period);
+            merged.period_ns = period;
+            for p in iter {
+                merged.samples = merged.samples.saturating_add(rescale_count(p.samples, p.period_ns, period));
+                merged.last_seen_ms = merged.last_seen_ms.max(p.last_seen_ms);
+            }
+            Some(merged)
+        })
+        .collect()
 }
 
 /// The order parts of one profile merge in: earliest first, so every replica merges alike.
@@ -453,6 +485,7 @@ impl LayeredStore {
                 }
             }
             LocalQuery::ProcessSeries { query } => a.series_points = local.process_series(&query)?,
+            LocalQuery::SpanStats { query } => a.span_stats = local.span_stats(&query)?,
             LocalQuery::Services => a.names = local.names(|s| s.services())?.into_iter().collect(),
             LocalQuery::Series => a.series = local.series()?,
         }
@@ -866,6 +899,22 @@ impl ProfileStore for LayeredStore {
         }
         out.extend(answers.into_iter().flat_map(|a| a.series_points));
         Ok(out)
+    }
+
+    fn span_stats(&self, q: &ProcessQuery) -> Result<Vec<SpanStat>> {
+        let local = self.local_view()?;
+        let (answers, view) = self.ask_peers(LocalQuery::SpanStats { query: q.clone() }, &local);
+        let mut parts = local.span_stats(q)?;
+        for found in self.each_block(&view, async |b| {
+            if !may_hold(b.meta, q) {
+                return Ok(Vec::new());
+            }
+            b.span_stats(|l| q.selector.matches(l), q.first_bucket(), q.until_ms).await
+        }) {
+            parts.extend(found);
+        }
+        parts.extend(answers.into_iter().flat_map(|a| a.span_stats));
+        Ok(merge_span_stats(parts))
     }
 
     fn enforce_retention(&self, policy: &Retention, now_ms: u64) -> Result<RetentionStats> {

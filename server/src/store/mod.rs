@@ -130,6 +130,24 @@ pub struct SeriesPoints {
     pub points: Vec<(u64, u64, u64)>,
 }
 
+/// One span profile's CPU as the span index keeps it: what a span name's CPU distribution is
+/// computed from without reading the profiles.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SpanStat {
+    pub profile_id: ProfileId,
+    /// The `span_name` of its rollup ([`crate::model::UNNAMED_SPAN`] for a span without one).
+    pub span_name: String,
+    pub samples: u64,
+    pub period_ns: u64,
+    pub last_seen_ms: u64,
+}
+
+impl SpanStat {
+    pub fn cpu_ns(&self) -> u64 {
+        self.samples.saturating_mul(self.period_ns)
+    }
+}
+
 /// Position in the newest-first listing, for pagination.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Cursor {
@@ -254,6 +272,11 @@ pub trait ProfileStore: Send + Sync + 'static {
     fn process_profile(&self, q: &ProcessQuery) -> Result<Option<ProcessProfile>>;
     /// Per series that `q` selects, its samples per minute bucket in the range.
     fn process_series(&self, q: &ProcessQuery) -> Result<Vec<SeriesPoints>>;
+    /// The span profiles counted in the span rollups `q` selects (series with `span_name`) in
+    /// the range: each profile's samples are in the rollup bucket of the minute it was last
+    /// seen in (moved there whole when a later push merges into it), so these are exactly the
+    /// profiles whose last-seen minute bucket started in `[from_ms, until_ms]`.
+    fn span_stats(&self, q: &ProcessQuery) -> Result<Vec<SpanStat>>;
     /// Deletes what the policy no longer keeps; works in small steps so ingest is not held up.
     fn enforce_retention(&self, policy: &Retention, now_ms: u64) -> Result<RetentionStats>;
     /// Deletes the frames and stacks no record references any more (after retention deleted

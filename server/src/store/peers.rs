@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::{ProcessQuery, SeriesPoints, SpanProfile, SpanSummary, Stacks};
+use super::{ProcessQuery, SeriesPoints, SpanProfile, SpanStat, SpanSummary, Stacks};
 use crate::model::Labels;
 use crate::error::{Error, Result};
 
@@ -38,6 +38,8 @@ pub enum LocalQuery {
     Process { query: ProcessQuery },
     /// Local per-bucket samples of the selected series.
     ProcessSeries { query: ProcessQuery },
+    /// Local span index entries of the selected span rollups.
+    SpanStats { query: ProcessQuery },
     Services,
     /// Labels of every local whole-process series.
     Series,
@@ -111,6 +113,8 @@ pub struct LocalAnswer {
     pub series: Vec<Labels>,
     #[serde(default)]
     pub series_points: Vec<SeriesPoints>,
+    #[serde(default)]
+    pub span_stats: Vec<SpanStat>,
 }
 
 impl LocalAnswer {

@@ -467,6 +467,8 @@ pub(crate) struct MergedSpan {
     pub old_last_seen: Option<u64>,
     /// A trace ID the record gained: add a trace index entry.
     pub new_trace: Option<TraceId>,
+    /// The stored record had no span name and this part gave it one.
+    pub gained_name: bool,
 }
 
 /// One more part of a span profile, to merge into its record.
@@ -550,10 +552,11 @@ pub(crate) fn merge_span(
         Some(old_bytes) => {
             let mut rec: SpanRecord = codec::decode(old_bytes, "span")?;
             let old_last_seen = Some(rec.last_seen_ms);
+            let unnamed = rec.span_name.is_empty();
             let new_trace = part.merge_into(&mut rec)?;
-            Ok(MergedSpan { rec, old_last_seen, new_trace })
+            Ok(MergedSpan { gained_name: unnamed && !rec.span_name.is_empty(), rec, old_last_seen, new_trace })
         }
-        None => Ok(MergedSpan { rec: part.into_record(), old_last_seen: None, new_trace: span.trace_id }),
+        None => Ok(MergedSpan { rec: part.into_record(), old_last_seen: None, new_trace: span.trace_id, gained_name: false }),
     }
 }
 
