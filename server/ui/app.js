@@ -4,7 +4,8 @@
 //   /                  search by span/trace ID, recent span profiles, services
 //   /profiles/{id}     one span profile (profile ID = local root span ID)
 //   /traces/{id}       all span profiles of one trace, merged
-//   /services/{name}   whole-process profile of a service over a time range
+//   /services/{name}   whole-process profile of a service over a time range, its spans by name
+//   /services/{name}/spans/{span_name}  every span of one name: CPU distribution, heaviest, merged
 //   /diff?left.…&right.…  two profiles compared (the parameters of /api/v1/diff)
 //
 // Every string that comes from the API is put into the page with textContent or
@@ -1231,7 +1232,8 @@
           ['First seen', whenEl(firsts.length ? Math.min(...firsts) : NaN)],
           ['Last seen', whenEl(lasts.length ? Math.max(...lasts) : NaN)],
         ]),
-        exportLinks(`/api/v1/traces/${enc(tid)}`, null, `trace-${tid}`)),
+        exportLinks(`/api/v1/traces/${enc(tid)}`, null, `trace-${tid}`),
+        compareForm(`left.trace=${enc(tid)}`)),
       h('section', { class: 'card' },
         h('div', { class: 'card-head' }, h('h2', null, 'Span profiles in this trace'),
           h('span', { class: 'muted' }, 'One per local root span; the flame graph below merges them.')),
@@ -1304,9 +1306,10 @@
           ['From', whenEl(data.from_ms ?? from)],
           ['Until', whenEl(data.until_ms ?? until)],
         ]),
-        exportLinks(base, qs, `${name}-${range}`));
+        exportLinks(base, qs, `${name}-${range}`),
+        compareForm(`left.service=${enc(name)}&left.from=${from}&left.until=${until}` + (spans === 'all' ? '' : `&left.spans=${spans}`)));
       const { nodes, after } = profileBody(data.flamegraph, data.top, period, `${base}?${qs}`);
-      body.replaceChildren(...nodes);
+      body.replaceChildren(spanNamesCard(name, from, until, range), ...nodes);
       after();
     }
     select.addEventListener('change', () => {
@@ -1327,6 +1330,220 @@
     load();
   }
 
+  // ---- every span of one name
+
+  const SVG_NS = 'http://www.w3.org/2000/svg';
+  function svgEl(tag, attrs, ...children) {
+    const e = document.createElementNS(SVG_NS, tag);
+    for (const [k, v] of Object.entries(attrs || {})) if (v != null) e.setAttribute(k, String(v));
+    for (const c of children.flat()) if (c != null) e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+    return e;
+  }
+
+  /**
+   * The per-span CPU distribution as a bar chart: one bar per bin, height = spans, dashed lines
+   * at p50/p90/p99. Hover says the bin and its count; a click calls `onPick(bin)`.
+   */
+  function histogramChart(dist, onPick, picked) {
+    const bins = Array.isArray(dist && dist.histogram) ? dist.histogram : [];
+    const W = 720, H = 180, L = 44, B = 30, T = 10, R = 10;
+    const most = Math.max(1, ...bins.map((b) => b.spans));
+    const bw = bins.length ? (W - L - R) / bins.length : 0;
+    const y = (n) => T + (H - T - B) * (1 - n / most);
+    const chart = svgEl('svg', { class: 'histogram', id: 'cpu-histogram', viewBox: `0 0 ${W} ${H}`, role: 'img',
+      'aria-label': `Spans by CPU time: ${bins.length} bins, at most ${most} spans in one` });
+    chart.append(svgEl('line', { x1: L, x2: W - R, y1: H - B, y2: H - B, class: 'axis' }));
+    chart.append(svgEl('text', { x: L - 6, y: T + 8, class: 'tick', 'text-anchor': 'end' }, fmtInt(most)));
+    chart.append(svgEl('text', { x: L - 6, y: H - B, class: 'tick', 'text-anchor': 'end' }, '0'));
+    const labelEvery = Math.max(1, Math.ceil(bins.length / 8));
+    bins.forEach((b, i) => {
+      const x = L + i * bw;
+      const isPicked = picked && picked.from_ns === b.from_ns && picked.to_ns === b.to_ns;
+      const bar = svgEl('rect', {
+        x: x + 1, y: y(b.spans), width: Math.max(1, bw - 2), height: (H - B) - y(b.spans),
+        class: `bar${b.spans ? '' : ' empty'}${isPicked ? ' picked' : ''}`, tabindex: b.spans ? 0 : null,
+        'data-from-ns': b.from_ns, 'data-to-ns': b.to_ns, 'data-spans': b.spans,
+      });
+      // A hit area over the whole column, so a short bar is easy to point at.
+      const hit = svgEl('rect', { x, y: T, width: bw, height: H - B - T, class: 'hit' });
+      const tip = (e) => showTooltip([
+        h('div', { class: 'tt-name' }, `${fmtCpu(b.from_ns)} – ${fmtCpu(b.to_ns)} of CPU`),
+        h('div', null, `${fmtInt(b.spans)} span${b.spans === 1 ? '' : 's'}`),
+        b.spans ? h('div', { class: 'muted' }, 'Click to show only these spans') : null,
+      ], e.clientX, e.clientY);
+      for (const el of [bar, hit]) {
+        el.addEventListener('mousemove', tip);
+        el.addEventListener('mouseleave', hideTooltip);
+        if (b.spans) el.addEventListener('click', () => onPick(b));
+      }
+      bar.addEventListener('keydown', (e) => { if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); onPick(b); } });
+      chart.append(hit, bar);
+      if (i % labelEvery === 0) chart.append(svgEl('text', { x, y: H - B + 16, class: 'tick' }, fmtCpu(b.from_ns)));
+    });
+    // Percentile markers, placed inside the bin that holds them.
+    const at = (ns) => {
+      const i = bins.findIndex((b) => b.from_ns <= ns && ns < b.to_ns);
+      if (i < 0) return null;
+      const b = bins[i];
+      return L + (i + (ns - b.from_ns) / Math.max(1, b.to_ns - b.from_ns)) * bw;
+    };
+    // Percentiles at the same place share one line and one label ("p90 p99").
+    const marks = new Map();
+    for (const [label, ns] of [['p50', dist.p50_ns], ['p90', dist.p90_ns], ['p99', dist.p99_ns]]) {
+      const x = at(ns);
+      if (x != null) marks.set(x, [...(marks.get(x) || []), label]);
+    }
+    for (const [x, labels] of marks) {
+      chart.append(svgEl('line', { x1: x, x2: x, y1: T, y2: H - B, class: `pct ${labels.map((l) => `pct-${l}`).join(' ')}` }),
+        svgEl('text', { x: x + 3, y: T + 10, class: 'pct-label' }, labels.join(' ')));
+    }
+    return chart;
+  }
+
+  function renderSpanName(service, spanName) {
+    mountNavSearch(true);
+    const params = new URLSearchParams(location.search);
+    let range = RANGES.some((r) => r[0] === params.get('range')) ? params.get('range') : '1h';
+    // A CPU filter (ms), from a histogram bar or the URL.
+    let minMs = params.get('min_cpu_ms');
+    let maxMs = params.get('max_cpu_ms');
+    const select = h('select', { id: 'range-select', 'aria-label': 'Time range' },
+      RANGES.map(([v, label]) => h('option', { value: v, selected: v === range }, label)));
+    const filterText = h('p', { class: 'filter-text', id: 'cpu-filter' });
+    const meta = h('div', { class: 'service-meta' });
+    const dist = h('section', { class: 'card', id: 'distribution' });
+    const heavy = h('section', { class: 'card', id: 'heaviest' });
+    const body = h('div', { class: 'service-body' }, loadingEl('spans'));
+    const display = spanName === '[unnamed]' ? '(unnamed spans)' : spanName;
+    setPage(`${display} — ${service}`,
+      h('section', { class: 'page-head' },
+        crumbs(['Profiles', '/'], [service, `/services/${enc(service)}`], 'span name'),
+        h('div', { class: 'head-row' },
+          h('h1', null, display, ' ', h('span', { class: 'kind' }, 'every span of this name')),
+          h('label', { class: 'range' }, 'Time range ', select)),
+        h('p', { class: 'muted' }, `Every span profile of ${service} named ${display} last seen in the range, added up: how much CPU one such span takes, the heaviest, and what they spend it on.`),
+        filterText, meta),
+      dist, heavy, body);
+
+    const syncUrl = () => {
+      const q = new URLSearchParams();
+      if (range !== '1h') q.set('range', range);
+      if (minMs != null) q.set('min_cpu_ms', minMs);
+      if (maxMs != null) q.set('max_cpu_ms', maxMs);
+      const rest = q.toString();
+      history.replaceState(null, '', rest ? `${location.pathname}?${rest}` : location.pathname);
+    };
+
+    let gen = 0;
+    async function load() {
+      const my = ++gen;
+      const spec = RANGES.find((r) => r[0] === range) || RANGES[1];
+      const until = Date.now();
+      const from = until - spec[2];
+      const scope = `service=${enc(service)}&span_name=${enc(spanName)}&from=${from}&until=${until}`;
+      const cpu = (minMs != null ? `&min_cpu_ms=${enc(minMs)}` : '') + (maxMs != null ? `&max_cpu_ms=${enc(maxMs)}` : '');
+      const qs = scope + cpu;
+      filterText.replaceChildren();
+      if (cpu) {
+        filterText.append(`Only spans with ${minMs != null ? `at least ${fmtCpu(minMs * 1e6)}` : ''}${minMs != null && maxMs != null ? ' and ' : ''}${maxMs != null ? `at most ${fmtCpu(maxMs * 1e6)}` : ''} of CPU. `,
+          h('button', { class: 'btn', type: 'button', id: 'clear-filter', onclick: () => { minMs = null; maxMs = null; syncUrl(); load(); } }, 'Show all spans'));
+      }
+      body.replaceChildren(loadingEl('spans'));
+      let data;
+      try {
+        data = await api(`/api/v1/aggregate?${qs}`);
+      } catch (e) {
+        if (my !== gen) return;
+        meta.replaceChildren();
+        dist.replaceChildren();
+        heavy.replaceChildren();
+        if (e.status === 404 && e.reason === 'no_samples') {
+          body.replaceChildren(h('section', { class: 'message empty' },
+            h('h2', null, `No spans named ${display} in the ${spec[1].toLowerCase()}`),
+            h('p', null, 'Try a longer time range, or another span name from the service page.')));
+        } else {
+          body.replaceChildren(h('section', { class: 'message error' },
+            h('h2', null, 'Could not load these spans'), h('p', { class: 'error-box' }, e.message),
+            h('p', null, h('button', { class: 'btn primary', type: 'button', onclick: load }, 'Try again'))));
+        }
+        return;
+      }
+      if (my !== gen) return;
+      const d = data.distribution || {};
+      const p90ms = Math.floor((d.p90_ns || 0) / 1e6);
+      const aggSide = (side) => `${side}.service=${enc(service)}&${side}.span_name=${enc(spanName)}&${side}.from=${from}&${side}.until=${until}`;
+      const compareSlow = data.spans > 1 && d.p90_ns > d.min_ns && !cpu
+        ? h('a', { class: 'btn', id: 'compare-slowest', href: `/diff?${aggSide('left')}&left.max_cpu_ms=${Math.max(0, p90ms - 1)}&${aggSide('right')}&right.min_cpu_ms=${p90ms}` },
+          `Compare the slowest spans (≥ ${fmtCpu(d.p90_ns)}, p90) with the rest`)
+        : null;
+      meta.replaceChildren(
+        metaList([
+          ['Spans', cpu ? `${fmtInt(data.spans)} of ${fmtInt(data.spans_in_range)}` : fmtInt(data.spans)],
+          ['CPU time', fmtCpu(data.cpu_ns)],
+          ['p50', fmtCpu(d.p50_ns)], ['p90', fmtCpu(d.p90_ns)], ['p99', fmtCpu(d.p99_ns)], ['Max', fmtCpu(d.max_ns)],
+          ['From', whenEl(data.from_ms ?? from)], ['Until', whenEl(data.until_ms ?? until)],
+        ]),
+        exportLinks('/api/v1/aggregate', qs, `${service}-${spanName}-${range}`),
+        h('div', { class: 'compare-row' }, compareSlow, compareForm(`${aggSide('left')}${cpu.replaceAll('&', '&left.')}`)));
+      const picked = minMs != null && maxMs != null ? { from_ns: minMs * 1e6, to_ns: (Number(maxMs) + 1) * 1e6 } : null;
+      dist.replaceChildren(
+        h('div', { class: 'card-head' }, h('h2', null, 'CPU per span'),
+          h('span', { class: 'muted' }, 'How many spans took how much CPU (at 100 Hz, one sample is 10 ms). Click a bar to show only those spans.')),
+        histogramChart(d, (b) => {
+          minMs = String(Math.floor(b.from_ns / 1e6));
+          maxMs = String(Math.max(0, Math.ceil(b.to_ns / 1e6) - 1));
+          syncUrl();
+          load();
+        }, picked));
+      const rows = (Array.isArray(data.heaviest) ? data.heaviest : []).map((p) => h('tr', null,
+        h('td', null, idLink('span', p.profile_id)),
+        h('td', null, idLink('trace', p.trace_id)),
+        h('td', { class: 'num' }, fmtInt(p.samples)),
+        h('td', { class: 'num' }, fmtCpu(p.cpu_ns)),
+        h('td', null, timeEl(p.last_seen_ms))));
+      heavy.replaceChildren(
+        h('div', { class: 'card-head' }, h('h2', null, 'Heaviest spans'), h('span', { class: 'muted' }, 'The spans that took the most CPU; each opens its own profile.')),
+        h('div', { class: 'table-wrap' }, h('table', { class: 'data', id: 'heaviest-table' },
+          h('thead', null, h('tr', null, h('th', { scope: 'col' }, 'Span ID'), h('th', { scope: 'col' }, 'Trace ID'),
+            h('th', { scope: 'col', class: 'num' }, 'Samples'), h('th', { scope: 'col', class: 'num' }, 'CPU time'), h('th', { scope: 'col' }, 'Last seen'))),
+          h('tbody', null, rows))));
+      const { nodes, after } = profileBody(data.flamegraph, data.top, data.period_ns || DEFAULT_PERIOD_NS, `/api/v1/aggregate?${qs}`);
+      body.replaceChildren(...nodes);
+      after();
+    }
+    select.addEventListener('change', () => { range = select.value; syncUrl(); load(); });
+    load();
+  }
+
+  /** The service's spans per span name in a time range, each linking to its span-name page. */
+  function spanNamesCard(service, from, until, rangeKey) {
+    const card = h('section', { class: 'card', id: 'span-names' },
+      h('div', { class: 'card-head' }, h('h2', null, 'Spans by name'),
+        h('span', { class: 'muted' }, 'Span profiles in this time range, grouped by span name; open one for its CPU distribution and heaviest spans.')),
+      loadingEl('span names'));
+    api(`/api/v1/aggregate?service=${enc(service)}&from=${from}&until=${until}&max_nodes=2`).then((data) => {
+      const names = Array.isArray(data.span_names) ? data.span_names : [];
+      const range = rangeKey && rangeKey !== '1h' ? `?range=${enc(rangeKey)}` : '';
+      card.lastChild.replaceWith(h('div', { class: 'table-wrap' }, h('table', { class: 'data', id: 'span-names-table' },
+        h('thead', null, h('tr', null, h('th', { scope: 'col' }, 'Span name'), h('th', { scope: 'col', class: 'num' }, 'Spans'),
+          h('th', { scope: 'col', class: 'num' }, 'CPU time'), h('th', { scope: 'col', class: 'num' }, 'Share'),
+          h('th', { scope: 'col', class: 'num' }, 'p50'), h('th', { scope: 'col', class: 'num' }, 'Max'))),
+        h('tbody', null, names.map((n) => h('tr', null,
+          h('td', { class: 'span-name' }, h('a', { href: `/services/${enc(service)}/spans/${enc(n.span_name)}${range}` },
+            n.span_name === '[unnamed]' ? '(unnamed)' : n.span_name)),
+          h('td', { class: 'num' }, fmtInt(n.spans)),
+          h('td', { class: 'num' }, fmtCpu(n.cpu_ns)),
+          h('td', { class: 'num' }, fmtPct(n.cpu_ns, data.cpu_ns)),
+          h('td', { class: 'num' }, fmtCpu(n.p50_ns)),
+          h('td', { class: 'num' }, fmtCpu(n.max_ns))))))));
+    }).catch((e) => {
+      card.lastChild.replaceWith(e.status === 404
+        ? h('p', { class: 'muted' }, 'No span profiles of this service in this time range.')
+        : h('p', { class: 'error-box' }, `Could not load span names. ${e.message}`));
+    });
+    return card;
+  }
+
   // ---------------------------------------------------------------- router
 
   function decodeSegment(s) {
@@ -1345,6 +1562,7 @@
       if ((m = /^\/profiles\/([^/]+)$/.exec(path))) return renderProfile(decodeSegment(m[1]));
       if ((m = /^\/traces\/([^/]+)$/.exec(path))) return renderTrace(decodeSegment(m[1]));
       if ((m = /^\/services\/([^/]+)$/.exec(path))) return renderService(decodeSegment(m[1]));
+      if ((m = /^\/services\/([^/]+)\/spans\/([^/]+)$/.exec(path))) return renderSpanName(decodeSegment(m[1]), decodeSegment(m[2]));
       if (path === '/diff') return renderDiff();
       mountNavSearch(true);
       return messagePage('Page not found', 'unknown',

@@ -134,6 +134,8 @@ const SPAN_EVIL = hex(8);
 // more span profiles than one page of the recent table (50) for "Load more"
 const PAGING_APP = `paging-ui-${run}`;
 const PAGING_SPANS = 53;
+// a service of its own for span-name aggregates
+const AGG_APP = `agg-ui-${run}`;
 
 async function ingest(labels, body, app = APP, timeoutMs = 10_000) {
   const until = Math.floor(Date.now() / 1000);
@@ -494,6 +496,54 @@ async function main() {
     await frame(page, 'poll_sockets').waitFor({ state: 'detached' });
     assert(/inside spans/.test(await page.locator('.scope-text').innerText()), 'the inside-spans text');
     await page.selectOption('#spans-select', 'all');
+  });
+
+  await check('spans by name: the service lists its span names with counts; a span name\'s page shows the CPU histogram, the heaviest spans, a CPU filter and "compare the slowest"', async () => {
+    // Seven OrderVehicle spans of 1–9 samples and two Pay spans, in a service of their own.
+    const counts = [1, 2, 2, 3, 5, 9, 2];
+    const orders = counts.map(() => hex(8));
+    for (let i = 0; i < counts.length; i++) {
+      await ingest(`span_id=${orders[i]},span_name=OrderVehicle`, `main;order;price_ride ${counts[i]}\n`, AGG_APP);
+    }
+    for (const n of [4, 6]) await ingest(`span_id=${hex(8)},span_name=Pay`, `main;pay;charge_card ${n}\n`, AGG_APP);
+    await goto(page, `/services/${encodeURIComponent(AGG_APP)}`);
+    const row = page.locator('#span-names-table tbody tr', { hasText: 'OrderVehicle' });
+    await row.waitFor();
+    const cells = await row.locator('td').allInnerTexts();
+    assert(cells[1] === '7' && cells[2] === '240 ms', `OrderVehicle row: ${cells}`);
+    const pay = await page.locator('#span-names-table tbody tr', { hasText: 'Pay' }).locator('td').allInnerTexts();
+    assert(pay[1] === '2' && pay[2] === '100 ms', `Pay row: ${pay}`);
+    await row.locator('a').click();
+    await page.waitForURL(`**/services/${encodeURIComponent(AGG_APP)}/spans/OrderVehicle`);
+    await page.locator('#cpu-histogram').waitFor();
+    await frame(page, 'price_ride').waitFor();
+    assert(await metaValue(page, 'Spans') === '7', `spans: ${await metaValue(page, 'Spans')}`);
+    assert(await metaValue(page, 'p50') === '20 ms' && await metaValue(page, 'Max') === '90 ms', 'p50 and max');
+    // One bar per sample count from 1 to 9: 1, 3, 1, 0, 1, 0, 0, 0, 1 spans.
+    const bars = await page.locator('#cpu-histogram rect.bar').evaluateAll((rs) => rs.map((r) => Number(r.dataset.spans)));
+    assert(bars.join() === '1,3,1,0,1,0,0,0,1', `bars: ${bars}`);
+    const heights = await page.locator('#cpu-histogram rect.bar').evaluateAll((rs) => rs.map((r) => r.getBoundingClientRect().height));
+    assert(heights[1] > heights[0] * 2.5 && heights[0] > 0, `bar heights follow the counts: ${heights}`);
+    const heavy = await page.locator('#heaviest-table tbody tr').allInnerTexts();
+    assert(heavy.length === 7 && heavy[0].includes(orders[5]) && heavy[0].includes('90 ms'), `heaviest first: ${heavy[0]}`);
+    await page.locator('#cpu-histogram rect.bar[data-spans="3"]').hover();
+    await page.locator('#tooltip').waitFor({ state: 'visible' });
+    const tip = await page.locator('#tooltip').innerText();
+    assert(/20 ms – 30 ms/.test(tip) && /3 spans/.test(tip), `histogram tooltip: ${tip}`);
+    await page.screenshot({ path: SCREENSHOT.replace(/\.png$/, '-span-name.png'), fullPage: true });
+    // A click on the bar narrows the page to those spans.
+    await page.locator('#cpu-histogram rect.bar[data-spans="3"]').click();
+    await page.waitForURL(/min_cpu_ms=20&max_cpu_ms=29/);
+    await poll('the filtered aggregate', async () => (await metaValue(page, 'Spans')) === '3 of 7');
+    assert(/at least 20 ms and at most 29 ms/.test(await page.locator('#cpu-filter').innerText()), 'the filter is said');
+    await page.locator('#clear-filter').click();
+    await poll('the whole aggregate again', async () => (await metaValue(page, 'Spans')) === '7');
+    // The slowest 10 % (p90 = 90 ms here) against the rest.
+    await page.locator('#compare-slowest').click();
+    await page.waitForURL(/\/diff\?/);
+    await page.locator('.diff-side').first().waitFor();
+    const sides = await page.locator('.diff-side').allInnerTexts();
+    assert(/Span profiles\s*6\b/i.test(sides[0]) && /Span profiles\s*1\b/i.test(sides[1]), `sides: ${sides}`);
   });
 
   await check('a profile ID that is no span ID: merged on insert, found by the search box, listed and linked', async () => {
