@@ -121,12 +121,28 @@ pub fn aggregate(store: &dyn ProfileStore, q: &AggregateQuery) -> Result<Option<
     let samples = stats.iter().fold(0u64, |a, s| a.saturating_add(rescale_count(s.samples, s.period_ns, period_ns)));
     let cpu_ns = stats.iter().fold(0u64, |a, s| a.saturating_add(s.cpu_ns()));
     let distribution = distribution(stats.iter().map(SpanStat::cpu_ns).collect(), period_ns);
-    let span_names = span_names(&stats, period_ns);
+    let span_names = match stats.first() {
+        // One name (a span name's aggregate): its share is the whole.
+        Some(first) if stats.iter().all(|s| s.span_name == first.span_name) => vec![SpanNameShare {
+            span_name: first.span_name.clone(),
+            spans,
+            cpu_ns,
+            p50_ns: distribution.p50_ns,
+            max_ns: distribution.max_ns,
+        }],
+        _ => span_names(&stats, period_ns),
+    };
 
-    // Heaviest first; equal CPU: the latest, then by ID, so the answer is stable.
-    stats.sort_unstable_by(|a, b| {
+    // Heaviest first; equal CPU: the latest, then by ID, so the answer is stable. Only the first
+    // HEAVIEST are put in order (the rest are merged in any order, or not read at all).
+    let heavier = |a: &SpanStat, b: &SpanStat| {
         (b.cpu_ns(), b.last_seen_ms).cmp(&(a.cpu_ns(), a.last_seen_ms)).then_with(|| a.profile_id.cmp(&b.profile_id))
-    });
+    };
+    if stats.len() > HEAVIEST {
+        stats.select_nth_unstable_by(HEAVIEST, heavier);
+    }
+    let top = stats.len().min(HEAVIEST);
+    stats[..top].sort_unstable_by(heavier);
     let mut heaviest = Vec::with_capacity(HEAVIEST);
     for s in stats.iter().take(HEAVIEST) {
         let summary = store.span_profile(s.profile_id.clone())?.map(|p| p.summary);

@@ -131,6 +131,13 @@ async fn replicas_answer_from_every_block_with_one_id_merged() {
         assert_eq!(services["services"], serde_json::json!(["ride"]));
         let (_, p) = get_json(&srv.url(&format!("/api/v1/profiles/{SPAN_B}"))).await;
         assert_eq!(p["profile"]["samples"], 4, "{p}");
+        // The span name's aggregate from the blocks' listings: a profile in two blocks is one span.
+        let (status, agg) = get_json(&srv.url(&format!("/api/v1/aggregate?service=ride&span_name=Order&from={}&until={}", old - 60, now_s() + 60))).await;
+        assert_eq!(status, 200, "{agg}");
+        assert_eq!((agg["spans"].as_u64(), agg["samples"].as_u64()), (Some(2), Some(10)), "{agg}");
+        assert_eq!(agg["distribution"]["max_ns"], 60_000_000, "{agg}");
+        assert_eq!(agg["heaviest"][0]["profile_id"], SPAN_A, "{agg}");
+        assert_eq!(find(&agg["flamegraph"], "find_nearest_vehicle").unwrap()["total"], 5, "{agg}");
     }
     a.stop().await;
 

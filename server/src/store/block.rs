@@ -466,6 +466,7 @@ impl BlockBuilder {
                 rec.set_stack_counts(&counts);
                 // The embedded store's series ID means nothing in a block.
                 rec.rollup_series = 0;
+                rec.stat_chunk = 0;
                 self.spans.insert(key.to_vec(), rec);
             }
         }

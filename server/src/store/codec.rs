@@ -42,6 +42,10 @@ pub struct SpanRecord {
     /// 0: none (a record of an older version, which counted them per push; or a block's).
     #[prost(uint64, tag = "12")]
     pub rollup_series: u64,
+    /// The span index chunk of (`rollup_series`, last-seen minute) its entry is in
+    /// ([`super::span_index`]); meaningful only when `rollup_series` is set.
+    #[prost(uint32, tag = "13")]
+    pub stat_chunk: u32,
 }
 
 impl SpanRecord {

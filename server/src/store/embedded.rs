@@ -26,6 +26,7 @@ use prost::Message;
 
 use super::codec::{self, Counts, SpanRecord, StackRecord, StacksRecord};
 use super::disk::{DiskReserve, allocated_bytes};
+use super::span_index::{self, CHUNK_ENTRIES};
 use super::shared::{
     BUCKET_MS, GC_SWEEP_ROWS, GcBounds, GcCandidates, InternSink, Interner, MAX_ID_KEY_BYTES, Mark, MergedSpan,
     PendingInterns, RETENTION_STEP_ROWS, SCAN_BUDGET, SeriesRecord, SizeEstimate, id_from_key, id_key, merge_span, rescaled,
@@ -105,9 +106,9 @@ struct Keyspaces {
     process: SingleWriterTxKeyspace,
     /// (bucket start ms, series id)
     process_by_time: SingleWriterTxKeyspace,
-    /// (span-rollup series id, last_seen_ms, profile ID) → samples, period: [`stat_key`]. The
-    /// per-span CPU of a span name without reading its profiles.
-    span_stats: SingleWriterTxKeyspace,
+    /// (span-rollup series id, minute, chunk) → packed entries ([`span_index`]): the per-span
+    /// CPU of a span name without reading its profiles.
+    span_index: SingleWriterTxKeyspace,
     /// counter name → u64 BE
     meta: SingleWriterTxKeyspace,
 }
@@ -127,7 +128,7 @@ impl Keyspaces {
             series_by_service: ks("series_by_service")?,
             process: ks("process")?,
             process_by_time: ks("process_by_time")?,
-            span_stats: ks("span_stats")?,
+            span_index: ks("span_index")?,
             meta: ks("meta")?,
             db,
         })
@@ -505,14 +506,17 @@ fn insert_group(
     let mut bytes_delta: i64 = 0;
     let mut spans_delta: i64 = 0;
     let mut adds = BucketAdds::default();
+    let mut index = IndexChanges::default();
     for (batches, _) in inserts {
         let mut s = InsertStats::default();
         for batch in batches {
-            s += insert_batch(&mut w, k, interner, &mut pending, &mut adds, batch, &mut bytes_delta, &mut spans_delta)?;
+            let mut g = Group { adds: &mut adds, index: &mut index, bytes_delta: &mut bytes_delta, spans_delta: &mut spans_delta };
+            s += insert_batch(&mut w, k, interner, &mut pending, &mut g, batch)?;
         }
         stats.push(s);
     }
     bytes_delta += adds.write(&mut w, k)?;
+    bytes_delta += index.write(&mut w, k)?;
     add_counter(&mut w, k, RECORD_BYTES, bytes_delta)?;
     add_counter(&mut w, k, SPAN_COUNT, spans_delta)?;
     w.commit()?;
@@ -537,18 +541,24 @@ fn series_id(w: &mut SingleWriterWriteTx<'_>, k: &Keyspaces, labels: &Labels) ->
     }
 }
 
-// The transaction, its interning and the group's running totals are what a batch writes into.
-#[allow(clippy::too_many_arguments)]
+/// What an insert group accumulates beside its transaction, written once at its end.
+struct Group<'g> {
+    adds: &'g mut BucketAdds,
+    index: &'g mut IndexChanges,
+    bytes_delta: &'g mut i64,
+    spans_delta: &'g mut i64,
+}
+
+/// Writes one batch into the group's transaction.
 fn insert_batch(
     w: &mut SingleWriterWriteTx<'_>,
     k: &Keyspaces,
     interner: &Interner,
     pending: &mut PendingInterns,
-    adds: &mut BucketAdds,
+    g: &mut Group<'_>,
     batch: &SeriesBatch,
-    bytes_delta: &mut i64,
-    spans_delta: &mut i64,
 ) -> Result<InsertStats> {
+    let adds = &mut *g.adds;
     let mut stats = InsertStats { samples: batch.total_samples(), ..Default::default() };
     let span_labels = span_labels(batch);
     let mut frame_ids = Vec::new();
@@ -590,6 +600,8 @@ fn insert_batch(
             };
         }
         let new_key = k2(rec.rollup_series, bucket_of(rec.last_seen_ms));
+        // Where the profile's index entry is now, if it has one.
+        let mut in_chunk = None;
         match (old_last_seen, old.as_deref()) {
             (Some(t), Some(old_bytes)) => {
                 w.remove(&k.spans_by_time, time_key(t, id));
@@ -598,32 +610,32 @@ fn insert_batch(
                 if old_rollup == 0 {
                     // Stored by a version that counted span samples per push: only this part.
                     adds.add(new_key, &incoming, batch.period_ns, 1);
+                } else if k2(old_rollup, bucket_of(t)) == new_key {
+                    adds.add(new_key, &incoming, batch.period_ns, 1);
+                    in_chunk = Some(rec.stat_chunk);
                 } else {
-                    w.remove(&k.span_stats, stat_key(old_rollup, t, id));
-                    if k2(old_rollup, bucket_of(t)) == new_key {
-                        adds.add(new_key, &incoming, batch.period_ns, 1);
-                    } else {
-                        // The profile moves to the bucket of its new last-seen minute, whole.
-                        let before: SpanRecord = codec::decode(old_bytes, "span")?;
-                        adds.add(k2(old_rollup, bucket_of(t)), &before.stack_counts()?, before.period_ns, -1);
-                        adds.add(new_key, &rec.stack_counts()?, rec.period_ns, 1);
-                    }
+                    // The profile moves to the bucket of its new last-seen minute, whole.
+                    let before: SpanRecord = codec::decode(old_bytes, "span")?;
+                    adds.add(k2(old_rollup, bucket_of(t)), &before.stack_counts()?, before.period_ns, -1);
+                    adds.add(new_key, &rec.stack_counts()?, rec.period_ns, 1);
+                    g.index.remove(w, k, (old_rollup, bucket_of(t), before.stat_chunk), id)?;
                 }
             }
             _ => {
                 stats.span_profiles_created += 1;
-                *spans_delta += 1;
+                *g.spans_delta += 1;
                 adds.add(new_key, &incoming, batch.period_ns, 1);
             }
         }
-        w.insert(&k.span_stats, stat_key(rec.rollup_series, rec.last_seen_ms, id), stat_value(rec.samples, rec.period_ns));
+        let entry = span_index::Entry { id: id.to_vec(), samples: rec.samples, period_ns: rec.period_ns, last_seen_ms: rec.last_seen_ms };
+        rec.stat_chunk = g.index.put(w, k, rec.rollup_series, bucket_of(rec.last_seen_ms), in_chunk, entry)?;
         if let Some(t) = new_trace {
             w.insert(&k.spans_by_trace, trace_key(t.0, id), []);
         }
         w.insert(&k.spans_by_time, time_key(rec.last_seen_ms, id), []);
         w.insert(&k.spans_by_service, svc_time_key(&rec.service_name, rec.last_seen_ms, id), []);
         let bytes = rec.encode_to_vec();
-        *bytes_delta += bytes.len() as i64 - old_len as i64;
+        *g.bytes_delta += bytes.len() as i64 - old_len as i64;
         w.insert(&k.spans, id, bytes);
     }
     Ok(stats)
@@ -634,28 +646,93 @@ fn bucket_of(t_ms: u64) -> u64 {
     t_ms / BUCKET_MS * BUCKET_MS
 }
 
-/// (rollup series ID, last_seen_ms, profile ID key): a span index entry.
-fn stat_key(series: u64, last_seen_ms: u64, id: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(16 + id.len());
-    k.extend_from_slice(&series.to_be_bytes());
-    k.extend_from_slice(&last_seen_ms.to_be_bytes());
-    k.extend_from_slice(id);
-    k
+/// What a group changes in the span index, chunk by chunk: each chunk it touches is read once,
+/// changed in memory and written once at the end (an emptied chunk is deleted).
+#[derive(Default)]
+struct IndexChanges {
+    /// Chunks read (or started) by the group: their entries and the bytes they had.
+    chunks: HashMap<[u8; 20], (Vec<span_index::Entry>, usize)>,
+    /// The last chunk of (series, minute), once looked up or started.
+    last: HashMap<(u64, u64), u32>,
 }
 
-/// A span index entry's value: the profile's samples and period, varints.
-fn stat_value(samples: u64, period_ns: u64) -> Vec<u8> {
-    let mut v = Vec::with_capacity(12);
-    prost::encoding::encode_varint(samples, &mut v);
-    prost::encoding::encode_varint(period_ns, &mut v);
-    v
-}
+impl IndexChanges {
+    fn chunk(&mut self, w: &SingleWriterWriteTx<'_>, k: &Keyspaces, key: [u8; 20]) -> Result<&mut Vec<span_index::Entry>> {
+        if !self.chunks.contains_key(&key) {
+            let (_, minute, _) = span_index::decode_chunk_key(&key)?;
+            let loaded = match w.get(k.span_index.inner(), key)? {
+                Some(bytes) => (span_index::decode_chunk(minute, &bytes)?, bytes.len()),
+                None => (Vec::new(), 0),
+            };
+            self.chunks.insert(key, loaded);
+        }
+        Ok(&mut self.chunks.entry(key).or_default().0)
+    }
 
-fn decode_stat_value(mut v: &[u8]) -> Result<(u64, u64)> {
-    let corrupt = |_| Error::Corrupt("span index value".into());
-    let samples = prost::encoding::decode_varint(&mut v).map_err(corrupt)?;
-    let period = prost::encoding::decode_varint(&mut v).map_err(corrupt)?;
-    Ok((samples, period))
+    /// The number of the last chunk of (series, minute); 0 when it has none.
+    fn last_chunk(&mut self, w: &SingleWriterWriteTx<'_>, k: &Keyspaces, series: u64, minute: u64) -> Result<u32> {
+        if let Some(&n) = self.last.get(&(series, minute)) {
+            return Ok(n);
+        }
+        let n = match w.prefix(&k.span_index, k2(series, minute)).next_back() {
+            Some(row) => span_index::decode_chunk_key(&row.key()?)?.2,
+            None => 0,
+        };
+        self.last.insert((series, minute), n);
+        Ok(n)
+    }
+
+    /// Puts `entry` in the index of (series, minute): in place in chunk `current` when it is
+    /// there, else appended to the last chunk (a new one when that is full). Returns its chunk.
+    fn put(
+        &mut self,
+        w: &SingleWriterWriteTx<'_>,
+        k: &Keyspaces,
+        series: u64,
+        minute: u64,
+        current: Option<u32>,
+        entry: span_index::Entry,
+    ) -> Result<u32> {
+        if let Some(n) = current {
+            let chunk = self.chunk(w, k, span_index::chunk_key(series, minute, n))?;
+            if let Some(slot) = chunk.iter_mut().find(|e| e.id == entry.id) {
+                *slot = entry;
+                return Ok(n);
+            }
+        }
+        let mut n = self.last_chunk(w, k, series, minute)?;
+        if self.chunk(w, k, span_index::chunk_key(series, minute, n))?.len() >= CHUNK_ENTRIES {
+            n = n.checked_add(1).ok_or_else(|| Error::Storage("span index: too many chunks in one minute".into()))?;
+            self.last.insert((series, minute), n);
+        }
+        self.chunk(w, k, span_index::chunk_key(series, minute, n))?.push(entry);
+        Ok(n)
+    }
+
+    /// Takes profile `id` out of chunk `(series, minute, chunk)`.
+    fn remove(&mut self, w: &SingleWriterWriteTx<'_>, k: &Keyspaces, (series, minute, chunk): (u64, u64, u32), id: &[u8]) -> Result<()> {
+        self.chunk(w, k, span_index::chunk_key(series, minute, chunk))?.retain(|e| e.id != id);
+        Ok(())
+    }
+
+    /// Writes every changed chunk; returns the record bytes that added.
+    fn write(self, w: &mut SingleWriterWriteTx<'_>, k: &Keyspaces) -> Result<i64> {
+        let mut delta = 0i64;
+        for (key, (entries, old_len)) in self.chunks {
+            if entries.is_empty() {
+                if old_len > 0 {
+                    w.remove(&k.span_index, key);
+                }
+                delta -= old_len as i64;
+                continue;
+            }
+            let (_, minute, _) = span_index::decode_chunk_key(&key)?;
+            let bytes = span_index::encode_chunk(minute, &entries);
+            delta += bytes.len() as i64 - old_len as i64;
+            w.insert(&k.span_index, key, bytes);
+        }
+        Ok(delta)
+    }
 }
 
 /// What a group adds to (or, as profiles move between minutes or expire, takes from) bucket
@@ -680,25 +757,25 @@ impl BucketAdds {
         let mut delta = 0i64;
         for (key, (changes, period_ns)) in self.0 {
             let old = w.get(k.process.inner(), key)?;
-            let (mut counts, period) = match &old {
+            let (stored, period) = match &old {
                 Some(bytes) => {
                     let rec: StacksRecord = codec::decode(bytes, "process bucket")?;
-                    (rec.to_counts()?.into_iter().map(|(s, c)| (s, i128::from(c))).collect::<HashMap<u32, i128>>(), rec.period_ns)
+                    (rec.to_counts()?, rec.period_ns)
                 }
-                None => (HashMap::new(), period_ns),
+                None => (Vec::new(), period_ns),
             };
-            for (stack, change) in changes {
-                let change = if period == period_ns {
-                    change
-                } else {
-                    let magnitude = rescale_count(change.unsigned_abs().min(u64::MAX as u128) as u64, period_ns, period);
-                    change.signum() * i128::from(magnitude)
-                };
-                *counts.entry(stack).or_default() += change;
-            }
-            let merged = codec::normalize(
-                counts.into_iter().filter(|&(_, c)| c > 0).map(|(s, c)| (s, c.min(u64::MAX as i128) as u64)).collect(),
-            );
+            let mut changes: Vec<(u32, i128)> = changes
+                .into_iter()
+                .map(|(stack, change)| {
+                    if period == period_ns {
+                        return (stack, change);
+                    }
+                    let magnitude = rescale_count(change.unsigned_abs().min(u128::from(u64::MAX)) as u64, period_ns, period);
+                    (stack, change.signum() * i128::from(magnitude))
+                })
+                .collect();
+            changes.sort_unstable_by_key(|c| c.0);
+            let merged = apply_changes(&stored, &changes);
             let (sid, bucket) = (u64_at_end(&key, 1)?, u64_at_end(&key, 0)?);
             if merged.is_empty() {
                 if old.is_some() {
@@ -717,6 +794,41 @@ impl BucketAdds {
         }
         Ok(delta)
     }
+}
+
+/// Sorted stored counts plus sorted signed changes, in one pass (a bucket record can hold tens
+/// of thousands of stacks; a group's changes touch few): counts that end at zero or below go.
+fn apply_changes(stored: &Counts, changes: &[(u32, i128)]) -> Counts {
+    let mut out = Vec::with_capacity(stored.len() + changes.len());
+    let mut push = |stack: u32, count: i128| {
+        if count > 0 {
+            out.push((stack, count.min(i128::from(u64::MAX)) as u64));
+        }
+    };
+    let (mut i, mut j) = (0, 0);
+    loop {
+        match (stored.get(i), changes.get(j)) {
+            (Some(&(a, ca)), Some(&(b, cb))) if a == b => {
+                push(a, i128::from(ca) + cb);
+                i += 1;
+                j += 1;
+            }
+            (Some(&(a, ca)), Some(&(b, _))) if a < b => {
+                push(a, i128::from(ca));
+                i += 1;
+            }
+            (Some(&(a, ca)), None) => {
+                push(a, i128::from(ca));
+                i += 1;
+            }
+            (_, Some(&(b, cb))) => {
+                push(b, cb);
+                j += 1;
+            }
+            (None, None) => break,
+        }
+    }
+    out
 }
 
 /// The first `n` keys of an index keyed by a time and then `decode`'s rest, decoded.
@@ -787,8 +899,9 @@ fn retention_step(k: &Keyspaces, policy: &Retention, now_ms: u64, interned: u64)
     let buckets = oldest(&w, &k.process_by_time, RETENTION_STEP_ROWS, |key| Ok((u64_at_end(key, 1)?, u64_at_end(key, 0)?)))?;
     let (mut si, mut bi) = (0, 0);
     let mut deleted = 0;
-    // What the deleted profiles take from their rollup buckets.
+    // What the deleted profiles take from their rollup buckets and the span index.
     let mut adds = BucketAdds::default();
+    let mut index = IndexChanges::default();
     while deleted < RETENTION_STEP_ROWS {
         let over_size = size.over(policy.max_bytes);
         let oldest_span = spans.get(si);
@@ -812,7 +925,7 @@ fn retention_step(k: &Keyspaces, policy: &Retention, now_ms: u64, interned: u64)
             w.remove(&k.spans_by_time, time_key(last_seen, id));
             stats.span_profiles_deleted += 1;
             spans_delta -= 1;
-            delete_span(&mut w, k, &mut adds, id, last_seen)?
+            delete_span(&mut w, k, (&mut adds, &mut index), id, last_seen)?
         } else {
             let Some((bucket, sid)) = oldest_bucket else { break };
             bi += 1;
@@ -827,6 +940,7 @@ fn retention_step(k: &Keyspaces, policy: &Retention, now_ms: u64, interned: u64)
         deleted += 1;
     }
     bytes_delta += adds.write(&mut w, k)?;
+    bytes_delta += index.write(&mut w, k)?;
     add_counter(&mut w, k, RECORD_BYTES, bytes_delta)?;
     add_counter(&mut w, k, SPAN_COUNT, spans_delta)?;
     w.commit()?;
@@ -835,13 +949,19 @@ fn retention_step(k: &Keyspaces, policy: &Retention, now_ms: u64, interned: u64)
 
 /// Deletes a span's record, its index entries and its samples from its rollup bucket (into
 /// `adds`); returns the bytes freed.
-fn delete_span(w: &mut SingleWriterWriteTx<'_>, k: &Keyspaces, adds: &mut BucketAdds, id: &[u8], last_seen: u64) -> Result<u64> {
+fn delete_span(
+    w: &mut SingleWriterWriteTx<'_>,
+    k: &Keyspaces,
+    (adds, index): (&mut BucketAdds, &mut IndexChanges),
+    id: &[u8],
+    last_seen: u64,
+) -> Result<u64> {
     let Some(bytes) = w.get(k.spans.inner(), id)? else { return Ok(0) };
     w.remove(&k.spans, id);
     let rec: SpanRecord = codec::decode(&bytes, "span")?;
     w.remove(&k.spans_by_service, svc_time_key(&rec.service_name, last_seen, id));
     if rec.rollup_series != 0 {
-        w.remove(&k.span_stats, stat_key(rec.rollup_series, last_seen, id));
+        index.remove(w, k, (rec.rollup_series, bucket_of(last_seen), rec.stat_chunk), id)?;
         adds.add(k2(rec.rollup_series, bucket_of(last_seen)), &rec.stack_counts()?, rec.period_ns, -1);
     }
     if let Some(t) = codec::trace_from_bytes(&rec.trace_id) {
@@ -1165,11 +1285,13 @@ impl ProfileStore for EmbeddedStore {
         let mut out = Vec::new();
         for (sid, labels) in selected_series(&r, k, &q.selector)? {
             let Some(span_name) = labels.get(crate::selector::SPAN_NAME_LABEL) else { continue };
-            for row in r.range(k.span_stats.inner(), k2(sid, q.first_bucket())..k2(sid, until)) {
+            for row in r.range(k.span_index.inner(), k2(sid, q.first_bucket())..k2(sid, until)) {
                 let (key, value) = row.into_inner()?;
-                let (last_seen_ms, id) = time_and_id(&key, 8)?;
-                let (samples, period_ns) = decode_stat_value(&value)?;
-                out.push(SpanStat { profile_id: id_from_key(&id)?, span_name: span_name.clone(), samples, period_ns, last_seen_ms });
+                let (_, minute, _) = span_index::decode_chunk_key(&key)?;
+                span_index::visit_chunk(minute, &value, |id, samples, period_ns, last_seen_ms| {
+                    out.push(SpanStat { profile_id: id_from_key(id)?, span_name: span_name.clone(), samples, period_ns, last_seen_ms });
+                    Ok(())
+                })?;
             }
         }
         Ok(out)

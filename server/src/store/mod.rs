@@ -13,6 +13,7 @@ pub mod generations;
 pub mod layered;
 pub mod peers;
 mod shared;
+pub mod span_index;
 
 use std::path::Path;
 use std::sync::Arc;
