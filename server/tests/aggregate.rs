@@ -43,16 +43,17 @@ fn stacks(rng: &mut Rng, frames: &mut Frames) -> StackCounts {
     s
 }
 
-fn push(rng: &mut Rng, t_ms: u64) -> SeriesBatch {
+/// `ids`: how many distinct span IDs pushes draw from; `most`: most spans in one push.
+fn push(rng: &mut Rng, t_ms: u64, ids: u64, most: u64) -> SeriesBatch {
     let mut labels = Labels::new();
     labels.insert("service_name".into(), "ride".into());
     labels.insert("__name__".into(), "process_cpu".into());
     labels.insert("pod".into(), format!("ride-{}", rng.below(2)));
     let mut frames = Frames::default();
-    let spans = (0..1 + rng.below(4))
+    let spans = (0..1 + rng.below(most))
         .map(|_| SpanContribution {
-            // A small pool of IDs, so spans are pushed again, often in a later minute.
-            profile_id: ProfileId::Span(1 + rng.below(12)),
+            // A pool of IDs, so spans are pushed again, often in a later minute.
+            profile_id: ProfileId::Span(1 + rng.below(ids)),
             trace_id: None,
             span_name: NAMES[rng.below(NAMES.len() as u64) as usize].map(str::to_owned),
             stacks: stacks(rng, &mut frames),
@@ -127,14 +128,16 @@ fn aggregates_equal_the_span_profiles_they_cover() {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn ProfileStore> = store::open(dir.path(), EmbeddedOptions::default()).unwrap();
         let start = 1_700_000_000_000 / BUCKET_MS * BUCKET_MS;
-        let span_of_minutes = 8;
+        // Odd seeds: few IDs over 8 minutes (many merges and moves); even seeds: many spans in 2
+        // minutes, so a minute's index holds several chunks and spans move out of full ones.
+        let (span_of_minutes, ids, most) = if seed % 2 == 1 { (8, 12, 4) } else { (2, 400, 16) };
         let mut outside = 0;
         for _ in 0..20 {
             // One insert call of 1–3 pushes: they commit in one group.
             let pushes: Vec<SeriesBatch> =
                 (0..1 + rng.below(3)).map(|_| {
                     let t = start + rng.below(span_of_minutes * BUCKET_MS);
-                    push(&mut rng, t)
+                    push(&mut rng, t, ids, most)
                 }).collect();
             outside += pushes.iter().map(|b| b.process.total()).sum::<u64>();
             store.insert(pushes).unwrap();
