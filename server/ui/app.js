@@ -1244,6 +1244,26 @@
 
   // ---- one service
 
+  /** The time range `key` ('15m', '1h', …) ending now: its RANGES row and its bounds in ms. */
+  function rangeWindow(key) {
+    const spec = RANGES.find((r) => r[0] === key) || RANGES[1];
+    const until = Date.now();
+    return { spec, from: until - spec[2], until };
+  }
+
+  /**
+   * What a time-range page shows when its query fails: "nothing in this range" for a 404
+   * no_samples (with `emptyTitle` and `emptyHint`), else the error and a retry button.
+   */
+  function rangeFailure(e, emptyTitle, emptyHint, errorTitle, retry) {
+    if (e.status === 404 && e.reason === 'no_samples') {
+      return h('section', { class: 'message empty' }, h('h2', null, emptyTitle), h('p', null, emptyHint));
+    }
+    return h('section', { class: 'message error' },
+      h('h2', null, errorTitle), h('p', { class: 'error-box' }, e.message),
+      h('p', null, h('button', { class: 'btn primary', type: 'button', onclick: retry }, 'Try again')));
+  }
+
   function renderService(name) {
     mountNavSearch(true);
     const params = new URLSearchParams(location.search);
@@ -1271,9 +1291,7 @@
     let gen = 0;
     async function load() {
       const my = ++gen;
-      const spec = RANGES.find((r) => r[0] === range) || RANGES[1];
-      const until = Date.now();
-      const from = until - spec[2];
+      const { spec, from, until } = rangeWindow(range);
       const base = `/api/v1/services/${enc(name)}/profile`;
       const qs = `from=${from}&until=${until}` + (spans === 'all' ? '' : `&spans=${spans}`);
       scopeText.textContent = (SPAN_SCOPES.find((r) => r[0] === spans) || SPAN_SCOPES[0])[2];
@@ -1284,16 +1302,9 @@
       } catch (e) {
         if (my !== gen) return;
         meta.replaceChildren();
-        if (e.status === 404 && e.reason === 'no_samples') {
-          body.replaceChildren(h('section', { class: 'message empty' },
-            h('h2', null, `No samples for ${name} in the ${spec[1].toLowerCase()}`),
-            h('p', null, 'Try a longer time range. The sidecar uploads every 10 s; a service that just started may need a moment.')));
-        } else {
-          body.replaceChildren(h('section', { class: 'message error' },
-            h('h2', null, 'Could not load this profile'),
-            h('p', { class: 'error-box' }, e.message),
-            h('p', null, h('button', { class: 'btn primary', type: 'button', onclick: load }, 'Try again'))));
-        }
+        body.replaceChildren(rangeFailure(e, `No samples for ${name} in the ${spec[1].toLowerCase()}`,
+          'Try a longer time range. The sidecar uploads every 10 s; a service that just started may need a moment.',
+          'Could not load this profile', load));
         return;
       }
       if (my !== gen) return;
@@ -1437,9 +1448,7 @@
     let gen = 0;
     async function load() {
       const my = ++gen;
-      const spec = RANGES.find((r) => r[0] === range) || RANGES[1];
-      const until = Date.now();
-      const from = until - spec[2];
+      const { spec, from, until } = rangeWindow(range);
       const scope = `service=${enc(service)}&span_name=${enc(spanName)}&from=${from}&until=${until}`;
       const cpu = (minMs != null ? `&min_cpu_ms=${enc(minMs)}` : '') + (maxMs != null ? `&max_cpu_ms=${enc(maxMs)}` : '');
       const qs = scope + cpu;
@@ -1457,15 +1466,8 @@
         meta.replaceChildren();
         dist.replaceChildren();
         heavy.replaceChildren();
-        if (e.status === 404 && e.reason === 'no_samples') {
-          body.replaceChildren(h('section', { class: 'message empty' },
-            h('h2', null, `No spans named ${display} in the ${spec[1].toLowerCase()}`),
-            h('p', null, 'Try a longer time range, or another span name from the service page.')));
-        } else {
-          body.replaceChildren(h('section', { class: 'message error' },
-            h('h2', null, 'Could not load these spans'), h('p', { class: 'error-box' }, e.message),
-            h('p', null, h('button', { class: 'btn primary', type: 'button', onclick: load }, 'Try again'))));
-        }
+        body.replaceChildren(rangeFailure(e, `No spans named ${display} in the ${spec[1].toLowerCase()}`,
+          'Try a longer time range, or another span name from the service page.', 'Could not load these spans', load));
         return;
       }
       if (my !== gen) return;
