@@ -960,14 +960,23 @@ fn delete_span(
     w.remove(&k.spans, id);
     let rec: SpanRecord = codec::decode(&bytes, "span")?;
     w.remove(&k.spans_by_service, svc_time_key(&rec.service_name, last_seen, id));
+    // What leaving the rollup bucket and the span index frees, at most: its stack entries and
+    // its index entry (shared stacks stay, so this may credit more than is freed: the next
+    // retention pass reads the true size and goes on).
+    let mut shares = 0u64;
     if rec.rollup_series != 0 {
         index.remove(w, k, (rec.rollup_series, bucket_of(last_seen), rec.stat_chunk), id)?;
         adds.add(k2(rec.rollup_series, bucket_of(last_seen)), &rec.stack_counts()?, rec.period_ns, -1);
+        let varints = |v: &mut dyn Iterator<Item = u64>| v.map(|x| prost::encoding::encoded_len_varint(x) as u64).sum::<u64>();
+        shares = varints(&mut rec.stack_id_deltas.iter().map(|&d| u64::from(d)))
+            + varints(&mut rec.counts.iter().copied())
+            + id.len() as u64
+            + 8;
     }
     if let Some(t) = codec::trace_from_bytes(&rec.trace_id) {
         w.remove(&k.spans_by_trace, trace_key(t.0, id));
     }
-    Ok(bytes.len() as u64)
+    Ok(bytes.len() as u64 + shares)
 }
 
 /// Resolves stack IDs to frame names within one snapshot, caching what it has seen.
