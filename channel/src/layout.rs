@@ -116,7 +116,9 @@ impl Layout {
             return Err(Error::Layout(format!("slot count {slot_count} not in 1..={MAX_SLOTS}")));
         }
         if !ring_capacity.is_power_of_two() || !(2..=MAX_RING).contains(&ring_capacity) {
-            return Err(Error::Layout(format!("ring capacity {ring_capacity} is not a power of two in 2..={MAX_RING}")));
+            return Err(Error::Layout(format!(
+                "ring capacity {ring_capacity} is not a power of two in 2..={MAX_RING}"
+            )));
         }
         if name_capacity > MAX_NAMES {
             return Err(Error::Layout(format!("name capacity {name_capacity} above {MAX_NAMES}")));

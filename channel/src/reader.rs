@@ -265,7 +265,10 @@ impl Reader {
             let st = w.load(base + slot::STATE, Ordering::Acquire).unwrap_or(0) & 3;
             let owner = w.load(base + slot::TID, Ordering::Relaxed).unwrap_or(0);
             let claimed = w.load(base + slot::CLAIMED_NS, Ordering::Relaxed).unwrap_or(0);
-            if (st == state::LIVE || st == state::EXITED) && owner == u64::from(tid) && best.is_none_or(|(c, _)| claimed > c) {
+            if (st == state::LIVE || st == state::EXITED)
+                && owner == u64::from(tid)
+                && best.is_none_or(|(c, _)| claimed > c)
+            {
                 best = Some((claimed, base));
             }
         }
@@ -361,7 +364,8 @@ impl Reader {
                 return Some(Answer::Unknown);
             }
             if t_ns <= t {
-                best = Some(if span_id == 0 { Answer::NoSpan } else { Answer::Span(SpanAt { span_id, trace_id, name }) });
+                best =
+                    Some(if span_id == 0 { Answer::NoSpan } else { Answer::Span(SpanAt { span_id, trace_id, name }) });
                 lo = n + 1;
             } else {
                 hi = n;
@@ -400,7 +404,12 @@ fn read_header(w: Loads<'_>, path: &Path) -> Result<Header> {
     if clock_id != layout::CLOCK_MONOTONIC {
         return Err(Error::Layout(format!("{}: clock id {clock_id}, expected CLOCK_MONOTONIC", path.display())));
     }
-    let layout = Layout::new(get(header::SLOT_COUNT), get(header::RING_CAPACITY), get(header::NAME_CAPACITY), get(header::ARENA_WORDS))?;
+    let layout = Layout::new(
+        get(header::SLOT_COUNT),
+        get(header::RING_CAPACITY),
+        get(header::NAME_CAPACITY),
+        get(header::ARENA_WORDS),
+    )?;
     if get(header::TOTAL_WORDS) != layout.total_words() as u64 || w.len() < layout::HEADER_WORDS {
         return Err(Error::Layout(format!("{}: header sizes do not add up", path.display())));
     }

@@ -155,8 +155,8 @@ impl Mapping {
         if p == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        let ptr = NonNull::new(p.cast::<AtomicU64>())
-            .ok_or_else(|| io::Error::other("mmap returned a null pointer"))?;
+        let ptr =
+            NonNull::new(p.cast::<AtomicU64>()).ok_or_else(|| io::Error::other("mmap returned a null pointer"))?;
         let mut mapping = Mapping { ptr, words: len / 8, writable, guard: None };
         if !writable {
             install_guard_handler()?;

@@ -73,9 +73,8 @@ impl Writer {
             u64::from(options.max_names),
             layout::words_for(options.name_bytes as usize) as u64,
         )?;
-        let start_time = fs::read_to_string("/proc/self/stat")
-            .map_err(|e| Error::io("/proc/self/stat", e))
-            .and_then(|stat| {
+        let start_time =
+            fs::read_to_string("/proc/self/stat").map_err(|e| Error::io("/proc/self/stat", e)).and_then(|stat| {
                 layout::parse_stat_start_time(&stat)
                     .ok_or_else(|| Error::Layout("cannot parse the start time in /proc/self/stat".into()))
             })?;
@@ -245,9 +244,7 @@ impl Writer {
         let base = self.layout.slot_base(i);
         let generation = (seen >> 2) + 1;
         let claiming = (generation << 2) | state::CLAIMING;
-        words[base + slot::STATE]
-            .compare_exchange(seen, claiming, Ordering::Acquire, Ordering::Relaxed)
-            .ok()?;
+        words[base + slot::STATE].compare_exchange(seen, claiming, Ordering::Acquire, Ordering::Relaxed).ok()?;
         // Seqlock write side: readers that see any store below also see CLAIMING (or later).
         fence(Ordering::Release);
         // Sequence numbers continue across owners, so an entry of the previous owner can never

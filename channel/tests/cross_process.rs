@@ -21,7 +21,8 @@ fn child(dir: &str) {
         let mut slot = w.register_thread().unwrap();
         let mut out = std::io::stdout().lock();
         for (i, span_id) in [11u64, 0, 12, 13].into_iter().enumerate() {
-            let root = (span_id != 0).then_some(Root { span_id, trace_id: u128::from(span_id) << 70 | i as u128, name });
+            let root =
+                (span_id != 0).then_some(Root { span_id, trace_id: u128::from(span_id) << 70 | i as u128, name });
             let t = slot.record(root.as_ref());
             let (trace, n) = root.map_or((0, 0), |r| (r.trace_id, r.name.0));
             writeln!(out, "GT {} {t} {span_id} {trace} {n}", slot.tid()).unwrap();

@@ -40,7 +40,8 @@ fn concurrent_readers_never_get_a_wrong_answer() {
 
     let writers: Vec<_> = (0..WRITERS)
         .map(|k| {
-            let (w, stop, start, tid_tx, names) = (Arc::clone(&w), Arc::clone(&stop), Arc::clone(&start), tid_tx.clone(), names.clone());
+            let (w, stop, start, tid_tx, names) =
+                (Arc::clone(&w), Arc::clone(&stop), Arc::clone(&start), tid_tx.clone(), names.clone());
             std::thread::spawn(move || {
                 let mut slot = w.register_thread().unwrap();
                 tid_tx.send(slot.tid()).unwrap();

@@ -125,7 +125,10 @@ pub fn validate(spec: &SpanProfilingSpec, defaults: &Defaults) -> Result<(), Str
     let sampler = crate::inject::sampler_container(&sp, defaults, server, "service", crate::inject::AppUser::default());
     let problems = crate::validation::container_problems(&sampler);
     if !problems.is_empty() {
-        return Err(format!("the sampler container would be invalid, so pods are not injected: {}", problems.join("; ")));
+        return Err(format!(
+            "the sampler container would be invalid, so pods are not injected: {}",
+            problems.join("; ")
+        ));
     }
     Ok(())
 }
@@ -155,9 +158,11 @@ pub fn desired_status(
     // Ready means what a user relies on: a pod annotated now would get the sampler.
     let (status, reason, message) = match validate(&sp.spec, defaults) {
         Err(e) => ("False", "InvalidSpec", e),
-        Ok(()) if webhook_status == "True" => {
-            ("True", "Configured", format!("pods annotated spanprof.dev/inject get the sampler ({} injected)", mine.len()))
-        }
+        Ok(()) if webhook_status == "True" => (
+            "True",
+            "Configured",
+            format!("pods annotated spanprof.dev/inject get the sampler ({} injected)", mine.len()),
+        ),
         Ok(()) => (webhook_status, webhook_reason, webhook_message.clone()),
     };
     let condition = |type_: &str, status: &str, reason: &str, message: String| {

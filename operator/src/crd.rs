@@ -4,9 +4,9 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements, SecurityContext};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResource;
 use kube::CustomResourceExt;
 use schemars::JsonSchema;
@@ -197,7 +197,10 @@ fn default_true() -> bool {
 
 fn default_resources() -> ResourceRequirements {
     let q = |cpu: &str, memory: &str| {
-        BTreeMap::from([("cpu".to_owned(), Quantity(cpu.to_owned())), ("memory".to_owned(), Quantity(memory.to_owned()))])
+        BTreeMap::from([
+            ("cpu".to_owned(), Quantity(cpu.to_owned())),
+            ("memory".to_owned(), Quantity(memory.to_owned())),
+        ])
     };
     ResourceRequirements { requests: Some(q("50m", "64Mi")), limits: Some(q("500m", "256Mi")), ..Default::default() }
 }
@@ -235,8 +238,7 @@ impl Default for SpanProfilingSpec {
 pub const CRD_PATH: &str = "crds/spanprof.dev_spanprofilings.yaml";
 
 /// The pattern the API server's quantity parser accepts (the one controller-gen emits).
-const QUANTITY_PATTERN: &str =
-    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$";
+const QUANTITY_PATTERN: &str = r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$";
 
 /// The CRD, with what derive macros cannot say: the API server's rules for the sampler container
 /// (so `kubectl apply` refuses a SpanProfiling whose sampler would make pods invalid), and
@@ -245,7 +247,8 @@ pub fn crd() -> Result<CustomResourceDefinition, serde_json::Error> {
     let mut value = serde_json::to_value(SpanProfiling::crd())?;
     unwrap_descriptions(&mut value);
     for version in value["spec"]["versions"].as_array_mut().into_iter().flatten() {
-        let sidecar = &mut version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["sidecar"]["properties"];
+        let sidecar =
+            &mut version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["sidecar"]["properties"];
         let env = &mut sidecar["env"]["items"];
         env["properties"]["name"]["pattern"] = json!(crate::validation::ENV_VAR_NAME_PATTERN);
         env["properties"]["name"]["description"] = json!(
@@ -275,8 +278,10 @@ fn unwrap_descriptions(value: &mut serde_json::Value) {
             for (key, v) in map.iter_mut() {
                 match v {
                     serde_json::Value::String(text) if key == "description" => {
-                        let paragraphs: Vec<String> =
-                            text.split("\n\n").map(|p| p.lines().map(str::trim).collect::<Vec<_>>().join(" ")).collect();
+                        let paragraphs: Vec<String> = text
+                            .split("\n\n")
+                            .map(|p| p.lines().map(str::trim).collect::<Vec<_>>().join(" "))
+                            .collect();
                         *text = paragraphs.join("\n\n");
                     }
                     _ => unwrap_descriptions(v),
@@ -292,5 +297,7 @@ fn unwrap_descriptions(value: &mut serde_json::Value) {
 pub fn crd_yaml() -> Result<String, crate::Error> {
     let crd = crd().map_err(|e| crate::Error::Config(format!("CRD: {e}")))?;
     let yaml = serde_yaml::to_string(&crd).map_err(|e| crate::Error::Config(format!("CRD: {e}")))?;
-    Ok(format!("# Generated from operator/src/crd.rs by `cargo run -p spanprof-operator --bin spanprof-operator-gen -- crd`; do not edit.\n{yaml}"))
+    Ok(format!(
+        "# Generated from operator/src/crd.rs by `cargo run -p spanprof-operator --bin spanprof-operator-gen -- crd`; do not edit.\n{yaml}"
+    ))
 }

@@ -127,10 +127,9 @@ impl fmt::Display for Skip {
                 names.join(", ")
             ),
             Skip::ProfilingNotFound { namespace, name } => write!(f, "{p} SpanProfiling {namespace}/{name} not found"),
-            Skip::ProcessNamespaceDisabled => write!(
-                f,
-                "{p} the pod sets shareProcessNamespace: false, so the sampler could not see its processes"
-            ),
+            Skip::ProcessNamespaceDisabled => {
+                write!(f, "{p} the pod sets shareProcessNamespace: false, so the sampler could not see its processes")
+            }
             Skip::HostPid => write!(f, "{p} the pod uses hostPID, which cannot be combined with shareProcessNamespace"),
             Skip::NoContainersSelected { requested } => {
                 write!(f, "{p} no container of the pod is named {}", requested.join(", "))
@@ -268,7 +267,8 @@ pub fn plan(
         _ if spec.host_pid == Some(true) => return Err(Skip::HostPid),
         _ => {}
     }
-    let has_sidecar = spec.containers.iter().chain(spec.init_containers.iter().flatten()).any(|c| c.name == SIDECAR_NAME);
+    let has_sidecar =
+        spec.containers.iter().chain(spec.init_containers.iter().flatten()).any(|c| c.name == SIDECAR_NAME);
     if has_sidecar {
         return Err(Skip::SidecarExists);
     }
@@ -433,7 +433,10 @@ impl AppUser {
             let first = values.next()??;
             values.all(|v| v == Some(first)).then_some(first)
         };
-        AppUser { uid: agreed(|sc| sc.run_as_user, pod.run_as_user), gid: agreed(|sc| sc.run_as_group, pod.run_as_group) }
+        AppUser {
+            uid: agreed(|sc| sc.run_as_user, pod.run_as_user),
+            gid: agreed(|sc| sc.run_as_group, pod.run_as_group),
+        }
     }
 }
 

@@ -218,7 +218,9 @@ impl Elector {
         if leader.send_replace(false) {
             match self.release(Timestamp::now()).await {
                 Ok(()) => tracing::info!(lease = self.name, "released the Lease"),
-                Err(e) => tracing::warn!(lease = self.name, error = %e, "releasing the Lease failed; it expires on its own"),
+                Err(e) => {
+                    tracing::warn!(lease = self.name, error = %e, "releasing the Lease failed; it expires on its own")
+                }
             }
         }
     }
@@ -343,7 +345,10 @@ mod tests {
         // Taking over a lease another replica released on shutdown is a transition too (client-go
         // counts it; the real-cluster run showed 0 after graceful handovers).
         let free = lease(None, "2025-06-01T10:00:00Z", Some(15));
-        assert_eq!(acquired(Some(&free), "spanprof-operator", "op-0", now, DEFAULT).spec.unwrap().lease_transitions, Some(3));
+        assert_eq!(
+            acquired(Some(&free), "spanprof-operator", "op-0", now, DEFAULT).spec.unwrap().lease_transitions,
+            Some(3)
+        );
         let created = acquired(None, "spanprof-operator", "op-0", now, DEFAULT);
         assert_eq!(created.metadata.resource_version, None);
         assert_eq!(created.spec.unwrap().lease_transitions, Some(0));

@@ -141,9 +141,16 @@ pub async fn run(config: Config, client: Client, shutdown: Option<tokio::sync::o
     // Controller, and the SpanProfiling cache the webhook shares with it.
     let (controller, caches, pod_events) = controller::controller(client.clone());
     let ctx = Arc::new(
-        controller::Context::new(client.clone(), caches.pods, recorder.clone(), metrics.clone(), config.defaults.clone(), serving_rx)
-            .with_pods_synced(caches.pods_synced)
-            .with_leadership(leader::Leadership::new(leader_rx)),
+        controller::Context::new(
+            client.clone(),
+            caches.pods,
+            recorder.clone(),
+            metrics.clone(),
+            config.defaults.clone(),
+            serving_rx,
+        )
+        .with_pods_synced(caches.pods_synced)
+        .with_leadership(leader::Leadership::new(leader_rx)),
     );
     let controller_task = tokio::spawn(controller::run(controller, pod_events, ctx, stopped()));
     log_when_synced(caches.profilings_synced.clone(), "SpanProfiling cache synced");

@@ -60,8 +60,17 @@ const SAFE_SYSCTLS: &[&str] = &[
 const SELINUX_TYPES: &[&str] = &["", "container_t", "container_init_t", "container_kvm_t", "container_engine_t"];
 
 /// Volume types `restricted` allows: the core ones, and what PersistentVolumes provide.
-const RESTRICTED_VOLUME_TYPES: &[&str] =
-    &["configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "image", "persistentVolumeClaim", "projected", "secret"];
+const RESTRICTED_VOLUME_TYPES: &[&str] = &[
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "image",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+];
 
 /// The beta AppArmor annotation per container; still checked by Pod Security admission.
 const APPARMOR_ANNOTATION_PREFIX: &str = "container.apparmor.security.beta.kubernetes.io/";
@@ -167,13 +176,21 @@ pub fn pod_level_violations(metadata: &ObjectMeta, spec: &PodSpec, level: Level)
         .map(|(name, _)| name)
         .collect();
     if !hosts.is_empty() {
-        add("hostNamespaces", Level::Baseline, format!("pod: host namespaces are forbidden ({}=true)", hosts.join("=true, ")));
+        add(
+            "hostNamespaces",
+            Level::Baseline,
+            format!("pod: host namespaces are forbidden ({}=true)", hosts.join("=true, ")),
+        );
     }
     for (key, value) in metadata.annotations.iter().flatten() {
         if key.starts_with(APPARMOR_ANNOTATION_PREFIX)
             && !(value.is_empty() || value == "runtime/default" || value.starts_with("localhost/"))
         {
-            add("appArmorProfile", Level::Baseline, format!("pod: annotation {key}={value:?} is a forbidden AppArmor profile"));
+            add(
+                "appArmorProfile",
+                Level::Baseline,
+                format!("pod: annotation {key}={value:?} is a forbidden AppArmor profile"),
+            );
         }
     }
     let sc = spec.security_context.clone().unwrap_or_default();
@@ -194,9 +211,15 @@ pub fn pod_level_violations(metadata: &ObjectMeta, spec: &PodSpec, level: Level)
         add("sysctls", Level::Baseline, format!("pod: forbidden sysctls {}", unsafe_sysctls.join(", ")));
     }
     match sc.seccomp_profile.as_ref().map(|p| p.type_.as_str()) {
-        Some("Unconfined") => add("seccompProfile_baseline", Level::Baseline, "pod: seccompProfile Unconfined is forbidden".into()),
+        Some("Unconfined") => {
+            add("seccompProfile_baseline", Level::Baseline, "pod: seccompProfile Unconfined is forbidden".into())
+        }
         Some("RuntimeDefault" | "Localhost") | None => {}
-        Some(t) => add("seccompProfile_restricted", Level::Restricted, format!("pod: seccompProfile {t} (must be RuntimeDefault or Localhost)")),
+        Some(t) => add(
+            "seccompProfile_restricted",
+            Level::Restricted,
+            format!("pod: seccompProfile {t} (must be RuntimeDefault or Localhost)"),
+        ),
     }
     if sc.run_as_non_root == Some(false) {
         add("runAsNonRoot", Level::Restricted, "pod: must not set runAsNonRoot=false".into());
@@ -223,7 +246,8 @@ pub fn volume_violations(volume: &Volume, level: Level) -> Vec<Violation> {
         // The set fields of the VolumeSource are its types; serialising is the one way to list
         // them without naming every type k8s-openapi knows.
         let value = serde_json::to_value(volume).unwrap_or_default();
-        let types: Vec<&String> = value.as_object().map(|m| m.keys().filter(|k| *k != "name").collect()).unwrap_or_default();
+        let types: Vec<&String> =
+            value.as_object().map(|m| m.keys().filter(|k| *k != "name").collect()).unwrap_or_default();
         for t in types {
             if !RESTRICTED_VOLUME_TYPES.contains(&t.as_str()) {
                 out.push(Violation {
@@ -283,7 +307,8 @@ fn checked(c: ContainerView<'_>, spec: &PodSpec, level: Level) -> Vec<Violation>
     let sc = c.security_context.cloned().unwrap_or_default();
     let subject = format!("container {:?}", c.name);
     let mut out = Vec::new();
-    let mut add = |check, lvl, what: String| out.push(Violation { check, level: lvl, message: format!("{subject}: {what}") });
+    let mut add =
+        |check, lvl, what: String| out.push(Violation { check, level: lvl, message: format!("{subject}: {what}") });
 
     // Baseline.
     if sc.privileged == Some(true) {
@@ -316,7 +341,11 @@ fn checked(c: ContainerView<'_>, spec: &PodSpec, level: Level) -> Vec<Violation>
     }
     let hosts: Vec<&str> = probe_hosts(&c).collect();
     if !hosts.is_empty() {
-        add("hostProbesAndHostLifecycle", Level::Baseline, format!("probe or lifecycle host {} is forbidden", hosts.join(", ")));
+        add(
+            "hostProbesAndHostLifecycle",
+            Level::Baseline,
+            format!("probe or lifecycle host {} is forbidden", hosts.join(", ")),
+        );
     }
     let seccomp = sc.seccomp_profile.as_ref().map(|p| p.type_.as_str());
     if seccomp == Some("Unconfined") {
@@ -328,7 +357,11 @@ fn checked(c: ContainerView<'_>, spec: &PodSpec, level: Level) -> Vec<Violation>
         add("allowPrivilegeEscalation", Level::Restricted, "must set allowPrivilegeEscalation=false".into());
     }
     if !sc.capabilities.iter().flat_map(|c| c.drop.iter().flatten()).any(|d| d == "ALL") {
-        add("capabilities_restricted", Level::Restricted, "must drop ALL capabilities (capabilities.drop: [ALL])".into());
+        add(
+            "capabilities_restricted",
+            Level::Restricted,
+            "must drop ALL capabilities (capabilities.drop: [ALL])".into(),
+        );
     }
     let beyond_restricted: Vec<&str> = added
         .iter()
@@ -336,17 +369,31 @@ fn checked(c: ContainerView<'_>, spec: &PodSpec, level: Level) -> Vec<Violation>
         .filter(|cap| *cap != "NET_BIND_SERVICE" && BASELINE_CAPABILITIES.contains(cap))
         .collect();
     if !beyond_restricted.is_empty() {
-        add("capabilities_restricted", Level::Restricted, format!("adds capabilities {}", beyond_restricted.join(", ")));
+        add(
+            "capabilities_restricted",
+            Level::Restricted,
+            format!("adds capabilities {}", beyond_restricted.join(", ")),
+        );
     }
     match seccomp {
         Some("RuntimeDefault" | "Localhost" | "Unconfined") => {}
-        Some(t) => add("seccompProfile_restricted", Level::Restricted, format!("seccompProfile {t} (must be RuntimeDefault or Localhost)")),
-        // A container without a profile is covered only by a valid pod-level one.
-        None if !matches!(pod.seccomp_profile.as_ref().map(|p| p.type_.as_str()), Some("RuntimeDefault" | "Localhost")) => add(
+        Some(t) => add(
             "seccompProfile_restricted",
             Level::Restricted,
-            "pod or container must set seccompProfile RuntimeDefault or Localhost".into(),
+            format!("seccompProfile {t} (must be RuntimeDefault or Localhost)"),
         ),
+        // A container without a profile is covered only by a valid pod-level one.
+        None if !matches!(
+            pod.seccomp_profile.as_ref().map(|p| p.type_.as_str()),
+            Some("RuntimeDefault" | "Localhost")
+        ) =>
+        {
+            add(
+                "seccompProfile_restricted",
+                Level::Restricted,
+                "pod or container must set seccompProfile RuntimeDefault or Localhost".into(),
+            )
+        }
         None => {}
     }
     match sc.run_as_non_root {
@@ -479,12 +526,23 @@ mod tests {
             ["hostPorts"]
         );
         assert_eq!(
-            case(json!({"containers": [{"name": "app", "livenessProbe": {"httpGet": {"port": 80, "host": "10.0.0.1"}}}]})),
+            case(
+                json!({"containers": [{"name": "app", "livenessProbe": {"httpGet": {"port": 80, "host": "10.0.0.1"}}}]})
+            ),
             ["hostProbesAndHostLifecycle"]
         );
-        assert_eq!(case(json!({"securityContext": {"sysctls": [{"name": "kernel.msgmax", "value": "1"}]}})), ["sysctls"]);
-        assert!(case(json!({"securityContext": {"sysctls": [{"name": "net.ipv4.tcp_syncookies", "value": "1"}]}})).is_empty());
-        assert_eq!(case(json!({"securityContext": {"seccompProfile": {"type": "Unconfined"}}})), ["seccompProfile_baseline"]);
+        assert_eq!(
+            case(json!({"securityContext": {"sysctls": [{"name": "kernel.msgmax", "value": "1"}]}})),
+            ["sysctls"]
+        );
+        assert!(
+            case(json!({"securityContext": {"sysctls": [{"name": "net.ipv4.tcp_syncookies", "value": "1"}]}}))
+                .is_empty()
+        );
+        assert_eq!(
+            case(json!({"securityContext": {"seccompProfile": {"type": "Unconfined"}}})),
+            ["seccompProfile_baseline"]
+        );
         // Restricted-only rules do not count under baseline.
         assert!(case(json!({"securityContext": {"runAsNonRoot": false, "runAsUser": 0}})).is_empty());
         assert!(case(c(json!({}))).is_empty());
@@ -530,9 +588,16 @@ mod tests {
         );
         assert!(case(json!({"securityContext": {"seccompProfile": null}, "containers": [{"name": "app", "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "Localhost", "localhostProfile": "p.json"}}}]})).is_empty());
         assert_eq!(case(json!({"securityContext": {"runAsUser": 0}})), ["runAsUser"]);
-        assert_eq!(case(json!({"volumes": [{"name": "n", "nfs": {"server": "s", "path": "/"}}]})), ["restrictedVolumes"]);
+        assert_eq!(
+            case(json!({"volumes": [{"name": "n", "nfs": {"server": "s", "path": "/"}}]})),
+            ["restrictedVolumes"]
+        );
         assert_eq!(case(json!({"volumes": [{"name": "h", "hostPath": {"path": "/"}}]})), ["hostPathVolumes"]);
-        for ok in [json!({"configMap": {"name": "c"}}), json!({"secret": {"secretName": "s"}}), json!({"emptyDir": {"medium": "Memory"}})] {
+        for ok in [
+            json!({"configMap": {"name": "c"}}),
+            json!({"secret": {"secretName": "s"}}),
+            json!({"emptyDir": {"medium": "Memory"}}),
+        ] {
             let mut v = ok;
             v["name"] = json!("v");
             assert!(case(json!({"volumes": [v]})).is_empty());

@@ -22,9 +22,19 @@ pub const DEFAULT_WEBHOOK_CONFIG: &str = "spanprof-operator";
 /// Cluster-wide permissions.
 pub const CLUSTER_RULES: &[Rule] = &[
     // The controller's watch and the webhook's cache of SpanProfilings.
-    Rule { api_groups: &["spanprof.dev"], resources: &["spanprofilings"], verbs: &["list", "watch"], resource_names: &[] },
+    Rule {
+        api_groups: &["spanprof.dev"],
+        resources: &["spanprofilings"],
+        verbs: &["list", "watch"],
+        resource_names: &[],
+    },
     // Status by server-side apply.
-    Rule { api_groups: &["spanprof.dev"], resources: &["spanprofilings/status"], verbs: &["patch"], resource_names: &[] },
+    Rule {
+        api_groups: &["spanprof.dev"],
+        resources: &["spanprofilings/status"],
+        verbs: &["patch"],
+        resource_names: &[],
+    },
     // Metadata watch of injected pods (label selector), for the injected count; `get` of a bare
     // pod's metadata after admission, for the uid its Events need to show in `kubectl describe`.
     Rule { api_groups: &[""], resources: &["pods"], verbs: &["get", "list", "watch"], resource_names: &[] },
@@ -58,7 +68,12 @@ pub const NAMESPACE_RULES: &[Rule] = &[
         resource_names: &[],
     },
     // Whether the webhook Service has ready endpoints (the SpanProfiling's WebhookServing).
-    Rule { api_groups: &["discovery.k8s.io"], resources: &["endpointslices"], verbs: &["list", "watch"], resource_names: &[] },
+    Rule {
+        api_groups: &["discovery.k8s.io"],
+        resources: &["endpointslices"],
+        verbs: &["list", "watch"],
+        resource_names: &[],
+    },
 ];
 
 fn policy_rules(rules: &[Rule]) -> Vec<PolicyRule> {

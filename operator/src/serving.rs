@@ -75,7 +75,11 @@ pub fn ready_endpoints(slices: &[impl AsRef<EndpointSlice>]) -> usize {
 
 /// The verdict from the webhook configuration (`None`: not found) and the Service's
 /// EndpointSlices.
-pub fn verdict(target: &Target, configuration: Option<&MutatingWebhookConfiguration>, slices: &[impl AsRef<EndpointSlice>]) -> Serving {
+pub fn verdict(
+    target: &Target,
+    configuration: Option<&MutatingWebhookConfiguration>,
+    slices: &[impl AsRef<EndpointSlice>],
+) -> Serving {
     let Some(configuration) = configuration else {
         return Serving::No {
             reason: "WebhookConfigurationMissing",
@@ -158,7 +162,9 @@ pub async fn watch(client: Client, target: Target, tx: watch::Sender<Serving>) {
         }
         let now = match configurations.get_opt(&target.configuration).await {
             Ok(configuration) => verdict(&target, configuration.as_ref(), &current(&slices)),
-            Err(e) => Serving::Unreadable(format!("cannot read MutatingWebhookConfiguration {}: {e}", target.configuration)),
+            Err(e) => {
+                Serving::Unreadable(format!("cannot read MutatingWebhookConfiguration {}: {e}", target.configuration))
+            }
         };
         publish(&tx, now);
     }
@@ -191,7 +197,11 @@ mod tests {
     use std::sync::Arc;
 
     fn target() -> Target {
-        Target { configuration: "spanprof-operator".into(), service: "spanprof-operator".into(), namespace: "spanprof".into() }
+        Target {
+            configuration: "spanprof-operator".into(),
+            service: "spanprof-operator".into(),
+            namespace: "spanprof".into(),
+        }
     }
 
     fn configuration(ca: Option<&str>, service: &str) -> MutatingWebhookConfiguration {
@@ -206,10 +216,8 @@ mod tests {
     }
 
     fn slice(ready: &[Option<bool>]) -> Arc<EndpointSlice> {
-        let endpoints: Vec<_> = ready
-            .iter()
-            .map(|r| json!({"addresses": ["10.0.0.1"], "conditions": {"ready": r}}))
-            .collect();
+        let endpoints: Vec<_> =
+            ready.iter().map(|r| json!({"addresses": ["10.0.0.1"], "conditions": {"ready": r}})).collect();
         Arc::new(
             serde_json::from_value(json!({
                 "metadata": {"name": "spanprof-operator-abc", "labels": {"kubernetes.io/service-name": "spanprof-operator"}},
@@ -222,7 +230,10 @@ mod tests {
     #[test]
     fn ready_endpoints_behind_a_configured_webhook_serve() {
         let c = configuration(Some("Q0E="), "spanprof-operator");
-        assert_eq!(verdict(&target(), Some(&c), &[slice(&[Some(true), Some(false)]), slice(&[None])]), Serving::Yes { endpoints: 2 });
+        assert_eq!(
+            verdict(&target(), Some(&c), &[slice(&[Some(true), Some(false)]), slice(&[None])]),
+            Serving::Yes { endpoints: 2 }
+        );
     }
 
     #[test]
@@ -248,7 +259,10 @@ mod tests {
     #[test]
     fn conditions_say_true_false_or_unknown() {
         assert_eq!(Serving::Yes { endpoints: 1 }.condition().0, "True");
-        assert_eq!(Serving::No { reason: "NoReadyEndpoints", message: "m".into() }.condition(), ("False", "NoReadyEndpoints", "m".into()));
+        assert_eq!(
+            Serving::No { reason: "NoReadyEndpoints", message: "m".into() }.condition(),
+            ("False", "NoReadyEndpoints", "m".into())
+        );
         assert_eq!(Serving::Unknown.condition().0, "Unknown");
         assert_eq!(Serving::Unreadable("forbidden".into()).condition(), ("Unknown", "Unreadable", "forbidden".into()));
     }

@@ -70,7 +70,12 @@ fn cert_err(e: impl std::fmt::Display) -> Error {
 
 impl CertBundle {
     /// A new CA and serving certificate for `dns_names`, valid from `now` for `validity`.
-    pub fn generate(dns_names: &[String], now: i64, validity: Duration, previous_ca_pem: Option<String>) -> Result<Self> {
+    pub fn generate(
+        dns_names: &[String],
+        now: i64,
+        validity: Duration,
+        previous_ca_pem: Option<String>,
+    ) -> Result<Self> {
         let not_before = now - BACKDATE_SECS;
         let not_after = now + i64::try_from(validity.as_secs()).map_err(cert_err)?;
         let at = |t: i64| time::OffsetDateTime::from_unix_timestamp(t).map_err(cert_err);
@@ -286,7 +291,11 @@ impl SecretStore {
         for _ in 0..5 {
             let Some(secret) = self.api.get_opt(&self.name).await? else {
                 let bundle = CertBundle::generate(&self.dns_names, now, self.validity, None)?;
-                match self.api.create(&PostParams::default(), &bundle.to_secret(&self.name, &self.namespace, None)).await {
+                match self
+                    .api
+                    .create(&PostParams::default(), &bundle.to_secret(&self.name, &self.namespace, None))
+                    .await
+                {
                     Ok(_) => return Ok(Ensured::Generated { bundle, why: "no certificate yet".into() }),
                     Err(e) if is_status(&e, 409) => continue,
                     Err(e) => return Err(e.into()),
@@ -317,7 +326,8 @@ impl SecretStore {
 pub async fn apply_ca_bundle(api: &Api<MutatingWebhookConfiguration>, config_name: &str, ca_pem: &str) -> Result<()> {
     // A server-side apply to a missing object (or entry) would try to create it from just the
     // caBundle and fail with a validation error that says nothing about what is missing.
-    let missing = |message: &str| Error::WebhookConfiguration { name: config_name.to_owned(), message: message.to_owned() };
+    let missing =
+        |message: &str| Error::WebhookConfiguration { name: config_name.to_owned(), message: message.to_owned() };
     let Some(current) = api.get_opt(config_name).await? else {
         return Err(missing("not found"));
     };

@@ -230,7 +230,9 @@ mod tests {
         assert_eq!(q("0.1n"), 1, "below a nano rounds up, as Kubernetes does");
         assert!(q("1Ei") > q("1E"));
         assert!(q("999999999999Ei") > 0, "huge values saturate instead of overflowing");
-        for bad in ["0.5e-2147483648", "", "m", "1.2.3", "1x", "1mi", "1KiB", "1e", "1e+", "--1", "1 ", " 1", "1e3.5", "Mi"] {
+        for bad in
+            ["0.5e-2147483648", "", "m", "1.2.3", "1x", "1mi", "1KiB", "1e", "1e+", "--1", "1 ", " 1", "1e3.5", "Mi"]
+        {
             assert_eq!(parse_quantity(bad), None, "{bad:?}");
         }
     }
@@ -251,7 +253,10 @@ mod tests {
             EnvVar {
                 name: "POD".into(),
                 value_from: Some(EnvVarSource {
-                    field_ref: Some(ObjectFieldSelector { field_path: "metadata.labels['app']".into(), api_version: None }),
+                    field_ref: Some(ObjectFieldSelector {
+                        field_path: "metadata.labels['app']".into(),
+                        api_version: None,
+                    }),
                     ..Default::default()
                 }),
                 ..Default::default()

@@ -12,10 +12,10 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use futures::Stream;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use futures::Stream;
 use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Pod};
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use kube::core::{DynamicObject, PartialObjectMeta};
@@ -144,13 +144,17 @@ pub fn review(
     }
     let namespace = req.namespace.clone().unwrap_or_else(|| "default".into());
     let pod: Result<Pod, String> = match &req.object {
-        Some(obj) => serde_json::to_value(obj).and_then(serde_json::from_value).map_err(|e| format!("pod does not parse: {e}")),
+        Some(obj) => {
+            serde_json::to_value(obj).and_then(serde_json::from_value).map_err(|e| format!("pod does not parse: {e}"))
+        }
         None => Err("request without an object".into()),
     };
     let decision = match (&pod, profilings) {
         (Err(e), _) => Decision::Skip(Skip::Internal(e.clone())),
         (Ok(_), None) => Decision::Skip(Skip::Internal("the SpanProfiling cache is not synced yet".into())),
-        (Ok(pod), Some(profilings)) => inject::decide(pod, &namespace, profilings, defaults, || pod_security(&namespace)),
+        (Ok(pod), Some(profilings)) => {
+            inject::decide(pod, &namespace, profilings, defaults, || pod_security(&namespace))
+        }
     };
     let skip = match decision {
         Decision::Inject { profiling, patch, warnings } => match resp.clone().with_patch(patch) {
@@ -280,7 +284,9 @@ async fn resolve(client: &Client, mut r: ObjectReference, admitted_at: tokio::ti
         let (Some(ns), Some(name)) = (r.namespace.clone(), r.name.clone()) else { return r };
         match Api::<Pod>::namespaced(client.clone(), &ns).get_metadata_opt(&name).await {
             Ok(Some(pod)) => r.uid = pod.metadata.uid,
-            Ok(None) => tracing::debug!(namespace = ns, pod = name, "pod not stored (rejected later?); event without uid"),
+            Ok(None) => {
+                tracing::debug!(namespace = ns, pod = name, "pod not stored (rejected later?); event without uid")
+            }
             Err(e) => tracing::debug!(namespace = ns, pod = name, error = %e, "pod uid lookup failed"),
         }
         return r;

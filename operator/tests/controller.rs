@@ -9,6 +9,7 @@ use http::{Request, Response};
 use http_body_util::BodyExt;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::jiff::Timestamp;
 use kube::client::Body;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
@@ -21,7 +22,6 @@ use spanprof_operator::controller::{self, Context};
 use spanprof_operator::crd::{SpanProfiling, SpanProfilingSpec};
 use spanprof_operator::inject::Defaults;
 use spanprof_operator::leader::{Elector, Leadership, Timing};
-use k8s_openapi::jiff::Timestamp;
 use spanprof_operator::metrics::Metrics;
 use spanprof_operator::serving::Serving;
 use spanprof_operator::tls::{self, CertBundle, Ensured, SecretStore};
@@ -36,7 +36,13 @@ fn mock_client() -> (Client, ApiHandle) {
 
 /// Takes the next request, checks method and path, answers `status` + `reply`, and returns the
 /// query string, content type and JSON body for further assertions.
-async fn expect(handle: &mut ApiHandle, method: &str, path: &str, status: u16, reply: Value) -> (String, String, Value) {
+async fn expect(
+    handle: &mut ApiHandle,
+    method: &str,
+    path: &str,
+    status: u16,
+    reply: Value,
+) -> (String, String, Value) {
     let (req, send) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
         .await
         .unwrap_or_else(|_| panic!("no request; expected {method} {path}"))
@@ -46,7 +52,9 @@ async fn expect(handle: &mut ApiHandle, method: &str, path: &str, status: u16, r
     let content_type = req.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
     let bytes = req.into_body().collect().await.unwrap().to_bytes();
     let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
-    send.send_response(Response::builder().status(status).body(Body::from(serde_json::to_vec(&reply).unwrap())).unwrap());
+    send.send_response(
+        Response::builder().status(status).body(Body::from(serde_json::to_vec(&reply).unwrap())).unwrap(),
+    );
     (query, content_type, body)
 }
 
@@ -92,7 +100,10 @@ fn context(client: Client) -> Arc<Context> {
     }
     writer.apply_watcher_event(&watcher::Event::InitDone);
     std::mem::forget(writer);
-    let recorder = Recorder::new(client.clone(), Reporter { controller: "spanprof-operator".into(), instance: Some("op-0".into()) });
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter { controller: "spanprof-operator".into(), instance: Some("op-0".into()) },
+    );
     Arc::new(Context::new(client, pods, recorder, Arc::new(Metrics::default()), defaults(), serving()))
 }
 
@@ -127,7 +138,8 @@ async fn new_profiling_gets_its_status_applied_and_a_ready_event() {
     let sp = Arc::new(profiling(SpanProfilingSpec::default()));
     let run = tokio::spawn(controller::reconcile(sp.clone(), ctx.clone()));
 
-    let (query, content_type, body) = expect(&mut handle, "PATCH", STATUS_PATH, 200, serde_json::to_value(&*sp).unwrap()).await;
+    let (query, content_type, body) =
+        expect(&mut handle, "PATCH", STATUS_PATH, 200, serde_json::to_value(&*sp).unwrap()).await;
     assert_eq!(sorted_query(&query), ["fieldManager=spanprof-operator", "force=true"]);
     assert_eq!(content_type, "application/apply-patch+yaml");
     assert_eq!(body["apiVersion"], "spanprof.dev/v1alpha1");
@@ -137,7 +149,10 @@ async fn new_profiling_gets_its_status_applied_and_a_ready_event() {
     assert_eq!(status["injectedPods"], 2, "terminating pods and other profilings' pods are not counted");
     assert_eq!(status["lastInjectionTime"], "2025-06-01T11:00:00Z");
     let ready = &status["conditions"][0];
-    assert_eq!((ready["type"].as_str(), ready["status"].as_str(), ready["reason"].as_str()), (Some("Ready"), Some("True"), Some("Configured")));
+    assert_eq!(
+        (ready["type"].as_str(), ready["status"].as_str(), ready["reason"].as_str()),
+        (Some("Ready"), Some("True"), Some("Configured"))
+    );
     assert_eq!(ready["observedGeneration"], 3);
     assert!(ready["lastTransitionTime"].is_string());
     assert_eq!(body.as_object().unwrap().len(), 3, "only apiVersion, kind and status are applied: {body}");
@@ -161,7 +176,13 @@ async fn up_to_date_status_makes_no_request() {
     let (client, mut handle) = mock_client();
     let ctx = context(client);
     let mut sp = profiling(SpanProfilingSpec::default());
-    sp.status = Some(controller::desired_status(&sp, &ctx.pods.state(), &defaults(), &SERVING, k8s_openapi::jiff::Timestamp::now()));
+    sp.status = Some(controller::desired_status(
+        &sp,
+        &ctx.pods.state(),
+        &defaults(),
+        &SERVING,
+        k8s_openapi::jiff::Timestamp::now(),
+    ));
     let run = tokio::spawn(controller::reconcile(Arc::new(sp), ctx));
     assert_no_request(&mut handle).await;
     assert_eq!(run.await.unwrap().unwrap(), Action::requeue(Duration::from_secs(300)));
@@ -173,7 +194,13 @@ async fn invalid_spec_is_reported_not_ready_with_a_warning_event() {
     let ctx = context(client);
     let mut sp = profiling(SpanProfilingSpec { server_url: Some("ftp://files".into()), ..Default::default() });
     // It was Ready before: the transition must get a new lastTransitionTime and an Event.
-    let mut before = controller::desired_status(&profiling(SpanProfilingSpec::default()), &[], &defaults(), &SERVING, "2025-01-01T00:00:00Z".parse().unwrap());
+    let mut before = controller::desired_status(
+        &profiling(SpanProfilingSpec::default()),
+        &[],
+        &defaults(),
+        &SERVING,
+        "2025-01-01T00:00:00Z".parse().unwrap(),
+    );
     before.injected_pods = 2;
     sp.status = Some(before);
     let reply = serde_json::to_value(&sp).unwrap();
@@ -193,7 +220,8 @@ async fn unchanged_condition_keeps_its_transition_time_and_publishes_no_event() 
     let (client, mut handle) = mock_client();
     let ctx = context(client);
     let mut sp = profiling(SpanProfilingSpec::default());
-    sp.status = Some(controller::desired_status(&sp, &[], &defaults(), &SERVING, "2025-01-01T00:00:00Z".parse().unwrap()));
+    sp.status =
+        Some(controller::desired_status(&sp, &[], &defaults(), &SERVING, "2025-01-01T00:00:00Z".parse().unwrap()));
     let reply = serde_json::to_value(&sp).unwrap();
     let run = tokio::spawn(controller::reconcile(Arc::new(sp), ctx));
     let (_, _, body) = expect(&mut handle, "PATCH", STATUS_PATH, 200, reply).await;
@@ -279,7 +307,13 @@ async fn first_replica_creates_the_secret() {
 async fn a_replica_losing_the_create_race_uses_the_winners_certificate() {
     let (client, mut handle) = mock_client();
     let now = 1_750_000_000;
-    let winner = CertBundle::generate(&tls::service_dns_names("spanprof-operator", "spanprof"), now, Duration::from_secs(90 * DAY as u64), None).unwrap();
+    let winner = CertBundle::generate(
+        &tls::service_dns_names("spanprof-operator", "spanprof"),
+        now,
+        Duration::from_secs(90 * DAY as u64),
+        None,
+    )
+    .unwrap();
     let run = tokio::spawn(async move { store(client).ensure(now + 1).await });
     expect(&mut handle, "GET", SECRET_PATH, 404, not_found()).await;
     let conflict_exists = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "AlreadyExists", "code": 409, "message": "already exists"});
@@ -301,7 +335,8 @@ async fn rotation_is_a_compare_and_swap_and_the_loser_rereads() {
     let (_, _, put) = expect(&mut handle, "PUT", SECRET_PATH, 409, conflict()).await;
     assert_eq!(put["metadata"]["resourceVersion"], "41", "the replace only wins if nobody wrote since the read");
     // Another replica rotated first; we adopt its bundle.
-    let theirs = CertBundle::generate(&dns, now, Duration::from_secs(90 * DAY as u64), Some(old.ca_cert_pem.clone())).unwrap();
+    let theirs =
+        CertBundle::generate(&dns, now, Duration::from_secs(90 * DAY as u64), Some(old.ca_cert_pem.clone())).unwrap();
     expect(&mut handle, "GET", SECRET_PATH, 200, stored(&theirs, "42")).await;
     let got = run.await.unwrap().unwrap();
     assert_eq!(got, Ensured::Existing(theirs.clone()));
@@ -343,7 +378,9 @@ fn rotation_is_due_when_a_third_is_left_or_names_change() {
 async fn ca_bundle_is_server_side_applied_to_our_webhook_only() {
     let (client, mut handle) = mock_client();
     let api: Api<MutatingWebhookConfiguration> = Api::all(client);
-    let run = tokio::spawn(async move { tls::apply_ca_bundle(&api, "spanprof-operator", "-----BEGIN CERTIFICATE-----\nx\n").await });
+    let run = tokio::spawn(async move {
+        tls::apply_ca_bundle(&api, "spanprof-operator", "-----BEGIN CERTIFICATE-----\nx\n").await
+    });
     let path = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/spanprof-operator";
     expect(&mut handle, "GET", path, 200, webhook_configuration("inject.spanprof.dev")).await;
     let (query, content_type, body) = expect(&mut handle, "PATCH", path, 200, json!({})).await;
@@ -531,8 +568,15 @@ async fn a_replica_that_does_not_lead_writes_no_status_and_no_events() {
     let (leader_tx, leader_rx) = tokio::sync::watch::channel(false);
     let ctx = context(client);
     let ctx = Arc::new(
-        Context::new(ctx.client.clone(), ctx.pods.clone(), ctx.recorder.clone(), ctx.metrics.clone(), defaults(), serving())
-            .with_leadership(Leadership::new(leader_rx)),
+        Context::new(
+            ctx.client.clone(),
+            ctx.pods.clone(),
+            ctx.recorder.clone(),
+            ctx.metrics.clone(),
+            defaults(),
+            serving(),
+        )
+        .with_leadership(Leadership::new(leader_rx)),
     );
     let sp = Arc::new(profiling(SpanProfilingSpec { server_url: Some("ftp://files".into()), ..Default::default() }));
     let action = controller::reconcile(sp.clone(), ctx.clone()).await.unwrap();
@@ -596,7 +640,10 @@ fn a_sampler_the_api_server_would_reject_makes_the_spec_invalid() {
 #[test]
 fn ready_follows_whether_the_webhook_is_served() {
     let sp = profiling(SpanProfilingSpec::default());
-    let no = Serving::No { reason: "NoReadyEndpoints", message: "service spanprof/spanprof-operator has no ready endpoints".into() };
+    let no = Serving::No {
+        reason: "NoReadyEndpoints",
+        message: "service spanprof/spanprof-operator has no ready endpoints".into(),
+    };
     let status = controller::desired_status(&sp, &[], &defaults(), &no, Timestamp::now());
     let by_type = |t: &str| status.conditions.iter().find(|c| c.type_ == t).unwrap().clone();
     assert_eq!((by_type("Ready").status.as_str(), by_type("Ready").reason.as_str()), ("False", "NoReadyEndpoints"));

@@ -78,13 +78,22 @@ fn run(pod: &Value, namespace: &str, profilings: &[Arc<SpanProfiling>]) -> Resul
 }
 
 /// [`run`] in a namespace enforcing `level`; also returns the warnings.
-fn run_in(pod: &Value, namespace: &str, profilings: &[Arc<SpanProfiling>], level: Level) -> Result<(Value, Vec<String>), Skip> {
+fn run_in(
+    pod: &Value,
+    namespace: &str,
+    profilings: &[Arc<SpanProfiling>],
+    level: Level,
+) -> Result<(Value, Vec<String>), Skip> {
     match inject::decide(&parse(pod), namespace, profilings, &defaults(), || level) {
         Decision::Inject { patch, warnings, .. } => {
             let mut doc = pod.clone();
             json_patch::patch(&mut doc, &patch).expect("patch applies");
             let typed: Pod = serde_json::from_value(doc.clone()).expect("patched pod parses");
-            assert_eq!(serde_json::to_value(&typed).expect("serialises"), doc, "patch produced fields Pod does not know");
+            assert_eq!(
+                serde_json::to_value(&typed).expect("serialises"),
+                doc,
+                "patch produced fields Pod does not know"
+            );
             Ok((doc, warnings))
         }
         Decision::Skip(skip) => Err(skip),
@@ -134,8 +143,7 @@ fn sampler(service: &str, native: bool) -> Value {
     if native {
         c["restartPolicy"] = json!("Always");
     }
-    c["livenessProbe"] =
-        json!({"httpGet": {"path": "/healthz", "port": 4041}, "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 6});
+    c["livenessProbe"] = json!({"httpGet": {"path": "/healthz", "port": 4041}, "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 6});
     c
 }
 
@@ -263,7 +271,8 @@ fn multi_container_pod_keeps_user_env_mounts_volumes_and_init_containers() {
         got["spec"]["initContainers"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["spanprof-sampler", "migrate"], "the sampler starts before the pod's init containers");
     assert_eq!(got["spec"]["initContainers"][0]["env"][1], json!({"name": "SPANPROF_SAMPLE_RATE_HZ", "value": "49"}));
-    let volumes: Vec<&str> = got["spec"]["volumes"].as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
+    let volumes: Vec<&str> =
+        got["spec"]["volumes"].as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
     assert_eq!(volumes, ["kube-api-access-x7k2p", "cache", "spanprof-context"]);
     assert_eq!(got["metadata"]["annotations"]["spanprof.dev/injected"], "shop/tuned");
 }
@@ -288,7 +297,8 @@ fn share_process_namespace_already_true_is_left_as_is() {
         Decision::Inject { patch, .. } => patch,
         other => panic!("{other:?}"),
     };
-    let paths: Vec<String> = patch.0.iter().map(|op| serde_json::to_value(op).unwrap()["path"].as_str().unwrap().to_owned()).collect();
+    let paths: Vec<String> =
+        patch.0.iter().map(|op| serde_json::to_value(op).unwrap()["path"].as_str().unwrap().to_owned()).collect();
     assert!(!paths.iter().any(|p| p == "/spec/shareProcessNamespace"), "{paths:?}");
     assert_eq!(paths[0], "/metadata/annotations/spanprof.dev~1injected", "keys with '/' are escaped");
 }
@@ -337,7 +347,8 @@ fn configured(pod: &Value) -> Vec<String> {
 
 #[test]
 fn container_names_annotation_selects_the_app_containers() {
-    let pod = two_container_pod(json!({"spanprof.dev/inject": "true", "spanprof.dev/container-names": " envoy , nope"}));
+    let pod =
+        two_container_pod(json!({"spanprof.dev/inject": "true", "spanprof.dev/container-names": " envoy , nope"}));
     let sps = [profiling("shop", "default", SpanProfilingSpec::default())];
     let got = run(&pod, "shop", &sps).expect("injected");
     assert_eq!(configured(&got), ["envoy"]);
@@ -354,7 +365,10 @@ fn spec_containers_select_and_the_annotation_wins_over_them() {
     let pod = two_container_pod(json!({"spanprof.dev/inject": "true", "spanprof.dev/container-names": "envoy"}));
     assert_eq!(configured(&run(&pod, "shop", &sps).expect("injected")), ["envoy"]);
     let all = [profiling("shop", "default", SpanProfilingSpec::default())];
-    assert_eq!(configured(&run(&two_container_pod(json!({"spanprof.dev/inject": "true"})), "shop", &all).unwrap()), ["ride", "envoy"]);
+    assert_eq!(
+        configured(&run(&two_container_pod(json!({"spanprof.dev/inject": "true"})), "shop", &all).unwrap()),
+        ["ride", "envoy"]
+    );
 }
 
 #[test]
@@ -389,13 +403,18 @@ fn annotation_forms_resolve_or_say_why_not() {
         Err(Skip::AmbiguousProfiling { namespace: "shop".into(), names: vec!["a".into(), "b".into()] })
     );
     assert_eq!(key(Some("true"), "empty", &sps), Err(Skip::NoProfiling { namespace: "empty".into() }));
-    assert_eq!(key(Some("c"), "shop", &sps), Err(Skip::ProfilingNotFound { namespace: "shop".into(), name: "c".into() }));
+    assert_eq!(
+        key(Some("c"), "shop", &sps),
+        Err(Skip::ProfilingNotFound { namespace: "shop".into(), name: "c".into() })
+    );
     assert_eq!(key(Some("false"), "shop", &sps), Err(Skip::NotRequested));
     assert_eq!(key(None, "shop", &sps), Err(Skip::NotRequested));
     assert_eq!(key(Some("Yes please"), "shop", &sps), Err(Skip::InvalidAnnotation("Yes please".into())));
     assert_eq!(key(Some("a/b/c"), "shop", &sps), Err(Skip::InvalidAnnotation("a/b/c".into())));
     assert_eq!(key(Some("true"), "spanprof", &sps), Err(Skip::OperatorNamespace));
-    for s in [Skip::AmbiguousProfiling { namespace: "n".into(), names: vec![] }, Skip::NoProfiling { namespace: "n".into() }] {
+    for s in
+        [Skip::AmbiguousProfiling { namespace: "n".into(), names: vec![] }, Skip::NoProfiling { namespace: "n".into() }]
+    {
         assert!(s.is_problem());
     }
     assert!(!Skip::NotRequested.is_problem());
@@ -446,7 +465,10 @@ fn sidecar_extra_env_replaces_ours_and_adds_new() {
     let spec = SpanProfilingSpec {
         server_url: Some("http://pyroscope.obs:4040".into()),
         sidecar: spanprof_operator::crd::SidecarSpec {
-            env: serde_json::from_value(json!([{"name": "SPANPROF_UPLOAD_INTERVAL", "value": "30s"}, {"name": "RUST_LOG", "value": "debug"}])).unwrap(),
+            env: serde_json::from_value(
+                json!([{"name": "SPANPROF_UPLOAD_INTERVAL", "value": "30s"}, {"name": "RUST_LOG", "value": "debug"}]),
+            )
+            .unwrap(),
             image: Some("my/sampler:dev".into()),
             ..Default::default()
         },
@@ -498,8 +520,7 @@ fn mode(capabilities: CapabilityMode) -> [Arc<SpanProfiling>; 1] {
 /// The Deployment pod hardened the way a `restricted` namespace demands of the app itself.
 fn restricted_pod() -> Value {
     let mut pod = deployment_pod(json!({"spanprof.dev/inject": "true"}));
-    pod["spec"]["securityContext"] =
-        json!({"runAsNonRoot": true, "runAsUser": 1000, "runAsGroup": 3000, "seccompProfile": {"type": "RuntimeDefault"}});
+    pod["spec"]["securityContext"] = json!({"runAsNonRoot": true, "runAsUser": 1000, "runAsGroup": 3000, "seccompProfile": {"type": "RuntimeDefault"}});
     pod["spec"]["containers"][0]["securityContext"] =
         json!({"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}, "readOnlyRootFilesystem": true});
     pod
@@ -508,7 +529,10 @@ fn restricted_pod() -> Value {
 /// Every Pod Security violation of a whole (patched) pod.
 fn pss(pod: &Value, level: Level) -> Vec<String> {
     let pod = parse(pod);
-    pod_security::pod_violations(&pod.metadata, pod.spec.as_ref().unwrap(), level).into_iter().map(|v| v.message).collect()
+    pod_security::pod_violations(&pod.metadata, pod.spec.as_ref().unwrap(), level)
+        .into_iter()
+        .map(|v| v.message)
+        .collect()
 }
 
 #[test]
@@ -529,7 +553,11 @@ fn sampler_modes_against_namespace_levels() {
     for (m, level, injected) in cases {
         match run_in(&restricted_pod(), "shop", &mode(m), level) {
             Ok((pod, _)) => {
-                assert!(injected, "{m:?} in {level}: injected but Pod Security would reject it: {:?}", pss(&pod, level));
+                assert!(
+                    injected,
+                    "{m:?} in {level}: injected but Pod Security would reject it: {:?}",
+                    pss(&pod, level)
+                );
                 assert_eq!(pss(&pod, level), Vec::<String>::new(), "{m:?} in {level}: the injected pod must pass");
             }
             Err(skip) => {
@@ -546,8 +574,13 @@ fn sampler_modes_against_namespace_levels() {
 
 #[test]
 fn perfmon_in_a_baseline_namespace_says_why_and_what_to_do() {
-    let skip = run_in(&deployment_pod(json!({"spanprof.dev/inject": "true"})), "shop", &mode(CapabilityMode::Perfmon), Level::Baseline)
-        .unwrap_err();
+    let skip = run_in(
+        &deployment_pod(json!({"spanprof.dev/inject": "true"})),
+        "shop",
+        &mode(CapabilityMode::Perfmon),
+        Level::Baseline,
+    )
+    .unwrap_err();
     let Skip::PodSecurity { namespace, level, violations, .. } = &skip else { panic!("{skip:?}") };
     assert_eq!((namespace.as_str(), *level), ("shop", Level::Baseline));
     assert_eq!(violations, &["adds capabilities PERFMON, SYS_PTRACE"]);
@@ -564,8 +597,13 @@ fn perfmon_in_a_baseline_namespace_says_why_and_what_to_do() {
     }
     assert!(text.len() < 1024, "fits an Event note: {} bytes", text.len());
 
-    let skip = run_in(&deployment_pod(json!({"spanprof.dev/inject": "true"})), "shop", &mode(CapabilityMode::Privileged), Level::Restricted)
-        .unwrap_err();
+    let skip = run_in(
+        &deployment_pod(json!({"spanprof.dev/inject": "true"})),
+        "shop",
+        &mode(CapabilityMode::Privileged),
+        Level::Restricted,
+    )
+    .unwrap_err();
     let Skip::PodSecurity { violations, remedy, .. } = &skip else { panic!("{skip:?}") };
     assert!(violations.iter().any(|v| v.contains("privileged is forbidden")), "{violations:?}");
     assert!(violations.iter().any(|v| v.contains("runAsNonRoot")), "{violations:?}");
@@ -575,14 +613,27 @@ fn perfmon_in_a_baseline_namespace_says_why_and_what_to_do() {
 #[test]
 fn unprivileged_sampler_in_a_restricted_namespace_needs_a_hardened_pod() {
     // The pod sets no seccomp profile: the sampler inherits none, which restricted forbids.
-    let skip = run_in(&deployment_pod(json!({"spanprof.dev/inject": "true"})), "shop", &mode(CapabilityMode::None), Level::Restricted)
-        .unwrap_err();
+    let skip = run_in(
+        &deployment_pod(json!({"spanprof.dev/inject": "true"})),
+        "shop",
+        &mode(CapabilityMode::None),
+        Level::Restricted,
+    )
+    .unwrap_err();
     let Skip::PodSecurity { violations, remedy, level, .. } = &skip else { panic!("{skip:?}") };
     assert_eq!(*level, Level::Restricted);
     assert_eq!(violations, &["pod or container must set seccompProfile RuntimeDefault or Localhost"]);
     assert!(remedy.contains("seccompProfile"), "{remedy}");
     // The same pod is fine under baseline.
-    assert!(run_in(&deployment_pod(json!({"spanprof.dev/inject": "true"})), "shop", &mode(CapabilityMode::None), Level::Baseline).is_ok());
+    assert!(
+        run_in(
+            &deployment_pod(json!({"spanprof.dev/inject": "true"})),
+            "shop",
+            &mode(CapabilityMode::None),
+            Level::Baseline
+        )
+        .is_ok()
+    );
 }
 
 #[test]
@@ -610,7 +661,8 @@ fn an_overriding_security_context_is_checked_too() {
 fn the_namespace_level_is_only_looked_up_for_pods_that_would_be_injected() {
     let sps = mode(CapabilityMode::Perfmon);
     let pod = deployment_pod(json!({}));
-    let got = inject::decide(&parse(&pod), "shop", &sps, &defaults(), || panic!("looked up for a pod that did not opt in"));
+    let got =
+        inject::decide(&parse(&pod), "shop", &sps, &defaults(), || panic!("looked up for a pod that did not opt in"));
     assert_eq!(got, Decision::Skip(Skip::NotRequested));
 }
 
@@ -624,10 +676,16 @@ fn unprivileged_sampler_runs_as_the_apps_user() {
     // Pod-level user and group.
     let (pod, warnings) = run_in(&restricted_pod(), "shop", &sps, Level::Restricted).unwrap();
     let sc = sampler_security(&pod);
-    assert_eq!((sc["runAsUser"].as_i64(), sc["runAsGroup"].as_i64(), sc["runAsNonRoot"].as_bool()), (Some(1000), Some(3000), Some(true)));
+    assert_eq!(
+        (sc["runAsUser"].as_i64(), sc["runAsGroup"].as_i64(), sc["runAsNonRoot"].as_bool()),
+        (Some(1000), Some(3000), Some(true))
+    );
     assert!(sc.get("seccompProfile").is_none(), "inherited from the pod: {sc}");
     assert_eq!(warnings.len(), 1, "{warnings:?}");
-    assert!(warnings[0].contains("seccompProfile RuntimeDefault") && warnings[0].contains("perf_event_open"), "{warnings:?}");
+    assert!(
+        warnings[0].contains("seccompProfile RuntimeDefault") && warnings[0].contains("perf_event_open"),
+        "{warnings:?}"
+    );
 
     // The app container's own user wins over the pod's.
     let mut p = restricted_pod();
@@ -636,7 +694,10 @@ fn unprivileged_sampler_runs_as_the_apps_user() {
     assert_eq!((sc["runAsUser"].as_i64(), sc["runAsGroup"].as_i64()), (Some(2000), Some(3000)));
 
     // Selected containers that disagree: unknown, so the image's user, with a warning.
-    p["spec"]["containers"].as_array_mut().unwrap().push(json!({"name": "envoy", "image": "envoy", "securityContext": {"runAsUser": 101}}));
+    p["spec"]["containers"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "envoy", "image": "envoy", "securityContext": {"runAsUser": 101}}));
     let (pod, warnings) = run_in(&p, "shop", &sps, Level::Privileged).unwrap();
     assert_eq!(sampler_security(&pod)["runAsUser"], 65532);
     assert!(warnings.iter().any(|w| w.contains("does not set runAsUser")), "{warnings:?}");
@@ -658,14 +719,17 @@ fn unprivileged_sampler_runs_as_the_apps_user() {
 fn env_from_sources_get_a_warning_naming_the_variables_that_override_them() {
     let sps = [profiling("shop", "default", SpanProfilingSpec::default())];
     let mut pod = deployment_pod(json!({"spanprof.dev/inject": "true"}));
-    pod["spec"]["containers"][0]["envFrom"] = json!([{"configMapRef": {"name": "ride-config"}}, {"secretRef": {"name": "ride-secrets"}}]);
+    pod["spec"]["containers"][0]["envFrom"] =
+        json!([{"configMapRef": {"name": "ride-config"}}, {"secretRef": {"name": "ride-secrets"}}]);
     pod["spec"]["containers"][0]["env"] = json!([{"name": "SPANPROF_SERVICE_NAME", "value": "mine"}]);
     let (_, warnings) = run_in(&pod, "shop", &sps, Level::Privileged).unwrap();
     assert_eq!(
         warnings,
-        ["spanprof: container ride takes variables from envFrom (ConfigMap ride-config, Secret ride-secrets); the injected \
+        [
+            "spanprof: container ride takes variables from envFrom (ConfigMap ride-config, Secret ride-secrets); the injected \
           SPANPROF_CONTEXT_DIR, SPANPROF_PROFILE_URL, SPANPROF_CONTAINER_NAME override any of the same name there (env wins over envFrom). To use \
-          your own values, set them in the container's env"],
+          your own values, set them in the container's env"
+        ],
         "SPANPROF_SERVICE_NAME is already the user's, in env"
     );
     // A prefix no injected name starts with cannot collide.
@@ -674,7 +738,12 @@ fn env_from_sources_get_a_warning_naming_the_variables_that_override_them() {
     pod["spec"]["containers"][0]["envFrom"] = json!([{"prefix": "SPANPROF_", "configMapRef": {"name": "ride-config"}}]);
     assert_eq!(run_in(&pod, "shop", &sps, Level::Privileged).unwrap().1.len(), 1);
     // Without envFrom, nothing to say.
-    assert!(run_in(&deployment_pod(json!({"spanprof.dev/inject": "true"})), "shop", &sps, Level::Privileged).unwrap().1.is_empty());
+    assert!(
+        run_in(&deployment_pod(json!({"spanprof.dev/inject": "true"})), "shop", &sps, Level::Privileged)
+            .unwrap()
+            .1
+            .is_empty()
+    );
 }
 
 // --- Never an invalid pod ---
@@ -719,7 +788,8 @@ fn the_sampler_gets_a_metrics_port_no_container_of_the_pod_declares() {
     assert_eq!(listen(&pod, &sps), "0.0.0.0:4041");
     pod["spec"]["containers"][0]["ports"] = json!([{"containerPort": 4041}, {"containerPort": 8080, "hostPort": 4042}]);
     assert_eq!(listen(&pod, &sps), "0.0.0.0:4043", "the app's port and a host port are both avoided");
-    let probe = |pod: &Value| run(pod, "shop", &sps).expect("injected")["spec"]["initContainers"][0]["livenessProbe"].clone();
+    let probe =
+        |pod: &Value| run(pod, "shop", &sps).expect("injected")["spec"]["initContainers"][0]["livenessProbe"].clone();
     assert_eq!(probe(&pod)["httpGet"], json!({"path": "/healthz", "port": 4043}), "the probe follows the port");
     pod["spec"]["hostNetwork"] = json!(true);
     assert_eq!(probe(&pod), Value::Null, "with hostNetwork another pod may hold the port: no probe");
@@ -737,7 +807,12 @@ fn the_sampler_never_gets_the_pods_api_token() {
         mounts.iter().filter(|m| m["mountPath"] == "/var/run/secrets/kubernetes.io/serviceaccount").collect();
     // The ServiceAccount admission plugin, re-run after the webhook, skips containers that
     // already mount something there.
-    assert_eq!(at_token_dir, [&json!({"name": "spanprof-context", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": true})]);
+    assert_eq!(
+        at_token_dir,
+        [
+            &json!({"name": "spanprof-context", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": true})
+        ]
+    );
 }
 
 #[test]
@@ -760,7 +835,9 @@ fn a_service_name_the_webhook_cannot_read_gets_a_warning() {
     let sps = [profiling("shop", "default", SpanProfilingSpec::default())];
     let (got, warnings) = run_in(&pod, "shop", &sps, Level::Privileged).expect("injected");
     assert!(
-        warnings.iter().any(|w| w.contains("container ride takes SPANPROF_SERVICE_NAME from valueFrom") && w.contains("\"ride\"")),
+        warnings
+            .iter()
+            .any(|w| w.contains("container ride takes SPANPROF_SERVICE_NAME from valueFrom") && w.contains("\"ride\"")),
         "{warnings:?}"
     );
     let env = got["spec"]["initContainers"][0]["env"].as_array().unwrap().clone();

@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::api::rbac::v1::ClusterRole;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use spanprof_operator::{crd, rbac};
 
 fn repo_root() -> PathBuf {
@@ -48,13 +48,22 @@ fn crd_has_the_fixed_names_defaults_validation_and_columns() {
     assert_eq!(spec["sampleRateHz"]["maximum"], 1000.0);
     assert_eq!(spec["stackCopyBytes"]["multipleOf"], 8.0);
     assert_eq!(spec["uploadInterval"]["default"], "10s");
-    assert_eq!(spec["sidecar"]["properties"]["capabilities"]["enum"], serde_json::json!(["perfmon", "privileged", "none"]));
+    assert_eq!(
+        spec["sidecar"]["properties"]["capabilities"]["enum"],
+        serde_json::json!(["perfmon", "privileged", "none"])
+    );
     assert_eq!(spec["sidecar"]["properties"]["resources"]["default"]["requests"]["cpu"], "50m");
     // What the API server would reject in the sampler container is rejected at apply time.
     let sidecar = &spec["sidecar"]["properties"];
     assert_eq!(sidecar["image"]["pattern"], r"^\S+$");
-    assert_eq!(sidecar["env"]["items"]["properties"]["name"]["pattern"], spanprof_operator::validation::ENV_VAR_NAME_PATTERN);
-    assert_eq!(sidecar["env"]["items"]["x-kubernetes-validations"][0]["message"], "value and valueFrom cannot both be set");
+    assert_eq!(
+        sidecar["env"]["items"]["properties"]["name"]["pattern"],
+        spanprof_operator::validation::ENV_VAR_NAME_PATTERN
+    );
+    assert_eq!(
+        sidecar["env"]["items"]["x-kubernetes-validations"][0]["message"],
+        "value and valueFrom cannot both be set"
+    );
     assert!(sidecar["resources"]["properties"]["requests"]["additionalProperties"]["pattern"].is_string());
     // Descriptions read as prose in `kubectl explain`: no doc-comment line breaks.
     let server_url = spec["serverUrl"]["description"].as_str().unwrap();

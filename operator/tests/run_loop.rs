@@ -262,7 +262,10 @@ async fn webhook_events_land_on_what_the_user_looks_at() {
         }}),
     );
     // A bare pod: admitted without a uid, stored by the API server right after admission.
-    api.put("pods", json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "debug", "namespace": "shop", "uid": "pod-1"}}));
+    api.put(
+        "pods",
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "debug", "namespace": "shop", "uid": "pod-1"}}),
+    );
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     let recorder = Recorder::new(api.client(), Reporter { controller: "spanprof-operator".into(), instance: None });
     let publisher = tokio::spawn(publish_events(rx, recorder, api.client()));
@@ -286,10 +289,18 @@ async fn webhook_events_land_on_what_the_user_looks_at() {
     drop(tx);
     tokio::time::timeout(Duration::from_secs(10), publisher).await.expect("publisher ends").unwrap();
     let events = api.all("events.events.k8s.io");
-    let on = |reason: &str| events.iter().find(|e| e["reason"] == reason).unwrap_or_else(|| panic!("{reason}: {events:#?}"));
+    let on =
+        |reason: &str| events.iter().find(|e| e["reason"] == reason).unwrap_or_else(|| panic!("{reason}: {events:#?}"));
     let deployment = &on("PodSecurity")["regarding"];
-    assert_eq!((deployment["kind"].as_str(), deployment["name"].as_str(), deployment["uid"].as_str()), (Some("Deployment"), Some("ride"), Some("d-1")));
+    assert_eq!(
+        (deployment["kind"].as_str(), deployment["name"].as_str(), deployment["uid"].as_str()),
+        (Some("Deployment"), Some("ride"), Some("d-1"))
+    );
     let pod = &on("InvalidSampler")["regarding"];
-    assert_eq!((pod["kind"].as_str(), pod["uid"].as_str()), (Some("Pod"), Some("pod-1")), "with the uid `kubectl describe pod` selects on");
+    assert_eq!(
+        (pod["kind"].as_str(), pod["uid"].as_str()),
+        (Some("Pod"), Some("pod-1")),
+        "with the uid `kubectl describe pod` selects on"
+    );
     assert_eq!(on("InvalidSampler")["type"], "Warning");
 }

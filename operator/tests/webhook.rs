@@ -17,8 +17,8 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{Value, json};
 use spanprof_operator::crd::{CapabilityMode, SidecarSpec, SpanProfiling, SpanProfilingSpec};
 use spanprof_operator::inject::Defaults;
-use spanprof_operator::pod_security::{self, Level};
 use spanprof_operator::metrics::Metrics;
+use spanprof_operator::pod_security::{self, Level};
 use spanprof_operator::tls::{self, CertBundle, CertResolver};
 use spanprof_operator::webhook::{self, PendingEvent, WebhookState};
 use tokio::sync::{mpsc, oneshot};
@@ -125,7 +125,8 @@ async fn request(addr: SocketAddr, ca_pem: &str, method: &str, body: Vec<u8>) ->
         .connect(ServerName::try_from(HOST).unwrap(), tcp)
         .await
         .map_err(|e| e.to_string())?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| e.to_string())?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| e.to_string())?;
     tokio::spawn(conn);
     let req = http::Request::builder()
         .method(method)
@@ -266,7 +267,11 @@ async fn pod_that_cannot_be_injected_is_allowed_unmodified_with_a_warning_and_an
 #[tokio::test]
 async fn malformed_reviews_get_a_proper_answer_not_a_500() {
     let server = start().await;
-    for body in [b"not json".to_vec(), br#"{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1"}"#.to_vec(), b"".to_vec()] {
+    for body in [
+        b"not json".to_vec(),
+        br#"{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1"}"#.to_vec(),
+        b"".to_vec(),
+    ] {
         let (status, bytes) = request(server.addr, &server.ca, "POST", body.clone()).await.unwrap();
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
         let got: Value = serde_json::from_slice(&bytes).unwrap();
@@ -315,14 +320,20 @@ fn inject_annotation() -> Value {
 
 #[tokio::test]
 async fn perfmon_sampler_in_a_baseline_namespace_is_not_injected_and_says_why() {
-    let mut server = start_with(sampler_mode(CapabilityMode::Perfmon), &[("shop", Some("baseline"))], Level::Privileged).await;
+    let mut server =
+        start_with(sampler_mode(CapabilityMode::Perfmon), &[("shop", Some("baseline"))], Level::Privileged).await;
     let (body, _) = admission_review(inject_annotation(), json!({}));
     let response = review(&server, body).await["response"].clone();
     assert_eq!(response["allowed"], true);
     assert_eq!(response["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002");
     assert!(response.get("patch").is_none() && response.get("patchType").is_none(), "{response}");
     let warning = response["warnings"][0].as_str().unwrap();
-    for want in ["namespace shop enforces Pod Security \"baseline\"", "PERFMON, SYS_PTRACE", "enforce=privileged", "sidecar.capabilities: none"] {
+    for want in [
+        "namespace shop enforces Pod Security \"baseline\"",
+        "PERFMON, SYS_PTRACE",
+        "enforce=privileged",
+        "sidecar.capabilities: none",
+    ] {
         assert!(warning.contains(want), "missing {want:?} in {warning}");
     }
     let event = tokio::time::timeout(Duration::from_secs(1), server.events.recv()).await.unwrap().unwrap();
@@ -348,7 +359,8 @@ async fn perfmon_sampler_in_a_privileged_namespace_is_injected() {
 
 #[tokio::test]
 async fn unprivileged_sampler_in_a_restricted_namespace_is_injected_and_the_pod_stays_restricted() {
-    let server = start_with(sampler_mode(CapabilityMode::None), &[("shop", Some("restricted"))], Level::Privileged).await;
+    let server =
+        start_with(sampler_mode(CapabilityMode::None), &[("shop", Some("restricted"))], Level::Privileged).await;
     let restricted = json!({
         "securityContext": {"runAsNonRoot": true, "runAsUser": 1000, "runAsGroup": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [{
@@ -359,7 +371,9 @@ async fn unprivileged_sampler_in_a_restricted_namespace_is_injected_and_the_pod_
     });
     let (body, mut pod) = admission_review(inject_annotation(), restricted);
     let before: k8s_openapi::api::core::v1::Pod = serde_json::from_value(pod.clone()).unwrap();
-    assert!(pod_security::pod_violations(&before.metadata, before.spec.as_ref().unwrap(), Level::Restricted).is_empty());
+    assert!(
+        pod_security::pod_violations(&before.metadata, before.spec.as_ref().unwrap(), Level::Restricted).is_empty()
+    );
     let response = review(&server, body).await["response"].clone();
     assert_eq!(response["allowed"], true);
     json_patch::patch(&mut pod, &patch_of(&response)).unwrap();

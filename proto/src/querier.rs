@@ -311,7 +311,11 @@ pub struct SelectMergeStacktracesRequest {
     #[serde(rename = "stackTraceSelector", alias = "stack_trace_selector")]
     pub stack_trace_selector: Option<StackTraceSelector>,
     #[prost(string, repeated, tag = "8")]
-    #[serde(rename = "profileIdSelector", alias = "profile_id_selector", deserialize_with = "json::nullable::deserialize")]
+    #[serde(
+        rename = "profileIdSelector",
+        alias = "profile_id_selector",
+        deserialize_with = "json::nullable::deserialize"
+    )]
     pub profile_id_selector: Vec<String>,
     #[prost(string, repeated, tag = "10")]
     #[serde(rename = "traceIdSelector", alias = "trace_id_selector", deserialize_with = "json::nullable::deserialize")]
@@ -419,7 +423,11 @@ pub struct SelectMergeProfileRequest {
     #[serde(rename = "stackTraceSelector", alias = "stack_trace_selector")]
     pub stack_trace_selector: Option<StackTraceSelector>,
     #[prost(string, repeated, tag = "7")]
-    #[serde(rename = "profileIdSelector", alias = "profile_id_selector", deserialize_with = "json::nullable::deserialize")]
+    #[serde(
+        rename = "profileIdSelector",
+        alias = "profile_id_selector",
+        deserialize_with = "json::nullable::deserialize"
+    )]
     pub profile_id_selector: Vec<String>,
     #[prost(string, repeated, tag = "8")]
     #[serde(rename = "traceIdSelector", alias = "trace_id_selector", deserialize_with = "json::nullable::deserialize")]

@@ -13,9 +13,7 @@ fn bench_pair(c: &mut Criterion, label: &str, layer: Option<SpanProfLayer>) {
     };
     tracing::dispatcher::with_default(&dispatch, || {
         let root = tracing::info_span!("OrderVehicle");
-        c.bench_function(&format!("root enter+exit/{label}"), |b| {
-            b.iter(|| root.in_scope(|| std::hint::black_box(1)))
-        });
+        c.bench_function(&format!("root enter+exit/{label}"), |b| b.iter(|| root.in_scope(|| std::hint::black_box(1))));
         let _entered = root.enter();
         let child = tracing::info_span!("find_nearest_vehicle");
         c.bench_function(&format!("child enter+exit/{label}"), |b| {

@@ -69,7 +69,11 @@ impl From<Root> for Packed {
 
 impl From<Packed> for Root {
     fn from(p: Packed) -> Self {
-        Root { span_id: p.span_id, trace_id: (u128::from(p.trace_hi) << 64) | u128::from(p.trace_lo), name: NameRef(p.name) }
+        Root {
+            span_id: p.span_id,
+            trace_id: (u128::from(p.trace_hi) << 64) | u128::from(p.trace_lo),
+            name: NameRef(p.name),
+        }
     }
 }
 
@@ -192,7 +196,10 @@ impl Builder {
             return Ok(SpanProfLayer::disabled());
         };
         if !dir.is_dir() {
-            return Err(Error::Config { name: CONTEXT_DIR_ENV, reason: format!("{} is not a directory", dir.display()) });
+            return Err(Error::Config {
+                name: CONTEXT_DIR_ENV,
+                reason: format!("{} is not a directory", dir.display()),
+            });
         }
         let writer = Writer::create(&dir, &self.options)?;
         Ok(SpanProfLayer::with_inner(Some(Arc::new(Inner {
@@ -288,7 +295,9 @@ impl SpanProfLayer {
         let (root, marks) = match (inherited, &otel) {
             (Some(parent), Some(o)) if o.trace_id == parent.trace_id => (parent, false),
             (Some(parent), None) => (parent, false),
-            (_, Some(o)) => (Root { span_id: o.span_id, trace_id: o.trace_id, name: inner.name_of(span.metadata()) }, true),
+            (_, Some(o)) => {
+                (Root { span_id: o.span_id, trace_id: o.trace_id, name: inner.name_of(span.metadata()) }, true)
+            }
             (None, None) => (inner.new_root(span.metadata()), false),
         };
         {

@@ -122,6 +122,9 @@ mod tests {
         let r = RootSpan { profile_id: 0xab, trace_id: 0x1F };
         assert_eq!(r.profile_id_hex(), "00000000000000ab");
         assert_eq!(r.trace_id_hex(), "0000000000000000000000000000001f");
-        assert_eq!(r.profile_url("http://ui/profiles/{profile_id}?x={profile_id}"), "http://ui/profiles/00000000000000ab?x=00000000000000ab");
+        assert_eq!(
+            r.profile_url("http://ui/profiles/{profile_id}?x={profile_id}"),
+            "http://ui/profiles/00000000000000ab?x=00000000000000ab"
+        );
     }
 }

@@ -200,7 +200,9 @@ fn tokio_tasks_are_attributed_poll_by_poll_across_threads() {
     let threads: HashSet<u32> = probes.iter().map(|p| p.0).collect();
     for &(tid, t, root) in probes.iter() {
         match reader.lookup(tid, t) {
-            Answer::Span(s) => assert_eq!((s.span_id, s.trace_id), (root.profile_id, root.trace_id), "tid {tid} at {t}"),
+            Answer::Span(s) => {
+                assert_eq!((s.span_id, s.trace_id), (root.profile_id, root.trace_id), "tid {tid} at {t}")
+            }
             other => panic!("tid {tid} at {t}: {other:?}, expected {root:?}"),
         }
     }
@@ -238,7 +240,8 @@ fn from_vars_configures_and_reports_errors() {
     assert_eq!(layer.dropped_transitions(), 0);
 
     let missing = dir.path().join("missing");
-    let err = SpanProfLayer::from_vars(|n| (n == "SPANPROF_CONTEXT_DIR").then(|| missing.clone().into_os_string())).unwrap_err();
+    let err = SpanProfLayer::from_vars(|n| (n == "SPANPROF_CONTEXT_DIR").then(|| missing.clone().into_os_string()))
+        .unwrap_err();
     assert!(err.to_string().contains("SPANPROF_CONTEXT_DIR"), "{err}");
     let err = SpanProfLayer::from_vars(|n| (n == "SPANPROF_PROFILE_URL").then(|| "http://x/".into())).unwrap_err();
     assert!(err.to_string().contains("{profile_id}"), "{err}");

@@ -158,8 +158,7 @@ fn a_span_with_a_remote_parent_is_a_local_root_in_the_remote_trace() {
     const REMOTE_SPAN: &str = "00f067aa0ba902b7";
     for order in ORDERS {
         let setup = setup(order);
-        let headers =
-            HashMap::from([("traceparent".to_string(), format!("00-{REMOTE_TRACE}-{REMOTE_SPAN}-01"))]);
+        let headers = HashMap::from([("traceparent".to_string(), format!("00-{REMOTE_TRACE}-{REMOTE_SPAN}-01"))]);
         let tid = current_tid();
         let (mut in_connection, mut in_request, mut in_child, mut after) = (0, 0, 0, 0);
         tracing::dispatcher::with_default(&setup.dispatch, || {
@@ -178,7 +177,8 @@ fn a_span_with_a_remote_parent_is_a_local_root_in_the_remote_trace() {
             });
         });
         let spans = setup.finished();
-        let (connection, request, child) = (&spans["connection"], &spans["OrderVehicle"], &spans["find_nearest_vehicle"]);
+        let (connection, request, child) =
+            (&spans["connection"], &spans["OrderVehicle"], &spans["find_nearest_vehicle"]);
         assert_eq!(request.span_context.trace_id(), TraceId::from_hex(REMOTE_TRACE).unwrap(), "{order:?}");
         assert_eq!(request.parent_span_id, SpanId::from_hex(REMOTE_SPAN).unwrap());
         assert!(request.parent_span_is_remote);

@@ -70,7 +70,9 @@ fn stack_pool(rng: &mut Rng) -> Vec<Vec<String>> {
     (0..500)
         .map(|_| {
             let depth = 20 + rng.below(11);
-            (0..depth).map(|d| if d < 3 { format!("runtime_{d}") } else { format!("fn_{}", rng.below(2_000)) }).collect()
+            (0..depth)
+                .map(|d| if d < 3 { format!("runtime_{d}") } else { format!("fn_{}", rng.below(2_000)) })
+                .collect()
         })
         .collect()
 }
@@ -159,8 +161,15 @@ fn main() {
     println!("loaded {} spans over one hour in {:.1} s ({} span names)", a.spans, t.elapsed().as_secs_f64(), a.names);
 
     let selector = Selector::parse(r#"{service_name="ride", span_name="Span0"}"#).expect("selector");
-    let whole = AggregateQuery { selector: selector.clone(), from_ms: start_ms, until_ms: start_ms + HOUR_MS, min_cpu_ns: 0, max_cpu_ns: u64::MAX };
-    let (median, slowest, answer) = timed(a.runs, || aggregate::aggregate(store.as_ref(), &whole).expect("aggregate").expect("spans"));
+    let whole = AggregateQuery {
+        selector: selector.clone(),
+        from_ms: start_ms,
+        until_ms: start_ms + HOUR_MS,
+        min_cpu_ns: 0,
+        max_cpu_ns: u64::MAX,
+    };
+    let (median, slowest, answer) =
+        timed(a.runs, || aggregate::aggregate(store.as_ref(), &whole).expect("aggregate").expect("spans"));
     println!(
         "aggregate, whole:        median {}, slowest {} ({} spans, {} samples, p50 {} ms, p99 {} ms, {} stacks)",
         ms(median),
@@ -171,14 +180,24 @@ fn main() {
         answer.distribution.p99_ns / 1_000_000,
         answer.stacks.len()
     );
-    let pq = spanprof_server::store::ProcessQuery { selector: selector.clone(), from_ms: start_ms, until_ms: start_ms + HOUR_MS };
+    let pq = spanprof_server::store::ProcessQuery {
+        selector: selector.clone(),
+        from_ms: start_ms,
+        until_ms: start_ms + HOUR_MS,
+    };
     let (median, _, n) = timed(a.runs, || store.span_stats(&pq).expect("stats").len());
     println!("  of which the span index: median {} ({n} entries)", ms(median));
     let (median, _, n) = timed(a.runs, || store.process_profile(&pq).expect("rollups").map_or(0, |p| p.stacks.len()));
     println!("  of which the rollups:    median {} ({n} stacks)", ms(median));
     let slow = AggregateQuery { min_cpu_ns: answer.distribution.p90_ns, ..whole.clone() };
-    let (median, slowest, filtered) = timed(a.runs, || aggregate::aggregate(store.as_ref(), &slow).expect("aggregate").expect("spans"));
-    println!("aggregate, slowest 10 %: median {}, slowest {} ({} spans merged one by one)", ms(median), ms(slowest), filtered.spans);
+    let (median, slowest, filtered) =
+        timed(a.runs, || aggregate::aggregate(store.as_ref(), &slow).expect("aggregate").expect("spans"));
+    println!(
+        "aggregate, slowest 10 %: median {}, slowest {} ({} spans merged one by one)",
+        ms(median),
+        ms(slowest),
+        filtered.spans
+    );
 
     // The same counts and stacks from every span profile of the range, as a store without the
     // span index and rollups would compute them.
@@ -208,6 +227,12 @@ fn main() {
         let (_, stacks) = query::merge_spans(profiles);
         (n, stacks.iter().map(|s| s.1).sum::<u64>())
     });
-    println!("scan of every span profile (baseline): median {}, slowest {} ({} spans, {} samples)", ms(median), ms(slowest), scanned.0, scanned.1);
+    println!(
+        "scan of every span profile (baseline): median {}, slowest {} ({} spans, {} samples)",
+        ms(median),
+        ms(slowest),
+        scanned.0,
+        scanned.1
+    );
     store.close();
 }

@@ -162,7 +162,9 @@ impl Args {
         }
         let span_samples = a.samples_per_push - (a.samples_per_push as f64 * a.process_share).round() as usize;
         if span_samples < a.spans_per_push {
-            return Err("each span needs at least one sample: raise --samples-per-push or lower --spans-per-push".into());
+            return Err(
+                "each span needs at least one sample: raise --samples-per-push or lower --spans-per-push".into()
+            );
         }
         Ok(a)
     }
@@ -612,8 +614,7 @@ fn build_pushes(
                     }
                     let spans = spans_of(i);
                     let seed_i = splitmix64(seed ^ (i as u64).wrapping_mul(0x1000_0000_01b3));
-                    let (push, per_span) =
-                        build_push(w, &spans, args.samples_per_push, args.process_share, i, seed_i);
+                    let (push, per_span) = build_push(w, &spans, args.samples_per_push, args.process_share, i, seed_i);
                     local.push((i, (push, spans, per_span)));
                 }
                 results.lock().unwrap().extend(local);
@@ -625,7 +626,6 @@ fn build_pushes(
     }
     slots.into_iter().map(Option::unwrap).collect()
 }
-
 
 // ---------------------------------------------------------------------------------------------
 // CPU accounting (Linux /proc): where this process's CPU went per thread name, and how busy the
@@ -657,7 +657,8 @@ impl CpuSnap {
                 e.1 += wait;
             }
         }
-        if let Some(line) = std::fs::read_to_string("/proc/stat").ok().and_then(|s| s.lines().next().map(str::to_owned)) {
+        if let Some(line) = std::fs::read_to_string("/proc/stat").ok().and_then(|s| s.lines().next().map(str::to_owned))
+        {
             let v: Vec<u64> = line.split_whitespace().skip(1).map(|x| x.parse().unwrap_or(0)).collect();
             let total: u64 = v.iter().take(8).sum();
             let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
@@ -920,7 +921,8 @@ fn cost_breakdown(args: &Args, bodies: &[Bytes], dir: &Path) -> Breakdown {
     let mut all = Vec::with_capacity(n);
     for body in &bodies[..n] {
         let t = Instant::now();
-        let batches = to_batches(decode_request(body, Encoding::Proto).expect("decode"), &limits, now).expect("batches");
+        let batches =
+            to_batches(decode_request(body, Encoding::Proto).expect("decode"), &limits, now).expect("batches");
         decode += t.elapsed();
         let copy = batches.clone();
         let t = Instant::now();
@@ -998,13 +1000,9 @@ impl Latency {
 
 /// GETs each URL in turn from one connection, timing request to last body byte; `check`
 /// validates each (status, body) and returns an error description.
-async fn timed_gets(
-    client: &reqwest::Client,
-    label: &str,
-    urls: &[String],
-    check: Check<'_>,
-) -> Latency {
-    let mut out = Latency { label: label.to_owned(), samples: Vec::with_capacity(urls.len()), bytes: 0, errors: vec![] };
+async fn timed_gets(client: &reqwest::Client, label: &str, urls: &[String], check: Check<'_>) -> Latency {
+    let mut out =
+        Latency { label: label.to_owned(), samples: Vec::with_capacity(urls.len()), bytes: 0, errors: vec![] };
     for (i, url) in urls.iter().enumerate() {
         let t = Instant::now();
         let resp = match client.get(url).send().await {
@@ -1131,8 +1129,11 @@ fn visible_metas(url: &str) -> Option<Vec<serde_json::Value>> {
             metas.push(m);
         }
     }
-    let replaced: HashSet<String> =
-        metas.iter().flat_map(|m| m["replaces"].as_array().cloned().unwrap_or_default()).filter_map(|v| v.as_str().map(str::to_owned)).collect();
+    let replaced: HashSet<String> = metas
+        .iter()
+        .flat_map(|m| m["replaces"].as_array().cloned().unwrap_or_default())
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect();
     Some(metas.into_iter().filter(|m| !replaced.contains(m["id"].as_str().unwrap_or(""))).collect())
 }
 
@@ -1202,11 +1203,10 @@ async fn blocks_phase(
     let b = start(bench_config(&dir, Some(blocks_config(url.to_owned(), "bench-b"))), client).await;
     let addr = b.base.trim_start_matches("http://").to_owned();
     // The same lookups as phase 2, answered by a server holding nothing locally.
-    let urls: Vec<String> = profile_urls
-        .iter()
-        .map(|u| format!("http://{addr}{}", &u[u.find("/api/").unwrap_or(0)..]))
-        .collect();
-    let trace_urls: Vec<String> = trace_urls.iter().map(|u| format!("http://{addr}{}", &u[u.find("/api/").unwrap_or(0)..])).collect();
+    let urls: Vec<String> =
+        profile_urls.iter().map(|u| format!("http://{addr}{}", &u[u.find("/api/").unwrap_or(0)..])).collect();
+    let trace_urls: Vec<String> =
+        trace_urls.iter().map(|u| format!("http://{addr}{}", &u[u.find("/api/").unwrap_or(0)..])).collect();
     let check_trace = |i: usize, status: u16, body: &[u8]| -> Result<(), String> {
         if status != 200 {
             return Err(String::from_utf8_lossy(body).chars().take(300).collect());
@@ -1234,7 +1234,8 @@ async fn blocks_phase(
     };
     let cold = timed_gets(client, "GET /api/v1/profiles/{id} from blocks, cold cache", &urls, &check).await;
     let warm = timed_gets(client, "GET /api/v1/profiles/{id} from blocks, warm cache", &urls, &check).await;
-    let list_urls: Vec<String> = (0..args.list_lookups.min(100)).map(|_| format!("http://{addr}/api/v1/profiles?limit=50")).collect();
+    let list_urls: Vec<String> =
+        (0..args.list_lookups.min(100)).map(|_| format!("http://{addr}/api/v1/profiles?limit=50")).collect();
     let list = timed_gets(client, "GET /api/v1/profiles?limit=50 from blocks", &list_urls, &ok200).await;
     let traces = timed_gets(client, "GET /api/v1/traces/{id} from blocks", &trace_urls, &check_trace).await;
     b.stop().await;
@@ -1250,10 +1251,13 @@ async fn blocks_phase(
         let c = start(bench_config(&dir, Some(config)), client).await;
         compaction = Some(wait_for_compaction(client, &c.base, url).await);
         let curls: Vec<String> = urls.iter().map(|u| u.replace(&format!("http://{addr}"), &c.base)).collect();
-        after_compaction.push(timed_gets(client, "GET /api/v1/profiles/{id} after compaction, cold cache", &curls, &check).await);
-        after_compaction.push(timed_gets(client, "GET /api/v1/profiles/{id} after compaction, warm cache", &curls, &check).await);
+        after_compaction
+            .push(timed_gets(client, "GET /api/v1/profiles/{id} after compaction, cold cache", &curls, &check).await);
+        after_compaction
+            .push(timed_gets(client, "GET /api/v1/profiles/{id} after compaction, warm cache", &curls, &check).await);
         let turls: Vec<String> = trace_urls.iter().map(|u| u.replace(&format!("http://{addr}"), &c.base)).collect();
-        after_compaction.push(timed_gets(client, "GET /api/v1/traces/{id} after compaction", &turls, &check_trace).await);
+        after_compaction
+            .push(timed_gets(client, "GET /api/v1/traces/{id} after compaction", &turls, &check_trace).await);
         c.stop().await;
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -1265,7 +1269,11 @@ async fn blocks_phase(
         stop_time.as_secs_f64(),
     );
     if let Some((b, n)) = before {
-        println!("block data: {} in {n} blocks for {samples} samples: {:.1} bytes/sample", human_bytes(b), b as f64 / samples as f64);
+        println!(
+            "block data: {} in {n} blocks for {samples} samples: {:.1} bytes/sample",
+            human_bytes(b),
+            b as f64 / samples as f64
+        );
     }
     if let (Some((t, merged)), Some((b, n))) = (compaction, bucket_blocks(url)) {
         println!(
@@ -1303,9 +1311,12 @@ async fn replicas_phase(args: &Args, url: &str, client: &reqwest::Client, worklo
     let mut compacted = None;
     for replicas in [0usize, 1, 3] {
         let run = std::process::id();
-        let dirs: Vec<PathBuf> = (0..replicas.max(1)).map(|i| args.tmp.join(format!("spanprof-bench-r{replicas}-{i}-{run}"))).collect();
+        let dirs: Vec<PathBuf> =
+            (0..replicas.max(1)).map(|i| args.tmp.join(format!("spanprof-bench-r{replicas}-{i}-{run}"))).collect();
         let ports: Vec<u16> = (0..replicas.max(1))
-            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port"))
+            .map(|_| {
+                std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
+            })
             .collect();
         let peers = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
         let mut servers = Vec::new();
@@ -1370,7 +1381,9 @@ async fn replicas_phase(args: &Args, url: &str, client: &reqwest::Client, worklo
     for (label, r, uploaded, stop, all_cpu_s) in rows {
         let mut lat = r.latencies.clone();
         lat.sort();
-        let pct = |q: f64| lat.get(((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or_default();
+        let pct = |q: f64| {
+            lat.get(((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or_default()
+        };
         println!(
             "| {label} | {:.0} | {} / {} | {:.2} / {:.2} | {:.2} | {uploaded} | {:.2} s | {:.2} |",
             r.samples as f64 / r.elapsed.as_secs_f64(),
@@ -1467,7 +1480,10 @@ fn main() {
     };
     // The server's own log (e.g. each block's cut/build/upload durations) with RUST_LOG set.
     if std::env::var_os("RUST_LOG").is_some() {
-        tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).init();
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     rt.block_on(bench(args));
@@ -1566,7 +1582,16 @@ async fn bench(args: Args) {
     );
     let span_profiles_created = expected.len() as u64;
     let breakdown = if args.breakdown > 0 { Some(cost_breakdown(&args, &bodies, &dir)) } else { None };
-    let load = run_ingest(&client, std::slice::from_ref(&base), "load", bodies, stored.len() as u64, load_samples, args.concurrency).await;
+    let load = run_ingest(
+        &client,
+        std::slice::from_ref(&base),
+        "load",
+        bodies,
+        stored.len() as u64,
+        load_samples,
+        args.concurrency,
+    )
+    .await;
     let metrics_after_load = get_text(&client, &format!("{base}/metrics")).await;
     let (file_after_load, alloc_after_load) = dir_bytes(&dir);
     let disk_load = DiskFigures {
@@ -1664,7 +1689,9 @@ async fn bench(args: Args) {
         merge_samples += push.samples;
         bodies.push(push.body);
     }
-    let merge = run_ingest(&client, std::slice::from_ref(&base), "merge", bodies, merge_spans, merge_samples, args.concurrency).await;
+    let merge =
+        run_ingest(&client, std::slice::from_ref(&base), "merge", bodies, merge_spans, merge_samples, args.concurrency)
+            .await;
 
     // ---- Phase 4: lookups while new profiles are ingested ---------------------------------------
     eprintln!("generating {} pushes for the mixed phase…", args.mixed_pushes);
@@ -1683,11 +1710,14 @@ async fn bench(args: Args) {
     let mixed_ingest = {
         let (c, b) = (client.clone(), base.clone());
         let conc = args.concurrency;
-        tokio::spawn(async move { run_ingest(&c, std::slice::from_ref(&b), "mixed", bodies, mixed_spans, mixed_samples, conc).await })
+        tokio::spawn(async move {
+            run_ingest(&c, std::slice::from_ref(&b), "mixed", bodies, mixed_spans, mixed_samples, conc).await
+        })
     };
     // Look up previously stored profiles until the ingest finishes (no correctness check on
     // samples here: the merge phase changed them; the status must still be 200).
-    let mut lk_mixed = Latency { label: "GET /api/v1/profiles/{id} during ingest".into(), samples: vec![], bytes: 0, errors: vec![] };
+    let mut lk_mixed =
+        Latency { label: "GET /api/v1/profiles/{id} during ingest".into(), samples: vec![], bytes: 0, errors: vec![] };
     let check_200 = |_: usize, status: u16, body: &[u8]| -> Result<(), String> {
         if status == 200 { Ok(()) } else { Err(String::from_utf8_lossy(body).chars().take(300).collect()) }
     };
@@ -1720,9 +1750,8 @@ async fn bench(args: Args) {
         created != want_created || merged != merge_spans
     };
     if split_differs {
-        problems.push(format!(
-            "span profiles created/merged = {created}/{merged}, expected {want_created}/{merge_spans}"
-        ));
+        problems
+            .push(format!("span profiles created/merged = {created}/{merged}, expected {want_created}/{merge_spans}"));
     }
     // Spot-check merged profiles: samples must be the sum over all pushes.
     let merged_ids: Vec<u64> = {
@@ -1732,7 +1761,8 @@ async fn bench(args: Args) {
     };
     for id in &merged_ids {
         let v: serde_json::Value =
-            serde_json::from_str(&get_text(&client, &format!("{base}/api/v1/profiles/{id:016x}")).await).unwrap_or_default();
+            serde_json::from_str(&get_text(&client, &format!("{base}/api/v1/profiles/{id:016x}")).await)
+                .unwrap_or_default();
         let want = expected.get(id).copied();
         if v["profile"]["samples"].as_u64() != want {
             problems.push(format!("profile {id:016x}: samples {:?}, expected {want:?}", v["profile"]["samples"]));
@@ -1783,7 +1813,9 @@ async fn bench(args: Args) {
         args.cache_mb,
     );
     println!();
-    println!("| ingest phase | pushes | seconds | samples/s | span profiles/s | pushes/s | push p50 ms | push p99 ms | samples/s first 10% → last 10% | disk writes per push | 503 retries |");
+    println!(
+        "| ingest phase | pushes | seconds | samples/s | span profiles/s | pushes/s | push p50 ms | push p99 ms | samples/s first 10% → last 10% | disk writes per push | 503 retries |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     print_ingest("load (new span IDs, empty → full store)", &load, spp_f);
     print_ingest("merge (span IDs already stored)", &merge, spp_f);
@@ -1804,7 +1836,9 @@ async fn bench(args: Args) {
     print_latency(&lk_trace);
     print_latency(&lk_mixed);
     println!();
-    println!("| disk | span profiles | samples | data dir bytes (file sizes) | allocated blocks | record bytes | bytes/sample | bytes/span profile |");
+    println!(
+        "| disk | span profiles | samples | data dir bytes (file sizes) | allocated blocks | record bytes | bytes/sample | bytes/span profile |"
+    );
     println!("|---|---|---|---|---|---|---|---|");
     for (label, d) in [("after load", &disk_load), ("at the end", &disk_final)] {
         println!(
@@ -1840,7 +1874,19 @@ async fn bench(args: Args) {
         // What each looked-up profile holds after every phase.
         let want: Vec<Option<u64>> = pick.iter().map(|s| expected.get(&s.id).copied()).collect();
         let trace_want: Vec<u64> = traces.iter().map(|t| spans_per_trace[t]).collect();
-        blocks_phase(&args, url, &client, &urls, &want, &trace_urls, &trace_want, stop_time, total_samples, &mut problems).await;
+        blocks_phase(
+            &args,
+            url,
+            &client,
+            &urls,
+            &want,
+            &trace_urls,
+            &trace_want,
+            stop_time,
+            total_samples,
+            &mut problems,
+        )
+        .await;
     }
     if let (Some(url), true) = (&args.object_store, args.replica_profiles > 0) {
         replicas_phase(&args, url, &client, &workload).await;

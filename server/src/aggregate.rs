@@ -117,7 +117,8 @@ pub fn aggregate(store: &dyn ProfileStore, q: &AggregateQuery) -> Result<Option<
         return Ok(None);
     }
     let spans = stats.len() as u64;
-    let period_ns = stats.iter().map(|s| s.period_ns).filter(|&p| p > 0).min().unwrap_or(crate::model::DEFAULT_PERIOD_NS);
+    let period_ns =
+        stats.iter().map(|s| s.period_ns).filter(|&p| p > 0).min().unwrap_or(crate::model::DEFAULT_PERIOD_NS);
     let samples = stats.iter().fold(0u64, |a, s| a.saturating_add(rescale_count(s.samples, s.period_ns, period_ns)));
     let cpu_ns = stats.iter().fold(0u64, |a, s| a.saturating_add(s.cpu_ns()));
     let distribution = distribution(stats.iter().map(SpanStat::cpu_ns).collect(), period_ns);
@@ -168,7 +169,18 @@ pub fn aggregate(store: &dyn ProfileStore, q: &AggregateQuery) -> Result<Option<
             None => (Vec::new(), None),
         }
     };
-    Ok(Some(Aggregate { spans, spans_in_range, samples, cpu_ns, period_ns, distribution, span_names, heaviest, merged_profiles, stacks }))
+    Ok(Some(Aggregate {
+        spans,
+        spans_in_range,
+        samples,
+        cpu_ns,
+        period_ns,
+        distribution,
+        span_names,
+        heaviest,
+        merged_profiles,
+        stacks,
+    }))
 }
 
 /// The spans per span name, most CPU first (then by name).
@@ -268,7 +280,10 @@ mod tests {
     #[test]
     fn percentiles_are_nearest_rank() {
         let d = distribution((1..=100).map(|k| k * MS10).collect(), MS10);
-        assert_eq!((d.min_ns, d.p50_ns, d.p90_ns, d.p99_ns, d.max_ns), (MS10, 50 * MS10, 90 * MS10, 99 * MS10, 100 * MS10));
+        assert_eq!(
+            (d.min_ns, d.p50_ns, d.p90_ns, d.p99_ns, d.max_ns),
+            (MS10, 50 * MS10, 90 * MS10, 99 * MS10, 100 * MS10)
+        );
         let d = distribution(vec![3 * MS10], MS10);
         assert_eq!((d.p50_ns, d.p99_ns), (3 * MS10, 3 * MS10));
         assert_eq!(distribution(Vec::new(), MS10), Distribution::default());
@@ -277,7 +292,8 @@ mod tests {
     #[test]
     fn few_samples_get_one_bin_per_sample_count() {
         let d = distribution(vec![MS10, MS10, 2 * MS10, 4 * MS10], MS10);
-        let bins: Vec<(u64, u64, u64)> = d.histogram.iter().map(|b| (b.from_ns / MS10, b.to_ns / MS10, b.spans)).collect();
+        let bins: Vec<(u64, u64, u64)> =
+            d.histogram.iter().map(|b| (b.from_ns / MS10, b.to_ns / MS10, b.spans)).collect();
         assert_eq!(bins, [(1, 2, 2), (2, 3, 1), (3, 4, 0), (4, 5, 1)]);
     }
 

@@ -107,7 +107,11 @@ impl DiffTree {
         let names = &self.names;
         let name = &self.name;
         for c in &mut self.children {
-            c.sort_by(|&a, &b| weight[b as usize].cmp(&weight[a as usize]).then_with(|| names[name[a as usize] as usize].cmp(&names[name[b as usize] as usize])));
+            c.sort_by(|&a, &b| {
+                weight[b as usize]
+                    .cmp(&weight[a as usize])
+                    .then_with(|| names[name[a as usize] as usize].cmp(&names[name[b as usize] as usize]))
+            });
         }
     }
 
@@ -279,8 +283,10 @@ mod tests {
     }
 
     fn values(g: &DiffGraph) -> Vec<(String, u64, u64)> {
-        let mut v: Vec<(String, u64, u64)> =
-            nodes(g).into_iter().map(|n| (n.stack.iter().map(|f| &**f).collect::<Vec<_>>().join(";"), n.left, n.right)).collect();
+        let mut v: Vec<(String, u64, u64)> = nodes(g)
+            .into_iter()
+            .map(|n| (n.stack.iter().map(|f| &**f).collect::<Vec<_>>().join(";"), n.left, n.right))
+            .collect();
         v.sort();
         v
     }
@@ -319,12 +325,15 @@ mod tests {
 
     #[test]
     fn bounded_graphs_keep_totals_in_other_bars() {
-        let left: Stacks = (0..50).map(|i| (vec![Arc::from("main"), Arc::from(format!("f{i}").as_str())], 1 + i)).collect();
-        let right: Stacks = (0..50).map(|i| (vec![Arc::from("main"), Arc::from(format!("f{i}").as_str())], 50 - i)).collect();
+        let left: Stacks =
+            (0..50).map(|i| (vec![Arc::from("main"), Arc::from(format!("f{i}").as_str())], 1 + i)).collect();
+        let right: Stacks =
+            (0..50).map(|i| (vec![Arc::from("main"), Arc::from(format!("f{i}").as_str())], 50 - i)).collect();
         let g = diff(&left, &right, 10);
         assert!(g.nodes <= 10, "{} bars", g.nodes);
         assert!(g.names.iter().any(|n| &**n == OTHER_FRAME));
-        let top: Vec<(String, u64, u64)> = values(&g).into_iter().filter(|(s, _, _)| s.matches(';').count() == 1).collect();
+        let top: Vec<(String, u64, u64)> =
+            values(&g).into_iter().filter(|(s, _, _)| s.matches(';').count() == 1).collect();
         assert_eq!(top.iter().map(|t| t.1).sum::<u64>(), g.left_ticks, "left total kept");
         assert_eq!(top.iter().map(|t| t.2).sum::<u64>(), g.right_ticks, "right total kept");
     }

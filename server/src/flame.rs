@@ -459,10 +459,14 @@ mod tests {
     #[test]
     fn levels_encode_as_pyroscope_does() {
         // The example of the Grafana notes: main;a;b=30, main;a=10, main;c=20.
-        let g = tree_of(&[(s(&["main", "a", "b"]), 30), (s(&["main", "a"]), 10), (s(&["main", "c"]), 20)]).flamegraph(0);
+        let g =
+            tree_of(&[(s(&["main", "a", "b"]), 30), (s(&["main", "a"]), 10), (s(&["main", "c"]), 20)]).flamegraph(0);
         let names: Vec<&str> = g.names.iter().map(|n| &**n).collect();
         assert_eq!(names, ["total", "main", "a", "b", "c"]);
-        assert_eq!(g.levels, vec![vec![0, 60, 0, 0], vec![0, 60, 0, 1], vec![0, 40, 10, 2, 0, 20, 20, 4], vec![10, 30, 30, 3]]);
+        assert_eq!(
+            g.levels,
+            vec![vec![0, 60, 0, 0], vec![0, 60, 0, 1], vec![0, 40, 10, 2, 0, 20, 20, 4], vec![10, 30, 30, 3]]
+        );
         assert_eq!((g.total, g.max_self, g.nodes, g.total_nodes, g.dropped_nodes), (60, 30, 5, 5, 0));
     }
 
@@ -508,7 +512,8 @@ mod tests {
         (0..3000)
             .map(|_| {
                 let depth = 3 + (next() % 20) as usize;
-                let frames: Vec<Arc<str>> = (0..depth).map(|d| Arc::from(format!("fn{}", (next() % 300) / (d as u64 % 3 + 1)))).collect();
+                let frames: Vec<Arc<str>> =
+                    (0..depth).map(|d| Arc::from(format!("fn{}", (next() % 300) / (d as u64 % 3 + 1)))).collect();
                 (frames, 1 + next() % 50)
             })
             .collect()

@@ -63,7 +63,11 @@ impl Drop for QueryTurn {
 impl QueryGate {
     pub fn new(limits: QueryLimits) -> Arc<Self> {
         let limits = QueryLimits { max_running: limits.max_running.max(1), ..limits };
-        Arc::new(QueryGate { limits, permits: Arc::new(Semaphore::new(limits.max_running)), inside: AtomicUsize::new(0) })
+        Arc::new(QueryGate {
+            limits,
+            permits: Arc::new(Semaphore::new(limits.max_running)),
+            inside: AtomicUsize::new(0),
+        })
     }
 
     /// Waits for a turn; [`Error::Busy`] when the queue is full or the wait too long.

@@ -21,8 +21,8 @@ use crate::export::{self, ExportMeta};
 use crate::flame;
 use crate::gate::{QueryGate, QueryTurn};
 use crate::ingest::{self, Limits};
-use crate::model::{DroppedLabels, ProfileId, SeriesBatch, TraceId};
 use crate::metrics::{LabelLabel, Metrics, ProtocolLabel, ResultLabel};
+use crate::model::{DroppedLabels, ProfileId, SeriesBatch, TraceId};
 use crate::query;
 use crate::selector::{self, Matcher, Selector};
 use crate::store::{Cursor, ProcessQuery, ProfileStore, SpanQuery, SpanSummary, Stacks};
@@ -122,17 +122,18 @@ async fn metrics(State(s): St) -> Response {
         s.metrics.store_interned_bytes.set(stats.interned_bytes as i64);
         s.metrics.store_span_profiles.set(stats.span_profiles as i64);
     }
-    (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-        s.metrics.render(),
-    )
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], s.metrics.render())
         .into_response()
 }
 
 /// A peer asks for this replica's own data (local store and the block it is uploading).
 async fn peer_local(State(s): St, body: Bytes) -> Response {
     let Some(layered) = s.layered.clone() else {
-        return error_response(StatusCode::NOT_FOUND, "no_object_store", "this server has no --object-store, so no peers");
+        return error_response(
+            StatusCode::NOT_FOUND,
+            "no_object_store",
+            "this server has no --object-store, so no peers",
+        );
     };
     let q: crate::store::peers::LocalQuery = match serde_json::from_slice(&body) {
         Ok(q) => q,
@@ -196,8 +197,10 @@ const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// that trickles in slower than [`BODY_TIMEOUT`] is given up on.
 pub(crate) async fn read_body(s: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes, Error> {
     let limit = s.limits.max_body_bytes;
-    let too_large = || Error::rejected(Reject::TooLarge, format!("request body is larger than the limit of {limit} bytes"));
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
+    let too_large =
+        || Error::rejected(Reject::TooLarge, format!("request body is larger than the limit of {limit} bytes"));
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
@@ -221,7 +224,9 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Error> + Send
 pub(crate) fn content_decoded(limits: &Limits, headers: &HeaderMap, bytes: Bytes) -> Result<Bytes, Error> {
     match headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).map(str::trim) {
         None | Some("") | Some("identity") => Ok(bytes),
-        Some("gzip") => Ok(ingest::decode::gunzip_limited(&bytes, limits.max_decompressed_bytes, "request body")?.into()),
+        Some("gzip") => {
+            Ok(ingest::decode::gunzip_limited(&bytes, limits.max_decompressed_bytes, "request body")?.into())
+        }
         Some(other) => Err(Error::rejected(
             Reject::UnsupportedMediaType,
             format!("unsupported Content-Encoding {other:?}: gzip or identity"),
@@ -306,7 +311,9 @@ async fn ingest_legacy_inner(s: &Arc<AppState>, req: Request) -> Result<DroppedL
 }
 
 fn disk_full_message(e: &Error) -> String {
-    format!("the server's disk is full, nothing of this request was stored; free space or lower --retention-bytes ({e})")
+    format!(
+        "the server's disk is full, nothing of this request was stored; free space or lower --retention-bytes ({e})"
+    )
 }
 
 /// Connect error codes and their HTTP statuses.
@@ -318,7 +325,9 @@ fn connect_error(s: &AppState, e: Error) -> Response {
     }
     let (status, code) = match &e {
         Error::Rejected { reason: Reject::TooLarge, .. } => (StatusCode::BAD_REQUEST, "resource_exhausted"),
-        Error::Rejected { reason: Reject::UnsupportedMediaType, .. } => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unimplemented"),
+        Error::Rejected { reason: Reject::UnsupportedMediaType, .. } => {
+            (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unimplemented")
+        }
         Error::Rejected { .. } => (StatusCode::BAD_REQUEST, "invalid_argument"),
         Error::Overloaded | Error::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -359,7 +368,9 @@ async fn push(State(s): St, req: Request) -> Response {
     match result {
         Ok(dropped) => with_dropped(
             match encoding {
-                ingest::push::Encoding::Proto => ([(header::CONTENT_TYPE, "application/proto")], Vec::new()).into_response(),
+                ingest::push::Encoding::Proto => {
+                    ([(header::CONTENT_TYPE, "application/proto")], Vec::new()).into_response()
+                }
                 ingest::push::Encoding::Json => ([(header::CONTENT_TYPE, "application/json")], "{}").into_response(),
             },
             dropped,
@@ -477,10 +488,7 @@ async fn list_profiles(State(s): St, Query(q): Query<HashMap<String, String>>) -
 fn export_format(q: &HashMap<String, String>) -> Result<export::Format, Error> {
     let f = q.get("format").map(String::as_str).unwrap_or("json");
     export::Format::parse(f).ok_or_else(|| {
-        Error::rejected(
-            Reject::UnknownFormat,
-            format!("unknown format {f:?}: json, pprof, folded, speedscope or svg"),
-        )
+        Error::rejected(Reject::UnknownFormat, format!("unknown format {f:?}: json, pprof, folded, speedscope or svg"))
     })
 }
 
@@ -490,9 +498,7 @@ fn max_nodes(q: &HashMap<String, String>) -> Result<usize, Error> {
         None => Ok(flame::DEFAULT_MAX_NODES),
         Some(v) => match v.parse::<usize>() {
             Ok(n) if n != 1 => Ok(n),
-            _ => Err(bad_query(format!(
-                "max_nodes {v:?} is not 0 (every node) or a number of nodes of at least 2"
-            ))),
+            _ => Err(bad_query(format!("max_nodes {v:?} is not 0 (every node) or a number of nodes of at least 2"))),
         },
     }
 }
@@ -600,7 +606,9 @@ fn render(turn: QueryTurn, rendering: Rendering, loaded: Loaded, done: impl FnOn
     let (content_type, disposition) = match rendering.format {
         export::Format::Json => ("application/json", None),
         export::Format::Folded => ("text/plain; charset=utf-8", Some(attachment("folded"))),
-        export::Format::Pprof => ("application/octet-stream", Some(attachment("pb.gz").replace("inline", "attachment"))),
+        export::Format::Pprof => {
+            ("application/octet-stream", Some(attachment("pb.gz").replace("inline", "attachment")))
+        }
         export::Format::Speedscope => ("application/json", Some(attachment("speedscope.json"))),
         export::Format::Svg => ("image/svg+xml", Some(attachment("svg"))),
     };
@@ -650,7 +658,13 @@ fn write_rendering(
 
 /// Runs a heavy query: waits for a turn at the gate, loads on the blocking pool with `load`
 /// (`Ok(None)` = nothing stored: 404 naming `what`), renders as a stream.
-async fn heavy_query<F>(s: &Arc<AppState>, endpoint: &'static str, rendering: Rendering, what: String, load: F) -> Response
+async fn heavy_query<F>(
+    s: &Arc<AppState>,
+    endpoint: &'static str,
+    rendering: Rendering,
+    what: String,
+    load: F,
+) -> Response
 where
     F: FnOnce(&dyn ProfileStore) -> Result<Option<Loaded>, Error> + Send + 'static,
 {
@@ -677,7 +691,12 @@ where
     let mut response = render(turn, rendering, loaded, move || {
         let total = started.elapsed();
         state.metrics.observe_query(endpoint, total.as_secs_f64());
-        tracing::debug!(endpoint, load_ms = loaded_after.as_millis() as u64, total_ms = total.as_millis() as u64, "query answered");
+        tracing::debug!(
+            endpoint,
+            load_ms = loaded_after.as_millis() as u64,
+            total_ms = total.as_millis() as u64,
+            "query answered"
+        );
     });
     mark_partial_header(&mut response, partial.as_deref());
     response
@@ -722,7 +741,8 @@ async fn get_profile(State(s): St, Path(id): Path<String>, Query(q): Query<HashM
             return Ok(None);
         };
         let sm = &profile.summary;
-        let mut labels = vec![(sm.profile_id.label_key(), sm.profile_id.to_string()), ("span_name", sm.span_name.clone())];
+        let mut labels =
+            vec![(sm.profile_id.label_key(), sm.profile_id.to_string()), ("span_name", sm.span_name.clone())];
         if let Some(t) = sm.trace_id {
             labels.push(("trace_id", t.to_string()));
         }
@@ -891,18 +911,29 @@ fn subject_param(q: &HashMap<String, String>, side: &str, now: u64) -> Result<qu
         return Err(bad_query(format!("{side}: give exactly one of {side}.profile, {side}.trace or {side}.service")));
     }
     if let Some(id) = get("profile") {
-        return ProfileId::parse(id).map(query::Subject::Profile).map_err(|why| bad_query(format!("{side}.profile {id:?}: {why}")));
+        return ProfileId::parse(id)
+            .map(query::Subject::Profile)
+            .map_err(|why| bad_query(format!("{side}.profile {id:?}: {why}")));
     }
     if let Some(t) = get("trace") {
-        return TraceId::parse(t).map(query::Subject::Trace).ok_or_else(|| bad_query(format!("{side}.trace {t:?} is not 32 hex digits")));
+        return TraceId::parse(t)
+            .map(query::Subject::Trace)
+            .ok_or_else(|| bad_query(format!("{side}.trace {t:?} is not 32 hex digits")));
     }
     let service = get("service").unwrap_or_default();
-    let from = get("from").map(|v| parse_time(v, now, &format!("{side}.from"))).transpose()?.unwrap_or(now.saturating_sub(3_600_000));
+    let from = get("from")
+        .map(|v| parse_time(v, now, &format!("{side}.from")))
+        .transpose()?
+        .unwrap_or(now.saturating_sub(3_600_000));
     let until = get("until").map(|v| parse_time(v, now, &format!("{side}.until"))).transpose()?.unwrap_or(now);
     if from > until {
         return Err(Error::rejected(Reject::BadTimestamp, format!("{side}.from is after {side}.until")));
     }
-    let mut selector = Selector::parse(get("selector").unwrap_or(""))?.and(Matcher::new("service_name", selector::Op::Equal, service)?);
+    let mut selector = Selector::parse(get("selector").unwrap_or(""))?.and(Matcher::new(
+        "service_name",
+        selector::Op::Equal,
+        service,
+    )?);
     if let Some(name) = get("span_name") {
         selector = selector.and(Matcher::new(selector::SPAN_NAME_LABEL, selector::Op::Equal, name)?);
     }
@@ -928,7 +959,11 @@ fn cpu_filter<'a>(
 ) -> Result<Option<AggregateQuery>, Error> {
     let cpu_ms = |k: &str| {
         get(k)
-            .map(|v| v.trim().parse::<u64>().map_err(|_| bad_query(format!("{what}{k} {v:?} is not a number of milliseconds"))))
+            .map(|v| {
+                v.trim()
+                    .parse::<u64>()
+                    .map_err(|_| bad_query(format!("{what}{k} {v:?} is not a number of milliseconds")))
+            })
             .transpose()
     };
     let (min_cpu, max_cpu) = (cpu_ms("min_cpu_ms")?, cpu_ms("max_cpu_ms")?);
@@ -957,8 +992,10 @@ async fn aggregate_spans(State(s): St, Query(q): Query<HashMap<String, String>>)
     let now = now_ms();
     let parsed = (|| -> Result<(AggregateQuery, Rendering), Error> {
         let get = |k: &str| q.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
-        let service = get("service").ok_or_else(|| bad_query("service is required: the service whose spans to aggregate".into()))?;
-        let from = get("from").map(|v| parse_time(v, now, "from")).transpose()?.unwrap_or(now.saturating_sub(3_600_000));
+        let service = get("service")
+            .ok_or_else(|| bad_query("service is required: the service whose spans to aggregate".into()))?;
+        let from =
+            get("from").map(|v| parse_time(v, now, "from")).transpose()?.unwrap_or(now.saturating_sub(3_600_000));
         let until = get("until").map(|v| parse_time(v, now, "until")).transpose()?.unwrap_or(now);
         if from > until {
             return Err(Error::rejected(Reject::BadTimestamp, "`from` is after `until`"));
@@ -968,7 +1005,13 @@ async fn aggregate_spans(State(s): St, Query(q): Query<HashMap<String, String>>)
             Some(name) => Matcher::new(selector::SPAN_NAME_LABEL, selector::Op::Equal, name)?,
             None => Matcher::new(selector::SPAN_NAME_LABEL, selector::Op::NotEqual, "")?,
         });
-        let everything = AggregateQuery { selector: selector.clone(), from_ms: from, until_ms: until, min_cpu_ns: 0, max_cpu_ns: u64::MAX };
+        let everything = AggregateQuery {
+            selector: selector.clone(),
+            from_ms: from,
+            until_ms: until,
+            min_cpu_ns: 0,
+            max_cpu_ns: u64::MAX,
+        };
         let aq = cpu_filter(selector, from, until, get, "")?.unwrap_or(everything);
         Ok((aq, Rendering::from_query(&q)?))
     })();
@@ -1020,7 +1063,9 @@ fn subject_json(subject: &query::Subject, loaded: &query::Loaded) -> serde_json:
     let mut v = match subject {
         query::Subject::Profile(id) => json!({ "kind": "profile", "profile_id": id.to_string() }),
         query::Subject::Trace(t) => json!({ "kind": "trace", "trace_id": t.to_string() }),
-        query::Subject::Process(q) => json!({ "kind": "service", "selector": q.selector.to_string(), "from_ms": q.from_ms, "until_ms": q.until_ms }),
+        query::Subject::Process(q) => {
+            json!({ "kind": "service", "selector": q.selector.to_string(), "from_ms": q.from_ms, "until_ms": q.until_ms })
+        }
         query::Subject::Spans(q) => json!({
             "kind": "spans", "selector": q.selector.to_string(), "from_ms": q.from_ms, "until_ms": q.until_ms,
             "min_cpu_ns": q.min_cpu_ns, "max_cpu_ns": (q.max_cpu_ns != u64::MAX).then_some(q.max_cpu_ns),
@@ -1040,7 +1085,8 @@ fn subject_json(subject: &query::Subject, loaded: &query::Loaded) -> serde_json:
 async fn diff_profiles(State(s): St, Query(q): Query<HashMap<String, String>>) -> Response {
     let started = Instant::now();
     let now = now_ms();
-    let parsed = (|| Ok::<_, Error>((subject_param(&q, "left", now)?, subject_param(&q, "right", now)?, max_nodes(&q)?)))();
+    let parsed =
+        (|| Ok::<_, Error>((subject_param(&q, "left", now)?, subject_param(&q, "right", now)?, max_nodes(&q)?)))();
     let (left, right, bound) = match parsed {
         Ok(p) => p,
         Err(e) => return fail(&s, e),

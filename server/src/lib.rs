@@ -28,8 +28,8 @@ use std::time::Duration;
 
 pub use error::{Error, Result};
 
-use store::embedded::EmbeddedOptions;
 use store::Retention;
+use store::embedded::EmbeddedOptions;
 
 /// Everything the server needs to run.
 #[derive(Clone, Debug)]
@@ -152,8 +152,12 @@ pub async fn serve(
         });
         match tokio::time::timeout(SHUTDOWN_UPLOAD, last).await {
             Ok(Ok(Ok(()))) => tracing::info!("local data uploaded"),
-            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "the last upload failed: the data stays local and is uploaded after a restart"),
-            _ => tracing::warn!("the last upload did not finish in time: the data stays local and is uploaded after a restart"),
+            Ok(Ok(Err(e))) => {
+                tracing::warn!(error = %e, "the last upload failed: the data stays local and is uploaded after a restart")
+            }
+            _ => tracing::warn!(
+                "the last upload did not finish in time: the data stays local and is uploaded after a restart"
+            ),
         }
     }
     tokio::task::spawn_blocking(move || store.close()).await.map_err(|e| Error::Storage(e.to_string()))?;
@@ -297,8 +301,12 @@ async fn collect_garbage(state: &Arc<http::AppState>) {
     match tokio::task::spawn_blocking(move || store.collect_garbage()).await {
         Ok(Ok(stats)) => {
             let m = &state.metrics;
-            m.retention_deleted.get_or_create(&metrics::KindLabel { kind: "frame".into() }).inc_by(stats.frames_deleted);
-            m.retention_deleted.get_or_create(&metrics::KindLabel { kind: "stack".into() }).inc_by(stats.stacks_deleted);
+            m.retention_deleted
+                .get_or_create(&metrics::KindLabel { kind: "frame".into() })
+                .inc_by(stats.frames_deleted);
+            m.retention_deleted
+                .get_or_create(&metrics::KindLabel { kind: "stack".into() })
+                .inc_by(stats.stacks_deleted);
             tracing::info!(?stats, "deleted frames and stacks no profile references");
         }
         Ok(Err(e)) => tracing::warn!(error = %e, "collecting unreferenced frames and stacks failed; will retry"),

@@ -5,11 +5,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use spanprof_server::{BlockConfig, Config};
 use spanprof_server::gate::QueryLimits;
 use spanprof_server::ingest::Limits;
 use spanprof_server::store::Retention;
 use spanprof_server::store::embedded::EmbeddedOptions;
+use spanprof_server::{BlockConfig, Config};
 
 /// spanprof server: Pyroscope-compatible ingest, span profiles merged by ID, query API and UI.
 #[derive(Debug, Parser)]

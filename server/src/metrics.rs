@@ -92,11 +92,7 @@ impl Default for Metrics {
             "Samples stored without a label that was not usable (span_id: stored as whole-process; trace_id: in the span profile without the trace), by label",
             m.ingest_dropped_labels.clone(),
         );
-        registry.register(
-            "query_duration_seconds",
-            "Query API latency, by endpoint",
-            m.query_duration.clone(),
-        );
+        registry.register("query_duration_seconds", "Query API latency, by endpoint", m.query_duration.clone());
         registry.register(
             "retention_deleted",
             "Rows deleted by retention, by kind (span_profile, process_bucket; frame and stack: no longer referenced)",
@@ -130,8 +126,16 @@ impl Metrics {
         r.register("blocks_uploaded", "Blocks cut from the local store and uploaded", status.blocks_uploaded.clone());
         r.register("block_upload_failures", "Block uploads that failed (retried)", status.upload_failures.clone());
         r.register("blocks_compacted", "Blocks merged into larger ones by compaction", status.blocks_compacted.clone());
-        r.register("blocks_deleted", "Replaced blocks compaction deleted after their grace period", status.blocks_deleted.clone());
-        r.register("bucket_blocks", "Blocks in the object store that queries read, as last listed", status.bucket_blocks.clone());
+        r.register(
+            "blocks_deleted",
+            "Replaced blocks compaction deleted after their grace period",
+            status.blocks_deleted.clone(),
+        );
+        r.register(
+            "bucket_blocks",
+            "Blocks in the object store that queries read, as last listed",
+            status.bucket_blocks.clone(),
+        );
         r.register(
             "bucket_block_bytes",
             "Data bytes of the blocks in the object store that queries read, as last listed",
@@ -142,7 +146,11 @@ impl Metrics {
             "Local generations sealed and waiting to be uploaded as blocks (more than one: uploads fall behind or fail)",
             status.sealed_generations.clone(),
         );
-        r.register("peer_errors", "Calls to peers that failed (the answer missed their local data)", status.peer_errors.clone());
+        r.register(
+            "peer_errors",
+            "Calls to peers that failed (the answer missed their local data)",
+            status.peer_errors.clone(),
+        );
         r.register(
             "block_read_errors",
             "Blocks left out of an answer because they could not be read or failed a checksum",

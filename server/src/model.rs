@@ -366,7 +366,8 @@ mod tests {
         assert_eq!(id.to_string(), "00f067aa0ba902b7");
         assert!(ProfileId::parse("0000000000000000").is_err(), "the all-zero span ID");
         // Anything else within the rules names a profile by its exact string.
-        for named in ["00f067aa0ba902b", "+0f067aa0ba902b7", "checkout-42", "239", "a/b?c d", "€uro", &"x".repeat(128)] {
+        for named in ["00f067aa0ba902b", "+0f067aa0ba902b7", "checkout-42", "239", "a/b?c d", "€uro", &"x".repeat(128)]
+        {
             let id = ProfileId::parse(named).unwrap();
             assert_eq!(id, ProfileId::Named(named.into()));
             assert_eq!(id.to_string(), named);
@@ -408,7 +409,6 @@ mod tests {
         assert!(!bound_depth(&mut ok, &mut frames), "a stack within the bound is left alone");
     }
 
-
     #[test]
     fn huge_frame_names_are_cut_on_a_character_boundary() {
         let mut frames = Frames::default();
@@ -418,5 +418,4 @@ mod tests {
         assert!(name.len() <= MAX_FRAME_NAME_BYTES && name.ends_with('…'), "{}", name.len());
         assert_eq!(frames.intern(&long), i, "the same long name interns to the same frame");
     }
-
 }

@@ -82,7 +82,9 @@ impl Wire {
 /// A Connect error: its code and the HTTP status Connect gives it.
 fn connect_code(e: &Error) -> (StatusCode, &'static str) {
     match e {
-        Error::Rejected { reason: Reject::UnsupportedMediaType, .. } => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unimplemented"),
+        Error::Rejected { reason: Reject::UnsupportedMediaType, .. } => {
+            (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unimplemented")
+        }
         Error::Rejected { reason: Reject::TooLarge, .. } => (StatusCode::TOO_MANY_REQUESTS, "resource_exhausted"),
         Error::Rejected { reason: Reject::UnknownFormat, .. } => (StatusCode::NOT_IMPLEMENTED, "unimplemented"),
         Error::Rejected { .. } => (StatusCode::BAD_REQUEST, "invalid_argument"),
@@ -98,7 +100,8 @@ fn connect_error(s: &AppState, endpoint: &str, e: Error) -> Response {
     } else {
         s.metrics.reject(&format!("query_{code}"));
     }
-    let mut response = (status, axum::Json(serde_json::json!({ "code": code, "message": e.to_string() }))).into_response();
+    let mut response =
+        (status, axum::Json(serde_json::json!({ "code": code, "message": e.to_string() }))).into_response();
     if matches!(e, Error::Busy) {
         response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
@@ -155,9 +158,13 @@ fn accepts_gzip(headers: &HeaderMap) -> bool {
 /// Decodes a request body of either encoding.
 pub fn decode<T: Message + Default + DeserializeOwned>(body: &[u8], wire: Wire, what: &str) -> Result<T, Error> {
     match wire {
-        Wire::Proto => T::decode(body).map_err(|e| Error::rejected(Reject::InvalidProtobuf, format!("invalid {what} protobuf: {e}"))),
-        Wire::Json if body.is_empty() => serde_json::from_slice(b"{}").map_err(|e| Error::rejected(Reject::InvalidJson, e.to_string())),
-        Wire::Json => serde_json::from_slice(body).map_err(|e| Error::rejected(Reject::InvalidJson, format!("invalid {what} JSON: {e}"))),
+        Wire::Proto => T::decode(body)
+            .map_err(|e| Error::rejected(Reject::InvalidProtobuf, format!("invalid {what} protobuf: {e}"))),
+        Wire::Json if body.is_empty() => {
+            serde_json::from_slice(b"{}").map_err(|e| Error::rejected(Reject::InvalidJson, e.to_string()))
+        }
+        Wire::Json => serde_json::from_slice(body)
+            .map_err(|e| Error::rejected(Reject::InvalidJson, format!("invalid {what} JSON: {e}"))),
     }
 }
 
@@ -206,10 +213,13 @@ where
         None
     };
     let store = s.store.clone();
-    let (result, partial) = match tokio::task::spawn_blocking(move || crate::http::with_partial(|| answer(store.as_ref(), request, wire))).await {
-        Ok(r) => r,
-        Err(e) => return connect_error(&s, endpoint, Error::Storage(e.to_string())),
-    };
+    let (result, partial) =
+        match tokio::task::spawn_blocking(move || crate::http::with_partial(|| answer(store.as_ref(), request, wire)))
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => return connect_error(&s, endpoint, Error::Storage(e.to_string())),
+        };
     let mut response = match result {
         Ok(Answer::Message(m)) => encoded(&m, wire, gzip),
         Ok(Answer::Pprof(bytes)) => raw_answer("application/proto", bytes, gzip),
@@ -266,7 +276,9 @@ fn profile_type_message(t: ProfileType) -> pb::ProfileType {
 async fn profile_types(State(s): St, req: Request) -> Response {
     unary(s, req, "ProfileTypes", false, |store, _req: pb::ProfileTypesRequest, _wire| {
         let types = query::profile_types(store, &Selector::all())?;
-        Ok(Answer::Message(pb::ProfileTypesResponse { profile_types: types.into_iter().map(profile_type_message).collect() }))
+        Ok(Answer::Message(pb::ProfileTypesResponse {
+            profile_types: types.into_iter().map(profile_type_message).collect(),
+        }))
     })
     .await
 }
@@ -318,7 +330,11 @@ async fn series_labels(State(s): St, req: Request) -> Response {
 /// Whether any data was stored (a listing of span profiles tells the newest time).
 async fn profile_stats(State(s): St, req: Request) -> Response {
     unary(s, req, "GetProfileStats", false, |store, _req: pb::GetProfileStatsRequest, _wire| {
-        let newest = store.search_spans(&crate::store::SpanQuery { limit: 1, ..Default::default() })?.profiles.first().map(|p| p.last_seen_ms);
+        let newest = store
+            .search_spans(&crate::store::SpanQuery { limit: 1, ..Default::default() })?
+            .profiles
+            .first()
+            .map(|p| p.last_seen_ms);
         let ingested = newest.is_some() || !store.services()?.is_empty();
         Ok(Answer::Message(pb::GetProfileStatsResponse {
             data_ingested: ingested,
@@ -375,7 +391,9 @@ fn load(
         let mut profiles = query::span_profiles(store, &ids, &selector)?;
         for t in traces {
             let known: BTreeSet<ProfileId> = profiles.iter().map(|p| p.summary.profile_id.clone()).collect();
-            profiles.extend(query::trace(store, t, &selector)?.into_iter().filter(|p| !known.contains(&p.summary.profile_id)));
+            profiles.extend(
+                query::trace(store, t, &selector)?.into_iter().filter(|p| !known.contains(&p.summary.profile_id)),
+            );
         }
         query::merge_spans(profiles)
     };
@@ -393,10 +411,9 @@ fn node_bound(max_nodes: Option<i64>) -> Result<usize, Error> {
     match max_nodes {
         None | Some(0) => Ok(flame::DEFAULT_MAX_NODES),
         Some(n) if (2..=MAX_NODES_LIMIT).contains(&n) => Ok(usize::try_from(n).unwrap_or(usize::MAX)),
-        Some(n) => Err(bad(format!(
-            "max_nodes {n}: 0 (the default, {}) or 2 to {MAX_NODES_LIMIT}",
-            flame::DEFAULT_MAX_NODES
-        ))),
+        Some(n) => {
+            Err(bad(format!("max_nodes {n}: 0 (the default, {}) or 2 to {MAX_NODES_LIMIT}", flame::DEFAULT_MAX_NODES)))
+        }
     }
 }
 
@@ -410,7 +427,10 @@ pub fn flamegraph_message(stacks: &Stacks, unit: u64, max_nodes: usize) -> pb::F
         .levels
         .iter()
         .map(|level| pb::Level {
-            values: level.chunks(4).flat_map(|bar| [scale(bar[0]), scale(bar[1]), scale(bar[2]), bar[3] as i64]).collect(),
+            values: level
+                .chunks(4)
+                .flat_map(|bar| [scale(bar[0]), scale(bar[1]), scale(bar[2]), bar[3] as i64])
+                .collect(),
         })
         .collect();
     pb::FlameGraph {
@@ -434,13 +454,22 @@ fn flamegraph_answer(
     let bound = node_bound(max_nodes)?;
     match format {
         pb::profile_format::UNSPECIFIED | pb::profile_format::FLAMEGRAPH => {
-            Ok(Answer::Message(pb::FlameGraphResponse { flamegraph: Some(flamegraph_message(&stacks, unit, bound)), pprof: None }))
+            Ok(Answer::Message(pb::FlameGraphResponse {
+                flamegraph: Some(flamegraph_message(&stacks, unit, bound)),
+                pprof: None,
+            }))
         }
         pb::profile_format::PPROF if wire == Wire::Proto => {
             let profile = pprof_of(&stacks, unit, pprof_type, 0, 0);
-            Ok(Answer::Message(pb::FlameGraphResponse { flamegraph: None, pprof: Some(pb::PprofProfile { profile: Some(profile) }) }))
+            Ok(Answer::Message(pb::FlameGraphResponse {
+                flamegraph: None,
+                pprof: Some(pb::PprofProfile { profile: Some(profile) }),
+            }))
         }
-        pb::profile_format::PPROF => Err(Error::rejected(Reject::UnknownFormat, "PROFILE_FORMAT_PPROF is served in protobuf only (pprof has no JSON form)")),
+        pb::profile_format::PPROF => Err(Error::rejected(
+            Reject::UnknownFormat,
+            "PROFILE_FORMAT_PPROF is served in protobuf only (pprof has no JSON form)",
+        )),
         other => Err(Error::rejected(
             Reject::UnknownFormat,
             format!("profile format {other} is not served: PROFILE_FORMAT_FLAMEGRAPH or PROFILE_FORMAT_PPROF"),
@@ -450,7 +479,13 @@ fn flamegraph_answer(
 
 /// The pprof of `stacks`: CPU and wall-clock types as samples and nanoseconds, others as their
 /// one value.
-fn pprof_of(stacks: &Stacks, unit: u64, profile_type: &ProfileType, from_ms: u64, until_ms: u64) -> crate::proto::pprof::Profile {
+fn pprof_of(
+    stacks: &Stacks,
+    unit: u64,
+    profile_type: &ProfileType,
+    from_ms: u64,
+    until_ms: u64,
+) -> crate::proto::pprof::Profile {
     let meta = crate::export::ExportMeta {
         title: profile_type.id.clone(),
         period_ns: if profile_type.counts_samples() { unit } else { 0 },
@@ -461,15 +496,30 @@ fn pprof_of(stacks: &Stacks, unit: u64, profile_type: &ProfileType, from_ms: u64
     let values = if profile_type.counts_samples() {
         crate::export::PprofValues::SamplesAndCpu
     } else {
-        crate::export::PprofValues::Single { sample_type: profile_type.sample_type.clone(), unit: profile_type.sample_unit.clone() }
+        crate::export::PprofValues::Single {
+            sample_type: profile_type.sample_type.clone(),
+            unit: profile_type.sample_unit.clone(),
+        }
     };
     crate::export::pprof_profile(stacks, &meta, &values)
 }
 
 async fn select_merge_stacktraces(State(s): St, req: Request) -> Response {
     unary(s, req, "SelectMergeStacktraces", true, |store, req: pb::SelectMergeStacktracesRequest, wire| {
-        let subjects = Subjects { profile_ids: req.profile_id_selector, span_ids: req.span_selector, trace_ids: req.trace_id_selector };
-        let (stacks, unit) = load(store, &req.profile_type_id, &req.label_selector, req.start, req.end, &subjects, req.stack_trace_selector.as_ref())?;
+        let subjects = Subjects {
+            profile_ids: req.profile_id_selector,
+            span_ids: req.span_selector,
+            trace_ids: req.trace_id_selector,
+        };
+        let (stacks, unit) = load(
+            store,
+            &req.profile_type_id,
+            &req.label_selector,
+            req.start,
+            req.end,
+            &subjects,
+            req.stack_trace_selector.as_ref(),
+        )?;
         flamegraph_answer(stacks, unit, req.max_nodes, req.format, wire, &ProfileType::parse(&req.profile_type_id)?)
     })
     .await
@@ -485,7 +535,8 @@ async fn select_merge_span_profile(State(s): St, req: Request) -> Response {
             return flamegraph_answer(Vec::new(), 1, req.max_nodes, format, Wire::Proto, &profile_type);
         }
         let subjects = Subjects { span_ids: req.span_selector, ..Default::default() };
-        let (stacks, unit) = load(store, &req.profile_type_id, &req.label_selector, req.start, req.end, &subjects, None)?;
+        let (stacks, unit) =
+            load(store, &req.profile_type_id, &req.label_selector, req.start, req.end, &subjects, None)?;
         flamegraph_answer(stacks, unit, req.max_nodes, format, Wire::Proto, &profile_type)
     })
     .await
@@ -494,13 +545,31 @@ async fn select_merge_span_profile(State(s): St, req: Request) -> Response {
 /// The merged profile as a pprof (`google.v1.Profile`, not gzipped: Connect carries it).
 async fn select_merge_profile(State(s): St, req: Request) -> Response {
     let endpoint = "SelectMergeProfile";
-    unary(s, req, endpoint, true, |store, req: pb::SelectMergeProfileRequest, _wire| -> Result<Answer<pb::NamesResponse>, Error> {
-        let subjects = Subjects { profile_ids: req.profile_id_selector, trace_ids: req.trace_id_selector, ..Default::default() };
-        let profile_type = ProfileType::parse(&req.profile_type_id)?;
-        let (stacks, unit) = load(store, &req.profile_type_id, &req.label_selector, req.start, req.end, &subjects, req.stack_trace_selector.as_ref())?;
-        let (from_ms, until_ms) = range(req.start, req.end)?;
-        Ok(Answer::Pprof(pprof_of(&stacks, unit, &profile_type, from_ms, until_ms).encode_to_vec()))
-    })
+    unary(
+        s,
+        req,
+        endpoint,
+        true,
+        |store, req: pb::SelectMergeProfileRequest, _wire| -> Result<Answer<pb::NamesResponse>, Error> {
+            let subjects = Subjects {
+                profile_ids: req.profile_id_selector,
+                trace_ids: req.trace_id_selector,
+                ..Default::default()
+            };
+            let profile_type = ProfileType::parse(&req.profile_type_id)?;
+            let (stacks, unit) = load(
+                store,
+                &req.profile_type_id,
+                &req.label_selector,
+                req.start,
+                req.end,
+                &subjects,
+                req.stack_trace_selector.as_ref(),
+            )?;
+            let (from_ms, until_ms) = range(req.start, req.end)?;
+            Ok(Answer::Pprof(pprof_of(&stacks, unit, &profile_type, from_ms, until_ms).encode_to_vec()))
+        },
+    )
     .await
 }
 
@@ -513,14 +582,22 @@ async fn select_series(State(s): St, req: Request) -> Response {
         }
         let step_ms = ((req.step * 1000.0).round() as u64).max(1);
         if (until_ms - from_ms) / step_ms > MAX_POINTS {
-            return Err(bad(format!("{} points per series at a step of {} s; at most {MAX_POINTS}: use a larger step", (until_ms - from_ms) / step_ms, req.step)));
+            return Err(bad(format!(
+                "{} points per series at a step of {} s; at most {MAX_POINTS}: use a larger step",
+                (until_ms - from_ms) / step_ms,
+                req.step
+            )));
         }
         let q = SeriesQuery {
             process: ProcessQuery { selector: selector.clone(), from_ms, until_ms },
             profile_type: profile_type.clone(),
             step_ms,
             group_by: req.group_by.clone(),
-            aggregation: if req.aggregation == pb::aggregation::AVERAGE { Aggregation::Average } else { Aggregation::Sum },
+            aggregation: if req.aggregation == pb::aggregation::AVERAGE {
+                Aggregation::Average
+            } else {
+                Aggregation::Sum
+            },
             limit: req.limit.map_or(0, |l| usize::try_from(l.max(0)).unwrap_or(0)),
         };
         let found = query::series(store, &q)?;
@@ -528,7 +605,11 @@ async fn select_series(State(s): St, req: Request) -> Response {
             .into_iter()
             .map(|s| pb::Series {
                 labels: s.labels.into_iter().map(|(name, value)| pb::LabelPair { name, value }).collect(),
-                points: s.points.into_iter().map(|(t, value)| pb::Point { value, timestamp: t as i64, exemplars: Vec::new() }).collect(),
+                points: s
+                    .points
+                    .into_iter()
+                    .map(|(t, value)| pb::Point { value, timestamp: t as i64, exemplars: Vec::new() })
+                    .collect(),
             })
             .collect();
         let wants_exemplars = matches!(req.exemplar_type, pb::exemplar_type::INDIVIDUAL | pb::exemplar_type::SPAN);
@@ -545,8 +626,20 @@ async fn diff(State(s): St, req: Request) -> Response {
     unary(s, req, "Diff", true, |store, req: pb::DiffRequest, _wire| {
         let side = |r: Option<pb::SelectMergeStacktracesRequest>, which: &str| -> Result<(Stacks, u64, usize), Error> {
             let r = r.ok_or_else(|| bad(format!("Diff needs its {which} selection")))?;
-            let subjects = Subjects { profile_ids: r.profile_id_selector, span_ids: r.span_selector, trace_ids: r.trace_id_selector };
-            let (stacks, unit) = load(store, &r.profile_type_id, &r.label_selector, r.start, r.end, &subjects, r.stack_trace_selector.as_ref())?;
+            let subjects = Subjects {
+                profile_ids: r.profile_id_selector,
+                span_ids: r.span_selector,
+                trace_ids: r.trace_id_selector,
+            };
+            let (stacks, unit) = load(
+                store,
+                &r.profile_type_id,
+                &r.label_selector,
+                r.start,
+                r.end,
+                &subjects,
+                r.stack_trace_selector.as_ref(),
+            )?;
             Ok((stacks, unit, node_bound(r.max_nodes)?))
         };
         let (left, left_unit, left_bound) = side(req.left, "left")?;
@@ -574,7 +667,13 @@ async fn diff(State(s): St, req: Request) -> Response {
             })
             .collect();
         let (left_ticks, right_ticks) = (scale(graph.left_ticks, left_unit), scale(graph.right_ticks, right_unit));
-        let max_self = graph.levels.iter().flat_map(|l| l.chunks(7)).map(|b| scale(b[2], left_unit).max(scale(b[5], right_unit))).max().unwrap_or(0);
+        let max_self = graph
+            .levels
+            .iter()
+            .flat_map(|l| l.chunks(7))
+            .map(|b| scale(b[2], left_unit).max(scale(b[5], right_unit)))
+            .max()
+            .unwrap_or(0);
         Ok(Answer::Message(pb::DiffResponse {
             flamegraph: Some(pb::FlameGraphDiff {
                 names: graph.names.iter().map(|n| n.to_string()).collect(),
@@ -604,9 +703,10 @@ fn add_exemplars(
     for span in spans {
         let labels = query::span_labels(&span);
         let group: Vec<(&String, Option<&String>)> = group_by.iter().map(|g| (g, labels.get(g))).collect();
-        let Some(s) = series.iter_mut().find(|s| {
-            group.iter().all(|(g, v)| s.labels.iter().find(|l| l.name == **g).map(|l| &l.value) == *v)
-        }) else {
+        let Some(s) = series
+            .iter_mut()
+            .find(|s| group.iter().all(|(g, v)| s.labels.iter().find(|l| l.name == **g).map(|l| &l.value) == *v))
+        else {
             continue;
         };
         let step = query::step_of(span.last_seen_ms.clamp(from_ms, until_ms), from_ms, until_ms, step_ms);

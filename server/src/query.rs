@@ -30,7 +30,8 @@ pub fn span_profiles(store: &dyn ProfileStore, ids: &[ProfileId], selector: &Sel
         if !seen.insert(id.clone()) {
             continue;
         }
-        if let Some(p) = store.span_profile(id.clone())?.filter(|p| selector.matches_recorded(&span_labels(&p.summary))) {
+        if let Some(p) = store.span_profile(id.clone())?.filter(|p| selector.matches_recorded(&span_labels(&p.summary)))
+        {
             out.push(p);
         }
     }
@@ -113,7 +114,8 @@ pub fn label_values(store: &dyn ProfileStore, name: &str, selector: &Selector) -
 
 /// The profile types of the series `selector` selects, sorted by ID.
 pub fn profile_types(store: &dyn ProfileStore, selector: &Selector) -> Result<Vec<ProfileType>> {
-    let types: BTreeSet<ProfileType> = store.series()?.iter().filter(|l| selector.matches(l)).map(ProfileType::of_series).collect();
+    let types: BTreeSet<ProfileType> =
+        store.series()?.iter().filter(|l| selector.matches(l)).map(ProfileType::of_series).collect();
     Ok(types.into_iter().collect())
 }
 
@@ -264,7 +266,8 @@ mod tests {
     fn merging_spans_rounds_as_the_store_does() {
         // 3 samples at 15 ms are 4.5 samples at 10 ms: the store's merge rounds to 5; truncating
         // would say 4, and a trace view would disagree with the stored merge.
-        let (period, stacks) = merge_spans(vec![profile(1, 10_000_000, &[(&["a"], 1)]), profile(2, 15_000_000, &[(&["a"], 3)])]);
+        let (period, stacks) =
+            merge_spans(vec![profile(1, 10_000_000, &[(&["a"], 1)]), profile(2, 15_000_000, &[(&["a"], 3)])]);
         assert_eq!(period, 10_000_000);
         assert_eq!(stacks, vec![(vec![Arc::<str>::from("a")], 1 + rescale_count(3, 15_000_000, 10_000_000))]);
         assert_eq!(rescale_count(3, 15_000_000, 10_000_000), 5);

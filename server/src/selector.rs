@@ -371,13 +371,17 @@ impl ProfileType {
         let [name, sample_type, sample_unit, period_type, period_unit, ..] = parts[..] else {
             return Err(Error::rejected(
                 Reject::BadQuery,
-                format!("profile type {id:?} is not name:sample_type:sample_unit:period_type:period_unit, e.g. {CPU_PROFILE_TYPE}"),
+                format!(
+                    "profile type {id:?} is not name:sample_type:sample_unit:period_type:period_unit, e.g. {CPU_PROFILE_TYPE}"
+                ),
             ));
         };
         if parts.len() > 6 {
             return Err(Error::rejected(
                 Reject::BadQuery,
-                format!("profile type {id:?} is not name:sample_type:sample_unit:period_type:period_unit, e.g. {CPU_PROFILE_TYPE}"),
+                format!(
+                    "profile type {id:?} is not name:sample_type:sample_unit:period_type:period_unit, e.g. {CPU_PROFILE_TYPE}"
+                ),
             ));
         }
         Ok(ProfileType {
@@ -438,7 +442,12 @@ mod tests {
         let got: Vec<(&str, Op, &str)> = s.matchers.iter().map(|m| (m.name.as_str(), m.op, m.value.as_str())).collect();
         assert_eq!(
             got,
-            [("service_name", Op::Equal, "ride"), ("span_name", Op::Matches, "Order.*"), ("pod", Op::NotEqual, "p'1"), ("x", Op::NotMatches, r"a\d+")]
+            [
+                ("service_name", Op::Equal, "ride"),
+                ("span_name", Op::Matches, "Order.*"),
+                ("pod", Op::NotEqual, "p'1"),
+                ("x", Op::NotMatches, r"a\d+")
+            ]
         );
         assert_eq!(Selector::parse("{}").unwrap(), Selector::all());
         assert_eq!(Selector::parse("  ").unwrap(), Selector::all());
@@ -478,7 +487,10 @@ mod tests {
         let outside = labels(&[("service_name", "ride"), ("__name__", "process_cpu")]);
         let m = |s: &str, l: &Labels| Selector::parse(s).unwrap().matches(l);
         assert!(m(r#"{span_name=~"Order.*"}"#, &series));
-        assert!(m("{span_name=~\"Order.*\"}", &labels(&[("span_name", "Order\nVehicle")])), "`.` matches a newline too");
+        assert!(
+            m("{span_name=~\"Order.*\"}", &labels(&[("span_name", "Order\nVehicle")])),
+            "`.` matches a newline too"
+        );
         assert!(!m(r#"{span_name=~"Order"}"#, &series), "anchored");
         assert!(m(r#"{span_name!=""}"#, &series) && !m(r#"{span_name!=""}"#, &outside));
         assert!(m(r#"{span_name=""}"#, &outside), "a missing label is the empty string");
@@ -505,7 +517,8 @@ mod tests {
         let wall = ProfileType::of_series(&labels(&[("__name__", "wall")]));
         assert_eq!((wall.name.as_str(), wall.sample_unit.as_str()), ("wall", "nanoseconds"));
         assert!(wall.counts_samples());
-        let recorded = labels(&[("__name__", "memory"), (PROFILE_TYPE_LABEL, "memory:inuse_objects:count:space:bytes")]);
+        let recorded =
+            labels(&[("__name__", "memory"), (PROFILE_TYPE_LABEL, "memory:inuse_objects:count:space:bytes")]);
         assert_eq!(ProfileType::of_series(&recorded).sample_type, "inuse_objects");
         assert!(ProfileType::parse("cpu").is_err());
         assert!(ProfileType::parse("a:b:c:d:e:f:g").is_err());

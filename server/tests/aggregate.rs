@@ -104,7 +104,8 @@ fn check(store: &dyn ProfileStore, q: &AggregateQuery, seed: u64) {
         .filter(|p| (q.min_cpu_ns..=q.max_cpu_ns).contains(&(p.summary.samples * p.summary.period_ns)))
         .collect();
     let got = aggregate::aggregate(store, q).unwrap();
-    let ctx = format!("seed {seed}, {name} in [{}, {}], cpu [{}, {}]", q.from_ms, q.until_ms, q.min_cpu_ns, q.max_cpu_ns);
+    let ctx =
+        format!("seed {seed}, {name} in [{}, {}], cpu [{}, {}]", q.from_ms, q.until_ms, q.min_cpu_ns, q.max_cpu_ns);
     let Some(got) = got else {
         assert!(covered.is_empty(), "{ctx}: no aggregate for {} spans", covered.len());
         return;
@@ -134,11 +135,12 @@ fn aggregates_equal_the_span_profiles_they_cover() {
         let mut outside = 0;
         for _ in 0..20 {
             // One insert call of 1–3 pushes: they commit in one group.
-            let pushes: Vec<SeriesBatch> =
-                (0..1 + rng.below(3)).map(|_| {
+            let pushes: Vec<SeriesBatch> = (0..1 + rng.below(3))
+                .map(|_| {
                     let t = start + rng.below(span_of_minutes * BUCKET_MS);
                     push(&mut rng, t, ids, most)
-                }).collect();
+                })
+                .collect();
             outside += pushes.iter().map(|b| b.process.total()).sum::<u64>();
             store.insert(pushes).unwrap();
         }
@@ -146,7 +148,11 @@ fn aggregates_equal_the_span_profiles_they_cover() {
 
         // A service's CPU is its span samples plus the samples outside spans.
         let span_samples: u64 = stored(store.as_ref()).iter().map(|p| p.summary.samples).sum();
-        let all = ProcessQuery { selector: Selector::parse(r#"{service_name="ride"}"#).unwrap(), from_ms: start, until_ms: until };
+        let all = ProcessQuery {
+            selector: Selector::parse(r#"{service_name="ride"}"#).unwrap(),
+            from_ms: start,
+            until_ms: until,
+        };
         let total: u64 = store.process_profile(&all).unwrap().map_or(0, |p| p.stacks.iter().map(|s| s.1).sum());
         assert_eq!(total, span_samples + outside, "seed {seed}: service total");
 

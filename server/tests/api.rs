@@ -30,10 +30,7 @@ async fn push_merges_same_span_id_and_separates_whole_process() {
     let dir = tempfile::tempdir().unwrap();
     let srv = TestServer::start(config(dir.path())).await;
     let span_labels: &[(&str, &str)] = &[("span_id", SPAN_A), ("trace_id", TRACE), ("span_name", "OrderVehicle")];
-    let p1 = pprof(&[
-        (&["main", "handle", "find_nearest_vehicle"], 7, span_labels),
-        (&["main", "idle_loop"], 4, &[]),
-    ]);
+    let p1 = pprof(&[(&["main", "handle", "find_nearest_vehicle"], 7, span_labels), (&["main", "idle_loop"], 4, &[])]);
     let p2 = pprof(&[
         (&["main", "handle", "find_nearest_vehicle"], 5, span_labels),
         (&["main", "handle", "check_driver_availability"], 2, span_labels),
@@ -66,7 +63,9 @@ async fn push_merges_same_span_id_and_separates_whole_process() {
     assert!(find(&outside["flamegraph"], "find_nearest_vehicle").is_none());
     let (_, inside) = get_json(&srv.url("/api/v1/services/ride/profile?from=now-1h&spans=inside")).await;
     assert_eq!(inside["samples"], 14, "inside spans only");
-    let (_, one_name) = get_json(&srv.url("/api/v1/services/ride/profile?from=now-1h&selector=%7Bspan_name%3D%22OrderVehicle%22%7D")).await;
+    let (_, one_name) =
+        get_json(&srv.url("/api/v1/services/ride/profile?from=now-1h&selector=%7Bspan_name%3D%22OrderVehicle%22%7D"))
+            .await;
     assert_eq!(one_name["samples"], 14, "{one_name}");
     let (status, bad) = get_json(&srv.url("/api/v1/services/ride/profile?spans=some")).await;
     assert_eq!((status, bad["reason"].as_str()), (400, Some("bad_query")), "{bad}");
@@ -83,7 +82,11 @@ async fn connect_json_push_and_legacy_ingest_merge_into_one_profile() {
     use base64::Engine;
     let dir = tempfile::tempdir().unwrap();
     let srv = TestServer::start(config(dir.path())).await;
-    let p = pprof(&[(&["main", "scooter", "find_nearest_vehicle"], 3, &[("span_id", SPAN_B), ("span_name", "OrderVehicle")])]);
+    let p = pprof(&[(
+        &["main", "scooter", "find_nearest_vehicle"],
+        3,
+        &[("span_id", SPAN_B), ("span_name", "OrderVehicle")],
+    )]);
     let body = json!({"series": [{
         "labels": [{"name": "service_name", "value": "ride"}, {"name": "__name__", "value": "process_cpu"}],
         "samples": [{"rawProfile": base64::engine::general_purpose::STANDARD.encode(gzip(&p.encode_to_vec())), "ID": "x"}]
@@ -99,7 +102,11 @@ async fn connect_json_push_and_legacy_ingest_merge_into_one_profile() {
     assert_eq!(r.text().await.unwrap(), "{}");
 
     // The original Pyroscope semantics: a span_id label in `name` makes the payload part of it.
-    let url = folded_url(&srv.base, &format!("ride.cpu{{span_id={SPAN_B},trace_id={TRACE}}}"), "&from=1764097000&until=1764097010");
+    let url = folded_url(
+        &srv.base,
+        &format!("ride.cpu{{span_id={SPAN_B},trace_id={TRACE}}}"),
+        "&from=1764097000&until=1764097010",
+    );
     assert_eq!(post(&url, "main;scooter;find_nearest_vehicle 4\nmain;scooter;lock 1\n").await, 200);
     // `profile_id` is an alias of `span_id`.
     let url = folded_url(&srv.base, &format!("ride.cpu{{profile_id={SPAN_B}}}"), "&format=lines");
@@ -126,7 +133,9 @@ async fn multipart_pprof_ingest_like_pyroscope_go() {
     body.extend_from_slice(&gzip(&p.encode_to_vec()));
     body.extend_from_slice(format!("\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"sample_type_config\"; filename=\"sample_type_config.json\"\r\n\r\n{{\"cpu\":{{\"units\":\"samples\",\"sampled\":true}}}}\r\n--{boundary}--\r\n").as_bytes());
     let r = reqwest::Client::new()
-        .post(srv.url("/ingest?name=gosvc.cpu%7Benv%3Dprod%7D&from=1764097000000000000&until=1764097010000000000&spyName=gospy"))
+        .post(srv.url(
+            "/ingest?name=gosvc.cpu%7Benv%3Dprod%7D&from=1764097000000000000&until=1764097010000000000&spyName=gospy",
+        ))
         .header("Content-Type", format!("multipart/form-data; boundary={boundary}"))
         .body(body)
         .send()
@@ -145,8 +154,16 @@ async fn multipart_pprof_ingest_like_pyroscope_go() {
 async fn trace_merges_span_profiles_across_services() {
     let dir = tempfile::tempdir().unwrap();
     let srv = TestServer::start(config(dir.path())).await;
-    let a = pprof(&[(&["main", "order", "find_nearest_vehicle"], 5, &[("span_id", SPAN_A), ("trace_id", TRACE), ("span_name", "OrderVehicle")])]);
-    let b = pprof(&[(&["main", "car", "check_driver_availability"], 3, &[("span_id", SPAN_B), ("trace_id", TRACE), ("span_name", "CarHandler")])]);
+    let a = pprof(&[(
+        &["main", "order", "find_nearest_vehicle"],
+        5,
+        &[("span_id", SPAN_A), ("trace_id", TRACE), ("span_name", "OrderVehicle")],
+    )]);
+    let b = pprof(&[(
+        &["main", "car", "check_driver_availability"],
+        3,
+        &[("span_id", SPAN_B), ("trace_id", TRACE), ("span_name", "CarHandler")],
+    )]);
     assert_eq!(push(&srv.base, &push_request("frontend", &a)).await.0, 200);
     assert_eq!(push(&srv.base, &push_request("cars", &b)).await.0, 200);
 
@@ -181,7 +198,11 @@ async fn listing_is_newest_first_and_paginates() {
     let dir = tempfile::tempdir().unwrap();
     let srv = TestServer::start(config(dir.path())).await;
     for i in 1..=7u64 {
-        let url = folded_url(&srv.base, &format!("svc.cpu{{span_id={i:016x}}}"), &format!("&from={}&until={}", 1_764_000_000 + i, 1_764_000_000 + i));
+        let url = folded_url(
+            &srv.base,
+            &format!("svc.cpu{{span_id={i:016x}}}"),
+            &format!("&from={}&until={}", 1_764_000_000 + i, 1_764_000_000 + i),
+        );
         assert_eq!(post(&url, "main;work 1\n").await, 200);
     }
     let mut seen = Vec::new();
@@ -237,7 +258,8 @@ async fn exports_open_as_their_formats() {
     let svg = r.text().await.unwrap();
     assert!(svg.contains("<svg") && svg.contains("find_nearest_vehicle"));
 
-    let trace_folded = reqwest::get(srv.url(&format!("/api/v1/traces/{TRACE}?format=folded"))).await.unwrap().text().await.unwrap();
+    let trace_folded =
+        reqwest::get(srv.url(&format!("/api/v1/traces/{TRACE}?format=folded"))).await.unwrap().text().await.unwrap();
     assert_eq!(trace_folded, folded);
     let (status, body) = get_json(&srv.url(&format!("/api/v1/profiles/{SPAN_A}?format=jfr"))).await;
     assert_eq!((status, body["reason"].as_str()), (400, Some("unknown_format")));

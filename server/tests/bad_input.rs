@@ -28,7 +28,9 @@ async fn every_bad_request_is_a_clear_4xx_and_stores_nothing() {
 
     let bomb = gzip(&vec![0u8; 32 << 20]);
     let mut bad_label = push_request("ride", &pprof(&[(&["a"], 1, &[])]));
-    bad_label.series[0].labels.push(spanprof_server::proto::push::LabelPair { name: "bad-label".into(), value: "x".into() });
+    bad_label.series[0]
+        .labels
+        .push(spanprof_server::proto::push::LabelPair { name: "bad-label".into(), value: "x".into() });
     let mut truncated_profile = push_request("ride", &pprof(&[(&["a"], 1, &[])]));
     let raw = &mut truncated_profile.series[0].samples[0].raw_profile;
     raw.truncate(raw.len() - 3);
@@ -37,27 +39,104 @@ async fn every_bad_request_is_a_clear_4xx_and_stores_nothing() {
 
     type Case<'a> = (&'a str, String, Vec<(&'a str, &'a str)>, Vec<u8>, u16, &'a str);
     let cases: Vec<Case<'_>> = vec![
-        ("truncated protobuf", push_url.clone(), proto.to_vec(), valid_push[..valid_push.len() - 5].to_vec(), 400, "invalid"),
-        ("garbage protobuf", push_url.clone(), proto.to_vec(), b"\x0a\xff\xff\xff\xff\x0f".to_vec(), 400, "invalid PushRequest"),
+        (
+            "truncated protobuf",
+            push_url.clone(),
+            proto.to_vec(),
+            valid_push[..valid_push.len() - 5].to_vec(),
+            400,
+            "invalid",
+        ),
+        (
+            "garbage protobuf",
+            push_url.clone(),
+            proto.to_vec(),
+            b"\x0a\xff\xff\xff\xff\x0f".to_vec(),
+            400,
+            "invalid PushRequest",
+        ),
         ("invalid gzip", push_url.clone(), proto_gz.to_vec(), b"\x1f\x8b\x08\x00garbage".to_vec(), 400, "gzip"),
         ("gzip bomb", push_url.clone(), proto_gz.to_vec(), bomb.clone(), 400, "decompresses to more than"),
         ("oversize body", push_url.clone(), proto.to_vec(), vec![0u8; 2 << 20], 400, "larger than the limit"),
         ("bad label name", push_url.clone(), proto.to_vec(), bad_label.encode_to_vec(), 400, "invalid label name"),
-        ("truncated raw profile", push_url.clone(), proto.to_vec(), truncated_profile.encode_to_vec(), 400, "invalid pprof"),
-        ("dangling location", push_url.clone(), proto.to_vec(), push_request("ride", &dangling).encode_to_vec(), 400, "unknown location 4242"),
-        ("unknown content type", push_url.clone(), vec![("Content-Type", "text/csv")], valid_push.clone(), 415, "Content-Type"),
-        ("unknown encoding", push_url.clone(), vec![("Content-Type", "application/proto"), ("Content-Encoding", "br")], valid_push.clone(), 415, "Content-Encoding"),
-        ("bad json", push_url.clone(), vec![("Content-Type", "application/json")], b"{\"series\": [".to_vec(), 400, "JSON"),
-        ("json bad base64", push_url.clone(), vec![("Content-Type", "application/json")], br#"{"series":[{"samples":[{"rawProfile":"@@@"}]}]}"#.to_vec(), 400, "base64"),
+        (
+            "truncated raw profile",
+            push_url.clone(),
+            proto.to_vec(),
+            truncated_profile.encode_to_vec(),
+            400,
+            "invalid pprof",
+        ),
+        (
+            "dangling location",
+            push_url.clone(),
+            proto.to_vec(),
+            push_request("ride", &dangling).encode_to_vec(),
+            400,
+            "unknown location 4242",
+        ),
+        (
+            "unknown content type",
+            push_url.clone(),
+            vec![("Content-Type", "text/csv")],
+            valid_push.clone(),
+            415,
+            "Content-Type",
+        ),
+        (
+            "unknown encoding",
+            push_url.clone(),
+            vec![("Content-Type", "application/proto"), ("Content-Encoding", "br")],
+            valid_push.clone(),
+            415,
+            "Content-Encoding",
+        ),
+        (
+            "bad json",
+            push_url.clone(),
+            vec![("Content-Type", "application/json")],
+            b"{\"series\": [".to_vec(),
+            400,
+            "JSON",
+        ),
+        (
+            "json bad base64",
+            push_url.clone(),
+            vec![("Content-Type", "application/json")],
+            br#"{"series":[{"samples":[{"rawProfile":"@@@"}]}]}"#.to_vec(),
+            400,
+            "base64",
+        ),
         ("missing name", srv.url("/ingest?format=folded"), vec![], b"a;b 1".to_vec(), 400, "missing `name`"),
         ("bad name", srv.url("/ingest?name=app%7Bk%3Dv"), vec![], b"a;b 1".to_vec(), 400, "closing"),
         ("bad label", srv.url("/ingest?name=app%7B9x%3Dv%7D"), vec![], b"a;b 1".to_vec(), 400, "invalid label name"),
         ("bad timestamp", srv.url("/ingest?name=app&from=yesterday"), vec![], b"a;b 1".to_vec(), 400, "Unix timestamp"),
-        ("from after until", srv.url("/ingest?name=app&from=1764097010&until=1764097000"), vec![], b"a;b 1".to_vec(), 400, "after"),
+        (
+            "from after until",
+            srv.url("/ingest?name=app&from=1764097010&until=1764097000"),
+            vec![],
+            b"a;b 1".to_vec(),
+            400,
+            "after",
+        ),
         ("unknown format", srv.url("/ingest?name=app&format=jfr"), vec![], b"x".to_vec(), 400, "unsupported format"),
         ("bad folded line", srv.url("/ingest?name=app"), vec![], b"a;b 1\na;b many\n".to_vec(), 400, "line 2"),
-        ("bad pprof body", srv.url("/ingest?name=app&format=pprof"), vec![], good[..good.len() - 2].to_vec(), 400, "pprof"),
-        ("multipart without profile", srv.url("/ingest?name=app"), vec![("Content-Type", "multipart/form-data; boundary=xx")], b"--xx\r\nContent-Disposition: form-data; name=\"other\"\r\n\r\nhi\r\n--xx--\r\n".to_vec(), 400, "no `profile` part"),
+        (
+            "bad pprof body",
+            srv.url("/ingest?name=app&format=pprof"),
+            vec![],
+            good[..good.len() - 2].to_vec(),
+            400,
+            "pprof",
+        ),
+        (
+            "multipart without profile",
+            srv.url("/ingest?name=app"),
+            vec![("Content-Type", "multipart/form-data; boundary=xx")],
+            b"--xx\r\nContent-Disposition: form-data; name=\"other\"\r\n\r\nhi\r\n--xx--\r\n".to_vec(),
+            400,
+            "no `profile` part",
+        ),
         ("ingest gzip bomb", srv.url("/ingest?name=app&format=pprof"), vec![], bomb, 413, "decompresses to more than"),
     ];
     for (what, url, headers, body, status, needle) in cases {
@@ -72,7 +151,8 @@ async fn every_bad_request_is_a_clear_4xx_and_stores_nothing() {
     assert_eq!(list["profiles"].as_array().unwrap().len(), 0, "{list}");
     let (_, services) = get_json(&srv.url("/api/v1/services")).await;
     assert_eq!(services["services"].as_array().unwrap().len(), 0, "{services}");
-    let (status, _) = push(&srv.base, &push_request("ride", &pprof(&[(&["main", "a"], 2, &[("span_id", SPAN_A)])]))).await;
+    let (status, _) =
+        push(&srv.base, &push_request("ride", &pprof(&[(&["main", "a"], 2, &[("span_id", SPAN_A)])]))).await;
     assert_eq!(status, 200);
     let m = reqwest::get(srv.url("/metrics")).await.unwrap().text().await.unwrap();
     assert!(m.contains("spanprof_rejected_requests_total{reason=\"too_large\"} 3"), "{m}");
@@ -105,7 +185,8 @@ async fn a_very_deep_stack_is_stored_truncated_and_read_back_without_crashing() 
     let text = profile.to_string();
     assert!(text.contains("[truncated]") && text.contains("f3999"), "the leaf-most frames under the marker");
     assert!(!text.contains("\"f0\""), "the outermost frames are cut");
-    let folded = reqwest::get(srv.url("/api/v1/profiles/00000000000d0ee9?format=folded")).await.unwrap().text().await.unwrap();
+    let folded =
+        reqwest::get(srv.url("/api/v1/profiles/00000000000d0ee9?format=folded")).await.unwrap().text().await.unwrap();
     let depth = folded.lines().next().unwrap().rsplit_once(' ').unwrap().0.split(';').count();
     assert_eq!(depth, spanprof_server::model::MAX_STACK_DEPTH);
     srv.stop().await;

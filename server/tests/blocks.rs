@@ -21,7 +21,13 @@ fn replica(dir: &std::path::Path, bucket: &std::path::Path, name: &str, grace: D
 
 const INTERVAL: Duration = Duration::from_secs(2);
 
-fn replica_every(dir: &std::path::Path, bucket: &std::path::Path, name: &str, grace: Duration, interval: Duration) -> spanprof_server::Config {
+fn replica_every(
+    dir: &std::path::Path,
+    bucket: &std::path::Path,
+    name: &str,
+    grace: Duration,
+    interval: Duration,
+) -> spanprof_server::Config {
     let mut c = config(&dir.join(name));
     c.blocks = Some(BlockConfig {
         object_store: format!("file://{}", bucket.display()),
@@ -95,9 +101,12 @@ async fn replicas_answer_from_every_block_with_one_id_merged() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(p["profile"]["samples"], 6, "{p}");
-    let (_, whole) = get_json(&a.url(&format!("/api/v1/services/ride/profile?from={}&until={}&spans=outside", old - 60, old + 60))).await;
+    let (_, whole) =
+        get_json(&a.url(&format!("/api/v1/services/ride/profile?from={}&until={}&spans=outside", old - 60, old + 60)))
+            .await;
     assert_eq!(whole["samples"], 10, "{whole}");
-    let (_, all) = get_json(&a.url(&format!("/api/v1/services/ride/profile?from={}&until={}", old - 60, old + 60))).await;
+    let (_, all) =
+        get_json(&a.url(&format!("/api/v1/services/ride/profile?from={}&until={}", old - 60, old + 60))).await;
     assert_eq!(all["samples"], 16, "{all}");
     // b, without peers, sees only what is in the bucket: its own part.
     assert_eq!(get_json(&b.url(&format!("/api/v1/profiles/{SPAN_A}"))).await.1["profile"]["samples"], 3);
@@ -119,12 +128,19 @@ async fn replicas_answer_from_every_block_with_one_id_merged() {
         assert_eq!(find(&p["flamegraph"], "find_nearest_vehicle").unwrap()["total"], 5);
         let (_, trace) = get_json(&srv.url(&format!("/api/v1/traces/{TRACE}"))).await;
         assert_eq!(trace["samples"], 10, "{trace}");
-        let (_, whole) = get_json(&srv.url(&format!("/api/v1/services/ride/profile?from={}&until={}", old - 60, old + 60))).await;
+        let (_, whole) =
+            get_json(&srv.url(&format!("/api/v1/services/ride/profile?from={}&until={}", old - 60, old + 60))).await;
         assert_eq!(whole["samples"], 16, "span samples (6) and the rest (10): {whole}");
-        let (_, outside) = get_json(&srv.url(&format!("/api/v1/services/ride/profile?from={}&until={}&spans=outside", old - 60, old + 60))).await;
+        let (_, outside) = get_json(&srv.url(&format!(
+            "/api/v1/services/ride/profile?from={}&until={}&spans=outside",
+            old - 60,
+            old + 60
+        )))
+        .await;
         assert_eq!(outside["samples"], 10, "{outside}");
         let (_, list) = get_json(&srv.url("/api/v1/profiles?service=ride")).await;
-        let listed: Vec<&serde_json::Value> = list["profiles"].as_array().unwrap().iter().filter(|p| p["profile_id"] == SPAN_A).collect();
+        let listed: Vec<&serde_json::Value> =
+            list["profiles"].as_array().unwrap().iter().filter(|p| p["profile_id"] == SPAN_A).collect();
         assert_eq!(listed.len(), 1, "listed once: {list}");
         assert_eq!(listed[0]["samples"], 6);
         let (_, services) = get_json(&srv.url("/api/v1/services")).await;
@@ -132,7 +148,12 @@ async fn replicas_answer_from_every_block_with_one_id_merged() {
         let (_, p) = get_json(&srv.url(&format!("/api/v1/profiles/{SPAN_B}"))).await;
         assert_eq!(p["profile"]["samples"], 4, "{p}");
         // The span name's aggregate from the blocks' listings: a profile in two blocks is one span.
-        let (status, agg) = get_json(&srv.url(&format!("/api/v1/aggregate?service=ride&span_name=Order&from={}&until={}", old - 60, now_s() + 60))).await;
+        let (status, agg) = get_json(&srv.url(&format!(
+            "/api/v1/aggregate?service=ride&span_name=Order&from={}&until={}",
+            old - 60,
+            now_s() + 60
+        )))
+        .await;
         assert_eq!(status, 200, "{agg}");
         assert_eq!((agg["spans"].as_u64(), agg["samples"].as_u64()), (Some(2), Some(10)), "{agg}");
         assert_eq!(agg["distribution"]["max_ns"], 60_000_000, "{agg}");
@@ -177,19 +198,27 @@ async fn compaction_merges_blocks_physically_and_deletes_them_after_the_grace() 
     // One of the two holds the lease and merges both blocks into one; the replaced ones go a
     // grace period later.
     for _ in 0..200 {
-        let deleted = metric(&a, "spanprof_blocks_deleted_total").await + metric(&b, "spanprof_blocks_deleted_total").await;
+        let deleted =
+            metric(&a, "spanprof_blocks_deleted_total").await + metric(&b, "spanprof_blocks_deleted_total").await;
         if deleted >= 2 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let compacted = metric(&a, "spanprof_blocks_compacted_total").await + metric(&b, "spanprof_blocks_compacted_total").await;
+    let compacted =
+        metric(&a, "spanprof_blocks_compacted_total").await + metric(&b, "spanprof_blocks_compacted_total").await;
     assert_eq!(compacted, 2, "exactly one compactor merged the two blocks");
     // (Local files leave the emptied directories of deleted blocks behind.)
-    let blocks: Vec<_> =
-        bucket.join("blocks").read_dir().unwrap().map(|e| e.unwrap().path()).filter(|p| p.join("meta.json").exists()).collect();
+    let blocks: Vec<_> = bucket
+        .join("blocks")
+        .read_dir()
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("meta.json").exists())
+        .collect();
     assert_eq!(blocks.len(), 1, "{blocks:?}");
-    let data_objects = bucket.join("blocks").read_dir().unwrap().filter(|e| e.as_ref().unwrap().path().join("data").exists()).count();
+    let data_objects =
+        bucket.join("blocks").read_dir().unwrap().filter(|e| e.as_ref().unwrap().path().join("data").exists()).count();
     assert_eq!(data_objects, 1, "the replaced blocks' data is deleted too");
     let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(blocks[0].join("meta.json")).unwrap()).unwrap();
     assert_eq!(meta["replaces"].as_array().unwrap().len(), 2, "{meta}");
@@ -201,9 +230,15 @@ async fn compaction_merges_blocks_physically_and_deletes_them_after_the_grace() 
     for srv in [&a, &b] {
         let (status, p) = get_json(&srv.url(&format!("/api/v1/profiles/{SPAN_A}"))).await;
         assert_eq!((status, &p["profile"]["samples"]), (200, &serde_json::json!(6)), "{p}");
-        let (_, whole) = get_json(&srv.url(&format!("/api/v1/services/ride/profile?from={}&until={}", old - 60, old + 60))).await;
+        let (_, whole) =
+            get_json(&srv.url(&format!("/api/v1/services/ride/profile?from={}&until={}", old - 60, old + 60))).await;
         assert_eq!(whole["samples"], 16, "span samples (6) and the rest (10): {whole}");
-        let (_, outside) = get_json(&srv.url(&format!("/api/v1/services/ride/profile?from={}&until={}&spans=outside", old - 60, old + 60))).await;
+        let (_, outside) = get_json(&srv.url(&format!(
+            "/api/v1/services/ride/profile?from={}&until={}&spans=outside",
+            old - 60,
+            old + 60
+        )))
+        .await;
         assert_eq!(outside["samples"], 10, "{outside}");
     }
     a.stop().await;
@@ -219,7 +254,14 @@ async fn retention_by_age_deletes_whole_blocks() {
     ingest(&a, Some(SPAN_A), two_days_ago, "main;old 3\n").await;
     wait_for_blocks(&a, 1).await;
     a.stop().await;
-    let metas = || bucket.join("blocks").read_dir().unwrap().filter(|e| e.as_ref().unwrap().path().join("meta.json").exists()).count();
+    let metas = || {
+        bucket
+            .join("blocks")
+            .read_dir()
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().join("meta.json").exists())
+            .count()
+    };
     assert_eq!(metas(), 1);
 
     // Another replica keeping a day: the block, all of it older, goes.

@@ -55,7 +55,8 @@ async fn retention_deletes_profiles_older_than_the_age_limit() {
     let mut srv = ServerProcess::spawn(dir.path(), &args, &[]).await;
     let client = reqwest::Client::new();
     // One profile from two days ago, one from now.
-    let old_s = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() - 2 * 86_400).to_string();
+    let old_s = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() - 2 * 86_400)
+        .to_string();
     let url = format!("{}/ingest?name=ride.cpu%7Bspan_id%3D{SPAN_A}%7D&from={old_s}&until={old_s}", srv.base);
     assert_eq!(client.post(url).body("main;old 3\n").send().await.unwrap().status(), 200);
     let url = format!("{}/ingest?name=ride.cpu&from={old_s}&until={old_s}", srv.base);

@@ -24,7 +24,12 @@ fn batch(id: u64, count: u64) -> SeriesBatch {
         from_ms: 1_000,
         until_ms: 1_000,
         frames: table,
-        spans: vec![SpanContribution { profile_id: ProfileId::Span(id), trace_id: None, span_name: Some("S".into()), stacks }],
+        spans: vec![SpanContribution {
+            profile_id: ProfileId::Span(id),
+            trace_id: None,
+            span_name: Some("S".into()),
+            stacks,
+        }],
         process: StackCounts::new(),
         dropped_labels: Default::default(),
     }

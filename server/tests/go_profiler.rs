@@ -130,7 +130,12 @@ async fn go_cpu_and_heap_profiles_with_pprof_labels_are_split_by_profile_id_with
     let srv = TestServer::start(config(dir.path().join("data").as_path())).await;
     let client = reqwest::Client::new();
     for _ in 0..2 {
-        let r = client.post(srv.url("/ingest?name=gosvc.cpu&format=pprof&spyName=gospy")).body(cpu.clone()).send().await.unwrap();
+        let r = client
+            .post(srv.url("/ingest?name=gosvc.cpu&format=pprof&spyName=gospy"))
+            .body(cpu.clone())
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
         assert_eq!(r.headers()["spanprof-dropped-labels"], format!("span_id={bad_label_entries}, trace_id=0").as_str());
     }
@@ -151,7 +156,8 @@ async fn go_cpu_and_heap_profiles_with_pprof_labels_are_split_by_profile_id_with
     assert!(find(&by_name["flamegraph"], "main.batchWork").is_some());
     assert!(find(&by_name["flamegraph"], "main.checkoutWork").is_none());
     let (_, listed) = get_json(&srv.url("/api/v1/profiles?service=gosvc")).await;
-    let ids: Vec<&str> = listed["profiles"].as_array().unwrap().iter().map(|p| p["profile_id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> =
+        listed["profiles"].as_array().unwrap().iter().map(|p| p["profile_id"].as_str().unwrap()).collect();
     assert_eq!(ids.len(), 2, "{listed}");
     assert!(ids.contains(&"checkout-42") && ids.contains(&"00f067aa0ba902b7"), "{listed}");
 
@@ -169,7 +175,12 @@ async fn go_cpu_and_heap_profiles_with_pprof_labels_are_split_by_profile_id_with
     let index = types.iter().position(|t| t == default).unwrap_or(0);
     let expected: i64 = h.sample.iter().map(|s| s.value[index]).filter(|&v| v > 0).sum();
     assert!(expected > 0, "the heap profile has {types:?} values");
-    let r = client.post(srv.url("/ingest?name=gosvc.alloc_space&format=pprof&spyName=gospy")).body(heap).send().await.unwrap();
+    let r = client
+        .post(srv.url("/ingest?name=gosvc.alloc_space&format=pprof&spyName=gospy"))
+        .body(heap)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let (status, mem) = get_json(&srv.url("/api/v1/services/gosvc/profile?from=now-1h&type=memory")).await;
     assert_eq!(status, 200, "{mem}");

@@ -201,7 +201,11 @@ async fn call(base: &str, method: &str, req: &Msg) -> Result<Msg, (u16, serde_js
         assert_eq!(ct, "application/json", "Connect errors are JSON");
         return Err((status, r.json().await.unwrap()));
     }
-    assert_eq!(r.headers().get("content-type").unwrap(), "application/proto", "exactly application/proto (Grafana checks)");
+    assert_eq!(
+        r.headers().get("content-type").unwrap(),
+        "application/proto",
+        "exactly application/proto (Grafana checks)"
+    );
     Ok(Msg::decode(&r.bytes().await.unwrap()))
 }
 
@@ -236,7 +240,8 @@ fn stacks_of_levels(names: &[String], levels: &[Vec<i64>]) -> BTreeMap<String, i
                 assert_eq!(name, "total", "the root is named total");
                 String::new()
             } else {
-                let parent = above.iter().find(|(s, t, _)| *s <= x && x + total <= s + t).expect("a bar inside its parent");
+                let parent =
+                    above.iter().find(|(s, t, _)| *s <= x && x + total <= s + t).expect("a bar inside its parent");
                 if parent.2.is_empty() { name.clone() } else { format!("{};{name}", parent.2) }
             };
             if self_value > 0 && depth > 0 {
@@ -312,8 +317,10 @@ async fn grafana_pyroscope_data_source_calls_answer_like_the_json_api() {
     // "Save & test": ProfileTypes over [1 s, 4 s] answers (here: every type stored).
     let types = call(&srv.base, "ProfileTypes", &Msg::new().int(1, 1000).int(2, 4000)).await.unwrap();
     let cpu = types.msgs(1).into_iter().find(|t| t.string_of(1) == CPU).expect("the CPU type is listed");
-    assert_eq!((cpu.string_of(2), cpu.string_of(4), cpu.string_of(5), cpu.string_of(6), cpu.string_of(7)),
-        ("process_cpu".into(), "cpu".into(), "nanoseconds".into(), "cpu".into(), "nanoseconds".into()));
+    assert_eq!(
+        (cpu.string_of(2), cpu.string_of(4), cpu.string_of(5), cpu.string_of(6), cpu.string_of(7)),
+        ("process_cpu".into(), "cpu".into(), "nanoseconds".into(), "cpu".into(), "nanoseconds".into())
+    );
 
     // Profiles Drilldown asks whether anything was ingested, and when last.
     let stats = call(&srv.base, "GetProfileStats", &Msg::new()).await.unwrap();
@@ -322,45 +329,102 @@ async fn grafana_pyroscope_data_source_calls_answer_like_the_json_api() {
 
     // The query editor: label names and values, narrowed by a selector.
     let sel = format!("{{__profile_type__=\"{CPU}\",service_name=\"ride\"}}");
-    let names = call(&srv.base, "LabelNames", &Msg::new().string(1, &sel).int(2, start).int(3, end)).await.unwrap().strings(1);
+    let names =
+        call(&srv.base, "LabelNames", &Msg::new().string(1, &sel).int(2, start).int(3, end)).await.unwrap().strings(1);
     for n in ["service_name", "span_name", "pod", "namespace"] {
         assert!(names.contains(&n.to_owned()), "{n} in {names:?}");
     }
     assert!(!names.contains(&"span_id".to_owned()), "span IDs are no label: {names:?}");
-    let services = call(&srv.base, "LabelValues", &Msg::new().string(1, "service_name").int(3, start).int(4, end)).await.unwrap().strings(1);
+    let services = call(&srv.base, "LabelValues", &Msg::new().string(1, "service_name").int(3, start).int(4, end))
+        .await
+        .unwrap()
+        .strings(1);
     assert_eq!(services, ["other-svc", "ride"]);
     let span_names =
-        call(&srv.base, "LabelValues", &Msg::new().string(1, "span_name").string(2, &sel).int(3, start).int(4, end)).await.unwrap().strings(1);
+        call(&srv.base, "LabelValues", &Msg::new().string(1, "span_name").string(2, &sel).int(3, start).int(4, end))
+            .await
+            .unwrap()
+            .strings(1);
     assert_eq!(span_names, ["OrderVehicle", "Payment"]);
     // Several matchers apply together.
-    let anded = Msg::new().string(1, "span_name").string(2, &sel).string(2, "{span_name=~\"P.*\"}").int(3, start).int(4, end);
+    let anded =
+        Msg::new().string(1, "span_name").string(2, &sel).string(2, "{span_name=~\"P.*\"}").int(3, start).int(4, end);
     assert_eq!(call(&srv.base, "LabelValues", &anded).await.unwrap().strings(1), ["Payment"]);
 
     // A service's CPU: all of it, as the JSON API's service view shows it.
-    let (stacks, total) = flamegraph_stacks(&call(&srv.base, "SelectMergeStacktraces", &merge_request("{service_name=\"ride\"}", start, end)).await.unwrap());
+    let (stacks, total) = flamegraph_stacks(
+        &call(&srv.base, "SelectMergeStacktraces", &merge_request("{service_name=\"ride\"}", start, end))
+            .await
+            .unwrap(),
+    );
     let window = format!("from={}&until={}", start / 1000, end / 1000);
     assert_eq!(stacks, folded_ns(&srv.base, &format!("/api/v1/services/ride/profile?{window}")).await);
     assert_eq!(total, 22 * PERIOD_NS, "every sample of the service, in nanoseconds");
     // Narrowed by span name (a regex) and to the samples outside spans.
-    let (order_stacks, _) =
-        flamegraph_stacks(&call(&srv.base, "SelectMergeStacktraces", &merge_request("{service_name=\"ride\", span_name=~\"Order.*\"}", start, end)).await.unwrap());
-    assert_eq!(order_stacks, folded_ns(&srv.base, &format!("/api/v1/services/ride/profile?{window}&selector=%7Bspan_name%3D~%22Order.%2A%22%7D")).await);
+    let (order_stacks, _) = flamegraph_stacks(
+        &call(
+            &srv.base,
+            "SelectMergeStacktraces",
+            &merge_request("{service_name=\"ride\", span_name=~\"Order.*\"}", start, end),
+        )
+        .await
+        .unwrap(),
+    );
+    assert_eq!(
+        order_stacks,
+        folded_ns(
+            &srv.base,
+            &format!("/api/v1/services/ride/profile?{window}&selector=%7Bspan_name%3D~%22Order.%2A%22%7D")
+        )
+        .await
+    );
     assert_eq!(order_stacks.values().sum::<i64>(), 14 * PERIOD_NS);
-    let (outside, _) = flamegraph_stacks(&call(&srv.base, "SelectMergeStacktraces", &merge_request("{service_name=\"ride\", span_name=\"\"}", start, end)).await.unwrap());
+    let (outside, _) = flamegraph_stacks(
+        &call(
+            &srv.base,
+            "SelectMergeStacktraces",
+            &merge_request("{service_name=\"ride\", span_name=\"\"}", start, end),
+        )
+        .await
+        .unwrap(),
+    );
     assert_eq!(outside, BTreeMap::from([("main;gc".into(), PERIOD_NS), ("main;idle_loop".into(), 4 * PERIOD_NS)]));
 
     // Only the stacks under a call site (stack_trace_selector, root first).
     let call_site = Msg::new().msg(1, Msg::new().string(1, "main")).msg(1, Msg::new().string(1, "handle"));
-    let (under, _) = flamegraph_stacks(&call(&srv.base, "SelectMergeStacktraces", &merge_request("{service_name=\"ride\"}", start, end).msg(7, call_site)).await.unwrap());
-    assert_eq!(under.keys().collect::<Vec<_>>(), ["main;handle;charge", "main;handle;check_driver", "main;handle;find_nearest_vehicle"]);
+    let (under, _) = flamegraph_stacks(
+        &call(
+            &srv.base,
+            "SelectMergeStacktraces",
+            &merge_request("{service_name=\"ride\"}", start, end).msg(7, call_site),
+        )
+        .await
+        .unwrap(),
+    );
+    assert_eq!(
+        under.keys().collect::<Vec<_>>(),
+        ["main;handle;charge", "main;handle;check_driver", "main;handle;find_nearest_vehicle"]
+    );
 
     // One span profile (profile_id_selector), a trace (trace_id_selector), and Tempo's call.
-    let by_id = call(&srv.base, "SelectMergeStacktraces", &merge_request("{}", start, end).string(8, SPAN_A)).await.unwrap();
+    let by_id =
+        call(&srv.base, "SelectMergeStacktraces", &merge_request("{}", start, end).string(8, SPAN_A)).await.unwrap();
     assert_eq!(flamegraph_stacks(&by_id).0, folded_ns(&srv.base, &format!("/api/v1/profiles/{SPAN_A}")).await);
-    let by_trace = call(&srv.base, "SelectMergeStacktraces", &merge_request("{service_name=\"ride\"}", start, end).string(10, TRACE)).await.unwrap();
+    let by_trace = call(
+        &srv.base,
+        "SelectMergeStacktraces",
+        &merge_request("{service_name=\"ride\"}", start, end).string(10, TRACE),
+    )
+    .await
+    .unwrap();
     assert_eq!(flamegraph_stacks(&by_trace).0, folded_ns(&srv.base, &format!("/api/v1/traces/{TRACE}")).await);
     let tempo = |selector: &str, span: &str| {
-        Msg::new().string(1, CPU).string(2, selector).string(3, span).int(4, now_ms() - 30_000).int(5, now_ms() + 30_000)
+        Msg::new()
+            .string(1, CPU)
+            .string(2, selector)
+            .string(3, span)
+            .int(4, now_ms() - 30_000)
+            .int(5, now_ms() + 30_000)
     };
     let span = call(&srv.base, "SelectMergeSpanProfile", &tempo("{service_name=\"ride\"}", SPAN_A)).await.unwrap();
     let (span_stacks, span_total) = flamegraph_stacks(&span);
@@ -368,7 +432,10 @@ async fn grafana_pyroscope_data_source_calls_answer_like_the_json_api() {
     assert_eq!(span_total, 14 * PERIOD_NS);
     // Tempo adds labels from the span's resource the sampler never recorded (service.namespace):
     // the span ID still finds its profile.
-    let with_namespace = call(&srv.base, "SelectMergeSpanProfile", &tempo("{service_name=\"ride\",service_namespace=\"shop\"}", SPAN_A)).await.unwrap();
+    let with_namespace =
+        call(&srv.base, "SelectMergeSpanProfile", &tempo("{service_name=\"ride\",service_namespace=\"shop\"}", SPAN_A))
+            .await
+            .unwrap();
     assert_eq!(flamegraph_stacks(&with_namespace).0, span_stacks);
     // A span of another service, or one without samples: the root alone (Grafana: "no data").
     for (selector, id) in [("{service_name=\"other-svc\"}", SPAN_A), ("{service_name=\"ride\"}", "0123456789abcdef")] {
@@ -379,26 +446,44 @@ async fn grafana_pyroscope_data_source_calls_answer_like_the_json_api() {
     }
 
     // The same call in Connect's JSON mapping: 64-bit integers as strings, camelCase names.
-    let (status, answer) = call_json(&srv.base, "SelectMergeSpanProfile", json!({
-        "profileTypeID": CPU, "labelSelector": "{service_name=\"ride\"}", "spanSelector": [SPAN_A],
-        "start": (now_ms() - 30_000).to_string(), "end": now_ms() + 30_000, "maxNodes": "100",
-    }))
+    let (status, answer) = call_json(
+        &srv.base,
+        "SelectMergeSpanProfile",
+        json!({
+            "profileTypeID": CPU, "labelSelector": "{service_name=\"ride\"}", "spanSelector": [SPAN_A],
+            "start": (now_ms() - 30_000).to_string(), "end": now_ms() + 30_000, "maxNodes": "100",
+        }),
+    )
     .await;
     assert_eq!(status, 200, "{answer}");
     let graph = &answer["flamegraph"];
-    let names: Vec<String> = graph["names"].as_array().unwrap().iter().map(|n| n.as_str().unwrap().to_owned()).collect();
-    let levels: Vec<Vec<i64>> = graph["levels"].as_array().unwrap().iter().map(|l| l["values"].as_array().unwrap().iter().map(json_int).collect()).collect();
+    let names: Vec<String> =
+        graph["names"].as_array().unwrap().iter().map(|n| n.as_str().unwrap().to_owned()).collect();
+    let levels: Vec<Vec<i64>> = graph["levels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["values"].as_array().unwrap().iter().map(json_int).collect())
+        .collect();
     assert!(graph["total"].is_string(), "int64 in JSON is a string: {graph}");
     assert_eq!(stacks_of_levels(&names, &levels), span_stacks);
 
     // The time series: per step, grouped by span name, adding up to the flame graph's total.
-    let series_req = Msg::new().string(1, CPU).string(2, "{service_name=\"ride\"}").int(3, start).int(4, end).string(5, "span_name").double(6, 15.0).int(10, 2);
+    let series_req = Msg::new()
+        .string(1, CPU)
+        .string(2, "{service_name=\"ride\"}")
+        .int(3, start)
+        .int(4, end)
+        .string(5, "span_name")
+        .double(6, 15.0)
+        .int(10, 2);
     let series = call(&srv.base, "SelectSeries", &series_req).await.unwrap().msgs(1);
     let mut by_group = BTreeMap::new();
     let mut order = Vec::new();
     let mut exemplar_spans = Vec::new();
     for s in &series {
-        let label = s.msgs(1).iter().find(|l| l.string_of(1) == "span_name").map(|l| l.string_of(2)).unwrap_or_default();
+        let label =
+            s.msgs(1).iter().find(|l| l.string_of(1) == "span_name").map(|l| l.string_of(2)).unwrap_or_default();
         let points = s.msgs(2);
         let mut last = 0;
         for p in &points {
@@ -410,9 +495,19 @@ async fn grafana_pyroscope_data_source_calls_answer_like_the_json_api() {
         order.push(label.clone());
         by_group.insert(label, points.iter().map(|p| p.double_of(1)).sum::<f64>().round() as i64);
     }
-    assert_eq!(by_group, BTreeMap::from([("".into(), 5 * PERIOD_NS), ("OrderVehicle".into(), 14 * PERIOD_NS), ("Payment".into(), 3 * PERIOD_NS)]));
+    assert_eq!(
+        by_group,
+        BTreeMap::from([
+            ("".into(), 5 * PERIOD_NS),
+            ("OrderVehicle".into(), 14 * PERIOD_NS),
+            ("Payment".into(), 3 * PERIOD_NS)
+        ])
+    );
     assert_eq!(order, ["OrderVehicle", "", "Payment"], "the largest series first");
-    assert!(exemplar_spans.contains(&(SPAN_A.into(), SPAN_A.into(), TRACE.into())), "span profiles as exemplars: {exemplar_spans:?}");
+    assert!(
+        exemplar_spans.contains(&(SPAN_A.into(), SPAN_A.into(), TRACE.into())),
+        "span profiles as exemplars: {exemplar_spans:?}"
+    );
     // JSON, with the enum by name.
     let (status, answer) = call_json(&srv.base, "SelectSeries", json!({
         "profileTypeID": CPU, "labelSelector": "{service_name=\"other-svc\"}", "start": start.to_string(), "end": end.to_string(),
@@ -420,7 +515,8 @@ async fn grafana_pyroscope_data_source_calls_answer_like_the_json_api() {
     }))
     .await;
     assert_eq!(status, 200, "{answer}");
-    let total: f64 = answer["series"][0]["points"].as_array().unwrap().iter().map(|p| p["value"].as_f64().unwrap()).sum();
+    let total: f64 =
+        answer["series"][0]["points"].as_array().unwrap().iter().map(|p| p["value"].as_f64().unwrap()).sum();
     assert_eq!(total.round() as i64, 9 * PERIOD_NS);
 
     // Diff (what Profiles Drilldown's comparison calls): two selections, both sides per bar.
@@ -435,7 +531,10 @@ async fn grafana_pyroscope_data_source_calls_answer_like_the_json_api() {
 
     // The merged pprof, in SelectMergeStacktraces' PROFILE_FORMAT_PPROF (field 5 holds
     // PprofProfile{profile = 1}) and from SelectMergeProfile.
-    let as_pprof = call(&srv.base, "SelectMergeStacktraces", &merge_request("{service_name=\"ride\"}", start, end).int(6, 4)).await.unwrap();
+    let as_pprof =
+        call(&srv.base, "SelectMergeStacktraces", &merge_request("{service_name=\"ride\"}", start, end).int(6, 4))
+            .await
+            .unwrap();
     let wrapped = as_pprof.msgs(5).pop().expect("the pprof field");
     let wire::Value::Bytes(raw) = &wrapped.0.iter().find(|(f, _)| *f == 1).unwrap().1 else { panic!("profile bytes") };
     let profile = <spanprof_proto::pprof::Profile as prost::Message>::decode(raw.as_slice()).unwrap();
@@ -450,7 +549,8 @@ async fn grafana_pyroscope_data_source_calls_answer_like_the_json_api() {
         .await
         .unwrap();
     assert_eq!(pprof_answer.status(), 200);
-    let profile = <spanprof_proto::pprof::Profile as prost::Message>::decode(pprof_answer.bytes().await.unwrap()).unwrap();
+    let profile =
+        <spanprof_proto::pprof::Profile as prost::Message>::decode(pprof_answer.bytes().await.unwrap()).unwrap();
     let cpu_index = sample_type_index(&profile, "cpu", "nanoseconds").unwrap();
     assert_eq!(profile.sample.iter().map(|s| s.value[cpu_index]).sum::<i64>(), 22 * PERIOD_NS);
     srv.stop().await;
@@ -461,12 +561,16 @@ async fn max_nodes_merges_small_nodes_and_keeps_totals() {
     let dir = tempfile::tempdir().unwrap();
     let srv = TestServer::start(config(dir.path())).await;
     let leaves: Vec<String> = (0..60).map(|i| format!("leaf_{i:02}")).collect();
-    let specs: Vec<(Vec<&str>, i64)> = leaves.iter().enumerate().map(|(i, l)| (vec!["main", "work", l.as_str()], 1 + i as i64)).collect();
+    let specs: Vec<(Vec<&str>, i64)> =
+        leaves.iter().enumerate().map(|(i, l)| (vec!["main", "work", l.as_str()], 1 + i as i64)).collect();
     let stacks: Vec<StackSpec<'_>> = specs.iter().map(|(f, n)| (f.as_slice(), *n, &[][..])).collect();
     assert_eq!(push(&srv.base, &push_request("wide", &pprof(&stacks))).await.0, 200);
     let (start, end) = (now_ms() - 3_600_000, now_ms() + 60_000);
     let whole: i64 = (1..=60).sum::<i64>() * PERIOD_NS;
-    let answer = call(&srv.base, "SelectMergeStacktraces", &merge_request("{service_name=\"wide\"}", start, end).int(5, 10)).await.unwrap();
+    let answer =
+        call(&srv.base, "SelectMergeStacktraces", &merge_request("{service_name=\"wide\"}", start, end).int(5, 10))
+            .await
+            .unwrap();
     let graph = answer.msgs(1).pop().unwrap();
     let names = graph.strings(1);
     let levels: Vec<Vec<i64>> = graph.msgs(2).iter().map(|l| l.ints(1)).collect();
@@ -489,9 +593,17 @@ async fn bad_requests_get_connect_errors_and_unknown_data_is_empty() {
     let types = call(&srv.base, "ProfileTypes", &Msg::new().int(1, 1000).int(2, 4000)).await.unwrap();
     assert!(types.msgs(1).is_empty());
     assert_eq!(call(&srv.base, "GetProfileStats", &Msg::new()).await.unwrap().int_of(1), 0, "nothing ingested yet");
-    let series = call(&srv.base, "SelectSeries", &Msg::new().string(1, CPU).string(2, "{}").int(3, start).int(4, end).double(6, 15.0)).await.unwrap();
+    let series = call(
+        &srv.base,
+        "SelectSeries",
+        &Msg::new().string(1, CPU).string(2, "{}").int(3, start).int(4, end).double(6, 15.0),
+    )
+    .await
+    .unwrap();
     assert!(series.msgs(1).is_empty());
-    let empty = call(&srv.base, "SelectMergeStacktraces", &merge_request("{service_name=\"nobody\"}", start, end)).await.unwrap();
+    let empty = call(&srv.base, "SelectMergeStacktraces", &merge_request("{service_name=\"nobody\"}", start, end))
+        .await
+        .unwrap();
     assert_eq!(flamegraph_stacks(&empty), (BTreeMap::new(), 0));
     // A well-formed type nothing has: empty, not an error.
     let memory = Msg::new().string(1, "memory:alloc_space:bytes:space:bytes").string(2, "{}").int(3, start).int(4, end);
@@ -500,11 +612,23 @@ async fn bad_requests_get_connect_errors_and_unknown_data_is_empty() {
     for (method, req, says) in [
         ("SelectMergeStacktraces", merge_request("{service_name=ride}", start, end), "quoted value"),
         ("SelectMergeStacktraces", merge_request("{span_name=~\"(\"}", start, end), "regular expression"),
-        ("SelectMergeStacktraces", Msg::new().string(1, "cpu").string(2, "{}").int(3, start).int(4, end), "profile type"),
+        (
+            "SelectMergeStacktraces",
+            Msg::new().string(1, "cpu").string(2, "{}").int(3, start).int(4, end),
+            "profile type",
+        ),
         ("SelectMergeStacktraces", merge_request("{}", end, start), "after end"),
-        ("SelectMergeSpanProfile", Msg::new().string(1, CPU).string(2, "{}").string(3, "not-a-span").int(4, start).int(5, end), "span ID"),
+        (
+            "SelectMergeSpanProfile",
+            Msg::new().string(1, CPU).string(2, "{}").string(3, "not-a-span").int(4, start).int(5, end),
+            "span ID",
+        ),
         ("SelectMergeStacktraces", merge_request("{}", start, end).string(10, "xyz"), "trace ID"),
-        ("SelectMergeStacktraces", merge_request("{}", start, end).string(10, TRACE).string(11, SPAN_A), "exclude each other"),
+        (
+            "SelectMergeStacktraces",
+            merge_request("{}", start, end).string(10, TRACE).string(11, SPAN_A),
+            "exclude each other",
+        ),
         ("SelectMergeStacktraces", merge_request("{}", start, end).int(5, -1), "max_nodes"),
         ("SelectSeries", Msg::new().string(1, CPU).string(2, "{}").int(3, 0).int(4, end).double(6, 0.001), "points"),
         ("SelectSeries", Msg::new().string(1, CPU).string(2, "{}").int(3, start).int(4, end).double(6, -1.0), "step"),
@@ -524,13 +648,25 @@ async fn bad_requests_get_connect_errors_and_unknown_data_is_empty() {
         .unwrap();
     assert_eq!(r.status(), 400);
     // An unknown content type, and an RPC spanprof does not serve.
-    let r = reqwest::Client::new().post(format!("{}/querier.v1.QuerierService/ProfileTypes", srv.base)).header("Content-Type", "text/plain").body("x").send().await.unwrap();
+    let r = reqwest::Client::new()
+        .post(format!("{}/querier.v1.QuerierService/ProfileTypes", srv.base))
+        .header("Content-Type", "text/plain")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 415);
-    let (status, error) = call(&srv.base, "Diff", &Msg::new().msg(1, merge_request("{}", start, end))).await.unwrap_err();
-    assert_eq!((status, error["code"].as_str()), (400, Some("invalid_argument")), "a Diff without its right side: {error}");
+    let (status, error) =
+        call(&srv.base, "Diff", &Msg::new().msg(1, merge_request("{}", start, end))).await.unwrap_err();
+    assert_eq!(
+        (status, error["code"].as_str()),
+        (400, Some("invalid_argument")),
+        "a Diff without its right side: {error}"
+    );
     let (status, error) = call(&srv.base, "AnalyzeQuery", &Msg::new()).await.unwrap_err();
     assert_eq!((status, error["code"].as_str()), (501, Some("unimplemented")));
-    let (status, error) = call(&srv.base, "SelectMergeStacktraces", &merge_request("{}", start, end).int(6, 3)).await.unwrap_err();
+    let (status, error) =
+        call(&srv.base, "SelectMergeStacktraces", &merge_request("{}", start, end).int(6, 3)).await.unwrap_err();
     assert_eq!((status, error["code"].as_str()), (501, Some("unimplemented")), "the DOT format: {error}");
     // The UI and JSON API are where they were.
     assert_eq!(reqwest::get(srv.url("/")).await.unwrap().status(), 200);

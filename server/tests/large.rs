@@ -65,7 +65,8 @@ async fn a_large_profile_comes_back_bounded_with_exact_totals_and_whole_in_expor
     assert!(g["total_nodes"].as_u64().unwrap() > 50_000, "{}", g["total_nodes"]);
     assert_eq!(
         g["dropped_nodes"].as_u64().unwrap(),
-        g["total_nodes"].as_u64().unwrap() - (g["nodes"].as_u64().unwrap() - bars(g).iter().filter(|b| b["name"] == "other").count() as u64)
+        g["total_nodes"].as_u64().unwrap()
+            - (g["nodes"].as_u64().unwrap() - bars(g).iter().filter(|b| b["name"] == "other").count() as u64)
     );
     let all = bars(g);
     assert_eq!(all.len() as u64, g["nodes"].as_u64().unwrap());
@@ -111,7 +112,8 @@ async fn a_large_profile_comes_back_bounded_with_exact_totals_and_whole_in_expor
     assert_eq!(sum, total);
     let svg = reqwest::get(format!("{url}?format=svg")).await.unwrap().text().await.unwrap();
     assert!(svg.starts_with("<?xml") && svg.trim_end().ends_with("</svg>"), "a whole SVG");
-    let speedscope: serde_json::Value = reqwest::get(format!("{url}?format=speedscope")).await.unwrap().json().await.unwrap();
+    let speedscope: serde_json::Value =
+        reqwest::get(format!("{url}?format=speedscope")).await.unwrap().json().await.unwrap();
     assert_eq!(speedscope["profiles"][0]["samples"].as_array().unwrap().len(), 5_000);
     let pprof = reqwest::get(format!("{url}?format=pprof")).await.unwrap().bytes().await.unwrap();
     assert_eq!(&pprof[..2], &[0x1f, 0x8b], "gzip");

@@ -58,7 +58,10 @@ async fn node_wall_cpu_and_heap_profiles_are_typed_and_split_by_profile_id_with_
     // The CPU time of each span, from the wall profile's CPU values.
     let (status, span) = get_json(&srv.url("/api/v1/profiles/00f067aa0ba902b7")).await;
     assert_eq!(status, 200, "{span}");
-    assert_eq!((span["profile"]["samples"].as_u64(), span["profile"]["span_name"].as_str()), (Some(in_span), Some("Checkout")));
+    assert_eq!(
+        (span["profile"]["samples"].as_u64(), span["profile"]["span_name"].as_str()),
+        (Some(in_span), Some("Checkout"))
+    );
     assert!(find(&span["flamegraph"], "checkoutWork").is_some(), "{}", span["flamegraph"]);
     let (status, by_name) = get_json(&srv.url("/api/v1/profiles/checkout-42")).await;
     assert_eq!(status, 200, "{by_name}");
@@ -83,7 +86,11 @@ async fn node_wall_cpu_and_heap_profiles_are_typed_and_split_by_profile_id_with_
     let h = gunzip_pprof(&heap);
     let objects_index = sample_type_index(&h, "inuse_objects", "count").expect("V8 heap objects");
     let default = &h.string_table[h.default_sample_type as usize];
-    let index = if default.is_empty() { 0 } else { h.sample_type.iter().position(|t| &h.string_table[t.r#type as usize] == default).unwrap() };
+    let index = if default.is_empty() {
+        0
+    } else {
+        h.sample_type.iter().position(|t| &h.string_table[t.r#type as usize] == default).unwrap()
+    };
     assert_eq!(index, objects_index, "the value spanprof stores");
     let objects: i64 = h.sample.iter().map(|s| s.value[index]).filter(|&v| v > 0).sum();
     let (status, mem) = get_json(&srv.url("/api/v1/services/nodesvc/profile?from=now-1h&type=memory")).await;

@@ -80,7 +80,10 @@ async fn pyroscope_python_sdk_span_profiles_land_and_merge() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["profile"]["profile_id"], "nightly batch/42");
     let stored_ms = body["profile"]["cpu_ns"].as_f64().unwrap() / 1e6;
-    assert!((stored_ms - cpu_ms).abs() <= cpu_ms * 0.35 + 50.0, "stored {stored_ms} ms of CPU, the app measured {cpu_ms} ms");
+    assert!(
+        (stored_ms - cpu_ms).abs() <= cpu_ms * 0.35 + 50.0,
+        "stored {stored_ms} ms of CPU, the app measured {cpu_ms} ms"
+    );
     assert!(find(&body["flamegraph"], "find_nearest_vehicle").is_some(), "{}", body["flamegraph"]);
     srv.stop().await;
 }

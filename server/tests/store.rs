@@ -88,7 +88,11 @@ fn one_id_twice_in_one_transaction_merges() {
     let store = open(dir.path());
     // Two batches of one insert are one transaction: the second must see the first's record.
     let stats = store
-        .insert(vec![batch(7, 1_000, &["main", "a"], 2), batch(7, 2_000, &["main", "b"], 3), batch(8, 1_500, &["x"], 1)])
+        .insert(vec![
+            batch(7, 1_000, &["main", "a"], 2),
+            batch(7, 2_000, &["main", "b"], 3),
+            batch(8, 1_500, &["x"], 1),
+        ])
         .unwrap();
     assert_eq!((stats.span_profiles_created, stats.span_profiles_merged), (2, 1));
     let p = store.span_profile(ProfileId::Span(7)).unwrap().unwrap();
@@ -162,7 +166,13 @@ fn string_profile_ids_merge_page_and_expire_beside_span_ids() {
             let mut seen = Vec::new();
             let mut after = None;
             loop {
-                let q = SpanQuery { limit: 2, service: service.clone(), trace_id, after: after.clone(), ..Default::default() };
+                let q = SpanQuery {
+                    limit: 2,
+                    service: service.clone(),
+                    trace_id,
+                    after: after.clone(),
+                    ..Default::default()
+                };
                 let page = store.search_spans(&q).unwrap();
                 seen.extend(page.profiles.iter().map(|s| (s.last_seen_ms, s.profile_id.clone())));
                 let Some(next) = page.next else { break };
@@ -181,7 +191,9 @@ fn string_profile_ids_merge_page_and_expire_beside_span_ids() {
     assert_eq!(in_trace.len(), ids.len());
 
     // Retention deletes them like any span profile, index entries included.
-    store.enforce_retention(&Retention { max_age: Some(std::time::Duration::from_millis(1)), max_bytes: None }, 1_004).unwrap();
+    store
+        .enforce_retention(&Retention { max_age: Some(std::time::Duration::from_millis(1)), max_bytes: None }, 1_004)
+        .unwrap();
     assert!(store.span_profile(ids[1].clone()).unwrap().is_none());
     assert!(store.span_profile(ids[0].clone()).unwrap().is_some(), "seen at 1005");
     let left = store.search_spans(&SpanQuery { limit: 100, ..Default::default() }).unwrap();
@@ -208,7 +220,9 @@ fn collection_deletes_only_unreferenced_frames_and_stacks() {
     // Age retention with the cutoff just past minute 50's end keeps profiles 51..=100 and their
     // minutes.
     let max_age = std::time::Duration::from_millis(1_000_000);
-    let gone = store.enforce_retention(&Retention { max_age: Some(max_age), max_bytes: None }, 1_000_000 + 51 * 60_000 + 1).unwrap();
+    let gone = store
+        .enforce_retention(&Retention { max_age: Some(max_age), max_bytes: None }, 1_000_000 + 51 * 60_000 + 1)
+        .unwrap();
     assert_eq!(gone.span_profiles_deleted, 50);
     let gc = store.collect_garbage().unwrap();
     assert_eq!((gc.frames_deleted, gc.stacks_deleted), (50, 50), "each deleted profile's own frame and stack");

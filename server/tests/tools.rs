@@ -50,7 +50,8 @@ async fn pprof_exports_open_in_go_tool_pprof() {
             assert!(line.trim_start().starts_with("400ms"), "{path}: flat time of find_nearest_vehicle:\n{top}");
         }
     }
-    let bytes = reqwest::get(srv.url(&format!("/api/v1/profiles/{SPAN_A}?format=pprof"))).await.unwrap().bytes().await.unwrap();
+    let bytes =
+        reqwest::get(srv.url(&format!("/api/v1/profiles/{SPAN_A}?format=pprof"))).await.unwrap().bytes().await.unwrap();
     let file = dir.path().join("span.pb.gz");
     std::fs::write(&file, &bytes).unwrap();
     let tags = go_pprof(&["-tags"], &file, dir.path());

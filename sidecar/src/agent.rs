@@ -66,11 +66,7 @@ pub const IDLE_POLL_MAX: Duration = Duration::from_secs(1);
 /// The pause before the next drain: `busy` after records came, else twice the last pause, up to
 /// [`IDLE_POLL_MAX`].
 fn next_pause(last: Duration, records_came: bool, busy: Duration) -> Duration {
-    if records_came {
-        busy
-    } else {
-        (last * 2).clamp(busy, IDLE_POLL_MAX.max(busy))
-    }
+    if records_came { busy } else { (last * 2).clamp(busy, IDLE_POLL_MAX.max(busy)) }
 }
 
 /// One interval's samples, on their way to the symbolizer.
@@ -177,10 +173,7 @@ enum ThreadEvent {
 fn cgroup_id(dir: &std::fs::File) -> Option<CgroupId> {
     use std::os::unix::fs::MetadataExt;
     let m = dir.metadata().ok()?;
-    Some(CgroupId {
-        dev: m.dev(),
-        ino: m.ino(),
-    })
+    Some(CgroupId { dev: m.dev(), ino: m.ino() })
 }
 
 fn uptime_ticks() -> u64 {
@@ -192,15 +185,8 @@ fn uptime_ticks() -> u64 {
 }
 
 impl Agent {
-    pub fn new(
-        sampler: Sampler,
-        registry: Arc<Registry>,
-        metrics: Arc<Metrics>,
-        config: AgentConfig,
-    ) -> Agent {
-        metrics
-            .kernel_excluded
-            .set(i64::from(sampler.excludes_kernel()));
+    pub fn new(sampler: Sampler, registry: Arc<Registry>, metrics: Arc<Metrics>, config: AgentConfig) -> Agent {
+        metrics.kernel_excluded.set(i64::from(sampler.excludes_kernel()));
         Agent {
             sampler,
             state: State {
@@ -247,8 +233,7 @@ impl Agent {
             pause = next_pause(pause, drained > 0, self.state.config.poll_interval);
             let until_flush = upload_interval.saturating_sub(self.state.interval_start.0.elapsed());
             let until_discovery = next_discovery.saturating_duration_since(Instant::now());
-            self.sampler
-                .wait(pause.min(until_flush).min(until_discovery));
+            self.sampler.wait(pause.min(until_flush).min(until_discovery));
         }
         self.drain(&mut buf);
         self.state.flush(&batches);
@@ -271,8 +256,7 @@ impl Agent {
         for e in state.thread_events.drain(..) {
             match e {
                 // A cgroup's events cover its new threads; nothing to keep per thread.
-                ThreadEvent::Fork { pid, .. }
-                    if state.procs.get(&pid).is_some_and(|p| p.cgroup.is_some()) => {}
+                ThreadEvent::Fork { pid, .. } if state.procs.get(&pid).is_some_and(|p| p.cgroup.is_some()) => {}
                 ThreadEvent::Fork { pid, tid } => self.sampler.note_fork(pid, tid),
                 ThreadEvent::Exit { pid, tid } => self.sampler.note_exit(pid, tid),
             }
@@ -325,10 +309,7 @@ impl State {
             self.frames.push(FrameKey::KERNEL);
         }
         match s.regs {
-            Some(regs) => match p
-                .unwind
-                .unwind(&self.registry, regs, s.stack, &mut self.frames)
-            {
+            Some(regs) => match p.unwind.unwind(&self.registry, regs, s.stack, &mut self.frames) {
                 Outcome::Complete => {}
                 Outcome::Truncated => {
                     self.metrics.unwind_truncated.inc();
@@ -366,18 +347,11 @@ impl State {
     }
 
     fn flush(&mut self, batches: &SyncSender<Batch>) {
-        let (started, wall) = std::mem::replace(
-            &mut self.interval_start,
-            (Instant::now(), SystemTime::now()),
-        );
+        let (started, wall) = std::mem::replace(&mut self.interval_start, (Instant::now(), SystemTime::now()));
         if self.aggregate.is_empty() {
             return;
         }
-        let batch = Batch {
-            aggregate: std::mem::take(&mut self.aggregate),
-            start: wall,
-            duration: started.elapsed(),
-        };
+        let batch = Batch { aggregate: std::mem::take(&mut self.aggregate), start: wall, duration: started.elapsed() };
         if batches.try_send(batch).is_err() {
             // The symbolizer is behind: drop this interval rather than grow without bound.
             self.metrics.dropped_uploads.inc();
@@ -385,7 +359,12 @@ impl State {
         }
     }
 
-    fn channel_for(&self, pid: u32, start_time: u64, container: Option<&str>) -> Option<(Channel<IndexedReader>, Option<String>)> {
+    fn channel_for(
+        &self,
+        pid: u32,
+        start_time: u64,
+        container: Option<&str>,
+    ) -> Option<(Channel<IndexedReader>, Option<String>)> {
         let dir = self.config.context_dir.as_ref()?;
         join::find_channel(dir, pid, start_time, container).map(|(r, c)| (Channel::new(r), c))
     }
@@ -413,10 +392,7 @@ impl State {
             .map(str::to_owned)
             .or_else(|| self.config.service_name.clone())
             .unwrap_or(comm);
-        let series = Arc::new(Series {
-            service: Arc::from(service),
-            container: container.map(Arc::from),
-        });
+        let series = Arc::new(Series { service: Arc::from(service), container: container.map(Arc::from) });
         Some(Proc {
             start_time,
             attached_at_ticks: uptime_ticks(),
@@ -447,9 +423,7 @@ impl State {
         if !self.config.targets.pids.is_empty() {
             return self.config.targets.pids.contains(&pid);
         }
-        pid != self.own_pid
-            && pid != 0
-            && procfs::stat(pid).is_some_and(|(_, comm)| self.is_target(pid, &comm))
+        pid != self.own_pid && pid != 0 && procfs::stat(pid).is_some_and(|(_, comm)| self.is_target(pid, &comm))
     }
 
     /// The PIDs to look at: the configured ones, or every process of the namespace but ours.
@@ -470,11 +444,7 @@ impl State {
             return false;
         }
         if self.config.targets.require_channel {
-            return self
-                .config
-                .context_dir
-                .as_ref()
-                .is_some_and(|d| join::has_channel_file(d, pid));
+            return self.config.context_dir.as_ref().is_some_and(|d| join::has_channel_file(d, pid));
         }
         true
     }
@@ -490,10 +460,7 @@ impl Agent {
             let Some((start, comm)) = procfs::stat(pid) else {
                 continue;
             };
-            let id = ProcId {
-                pid,
-                start_time: start,
-            };
+            let id = ProcId { pid, start_time: start };
             match self.state.procs.get(&pid) {
                 Some(p) if p.start_time == start => {}
                 Some(_) => {
@@ -509,9 +476,7 @@ impl Agent {
             if !self.state.procs.contains_key(&pid) {
                 // A channel may be required and appear later: "not a target" is only final
                 // when it does not depend on the channel.
-                if self.state.passed_over.contains(&id)
-                    && !self.state.config.targets.require_channel
-                {
+                if self.state.passed_over.contains(&id) && !self.state.config.targets.require_channel {
                     passed_over.insert(id);
                     continue;
                 }
@@ -585,18 +550,9 @@ impl Agent {
         }
         self.sampler.prune(|pid, tid| procfs::proc_dir(pid).join("task").join(tid.to_string()).exists());
         self.state.churn.report();
-        self.state
-            .metrics
-            .attached_processes
-            .set(self.state.procs.len() as i64);
-        self.state
-            .metrics
-            .attached_threads
-            .set(self.sampler.thread_count() as i64);
-        self.state
-            .metrics
-            .attached_cgroups
-            .set(self.sampler.cgroup_count() as i64);
+        self.state.metrics.attached_processes.set(self.state.procs.len() as i64);
+        self.state.metrics.attached_threads.set(self.sampler.thread_count() as i64);
+        self.state.metrics.attached_cgroups.set(self.sampler.cgroup_count() as i64);
     }
 
     /// Stops sampling `pid`, and its cgroup once no other target is in it.
@@ -627,13 +583,9 @@ impl Agent {
         if self.sampler.samples_cgroup(id) {
             return Some(id);
         }
-        let per_thread = |m: u32| {
-            self.sampler.is_attached(m)
-                && self.state.procs.get(&m).is_none_or(|q| q.cgroup.is_none())
-        };
-        let exclusive = members
-            .iter()
-            .all(|&m| (m == pid || self.state.may_sample(m)) && !per_thread(m));
+        let per_thread =
+            |m: u32| self.sampler.is_attached(m) && self.state.procs.get(&m).is_none_or(|q| q.cgroup.is_none());
+        let exclusive = members.iter().all(|&m| (m == pid || self.state.may_sample(m)) && !per_thread(m));
         if !exclusive {
             tracing::debug!(pid, dir = %dir.display(), "cgroup shared with other processes: per-thread events");
             return None;
@@ -675,9 +627,7 @@ impl Agent {
             if !first {
                 // Threads started after we attached are inherited from their creator.
                 let path = procfs::proc_dir(pid).join(format!("task/{tid}/stat"));
-                let started = procfs::read_small(&path)
-                    .and_then(|s| procfs::parse_stat(&s))
-                    .map(|s| s.0);
+                let started = procfs::read_small(&path).and_then(|s| procfs::parse_stat(&s)).map(|s| s.0);
                 if started.is_none_or(|t| t >= attached_at) {
                     continue;
                 }

@@ -32,10 +32,7 @@ pub struct Series {
 
 impl Series {
     pub fn service(service: &str) -> Series {
-        Series {
-            service: Arc::from(service),
-            container: None,
-        }
+        Series { service: Arc::from(service), container: None }
     }
 }
 
@@ -53,12 +50,7 @@ impl Aggregate {
             Some(stacks) => stacks,
             None => self.series.entry(Arc::clone(series)).or_default(),
         };
-        *stacks
-            .entry(StackKey {
-                span,
-                frames: frames.into(),
-            })
-            .or_default() += 1;
+        *stacks.entry(StackKey { span, frames: frames.into() }).or_default() += 1;
         self.samples += 1;
     }
 
@@ -72,10 +64,7 @@ impl Aggregate {
 
     /// Every frame, for the symbolizer.
     pub fn frames(&self) -> impl Iterator<Item = &FrameKey> {
-        self.series
-            .values()
-            .flat_map(|s| s.keys())
-            .flat_map(|k| k.frames.iter())
+        self.series.values().flat_map(|s| s.keys()).flat_map(|k| k.frames.iter())
     }
 }
 
@@ -87,10 +76,7 @@ struct Strings {
 
 impl Strings {
     fn new() -> Strings {
-        Strings {
-            table: vec![String::new()],
-            index: HashMap::from([(String::new(), 0)]),
-        }
+        Strings { table: vec![String::new()], index: HashMap::from([(String::new(), 0)]) }
     }
     fn get(&mut self, s: &str) -> i64 {
         if let Some(&i) = self.index.get(s) {
@@ -114,18 +100,9 @@ pub struct Timing {
 /// Builds the pprof of one service's interval: sample types `cpu`/`nanoseconds` and
 /// `samples`/`count`, period `1e9 / Hz`, and the sample labels `span_id`, `trace_id`,
 /// `span_name` on span samples.
-pub fn build_profile(
-    stacks: &HashMap<StackKey, u64>,
-    names: impl Fn(FrameKey) -> Names,
-    timing: Timing,
-) -> Profile {
+pub fn build_profile(stacks: &HashMap<StackKey, u64>, names: impl Fn(FrameKey) -> Names, timing: Timing) -> Profile {
     let mut s = Strings::new();
-    let (cpu, ns, samples, count) = (
-        s.get("cpu"),
-        s.get("nanoseconds"),
-        s.get("samples"),
-        s.get("count"),
-    );
+    let (cpu, ns, samples, count) = (s.get("cpu"), s.get("nanoseconds"), s.get("samples"), s.get("count"));
     let (k_span, k_trace, k_name) = (s.get("span_id"), s.get("trace_id"), s.get("span_name"));
     let mut functions: HashMap<Arc<str>, u64> = HashMap::new();
     let mut function = Vec::new();
@@ -146,78 +123,37 @@ pub fn build_profile(
                         let function_id = *functions.entry(Arc::clone(name)).or_insert_with(|| {
                             let fid = function.len() as u64 + 1;
                             let n = s.get(name);
-                            function.push(Function {
-                                id: fid,
-                                name: n,
-                                system_name: n,
-                                ..Default::default()
-                            });
+                            function.push(Function { id: fid, name: n, system_name: n, ..Default::default() });
                             fid
                         });
-                        Line {
-                            function_id,
-                            ..Default::default()
-                        }
+                        Line { function_id, ..Default::default() }
                     })
                     .collect();
-                location.push(Location {
-                    id,
-                    address: f.addr,
-                    line,
-                    ..Default::default()
-                });
+                location.push(Location { id, address: f.addr, line, ..Default::default() });
                 id
             });
             location_id.push(id);
         }
         let mut label = Vec::new();
         if let Some(span) = &key.span {
-            label.push(Label {
-                key: k_span,
-                str: s.get(&format!("{:016x}", span.span_id)),
-                ..Default::default()
-            });
-            label.push(Label {
-                key: k_trace,
-                str: s.get(&format!("{:032x}", span.trace_id)),
-                ..Default::default()
-            });
+            label.push(Label { key: k_span, str: s.get(&format!("{:016x}", span.span_id)), ..Default::default() });
+            label.push(Label { key: k_trace, str: s.get(&format!("{:032x}", span.trace_id)), ..Default::default() });
             if !span.name.is_empty() {
-                label.push(Label {
-                    key: k_name,
-                    str: s.get(&span.name),
-                    ..Default::default()
-                });
+                label.push(Label { key: k_name, str: s.get(&span.name), ..Default::default() });
             }
         }
         let n = n as i64;
-        sample.push(Sample {
-            location_id,
-            value: vec![n.saturating_mul(timing.period_ns), n],
-            label,
-        });
+        sample.push(Sample { location_id, value: vec![n.saturating_mul(timing.period_ns), n], label });
     }
     Profile {
-        sample_type: vec![
-            ValueType {
-                r#type: cpu,
-                unit: ns,
-            },
-            ValueType {
-                r#type: samples,
-                unit: count,
-            },
-        ],
+        sample_type: vec![ValueType { r#type: cpu, unit: ns }, ValueType { r#type: samples, unit: count }],
         sample,
         location,
         function,
         string_table: s.table,
         time_nanos: timing.time_unix_ns,
         duration_nanos: timing.duration_ns,
-        period_type: Some(ValueType {
-            r#type: cpu,
-            unit: ns,
-        }),
+        period_type: Some(ValueType { r#type: cpu, unit: ns }),
         period: timing.period_ns,
         default_sample_type: 0,
         ..Default::default()
@@ -225,10 +161,7 @@ pub fn build_profile(
 }
 
 pub fn gzip(bytes: &[u8]) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(
-        Vec::with_capacity(bytes.len() / 4 + 64),
-        flate2::Compression::fast(),
-    );
+    let mut e = flate2::write::GzEncoder::new(Vec::with_capacity(bytes.len() / 4 + 64), flate2::Compression::fast());
     // Writing into a Vec cannot fail.
     let _ = e.write_all(bytes);
     e.finish().unwrap_or_default()
@@ -238,14 +171,8 @@ pub fn gzip(bytes: &[u8]) -> Vec<u8> {
 /// out), with the series' own `container` in place of the sidecar's.
 pub fn series_labels(series: &Series, extra: &[(String, String)]) -> Vec<proto::LabelPair> {
     let mut labels = vec![
-        proto::LabelPair {
-            name: "__name__".into(),
-            value: "process_cpu".into(),
-        },
-        proto::LabelPair {
-            name: "service_name".into(),
-            value: series.service.to_string(),
-        },
+        proto::LabelPair { name: "__name__".into(), value: "process_cpu".into() },
+        proto::LabelPair { name: "service_name".into(), value: series.service.to_string() },
     ];
     let container = series.container.as_deref();
     labels.extend(extra.iter().filter_map(|(k, v)| {
@@ -253,19 +180,13 @@ pub fn series_labels(series: &Series, extra: &[(String, String)]) -> Vec<proto::
             Some(c) if k == "container" => c,
             _ => v.as_str(),
         };
-        (!v.is_empty()).then(|| proto::LabelPair {
-            name: k.clone(),
-            value: v.to_owned(),
-        })
+        (!v.is_empty()).then(|| proto::LabelPair { name: k.clone(), value: v.to_owned() })
     }));
     if let Some(c) = container
         && !c.is_empty()
         && !extra.iter().any(|(k, _)| k == "container")
     {
-        labels.push(proto::LabelPair {
-            name: "container".into(),
-            value: c.to_owned(),
-        });
+        labels.push(proto::LabelPair { name: "container".into(), value: c.to_owned() });
     }
     labels
 }
@@ -276,10 +197,7 @@ pub fn push_request(profiles: Vec<(Vec<proto::LabelPair>, Profile)>, upload_id: 
         .into_iter()
         .map(|(labels, p)| proto::RawProfileSeries {
             labels,
-            samples: vec![proto::RawSample {
-                raw_profile: gzip(&p.encode_to_vec()),
-                id: upload_id.to_owned(),
-            }],
+            samples: vec![proto::RawSample { raw_profile: gzip(&p.encode_to_vec()), id: upload_id.to_owned() }],
         })
         .collect();
     proto::PushRequest { series }.encode_to_vec()
@@ -305,48 +223,27 @@ mod tests {
         let names = |labels: Vec<proto::LabelPair>| -> Vec<(String, String)> {
             labels.into_iter().map(|l| (l.name, l.value)).collect()
         };
-        let series = Series {
-            service: Arc::from("ride"),
-            container: Some(Arc::from("api")),
-        };
-        let pod = [
-            ("pod".to_owned(), "p-1".to_owned()),
-            ("container".to_owned(), String::new()),
-        ];
+        let series = Series { service: Arc::from("ride"), container: Some(Arc::from("api")) };
+        let pod = [("pod".to_owned(), "p-1".to_owned()), ("container".to_owned(), String::new())];
         let want = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect()
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
         };
-        let with_api = want(&[
-            ("__name__", "process_cpu"),
-            ("service_name", "ride"),
-            ("pod", "p-1"),
-            ("container", "api"),
-        ]);
+        let with_api =
+            want(&[("__name__", "process_cpu"), ("service_name", "ride"), ("pod", "p-1"), ("container", "api")]);
         assert_eq!(names(series_labels(&series, &pod)), with_api);
         // Without a sidecar-wide container label, the process's own is still added.
         assert_eq!(names(series_labels(&series, &pod[..1])), with_api);
         // A process that names no container keeps the sidecar-wide label (empty: left out).
         assert_eq!(
             names(series_labels(&Series::service("ride"), &pod)),
-            want(&[
-                ("__name__", "process_cpu"),
-                ("service_name", "ride"),
-                ("pod", "p-1")
-            ])
+            want(&[("__name__", "process_cpu"), ("service_name", "ride"), ("pod", "p-1")])
         );
     }
 
     #[test]
     fn aggregates_and_builds_a_labelled_pprof() {
         let svc = Arc::new(Series::service("ride"));
-        let span = SpanLabels {
-            span_id: 0xab,
-            trace_id: 0xcd,
-            name: Arc::from("OrderVehicle"),
-        };
+        let span = SpanLabels { span_id: 0xab, trace_id: 0xcd, name: Arc::from("OrderVehicle") };
         let mut agg = Aggregate::default();
         for _ in 0..3 {
             agg.add(&svc, Some(span.clone()), &[k(0, 1), k(0, 2), k(0, 3)]);
@@ -357,31 +254,18 @@ mod tests {
         assert_eq!(agg.series.len(), 2);
         assert_eq!(agg.frames().count(), 3 + 2 + 1);
 
-        let timing = Timing {
-            period_ns: 10_000_000,
-            time_unix_ns: 1_700_000_000_000_000_000,
-            duration_ns: 10_000_000_000,
-        };
+        let timing =
+            Timing { period_ns: 10_000_000, time_unix_ns: 1_700_000_000_000_000_000, duration_ns: 10_000_000_000 };
         let p = build_profile(&agg.series[&svc], names, timing);
         let st = |i: i64| p.string_table[i as usize].as_str();
         assert_eq!(st(0), "");
-        assert_eq!(
-            (st(p.sample_type[0].r#type), st(p.sample_type[0].unit)),
-            ("cpu", "nanoseconds")
-        );
-        assert_eq!(
-            (st(p.sample_type[1].r#type), st(p.sample_type[1].unit)),
-            ("samples", "count")
-        );
+        assert_eq!((st(p.sample_type[0].r#type), st(p.sample_type[0].unit)), ("cpu", "nanoseconds"));
+        assert_eq!((st(p.sample_type[1].r#type), st(p.sample_type[1].unit)), ("samples", "count"));
         assert_eq!(p.period, 10_000_000);
         assert_eq!(p.sample.len(), 2);
         let spanned = p.sample.iter().find(|s| !s.label.is_empty()).unwrap();
         assert_eq!(spanned.value, vec![30_000_000, 3]);
-        let labels: Vec<(&str, &str)> = spanned
-            .label
-            .iter()
-            .map(|l| (st(l.key), st(l.str)))
-            .collect();
+        let labels: Vec<(&str, &str)> = spanned.label.iter().map(|l| (st(l.key), st(l.str))).collect();
         assert_eq!(
             labels,
             vec![
@@ -394,10 +278,7 @@ mod tests {
         let leaf = &p.location[(spanned.location_id[0] - 1) as usize];
         let fname = |id: u64| st(p.function[(id - 1) as usize].name);
         assert_eq!(
-            leaf.line
-                .iter()
-                .map(|l| fname(l.function_id))
-                .collect::<Vec<_>>(),
+            leaf.line.iter().map(|l| fname(l.function_id)).collect::<Vec<_>>(),
             vec!["inlined_leaf", "find_nearest_vehicle"]
         );
         // Locations and functions are shared between samples.
@@ -421,19 +302,10 @@ mod tests {
             "u1",
         );
         let req = proto::PushRequest::decode(body.as_slice()).unwrap();
-        let labels: Vec<_> = req.series[0]
-            .labels
-            .iter()
-            .map(|l| (l.name.as_str(), l.value.as_str()))
-            .collect();
+        let labels: Vec<_> = req.series[0].labels.iter().map(|l| (l.name.as_str(), l.value.as_str())).collect();
         assert_eq!(
             labels,
-            vec![
-                ("__name__", "process_cpu"),
-                ("service_name", "ride"),
-                ("pod", "p-1"),
-                ("container", "sidecar-wide")
-            ]
+            vec![("__name__", "process_cpu"), ("service_name", "ride"), ("pod", "p-1"), ("container", "sidecar-wide")]
         );
         let raw = &req.series[0].samples[0].raw_profile;
         assert_eq!(&raw[..2], &[0x1f, 0x8b]);

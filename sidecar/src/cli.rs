@@ -7,20 +7,16 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
 use crate::agent::Targets;
 use crate::{Config, parse_duration};
+use clap::Parser;
 
 /// spanprof sampler sidecar: samples the app's threads, labels samples with their root span, pushes profiles.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 pub struct Args {
     /// spanprof-server (or any Pyroscope) base URL to push to.
-    #[arg(
-        long,
-        env = "SPANPROF_SERVER_URL",
-        default_value = "http://spanprof-server:4040"
-    )]
+    #[arg(long, env = "SPANPROF_SERVER_URL", default_value = "http://spanprof-server:4040")]
     server_url: String,
     /// Directory of the span-context channel files (the shared volume).
     #[arg(long, env = "SPANPROF_CONTEXT_DIR")]
@@ -79,9 +75,7 @@ pub struct Args {
 /// Parses the flags and environment, runs the sampler until SIGINT/SIGTERM.
 pub fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         // Colour codes only for a terminal: `kubectl logs` shows them as raw escapes.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -99,10 +93,7 @@ pub fn main() -> ExitCode {
         context_dir: a.context_dir.filter(|d| !d.as_os_str().is_empty()),
         sample_rate_hz: a.sample_rate_hz,
         upload_interval: a.upload_interval,
-        targets: Targets {
-            pids: a.pids,
-            require_channel: a.require_channel,
-        },
+        targets: Targets { pids: a.pids, require_channel: a.require_channel },
         stack_bytes: a.stack_bytes,
         max_buffer_bytes: a.max_buffer_bytes,
         scope: a.scope,

@@ -12,21 +12,11 @@ pub enum Error {
         "out of file descriptors ({source}): every sampled thread takes one per CPU ({cpus} here) \
          and the open-file limit is {limit}; raise the sidecar container's nofile limit"
     )]
-    FileDescriptors {
-        cpus: usize,
-        limit: String,
-        source: std::io::Error,
-    },
+    FileDescriptors { cpus: usize, limit: String, source: std::io::Error },
     #[error("perf_event_open for {what}: {source}")]
-    Perf {
-        what: String,
-        source: std::io::Error,
-    },
+    Perf { what: String, source: std::io::Error },
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: not a usable ELF file: {message}")]
     Elf { path: PathBuf, message: String },
     #[error("bad setting: {0}")]
@@ -41,10 +31,7 @@ pub enum Error {
 
 impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
-        Error::Io {
-            path: path.into(),
-            source,
-        }
+        Error::Io { path: path.into(), source }
     }
 }
 

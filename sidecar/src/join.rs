@@ -76,10 +76,7 @@ pub struct Channel<L> {
 
 impl<L: SpanLookup> Channel<L> {
     pub fn new(lookup: L) -> Channel<L> {
-        Channel {
-            lookup,
-            names: HashMap::new(),
-        }
+        Channel { lookup, names: HashMap::new() }
     }
 
     /// Whether the app shrank its channel file under the reader: drop the channel.
@@ -101,11 +98,7 @@ impl<L: SpanLookup> Channel<L> {
                     .entry(s.name)
                     .or_insert_with(|| Arc::from(lookup.name(s.name).unwrap_or_default()))
                     .clone();
-                Attribution::Span(SpanLabels {
-                    span_id: s.span_id,
-                    trace_id: s.trace_id,
-                    name,
-                })
+                Attribution::Span(SpanLabels { span_id: s.span_id, trace_id: s.trace_id, name })
             }
             Answer::NoSpan => Attribution::NoSpan,
             Answer::Unknown => Attribution::Unknown,
@@ -114,11 +107,7 @@ impl<L: SpanLookup> Channel<L> {
 }
 
 /// Attributes a sample of a process that may have no channel.
-pub fn attribute<L: SpanLookup>(
-    channel: Option<&mut Channel<L>>,
-    tid: u32,
-    t_ns: u64,
-) -> Attribution {
+pub fn attribute<L: SpanLookup>(channel: Option<&mut Channel<L>>, tid: u32, t_ns: u64) -> Attribution {
     match channel {
         Some(c) => c.attribute(tid, t_ns),
         None => Attribution::NoChannel,
@@ -196,7 +185,8 @@ pub fn open_channel(dir: &Path, pid: u32, start_time: u64) -> Option<IndexedRead
 /// Logs a warning about `path` once (the discovery loop looks at the same files every pass),
 /// remembering at most a few thousand paths.
 pub fn warn_once(path: &Path, what: &str) {
-    static WARNED: std::sync::Mutex<Option<std::collections::HashSet<std::path::PathBuf>>> = std::sync::Mutex::new(None);
+    static WARNED: std::sync::Mutex<Option<std::collections::HashSet<std::path::PathBuf>>> =
+        std::sync::Mutex::new(None);
     let Ok(mut warned) = WARNED.lock() else { return };
     let set = warned.get_or_insert_with(Default::default);
     if set.len() >= 4096 {
@@ -215,11 +205,7 @@ mod tests {
     struct Table(Vec<(u32, u64, Answer)>);
     impl SpanLookup for Table {
         fn lookup(&self, tid: u32, t: u64) -> Answer {
-            self.0
-                .iter()
-                .rev()
-                .find(|(x, from, _)| *x == tid && *from <= t)
-                .map_or(Answer::Unknown, |e| e.2)
+            self.0.iter().rev().find(|(x, from, _)| *x == tid && *from <= t).map_or(Answer::Unknown, |e| e.2)
         }
         fn name(&self, r: NameRef) -> Option<String> {
             (r.0 == 1).then(|| "OrderVehicle".to_owned())
@@ -228,22 +214,11 @@ mod tests {
 
     #[test]
     fn answers_map_to_attributions() {
-        let span = SpanAt {
-            span_id: 0xab,
-            trace_id: 0xcd,
-            name: NameRef(1),
-        };
-        let mut c = Channel::new(Table(vec![
-            (5, 100, Answer::NoSpan),
-            (5, 200, Answer::Span(span)),
-            (5, 300, Answer::NoSpan),
-        ]));
+        let span = SpanAt { span_id: 0xab, trace_id: 0xcd, name: NameRef(1) };
+        let mut c =
+            Channel::new(Table(vec![(5, 100, Answer::NoSpan), (5, 200, Answer::Span(span)), (5, 300, Answer::NoSpan)]));
         assert_eq!(c.attribute(5, 150), Attribution::NoSpan);
-        let labels = SpanLabels {
-            span_id: 0xab,
-            trace_id: 0xcd,
-            name: Arc::from("OrderVehicle"),
-        };
+        let labels = SpanLabels { span_id: 0xab, trace_id: 0xcd, name: Arc::from("OrderVehicle") };
         assert_eq!(c.attribute(5, 250), Attribution::Span(labels.clone()));
         assert_eq!(c.attribute(5, 299), Attribution::Span(labels));
         assert_eq!(c.attribute(5, 50), Attribution::Unknown);
@@ -260,19 +235,12 @@ mod tests {
         let mut slot = w.register_thread().unwrap();
         let name = w.intern("CarHandler");
         let tid = slot.tid();
-        slot.record(Some(&spanprof_channel::Root {
-            span_id: 0x77,
-            trace_id: 0x88,
-            name,
-        }));
+        slot.record(Some(&spanprof_channel::Root { span_id: 0x77, trace_id: 0x88, name }));
         let t = spanprof_channel::monotonic_ns();
         let reader = open_channel(dir.path(), pid, start).unwrap();
         let mut c = Channel::new(reader);
         match c.attribute(tid, t) {
-            Attribution::Span(s) => assert_eq!(
-                (s.span_id, s.trace_id, &*s.name),
-                (0x77, 0x88, "CarHandler")
-            ),
+            Attribution::Span(s) => assert_eq!((s.span_id, s.trace_id, &*s.name), (0x77, 0x88, "CarHandler")),
             other => panic!("{other:?}"),
         }
         assert!(open_channel(dir.path(), pid, start + 1).is_none());

@@ -66,9 +66,7 @@ pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
         Some(i) => s.split_at(i),
         None => (s, "s"),
     };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}: use e.g. 10s, 500ms, 1m"))?;
+    let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}: use e.g. 10s, 500ms, 1m"))?;
     let secs = match unit {
         "ms" => n / 1000.0,
         "s" => n,
@@ -85,15 +83,9 @@ pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
 impl Config {
     fn check(&self) -> Result<()> {
         if !(1..=10_000).contains(&self.sample_rate_hz) {
-            return Err(Error::Config(format!(
-                "--sample-rate-hz {} must be within 1..=10000",
-                self.sample_rate_hz
-            )));
+            return Err(Error::Config(format!("--sample-rate-hz {} must be within 1..=10000", self.sample_rate_hz)));
         }
-        if self.stack_bytes < 512
-            || self.stack_bytes > 65_000
-            || !self.stack_bytes.is_multiple_of(8)
-        {
+        if self.stack_bytes < 512 || self.stack_bytes > 65_000 || !self.stack_bytes.is_multiple_of(8) {
             return Err(Error::Config(format!(
                 "--stack-copy-bytes {} must be a multiple of 8 within 512..=65000",
                 self.stack_bytes
@@ -115,10 +107,7 @@ impl Config {
 /// It says what to grant, shows `sampling_permitted 0` and tries again every minute. `None`:
 /// signalled meanwhile.
 async fn open_sampler(config: &Config, metrics: &Metrics) -> Result<Option<perf::Sampler>> {
-    let settings = perf::Settings {
-        freq_hz: config.sample_rate_hz,
-        stack_bytes: config.stack_bytes,
-    };
+    let settings = perf::Settings { freq_hz: config.sample_rate_hz, stack_bytes: config.stack_bytes };
     let mut warned = false;
     loop {
         match perf::Sampler::new(settings) {
@@ -159,11 +148,7 @@ fn symbolize_loop(
         metrics.symbols_cached.set(symbolizer.cached() as i64);
         let timing = aggregate::Timing {
             period_ns,
-            time_unix_ns: batch
-                .start
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_nanos() as i64)
-                .unwrap_or(0),
+            time_unix_ns: batch.start.duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0),
             duration_ns: batch.duration.as_nanos() as i64,
         };
         let profiles = batch
@@ -171,18 +156,13 @@ fn symbolize_loop(
             .series
             .iter()
             .map(|(series, stacks)| {
-                let p =
-                    aggregate::build_profile(stacks, |f| symbolizer.names(&registry, f), timing);
+                let p = aggregate::build_profile(stacks, |f| symbolizer.names(&registry, f), timing);
                 (aggregate::series_labels(series, &config.series_labels), p)
             })
             .collect();
         n += 1;
         let body = aggregate::push_request(profiles, &format!("{}-{n}", std::process::id()));
-        tracing::debug!(
-            samples = batch.aggregate.samples(),
-            bytes = body.len(),
-            "interval ready"
-        );
+        tracing::debug!(samples = batch.aggregate.samples(), bytes = body.len(), "interval ready");
         uploads.enqueue(body);
         // Once an interval (every 10 s by default), after this thread's biggest frees: a trim
         // costs well under a millisecond here and keeps RSS at the live heap.
@@ -206,11 +186,7 @@ fn liveness(since_beat: Option<Duration>) -> (axum::http::StatusCode, String) {
     }
 }
 
-async fn serve_http(
-    listener: tokio::net::TcpListener,
-    metrics: Arc<Metrics>,
-    ready: Arc<AtomicBool>,
-) -> Result<()> {
+async fn serve_http(listener: tokio::net::TcpListener, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> Result<()> {
     use axum::routing::get;
     let health = Arc::clone(&metrics);
     let app = axum::Router::new()
@@ -239,13 +215,7 @@ async fn serve_http(
             get(move || {
                 let metrics = Arc::clone(&metrics);
                 async move {
-                    (
-                        [(
-                            "content-type",
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        metrics.render(),
-                    )
+                    ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], metrics.render())
                 }
             }),
         );
@@ -311,23 +281,14 @@ pub fn run(config: Config) -> Result<()> {
     tracing::info!(listen = %config.listen, server = %config.server_url, hz = config.sample_rate_hz,
         interval = ?config.upload_interval, "spanprof-sidecar started");
     let uploads = Arc::new(Uploads::new(config.max_buffer_bytes, Arc::clone(&metrics)));
-    let pusher = rt.spawn(upload::run(
-        Arc::clone(&uploads),
-        config.server_url.clone(),
-        Duration::from_secs(5),
-    ));
+    let pusher = rt.spawn(upload::run(Arc::clone(&uploads), config.server_url.clone(), Duration::from_secs(5)));
 
     let registry = Arc::new(Registry::default());
     let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(2);
     let symbolizer = std::thread::Builder::new()
         .name("spanprof-symbolize".into())
         .spawn({
-            let (r, u, m, c) = (
-                Arc::clone(&registry),
-                Arc::clone(&uploads),
-                Arc::clone(&metrics),
-                config.clone(),
-            );
+            let (r, u, m, c) = (Arc::clone(&registry), Arc::clone(&uploads), Arc::clone(&metrics), config.clone());
             move || symbolize_loop(rx, r, u, m, c)
         })
         .map_err(Error::Serve)?;
@@ -396,5 +357,4 @@ mod tests {
         m.beat();
         assert!(m.since_beat().is_some_and(|d| d < Duration::from_secs(1)));
     }
-
 }

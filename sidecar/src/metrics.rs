@@ -49,9 +49,7 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("spanprof_sidecar");
         let samples: Family<AttributionLabel, Counter> = Family::default();
         let by_attribution = ["span", "no_span", "unknown", "no_channel"].map(|a| {
-            let label = AttributionLabel {
-                attribution: a.to_owned(),
-            };
+            let label = AttributionLabel { attribution: a.to_owned() };
             (a, samples.get_or_create(&label).clone())
         });
         let m = Metrics {
@@ -80,11 +78,7 @@ impl Default for Metrics {
             symbols_cached: Gauge::default(),
             registry: Registry::default(),
         };
-        registry.register(
-            "samples",
-            "Samples taken, by attribution",
-            m.samples.clone(),
-        );
+        registry.register("samples", "Samples taken, by attribution", m.samples.clone());
         registry.register(
             "unattributed_samples",
             "Samples the channel could not attribute (unknown or no channel): whole-process only",
@@ -100,32 +94,24 @@ impl Default for Metrics {
             "Records the kernel dropped because a ring buffer was full",
             m.lost_records.clone(),
         );
-        registry.register(
-            "throttled",
-            "Throttle records (the kernel lowered the sampling rate)",
-            m.throttled.clone(),
-        );
+        registry.register("throttled", "Throttle records (the kernel lowered the sampling rate)", m.throttled.clone());
         registry.register(
             "unwind_failures",
             "Samples whose stack could not be unwound beyond the leaf",
             m.unwind_failures.clone(),
         );
-        registry.register("unwind_truncated", "Samples whose unwind stopped before the stack's end (stack copy too small, no unwind info)", m.unwind_truncated.clone());
+        registry.register(
+            "unwind_truncated",
+            "Samples whose unwind stopped before the stack's end (stack copy too small, no unwind info)",
+            m.unwind_truncated.clone(),
+        );
         registry.register(
             "malformed_records",
             "Ring-buffer runs that could not be parsed",
             m.malformed_records.clone(),
         );
-        registry.register(
-            "uploads",
-            "Uploads accepted by the server",
-            m.uploads.clone(),
-        );
-        registry.register(
-            "push_errors",
-            "Failed upload attempts (retried while buffered)",
-            m.push_errors.clone(),
-        );
+        registry.register("uploads", "Uploads accepted by the server", m.uploads.clone());
+        registry.register("push_errors", "Failed upload attempts (retried while buffered)", m.push_errors.clone());
         registry.register(
             "dropped_bytes",
             "Upload bytes dropped (oldest first) to stay within the buffer limit, or rejected",
@@ -136,11 +122,7 @@ impl Default for Metrics {
             "Uploads dropped (buffer full, rejected by the server, or pipeline full)",
             m.dropped_uploads.clone(),
         );
-        registry.register(
-            "buffered_bytes",
-            "Upload bytes waiting to be pushed",
-            m.buffered_bytes.clone(),
-        );
+        registry.register("buffered_bytes", "Upload bytes waiting to be pushed", m.buffered_bytes.clone());
         registry.register(
             "attached_threads",
             "Threads sampled through events of their own (per-thread scope)",
@@ -151,23 +133,15 @@ impl Default for Metrics {
             "Cgroups (containers) sampled as a whole, with one event per CPU",
             m.attached_cgroups.clone(),
         );
-        registry.register(
-            "attached_processes",
-            "Processes sampled",
-            m.attached_processes.clone(),
-        );
-        registry.register(
-            "attach_errors",
-            "perf_event_open failures on a target thread",
-            m.attach_errors.clone(),
-        );
+        registry.register("attached_processes", "Processes sampled", m.attached_processes.clone());
+        registry.register("attach_errors", "perf_event_open failures on a target thread", m.attach_errors.clone());
         registry.register("sampling_permitted", "1 once perf events could be opened; 0 while they are not permitted (the sidecar stays up and retries every minute)", m.sampling_permitted.clone());
-        registry.register("kernel_samples_excluded", "1 when kernel-mode samples are excluded (no CAP_PERFMON): time in the kernel is not sampled", m.kernel_excluded.clone());
         registry.register(
-            "symbols_cached",
-            "Symbolized addresses in the cache",
-            m.symbols_cached.clone(),
+            "kernel_samples_excluded",
+            "1 when kernel-mode samples are excluded (no CAP_PERFMON): time in the kernel is not sampled",
+            m.kernel_excluded.clone(),
         );
+        registry.register("symbols_cached", "Symbolized addresses in the cache", m.symbols_cached.clone());
         Metrics { registry, ..m }
     }
 }
@@ -183,11 +157,7 @@ impl Metrics {
                 c.inc();
             }
             None => {
-                self.samples
-                    .get_or_create(&AttributionLabel {
-                        attribution: attribution.to_owned(),
-                    })
-                    .inc();
+                self.samples.get_or_create(&AttributionLabel { attribution: attribution.to_owned() }).inc();
             }
         }
     }
@@ -221,10 +191,7 @@ mod tests {
         m.sample("span");
         m.lost_records.inc_by(3);
         let text = m.render();
-        assert!(
-            text.contains("spanprof_sidecar_samples_total{attribution=\"span\"} 1"),
-            "{text}"
-        );
+        assert!(text.contains("spanprof_sidecar_samples_total{attribution=\"span\"} 1"), "{text}");
         assert!(text.contains("spanprof_sidecar_lost_records_total 3"));
         assert!(text.contains("spanprof_sidecar_attached_threads 0"));
     }

@@ -52,10 +52,7 @@ const MAX_DEBUG_FRAME_BYTES: u64 = 64 << 20;
 const MAX_TEXT_BYTES: u64 = 32 << 20;
 
 fn parse<'d, R: object::ReadRef<'d>>(data: R, path: &Path) -> Result<ElfInfo> {
-    let bad = |e: object::Error| Error::Elf {
-        path: path.to_owned(),
-        message: e.to_string(),
-    };
+    let bad = |e: object::Error| Error::Elf { path: path.to_owned(), message: e.to_string() };
     let file = object::File::parse(data).map_err(bad)?;
     let section = |name: &str, copy: bool| -> Result<Option<(Range<u64>, Bytes)>> {
         let Some(s) = file.section_by_name(name) else {
@@ -78,9 +75,7 @@ fn parse<'d, R: object::ReadRef<'d>>(data: R, path: &Path) -> Result<ElfInfo> {
     // Only where `.eh_frame` is missing: a C or Rust binary built with debug info has both.
     let debug_frame = match file.section_by_name(".eh_frame") {
         Some(_) => None,
-        None => file
-            .section_by_name(".debug_frame")
-            .and_then(|s| debug_frame(&s)),
+        None => file.section_by_name(".debug_frame").and_then(|s| debug_frame(&s)),
     };
     Ok(ElfInfo {
         segments,
@@ -89,9 +84,7 @@ fn parse<'d, R: object::ReadRef<'d>>(data: R, path: &Path) -> Result<ElfInfo> {
         eh_frame_hdr: section(".eh_frame_hdr", true)?,
         debug_frame,
         symbols: Vec::new(),
-        got: file
-            .section_by_name(".got")
-            .map(|s| s.address()..s.address() + s.size()),
+        got: file.section_by_name(".got").map(|s| s.address()..s.address() + s.size()),
     })
 }
 
@@ -107,10 +100,7 @@ fn debug_frame<'d, 'f, R: object::ReadRef<'d>>(s: &object::Section<'d, 'f, R>) -
         object::CompressionFormat::None => Some(Bytes(Arc::from(c.data))),
         object::CompressionFormat::Zlib => {
             let mut out = Vec::with_capacity(c.uncompressed_size as usize);
-            flate2::read::ZlibDecoder::new(c.data)
-                .take(c.uncompressed_size)
-                .read_to_end(&mut out)
-                .ok()?;
+            flate2::read::ZlibDecoder::new(c.data).take(c.uncompressed_size).read_to_end(&mut out).ok()?;
             Some(Bytes(Arc::from(out)))
         }
         _ => None,
@@ -130,12 +120,7 @@ pub fn load_elf_bytes(bytes: &[u8], name: &Path) -> Result<ElfInfo> {
             .dynamic_symbols()
             .chain(file.symbols())
             .filter(|s| s.kind() == object::SymbolKind::Text && s.size() > 0)
-            .filter_map(|s| {
-                Some((
-                    s.address()..s.address() + s.size(),
-                    Arc::from(s.name().ok()?),
-                ))
-            })
+            .filter_map(|s| Some((s.address()..s.address() + s.size(), Arc::from(s.name().ok()?))))
             .collect();
         // The vDSO exports each function twice (`clock_gettime` and `__vdso_clock_gettime`):
         // keep the plain name.
@@ -149,10 +134,7 @@ pub fn load_elf_bytes(bytes: &[u8], name: &Path) -> Result<ElfInfo> {
 impl ElfInfo {
     /// The function symbol at `svma`, for in-memory images (see [`ElfInfo::symbols`]).
     pub fn symbol(&self, svma: u64) -> Option<&Arc<str>> {
-        let i = self
-            .symbols
-            .partition_point(|(r, _)| r.start <= svma)
-            .checked_sub(1)?;
+        let i = self.symbols.partition_point(|(r, _)| r.start <= svma).checked_sub(1)?;
         let (range, name) = &self.symbols[i];
         range.contains(&svma).then_some(name)
     }
@@ -162,15 +144,8 @@ impl ElfInfo {
     /// executable first: a Rust binary's executable segment starts at a file offset that is not
     /// page aligned while the mapping's is, so the arithmetic must use that segment's own
     /// `p_vaddr`/`p_offset` (`svma = p_vaddr + (map_offset - p_offset)`).
-    pub fn bias(
-        &self,
-        map_start: u64,
-        map_offset: u64,
-        exec_mapping: bool,
-        page: u64,
-    ) -> Option<u64> {
-        let holds =
-            |s: &&Segment| s.offset & !(page - 1) <= map_offset && map_offset < s.offset + s.filesz;
+    pub fn bias(&self, map_start: u64, map_offset: u64, exec_mapping: bool, page: u64) -> Option<u64> {
+        let holds = |s: &&Segment| s.offset & !(page - 1) <= map_offset && map_offset < s.offset + s.filesz;
         let seg = self
             .segments
             .iter()
@@ -183,10 +158,7 @@ impl ElfInfo {
 
     /// File offset of `svma` (for `module+0xoffset` names), through the segment that holds it.
     pub fn file_offset(&self, svma: u64) -> Option<u64> {
-        let s = self
-            .segments
-            .iter()
-            .find(|s| s.vaddr <= svma && svma < s.vaddr + s.filesz)?;
+        let s = self.segments.iter().find(|s| s.vaddr <= svma && svma < s.vaddr + s.filesz)?;
         Some(svma - s.vaddr + s.offset)
     }
 }
@@ -256,46 +228,21 @@ impl Registry {
         {
             return Arc::clone(m);
         }
-        let Loaded {
-            open_path,
-            file,
-            elf,
-        } = load();
+        let Loaded { open_path, file, elf } = load();
         let id = inner.metas.len() as u32;
-        let name = key
-            .path
-            .rsplit('/')
-            .next()
-            .unwrap_or(&key.path)
-            .trim_end_matches(" (deleted)")
-            .to_owned();
-        let meta = Arc::new(ModuleMeta {
-            id,
-            name,
-            open_path,
-            file,
-            elf,
-        });
+        let name = key.path.rsplit('/').next().unwrap_or(&key.path).trim_end_matches(" (deleted)").to_owned();
+        let meta = Arc::new(ModuleMeta { id, name, open_path, file, elf });
         inner.metas.push(Arc::clone(&meta));
         inner.by_key.insert(key, id);
         meta
     }
 
     pub fn get(&self, id: u32) -> Option<Arc<ModuleMeta>> {
-        self.inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .metas
-            .get(id as usize)
-            .cloned()
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).metas.get(id as usize).cloned()
     }
 
     pub fn len(&self) -> usize {
-        self.inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .metas
-            .len()
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).metas.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -311,24 +258,9 @@ mod tests {
         // As `readelf -l` shows for a Rust PIE: the executable segment's offset is not page aligned.
         ElfInfo {
             segments: vec![
-                Segment {
-                    vaddr: 0,
-                    offset: 0,
-                    filesz: 0x5b8c0,
-                    exec: false,
-                },
-                Segment {
-                    vaddr: 0x5c8c0,
-                    offset: 0x5b8c0,
-                    filesz: 0x1a0000,
-                    exec: true,
-                },
-                Segment {
-                    vaddr: 0x1fd8c0,
-                    offset: 0x1fb8c0,
-                    filesz: 0x10000,
-                    exec: false,
-                },
+                Segment { vaddr: 0, offset: 0, filesz: 0x5b8c0, exec: false },
+                Segment { vaddr: 0x5c8c0, offset: 0x5b8c0, filesz: 0x1a0000, exec: true },
+                Segment { vaddr: 0x1fd8c0, offset: 0x1fb8c0, filesz: 0x10000, exec: false },
             ],
             ..Default::default()
         }
@@ -359,29 +291,17 @@ mod tests {
         // The bias computed from our own maps puts our own code inside .text.
         let maps = crate::procfs::maps(std::process::id()).unwrap();
         let canon = exe.canonicalize().unwrap();
-        let m = maps
-            .iter()
-            .find(|m| m.exec && Path::new(&m.path) == canon)
-            .unwrap();
+        let m = maps.iter().find(|m| m.exec && Path::new(&m.path) == canon).unwrap();
         let bias = elf.bias(m.start, m.offset, true, 4096).unwrap();
         let here = loads_its_own_binary_and_finds_unwind_sections as *const () as u64;
         let text = &elf.text.as_ref().unwrap().0;
-        assert!(
-            text.contains(&(here - bias)),
-            "{:x} not in {:x?}",
-            here - bias,
-            text
-        );
+        assert!(text.contains(&(here - bias)), "{:x} not in {:x?}", here - bias, text);
     }
 
     #[test]
     fn registry_gives_stable_ids() {
         let r = Registry::default();
-        let key = |p: &str| ModuleKey {
-            dev: "fd:01".into(),
-            inode: 1,
-            path: p.into(),
-        };
+        let key = |p: &str| ModuleKey { dev: "fd:01".into(), inode: 1, path: p.into() };
         let a = r.get_or_insert(key("/usr/lib/libc.so.6"), Loaded::default);
         let b = r.get_or_insert(key("/usr/lib/libc.so.6"), || panic!("loaded twice"));
         let c = r.get_or_insert(key("/app/demo (deleted)"), Loaded::default);

@@ -58,7 +58,11 @@ mod tests {
         std::os::unix::fs::symlink("../volume/api", root.join("run/spanprof")).unwrap();
         std::os::unix::fs::symlink("../volume/worker", root.join("opt/spanprof")).unwrap();
         let api_mount = Path::new("/var/run/spanprof");
-        assert_eq!(procfs::resolve_in_root(root, api_mount), Some(volume.join("api")), "the absolute link stays inside the root");
+        assert_eq!(
+            procfs::resolve_in_root(root, api_mount),
+            Some(volume.join("api")),
+            "the absolute link stays inside the root"
+        );
         assert_eq!(container_of(&volume, root, api_mount).as_deref(), Some("api"));
         assert_eq!(container_of(&volume, root, Path::new("/opt/spanprof")).as_deref(), Some("worker"));
         assert_eq!(container_of(&volume, root, Path::new("/srv/spanprof")), None, "another directory");

@@ -25,8 +25,7 @@ pub fn parse_maps(text: &str) -> Vec<MapEntry> {
 
 fn parse_map_line(line: &str) -> Option<MapEntry> {
     let mut it = line.splitn(6, ' ');
-    let (range, perms, offset, dev, inode) =
-        (it.next()?, it.next()?, it.next()?, it.next()?, it.next()?);
+    let (range, perms, offset, dev, inode) = (it.next()?, it.next()?, it.next()?, it.next()?, it.next()?);
     let path = it.next().unwrap_or("").trim_start().to_owned();
     let (start, end) = range.split_once('-')?;
     Some(MapEntry {
@@ -46,12 +45,7 @@ pub fn parse_stat(text: &str) -> Option<(u64, String)> {
     let close = text.rfind(')')?;
     let comm = text.get(open + 1..close)?.to_owned();
     // After ")": field 3 (state) is the first; field 22 is the 20th.
-    let start = text
-        .get(close + 1..)?
-        .split_whitespace()
-        .nth(19)?
-        .parse()
-        .ok()?;
+    let start = text.get(close + 1..)?.split_whitespace().nth(19)?.parse().ok()?;
     Some((start, comm))
 }
 
@@ -90,16 +84,12 @@ pub fn read_small(path: &Path) -> Option<String> {
 /// Numeric entries of a `/proc` directory (`/proc` or `/proc/<pid>/task`).
 pub fn numeric_entries(dir: &Path) -> Result<Vec<u32>> {
     let rd = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
-    Ok(rd
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect())
+    Ok(rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
 }
 
 pub fn maps(pid: u32) -> Result<Vec<MapEntry>> {
     let path = proc_dir(pid).join("maps");
-    Ok(parse_maps(
-        &std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?,
-    ))
+    Ok(parse_maps(&std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?))
 }
 
 /// Whether `pid` is still runc's init, the container runtime's own code between clone and the
@@ -118,12 +108,15 @@ pub fn is_runtime_init(pid: u32, comm: &str) -> bool {
 /// images). Returns the path under `root`, or `None` past 40 links.
 pub fn resolve_in_root(root: &Path, path: &Path) -> Option<PathBuf> {
     use std::path::Component;
-    let mut pending: Vec<std::ffi::OsString> =
-        path.components().rev().filter_map(|c| match c {
+    let mut pending: Vec<std::ffi::OsString> = path
+        .components()
+        .rev()
+        .filter_map(|c| match c {
             Component::Normal(n) => Some(n.to_owned()),
             Component::ParentDir => Some("..".into()),
             _ => None,
-        }).collect();
+        })
+        .collect();
     let mut resolved: Vec<std::ffi::OsString> = Vec::new();
     let mut links = 0;
     while let Some(part) = pending.pop() {
@@ -169,8 +162,7 @@ pub fn read_own_memory(start: u64, end: u64) -> Result<Vec<u8>> {
     use std::io::{Read, Seek, SeekFrom};
     let path = "/proc/self/mem";
     let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    f.seek(SeekFrom::Start(start))
-        .map_err(|e| Error::io(path, e))?;
+    f.seek(SeekFrom::Start(start)).map_err(|e| Error::io(path, e))?;
     let mut buf = vec![0; usize::try_from(end.saturating_sub(start)).unwrap_or(0)];
     f.read_exact(&mut buf).map_err(|e| Error::io(path, e))?;
     Ok(buf)
@@ -195,9 +187,7 @@ pub fn env_var<'a>(environ: &'a [u8], name: &str) -> Option<&'a str> {
 /// The cgroup v2 path in a `/proc/<pid>/cgroup` text (the `0::` line), relative to the reader's
 /// cgroup namespace: `/../…` when the process is outside it.
 pub fn parse_cgroup_v2_path(text: &str) -> Option<&str> {
-    text.lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .map(str::trim)
+    text.lines().find_map(|l| l.strip_prefix("0::")).map(str::trim)
 }
 
 /// Where a `/proc/<pid>/mountinfo` text has a cgroup v2 file system mounted at its cgroup
@@ -239,19 +229,12 @@ pub fn cgroup_of(pid: u32) -> Option<(PathBuf, Vec<u32>)> {
     let target_view = || -> Option<PathBuf> {
         let mounts = std::fs::read_to_string(proc_dir(pid).join("mountinfo")).ok()?;
         let point = parse_cgroup2_mount(&mounts)?;
-        Some(
-            proc_dir(pid)
-                .join("root")
-                .join(point.trim_start_matches('/')),
-        )
+        Some(proc_dir(pid).join("root").join(point.trim_start_matches('/')))
     };
-    [own_view(), target_view()]
-        .into_iter()
-        .flatten()
-        .find_map(|dir| {
-            let members = parse_pid_list(&std::fs::read_to_string(dir.join("cgroup.procs")).ok()?);
-            members.contains(&pid).then_some((dir, members))
-        })
+    [own_view(), target_view()].into_iter().flatten().find_map(|dir| {
+        let members = parse_pid_list(&std::fs::read_to_string(dir.join("cgroup.procs")).ok()?);
+        members.contains(&pid).then_some((dir, members))
+    })
 }
 
 #[cfg(test)]
@@ -260,16 +243,9 @@ mod tests {
 
     #[test]
     fn reads_cgroup_paths_and_mounts() {
-        let cgroup =
-            "12:pids:/kubepods/x\n1:cpu:/\n0::/kubepods.slice/pod1/cri-containerd-abc.scope\n";
-        assert_eq!(
-            parse_cgroup_v2_path(cgroup),
-            Some("/kubepods.slice/pod1/cri-containerd-abc.scope")
-        );
-        assert_eq!(
-            parse_cgroup_v2_path("0::/../sibling\n"),
-            Some("/../sibling")
-        );
+        let cgroup = "12:pids:/kubepods/x\n1:cpu:/\n0::/kubepods.slice/pod1/cri-containerd-abc.scope\n";
+        assert_eq!(parse_cgroup_v2_path(cgroup), Some("/kubepods.slice/pod1/cri-containerd-abc.scope"));
+        assert_eq!(parse_cgroup_v2_path("0::/../sibling\n"), Some("/../sibling"));
         assert_eq!(parse_cgroup_v2_path("4:memory:/a\n"), None);
         let mountinfo = "\
 24 1 8:1 / / rw,relatime - ext4 /dev/sda1 rw
@@ -279,14 +255,8 @@ mod tests {
 41 30 0:28 / /sys/fs/cgroup/unified rw,relatime shared:9 - cgroup2 cgroup2 rw,nsdelegate
 ";
         // A bind of a subtree (root field not `/`) does not show the namespace's paths.
-        assert_eq!(
-            parse_cgroup2_mount(mountinfo),
-            Some("/sys/fs/cgroup/unified")
-        );
-        assert_eq!(
-            parse_cgroup2_mount("24 1 8:1 / / rw - ext4 /dev/sda1 rw\n"),
-            None
-        );
+        assert_eq!(parse_cgroup2_mount(mountinfo), Some("/sys/fs/cgroup/unified"));
+        assert_eq!(parse_cgroup2_mount("24 1 8:1 / / rw - ext4 /dev/sda1 rw\n"), None);
         assert_eq!(parse_pid_list("12\n0\n\n345\n"), [12, 0, 345]);
     }
 
@@ -348,8 +318,7 @@ garbage\n";
 
     #[test]
     fn parses_stat_with_odd_comm() {
-        let stat =
-            "4242 (a) b (c)) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 3 0 987654 1000 200";
+        let stat = "4242 (a) b (c)) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 3 0 987654 1000 200";
         assert_eq!(parse_stat(stat), Some((987654, "a) b (c)".into())));
         assert_eq!(parse_stat("12 (x) S 1"), None);
         let own = super::stat(std::process::id()).unwrap();
@@ -363,5 +332,4 @@ garbage\n";
         assert!(is_runtime_init(me, "runc:[1:CHILD]"));
         assert!(!is_runtime_init(me, "spanprof-demo"), "a process that has exec'd its command");
     }
-
 }

@@ -60,12 +60,7 @@ impl Symbolizer {
 
     /// A symbolizer whose own debug directories (searched after a target's) are `dirs`.
     pub fn with_own_debug_dirs(dirs: Vec<PathBuf>) -> Symbolizer {
-        Symbolizer {
-            inner: blazesym_with(&dirs),
-            own_debug_dirs: dirs,
-            in_root: HashMap::new(),
-            cache: HashMap::new(),
-        }
+        Symbolizer { inner: blazesym_with(&dirs), own_debug_dirs: dirs, in_root: HashMap::new(), cache: HashMap::new() }
     }
 
     /// The symbolizer for modules of the process whose root is `root`: one that looks for debug
@@ -102,11 +97,7 @@ impl Symbolizer {
     }
 
     /// Resolves every frame of `frames` not cached yet.
-    pub fn resolve<'a>(
-        &mut self,
-        registry: &Registry,
-        frames: impl IntoIterator<Item = &'a FrameKey>,
-    ) {
+    pub fn resolve<'a>(&mut self, registry: &Registry, frames: impl IntoIterator<Item = &'a FrameKey>) {
         if self.cache.len() > MAX_CACHED {
             self.cache.clear();
         }
@@ -128,9 +119,7 @@ impl Symbolizer {
 
     fn lookup(&mut self, registry: &Registry, module: u32, addrs: &[u64]) -> Vec<Names> {
         let meta = registry.get(module);
-        let fallback = |addr: u64| -> Names {
-            Arc::from([fallback_name(registry, FrameKey { module, addr })])
-        };
+        let fallback = |addr: u64| -> Names { Arc::from([fallback_name(registry, FrameKey { module, addr })]) };
         let Some(path) = meta.as_ref().and_then(|m| m.symbol_path()) else {
             // An image only in memory (the vDSO): its own symbol table, read when it was loaded.
             let elf = meta.as_ref().and_then(|m| m.elf.clone());
@@ -227,11 +216,7 @@ pub fn fallback_name(registry: &Registry, f: FrameKey) -> Arc<str> {
     }
     match registry.get(f.module) {
         Some(m) => {
-            let off = m
-                .elf
-                .as_ref()
-                .and_then(|e| e.file_offset(f.addr))
-                .unwrap_or(f.addr);
+            let off = m.elf.as_ref().and_then(|e| e.file_offset(f.addr)).unwrap_or(f.addr);
             Arc::from(format!("{}+0x{off:x}", m.name))
         }
         None => Arc::from(format!("0x{:x}", f.addr)),
@@ -254,10 +239,7 @@ mod tests {
         let mut p = Process::new(std::process::id());
         p.refresh(&registry).unwrap();
         let here = a_distinctly_named_function_for_symbolization as *const () as u64;
-        assert_eq!(
-            a_distinctly_named_function_for_symbolization(1),
-            a_distinctly_named_function_for_symbolization(1)
-        );
+        assert_eq!(a_distinctly_named_function_for_symbolization(1), a_distinctly_named_function_for_symbolization(1));
         // Through the unwinder's own mapping of addresses to modules.
         let mut frames = Vec::new();
         let stack = [0u8; 64];
@@ -265,31 +247,16 @@ mod tests {
         let key = frames[0];
         assert_ne!(key.module, FrameKey::NO_MODULE);
         let mut s = Symbolizer::new();
-        let unknown = FrameKey {
-            module: key.module,
-            addr: 0x7fff_ffff_0000,
-        };
+        let unknown = FrameKey { module: key.module, addr: 0x7fff_ffff_0000 };
         s.resolve(&registry, [&key, &unknown, &FrameKey::KERNEL]);
         let names = s.names(&registry, key);
         let leaf = names.last().unwrap();
-        assert!(
-            leaf.ends_with("a_distinctly_named_function_for_symbolization"),
-            "{names:?}"
-        );
+        assert!(leaf.ends_with("a_distinctly_named_function_for_symbolization"), "{names:?}");
         assert!(!leaf.contains("::h"), "hash not stripped: {leaf}");
         let name = registry.get(key.module).unwrap().name.clone();
         assert!(s.names(&registry, unknown)[0].starts_with(&format!("{name}+0x")));
         assert_eq!(&*s.names(&registry, FrameKey::KERNEL)[0], "[kernel]");
-        assert_eq!(
-            &*fallback_name(
-                &registry,
-                FrameKey {
-                    module: FrameKey::NO_MODULE,
-                    addr: 0x42
-                }
-            ),
-            "0x42"
-        );
+        assert_eq!(&*fallback_name(&registry, FrameKey { module: FrameKey::NO_MODULE, addr: 0x42 }), "0x42");
         assert!(s.cached() >= 2);
     }
 
@@ -303,19 +270,10 @@ mod tests {
             .find(|m| m.name == "[vdso]")
             .expect("a vDSO mapping");
         let elf = vdso.elf.as_ref().expect("the vDSO image");
-        let (range, name) = elf
-            .symbols
-            .iter()
-            .find(|(_, n)| &**n == "clock_gettime")
-            .expect("clock_gettime in the vDSO's symbols");
-        assert_eq!(
-            &**name, "clock_gettime",
-            "the plain name, not __vdso_clock_gettime"
-        );
-        let key = FrameKey {
-            module: vdso.id,
-            addr: range.start + 1,
-        };
+        let (range, name) =
+            elf.symbols.iter().find(|(_, n)| &**n == "clock_gettime").expect("clock_gettime in the vDSO's symbols");
+        assert_eq!(&**name, "clock_gettime", "the plain name, not __vdso_clock_gettime");
+        let key = FrameKey { module: vdso.id, addr: range.start + 1 };
         let mut s = Symbolizer::new();
         s.resolve(&registry, [&key]);
         assert_eq!(&*s.names(&registry, key)[0], "clock_gettime");
@@ -348,7 +306,10 @@ mod tests {
 
         let inspector = blazesym::inspect::Inspector::new();
         let found = inspector
-            .lookup(&blazesym::inspect::source::Source::Elf(blazesym::inspect::source::Elf::new(&debug)), &["start_thread"])
+            .lookup(
+                &blazesym::inspect::source::Source::Elf(blazesym::inspect::source::Elf::new(&debug)),
+                &["start_thread"],
+            )
             .unwrap();
         let addr = found[0].first().expect("start_thread in the debug file").addr;
 
@@ -362,5 +323,4 @@ mod tests {
         let names = s.names_in(&lib_in_root, Some(&root.path().join("no-such-root")), &[addr + 4]);
         assert_eq!(names[0].as_deref().map(|n| n[0].to_string()), Some("start_thread".to_owned()));
     }
-
 }

@@ -24,10 +24,7 @@ impl FrameKey {
     /// `module` of an address in no known module.
     pub const NO_MODULE: u32 = u32::MAX;
     /// The leaf of a sample taken in kernel mode.
-    pub const KERNEL: FrameKey = FrameKey {
-        module: u32::MAX - 1,
-        addr: 0,
-    };
+    pub const KERNEL: FrameKey = FrameKey { module: u32::MAX - 1, addr: 0 };
 }
 
 /// How an unwind went.
@@ -61,12 +58,8 @@ pub struct Process {
 const REFRESH_EVERY: Duration = Duration::from_secs(1);
 
 fn section_info(elf: &ElfInfo) -> ExplicitModuleSectionInfo<Bytes> {
-    let split = |s: &Option<(std::ops::Range<u64>, Bytes)>| {
-        (
-            s.as_ref().map(|s| s.0.clone()),
-            s.as_ref().map(|s| s.1.clone()),
-        )
-    };
+    let split =
+        |s: &Option<(std::ops::Range<u64>, Bytes)>| (s.as_ref().map(|s| s.0.clone()), s.as_ref().map(|s| s.1.clone()));
     let (text_svma, text) = split(&elf.text);
     let (eh_frame_svma, eh_frame) = split(&elf.eh_frame);
     let (eh_frame_hdr_svma, eh_frame_hdr) = split(&elf.eh_frame_hdr);
@@ -89,9 +82,7 @@ fn own_vdso() -> Option<Arc<ElfInfo>> {
     let maps = procfs::maps(std::process::id()).ok()?;
     let v = maps.iter().find(|m| m.path == "[vdso]")?;
     let bytes = procfs::read_own_memory(v.start, v.end).ok()?;
-    modules::load_elf_bytes(&bytes, std::path::Path::new("[vdso]"))
-        .ok()
-        .map(Arc::new)
+    modules::load_elf_bytes(&bytes, std::path::Path::new("[vdso]")).ok().map(Arc::new)
 }
 
 impl Process {
@@ -125,20 +116,12 @@ impl Process {
             if !(vdso || m.path.starts_with('/')) {
                 continue;
             }
-            let key = ModuleKey {
-                dev: m.dev.clone(),
-                inode: m.inode,
-                path: m.path.clone(),
-            };
+            let key = ModuleKey { dev: m.dev.clone(), inode: m.inode, path: m.path.clone() };
             let meta = registry.get_or_insert(key, || {
                 if vdso {
                     return Loaded { elf: own_vdso(), ..Loaded::default() };
                 }
-                let path: PathBuf = root.join(
-                    m.path
-                        .trim_start_matches('/')
-                        .trim_end_matches(" (deleted)"),
-                );
+                let path: PathBuf = root.join(m.path.trim_start_matches('/').trim_end_matches(" (deleted)"));
                 let file = match std::fs::File::open(&path) {
                     Ok(f) => f,
                     Err(e) => {
@@ -156,28 +139,15 @@ impl Process {
                 Loaded { open_path: Some(path), file: Some(file), elf }
             });
             let Some(elf) = meta.elf.as_ref() else {
-                mapped.push(Mapped {
-                    range: m.start..m.end,
-                    module: meta.id,
-                    bias: m.start.wrapping_sub(m.offset),
-                });
+                mapped.push(Mapped { range: m.start..m.end, module: meta.id, bias: m.start.wrapping_sub(m.offset) });
                 continue;
             };
             // The vDSO image is mapped whole: file offsets are its memory offsets.
             let Some(bias) = elf.bias(m.start, m.offset, true, page) else {
                 continue;
             };
-            unwinder.add_module(Module::new(
-                meta.name.clone(),
-                m.start..m.end,
-                bias,
-                section_info(elf),
-            ));
-            mapped.push(Mapped {
-                range: m.start..m.end,
-                module: meta.id,
-                bias,
-            });
+            unwinder.add_module(Module::new(meta.name.clone(), m.start..m.end, bias, section_info(elf)));
+            mapped.push(Mapped { range: m.start..m.end, module: meta.id, bias });
         }
         mapped.sort_by_key(|m| m.range.start);
         self.unwinder = unwinder;
@@ -196,13 +166,7 @@ impl Process {
 
     /// Unwinds one sample from its registers `[bp, sp, ip]` and user-stack copy; pushes the
     /// frames leaf first into `out`.
-    pub fn unwind(
-        &mut self,
-        registry: &Registry,
-        regs: [u64; 3],
-        stack: &[u8],
-        out: &mut Vec<FrameKey>,
-    ) -> Outcome {
+    pub fn unwind(&mut self, registry: &Registry, regs: [u64; 3], stack: &[u8], out: &mut Vec<FrameKey>) -> Outcome {
         let [bp, sp, ip] = regs;
         let stale = self.refreshed.is_none_or(|t| t.elapsed() >= REFRESH_EVERY);
         if stale
@@ -217,12 +181,8 @@ impl Process {
             Ok(u64::from_le_bytes(word.try_into().map_err(|_| ())?))
         };
         let mapped = &self.mapped;
-        let mut frames = self.unwinder.iter_frames(
-            ip,
-            UnwindRegsX86_64::new(ip, sp, bp),
-            &mut self.cache,
-            &mut read_stack,
-        );
+        let mut frames =
+            self.unwinder.iter_frames(ip, UnwindRegsX86_64::new(ip, sp, bp), &mut self.cache, &mut read_stack);
         let mut n = 0usize;
         loop {
             match frames.next() {
@@ -250,22 +210,14 @@ impl Process {
 /// The mapping that holds `avma` (`mapped` is sorted by start address).
 fn module_of(mapped: &[Mapped], avma: u64) -> Option<&Mapped> {
     let i = mapped.partition_point(|m| m.range.start <= avma);
-    mapped
-        .get(i.checked_sub(1)?)
-        .filter(|m| m.range.contains(&avma))
+    mapped.get(i.checked_sub(1)?).filter(|m| m.range.contains(&avma))
 }
 
 /// The frame key of a lookup address: module and module-relative address.
 fn key_in(mapped: &[Mapped], lookup_avma: u64) -> FrameKey {
     match module_of(mapped, lookup_avma) {
-        Some(m) => FrameKey {
-            module: m.module,
-            addr: lookup_avma.wrapping_sub(m.bias),
-        },
-        None => FrameKey {
-            module: FrameKey::NO_MODULE,
-            addr: lookup_avma,
-        },
+        Some(m) => FrameKey { module: m.module, addr: lookup_avma.wrapping_sub(m.bias) },
+        None => FrameKey { module: FrameKey::NO_MODULE, addr: lookup_avma },
     }
 }
 
@@ -277,45 +229,13 @@ mod tests {
     fn keys_map_addresses_into_module_space() {
         let mut p = Process::new(1);
         p.mapped = vec![
-            Mapped {
-                range: 0x1000..0x2000,
-                module: 3,
-                bias: 0x800,
-            },
-            Mapped {
-                range: 0x5000..0x6000,
-                module: 4,
-                bias: 0x5000,
-            },
+            Mapped { range: 0x1000..0x2000, module: 3, bias: 0x800 },
+            Mapped { range: 0x5000..0x6000, module: 4, bias: 0x5000 },
         ];
-        assert_eq!(
-            p.key(0x1010),
-            FrameKey {
-                module: 3,
-                addr: 0x810
-            }
-        );
-        assert_eq!(
-            p.key(0x5fff),
-            FrameKey {
-                module: 4,
-                addr: 0xfff
-            }
-        );
-        assert_eq!(
-            p.key(0x2000),
-            FrameKey {
-                module: FrameKey::NO_MODULE,
-                addr: 0x2000
-            }
-        );
-        assert_eq!(
-            p.key(0x10),
-            FrameKey {
-                module: FrameKey::NO_MODULE,
-                addr: 0x10
-            }
-        );
+        assert_eq!(p.key(0x1010), FrameKey { module: 3, addr: 0x810 });
+        assert_eq!(p.key(0x5fff), FrameKey { module: 4, addr: 0xfff });
+        assert_eq!(p.key(0x2000), FrameKey { module: FrameKey::NO_MODULE, addr: 0x2000 });
+        assert_eq!(p.key(0x10), FrameKey { module: FrameKey::NO_MODULE, addr: 0x10 });
     }
 
     #[test]

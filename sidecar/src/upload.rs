@@ -56,10 +56,7 @@ impl Backlog {
     /// Puts a failed item back at the front, unless newer data filled its room meanwhile.
     pub fn requeue(&mut self, item: Vec<u8>, max_bytes: usize) -> Dropped {
         if self.bytes + item.len() > max_bytes {
-            return Dropped {
-                uploads: 1,
-                bytes: item.len() as u64,
-            };
+            return Dropped { uploads: 1, bytes: item.len() as u64 };
         }
         self.bytes += item.len();
         self.items.push_front(item);
@@ -116,11 +113,7 @@ impl Uploads {
         self.metrics.dropped_bytes.inc_by(d.bytes);
         self.metrics.buffered_bytes.set(bytes_now as i64);
         if d.uploads > 0 {
-            tracing::warn!(
-                uploads = d.uploads,
-                bytes = d.bytes,
-                "upload buffer full: dropped the oldest uploads"
-            );
+            tracing::warn!(uploads = d.uploads, bytes = d.bytes, "upload buffer full: dropped the oldest uploads");
         }
     }
 
@@ -154,43 +147,28 @@ pub async fn send(client: &reqwest::Client, url: &str, body: Vec<u8>) -> Result<
         .body(body)
         .send()
         .await
-        .map_err(|e| Error::Push {
-            url: url.to_owned(),
-            message: e.to_string(),
-        })?;
+        .map_err(|e| Error::Push { url: url.to_owned(), message: e.to_string() })?;
     let status = resp.status();
     if status.is_success() {
         return Ok(());
     }
     let body = resp.text().await.unwrap_or_default();
     if status.is_client_error() && status.as_u16() != 429 && status.as_u16() != 408 {
-        return Err(Error::Rejected {
-            status: status.as_u16(),
-            body,
-        });
+        return Err(Error::Rejected { status: status.as_u16(), body });
     }
-    Err(Error::Push {
-        url: url.to_owned(),
-        message: format!("HTTP {status}: {body}"),
-    })
+    Err(Error::Push { url: url.to_owned(), message: format!("HTTP {status}: {body}") })
 }
 
 /// The push endpoint under a server URL.
 pub fn push_url(server_url: &str) -> String {
-    format!(
-        "{}/push.v1.PusherService/Push",
-        server_url.trim_end_matches('/')
-    )
+    format!("{}/push.v1.PusherService/Push", server_url.trim_end_matches('/'))
 }
 
 /// Pushes uploads as they come, retrying with backoff, until closed and drained (or, once
 /// closed, until `drain_deadline` passes).
 pub async fn run(uploads: Arc<Uploads>, server_url: String, drain_deadline: Duration) {
     let url = push_url(&server_url);
-    let client = match reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-    {
+    let client = match reqwest::Client::builder().timeout(Duration::from_secs(10)).build() {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "cannot build the HTTP client");
@@ -211,10 +189,7 @@ pub async fn run(uploads: Arc<Uploads>, server_url: String, drain_deadline: Dura
         if uploads.closed.load(Ordering::Acquire) {
             let t = *closed_at.get_or_insert_with(tokio::time::Instant::now);
             if t.elapsed() > drain_deadline {
-                tracing::warn!(
-                    pending = uploads.pending() + 1,
-                    "shutting down with uploads not delivered"
-                );
+                tracing::warn!(pending = uploads.pending() + 1, "shutting down with uploads not delivered");
                 return;
             }
         }
@@ -222,21 +197,12 @@ pub async fn run(uploads: Arc<Uploads>, server_url: String, drain_deadline: Dura
         match send(&client, &url, item.clone()).await {
             Ok(()) => {
                 uploads.metrics.uploads.inc();
-                uploads
-                    .metrics
-                    .buffered_bytes
-                    .set(uploads.lock().bytes() as i64);
+                uploads.metrics.buffered_bytes.set(uploads.lock().bytes() as i64);
                 backoff = Duration::ZERO;
             }
             Err(Error::Rejected { status, body }) => {
                 uploads.metrics.push_errors.inc();
-                uploads.count(
-                    Dropped {
-                        uploads: 1,
-                        bytes: len as u64,
-                    },
-                    uploads.lock().bytes(),
-                );
+                uploads.count(Dropped { uploads: 1, bytes: len as u64 }, uploads.lock().bytes());
                 tracing::error!(status, %body, "server rejected an upload; dropped");
             }
             Err(e) => {
@@ -264,31 +230,13 @@ mod tests {
         let mut b = Backlog::default();
         assert_eq!(b.push(vec![1; 40], 100), Dropped::default());
         assert_eq!(b.push(vec![2; 40], 100), Dropped::default());
-        assert_eq!(
-            b.push(vec![3; 40], 100),
-            Dropped {
-                uploads: 1,
-                bytes: 40
-            }
-        );
+        assert_eq!(b.push(vec![3; 40], 100), Dropped { uploads: 1, bytes: 40 });
         assert_eq!(b.bytes(), 80);
-        assert_eq!(
-            b.push(vec![4; 101], 100),
-            Dropped {
-                uploads: 1,
-                bytes: 101
-            }
-        );
+        assert_eq!(b.push(vec![4; 101], 100), Dropped { uploads: 1, bytes: 101 });
         assert_eq!(b.pop().unwrap()[0], 2);
         assert_eq!(b.requeue(vec![2; 40], 100), Dropped::default());
         assert_eq!(b.push(vec![5; 20], 100), Dropped::default());
-        assert_eq!(
-            b.requeue(vec![9; 40], 100),
-            Dropped {
-                uploads: 1,
-                bytes: 40
-            }
-        );
+        assert_eq!(b.requeue(vec![9; 40], 100), Dropped { uploads: 1, bytes: 40 });
         let order: Vec<u8> = std::iter::from_fn(|| b.pop()).map(|v| v[0]).collect();
         assert_eq!(order, vec![2, 3, 5]);
         assert!(b.is_empty() && b.bytes() == 0);
@@ -305,35 +253,22 @@ mod tests {
         assert_eq!(seen[0], MIN_BACKOFF);
         assert_eq!(seen[1], MIN_BACKOFF * 2);
         assert_eq!(*seen.last().unwrap(), MAX_BACKOFF);
-        assert_eq!(
-            push_url("http://x:4040/"),
-            "http://x:4040/push.v1.PusherService/Push"
-        );
+        assert_eq!(push_url("http://x:4040/"), "http://x:4040/push.v1.PusherService/Push");
     }
 
     #[tokio::test]
     async fn retries_until_the_server_answers_then_delivers_in_order() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         // Reserve a port, keep it closed for a while: pushes fail and are retried.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let metrics = Arc::new(Metrics::default());
         let uploads = Arc::new(Uploads::new(1 << 20, Arc::clone(&metrics)));
         uploads.enqueue(b"first".to_vec());
         uploads.enqueue(b"second".to_vec());
-        let task = tokio::spawn(run(
-            Arc::clone(&uploads),
-            format!("http://127.0.0.1:{port}"),
-            Duration::from_secs(10),
-        ));
+        let task = tokio::spawn(run(Arc::clone(&uploads), format!("http://127.0.0.1:{port}"), Duration::from_secs(10)));
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(metrics.push_errors.get() >= 1);
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-            .await
-            .unwrap();
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
         let mut bodies = Vec::new();
         for _ in 0..2 {
             let (mut s, _) = listener.accept().await.unwrap();
@@ -347,9 +282,7 @@ mod tests {
                     let len: usize = text[..h]
                         .lines()
                         .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length:")
-                                .map(|v| v.trim().parse().unwrap())
+                            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap())
                         })
                         .unwrap();
                     if buf.len() >= h + 4 + len {
@@ -359,15 +292,10 @@ mod tests {
                     }
                 }
             }
-            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-                .await
-                .unwrap();
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await.unwrap();
         }
         uploads.close();
-        tokio::time::timeout(Duration::from_secs(5), task)
-            .await
-            .unwrap()
-            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
         assert_eq!(bodies, vec![b"first".to_vec(), b"second".to_vec()]);
         assert_eq!(metrics.uploads.get(), 2);
         assert_eq!(metrics.dropped_uploads.get(), 0);

@@ -131,10 +131,7 @@ fn start_bench_sidecar(server_port: u16, ctx: &Path, demo: &Demo) -> (Proc, u16)
         server_port,
         Some(ctx),
         Some(demo.proc.pid()),
-        &[
-            ("E2E_UPLOAD_INTERVAL_MS", "10000"),
-            ("E2E_SERVICE", "bench"),
-        ],
+        &[("E2E_UPLOAD_INTERVAL_MS", "10000"), ("E2E_SERVICE", "bench")],
     )
 }
 
@@ -168,16 +165,10 @@ fn main() {
     let server_port = free_port();
     let _server = start_server(server_port, data.path());
     let half = (o.load_rps / 2).max(1);
-    let pair = [
-        start_demo(Some(ctx.path()), &o, half),
-        start_demo(Some(ctx.path()), &o, half),
-    ];
+    let pair = [start_demo(Some(ctx.path()), &o, half), start_demo(Some(ctx.path()), &o, half)];
     // Each demo in a cgroup of its own, as each container is in Kubernetes: the sidecar samples
     // the cgroup as a whole (unless E2E_SCOPE=thread is set for a per-thread comparison).
-    let cgroups = [
-        Cgroup::new("spanprof-bench-demo0"),
-        Cgroup::new("spanprof-bench-demo1"),
-    ];
+    let cgroups = [Cgroup::new("spanprof-bench-demo0"), Cgroup::new("spanprof-bench-demo1")];
     for (cg, demo) in cgroups.iter().zip(&pair) {
         cg.add(demo.proc.pid());
     }
@@ -216,10 +207,7 @@ fn main() {
     // difference in speed multiplies in and divides out.
     let even = ratios.len() / 2 * 2;
     let geo = (ratios[..even].iter().map(|r| r.ln()).sum::<f64>() / even.max(1) as f64).exp();
-    let pairs: Vec<f64> = ratios
-        .chunks_exact(2)
-        .map(|p| (1.0 - (p[0] * p[1]).sqrt()) * 100.0)
-        .collect();
+    let pairs: Vec<f64> = ratios.chunks_exact(2).map(|p| (1.0 - (p[0] * p[1]).sqrt()) * 100.0).collect();
 
     let demo = start_demo(Some(ctx.path()), &o, o.load_rps);
     let steady_cgroup = Cgroup::new("spanprof-bench-steady");
@@ -228,22 +216,12 @@ fn main() {
     // The sidecar's own cost at steady state: one long-running sampler, after its caches warmed.
     let (sidecar, metrics) = start_bench_sidecar(server_port, ctx.path(), &demo);
     std::thread::sleep(Duration::from_secs(20));
-    let (s0, c0) = (
-        metric(metrics, "spanprof_sidecar_samples_total"),
-        thread_cpu_secs(sidecar.pid()),
-    );
+    let (s0, c0) = (metric(metrics, "spanprof_sidecar_samples_total"), thread_cpu_secs(sidecar.pid()));
     std::thread::sleep(o.steady);
-    let (s1, c1) = (
-        metric(metrics, "spanprof_sidecar_samples_total"),
-        thread_cpu_secs(sidecar.pid()),
-    );
+    let (s1, c1) = (metric(metrics, "spanprof_sidecar_samples_total"), thread_cpu_secs(sidecar.pid()));
     let (samples, sidecar_cpu) = (s1 - s0, c1 - c0);
     let (rss, hwm) = rss_mib(sidecar.pid());
-    let scope = if metric(metrics, "spanprof_sidecar_attached_cgroups") > 0 {
-        "per cgroup"
-    } else {
-        "per thread"
-    };
+    let scope = if metric(metrics, "spanprof_sidecar_attached_cgroups") > 0 { "per cgroup" } else { "per thread" };
     sidecar.terminate();
     drop(demo);
     drop(steady_cgroup);
@@ -254,11 +232,7 @@ fn main() {
     println!(
         "| overhead on the app (work per CPU-second lost; geometric mean of {even} rounds) | {:.2} % (per pair of rounds: {}; median {:.2} %) |",
         (1.0 - geo) * 100.0,
-        pairs
-            .iter()
-            .map(|p| format!("{p:+.2} %"))
-            .collect::<Vec<_>>()
-            .join(", "),
+        pairs.iter().map(|p| format!("{p:+.2} %")).collect::<Vec<_>>().join(", "),
         median(pairs.clone())
     );
     println!(
@@ -292,9 +266,8 @@ fn normalize(name: &str) -> String {
     }
     let out = out.split("@@").next().unwrap_or_default();
     let mut segs: Vec<&str> = out.split("::").filter(|s| !s.is_empty()).collect();
-    if segs.last().is_some_and(|s| {
-        s.len() == 17 && s.starts_with('h') && s[1..].chars().all(|c| c.is_ascii_hexdigit())
-    }) {
+    if segs.last().is_some_and(|s| s.len() == 17 && s.starts_with('h') && s[1..].chars().all(|c| c.is_ascii_hexdigit()))
+    {
         segs.pop();
     }
     let keep = segs.len().saturating_sub(2);
@@ -323,11 +296,7 @@ fn perf_stacks(text: &str) -> Vec<Stack> {
                 }
                 continue;
             }
-            stack.push(if sym == "[unknown]" {
-                format!("{dso}+?")
-            } else {
-                normalize(sym)
-            });
+            stack.push(if sym == "[unknown]" { format!("{dso}+?") } else { normalize(sym) });
         }
         if !stack.is_empty() {
             out.push(stack);
@@ -338,10 +307,7 @@ fn perf_stacks(text: &str) -> Vec<Stack> {
 
 /// Stacks from the server's folded export (`root;…;leaf count`), one entry per sample.
 fn folded_stacks(folded: &[(String, u64)]) -> Vec<(Stack, u64)> {
-    folded
-        .iter()
-        .map(|(s, n)| (s.split(';').rev().map(normalize).collect(), *n))
-        .collect()
+    folded.iter().map(|(s, n)| (s.split(';').rev().map(normalize).collect(), *n)).collect()
 }
 
 /// What the comparison reports for one tool.
@@ -361,9 +327,7 @@ fn summarize(stacks: &[(Stack, u64)]) -> Summary {
         depth_sum += user * n;
         depths.extend(std::iter::repeat_n(user as f64, *n as usize));
         // A stack unwound to the end starts at a thread's or the process's entry point.
-        if s.last()
-            .is_some_and(|r| ["_start", "clone3", "clone", "start_thread"].contains(&r.as_str()))
-        {
+        if s.last().is_some_and(|r| ["_start", "clone3", "clone", "start_thread"].contains(&r.as_str())) {
             complete += n;
         }
     }
@@ -382,10 +346,8 @@ fn top_self(stacks: &[(Stack, u64)], n: usize) -> Vec<(String, f64)> {
     for (s, k) in stacks {
         *leaf.entry(s[0].as_str()).or_default() += k;
     }
-    let mut top: Vec<(String, f64)> = leaf
-        .into_iter()
-        .map(|(k, c)| (k.to_owned(), c as f64 / total.max(1) as f64))
-        .collect();
+    let mut top: Vec<(String, f64)> =
+        leaf.into_iter().map(|(k, c)| (k.to_owned(), c as f64 / total.max(1) as f64)).collect();
     top.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     top.truncate(n);
     top
@@ -394,11 +356,7 @@ fn top_self(stacks: &[(Stack, u64)], n: usize) -> Vec<(String, f64)> {
 /// Share of samples whose stack contains `function` anywhere (inclusive time).
 fn inclusive(stacks: &[(Stack, u64)], function: &str) -> f64 {
     let total: u64 = stacks.iter().map(|(_, n)| n).sum();
-    let with: u64 = stacks
-        .iter()
-        .filter(|(s, _)| s.iter().any(|f| f == function))
-        .map(|(_, n)| n)
-        .sum();
+    let with: u64 = stacks.iter().filter(|(s, _)| s.iter().any(|f| f == function)).map(|(_, n)| n).sum();
     with as f64 / total.max(1) as f64
 }
 
@@ -408,15 +366,8 @@ fn perf_script(data: &Path, inline: bool) -> Vec<(Stack, u64)> {
     if !inline {
         cmd.arg("--no-inline");
     }
-    let out = cmd
-        .args(["-F", "ip,sym,dso", "-i"])
-        .arg(data)
-        .output()
-        .unwrap();
-    perf_stacks(&String::from_utf8_lossy(&out.stdout))
-        .into_iter()
-        .map(|s| (s, 1))
-        .collect()
+    let out = cmd.args(["-F", "ip,sym,dso", "-i"]).arg(data).output().unwrap();
+    perf_stacks(&String::from_utf8_lossy(&out.stdout)).into_iter().map(|s| (s, 1)).collect()
 }
 
 fn compare_with_perf(server_port: u16, o: &Opts) {
@@ -433,22 +384,11 @@ fn compare_with_perf(server_port: u16, o: &Opts) {
         server_port,
         None,
         Some(demo.proc.pid()),
-        &[
-            ("E2E_UPLOAD_INTERVAL_MS", "10000"),
-            ("E2E_SERVICE", "perfcmp"),
-        ],
+        &[("E2E_UPLOAD_INTERVAL_MS", "10000"), ("E2E_SERVICE", "perfcmp")],
     );
     let started = Instant::now();
     let status = Command::new("perf")
-        .args([
-            "record",
-            "-q",
-            "-F",
-            "100",
-            "--call-graph",
-            "dwarf,16384",
-            "-p",
-        ])
+        .args(["record", "-q", "-F", "100", "--call-graph", "dwarf,16384", "-p"])
         .arg(demo.proc.pid().to_string())
         .arg("-o")
         .arg(&perf_data)
@@ -485,9 +425,7 @@ fn compare_with_perf(server_port: u16, o: &Opts) {
     let theirs_top: Vec<String> = top.iter().map(|(k, _)| k.clone()).collect();
     let common = ours_top.iter().filter(|k| theirs_top.contains(k)).count();
     println!("| top-10 self functions in common with perf --no-inline | {common} of 10 | | |");
-    println!(
-        "\n| function (perf's top 10 by self samples) | perf self | perf inclusive | sidecar inclusive |"
-    );
+    println!("\n| function (perf's top 10 by self samples) | perf self | perf inclusive | sidecar inclusive |");
     println!("|---|---|---|---|");
     for (name, share) in &top {
         println!(

@@ -27,7 +27,8 @@ struct Opts {
 }
 
 fn opts() -> Opts {
-    let mut o = Opts { minutes: 30, server_up: true, buffer_bytes: 50 << 10, load_rps: 200, every: Duration::from_secs(60) };
+    let mut o =
+        Opts { minutes: 30, server_up: true, buffer_bytes: 50 << 10, load_rps: 200, every: Duration::from_secs(60) };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < args.len() {
@@ -70,7 +71,8 @@ fn slope_per_hour(points: &[(f64, f64)]) -> f64 {
     }
     let (sx, sy) = points.iter().fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
     let (mx, my) = (sx / n, sy / n);
-    let (num, den) = points.iter().fold((0.0, 0.0), |(a, b), (x, y)| (a + (x - mx) * (y - my), b + (x - mx) * (x - mx)));
+    let (num, den) =
+        points.iter().fold((0.0, 0.0), |(a, b), (x, y)| (a + (x - mx) * (y - my), b + (x - mx) * (x - mx)));
     if den == 0.0 { 0.0 } else { num / den * 60.0 }
 }
 
@@ -107,7 +109,9 @@ fn main() {
         o.load_rps
     );
     println!();
-    println!("| minute | VmRSS MiB | anon | file | samples | symbols cached | attached threads | buffered bytes | dropped uploads |");
+    println!(
+        "| minute | VmRSS MiB | anon | file | samples | symbols cached | attached threads | buffered bytes | dropped uploads |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|");
     let start = Instant::now();
     let end = start + Duration::from_secs(o.minutes * 60);

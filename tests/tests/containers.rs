@@ -35,7 +35,12 @@ impl Containerd {
     fn start() -> Containerd {
         for tool in ["containerd", "ctr", "runc", "setpriv"] {
             assert!(
-                Command::new("sh").args(["-c", &format!("command -v {tool}")]).stdout(Stdio::null()).status().unwrap().success(),
+                Command::new("sh")
+                    .args(["-c", &format!("command -v {tool}")])
+                    .stdout(Stdio::null())
+                    .status()
+                    .unwrap()
+                    .success(),
                 "{tool} is missing: run scripts/test (it installs Debian's containerd and runc)"
             );
         }
@@ -164,10 +169,12 @@ fn copy_into(root: &Path, src: &Path, dst: &str) {
 /// The debug file of the host's glibc (libc6-dbg), by build ID, and where it goes in an image.
 fn libc_debug_file() -> (PathBuf, String) {
     let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
-    let libc = maps.lines().filter_map(|l| l.split_whitespace().nth(5)).find(|p| p.contains("/libc.so")).unwrap().to_owned();
+    let libc =
+        maps.lines().filter_map(|l| l.split_whitespace().nth(5)).find(|p| p.contains("/libc.so")).unwrap().to_owned();
     let out = Command::new("readelf").args(["-n", &libc]).output().expect("readelf (binutils)");
     let text = String::from_utf8_lossy(&out.stdout);
-    let id = text.lines().find_map(|l| l.trim().strip_prefix("Build ID: ")).expect("libc has a build ID").trim().to_owned();
+    let id =
+        text.lines().find_map(|l| l.trim().strip_prefix("Build ID: ")).expect("libc has a build ID").trim().to_owned();
     let path = format!("/usr/lib/debug/.build-id/{}/{}.debug", &id[..2], &id[2..]);
     assert!(Path::new(&path).exists(), "{path} missing: install libc6-dbg (scripts/test does)");
     (PathBuf::from(&path), path)
@@ -234,8 +241,20 @@ struct Translated {
 
 /// Capabilities a root container gets by default (containerd's and Docker's default set).
 const DEFAULT_CAPS: &[&str] = &[
-    "CHOWN", "DAC_OVERRIDE", "FSETID", "FOWNER", "MKNOD", "NET_RAW", "SETGID", "SETUID", "SETFCAP", "SETPCAP",
-    "NET_BIND_SERVICE", "SYS_CHROOT", "KILL", "AUDIT_WRITE",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FSETID",
+    "FOWNER",
+    "MKNOD",
+    "NET_RAW",
+    "SETGID",
+    "SETUID",
+    "SETFCAP",
+    "SETPCAP",
+    "NET_BIND_SERVICE",
+    "SYS_CHROOT",
+    "KILL",
+    "AUDIT_WRITE",
 ];
 
 fn translate(pod: &Pod, c: &Container, volumes: &BTreeMap<String, PathBuf>, pause_pid: u32) -> Translated {
@@ -249,7 +268,11 @@ fn translate(pod: &Pod, c: &Container, volumes: &BTreeMap<String, PathBuf>, paus
         let value = match (&e.value, &e.value_from) {
             (Some(v), None) => v.clone(),
             (None, Some(from)) => {
-                let path = from.field_ref.as_ref().map(|f| f.field_path.as_str()).unwrap_or_else(|| panic!("unsupported valueFrom in {e:?}"));
+                let path = from
+                    .field_ref
+                    .as_ref()
+                    .map(|f| f.field_path.as_str())
+                    .unwrap_or_else(|| panic!("unsupported valueFrom in {e:?}"));
                 match path {
                     "metadata.name" => pod.metadata.name.clone().unwrap(),
                     "metadata.namespace" => pod.metadata.namespace.clone().unwrap(),
@@ -300,7 +323,8 @@ fn translate(pod: &Pod, c: &Container, volumes: &BTreeMap<String, PathBuf>, paus
     // cannot, so setpriv does it as the container's first process, then execs the command.
     let uid = sc.run_as_user.or(pod_sc.run_as_user).unwrap_or(0);
     let gid = sc.run_as_group.or(pod_sc.run_as_group).unwrap_or(0);
-    let mut bounding: Vec<String> = if drop_all { Vec::new() } else { DEFAULT_CAPS.iter().map(|c| (*c).to_owned()).collect() };
+    let mut bounding: Vec<String> =
+        if drop_all { Vec::new() } else { DEFAULT_CAPS.iter().map(|c| (*c).to_owned()).collect() };
     bounding.extend(added.iter().cloned());
     let bounding = std::iter::once("-all".to_owned())
         .chain(bounding.iter().map(|c| format!("+{}", c.to_lowercase())))
@@ -342,7 +366,8 @@ fn folded_profile(server: u16, id: &str) -> String {
 }
 
 fn label_values(server: u16, name: &str) -> Vec<String> {
-    let v: Value = http().get(format!("http://127.0.0.1:{server}/api/v1/labels/{name}/values")).send().unwrap().json().unwrap();
+    let v: Value =
+        http().get(format!("http://127.0.0.1:{server}/api/v1/labels/{name}/values")).send().unwrap().json().unwrap();
     v["values"].as_array().into_iter().flatten().filter_map(|x| x.as_str().map(str::to_owned)).collect()
 }
 
@@ -378,9 +403,19 @@ fn sampler_in_containers(mode: &str, seccomp: bool) {
     let setpriv = PathBuf::from("/usr/bin/setpriv");
     let (debug_src, debug_dst) = libc_debug_file();
     let app_root = work.path().join("app-rootfs");
-    rootfs(&app_root, &[(PathBuf::from(env!("CARGO_BIN_EXE_e2e-demo")), "/bin/demo"), (setpriv.clone(), "/bin/setpriv"), (debug_src, &debug_dst)]);
+    rootfs(
+        &app_root,
+        &[
+            (PathBuf::from(env!("CARGO_BIN_EXE_e2e-demo")), "/bin/demo"),
+            (setpriv.clone(), "/bin/setpriv"),
+            (debug_src, &debug_dst),
+        ],
+    );
     let sampler_root = work.path().join("sampler-rootfs");
-    rootfs(&sampler_root, &[(PathBuf::from(env!("CARGO_BIN_EXE_e2e-sampler")), "/bin/sampler"), (setpriv, "/bin/setpriv")]);
+    rootfs(
+        &sampler_root,
+        &[(PathBuf::from(env!("CARGO_BIN_EXE_e2e-sampler")), "/bin/sampler"), (setpriv, "/bin/setpriv")],
+    );
     let pause_root = work.path().join("pause-rootfs");
     rootfs(&pause_root, &[(PathBuf::from("/bin/sleep"), "/bin/sleep")]);
 
@@ -416,7 +451,8 @@ fn sampler_in_containers(mode: &str, seccomp: bool) {
         assert!(ctd.pid(&id("sampler")).is_some(), "the sampler exited:\n{}", ctd.log(&id("sampler")));
         containers = label_values(server_port, "container");
         let ids = span_profiles(server_port, "ride");
-        with_demo_functions = ids.iter().map(|i| folded_profile(server_port, i)).find(|f| f.contains("spanprof_demo::"));
+        with_demo_functions =
+            ids.iter().map(|i| folded_profile(server_port, i)).find(|f| f.contains("spanprof_demo::"));
         if with_demo_functions.is_some() && containers.iter().any(|c| c == "demo") {
             break;
         }
@@ -426,7 +462,10 @@ fn sampler_in_containers(mode: &str, seccomp: bool) {
     let folded = with_demo_functions
         .unwrap_or_else(|| panic!("no span profile with the demo's functions; sampler log:\n{sampler_log}"));
     assert!(containers.iter().any(|c| c == "demo"), "container label {containers:?}; sampler log:\n{sampler_log}");
-    assert!(sampler_log.contains(&listen) && sampler_log.contains("sampling goes on"), "the taken port is reported:\n{sampler_log}");
+    assert!(
+        sampler_log.contains(&listen) && sampler_log.contains("sampling goes on"),
+        "the taken port is reported:\n{sampler_log}"
+    );
     // Shared-library frames are named from the app image's debug files. Samples outside spans
     // come in with later uploads on a busy machine: wait for a stack through glibc's thread start.
     let deadline = Instant::now() + Duration::from_secs(30);

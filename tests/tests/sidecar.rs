@@ -18,13 +18,7 @@ static SERIAL: Mutex<()> = Mutex::new(());
 /// What most tests here start with: the lock that runs them one at a time, a data directory and a
 /// span-context directory, and the server on a free port (bound in this order, so the server
 /// stops before its data directory goes).
-fn serve() -> (
-    std::sync::MutexGuard<'static, ()>,
-    tempfile::TempDir,
-    tempfile::TempDir,
-    u16,
-    Proc,
-) {
+fn serve() -> (std::sync::MutexGuard<'static, ()>, tempfile::TempDir, tempfile::TempDir, u16, Proc) {
     let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let (data, ctx) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let port = free_port();
@@ -50,8 +44,7 @@ fn start_backlog_workload(ctx: &Path) -> Workload {
 
 fn start_workload_under(wrapper: &[&str], ctx: Option<&Path>, vars: &[(&str, &str)]) -> Workload {
     let mut cmd = command_under(wrapper, env!("CARGO_BIN_EXE_e2e-workload"));
-    cmd.stdout(Stdio::piped())
-        .env_remove("SPANPROF_CONTEXT_DIR");
+    cmd.stdout(Stdio::piped()).env_remove("SPANPROF_CONTEXT_DIR");
     if let Some(ctx) = ctx {
         cmd.env("SPANPROF_CONTEXT_DIR", ctx);
     }
@@ -63,10 +56,7 @@ fn start_workload_under(wrapper: &[&str], ctx: Option<&Path>, vars: &[(&str, &st
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
     assert!(line.starts_with("ready"), "{line}");
-    Workload {
-        proc: Proc(child),
-        out,
-    }
+    Workload { proc: Proc(child), out }
 }
 
 #[derive(Debug, Clone)]
@@ -87,10 +77,7 @@ impl Workload {
             if line == "done" {
                 break;
             }
-            let kv: HashMap<&str, &str> = line
-                .split_whitespace()
-                .filter_map(|w| w.split_once('='))
-                .collect();
+            let kv: HashMap<&str, &str> = line.split_whitespace().filter_map(|w| w.split_once('=')).collect();
             out.push(Window {
                 span_id: kv["span_id"].to_owned(),
                 name: kv["name"].to_owned(),
@@ -105,12 +92,7 @@ impl Workload {
 
 /// Folded stacks of a span profile (empty when it has no samples).
 fn span_folded(server: u16, span_id: &str) -> Vec<(String, u64)> {
-    let r = http()
-        .get(format!(
-            "http://127.0.0.1:{server}/api/v1/profiles/{span_id}?format=folded"
-        ))
-        .send()
-        .unwrap();
+    let r = http().get(format!("http://127.0.0.1:{server}/api/v1/profiles/{span_id}?format=folded")).send().unwrap();
     if r.status().as_u16() == 404 {
         return Vec::new();
     }
@@ -134,11 +116,7 @@ struct Tally {
 fn tally(server: u16, windows: &[Window]) -> Tally {
     let mut t = Tally::default();
     for w in windows {
-        let (mine, other) = if w.name == "alpha" {
-            ("spin_alpha", "spin_beta")
-        } else {
-            ("spin_beta", "spin_alpha")
-        };
+        let (mine, other) = if w.name == "alpha" { ("spin_alpha", "spin_beta") } else { ("spin_beta", "spin_alpha") };
         let folded = span_folded(server, &w.span_id);
         if !folded.is_empty() {
             t.spans_with_samples += 1;
@@ -171,15 +149,8 @@ fn assert_attribution_is_exact(server: u16, windows: &[Window]) {
     eprintln!("{t:?}, expected {expected} samples from on-CPU time ({wall} from wall time)");
     assert_eq!(t.wrong, 0, "samples attributed to the wrong span");
     let total = t.right + t.wrong + t.leaked;
-    assert!(
-        t.right as f64 >= 0.99 * total as f64,
-        "only {} of {total} samples in the right span",
-        t.right
-    );
-    assert!(
-        expected >= 20,
-        "the workload got too little CPU to judge: {expected}"
-    );
+    assert!(t.right as f64 >= 0.99 * total as f64, "only {} of {total} samples in the right span", t.right);
+    assert!(expected >= 20, "the workload got too little CPU to judge: {expected}");
     assert!(
         t.right * 10 >= expected * 5 && t.right * 10 <= expected * 15,
         "{t:?}: {} samples for {expected} expected",
@@ -199,12 +170,7 @@ fn span_profiles_hold_their_own_functions_and_attribution_is_exact() {
     // The workload's threads start after the sidecar attached: they are followed by inheritance.
     let mut w = start_workload(
         Some(ctx.path()),
-        &[
-            ("E2E_THREADS", "2"),
-            ("E2E_SPANS", "16"),
-            ("E2E_SPAN_MS", "60"),
-            ("E2E_THREAD_DELAY_MS", "1000"),
-        ],
+        &[("E2E_THREADS", "2"), ("E2E_SPANS", "16"), ("E2E_SPAN_MS", "60"), ("E2E_THREAD_DELAY_MS", "1000")],
     );
     let (sidecar, metrics) = start_sidecar(port, Some(ctx.path()), Some(w.proc.pid()), &[]);
     let windows = w.windows();
@@ -220,15 +186,9 @@ fn span_profiles_hold_their_own_functions_and_attribution_is_exact() {
     assert_attribution_is_exact(port, &windows);
 
     // A span profile by ID: its name, its functions (symbolized, demangled), plausible counts.
-    let alpha = windows
-        .iter()
-        .find(|w| w.name == "alpha" && !span_folded(port, &w.span_id).is_empty())
-        .unwrap();
+    let alpha = windows.iter().find(|w| w.name == "alpha" && !span_folded(port, &w.span_id).is_empty()).unwrap();
     let json: serde_json::Value = http()
-        .get(format!(
-            "http://127.0.0.1:{port}/api/v1/profiles/{}",
-            alpha.span_id
-        ))
+        .get(format!("http://127.0.0.1:{port}/api/v1/profiles/{}", alpha.span_id))
         .send()
         .unwrap()
         .json()
@@ -236,29 +196,14 @@ fn span_profiles_hold_their_own_functions_and_attribution_is_exact() {
     assert_eq!(json["profile"]["span_name"], "alpha");
     assert_eq!(json["profile"]["service_name"], "e2e");
     let samples = json["profile"]["samples"].as_u64().unwrap();
-    assert!(
-        (1..=12).contains(&samples),
-        "{samples} samples for a 60 ms span at 100 Hz"
-    );
+    assert!((1..=12).contains(&samples), "{samples} samples for a 60 ms span at 100 Hz");
     let folded = span_folded(port, &alpha.span_id);
-    assert!(
-        folded
-            .iter()
-            .any(|(s, _)| s.contains("e2e_workload::spin_alpha;e2e_workload::burn_alpha")),
-        "{folded:?}"
-    );
+    assert!(folded.iter().any(|(s, _)| s.contains("e2e_workload::spin_alpha;e2e_workload::burn_alpha")), "{folded:?}");
     // Complete DWARF stacks, down to the thread entry point, for (nearly) every sample.
-    let complete: u64 = folded
-        .iter()
-        .filter(|(s, _)| s.starts_with("clone3;start_thread;"))
-        .map(|(_, n)| n)
-        .sum();
+    let complete: u64 = folded.iter().filter(|(s, _)| s.starts_with("clone3;start_thread;")).map(|(_, n)| n).sum();
     let all: u64 = folded.iter().map(|(_, n)| n).sum();
     assert!(complete * 2 >= all, "{folded:?}");
-    assert!(
-        incomplete * 20 <= sampled,
-        "{incomplete} of {sampled} samples not unwound to the end"
-    );
+    assert!(incomplete * 20 <= sampled, "{incomplete} of {sampled} samples not unwound to the end");
     drop(server);
 }
 
@@ -269,12 +214,7 @@ fn a_container_cgroup_is_sampled_as_a_whole_with_exact_attribution() {
     let cgroup = Cgroup::new("spanprof-e2e-scope");
     let mut w = start_workload(
         Some(ctx.path()),
-        &[
-            ("E2E_THREADS", "2"),
-            ("E2E_SPANS", "16"),
-            ("E2E_SPAN_MS", "60"),
-            ("E2E_THREAD_DELAY_MS", "1000"),
-        ],
+        &[("E2E_THREADS", "2"), ("E2E_SPANS", "16"), ("E2E_SPAN_MS", "60"), ("E2E_THREAD_DELAY_MS", "1000")],
     );
     cgroup.add(w.proc.pid());
     let (sidecar, metrics) = start_sidecar(port, Some(ctx.path()), Some(w.proc.pid()), &[]);
@@ -282,10 +222,7 @@ fn a_container_cgroup_is_sampled_as_a_whole_with_exact_attribution() {
     let cgroups = metric(metrics, "spanprof_sidecar_attached_cgroups");
     let threads = metric(metrics, "spanprof_sidecar_attached_threads");
     sidecar.terminate();
-    assert_eq!(
-        cgroups, 1,
-        "the workload's cgroup is not sampled as a whole"
-    );
+    assert_eq!(cgroups, 1, "the workload's cgroup is not sampled as a whole");
     assert_eq!(threads, 0, "per-thread events besides the cgroup's");
 
     // Each sample once: not doubled by per-thread events, none missing.
@@ -308,15 +245,9 @@ fn without_a_channel_the_whole_process_profile_still_works() {
     );
     let (sidecar, metrics) = start_sidecar(port, Some(ctx.path()), Some(w.proc.pid()), &[]);
     let windows = w.windows();
-    assert!(
-        windows.iter().all(|w| w.span_id.is_empty()),
-        "the SDK must be off without SPANPROF_CONTEXT_DIR"
-    );
+    assert!(windows.iter().all(|w| w.span_id.is_empty()), "the SDK must be off without SPANPROF_CONTEXT_DIR");
     std::thread::sleep(Duration::from_millis(200));
-    let no_channel = metric(
-        metrics,
-        "spanprof_sidecar_samples_total{attribution=\"no_channel\"}",
-    );
+    let no_channel = metric(metrics, "spanprof_sidecar_samples_total{attribution=\"no_channel\"}");
     let unattributed = metric(metrics, "spanprof_sidecar_unattributed_samples_total");
     sidecar.terminate();
     assert!(no_channel > 10, "{no_channel} samples without channel");
@@ -324,20 +255,9 @@ fn without_a_channel_the_whole_process_profile_still_works() {
     // The process's own SPANPROF_SERVICE_NAME wins over the sidecar's --service-name (e2e).
     assert!(process_folded(port, "e2e").is_empty());
     let folded = process_folded(port, "e2e-own-env");
-    let alpha: u64 = folded
-        .iter()
-        .filter(|(s, _)| s.contains("spin_alpha"))
-        .map(|(_, n)| n)
-        .sum();
-    let beta: u64 = folded
-        .iter()
-        .filter(|(s, _)| s.contains("spin_beta"))
-        .map(|(_, n)| n)
-        .sum();
-    assert!(
-        alpha > 5 && beta > 5,
-        "whole-process profile: alpha {alpha}, beta {beta}"
-    );
+    let alpha: u64 = folded.iter().filter(|(s, _)| s.contains("spin_alpha")).map(|(_, n)| n).sum();
+    let beta: u64 = folded.iter().filter(|(s, _)| s.contains("spin_beta")).map(|(_, n)| n).sum();
+    assert!(alpha > 5 && beta > 5, "whole-process profile: alpha {alpha}, beta {beta}");
 }
 
 #[test]
@@ -348,19 +268,10 @@ fn every_thread_is_sampled_under_a_low_soft_open_file_limit() {
     let threads = 40;
     let mut w = start_workload(
         Some(ctx.path()),
-        &[
-            ("E2E_THREADS", &threads.to_string()),
-            ("E2E_SPANS", "6"),
-            ("E2E_SPAN_MS", "40"),
-        ],
+        &[("E2E_THREADS", &threads.to_string()), ("E2E_SPANS", "6"), ("E2E_SPAN_MS", "40")],
     );
-    let (sidecar, metrics) = start_sidecar_under(
-        &["prlimit", "--nofile=32:"],
-        port,
-        Some(ctx.path()),
-        Some(w.proc.pid()),
-        &[],
-    );
+    let (sidecar, metrics) =
+        start_sidecar_under(&["prlimit", "--nofile=32:"], port, Some(ctx.path()), Some(w.proc.pid()), &[]);
     std::thread::sleep(Duration::from_millis(1500));
     let attached = metric(metrics, "spanprof_sidecar_attached_threads");
     let errors = metric(metrics, "spanprof_sidecar_attach_errors_total");
@@ -387,42 +298,23 @@ fn an_unprivileged_sampler_under_a_small_locked_memory_limit_still_samples() {
     // What `capabilities: none` gives the sampler: the app's own (non-root) user, no capabilities,
     // and here the 64 KiB RLIMIT_MEMLOCK many container runtimes default to. The kernel then lets
     // the user lock ~516 KiB of perf rings per CPU, less than the sidecar asks for by default.
-    let nobody = [
-        "setpriv",
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-    ];
+    let nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"];
     let mut w = start_workload_under(
         &nobody,
         Some(ctx.path()),
-        &[
-            ("E2E_SPANS", "10"),
-            ("E2E_SPAN_MS", "60"),
-            ("E2E_THREAD_DELAY_MS", "500"),
-        ],
+        &[("E2E_SPANS", "10"), ("E2E_SPAN_MS", "60"), ("E2E_THREAD_DELAY_MS", "500")],
     );
     let mut wrapper = vec!["prlimit", "--memlock=65536:65536"];
     wrapper.extend(nobody);
-    let (sidecar, metrics) =
-        start_sidecar_under(&wrapper, port, Some(ctx.path()), Some(w.proc.pid()), &[]);
+    let (sidecar, metrics) = start_sidecar_under(&wrapper, port, Some(ctx.path()), Some(w.proc.pid()), &[]);
     let windows = w.windows();
     std::thread::sleep(Duration::from_millis(200));
     let permitted = metric(metrics, "spanprof_sidecar_sampling_permitted");
     let user_only = metric(metrics, "spanprof_sidecar_kernel_samples_excluded");
-    let in_spans = metric(
-        metrics,
-        "spanprof_sidecar_samples_total{attribution=\"span\"}",
-    );
+    let in_spans = metric(metrics, "spanprof_sidecar_samples_total{attribution=\"span\"}");
     sidecar.terminate();
-    assert_eq!(
-        permitted, 1,
-        "the unprivileged sampler did not start sampling"
-    );
-    assert_eq!(
-        user_only, 1,
-        "without CAP_PERFMON kernel samples are excluded"
-    );
+    assert_eq!(permitted, 1, "the unprivileged sampler did not start sampling");
+    assert_eq!(user_only, 1, "without CAP_PERFMON kernel samples are excluded");
     assert!(in_spans > 10, "{in_spans} samples in spans");
     let t = tally(port, &windows);
     assert_eq!(t.wrong, 0, "{t:?}");
@@ -452,10 +344,7 @@ fn server_down_then_up_delivers_the_buffered_profiles() {
     // Nothing listens yet: uploads fail and wait.
     let deadline = Instant::now() + Duration::from_secs(10);
     while metric(metrics, "spanprof_sidecar_push_errors_total") == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "no push attempt failed while the server was down"
-        );
+        assert!(Instant::now() < deadline, "no push attempt failed while the server was down");
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(metric(metrics, "spanprof_sidecar_uploads_total"), 0);
@@ -468,10 +357,7 @@ fn server_down_then_up_delivers_the_buffered_profiles() {
     assert_eq!(t.wrong, 0);
     // The spans that ran while the server was down are there too.
     let first = &windows[0];
-    assert!(
-        !span_folded(port, &first.span_id).is_empty()
-            || !span_folded(port, &windows[1].span_id).is_empty()
-    );
+    assert!(!span_folded(port, &first.span_id).is_empty() || !span_folded(port, &windows[1].span_id).is_empty());
     assert!(
         t.spans_with_samples * 10 >= windows.len() * 8,
         "{} of {} spans have samples",
@@ -572,21 +458,13 @@ fn discovers_processes_by_channel_and_follows_a_restarted_target() {
         // Discovery runs every second: the threads start after it found the process.
         let mut w = start_workload(
             Some(ctx.path()),
-            &[
-                ("E2E_SPANS", "8"),
-                ("E2E_SPAN_MS", "60"),
-                ("E2E_THREAD_DELAY_MS", "1500"),
-            ],
+            &[("E2E_SPANS", "8"), ("E2E_SPAN_MS", "60"), ("E2E_THREAD_DELAY_MS", "1500")],
         );
         all.push(w.windows());
         drop(w);
     }
     std::thread::sleep(Duration::from_millis(1200));
-    assert_eq!(
-        metric(metrics, "spanprof_sidecar_attached_processes"),
-        0,
-        "exited targets must be detached"
-    );
+    assert_eq!(metric(metrics, "spanprof_sidecar_attached_processes"), 0, "exited targets must be detached");
     sidecar.terminate();
     for windows in &all {
         let t = tally(port, windows);

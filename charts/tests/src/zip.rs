@@ -20,18 +20,13 @@ fn u32_at(b: &[u8], at: usize) -> Option<u32> {
 
 /// The contents of the entry `name` of the archive at `path`, CRC-checked.
 pub fn extract(path: &Path, name: &str) -> Result<Vec<u8>> {
-    let err = |message: String| Error::Zip {
-        path: path.to_owned(),
-        message,
-    };
+    let err = |message: String| Error::Zip { path: path.to_owned(), message };
     let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
     let bad = || err("not a ZIP archive (or a truncated one)".into());
     // The end-of-central-directory record is within the last 64 KiB + 22 bytes.
     let floor = bytes.len().saturating_sub(22 + 0xffff);
-    let eocd = (floor..bytes.len().saturating_sub(21))
-        .rev()
-        .find(|&i| u32_at(&bytes, i) == Some(EOCD))
-        .ok_or_else(bad)?;
+    let eocd =
+        (floor..bytes.len().saturating_sub(21)).rev().find(|&i| u32_at(&bytes, i) == Some(EOCD)).ok_or_else(bad)?;
     let entries = u16_at(&bytes, eocd + 10).ok_or_else(bad)?;
     let mut at = u32_at(&bytes, eocd + 16).ok_or_else(bad)? as usize;
     for _ in 0..entries {

@@ -64,14 +64,22 @@ async fn order(app: &App, vehicle: Vehicle, region: Region) -> Order {
     let w = workload(vehicle, region, app.config.work_scale);
     let root = spanprof::root_of(&tracing::Span::current());
     if let (true, Some(root)) = (app.config.print_roots, root) {
-        println!("{}", root_line(tracing::Span::current().metadata().map_or("?", |m| m.name()), &root, app.config.profile_url.as_deref()));
+        println!(
+            "{}",
+            root_line(
+                tracing::Span::current().metadata().map_or("?", |m| m.name()),
+                &root,
+                app.config.profile_url.as_deref()
+            )
+        );
     }
     let seed = root.map_or(0x5eed, |r| r.profile_id);
     let vehicle_index = info_span!("find_nearest_vehicle").in_scope(|| work::find_nearest_vehicle(w.fleet, seed));
     // Let other requests run between steps, as a real service waiting on I/O would.
     tokio::task::yield_now().await;
     let (driver_available, route_cost) = if vehicle == Vehicle::Car {
-        let available = info_span!("check_driver_availability").in_scope(|| work::check_driver_availability(w.drivers, seed));
+        let available =
+            info_span!("check_driver_availability").in_scope(|| work::check_driver_availability(w.drivers, seed));
         tokio::task::yield_now().await;
         (available, info_span!("compute_route").in_scope(|| work::compute_route(w.route_grid, seed)))
     } else {
@@ -80,7 +88,8 @@ async fn order(app: &App, vehicle: Vehicle, region: Region) -> Order {
     if w.geofence_points > 0 {
         info_span!("validate_geofence").in_scope(|| work::validate_geofence(w.geofence_points, seed));
     }
-    let fare = info_span!("price_ride").in_scope(|| work::price_ride(w.price_terms, 1.0 + f64::from(vehicle_index % 7)));
+    let fare =
+        info_span!("price_ride").in_scope(|| work::price_ride(w.price_terms, 1.0 + f64::from(vehicle_index % 7)));
     app.counters.orders[vehicle as usize].fetch_add(1, Ordering::Relaxed);
     Order {
         vehicle,

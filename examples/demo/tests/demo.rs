@@ -80,10 +80,7 @@ fn demo_serves_orders_prints_roots_and_publishes_them() {
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
         .collect();
-    let published: std::collections::HashSet<u64> = tids
-        .iter()
-        .flat_map(|&tid| reader.history(tid))
-        .filter_map(|(_, s)| s.map(|s| s.span_id))
-        .collect();
+    let published: std::collections::HashSet<u64> =
+        tids.iter().flat_map(|&tid| reader.history(tid)).filter_map(|(_, s)| s.map(|s| s.span_id)).collect();
     assert!(seen.iter().any(|id| published.contains(id)), "no printed root was published");
 }

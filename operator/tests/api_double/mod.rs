@@ -227,7 +227,9 @@ async fn handle(State(api): State<ApiDouble>, method: Method, uri: Uri, headers:
                 .objects
                 .iter()
                 .filter(|((r, n, _), o)| {
-                    *r == target.resource && (target.namespace.is_none() || *n == ns) && matches_labels(o, q.get("labelSelector"))
+                    *r == target.resource
+                        && (target.namespace.is_none() || *n == ns)
+                        && matches_labels(o, q.get("labelSelector"))
                 })
                 .map(|(_, o)| if meta_only { metadata_only(o) } else { o.clone() })
                 .collect();
@@ -291,7 +293,11 @@ async fn handle(State(api): State<ApiDouble>, method: Method, uri: Uri, headers:
             let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
             // Apply patches arrive as JSON (valid YAML); merge patches as JSON.
             let Ok(patch) = serde_json::from_slice::<Value>(&body) else {
-                return status(StatusCode::BAD_REQUEST, "BadRequest", format!("a {content_type} body that is not JSON"));
+                return status(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    format!("a {content_type} body that is not JSON"),
+                );
             };
             let key = (target.resource.clone(), ns, name.clone());
             let mut st = api.lock();
@@ -343,7 +349,8 @@ fn watch_response(api: ApiDouble, target: Target, q: BTreeMap<String, String>, m
     let selector = q.get("labelSelector").cloned();
     let rx = api.changed.subscribe();
     let stream = futures::stream::unfold((api, rx, since), move |(api, mut rx, since)| {
-        let (target_resource, target_ns, selector) = (target.resource.clone(), target.namespace.clone(), selector.clone());
+        let (target_resource, target_ns, selector) =
+            (target.resource.clone(), target.namespace.clone(), selector.clone());
         async move {
             loop {
                 let batch: Vec<(u64, String)> = {

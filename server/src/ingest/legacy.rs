@@ -56,8 +56,9 @@ pub fn parse_params(query: &str, now_ms: u64) -> Result<IngestParams> {
     let trace_label = labels.remove("trace_id");
     let span_name = labels.remove("span_name");
     if let Some(v) = span_label {
-        let id = ProfileId::parse(&v)
-            .map_err(|why| Error::rejected(Reject::BadLabel, format!("span_id/profile_id {v:?} is no profile ID: {why}")))?;
+        let id = ProfileId::parse(&v).map_err(|why| {
+            Error::rejected(Reject::BadLabel, format!("span_id/profile_id {v:?} is no profile ID: {why}"))
+        })?;
         let trace_id = trace_label
             .map(|t| {
                 TraceId::parse(&t)
@@ -90,7 +91,10 @@ pub fn parse_params(query: &str, now_ms: u64) -> Result<IngestParams> {
         None => until_ms.min(now_ms),
     };
     if from_ms > until_ms {
-        return Err(Error::rejected(Reject::BadTimestamp, format!("`from` ({from_ms} ms) is after `until` ({until_ms} ms)")));
+        return Err(Error::rejected(
+            Reject::BadTimestamp,
+            format!("`from` ({from_ms} ms) is after `until` ({until_ms} ms)"),
+        ));
     }
 
     let format = match q.get("format").map(String::as_str) {
@@ -108,11 +112,19 @@ pub fn parse_params(query: &str, now_ms: u64) -> Result<IngestParams> {
         None => crate::model::DEFAULT_PERIOD_NS,
         Some(r) => match r.parse::<u64>() {
             Ok(hz) if (1..=1_000_000).contains(&hz) => 1_000_000_000 / hz,
-            _ => return Err(Error::rejected(Reject::BadQuery, format!("sampleRate {r:?} is not a rate in 1..=1000000 Hz"))),
+            _ => {
+                return Err(Error::rejected(
+                    Reject::BadQuery,
+                    format!("sampleRate {r:?} is not a rate in 1..=1000000 Hz"),
+                ));
+            }
         },
     };
     if let Some(u) = q.get("units")
-        && !matches!(u.as_str(), "" | "samples" | "objects" | "bytes" | "goroutines" | "lock_samples" | "lock_nanoseconds")
+        && !matches!(
+            u.as_str(),
+            "" | "samples" | "objects" | "bytes" | "goroutines" | "lock_samples" | "lock_nanoseconds"
+        )
     {
         return Err(Error::rejected(Reject::BadQuery, format!("unknown units {u:?}")));
     }
@@ -229,7 +241,12 @@ pub fn parse_stacks(body: &[u8], format: Format, frames: &mut Frames) -> Result<
         let (stack, count) = match format {
             Format::Lines => (line, 1),
             _ => {
-                let bad = || Error::rejected(Reject::InvalidFolded, format!("line {}: expected `frame;frame;... count`, got {line:?}", n + 1));
+                let bad = || {
+                    Error::rejected(
+                        Reject::InvalidFolded,
+                        format!("line {}: expected `frame;frame;... count`, got {line:?}", n + 1),
+                    )
+                };
                 let (stack, count) = line.rsplit_once(' ').ok_or_else(bad)?;
                 (stack, count.trim().parse::<u64>().map_err(|_| bad())?)
             }

@@ -55,7 +55,10 @@ pub fn check_limits(batches: &[crate::model::SeriesBatch], limits: &Limits) -> c
     }
     let spans: usize = batches.iter().map(|b| b.spans.len()).sum();
     if spans > limits.max_spans_per_request {
-        return too_large(format!("{spans} span profiles in one request; the limit is {}", limits.max_spans_per_request));
+        return too_large(format!(
+            "{spans} span profiles in one request; the limit is {}",
+            limits.max_spans_per_request
+        ));
     }
     for labels in distinct {
         if labels.len() > limits.max_labels_per_series {
@@ -74,7 +77,11 @@ pub fn check_limits(batches: &[crate::model::SeriesBatch], limits: &Limits) -> c
             if value.len() > limits.max_label_value_bytes {
                 return Err(Error::rejected(
                     Reject::BadLabel,
-                    format!("label {name} has a value of {} bytes; the limit is {}", value.len(), limits.max_label_value_bytes),
+                    format!(
+                        "label {name} has a value of {} bytes; the limit is {}",
+                        value.len(),
+                        limits.max_label_value_bytes
+                    ),
                 ));
             }
         }

@@ -162,7 +162,8 @@ fn pick_value(p: &Profile, s: &Strings<'_>) -> Result<ValuePick> {
     let index = types.iter().position(|&(t, _)| !default.is_empty() && t == default).unwrap_or(0);
     let (t, u) = types[index];
     // V8's heap profiles say `objects`/`space`, Go's and the Pyroscope clients' `inuse_*`/`alloc_*`.
-    let memory = u == "bytes" || ["objects", "space"].contains(&t) || t.starts_with("inuse_") || t.starts_with("alloc_");
+    let memory =
+        u == "bytes" || ["objects", "space"].contains(&t) || t.starts_with("inuse_") || t.starts_with("alloc_");
     Ok(ValuePick { index, divisor: 1, period_ns, measure: if memory { Measure::Memory } else { Measure::Other } })
 }
 
@@ -266,9 +267,8 @@ pub fn split(p: &Profile, forced_span: Option<&SpanContribution>) -> Result<Spli
         let count = if pick.divisor > 1 { value.saturating_add(pick.divisor / 2) / pick.divisor } else { value }.max(1);
         stack.clear();
         for loc_id in sample.location_id.iter().rev() {
-            let f = frames
-                .get(loc_id)
-                .ok_or_else(|| invalid(format!("sample {n} refers to unknown location {loc_id}")))?;
+            let f =
+                frames.get(loc_id).ok_or_else(|| invalid(format!("sample {n} refers to unknown location {loc_id}")))?;
             stack.extend_from_slice(f);
         }
         if stack.is_empty() {
@@ -358,7 +358,15 @@ pub fn split(p: &Profile, forced_span: Option<&SpanContribution>) -> Result<Spli
         let from = p.time_nanos as u64 / 1_000_000;
         (from, from + (p.duration_nanos.max(0) as u64) / 1_000_000)
     });
-    Ok(SplitProfile { period_ns: pick.period_ns, time_range_ms, frames: table, spans, process, dropped, measure: pick.measure })
+    Ok(SplitProfile {
+        period_ns: pick.period_ns,
+        time_range_ms,
+        frames: table,
+        spans,
+        process,
+        dropped,
+        measure: pick.measure,
+    })
 }
 
 #[cfg(test)]
@@ -445,7 +453,8 @@ pub(crate) mod tests {
                 p.string_table.len() as i64 - 1
             }
         };
-        let sample_type: Vec<ValueType> = types.iter().map(|&(t, u)| ValueType { r#type: idx(t), unit: idx(u) }).collect();
+        let sample_type: Vec<ValueType> =
+            types.iter().map(|&(t, u)| ValueType { r#type: idx(t), unit: idx(u) }).collect();
         let period_type = ValueType { r#type: idx(clock), unit: idx("nanoseconds") };
         p.sample_type = sample_type;
         p.period_type = Some(period_type);
@@ -460,9 +469,21 @@ pub(crate) mod tests {
         type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a [i64], u64, Measure);
         let cases: &[Case<'_>] = &[
             // Node.js wall profile with CPU time (as @datadog/pprof writes it): the CPU value.
-            (&[("sample", "count"), ("wall", "nanoseconds"), ("cpu", "nanoseconds")], "wall", &[1, 10_000_000, 30_000_000], 3, Measure::Cpu),
+            (
+                &[("sample", "count"), ("wall", "nanoseconds"), ("cpu", "nanoseconds")],
+                "wall",
+                &[1, 10_000_000, 30_000_000],
+                3,
+                Measure::Cpu,
+            ),
             // Its Pyroscope client's renaming, the same.
-            (&[("samples", "count"), ("wall", "nanoseconds"), ("cpu", "nanoseconds")], "wall", &[1, 10_000_000, 30_000_000], 3, Measure::Cpu),
+            (
+                &[("samples", "count"), ("wall", "nanoseconds"), ("cpu", "nanoseconds")],
+                "wall",
+                &[1, 10_000_000, 30_000_000],
+                3,
+                Measure::Cpu,
+            ),
             // Node.js wall profile without CPU time: wall samples, not CPU.
             (&[("samples", "count"), ("wall", "nanoseconds")], "wall", &[2, 20_000_000], 2, Measure::Wall),
             // Go CPU: samples and CPU time agree.
@@ -522,7 +543,13 @@ pub(crate) mod tests {
         p.location[0].line.insert(0, Line { function_id: 50, line: 3, column: 0 });
         let file = p.string_table.len() as i64;
         p.string_table.push("/usr/lib/libfoo.so".into());
-        p.mapping.push(Mapping { id: 7, memory_start: 0x1000, file_offset: 0x200, filename: file, ..Default::default() });
+        p.mapping.push(Mapping {
+            id: 7,
+            memory_start: 0x1000,
+            file_offset: 0x200,
+            filename: file,
+            ..Default::default()
+        });
         p.location.push(Location { id: 60, mapping_id: 7, address: 0x1234, ..Default::default() });
         p.sample[0].location_id.insert(0, 60);
         let split = split(&p, None).unwrap();

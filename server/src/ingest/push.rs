@@ -142,7 +142,8 @@ mod tests {
         let json = serde_json::json!({"series": [{"labels": [{"name": "service_name", "value": "ride"}, {"name": "__name__", "value": "process_cpu"}],
             "samples": [{"rawProfile": base64::engine::general_purpose::STANDARD.encode(p.encode_to_vec()), "ID": "u"}]}]});
         let from_json =
-            to_batches(decode_request(json.to_string().as_bytes(), Encoding::Json).unwrap(), &Limits::default(), 5).unwrap();
+            to_batches(decode_request(json.to_string().as_bytes(), Encoding::Json).unwrap(), &Limits::default(), 5)
+                .unwrap();
         assert_eq!(from_proto, from_json);
         assert_eq!(from_proto[0].spans[0].stacks.total(), 2);
         assert_eq!(from_proto[0].service_name(), "ride");
@@ -156,6 +157,9 @@ mod tests {
         assert!(err.to_string().starts_with("series 0:"), "{err}");
         let mut req = request(vec![]);
         req.series[0].labels.push(LabelPair { name: "bad-name".into(), value: "x".into() });
-        assert!(matches!(to_batches(req, &Limits::default(), 0), Err(Error::Rejected { reason: Reject::BadLabel, .. })));
+        assert!(matches!(
+            to_batches(req, &Limits::default(), 0),
+            Err(Error::Rejected { reason: Reject::BadLabel, .. })
+        ));
     }
 }

@@ -223,7 +223,8 @@ pub struct BloomRef<'a> {
 impl BloomRef<'_> {
     /// False: the key is surely absent. True: it may be present.
     pub fn may_contain(&self, key: &[u8]) -> bool {
-        self.bits.is_empty() || bloom_positions(self.bits.len(), key).all(|bit| self.bits[bit / 8] & (1 << (bit % 8)) != 0)
+        self.bits.is_empty()
+            || bloom_positions(self.bits.len(), key).all(|bit| self.bits[bit / 8] & (1 << (bit % 8)) != 0)
     }
 }
 
@@ -271,13 +272,16 @@ fn write_table(out: &mut Vec<u8>, table: Table, entries: &[(Vec<u8>, Vec<u8>)], 
 /// Decodes one page (its CRC-32 checked) into its entries.
 pub fn decode_page(bytes: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let corrupt = |what: &str| Error::Corrupt(format!("block page: {what}"));
-    let (body, crc) = bytes.split_at_checked(bytes.len().checked_sub(4).ok_or_else(|| corrupt("short"))?).ok_or_else(|| corrupt("short"))?;
+    let (body, crc) = bytes
+        .split_at_checked(bytes.len().checked_sub(4).ok_or_else(|| corrupt("short"))?)
+        .ok_or_else(|| corrupt("short"))?;
     let crc = u32::from_le_bytes(<[u8; 4]>::try_from(crc).map_err(|_| corrupt("short"))?);
     if crc32fast::hash(body) != crc {
         return Err(corrupt("checksum mismatch"));
     }
     // LZ4 expands at most 255-fold: a larger claimed size is a corrupt page, not an allocation.
-    let size = body.get(..4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize).ok_or_else(|| corrupt("short"))?;
+    let size =
+        body.get(..4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize).ok_or_else(|| corrupt("short"))?;
     if size > body.len().saturating_mul(255) {
         return Err(corrupt("impossible size"));
     }
@@ -331,7 +335,10 @@ pub fn decode_footer(tail: &[u8]) -> Result<std::result::Result<BlockFooter, usi
 
 impl BlockFooter {
     pub fn table(&self, t: Table) -> Result<&TableRef> {
-        self.tables.iter().find(|r| r.name == t.name()).ok_or_else(|| Error::Corrupt(format!("block has no {} table", t.name())))
+        self.tables
+            .iter()
+            .find(|r| r.name == t.name())
+            .ok_or_else(|| Error::Corrupt(format!("block has no {} table", t.name())))
     }
 }
 
@@ -412,7 +419,12 @@ impl BlockBuilder {
 
     /// Stack counts of `source`'s stack IDs in the block's IDs: each distinct stack is read and
     /// interned once (by ID, not by frame names), so a cut costs a lookup per stack occurrence.
-    fn translate(&mut self, counts: &codec::Counts, map: &mut IdMap, source: &mut dyn StackSource) -> Result<codec::Counts> {
+    fn translate(
+        &mut self,
+        counts: &codec::Counts,
+        map: &mut IdMap,
+        source: &mut dyn StackSource,
+    ) -> Result<codec::Counts> {
         let mut out = Vec::with_capacity(counts.len());
         for &(sid, count) in counts {
             let id = match map.stacks.get(&sid) {
@@ -444,7 +456,13 @@ impl BlockBuilder {
     }
 
     /// Adds a stored span record (profile ID key `key`) whose stack IDs are `source`'s.
-    pub fn add_span_record(&mut self, key: &[u8], mut rec: SpanRecord, map: &mut IdMap, source: &mut dyn StackSource) -> Result<()> {
+    pub fn add_span_record(
+        &mut self,
+        key: &[u8],
+        mut rec: SpanRecord,
+        map: &mut IdMap,
+        source: &mut dyn StackSource,
+    ) -> Result<()> {
         self.time(rec.first_seen_ms, rec.last_seen_ms);
         self.samples += rec.samples;
         let counts = self.translate(&rec.stack_counts()?, map, source)?;
@@ -494,7 +512,8 @@ impl BlockBuilder {
         self.time(s.first_seen_ms, s.last_seen_ms);
         self.samples += s.samples;
         let counts = self.counts(&p.stacks);
-        let labels: Vec<LabelPair> = s.labels.iter().map(|(k, v)| LabelPair { name: k.clone(), value: v.clone() }).collect();
+        let labels: Vec<LabelPair> =
+            s.labels.iter().map(|(k, v)| LabelPair { name: k.clone(), value: v.clone() }).collect();
         let part = SpanPart {
             counts,
             period_ns: s.period_ns,
@@ -645,7 +664,11 @@ impl BlockBuilder {
             data_crc32: crc32fast::hash(&out),
             services: services.into_iter().collect(),
             // What query planning needs: the series with whole-process data.
-            series: series.into_iter().filter(|(_, n)| self.process_series.contains(n)).map(|(l, _)| l.clone()).collect(),
+            series: series
+                .into_iter()
+                .filter(|(_, n)| self.process_series.contains(n))
+                .map(|(l, _)| l.clone())
+                .collect(),
             replaces: Vec::new(),
         };
         (out, meta)
@@ -692,7 +715,10 @@ pub fn list_key(last_seen_ms: u64, id: &ProfileId) -> Vec<u8> {
 
 /// The last-seen time and profile ID of a `list` key.
 pub fn decode_list_key(key: &[u8]) -> Result<(u64, ProfileId)> {
-    let t = key.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()).ok_or_else(|| Error::Corrupt("block list key".into()))?;
+    let t = key
+        .get(..8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .ok_or_else(|| Error::Corrupt("block list key".into()))?;
     Ok((!u64::from_be_bytes(t), id_from_key(&key[8..])?))
 }
 
@@ -731,7 +757,8 @@ mod tests {
     }
 
     fn profile(id: &str, t: u64, stacks: &[(&[&str], u64)]) -> SpanProfile {
-        let stacks: Stacks = stacks.iter().map(|(f, c)| (f.iter().map(|s| Arc::<str>::from(*s)).collect(), *c)).collect();
+        let stacks: Stacks =
+            stacks.iter().map(|(f, c)| (f.iter().map(|s| Arc::<str>::from(*s)).collect(), *c)).collect();
         SpanProfile {
             summary: SpanSummary {
                 profile_id: ProfileId::parse(id).unwrap(),
@@ -750,7 +777,10 @@ mod tests {
 
     /// Every key of a table, read page by page as a reader would.
     fn read_table(data: &[u8], t: &TableRef) -> Vec<(Vec<u8>, Vec<u8>)> {
-        t.pages.iter().flat_map(|p| decode_page(&data[p.offset as usize..(p.offset + u64::from(p.len)) as usize]).unwrap()).collect()
+        t.pages
+            .iter()
+            .flat_map(|p| decode_page(&data[p.offset as usize..(p.offset + u64::from(p.len)) as usize]).unwrap())
+            .collect()
     }
 
     #[test]
@@ -768,7 +798,10 @@ mod tests {
         labels.insert("__name__".into(), "process_cpu".into());
         b.add_process(&labels, 60_000, 10_000_000, &vec![(vec![Arc::from("main"), Arc::from("idle")], 7)]);
         let (data, meta) = b.finish("blk", "replica-0", 1);
-        assert_eq!((meta.span_profiles, meta.min_time_ms, meta.services.as_slice()), (3_001, 500, &["svc".to_string()][..]));
+        assert_eq!(
+            (meta.span_profiles, meta.min_time_ms, meta.services.as_slice()),
+            (3_001, 500, &["svc".to_string()][..])
+        );
         assert_eq!(meta.data_bytes as usize, data.len());
 
         let footer = decode_footer(&data).unwrap().unwrap();
@@ -780,7 +813,8 @@ mod tests {
         // A key is found in the page the index names, and the Bloom filter never says no to it.
         for (k, _) in rows.iter().step_by(97) {
             let page = spans.page_for(k).unwrap();
-            let entries = decode_page(&data[page.offset as usize..(page.offset + u64::from(page.len)) as usize]).unwrap();
+            let entries =
+                decode_page(&data[page.offset as usize..(page.offset + u64::from(page.len)) as usize]).unwrap();
             assert!(entries.iter().any(|(e, _)| e == k));
             assert!(spans.bloom().may_contain(k));
         }

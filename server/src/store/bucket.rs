@@ -78,7 +78,8 @@ impl Bucket {
         let display = format!("{}://{}{}", parsed.scheme(), parsed.host_str().unwrap_or(""), parsed.path());
         let (store, prefix): (Arc<dyn ObjectStore>, ObjectPath) = match parsed.scheme() {
             "s3" | "s3a" => {
-                let bucket = parsed.host_str().ok_or_else(|| Error::Config(format!("--object-store {display}: no bucket")))?;
+                let bucket =
+                    parsed.host_str().ok_or_else(|| Error::Config(format!("--object-store {display}: no bucket")))?;
                 let mut builder = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
                 // SeaweedFS, MinIO and Ceph take path-style requests at a custom endpoint.
                 if std::env::var_os("AWS_ENDPOINT").is_some() || std::env::var_os("AWS_ENDPOINT_URL").is_some() {
@@ -98,18 +99,23 @@ impl Bucket {
                     .with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch)
                     .build()
                     .map_err(|e| Error::Config(format!("--object-store {display}: {e}")))?;
-                let prefix = ObjectPath::parse(parsed.path().trim_matches('/')).map_err(|e| Error::Config(e.to_string()))?;
+                let prefix =
+                    ObjectPath::parse(parsed.path().trim_matches('/')).map_err(|e| Error::Config(e.to_string()))?;
                 (Arc::new(store), prefix)
             }
             "file" => {
-                let dir = parsed.to_file_path().map_err(|_| Error::Config(format!("--object-store {display}: not a local path")))?;
+                let dir = parsed
+                    .to_file_path()
+                    .map_err(|_| Error::Config(format!("--object-store {display}: not a local path")))?;
                 std::fs::create_dir_all(&dir)?;
                 let store = object_store::local::LocalFileSystem::new_with_prefix(&dir)
                     .map_err(|e| Error::Config(format!("--object-store {display}: {e}")))?;
                 (Arc::new(store), ObjectPath::default())
             }
             other => {
-                return Err(Error::Config(format!("--object-store {display}: unknown scheme {other:?} (s3:// or file://)")));
+                return Err(Error::Config(format!(
+                    "--object-store {display}: unknown scheme {other:?} (s3:// or file://)"
+                )));
             }
         };
         Ok(Bucket {
@@ -117,7 +123,12 @@ impl Bucket {
             prefix,
             display,
             footers: Mutex::new(HashMap::new()),
-            pages: Mutex::new(PageCache { pages: HashMap::new(), order: VecDeque::new(), bytes: 0, max_bytes: cache_bytes }),
+            pages: Mutex::new(PageCache {
+                pages: HashMap::new(),
+                order: VecDeque::new(),
+                bytes: 0,
+                max_bytes: cache_bytes,
+            }),
             metas: Mutex::new(None),
             hidden: Mutex::new(Arc::default()),
         })
@@ -130,7 +141,10 @@ impl Bucket {
     /// Writes a block: its data, then its meta (so a reader never meets a meta without data).
     /// Writing a block that exists (a retried upload) succeeds.
     pub async fn put_block(&self, data: Vec<u8>, meta: &BlockMeta) -> Result<()> {
-        self.store.put(&self.path(&meta.id, "data"), PutPayload::from(data)).await.map_err(|e| storage("writing block data", e))?;
+        self.store
+            .put(&self.path(&meta.id, "data"), PutPayload::from(data))
+            .await
+            .map_err(|e| storage("writing block data", e))?;
         let json = serde_json::to_vec(meta).map_err(|e| Error::Bucket(e.to_string()))?;
         let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
         match self.store.put_opts(&self.path(&meta.id, "meta.json"), PutPayload::from(json), opts).await {
@@ -149,7 +163,8 @@ impl Bucket {
             Err(e) => return Err(storage("reading a block meta", e)),
         };
         let bytes = got.bytes().await.map_err(|e| storage("reading a block meta", e))?;
-        let meta: BlockMeta = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt(format!("block {id} meta: {e}")))?;
+        let meta: BlockMeta =
+            serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt(format!("block {id} meta: {e}")))?;
         Ok((meta.format == block::FORMAT_VERSION).then_some(meta))
     }
 
@@ -199,7 +214,8 @@ impl Bucket {
         let mut metas = visible(metas);
         metas.sort_by(|a, b| a.id.cmp(&b.id));
         let shown: std::collections::HashSet<&str> = metas.iter().map(|m| m.id.as_str()).collect();
-        let hidden: std::collections::HashSet<String> = ids.into_iter().filter(|id| !shown.contains(id.as_str())).collect();
+        let hidden: std::collections::HashSet<String> =
+            ids.into_iter().filter(|id| !shown.contains(id.as_str())).collect();
         let metas = Arc::new(metas);
         if let Ok(mut m) = self.metas.lock() {
             *m = Some((Instant::now(), metas.clone()));
@@ -231,7 +247,11 @@ impl Bucket {
                 let bytes = self.store.get(&o.location).await?.bytes().await?;
                 Ok::<_, object_store::Error>(bytes)
             };
-            match read.await.map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice::<BlockMeta>(&b).map_err(|e| e.to_string())) {
+            match read
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice::<BlockMeta>(&b).map_err(|e| e.to_string()))
+            {
                 Ok(m) if m.format == block::FORMAT_VERSION => metas.push(m),
                 Ok(m) => {
                     tracing::error!(block = %m.id, format = m.format, "a block of an unknown format is skipped");
@@ -262,7 +282,10 @@ impl Bucket {
     }
 
     async fn range(&self, meta: &BlockMeta, r: Range<u64>) -> Result<bytes::Bytes> {
-        self.store.get_range(&self.path(&meta.id, "data"), r).await.map_err(|e| storage(&format!("reading block {}", meta.id), e))
+        self.store
+            .get_range(&self.path(&meta.id, "data"), r)
+            .await
+            .map_err(|e| storage(&format!("reading block {}", meta.id), e))
     }
 
     /// The footer of a block (cached).
@@ -292,9 +315,13 @@ impl Bucket {
         if let Some(p) = self.pages.lock().ok().and_then(|c| c.get(&key)) {
             return Ok(p);
         }
-        let end = page.offset.checked_add(u64::from(page.len)).ok_or_else(|| Error::Corrupt(format!("block {}: page past the end", meta.id)))?;
+        let end = page
+            .offset
+            .checked_add(u64::from(page.len))
+            .ok_or_else(|| Error::Corrupt(format!("block {}: page past the end", meta.id)))?;
         let bytes = self.range(meta, page.offset..end).await?;
-        let entries = Arc::new(block::decode_page(&bytes).map_err(|e| Error::Corrupt(format!("block {}: {e}", meta.id)))?);
+        let entries =
+            Arc::new(block::decode_page(&bytes).map_err(|e| Error::Corrupt(format!("block {}: {e}", meta.id)))?);
         if let Ok(mut c) = self.pages.lock() {
             c.put(key, entries.clone(), bytes.len());
         }
@@ -476,7 +503,11 @@ impl BlockRead<'_> {
     }
 
     /// The keys and labels of the block's whole-process series matching `matches`.
-    async fn series_matching(&self, footer: &BlockFooter, matches: impl Fn(&crate::model::Labels) -> bool) -> Result<Vec<(Vec<u8>, crate::model::Labels)>> {
+    async fn series_matching(
+        &self,
+        footer: &BlockFooter,
+        matches: impl Fn(&crate::model::Labels) -> bool,
+    ) -> Result<Vec<(Vec<u8>, crate::model::Labels)>> {
         let mut series = Vec::new();
         for page in &footer.table(Table::Series)?.pages {
             for (k, v) in self.bucket.page(self.meta, page).await?.iter() {
@@ -492,7 +523,13 @@ impl BlockRead<'_> {
 
     /// The buckets of the series `key` started in `[from_ms rounded down to its bucket,
     /// until_ms]`, decoded: (bucket start, record) each.
-    async fn buckets(&self, footer: &BlockFooter, key: &[u8], from_ms: u64, until_ms: u64) -> Result<Vec<(u64, super::codec::StacksRecord)>> {
+    async fn buckets(
+        &self,
+        footer: &BlockFooter,
+        key: &[u8],
+        from_ms: u64,
+        until_ms: u64,
+    ) -> Result<Vec<(u64, super::codec::StacksRecord)>> {
         let first_bucket = from_ms / super::shared::BUCKET_MS * super::shared::BUCKET_MS;
         let mut out = Vec::new();
         for page in footer.table(Table::Process)?.pages_for_prefix(key) {
@@ -583,7 +620,10 @@ impl BlockRead<'_> {
         }
         for page in &footer.table(Table::Stacks)?.pages {
             for (k, v) in self.bucket.page(self.meta, page).await?.iter() {
-                dict.stacks.insert(u32_key(k)?, super::codec::decode::<super::codec::StackRecord>(v, "block stack")?.frame_ids);
+                dict.stacks.insert(
+                    u32_key(k)?,
+                    super::codec::decode::<super::codec::StackRecord>(v, "block stack")?.frame_ids,
+                );
             }
         }
         Ok(dict)
@@ -620,8 +660,11 @@ impl BlockRead<'_> {
         for page in &footer.table(Table::Process)?.pages {
             for (k, v) in self.bucket.page(self.meta, page).await?.iter() {
                 let (s, b) = k.split_at_checked(4).ok_or_else(|| Error::Corrupt("block process key".into()))?;
-                let labels = series.get(s).cloned().ok_or_else(|| Error::Corrupt("block process series missing".into()))?;
-                let bucket = <[u8; 8]>::try_from(b).map(u64::from_be_bytes).map_err(|_| Error::Corrupt("block process key".into()))?;
+                let labels =
+                    series.get(s).cloned().ok_or_else(|| Error::Corrupt("block process series missing".into()))?;
+                let bucket = <[u8; 8]>::try_from(b)
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| Error::Corrupt("block process key".into()))?;
                 out.push((labels, bucket, super::codec::decode(v, "block bucket")?));
             }
         }
@@ -635,7 +678,10 @@ impl BlockRead<'_> {
         let mut out = Vec::new();
         for (k, rec) in self.all_span_records().await? {
             let stacks = self.resolve(&rec.stack_counts()?).await?;
-            out.push(super::SpanProfile { summary: super::shared::summary(super::shared::id_from_key(&k)?, rec), stacks });
+            out.push(super::SpanProfile {
+                summary: super::shared::summary(super::shared::id_from_key(&k)?, rec),
+                stacks,
+            });
         }
         Ok(out)
     }
@@ -736,7 +782,8 @@ impl Bucket {
         let generations: Vec<u64> =
             listed.iter().filter_map(|o| o.location.filename()?.strip_prefix("lease-")?.parse::<u64>().ok()).collect();
         let Some(&g) = generations.iter().max() else { return Ok((generations, None)) };
-        let bytes = self.store.get(&self.lease_path(g)).await.map_err(|e| storage("reading the lease", e))?.bytes().await;
+        let bytes =
+            self.store.get(&self.lease_path(g)).await.map_err(|e| storage("reading the lease", e))?.bytes().await;
         let lease = bytes.ok().and_then(|b| serde_json::from_slice(&b).ok());
         Ok((generations, Some((g, lease))))
     }
@@ -777,7 +824,8 @@ mod tests {
     }
 
     fn span(id: u64, pod: &str, stacks: &[(&[&str], u64)]) -> super::super::SpanProfile {
-        let labels: crate::model::Labels = [("pod".to_owned(), pod.to_owned()), ("namespace".to_owned(), "shop".to_owned())].into();
+        let labels: crate::model::Labels =
+            [("pod".to_owned(), pod.to_owned()), ("namespace".to_owned(), "shop".to_owned())].into();
         super::super::SpanProfile {
             summary: super::super::SpanSummary {
                 profile_id: crate::model::ProfileId::Span(id),
@@ -799,7 +847,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let bucket = Bucket::open(&format!("file://{}", dir.path().display()), 1 << 20).unwrap();
         let mut b = block::BlockBuilder::default();
-        let spans = [span(1, "p1", &[(&["main", "a"], 2)]), span(2, "p2", &[(&["main", "b"], 1)]), span(3, "p1", &[(&["main", "a"], 5)])];
+        let spans = [
+            span(1, "p1", &[(&["main", "a"], 2)]),
+            span(2, "p2", &[(&["main", "b"], 1)]),
+            span(3, "p1", &[(&["main", "a"], 5)]),
+        ];
         for s in &spans {
             b.add_span(s);
         }
@@ -815,7 +867,10 @@ mod tests {
             assert_eq!(got.stacks, s.stacks);
         }
         let all = read.all_spans().await.unwrap();
-        assert_eq!(all.iter().map(|p| p.summary.clone()).collect::<Vec<_>>(), spans.iter().map(|p| p.summary.clone()).collect::<Vec<_>>());
+        assert_eq!(
+            all.iter().map(|p| p.summary.clone()).collect::<Vec<_>>(),
+            spans.iter().map(|p| p.summary.clone()).collect::<Vec<_>>()
+        );
         assert_eq!(read.all_process().await.unwrap().len(), 1);
     }
 
@@ -840,7 +895,13 @@ mod tests {
         assert_eq!(ids(visible(vec![meta("1", &[]), meta("2", &[]), meta("3", &["1", "2"])])), ["3"]);
         // Two compactors merged overlapping sets: the smaller ID's output counts, the other
         // output is left out with everything it claims that the first does not.
-        let v = ids(visible(vec![meta("1", &[]), meta("2", &[]), meta("4", &[]), meta("5", &["1", "2"]), meta("6", &["2", "4"])]));
+        let v = ids(visible(vec![
+            meta("1", &[]),
+            meta("2", &[]),
+            meta("4", &[]),
+            meta("5", &["1", "2"]),
+            meta("6", &["2", "4"]),
+        ]));
         assert_eq!(v, ["4", "5"]);
     }
 }

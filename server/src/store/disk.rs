@@ -27,10 +27,12 @@ impl DiskReserve {
     /// The reserve for the store in `dir`: `configured` bytes, or, when `None`, 5 % of the
     /// filesystem and at most 1 GiB. A filesystem that cannot be asked keeps no reserve.
     pub fn new(dir: &Path, configured: Option<u64>) -> Self {
-        let bytes = configured.unwrap_or_else(|| {
-            space(dir).map_or(0, |s| (s.total / AUTO_RESERVE_DIVISOR).min(AUTO_RESERVE_MAX))
-        });
-        tracing::info!(reserve_bytes = bytes, "inserts pause while less is free on the data directory's filesystem (--min-free-disk-bytes)");
+        let bytes = configured
+            .unwrap_or_else(|| space(dir).map_or(0, |s| (s.total / AUTO_RESERVE_DIVISOR).min(AUTO_RESERVE_MAX)));
+        tracing::info!(
+            reserve_bytes = bytes,
+            "inserts pause while less is free on the data directory's filesystem (--min-free-disk-bytes)"
+        );
         DiskReserve { dir: dir.to_owned(), bytes }
     }
 
@@ -53,10 +55,7 @@ struct Space {
 
 fn space(dir: &Path) -> Option<Space> {
     let s = rustix::fs::statvfs(dir).ok()?;
-    Some(Space {
-        total: s.f_blocks.saturating_mul(s.f_frsize),
-        available: s.f_bavail.saturating_mul(s.f_frsize),
-    })
+    Some(Space { total: s.f_blocks.saturating_mul(s.f_frsize), available: s.f_bavail.saturating_mul(s.f_frsize) })
 }
 
 /// Bytes the files under `path` occupy on disk (allocated blocks, not apparent lengths: engines

@@ -12,8 +12,8 @@
 use std::collections::BTreeSet;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -26,15 +26,15 @@ use prost::Message;
 
 use super::codec::{self, Counts, SpanRecord, StackRecord, StacksRecord};
 use super::disk::{DiskReserve, allocated_bytes};
-use super::span_index::{self, CHUNK_ENTRIES};
 use super::shared::{
     BUCKET_MS, GC_SWEEP_ROWS, GcBounds, GcCandidates, InternSink, Interner, MAX_ID_KEY_BYTES, Mark, MergedSpan,
-    PendingInterns, RETENTION_STEP_ROWS, SCAN_BUDGET, SeriesRecord, SizeEstimate, id_from_key, id_key, merge_span, rescaled,
-    series_id_seed, span_labels, summary,
+    PendingInterns, RETENTION_STEP_ROWS, SCAN_BUDGET, SeriesRecord, SizeEstimate, id_from_key, id_key, merge_span,
+    rescaled, series_id_seed, span_labels, summary,
 };
+use super::span_index::{self, CHUNK_ENTRIES};
 use super::{
-    Cursor, GcStats, InsertStats, Page, ProcessProfile, ProcessQuery, ProfileStore, Retention, RetentionStats, SeriesPoints, SpanProfile, SpanQuery, SpanStat, Stacks,
-    StoreStats,
+    Cursor, GcStats, InsertStats, Page, ProcessProfile, ProcessQuery, ProfileStore, Retention, RetentionStats,
+    SeriesPoints, SpanProfile, SpanQuery, SpanStat, Stacks, StoreStats,
 };
 use crate::error::{Error, Result};
 use crate::model::{Labels, ProfileId, SeriesBatch, TraceId, rescale_count};
@@ -72,12 +72,18 @@ struct SnapshotStacks<'r> {
 
 impl super::block::StackSource for SnapshotStacks<'_> {
     fn frames_of(&mut self, id: u32) -> Result<Vec<u32>> {
-        let bytes = self.snap.get(self.k.stacks.inner(), id.to_be_bytes())?.ok_or_else(|| Error::Corrupt(format!("stack {id} missing")))?;
+        let bytes = self
+            .snap
+            .get(self.k.stacks.inner(), id.to_be_bytes())?
+            .ok_or_else(|| Error::Corrupt(format!("stack {id} missing")))?;
         Ok(codec::decode::<StackRecord>(&bytes, "stack")?.frame_ids)
     }
 
     fn frame_name(&mut self, id: u32) -> Result<Arc<str>> {
-        let bytes = self.snap.get(self.k.frames.inner(), id.to_be_bytes())?.ok_or_else(|| Error::Corrupt(format!("frame {id} missing")))?;
+        let bytes = self
+            .snap
+            .get(self.k.frames.inner(), id.to_be_bytes())?
+            .ok_or_else(|| Error::Corrupt(format!("frame {id} missing")))?;
         Ok(Arc::from(String::from_utf8_lossy(&bytes).as_ref()))
     }
 }
@@ -174,7 +180,10 @@ fn time_and_id(key: &[u8], skip: usize) -> Result<(u64, Vec<u8>)> {
 
 /// The length of a [`svc_key`]'s service prefix.
 fn svc_prefix_len(key: &[u8]) -> Result<usize> {
-    let len = key.get(..4).and_then(|b| <[u8; 4]>::try_from(b).ok()).ok_or_else(|| Error::Corrupt("service index key".into()))?;
+    let len = key
+        .get(..4)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .ok_or_else(|| Error::Corrupt("service index key".into()))?;
     Ok(4 + u32::from_be_bytes(len) as usize)
 }
 
@@ -510,7 +519,12 @@ fn insert_group(
     for (batches, _) in inserts {
         let mut s = InsertStats::default();
         for batch in batches {
-            let mut g = Group { adds: &mut adds, index: &mut index, bytes_delta: &mut bytes_delta, spans_delta: &mut spans_delta };
+            let mut g = Group {
+                adds: &mut adds,
+                index: &mut index,
+                bytes_delta: &mut bytes_delta,
+                spans_delta: &mut spans_delta,
+            };
             s += insert_batch(&mut w, k, interner, &mut pending, &mut g, batch)?;
         }
         stats.push(s);
@@ -565,7 +579,8 @@ fn insert_batch(
 
     if !batch.process.is_empty() {
         let sid = series_id(w, k, &batch.labels)?;
-        let counts = pending.counts(interner, &mut FjallInterns { w, k }, &batch.frames, &mut frame_ids, &batch.process)?;
+        let counts =
+            pending.counts(interner, &mut FjallInterns { w, k }, &batch.frames, &mut frame_ids, &batch.process)?;
         adds.add(k2(sid, bucket_of(batch.from_ms)), &counts, batch.period_ns, 1);
         stats.process_buckets += 1;
     }
@@ -627,7 +642,12 @@ fn insert_batch(
                 adds.add(new_key, &incoming, batch.period_ns, 1);
             }
         }
-        let entry = span_index::Entry { id: id.to_vec(), samples: rec.samples, period_ns: rec.period_ns, last_seen_ms: rec.last_seen_ms };
+        let entry = span_index::Entry {
+            id: id.to_vec(),
+            samples: rec.samples,
+            period_ns: rec.period_ns,
+            last_seen_ms: rec.last_seen_ms,
+        };
         rec.stat_chunk = g.index.put(w, k, rec.rollup_series, bucket_of(rec.last_seen_ms), in_chunk, entry)?;
         if let Some(t) = new_trace {
             w.insert(&k.spans_by_trace, trace_key(t.0, id), []);
@@ -657,7 +677,12 @@ struct IndexChanges {
 }
 
 impl IndexChanges {
-    fn chunk(&mut self, w: &SingleWriterWriteTx<'_>, k: &Keyspaces, key: [u8; 20]) -> Result<&mut Vec<span_index::Entry>> {
+    fn chunk(
+        &mut self,
+        w: &SingleWriterWriteTx<'_>,
+        k: &Keyspaces,
+        key: [u8; 20],
+    ) -> Result<&mut Vec<span_index::Entry>> {
         if !self.chunks.contains_key(&key) {
             let (_, minute, _) = span_index::decode_chunk_key(&key)?;
             let loaded = match w.get(k.span_index.inner(), key)? {
@@ -710,7 +735,13 @@ impl IndexChanges {
     }
 
     /// Takes profile `id` out of chunk `(series, minute, chunk)`.
-    fn remove(&mut self, w: &SingleWriterWriteTx<'_>, k: &Keyspaces, (series, minute, chunk): (u64, u64, u32), id: &[u8]) -> Result<()> {
+    fn remove(
+        &mut self,
+        w: &SingleWriterWriteTx<'_>,
+        k: &Keyspaces,
+        (series, minute, chunk): (u64, u64, u32),
+        id: &[u8],
+    ) -> Result<()> {
         self.chunk(w, k, span_index::chunk_key(series, minute, chunk))?.retain(|e| e.id != id);
         Ok(())
     }
@@ -770,7 +801,8 @@ impl BucketAdds {
                     if period == period_ns {
                         return (stack, change);
                     }
-                    let magnitude = rescale_count(change.unsigned_abs().min(u128::from(u64::MAX)) as u64, period_ns, period);
+                    let magnitude =
+                        rescale_count(change.unsigned_abs().min(u128::from(u64::MAX)) as u64, period_ns, period);
                     (stack, change.signum() * i128::from(magnitude))
                 })
                 .collect();
@@ -896,7 +928,8 @@ fn retention_step(k: &Keyspaces, policy: &Retention, now_ms: u64, interned: u64)
     // index are all it can reach: read them once rather than re-scanning past the tombstones
     // this step leaves at the front of the index after every delete.
     let spans = oldest(&w, &k.spans_by_time, RETENTION_STEP_ROWS, |key| time_and_id(key, 0))?;
-    let buckets = oldest(&w, &k.process_by_time, RETENTION_STEP_ROWS, |key| Ok((u64_at_end(key, 1)?, u64_at_end(key, 0)?)))?;
+    let buckets =
+        oldest(&w, &k.process_by_time, RETENTION_STEP_ROWS, |key| Ok((u64_at_end(key, 1)?, u64_at_end(key, 0)?)))?;
     let (mut si, mut bi) = (0, 0);
     let mut deleted = 0;
     // What the deleted profiles take from their rollup buckets and the span index.
@@ -967,7 +1000,8 @@ fn delete_span(
     if rec.rollup_series != 0 {
         index.remove(w, k, (rec.rollup_series, bucket_of(last_seen), rec.stat_chunk), id)?;
         adds.add(k2(rec.rollup_series, bucket_of(last_seen)), &rec.stack_counts()?, rec.period_ns, -1);
-        let varints = |v: &mut dyn Iterator<Item = u64>| v.map(|x| prost::encoding::encoded_len_varint(x) as u64).sum::<u64>();
+        let varints =
+            |v: &mut dyn Iterator<Item = u64>| v.map(|x| prost::encoding::encoded_len_varint(x) as u64).sum::<u64>();
         shares = varints(&mut rec.stack_id_deltas.iter().map(|&d| u64::from(d)))
             + varints(&mut rec.counts.iter().copied())
             + id.len() as u64
@@ -1066,7 +1100,9 @@ impl EmbeddedStore {
             let (key, bytes) = row.into_inner()?;
             let (sid, bucket) = (u64_at_end(&key, 1)?, u64_at_end(&key, 0)?);
             if series.as_ref().is_none_or(|(s, _)| *s != sid) {
-                let bytes = r.get(k.series.inner(), sid.to_be_bytes())?.ok_or_else(|| Error::Corrupt(format!("series {sid} missing")))?;
+                let bytes = r
+                    .get(k.series.inner(), sid.to_be_bytes())?
+                    .ok_or_else(|| Error::Corrupt(format!("series {sid} missing")))?;
                 let rec: SeriesRecord = codec::decode(&bytes, "series")?;
                 series = Some((sid, rec.labels.into_iter().map(|l| (l.name, l.value)).collect()));
             }
@@ -1205,7 +1241,9 @@ impl ProfileStore for EmbeddedStore {
                 out.push(p);
             }
         }
-        out.sort_by(|a, b| (a.summary.first_seen_ms, &a.summary.profile_id).cmp(&(b.summary.first_seen_ms, &b.summary.profile_id)));
+        out.sort_by(|a, b| {
+            (a.summary.first_seen_ms, &a.summary.profile_id).cmp(&(b.summary.first_seen_ms, &b.summary.profile_id))
+        });
         Ok(out)
     }
 
@@ -1298,7 +1336,13 @@ impl ProfileStore for EmbeddedStore {
                 let (key, value) = row.into_inner()?;
                 let (_, minute, _) = span_index::decode_chunk_key(&key)?;
                 span_index::visit_chunk(minute, &value, |id, samples, period_ns, last_seen_ms| {
-                    out.push(SpanStat { profile_id: id_from_key(id)?, span_name: span_name.clone(), samples, period_ns, last_seen_ms });
+                    out.push(SpanStat {
+                        profile_id: id_from_key(id)?,
+                        span_name: span_name.clone(),
+                        samples,
+                        period_ns,
+                        last_seen_ms,
+                    });
                     Ok(())
                 })?;
             }

@@ -60,7 +60,12 @@ const TRASH_PREFIX: &str = ".deleting-";
 impl Generation {
     fn open(dir: PathBuf, block_id: String, options: EmbeddedOptions) -> Result<Self> {
         let store = super::open_embedded(&dir, options)?;
-        Ok(Generation { block_id, store, created: Instant::now(), dir: DirOnDrop { path: dir, delete: AtomicBool::new(false) } })
+        Ok(Generation {
+            block_id,
+            store,
+            created: Instant::now(),
+            dir: DirOnDrop { path: dir, delete: AtomicBool::new(false) },
+        })
     }
 
     /// Closes the store and deletes the directory once the last reader lets go.

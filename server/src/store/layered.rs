@@ -21,8 +21,8 @@ use super::generations::{Generation, Generations};
 use super::peers::{LocalAnswer, LocalQuery, Peers, WireStacks, mark_partial};
 use super::shared::id_key;
 use super::{
-    Cursor, GcStats, InsertStats, Page, ProcessProfile, ProcessQuery, ProfileStore, Retention, RetentionStats, SeriesPoints,
-    SpanProfile, SpanQuery, SpanStat, SpanSummary, Stacks, StoreStats,
+    Cursor, GcStats, InsertStats, Page, ProcessProfile, ProcessQuery, ProfileStore, Retention, RetentionStats,
+    SeriesPoints, SpanProfile, SpanQuery, SpanStat, SpanSummary, Stacks, StoreStats,
 };
 use crate::error::{Error, Result};
 use crate::model::{Labels, ProfileId, SeriesBatch, TraceId, rescale_count};
@@ -190,13 +190,11 @@ impl LocalView {
         };
         let mut out = Vec::new();
         for g in &self.0 {
-            out.extend(
-                g.store
-                    .search_spans(&local_q)?
-                    .profiles
-                    .into_iter()
-                    .map(|s| Candidate { last_seen_ms: s.last_seen_ms, key: id_key(&s.profile_id), id: s.profile_id }),
-            );
+            out.extend(g.store.search_spans(&local_q)?.profiles.into_iter().map(|s| Candidate {
+                last_seen_ms: s.last_seen_ms,
+                key: id_key(&s.profile_id),
+                id: s.profile_id,
+            }));
         }
         Ok(out)
     }
@@ -353,7 +351,11 @@ impl LayeredStore {
                     out.push(Arc::new(m.clone()));
                 }
                 // A peer's new block the listing lacks, unless the listing saw it replaced.
-                for id in view.recent.iter().filter(|id| !listed.contains(id.as_str()) && !skip.contains(*id) && !hidden.contains(*id)) {
+                for id in view
+                    .recent
+                    .iter()
+                    .filter(|id| !listed.contains(id.as_str()) && !skip.contains(*id) && !hidden.contains(*id))
+                {
                     match self.runtime.block_on(self.bucket.meta(id)) {
                         Ok(Some(m)) => out.push(Arc::new(m)),
                         Ok(None) => {}
@@ -393,7 +395,13 @@ impl LayeredStore {
     }
 
     /// The merged metadata of `id` over the local generations, every block and `peer_parts`.
-    fn merged_summary(&self, id: &ProfileId, local: &LocalView, view: &PeerView, peer_parts: Vec<SpanSummary>) -> Result<Option<SpanSummary>> {
+    fn merged_summary(
+        &self,
+        id: &ProfileId,
+        local: &LocalView,
+        view: &PeerView,
+        peer_parts: Vec<SpanSummary>,
+    ) -> Result<Option<SpanSummary>> {
         let mut parts = local.summaries(id)?;
         for rec in self.each_block(view, async |b| b.span_record(id).await).into_iter().flatten() {
             parts.push(super::shared::summary(id.clone(), rec));
@@ -436,7 +444,10 @@ impl LayeredStore {
                 continue;
             }
             if page.profiles.len() >= limit {
-                page.next = page.profiles.last().map(|l| Cursor { last_seen_ms: l.last_seen_ms, profile_id: l.profile_id.clone() });
+                page.next = page
+                    .profiles
+                    .last()
+                    .map(|l| Cursor { last_seen_ms: l.last_seen_ms, profile_id: l.profile_id.clone() });
                 break;
             }
             page.profiles.push(s);
@@ -471,13 +482,18 @@ impl LayeredStore {
                 }
             }
             LocalQuery::Trace { trace_id } => {
-                let t = TraceId::parse(&trace_id).ok_or_else(|| Error::rejected(crate::error::Reject::BadQuery, "trace_id"))?;
+                let t = TraceId::parse(&trace_id)
+                    .ok_or_else(|| Error::rejected(crate::error::Reject::BadQuery, "trace_id"))?;
                 a.ids = local.trace_ids(t)?.iter().map(ToString::to_string).collect();
             }
             LocalQuery::List { service, span_name, from_ms, after, limit } => {
                 let q = SpanQuery { service, span_name, from_ms, limit, ..Default::default() };
                 let after = after.map(|(t, id): (u64, String)| parse(&id).map(|id| (t, id_key(&id)))).transpose()?;
-                a.candidates = local.candidates(&q, after.as_ref(), limit)?.into_iter().map(|c| (c.last_seen_ms, c.id.to_string())).collect();
+                a.candidates = local
+                    .candidates(&q, after.as_ref(), limit)?
+                    .into_iter()
+                    .map(|c| (c.last_seen_ms, c.id.to_string()))
+                    .collect();
             }
             LocalQuery::Process { query } => {
                 for (period, stacks) in local.process(&query)? {
@@ -585,8 +601,10 @@ impl LayeredStore {
             }
         };
         let window = RECENT_BLOCK.as_millis() as u64;
-        let mut mine: Vec<&BlockMeta> =
-            metas.iter().filter(|m| m.replica == self.replica && m.created_ms.saturating_add(window) > now_ms).collect();
+        let mut mine: Vec<&BlockMeta> = metas
+            .iter()
+            .filter(|m| m.replica == self.replica && m.created_ms.saturating_add(window) > now_ms)
+            .collect();
         mine.sort_by_key(|m| m.created_ms);
         if let Ok(mut r) = self.recent.lock() {
             for m in mine {
@@ -627,7 +645,9 @@ impl LayeredStore {
         }
         let mut inputs: Vec<&BlockMeta> = all
             .iter()
-            .filter(|m| shown.contains(&m.id) && m.data_bytes < COMPACT_BELOW_BYTES && m.created_ms + grace_ms <= now_ms)
+            .filter(|m| {
+                shown.contains(&m.id) && m.data_bytes < COMPACT_BELOW_BYTES && m.created_ms + grace_ms <= now_ms
+            })
             .collect();
         inputs.sort_by_key(|m| (m.min_time_ms, m.id.clone()));
         let mut total = 0;
@@ -645,7 +665,11 @@ impl LayeredStore {
         for m in &inputs {
             let read = BlockRead { bucket, meta: m };
             let (mut dict, spans, process) = self.runtime.block_on(async {
-                Ok::<_, Error>((read.dictionary().await?, read.all_span_records().await?, read.all_process_records().await?))
+                Ok::<_, Error>((
+                    read.dictionary().await?,
+                    read.all_span_records().await?,
+                    read.all_process_records().await?,
+                ))
             })?;
             let mut map = super::block::IdMap::default();
             for (key, rec) in spans {
@@ -757,13 +781,19 @@ impl ProfileStore for LayeredStore {
         // first; a profile is listed where its merged last-seen time puts it, once.
         for _round in 0..16 {
             let want = limit + 1;
-            let (answers, view) = self.ask_peers(LocalQuery::List {
-                service: q.service.clone(),
-                span_name: q.span_name.clone(),
-                from_ms: q.from_ms,
-                after: after.as_ref().map(|(t, k)| super::shared::id_from_key(k).map(|id| (*t, id.to_string()))).transpose()?,
-                limit: want,
-            }, &local);
+            let (answers, view) = self.ask_peers(
+                LocalQuery::List {
+                    service: q.service.clone(),
+                    span_name: q.span_name.clone(),
+                    from_ms: q.from_ms,
+                    after: after
+                        .as_ref()
+                        .map(|(t, k)| super::shared::id_from_key(k).map(|id| (*t, id.to_string())))
+                        .transpose()?,
+                    limit: want,
+                },
+                &local,
+            );
             let mut more = false;
             let mut candidates = local.candidates(q, after.as_ref(), want)?;
             more |= candidates.len() >= want;
@@ -783,7 +813,8 @@ impl ProfileStore for LayeredStore {
                 return Ok(page);
             }
             // The peers' parts of these profiles, in one call per peer.
-            let ids: Vec<String> = candidates.iter().filter(|c| !seen.contains(&c.key)).map(|c| c.id.to_string()).collect();
+            let ids: Vec<String> =
+                candidates.iter().filter(|c| !seen.contains(&c.key)).map(|c| c.id.to_string()).collect();
             let mut peer_parts: HashMap<ProfileId, Vec<SpanSummary>> = HashMap::new();
             let (summaries, view) = self.ask_peers(LocalQuery::Summaries { ids }, &local);
             for a in summaries {
@@ -839,7 +870,9 @@ impl ProfileStore for LayeredStore {
                 out.push(p);
             }
         }
-        out.sort_by(|a, b| (a.summary.first_seen_ms, &a.summary.profile_id).cmp(&(b.summary.first_seen_ms, &b.summary.profile_id)));
+        out.sort_by(|a, b| {
+            (a.summary.first_seen_ms, &a.summary.profile_id).cmp(&(b.summary.first_seen_ms, &b.summary.profile_id))
+        });
         Ok(out)
     }
 
@@ -973,7 +1006,8 @@ mod tests {
     use super::*;
 
     fn part(first: u64, last: u64, period: u64, stacks: &[(&[&str], u64)]) -> SpanProfile {
-        let stacks: Stacks = stacks.iter().map(|(f, c)| (f.iter().map(|s| Arc::<str>::from(*s)).collect(), *c)).collect();
+        let stacks: Stacks =
+            stacks.iter().map(|(f, c)| (f.iter().map(|s| Arc::<str>::from(*s)).collect(), *c)).collect();
         SpanProfile {
             summary: SpanSummary {
                 profile_id: ProfileId::Span(7),

@@ -44,7 +44,8 @@ pub fn open(dir: &Path, options: embedded::EmbeddedOptions) -> Result<Arc<dyn Pr
 /// directory with generations not uploaded yet is refused too: without `--object-store` they
 /// would be left behind unseen.
 pub fn open_embedded(dir: &Path, options: embedded::EmbeddedOptions) -> Result<embedded::EmbeddedStore> {
-    let generations = std::fs::read_dir(dir.join(generations::GENERATIONS_DIR)).map(|mut d| d.next().is_some()).unwrap_or(false);
+    let generations =
+        std::fs::read_dir(dir.join(generations::GENERATIONS_DIR)).map(|mut d| d.next().is_some()).unwrap_or(false);
     if generations && !dir.join(embedded::DIR_NAME).exists() {
         return Err(crate::error::Error::Storage(format!(
             "{} holds local data of a server run with --object-store ({}/) that may not be in the bucket yet: \
@@ -173,7 +174,10 @@ impl Cursor {
         if id.len() % 2 != 0 || !id.is_ascii() {
             return None;
         }
-        let key = (0..id.len()).step_by(2).map(|i| u8::from_str_radix(&id[i..i + 2], 16).ok()).collect::<Option<Vec<u8>>>()?;
+        let key = (0..id.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&id[i..i + 2], 16).ok())
+            .collect::<Option<Vec<u8>>>()?;
         Some(Cursor { last_seen_ms: u64::from_str_radix(t, 16).ok()?, profile_id: shared::id_from_key(&key).ok()? })
     }
 }
@@ -302,7 +306,9 @@ pub struct Trouble {
 }
 
 /// The health of a store whose single writer thread is `writer` (`None` once closed).
-pub(crate) fn writer_health(writer: &std::sync::Mutex<Option<std::thread::JoinHandle<()>>>) -> std::result::Result<(), Trouble> {
+pub(crate) fn writer_health(
+    writer: &std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+) -> std::result::Result<(), Trouble> {
     let broken = |message: &str| Trouble { message: message.to_owned(), restart_helps: true };
     let guard = writer.lock().map_err(|_| broken("the store's writer handle is poisoned"))?;
     match guard.as_ref() {
@@ -318,7 +324,9 @@ pub(crate) fn writer_health(writer: &std::sync::Mutex<Option<std::thread::JoinHa
 /// which a restart would not bring back (and reads keep working meanwhile).
 pub(crate) fn reserve_health(reserve: &disk::DiskReserve) -> std::result::Result<(), Trouble> {
     reserve.check().map_err(|e| Trouble {
-        message: format!("the disk is full: {e}; writes are refused (507) until space is freed or --retention-bytes is lowered"),
+        message: format!(
+            "the disk is full: {e}; writes are refused (507) until space is freed or --retention-bytes is lowered"
+        ),
         restart_helps: false,
     })
 }

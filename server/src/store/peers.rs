@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::{ProcessQuery, SeriesPoints, SpanProfile, SpanStat, SpanSummary, Stacks};
-use crate::model::Labels;
 use crate::error::{Error, Result};
+use crate::model::Labels;
 
 /// The internal route peers call.
 pub const LOCAL_PATH: &str = "/internal/v1/local";
@@ -27,19 +27,37 @@ const PEER_TIMEOUT: Duration = Duration::from_secs(5);
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum LocalQuery {
     /// The local part of one span profile, stacks included.
-    Profile { id: String },
+    Profile {
+        id: String,
+    },
     /// The local metadata of these profiles.
-    Summaries { ids: Vec<String> },
+    Summaries {
+        ids: Vec<String>,
+    },
     /// Profile IDs of the local span profiles of a trace.
-    Trace { trace_id: String },
+    Trace {
+        trace_id: String,
+    },
     /// Listing candidates strictly after `after` (last seen ms, profile ID), newest first.
-    List { service: Option<String>, span_name: Option<String>, from_ms: Option<u64>, after: Option<(u64, String)>, limit: usize },
+    List {
+        service: Option<String>,
+        span_name: Option<String>,
+        from_ms: Option<u64>,
+        after: Option<(u64, String)>,
+        limit: usize,
+    },
     /// Local whole-process parts of the selected series.
-    Process { query: ProcessQuery },
+    Process {
+        query: ProcessQuery,
+    },
     /// Local per-bucket samples of the selected series.
-    ProcessSeries { query: ProcessQuery },
+    ProcessSeries {
+        query: ProcessQuery,
+    },
     /// Local span index entries of the selected span rollups.
-    SpanStats { query: ProcessQuery },
+    SpanStats {
+        query: ProcessQuery,
+    },
     Services,
     /// Labels of every local whole-process series.
     Series,
@@ -78,7 +96,9 @@ impl WireStacks {
             .map(|(ids, count)| {
                 let frames = ids
                     .iter()
-                    .map(|&i| names.get(i as usize).cloned().ok_or_else(|| Error::Corrupt("peer answer: frame index".into())))
+                    .map(|&i| {
+                        names.get(i as usize).cloned().ok_or_else(|| Error::Corrupt("peer answer: frame index".into()))
+                    })
                     .collect::<Result<Vec<_>>>()?;
                 Ok((frames, count))
             })
@@ -260,10 +280,8 @@ mod tests {
 
     #[test]
     fn stacks_round_trip_with_names_once() {
-        let stacks: Stacks = vec![
-            (vec![Arc::from("main"), Arc::from("a")], 3),
-            (vec![Arc::from("main"), Arc::from("b")], 1),
-        ];
+        let stacks: Stacks =
+            vec![(vec![Arc::from("main"), Arc::from("a")], 3), (vec![Arc::from("main"), Arc::from("b")], 1)];
         let wire = WireStacks::from_stacks(&stacks);
         assert_eq!(wire.names, ["main", "a", "b"]);
         assert_eq!(wire.into_stacks().unwrap(), stacks);

@@ -556,7 +556,12 @@ pub(crate) fn merge_span(
             let new_trace = part.merge_into(&mut rec)?;
             Ok(MergedSpan { gained_name: unnamed && !rec.span_name.is_empty(), rec, old_last_seen, new_trace })
         }
-        None => Ok(MergedSpan { rec: part.into_record(), old_last_seen: None, new_trace: span.trace_id, gained_name: false }),
+        None => Ok(MergedSpan {
+            rec: part.into_record(),
+            old_last_seen: None,
+            new_trace: span.trace_id,
+            gained_name: false,
+        }),
     }
 }
 

@@ -63,7 +63,11 @@ pub fn encode_chunk(minute: u64, entries: &[Entry]) -> Vec<u8> {
 
 /// Decodes a chunk of `minute`, calling `visit` per entry (ID key, samples, period, last seen)
 /// without copying the IDs.
-pub fn visit_chunk(minute: u64, mut bytes: &[u8], mut visit: impl FnMut(&[u8], u64, u64, u64) -> Result<()>) -> Result<()> {
+pub fn visit_chunk(
+    minute: u64,
+    mut bytes: &[u8],
+    mut visit: impl FnMut(&[u8], u64, u64, u64) -> Result<()>,
+) -> Result<()> {
     use prost::encoding::decode_varint;
     let corrupt = |_| Error::Corrupt("span index chunk".into());
     while !bytes.is_empty() {
@@ -99,7 +103,12 @@ mod tests {
     fn chunks_round_trip() {
         let minute = 1_700_000_040_000;
         let entries = vec![
-            Entry { id: vec![1, 2, 3, 4, 5, 6, 7, 8], samples: 3, period_ns: 10_000_000, last_seen_ms: minute + 59_999 },
+            Entry {
+                id: vec![1, 2, 3, 4, 5, 6, 7, 8],
+                samples: 3,
+                period_ns: 10_000_000,
+                last_seen_ms: minute + 59_999,
+            },
             Entry { id: b"order #42\xff".to_vec(), samples: 0, period_ns: 1, last_seen_ms: minute },
         ];
         assert_eq!(decode_chunk(minute, &encode_chunk(minute, &entries)).unwrap(), entries);
@@ -110,7 +119,10 @@ mod tests {
     #[test]
     fn a_truncated_chunk_is_an_error_not_a_panic() {
         let minute = 60_000;
-        let bytes = encode_chunk(minute, &[Entry { id: vec![9; 8], samples: 300, period_ns: 10_000_000, last_seen_ms: minute + 5 }]);
+        let bytes = encode_chunk(
+            minute,
+            &[Entry { id: vec![9; 8], samples: 300, period_ns: 10_000_000, last_seen_ms: minute + 5 }],
+        );
         for cut in 0..bytes.len() {
             let _ = decode_chunk(minute, &bytes[..cut]);
         }

@@ -175,8 +175,10 @@ pub fn pprof(stacks: &[StackSpec<'_>]) -> Profile {
             });
             locs.push(id);
         }
-        let label =
-            labels.iter().map(|(k, v)| Label { key: idx(k, &mut strings), str: idx(v, &mut strings), ..Default::default() }).collect();
+        let label = labels
+            .iter()
+            .map(|(k, v)| Label { key: idx(k, &mut strings), str: idx(v, &mut strings), ..Default::default() })
+            .collect();
         p.sample.push(Sample { location_id: locs, value: vec![samples * 10_000_000], label });
     }
     p.string_table = strings;
@@ -275,7 +277,8 @@ pub fn bars(graph: &serde_json::Value) -> Vec<serde_json::Value> {
     let names = graph["names"].as_array().expect("names");
     let mut out = Vec::new();
     for (depth, level) in graph["levels"].as_array().expect("levels").iter().enumerate() {
-        let values: Vec<u64> = level.as_array().expect("a level").iter().map(|v| v.as_u64().expect("a number")).collect();
+        let values: Vec<u64> =
+            level.as_array().expect("a level").iter().map(|v| v.as_u64().expect("a number")).collect();
         assert_eq!(values.len() % 4, 0, "levels hold [offset, total, self, name] groups");
         let mut end = 0;
         for q in values.chunks(4) {

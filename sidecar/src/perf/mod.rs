@@ -80,8 +80,7 @@ enum RingFailure {
 fn map_rings(cpus: &[i32], pages: usize) -> std::result::Result<Vec<(i32, Ring)>, RingFailure> {
     let mut rings = Vec::with_capacity(cpus.len());
     for &cpu in cpus {
-        let owner = EventFd::open(EventKind::RingOwner, 0, cpu)
-            .map_err(|source| RingFailure::Open { cpu, source })?;
+        let owner = EventFd::open(EventKind::RingOwner, 0, cpu).map_err(|source| RingFailure::Open { cpu, source })?;
         let ring = Ring::map(owner, pages).map_err(|source| RingFailure::Map { cpu, source })?;
         rings.push((cpu, ring));
     }
@@ -97,9 +96,7 @@ fn online_cpus() -> Vec<i32> {
     let text = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap_or_default();
     let cpus = parse_cpu_list(&text);
     if cpus.is_empty() {
-        let n = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1);
+        let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         (0..n as i32).collect()
     } else {
         cpus
@@ -131,8 +128,7 @@ impl Sampler {
     /// samples if allowed, else user mode only).
     pub fn new(settings: Settings) -> Result<Sampler> {
         let record_bytes = u64::from(settings.stack_bytes) + 128;
-        let pages_for =
-            |bytes: u64| (bytes.div_ceil(sys::page_size() as u64) as usize).next_power_of_two();
+        let pages_for = |bytes: u64| (bytes.div_ceil(sys::page_size() as u64) as usize).next_power_of_two();
         // A second of samples per CPU: the loop drains every 250 ms and is woken at half a ring.
         let wanted = pages_for(settings.freq_hz.max(1) * record_bytes).max(16);
         let cpus = online_cpus();
@@ -168,10 +164,7 @@ impl Sampler {
                     return Err(Error::PerfNotPermitted(permission_hint(&source)));
                 }
                 Err(RingFailure::Open { cpu, source }) => {
-                    return Err(Error::Perf {
-                        what: format!("CPU {cpu} ring"),
-                        source,
-                    });
+                    return Err(Error::Perf { what: format!("CPU {cpu} ring"), source });
                 }
                 Err(RingFailure::Map { cpu, source }) => {
                     return Err(Error::Perf {
@@ -196,11 +189,8 @@ impl Sampler {
         }
         // Probe: sample ourselves with kernel samples; fall back to user-only.
         let probe = |exclude_kernel| {
-            let kind = EventKind::Sampling {
-                freq_hz: settings.freq_hz,
-                stack_bytes: settings.stack_bytes,
-                exclude_kernel,
-            };
+            let kind =
+                EventKind::Sampling { freq_hz: settings.freq_hz, stack_bytes: settings.stack_bytes, exclude_kernel };
             EventFd::open(kind, 0, rings.first().map_or(0, |r| r.0))
         };
         let exclude_kernel = match probe(false) {
@@ -215,10 +205,7 @@ impl Sampler {
                 Err(e) => return Err(Error::PerfNotPermitted(permission_hint(&e))),
             },
             Err(e) => {
-                return Err(Error::Perf {
-                    what: "a CPU-clock sampling event".into(),
-                    source: e,
-                });
+                return Err(Error::Perf { what: "a CPU-clock sampling event".into(), source: e });
             }
         };
         Ok(Sampler {
@@ -260,10 +247,7 @@ impl Sampler {
 
     /// Threads with events of their own or followed through inheritance.
     pub fn thread_count(&self) -> usize {
-        self.targets
-            .values()
-            .map(|t| t.threads.len() + t.inherited.len())
-            .sum()
+        self.targets.values().map(|t| t.threads.len() + t.inherited.len()).sum()
     }
 
     /// Starts sampling thread `tid` of process `pid` on every CPU (idempotent).
@@ -276,11 +260,7 @@ impl Sampler {
             |cpu| EventFd::open(kind, tid as i32, cpu),
             |cpu| format!("thread {tid} of process {pid} on CPU {cpu}"),
         )?;
-        self.targets
-            .entry(pid)
-            .or_default()
-            .threads
-            .insert(tid, events);
+        self.targets.entry(pid).or_default().threads.insert(tid, events);
         Ok(())
     }
 
@@ -315,23 +295,12 @@ impl Sampler {
 
     /// The CPU-clock event this sampler opens, per thread or per cgroup.
     fn sampling_kind(&self, cgroup: bool) -> EventKind {
-        let (freq_hz, stack_bytes, exclude_kernel) = (
-            self.settings.freq_hz,
-            self.settings.stack_bytes,
-            self.exclude_kernel,
-        );
+        let (freq_hz, stack_bytes, exclude_kernel) =
+            (self.settings.freq_hz, self.settings.stack_bytes, self.exclude_kernel);
         if cgroup {
-            EventKind::CgroupSampling {
-                freq_hz,
-                stack_bytes,
-                exclude_kernel,
-            }
+            EventKind::CgroupSampling { freq_hz, stack_bytes, exclude_kernel }
         } else {
-            EventKind::Sampling {
-                freq_hz,
-                stack_bytes,
-                exclude_kernel,
-            }
+            EventKind::Sampling { freq_hz, stack_bytes, exclude_kernel }
         }
     }
 
@@ -357,17 +326,12 @@ impl Sampler {
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) => {
                     return Err(Error::FileDescriptors {
                         cpus: self.rings.len(),
-                        limit: self
-                            .open_file_limit
-                            .map_or_else(|| "unknown".into(), |l| l.to_string()),
+                        limit: self.open_file_limit.map_or_else(|| "unknown".into(), |l| l.to_string()),
                         source: e,
                     });
                 }
                 Err(e) => {
-                    return Err(Error::Perf {
-                        what: what(*cpu),
-                        source: e,
-                    });
+                    return Err(Error::Perf { what: what(*cpu), source: e });
                 }
             }
         }
@@ -376,9 +340,7 @@ impl Sampler {
 
     /// Whether `tid` of `pid` is sampled already.
     pub fn covers(&self, pid: u32, tid: u32) -> bool {
-        self.targets
-            .get(&pid)
-            .is_some_and(|t| t.threads.contains_key(&tid) || t.inherited.contains(&tid))
+        self.targets.get(&pid).is_some_and(|t| t.threads.contains_key(&tid) || t.inherited.contains(&tid))
     }
 
     /// A FORK record: the kernel now samples `tid` (a new thread of a target, or the first
@@ -404,10 +366,7 @@ impl Sampler {
     /// Hands each ring's new records to `f` in place (whole records; copied into `scratch`
     /// only where they wrap around a ring's end), one call per ring that has any.
     pub fn drain_with(&mut self, scratch: &mut Vec<u8>, mut f: impl FnMut(&[u8])) -> usize {
-        self.rings
-            .iter_mut()
-            .map(|(_, r)| r.drain_with(scratch, &mut f))
-            .sum()
+        self.rings.iter_mut().map(|(_, r)| r.drain_with(scratch, &mut f)).sum()
     }
 
     /// Waits up to `timeout` for new records; returns early when a ring fills past half its size,
@@ -429,10 +388,7 @@ impl Sampler {
     /// Enables the ring owners (they record nothing themselves).
     pub fn start(&self) -> Result<()> {
         for (cpu, r) in &self.rings {
-            r.event().enable().map_err(|e| Error::Perf {
-                what: format!("enabling the CPU {cpu} ring"),
-                source: e,
-            })?;
+            r.event().enable().map_err(|e| Error::Perf { what: format!("enabling the CPU {cpu} ring"), source: e })?;
         }
         Ok(())
     }
@@ -453,20 +409,14 @@ mod tests {
     #[test]
     fn permission_errors_say_what_to_grant() {
         let hint = permission_hint(&io::Error::from_raw_os_error(libc::EACCES));
-        assert!(
-            hint.contains("CAP_PERFMON") && hint.contains("perf_event_paranoid"),
-            "{hint}"
-        );
+        assert!(hint.contains("CAP_PERFMON") && hint.contains("perf_event_paranoid"), "{hint}");
     }
 
     /// Samples a busy thread of this very process: real perf events, real records.
     #[test]
     fn samples_a_busy_thread_of_this_process() {
-        let mut s = Sampler::new(Settings {
-            freq_hz: 200,
-            stack_bytes: 8192,
-        })
-        .expect("perf_event_open (root or CAP_PERFMON needed)");
+        let mut s = Sampler::new(Settings { freq_hz: 200, stack_bytes: 8192 })
+            .expect("perf_event_open (root or CAP_PERFMON needed)");
         s.start().unwrap();
         let pid = std::process::id();
         let (tx, rx) = std::sync::mpsc::channel();

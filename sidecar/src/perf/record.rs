@@ -79,11 +79,8 @@ pub fn for_each<'a>(
 ) -> Result<(), usize> {
     let mut off = 0;
     while off < bytes.len() {
-        let (Some(kind), Some(misc), Some(size)) = (
-            u32_at(bytes, off),
-            u16_at(bytes, off + 4),
-            u16_at(bytes, off + 6),
-        ) else {
+        let (Some(kind), Some(misc), Some(size)) = (u32_at(bytes, off), u16_at(bytes, off + 4), u16_at(bytes, off + 6))
+        else {
             return Err(bytes.len() - off);
         };
         let size = usize::from(size);
@@ -118,22 +115,11 @@ fn parse(kind: u32, misc: u16, body: &[u8]) -> Option<Record<'_>> {
         MMAP2 => {
             // pid, tid, addr, len, pgoff, maj/min or build id (24 bytes), prot, flags, filename…
             let prot = u32_at(body, 56)?;
-            Record::Mmap {
-                pid: u32_at(body, 0)?,
-                exec: prot & libc::PROT_EXEC as u32 != 0,
-            }
+            Record::Mmap { pid: u32_at(body, 0)?, exec: prot & libc::PROT_EXEC as u32 != 0 }
         }
-        COMM if misc & MISC_COMM_EXEC != 0 => Record::Exec {
-            pid: u32_at(body, 0)?,
-        },
-        FORK => Record::Fork {
-            pid: u32_at(body, 0)?,
-            tid: u32_at(body, 8)?,
-        },
-        EXIT => Record::Exit {
-            pid: u32_at(body, 0)?,
-            tid: u32_at(body, 8)?,
-        },
+        COMM if misc & MISC_COMM_EXEC != 0 => Record::Exec { pid: u32_at(body, 0)? },
+        FORK => Record::Fork { pid: u32_at(body, 0)?, tid: u32_at(body, 8)? },
+        EXIT => Record::Exit { pid: u32_at(body, 0)?, tid: u32_at(body, 8)? },
         LOST => Record::Lost(u64_at(body, 8)?),
         LOST_SAMPLES => Record::Lost(u64_at(body, 0)?),
         THROTTLE => Record::Throttle,
@@ -164,14 +150,7 @@ fn parse_sample(misc: u16, b: &[u8]) -> Option<Sample<'_>> {
     } else {
         &[][..]
     };
-    Some(Sample {
-        pid,
-        tid,
-        time_ns,
-        kernel: misc & MISC_CPUMODE_MASK == MISC_KERNEL,
-        regs,
-        stack,
-    })
+    Some(Sample { pid, tid, time_ns, kernel: misc & MISC_CPUMODE_MASK == MISC_KERNEL, regs, stack })
 }
 
 #[cfg(test)]
@@ -187,14 +166,7 @@ pub(crate) mod tests {
     }
 
     /// A sample record as the kernel writes it for our sample type.
-    pub(crate) fn sample_bytes(
-        pid: u32,
-        tid: u32,
-        t: u64,
-        regs: [u64; 3],
-        stack: &[u8],
-        reserved: usize,
-    ) -> Vec<u8> {
+    pub(crate) fn sample_bytes(pid: u32, tid: u32, t: u64, regs: [u64; 3], stack: &[u8], reserved: usize) -> Vec<u8> {
         let mut b = Vec::new();
         for w in [pid, tid] {
             b.extend_from_slice(&w.to_le_bytes());
@@ -224,11 +196,7 @@ pub(crate) mod tests {
         let events = std::cell::RefCell::new(Vec::new());
         for_each(
             &bytes,
-            |stack| {
-                events
-                    .borrow_mut()
-                    .push(format!("ahead {:?}", (stack[0], stack.len())))
-            },
+            |stack| events.borrow_mut().push(format!("ahead {:?}", (stack[0], stack.len()))),
             |r| {
                 events.borrow_mut().push(match r {
                     Record::Sample(s) => format!("sample {}", s.time_ns),
@@ -237,17 +205,7 @@ pub(crate) mod tests {
             },
         )
         .unwrap();
-        assert_eq!(
-            events.into_inner(),
-            [
-                "ahead (2, 24)",
-                "sample 1",
-                "sample 2",
-                "ahead (3, 8)",
-                "other",
-                "sample 3"
-            ]
-        );
+        assert_eq!(events.into_inner(), ["ahead (2, 24)", "sample 1", "sample 2", "ahead (3, 8)", "other", "sample 3"]);
     }
 
     #[test]

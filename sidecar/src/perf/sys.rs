@@ -25,18 +25,10 @@ pub const SAMPLE_TYPE: u64 = (b::PERF_SAMPLE_TID
 pub enum EventKind {
     /// CPU-clock sampling of a thread (inherited by the threads it creates), with side-band
     /// MMAP2/COMM/FORK/EXIT records.
-    Sampling {
-        freq_hz: u64,
-        stack_bytes: u32,
-        exclude_kernel: bool,
-    },
+    Sampling { freq_hz: u64, stack_bytes: u32, exclude_kernel: bool },
     /// CPU-clock sampling of every task of a cgroup on one CPU (no per-thread state: nothing to
     /// save and restore at each context switch), with the same side-band records.
-    CgroupSampling {
-        freq_hz: u64,
-        stack_bytes: u32,
-        exclude_kernel: bool,
-    },
+    CgroupSampling { freq_hz: u64, stack_bytes: u32, exclude_kernel: bool },
     /// A dummy event of the sidecar itself, bound to one CPU: owns that CPU's ring buffer.
     RingOwner,
 }
@@ -46,10 +38,7 @@ pub enum EventKind {
 pub struct EventFd(OwnedFd);
 
 fn attr_for(kind: EventKind) -> perf_event_attr {
-    let mut attr = perf_event_attr {
-        size: std::mem::size_of::<perf_event_attr>() as u32,
-        ..Default::default()
-    };
+    let mut attr = perf_event_attr { size: std::mem::size_of::<perf_event_attr>() as u32, ..Default::default() };
     attr.type_ = b::PERF_TYPE_SOFTWARE;
     attr.set_use_clockid(1);
     attr.clockid = libc::CLOCK_MONOTONIC;
@@ -60,16 +49,8 @@ fn attr_for(kind: EventKind) -> perf_event_attr {
     // The kernel rejects REGS_USER with an empty mask, even on the ring owner.
     attr.sample_regs_user = REGS_MASK;
     match kind {
-        EventKind::Sampling {
-            freq_hz,
-            stack_bytes,
-            exclude_kernel,
-        }
-        | EventKind::CgroupSampling {
-            freq_hz,
-            stack_bytes,
-            exclude_kernel,
-        } => {
+        EventKind::Sampling { freq_hz, stack_bytes, exclude_kernel }
+        | EventKind::CgroupSampling { freq_hz, stack_bytes, exclude_kernel } => {
             attr.config = u64::from(b::PERF_COUNT_SW_CPU_CLOCK);
             attr.set_freq(1);
             attr.__bindgen_anon_1.sample_freq = freq_hz;
@@ -98,17 +79,8 @@ impl EventFd {
 
     /// An event of every task in the cgroup whose directory is open as `cgroup_dir`, on `cpu`
     /// (`PERF_FLAG_PID_CGROUP`: the directory's fd goes where a pid would).
-    pub fn open_cgroup(
-        kind: EventKind,
-        cgroup_dir: &std::fs::File,
-        cpu: i32,
-    ) -> io::Result<EventFd> {
-        Self::open_with(
-            kind,
-            cgroup_dir.as_fd().as_raw_fd(),
-            cpu,
-            libc::c_ulong::from(b::PERF_FLAG_PID_CGROUP),
-        )
+    pub fn open_cgroup(kind: EventKind, cgroup_dir: &std::fs::File, cpu: i32) -> io::Result<EventFd> {
+        Self::open_with(kind, cgroup_dir.as_fd().as_raw_fd(), cpu, libc::c_ulong::from(b::PERF_FLAG_PID_CGROUP))
     }
 
     fn open_with(kind: EventKind, pid: i32, cpu: i32, flags: libc::c_ulong) -> io::Result<EventFd> {
@@ -117,13 +89,7 @@ impl EventFd {
         // size; the kernel only reads it. With PERF_FLAG_PID_CGROUP, `pid` is a directory fd the
         // caller keeps open for the call. The returned value is a new fd or -1.
         let fd = unsafe {
-            sys::perf_event_open(
-                &mut attr,
-                pid,
-                cpu,
-                -1,
-                libc::c_ulong::from(b::PERF_FLAG_FD_CLOEXEC) | flags,
-            )
+            sys::perf_event_open(&mut attr, pid, cpu, -1, libc::c_ulong::from(b::PERF_FLAG_FD_CLOEXEC) | flags)
         };
         if fd < 0 {
             return Err(io::Error::last_os_error());
@@ -145,11 +111,7 @@ impl EventFd {
 }
 
 fn check(r: libc::c_int) -> io::Result<()> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
 /// A resource limit the sampler raises from its soft to its hard value.
@@ -169,17 +131,11 @@ pub fn raise_soft_limit(which: SoftLimit) -> io::Result<u64> {
         SoftLimit::OpenFiles => libc::RLIMIT_NOFILE,
         SoftLimit::LockedMemory => libc::RLIMIT_MEMLOCK,
     };
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit writes one `rlimit` through a pointer to a live, writable local.
     check(unsafe { libc::getrlimit(resource, &mut limit) })?;
     if limit.rlim_cur < limit.rlim_max {
-        let raised = libc::rlimit {
-            rlim_cur: limit.rlim_max,
-            rlim_max: limit.rlim_max,
-        };
+        let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
         // SAFETY: setrlimit only reads the `rlimit` it is given; raising a soft limit up to the
         // hard one affects nothing but this process.
         check(unsafe { libc::setrlimit(resource, &raised) })?;
@@ -256,13 +212,7 @@ impl Ring {
         if base == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        Ok(Ring {
-            fd,
-            base,
-            len,
-            page,
-            data_size: (data_pages * page) as u64,
-        })
+        Ok(Ring { fd, base, len, page, data_size: (data_pages * page) as u64 })
     }
 
     /// The event that owns the buffer (enable it, redirect others to it).
@@ -323,9 +273,7 @@ pub fn prefetch(bytes: &[u8]) {
         // SAFETY: a prefetch is a hint that never faults nor changes memory; the pointer is
         // in bounds of a live slice anyway. SSE is part of the x86-64 baseline.
         unsafe {
-            core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(
-                line.as_ptr().cast::<i8>(),
-            );
+            core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(line.as_ptr().cast::<i8>());
         }
     }
 }
@@ -333,14 +281,8 @@ pub fn prefetch(bytes: &[u8]) {
 /// Blocks until the kernel signals one of `rings` (it does when a ring passes its watermark, half
 /// its size) or `timeout` passes, whichever is first. Interrupted waits count as timeouts.
 pub fn wait_any(rings: &[&Ring], timeout: std::time::Duration) -> io::Result<()> {
-    let mut fds: Vec<libc::pollfd> = rings
-        .iter()
-        .map(|r| libc::pollfd {
-            fd: r.fd.0.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
+    let mut fds: Vec<libc::pollfd> =
+        rings.iter().map(|r| libc::pollfd { fd: r.fd.0.as_raw_fd(), events: libc::POLLIN, revents: 0 }).collect();
     // Rounded up: a timeout rounded down to 0 ms would make the caller spin until its deadline.
     let millis = timeout.as_micros().div_ceil(1000);
     let millis = libc::c_int::try_from(millis).unwrap_or(libc::c_int::MAX);

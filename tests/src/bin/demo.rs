@@ -20,19 +20,11 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let config = Config {
-        listen: var("E2E_DEMO_LISTEN")
-            .unwrap_or_else(|| "127.0.0.1:5050".into())
-            .parse()?,
-        load_rps: var("E2E_LOAD_RPS")
-            .map(|v| v.parse())
-            .transpose()?
-            .unwrap_or(20),
+        listen: var("E2E_DEMO_LISTEN").unwrap_or_else(|| "127.0.0.1:5050".into()).parse()?,
+        load_rps: var("E2E_LOAD_RPS").map(|v| v.parse()).transpose()?.unwrap_or(20),
         print_roots: false,
         profile_url: None,
-        work_scale: var("E2E_WORK_SCALE")
-            .map(|v| v.parse())
-            .transpose()?
-            .unwrap_or(1.0),
+        work_scale: var("E2E_WORK_SCALE").map(|v| v.parse()).transpose()?.unwrap_or(1.0),
     };
     spanprof_demo::run(config).await
 }

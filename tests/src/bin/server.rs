@@ -9,24 +9,13 @@ use spanprof_server::store::Retention;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let listen = args
-        .next()
-        .unwrap_or_else(|| "127.0.0.1:4040".into())
-        .parse()?;
-    let data_dir = args
-        .next()
-        .unwrap_or_else(|| "./spanprof-data".into())
-        .into();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
-        .init();
+    let listen = args.next().unwrap_or_else(|| "127.0.0.1:4040".into()).parse()?;
+    let data_dir = args.next().unwrap_or_else(|| "./spanprof-data".into()).into();
+    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new("warn")).init();
     let config = Config {
         listen,
         data_dir,
-        retention: Retention {
-            max_age: None,
-            max_bytes: None,
-        },
+        retention: Retention { max_age: None, max_bytes: None },
         retention_interval: Duration::from_secs(60),
         limits: Default::default(),
         store: Default::default(),

@@ -16,44 +16,19 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    let pids: Vec<u32> = var("E2E_PID")
-        .map(|p| p.parse())
-        .transpose()?
-        .into_iter()
-        .collect();
+    let pids: Vec<u32> = var("E2E_PID").map(|p| p.parse()).transpose()?.into_iter().collect();
     let config = Config {
         server_url: var("E2E_SERVER_URL").unwrap_or_else(|| "http://127.0.0.1:4040".into()),
         context_dir: var("E2E_CONTEXT_DIR").map(Into::into),
-        sample_rate_hz: var("E2E_SAMPLE_RATE_HZ")
-            .map(|v| v.parse())
-            .transpose()?
-            .unwrap_or(100),
+        sample_rate_hz: var("E2E_SAMPLE_RATE_HZ").map(|v| v.parse()).transpose()?.unwrap_or(100),
         upload_interval: Duration::from_millis(
-            var("E2E_UPLOAD_INTERVAL_MS")
-                .map(|v| v.parse())
-                .transpose()?
-                .unwrap_or(1000),
+            var("E2E_UPLOAD_INTERVAL_MS").map(|v| v.parse()).transpose()?.unwrap_or(1000),
         ),
-        targets: Targets {
-            require_channel: pids.is_empty(),
-            pids,
-        },
-        stack_bytes: var("E2E_STACK_BYTES")
-            .map(|v| v.parse())
-            .transpose()?
-            .unwrap_or(16384),
-        max_buffer_bytes: var("E2E_MAX_BUFFER_BYTES")
-            .map(|v| v.parse())
-            .transpose()?
-            .unwrap_or(8 << 20),
-        scope: var("E2E_SCOPE")
-            .map(|v| v.parse())
-            .transpose()
-            .map_err(anyhow::Error::msg)?
-            .unwrap_or_default(),
-        listen: var("E2E_LISTEN")
-            .unwrap_or_else(|| "127.0.0.1:0".into())
-            .parse()?,
+        targets: Targets { require_channel: pids.is_empty(), pids },
+        stack_bytes: var("E2E_STACK_BYTES").map(|v| v.parse()).transpose()?.unwrap_or(16384),
+        max_buffer_bytes: var("E2E_MAX_BUFFER_BYTES").map(|v| v.parse()).transpose()?.unwrap_or(8 << 20),
+        scope: var("E2E_SCOPE").map(|v| v.parse()).transpose().map_err(anyhow::Error::msg)?.unwrap_or_default(),
+        listen: var("E2E_LISTEN").unwrap_or_else(|| "127.0.0.1:0".into()).parse()?,
         service_name: Some(var("E2E_SERVICE").unwrap_or_else(|| "e2e".into())),
         service_names: Vec::new(),
         series_labels: vec![("namespace".into(), "test".into())],

@@ -63,21 +63,14 @@ fn thread_cpu_ns() -> u64 {
 }
 
 fn env(k: &str, d: u64) -> u64 {
-    std::env::var(k)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(d)
+    std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d)
 }
 
 fn main() -> anyhow::Result<()> {
     let layer = spanprof::SpanProfLayer::from_env()?;
     tracing_subscriber::registry().with(layer).init();
-    let (threads, spans, ms, delay) = (
-        env("E2E_THREADS", 2),
-        env("E2E_SPANS", 20),
-        env("E2E_SPAN_MS", 60),
-        env("E2E_THREAD_DELAY_MS", 0),
-    );
+    let (threads, spans, ms, delay) =
+        (env("E2E_THREADS", 2), env("E2E_SPANS", 20), env("E2E_SPAN_MS", 60), env("E2E_THREAD_DELAY_MS", 0));
     println!("ready pid={}", std::process::id());
     std::thread::sleep(Duration::from_millis(delay));
     let handles: Vec<_> = (0..threads)
@@ -102,7 +95,10 @@ fn main() -> anyhow::Result<()> {
                     let id = root.map(|r| r.profile_id_hex()).unwrap_or_default();
                     let name = if alpha { "alpha" } else { "beta" };
                     let mut out = std::io::stdout().lock();
-                    let _ = writeln!(out, "window tid={tid} span_id={id} name={name} start_ns={start} end_ns={end} cpu_ns={cpu}");
+                    let _ = writeln!(
+                        out,
+                        "window tid={tid} span_id={id} name={name} start_ns={start} end_ns={end} cpu_ns={cpu}"
+                    );
                     let _ = out.flush();
                     std::thread::sleep(Duration::from_millis(15));
                 }

@@ -17,9 +17,7 @@ impl Proc {
 
     /// SIGTERM (graceful: the sidecar uploads what it has) and wait, bounded.
     pub fn terminate(mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
+        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.0.try_wait() {
@@ -38,18 +36,11 @@ impl Drop for Proc {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 pub fn http() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
+    reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
 }
 
 /// Waits until `url` answers 2xx; `what` names the process in the panic message.
@@ -63,11 +54,7 @@ pub fn wait_ready(url: &str, what: &str) {
 
 pub fn start_server(port: u16, data: &Path) -> Proc {
     let p = Proc(
-        Command::new(env!("CARGO_BIN_EXE_e2e-server"))
-            .arg(format!("127.0.0.1:{port}"))
-            .arg(data)
-            .spawn()
-            .unwrap(),
+        Command::new(env!("CARGO_BIN_EXE_e2e-server")).arg(format!("127.0.0.1:{port}")).arg(data).spawn().unwrap(),
     );
     wait_ready(&format!("http://127.0.0.1:{port}/readyz"), "server");
     p
@@ -75,12 +62,7 @@ pub fn start_server(port: u16, data: &Path) -> Proc {
 
 /// The sampler pushing to the server on `server_port`; `vars` are further `E2E_*` settings of
 /// the launcher. Returns the process and its metrics port.
-pub fn start_sidecar(
-    server_port: u16,
-    ctx: Option<&Path>,
-    pid: Option<u32>,
-    vars: &[(&str, &str)],
-) -> (Proc, u16) {
+pub fn start_sidecar(server_port: u16, ctx: Option<&Path>, pid: Option<u32>, vars: &[(&str, &str)]) -> (Proc, u16) {
     start_sidecar_under(&[], server_port, ctx, pid, vars)
 }
 
@@ -108,42 +90,25 @@ pub fn start_sidecar_under(
     let metrics = free_port();
     let mut cmd = command_under(wrapper, env!("CARGO_BIN_EXE_e2e-sidecar"));
     cmd.env("E2E_SERVER_URL", format!("http://127.0.0.1:{server_port}"))
-        .env(
-            "E2E_CONTEXT_DIR",
-            ctx.map(Path::as_os_str).unwrap_or_default(),
-        )
+        .env("E2E_CONTEXT_DIR", ctx.map(Path::as_os_str).unwrap_or_default())
         .env("E2E_PID", pid.map(|p| p.to_string()).unwrap_or_default())
         .env("E2E_LISTEN", format!("127.0.0.1:{metrics}"));
     for (k, v) in vars {
         cmd.env(k, v);
     }
     let p = Proc(cmd.spawn().unwrap());
-    wait_ready(
-        &format!("http://127.0.0.1:{metrics}/readyz"),
-        "sidecar (perf_event_open permitted?)",
-    );
+    wait_ready(&format!("http://127.0.0.1:{metrics}/readyz"), "sidecar (perf_event_open permitted?)");
     (p, metrics)
 }
 
 /// Sum of every series of the metrics on `port` whose line starts with `name`.
 pub fn metric(port: u16, name: &str) -> u64 {
-    let text = http()
-        .get(format!("http://127.0.0.1:{port}/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
+    let text = http().get(format!("http://127.0.0.1:{port}/metrics")).send().unwrap().text().unwrap();
+    text.lines().filter(|l| l.starts_with(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok()).sum()
 }
 
 pub fn parse_folded(text: &str) -> Vec<(String, u64)> {
-    text.lines()
-        .filter_map(|l| l.rsplit_once(' '))
-        .map(|(s, n)| (s.to_owned(), n.parse().unwrap_or(0)))
-        .collect()
+    text.lines().filter_map(|l| l.rsplit_once(' ')).map(|(s, n)| (s.to_owned(), n.parse().unwrap_or(0))).collect()
 }
 
 /// The samples of `service` outside spans over the last hour, as folded stacks.
