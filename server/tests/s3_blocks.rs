@@ -168,7 +168,11 @@ async fn three_replicas_share_a_seaweedfs_bucket_through_kill_9_and_an_outage() 
     let port = weed.s3_port();
     let data = dir.path().join("replicas");
     let ports = [free_port(), free_port(), free_port()];
-    let mut r = vec![replica(&data, 0, &ports, port).await, replica(&data, 1, &ports, port).await, replica(&data, 2, &ports, port).await];
+    let mut r = vec![
+        replica(&data, 0, &ports, port).await,
+        replica(&data, 1, &ports, port).await,
+        replica(&data, 2, &ports, port).await,
+    ];
 
     // One span ID, a part on every replica: every replica answers the sum through its peers.
     let old = now_s() - 600;
@@ -179,9 +183,9 @@ async fn three_replicas_share_a_seaweedfs_bucket_through_kill_9_and_an_outage() 
         assert_eq!(samples(srv, SPAN_A).await, 6, "{}", srv.base);
     }
     // Graceful restarts upload each replica's data as a block; then the blocks answer alone.
-    for i in 0..3 {
-        assert!(r[i].terminate().success(), "graceful stop (uploads the local data)");
-        r[i] = replica(&data, i, &ports, port).await;
+    for (i, srv) in r.iter_mut().enumerate() {
+        assert!(srv.terminate().success(), "graceful stop (uploads the local data)");
+        *srv = replica(&data, i, &ports, port).await;
     }
     for srv in &r {
         assert_eq!(samples(srv, SPAN_A).await, 6, "from the blocks, nothing doubled: {}", srv.base);
@@ -194,7 +198,8 @@ async fn three_replicas_share_a_seaweedfs_bucket_through_kill_9_and_an_outage() 
     for srv in &r {
         assert_eq!(samples(srv, SPAN_B).await, 5, "{}", srv.base);
         let (_, list) = get_json(&srv.url("/api/v1/profiles?service=ride")).await;
-        let ids: Vec<&str> = list["profiles"].as_array().unwrap().iter().map(|p| p["profile_id"].as_str().unwrap()).collect();
+        let ids: Vec<&str> =
+            list["profiles"].as_array().unwrap().iter().map(|p| p["profile_id"].as_str().unwrap()).collect();
         assert_eq!(ids, [SPAN_B, SPAN_A], "newest first, each once: {list}");
         assert!(list.get("partial").is_none(), "{list}");
         let (_, trace) = get_json(&srv.url(&format!("/api/v1/traces/{TRACE}"))).await;
@@ -239,8 +244,8 @@ async fn three_replicas_share_a_seaweedfs_bucket_through_kill_9_and_an_outage() 
     // Compaction: all three replicas compact every second, racing for the lease in the bucket.
     // Exactly one merges the blocks (each block merged once), the parts of one span ID become one
     // record, the stored bytes shrink, and every answer stays the same.
-    for i in 0..3 {
-        assert!(r[i].terminate().success());
+    for srv in r.iter_mut() {
+        assert!(srv.terminate().success());
     }
     let mut r3 = replica(&data, 2, &ports, port).await;
     assert_eq!(samples(&r3, SPAN_A).await, 6); // lists the bucket
