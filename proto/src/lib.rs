@@ -5,7 +5,9 @@
 //! `perftools.profiles.Profile` and `push.v1.PushRequest`, so no `protoc` is needed to build.
 #![forbid(unsafe_code)]
 
+pub mod ids;
 pub mod json;
+pub mod labels;
 pub mod pprof;
 pub mod push;
 pub mod querier;

@@ -43,7 +43,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use prost::Message;
-use spanprof_server::proto::pprof::{Function, Label, Line, Location, Mapping, Profile, Sample, ValueType};
+use spanprof_proto::ids::{SpanId, TraceId};
+use spanprof_proto::labels as wire;
+use spanprof_server::proto::pprof::{Label, Line, Mapping, ProfileBuilder};
 use spanprof_server::proto::push::{LabelPair, PushRequest, RawProfileSeries, RawSample};
 
 const PERIOD_NS: i64 = 10_000_000; // 100 Hz, the sidecar's default
@@ -471,43 +473,23 @@ fn build_push(
         *agg.entry((false, st as u32, usize::MAX)).or_default() += 1;
     }
 
-    let mut strings: Vec<String> = vec![String::new()];
-    let mut index: HashMap<String, i64> = HashMap::new();
-    let mut idx = |s: &str, strings: &mut Vec<String>| -> i64 {
-        if let Some(&i) = index.get(s) {
-            return i;
-        }
-        strings.push(s.to_owned());
-        index.insert(s.to_owned(), (strings.len() - 1) as i64);
-        (strings.len() - 1) as i64
-    };
-    let cpu = idx("cpu", &mut strings);
-    let nanos = idx("nanoseconds", &mut strings);
-    let binary = idx("/app/ride-sharing", &mut strings);
-    let k_span = idx("span_id", &mut strings);
-    let k_trace = idx("trace_id", &mut strings);
-    let k_name = idx("span_name", &mut strings);
-    // Functions and locations for the frames used (location id = function id = index + 1).
-    let mut used = vec![false; w.functions.len()];
+    let mut b = ProfileBuilder::new(&[("cpu", "nanoseconds")])
+        .period("cpu", "nanoseconds", PERIOD_NS)
+        .time(now_ns() - 10_000_000_000, 10_000_000_000);
+    let binary = b.string("/app/ride-sharing");
+    let mapping = b.mapping(Mapping {
+        memory_start: 0x5555_0000_0000,
+        memory_limit: 0x5555_1000_0000,
+        filename: binary,
+        has_functions: true,
+        ..Default::default()
+    });
+    // A location per function used, at an address of its own with a line, as symbolized
+    // profiles from a binary have them.
+    let mut locations: HashMap<u32, u64> = HashMap::new();
     let mut entries = agg.into_iter().collect::<Vec<_>>();
     entries.sort_unstable_by_key(|(k, _)| *k);
-    let mut p = Profile {
-        sample_type: vec![ValueType { r#type: cpu, unit: nanos }],
-        period_type: Some(ValueType { r#type: cpu, unit: nanos }),
-        period: PERIOD_NS,
-        time_nanos: now_ns() - 10_000_000_000,
-        duration_nanos: 10_000_000_000,
-        mapping: vec![Mapping {
-            id: 1,
-            memory_start: 0x5555_0000_0000,
-            memory_limit: 0x5555_1000_0000,
-            filename: binary,
-            has_functions: true,
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
-    let mut span_label_strings: Vec<Option<[i64; 3]>> = vec![None; spans.len()];
+    let mut span_labels: Vec<Option<Vec<Label>>> = vec![None; spans.len()];
     for ((in_span, st, s), count) in entries {
         let stack: &Vec<u32> = if in_span {
             let pool = &w.span_stacks_by_handler[spans[s].name as usize % HANDLERS.len()];
@@ -515,49 +497,35 @@ fn build_push(
         } else {
             &w.process_stacks[st as usize]
         };
-        for &f in stack {
-            used[f as usize] = true;
-        }
+        // pprof stacks are leaf first.
+        let location_id = stack
+            .iter()
+            .rev()
+            .map(|&f| {
+                *locations.entry(f).or_insert_with(|| {
+                    let function_id = b.function(&w.functions[f as usize]);
+                    let line = Line { function_id, line: 10 + i64::from(f % 300), column: 0 };
+                    b.location(mapping, 0x5555_0000_1000 + u64::from(f) * 0x40, vec![line])
+                })
+            })
+            .collect();
         let label = if in_span {
-            let l = *span_label_strings[s].get_or_insert_with(|| {
-                let sp = spans[s];
-                [
-                    idx(&format!("{:016x}", sp.id), &mut strings),
-                    idx(&format!("{:032x}", sp.trace), &mut strings),
-                    idx(SPAN_NAMES[sp.name as usize % SPAN_NAMES.len()], &mut strings),
-                ]
-            });
-            vec![
-                Label { key: k_span, str: l[0], ..Default::default() },
-                Label { key: k_trace, str: l[1], ..Default::default() },
-                Label { key: k_name, str: l[2], ..Default::default() },
-            ]
+            span_labels[s]
+                .get_or_insert_with(|| {
+                    let sp = spans[s];
+                    vec![
+                        b.label(wire::SPAN_ID, &SpanId(sp.id).to_string()),
+                        b.label(wire::TRACE_ID, &TraceId(sp.trace).to_string()),
+                        b.label(wire::SPAN_NAME, SPAN_NAMES[sp.name as usize % SPAN_NAMES.len()]),
+                    ]
+                })
+                .clone()
         } else {
             Vec::new()
         };
-        p.sample.push(Sample {
-            // pprof stacks are leaf first.
-            location_id: stack.iter().rev().map(|&f| u64::from(f) + 1).collect(),
-            value: vec![count * PERIOD_NS],
-            label,
-        });
+        b.sample(location_id, vec![count * PERIOD_NS], label);
     }
-    for (f, name) in w.functions.iter().enumerate() {
-        if !used[f] {
-            continue;
-        }
-        let id = f as u64 + 1;
-        let name = idx(name, &mut strings);
-        p.function.push(Function { id, name, system_name: name, ..Default::default() });
-        p.location.push(Location {
-            id,
-            mapping_id: 1,
-            address: 0x5555_0000_1000 + id * 0x40,
-            line: vec![Line { function_id: id, line: 10 + (id as i64 % 300), column: 0 }],
-            ..Default::default()
-        });
-    }
-    p.string_table = strings;
+    let p = b.finish();
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     gz.write_all(&p.encode_to_vec()).unwrap();
     let raw_profile = gz.finish().unwrap();

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use prost::Message;
 
 use crate::error::{Error, Result};
-use crate::proto::pprof::{Function, Label, Line, Location, Mapping, Profile, Sample, ValueType};
+use crate::proto::pprof::{Label, Mapping, Profile, ProfileBuilder};
 
 /// Export formats of `?format=`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,46 +99,18 @@ pub fn write_pprof(stacks: StacksRef<'_>, meta: &ExportMeta, out: &mut dyn Write
 
 /// The pprof of `stacks`, not encoded.
 pub fn pprof_profile(stacks: StacksRef<'_>, meta: &ExportMeta, values: &PprofValues) -> Profile {
-    let mut strings: Vec<String> = vec![String::new()];
-    let mut index: HashMap<String, i64> = HashMap::new();
-    let mut intern = |s: &str, strings: &mut Vec<String>| -> i64 {
-        if s.is_empty() {
-            return 0;
-        }
-        if let Some(&i) = index.get(s) {
-            return i;
-        }
-        strings.push(s.to_owned());
-        let i = (strings.len() - 1) as i64;
-        index.insert(s.to_owned(), i);
-        i
+    let mut b = match values {
+        PprofValues::SamplesAndCpu => ProfileBuilder::new(&[("samples", "count"), ("cpu", "nanoseconds")]).period(
+            "cpu",
+            "nanoseconds",
+            meta.period_ns as i64,
+        ),
+        PprofValues::Single { sample_type, unit } => ProfileBuilder::new(&[(sample_type, unit)]),
     };
-    let (sample_type, period_type, period) = match values {
-        PprofValues::SamplesAndCpu => {
-            let samples_t = intern("samples", &mut strings);
-            let count_u = intern("count", &mut strings);
-            let cpu_t = intern("cpu", &mut strings);
-            let ns_u = intern("nanoseconds", &mut strings);
-            let types = vec![ValueType { r#type: samples_t, unit: count_u }, ValueType { r#type: cpu_t, unit: ns_u }];
-            (types, Some(ValueType { r#type: cpu_t, unit: ns_u }), meta.period_ns as i64)
-        }
-        PprofValues::Single { sample_type, unit } => {
-            let t = ValueType { r#type: intern(sample_type, &mut strings), unit: intern(unit, &mut strings) };
-            (vec![t], None, 0)
-        }
-    };
-    let mut p = Profile {
-        sample_type,
-        period_type,
-        period,
-        time_nanos: (meta.time_ms as i64).saturating_mul(1_000_000),
-        duration_nanos: (meta.duration_ms as i64).saturating_mul(1_000_000),
-        ..Default::default()
-    };
+    b = b.time((meta.time_ms as i64).saturating_mul(1_000_000), (meta.duration_ms as i64).saturating_mul(1_000_000));
     // One mapping for the symbolized frames, so tools don't look for a binary to symbolize with.
-    let filename = intern("spanprof", &mut strings);
-    p.mapping.push(Mapping {
-        id: 1,
+    let filename = b.string("spanprof");
+    let mapping = b.mapping(Mapping {
         filename,
         has_functions: true,
         has_filenames: false,
@@ -146,41 +118,18 @@ pub fn pprof_profile(stacks: StacksRef<'_>, meta: &ExportMeta, values: &PprofVal
         has_inline_frames: true,
         ..Default::default()
     });
-    let comment = intern(&format!("spanprof: {}", meta.title), &mut strings);
-    p.comment.push(comment);
-    let labels: Vec<Label> = meta
-        .labels
-        .iter()
-        .map(|(k, v)| Label { key: intern(k, &mut strings), str: intern(v, &mut strings), ..Default::default() })
-        .collect();
-    let mut function_ids: HashMap<Arc<str>, u64> = HashMap::new();
-    p.sample.reserve(stacks.len());
+    b.comment(&format!("spanprof: {}", meta.title));
+    let labels: Vec<Label> = meta.labels.iter().map(|(k, v)| b.label(k, v)).collect();
+    b.reserve_samples(stacks.len());
     for (frames, count) in stacks {
-        let mut location_id = Vec::with_capacity(frames.len());
-        for f in frames.iter().rev() {
-            let next = function_ids.len() as u64 + 1;
-            let id = *function_ids.entry(f.clone()).or_insert_with(|| {
-                let name = intern(f, &mut strings);
-                p.function.push(Function { id: next, name, system_name: name, ..Default::default() });
-                p.location.push(Location {
-                    id: next,
-                    mapping_id: 1,
-                    line: vec![Line { function_id: next, line: 0, column: 0 }],
-                    ..Default::default()
-                });
-                next
-            });
-            location_id.push(id);
-        }
+        let location_id = frames.iter().rev().map(|f| b.name_location(f, mapping)).collect();
         let value = match values {
             PprofValues::SamplesAndCpu => vec![*count as i64, (*count as i64).saturating_mul(meta.period_ns as i64)],
             PprofValues::Single { .. } => vec![*count as i64],
         };
-        p.sample.push(Sample { location_id, value, label: labels.clone() });
+        b.sample(location_id, value, labels.clone());
     }
-    drop(function_ids);
-    p.string_table = strings;
-    p
+    b.finish()
 }
 
 /// Writes a speedscope "sampled" profile (https://www.speedscope.app/file-format-schema.json),

@@ -1,6 +1,7 @@
 //! The HTTP surface on one port: ingest (Pyroscope protocols), the JSON query API with exports,
 //! the web UI, and `/healthz`, `/readyz`, `/metrics`.
 
+use spanprof_proto::labels as wire;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -259,7 +260,7 @@ async fn store_batches(s: &Arc<AppState>, batches: Vec<SeriesBatch>, protocol: &
     m.ingested_samples.inc_by(stats.samples);
     m.span_profiles.get_or_create(&ResultLabel { result: "created".into() }).inc_by(stats.span_profiles_created);
     m.span_profiles.get_or_create(&ResultLabel { result: "merged".into() }).inc_by(stats.span_profiles_merged);
-    for (label, n) in [("span_id", dropped.span_id), ("trace_id", dropped.trace_id)] {
+    for (label, n) in [(wire::SPAN_ID, dropped.span_id), (wire::TRACE_ID, dropped.trace_id)] {
         if n > 0 {
             m.ingest_dropped_labels.get_or_create(&LabelLabel { label: label.into() }).inc_by(n);
         }
@@ -742,9 +743,9 @@ async fn get_profile(State(s): St, Path(id): Path<String>, Query(q): Query<HashM
         };
         let sm = &profile.summary;
         let mut labels =
-            vec![(sm.profile_id.label_key(), sm.profile_id.to_string()), ("span_name", sm.span_name.clone())];
+            vec![(sm.profile_id.label_key(), sm.profile_id.to_string()), (wire::SPAN_NAME, sm.span_name.clone())];
         if let Some(t) = sm.trace_id {
-            labels.push(("trace_id", t.to_string()));
+            labels.push((wire::TRACE_ID, t.to_string()));
         }
         let meta = ExportMeta {
             title: format!("{} {} ({})", sm.service_name, sm.span_name, sm.profile_id),
@@ -791,7 +792,7 @@ async fn get_trace(State(s): St, Path(id): Path<String>, Query(q): Query<HashMap
             period_ns,
             time_ms: first,
             duration_ms: last.saturating_sub(first),
-            labels: vec![("trace_id", tid.to_string())],
+            labels: vec![(wire::TRACE_ID, tid.to_string())],
         };
         Ok(Some(Loaded { stacks, meta, file_stem: format!("trace-{tid}"), extra }))
     })
@@ -862,9 +863,9 @@ async fn service_profile(
         if from > until {
             return Err(Error::rejected(Reject::BadTimestamp, "`from` is after `until`"));
         }
-        let profile_type = q.get("type").filter(|t| !t.is_empty()).cloned().unwrap_or_else(|| "process_cpu".into());
+        let profile_type = q.get("type").filter(|t| !t.is_empty()).cloned().unwrap_or_else(|| wire::PROCESS_CPU.into());
         let mut selector = selector_param(&q)?
-            .and(Matcher::new("service_name", selector::Op::Equal, &service)?)
+            .and(Matcher::new(wire::SERVICE_NAME, selector::Op::Equal, &service)?)
             .and(Matcher::new(selector::NAME_LABEL, selector::Op::Equal, &profile_type)?);
         if let Some(m) = spans_matcher(q.get("spans").map(String::as_str))? {
             selector = selector.and(m);
@@ -887,7 +888,7 @@ async fn service_profile(
             period_ns: profile.period_ns,
             time_ms: from,
             duration_ms: until - from,
-            labels: vec![("service_name", service.clone())],
+            labels: vec![(wire::SERVICE_NAME, service.clone())],
         };
         let mut extra = serde_json::Map::new();
         extra.insert("service_name".into(), json!(service));
@@ -930,7 +931,7 @@ fn subject_param(q: &HashMap<String, String>, side: &str, now: u64) -> Result<qu
         return Err(Error::rejected(Reject::BadTimestamp, format!("{side}.from is after {side}.until")));
     }
     let mut selector = Selector::parse(get("selector").unwrap_or(""))?.and(Matcher::new(
-        "service_name",
+        wire::SERVICE_NAME,
         selector::Op::Equal,
         service,
     )?);
@@ -940,7 +941,7 @@ fn subject_param(q: &HashMap<String, String>, side: &str, now: u64) -> Result<qu
     if let Some(q) = cpu_filter(selector.clone(), from, until, get, &format!("{side}."))? {
         return Ok(query::Subject::Spans(q));
     }
-    let profile_type = get("type").unwrap_or("process_cpu");
+    let profile_type = get("type").unwrap_or(wire::PROCESS_CPU);
     selector = selector.and(Matcher::new(selector::NAME_LABEL, selector::Op::Equal, profile_type)?);
     if let Some(m) = spans_matcher(get("spans"))? {
         selector = selector.and(m);
@@ -1000,7 +1001,7 @@ async fn aggregate_spans(State(s): St, Query(q): Query<HashMap<String, String>>)
         if from > until {
             return Err(Error::rejected(Reject::BadTimestamp, "`from` is after `until`"));
         }
-        let mut selector = selector_param(&q)?.and(Matcher::new("service_name", selector::Op::Equal, service)?);
+        let mut selector = selector_param(&q)?.and(Matcher::new(wire::SERVICE_NAME, selector::Op::Equal, service)?);
         selector = selector.and(match get("span_name") {
             Some(name) => Matcher::new(selector::SPAN_NAME_LABEL, selector::Op::Equal, name)?,
             None => Matcher::new(selector::SPAN_NAME_LABEL, selector::Op::NotEqual, "")?,
@@ -1039,7 +1040,7 @@ async fn aggregate_spans(State(s): St, Query(q): Query<HashMap<String, String>>)
             period_ns: a.period_ns,
             time_ms: aq.from_ms,
             duration_ms: aq.until_ms - aq.from_ms,
-            labels: vec![("service_name", service.clone())],
+            labels: vec![(wire::SERVICE_NAME, service.clone())],
         };
         let mut extra = match serde_json::to_value(&a) {
             Ok(serde_json::Value::Object(m)) => m,

@@ -1,5 +1,6 @@
 //! The server's vocabulary: profile and trace IDs, stacks with counts, and what one ingest adds.
 
+use spanprof_proto::labels as wire;
 use std::collections::BTreeMap;
 
 use ahash::AHashMap as HashMap;
@@ -31,10 +32,7 @@ impl ProfileId {
     /// `Err` says which rule `s` breaks.
     pub fn parse(s: &str) -> Result<Self, &'static str> {
         if s.len() == 16 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return match u64::from_str_radix(s, 16) {
-                Ok(v) if v != 0 => Ok(ProfileId::Span(v)),
-                _ => Err("the all-zero span ID is invalid"),
-            };
+            return SpanId::parse(s).map(|id| ProfileId::Span(id.0)).ok_or("the all-zero span ID is invalid");
         }
         if s.is_empty() {
             Err("a profile ID is not empty")
@@ -55,8 +53,8 @@ impl ProfileId {
     /// The label a pprof export names the ID with: `span_id` for a span ID, `profile_id` otherwise.
     pub fn label_key(&self) -> &'static str {
         match self {
-            ProfileId::Span(_) => "span_id",
-            ProfileId::Named(_) => "profile_id",
+            ProfileId::Span(_) => wire::SPAN_ID,
+            ProfileId::Named(_) => wire::PROFILE_ID,
         }
     }
 }
@@ -64,7 +62,7 @@ impl ProfileId {
 impl fmt::Display for ProfileId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ProfileId::Span(v) => write!(f, "{v:016x}"),
+            ProfileId::Span(v) => SpanId(*v).fmt(f),
             ProfileId::Named(s) => f.write_str(s),
         }
     }
@@ -84,40 +82,8 @@ impl<'de> serde::Deserialize<'de> for ProfileId {
     }
 }
 
-/// A 128-bit trace ID, shown as 32 lowercase hex digits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TraceId(pub u128);
-
-impl TraceId {
-    /// Parses exactly 32 hex digits; the all-zero ID is invalid.
-    pub fn parse(s: &str) -> Option<Self> {
-        if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return None;
-        }
-        let v = u128::from_str_radix(s, 16).ok()?;
-        (v != 0).then_some(TraceId(v))
-    }
-}
-
-/// In JSON (peers' answers): 32 hex digits.
-impl serde::Serialize for TraceId {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for TraceId {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        TraceId::parse(&s).ok_or_else(|| serde::de::Error::custom("not a trace ID (32 hex digits)"))
-    }
-}
-
-impl fmt::Display for TraceId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:032x}", self.0)
-    }
-}
+/// Trace IDs as every part of spanprof writes them (`spanprof-proto`).
+pub use spanprof_proto::ids::{SpanId, TraceId};
 
 /// Frame names of one batch, each stored once; stacks refer to them by index, so ingest hashes
 /// and copies small integers instead of strings.
@@ -338,7 +304,7 @@ pub struct SeriesBatch {
 
 impl SeriesBatch {
     pub fn service_name(&self) -> &str {
-        self.labels.get("service_name").map(String::as_str).unwrap_or("unknown")
+        self.labels.get(wire::SERVICE_NAME).map(String::as_str).unwrap_or("unknown")
     }
 
     /// Samples in spans plus samples outside them.

@@ -6,6 +6,7 @@
 //! same stacks and totals through either API. Values follow the profile type's unit: a CPU or
 //! wall-clock profile's samples are shown as nanoseconds (samples × period), as Pyroscope does.
 
+use spanprof_proto::labels as wire;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Instant;
@@ -717,7 +718,7 @@ fn add_exemplars(
         }
         let id = span.profile_id.to_string();
         let on_series: BTreeSet<&str> = s.labels.iter().map(|l| l.name.as_str()).collect();
-        let own = [("service_name", span.service_name.clone()), ("span_name", span.span_name.clone())];
+        let own = [(wire::SERVICE_NAME, span.service_name.clone()), (wire::SPAN_NAME, span.span_name.clone())];
         point.exemplars = vec![pb::Exemplar {
             timestamp: span.last_seen_ms as i64,
             span_id: if span.profile_id.is_span() { id.clone() } else { String::new() },

@@ -2,6 +2,7 @@
 //! data source: which span profiles, traces and series a selection covers, merged the same way
 //! for both, so a selection gives the same totals and stacks whichever API asks.
 
+use spanprof_proto::labels as wire;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -14,7 +15,7 @@ use crate::store::{ProcessProfile, ProcessQuery, ProfileStore, SpanProfile, Span
 /// and `__name__` (span profiles hold CPU).
 pub fn span_labels(s: &SpanSummary) -> Labels {
     let mut labels = s.labels.clone();
-    labels.insert("service_name".into(), s.service_name.clone());
+    labels.insert(wire::SERVICE_NAME.into(), s.service_name.clone());
     let name = crate::model::rollup_span_name(&s.span_name);
     labels.insert(SPAN_NAME_LABEL.into(), name.to_owned());
     labels.insert(NAME_LABEL.into(), crate::ingest::SPAN_PROFILE_TYPE.into());
@@ -93,7 +94,7 @@ pub fn label_names(store: &dyn ProfileStore, selector: &Selector) -> Result<Vec<
     }
     // Services that only sent span profiles before span rollups existed have no series.
     if selector.matchers.is_empty() && !store.services()?.is_empty() {
-        out.insert("service_name".into());
+        out.insert(wire::SERVICE_NAME.into());
     }
     Ok(out.into_iter().collect())
 }
@@ -106,7 +107,7 @@ pub fn label_values(store: &dyn ProfileStore, name: &str, selector: &Selector) -
             out.insert(v.clone());
         }
     }
-    if name == "service_name" && selector.matchers.is_empty() {
+    if name == wire::SERVICE_NAME && selector.matchers.is_empty() {
         out.extend(store.services()?);
     }
     Ok(out.into_iter().collect())
@@ -220,7 +221,7 @@ pub fn spans_in_range(
     // Pages of the service's (or every) span profile, filtered here by the rest of the selector.
     for _ in 0..64 {
         let page = store.search_spans(&crate::store::SpanQuery {
-            service: selector.required("service_name").map(str::to_owned),
+            service: selector.required(wire::SERVICE_NAME).map(str::to_owned),
             span_name: selector.required(SPAN_NAME_LABEL).filter(|n| *n != UNNAMED_SPAN).map(str::to_owned),
             from_ms: Some(from_ms),
             until_ms: Some(until_ms),

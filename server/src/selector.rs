@@ -7,6 +7,7 @@
 //! `span_name` label, so `span_name!=""` selects the CPU inside spans and `span_name=""` the CPU
 //! outside them.
 
+use spanprof_proto::labels as wire;
 use std::fmt;
 
 use regex::Regex;
@@ -15,11 +16,11 @@ use crate::error::{Error, Reject, Result};
 use crate::model::Labels;
 
 /// The label that names the span a series' samples ran in (absent: outside any span).
-pub const SPAN_NAME_LABEL: &str = "span_name";
+pub const SPAN_NAME_LABEL: &str = wire::SPAN_NAME;
 /// The label a selector names a profile type with (Pyroscope's).
 pub const PROFILE_TYPE_LABEL: &str = "__profile_type__";
 /// The series label that names the profile type's short name (`process_cpu`, `wall`, …).
-pub const NAME_LABEL: &str = "__name__";
+pub const NAME_LABEL: &str = wire::NAME;
 
 /// Longest selector accepted, in bytes.
 const MAX_SELECTOR_BYTES: usize = 16 << 10;
@@ -401,9 +402,9 @@ impl ProfileType {
         if let Some(t) = labels.get(PROFILE_TYPE_LABEL).and_then(|id| ProfileType::parse(id).ok()) {
             return t;
         }
-        let name = labels.get(NAME_LABEL).map_or("process_cpu", String::as_str);
+        let name = labels.get(NAME_LABEL).map_or(wire::PROCESS_CPU, String::as_str);
         let id = match name {
-            "process_cpu" => CPU_PROFILE_TYPE.to_owned(),
+            wire::PROCESS_CPU => CPU_PROFILE_TYPE.to_owned(),
             "wall" => "wall:wall:nanoseconds:wall:nanoseconds".to_owned(),
             "memory" => "memory:alloc_space:bytes:space:bytes".to_owned(),
             "goroutine" | "goroutines" => format!("{name}:goroutine:count:goroutine:count"),

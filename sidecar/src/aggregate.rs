@@ -1,5 +1,6 @@
 //! Aggregation per upload interval and the pprof it becomes (pure).
 
+use spanprof_proto::labels as wire;
 use std::collections::BTreeMap;
 
 // Keys here are hashed once per sample (whole stacks) or per frame: SipHash's DoS resistance buys
@@ -11,9 +12,10 @@ use std::sync::Arc;
 use prost::Message;
 
 use crate::join::SpanLabels;
-use crate::proto::{self, Function, Label, Line, Location, Profile, Sample, ValueType};
+use crate::proto::{self, Line, Profile, ProfileBuilder};
 use crate::symbolize::Names;
 use crate::unwind::FrameKey;
+use spanprof_proto::ids::{SpanId, TraceId};
 
 /// A stack (leaf first) and the span it ran for.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -68,27 +70,6 @@ impl Aggregate {
     }
 }
 
-/// Interns strings into a pprof string table (index 0 is "").
-struct Strings {
-    table: Vec<String>,
-    index: HashMap<String, i64>,
-}
-
-impl Strings {
-    fn new() -> Strings {
-        Strings { table: vec![String::new()], index: HashMap::from([(String::new(), 0)]) }
-    }
-    fn get(&mut self, s: &str) -> i64 {
-        if let Some(&i) = self.index.get(s) {
-            return i;
-        }
-        let i = self.table.len() as i64;
-        self.table.push(s.to_owned());
-        self.index.insert(s.to_owned(), i);
-        i
-    }
-}
-
 /// Time range and sampling period of a profile.
 #[derive(Clone, Copy, Debug)]
 pub struct Timing {
@@ -101,63 +82,43 @@ pub struct Timing {
 /// `samples`/`count`, period `1e9 / Hz`, and the sample labels `span_id`, `trace_id`,
 /// `span_name` on span samples.
 pub fn build_profile(stacks: &HashMap<StackKey, u64>, names: impl Fn(FrameKey) -> Names, timing: Timing) -> Profile {
-    let mut s = Strings::new();
-    let (cpu, ns, samples, count) = (s.get("cpu"), s.get("nanoseconds"), s.get("samples"), s.get("count"));
-    let (k_span, k_trace, k_name) = (s.get("span_id"), s.get("trace_id"), s.get("span_name"));
-    let mut functions: HashMap<Arc<str>, u64> = HashMap::new();
-    let mut function = Vec::new();
+    let mut b = ProfileBuilder::new(&[("cpu", "nanoseconds"), ("samples", "count")])
+        .period("cpu", "nanoseconds", timing.period_ns)
+        .time(timing.time_unix_ns, timing.duration_ns);
+    b.reserve_samples(stacks.len());
     let mut locations: HashMap<FrameKey, u64> = HashMap::new();
-    let mut location = Vec::new();
-    let mut sample = Vec::with_capacity(stacks.len());
     // Deterministic output: sort the stacks.
     let mut sorted: Vec<_> = stacks.iter().collect();
     sorted.sort_by(|a, b| (&a.0.span, &a.0.frames).cmp(&(&b.0.span, &b.0.frames)));
     for (key, &n) in sorted {
         let mut location_id = Vec::with_capacity(key.frames.len());
         for &f in key.frames.iter() {
-            let id = *locations.entry(f).or_insert_with(|| {
-                let id = location.len() as u64 + 1;
-                let line = names(f)
-                    .iter()
-                    .map(|name| {
-                        let function_id = *functions.entry(Arc::clone(name)).or_insert_with(|| {
-                            let fid = function.len() as u64 + 1;
-                            let n = s.get(name);
-                            function.push(Function { id: fid, name: n, system_name: n, ..Default::default() });
-                            fid
-                        });
-                        Line { function_id, ..Default::default() }
-                    })
-                    .collect();
-                location.push(Location { id, address: f.addr, line, ..Default::default() });
-                id
-            });
+            let id = match locations.get(&f) {
+                Some(&id) => id,
+                None => {
+                    let lines = names(f)
+                        .iter()
+                        .map(|name| Line { function_id: b.function(name), line: 0, column: 0 })
+                        .collect();
+                    let id = b.location(0, f.addr, lines);
+                    locations.insert(f, id);
+                    id
+                }
+            };
             location_id.push(id);
         }
         let mut label = Vec::new();
         if let Some(span) = &key.span {
-            label.push(Label { key: k_span, str: s.get(&format!("{:016x}", span.span_id)), ..Default::default() });
-            label.push(Label { key: k_trace, str: s.get(&format!("{:032x}", span.trace_id)), ..Default::default() });
+            label.push(b.label(wire::SPAN_ID, &SpanId(span.span_id).to_string()));
+            label.push(b.label(wire::TRACE_ID, &TraceId(span.trace_id).to_string()));
             if !span.name.is_empty() {
-                label.push(Label { key: k_name, str: s.get(&span.name), ..Default::default() });
+                label.push(b.label(wire::SPAN_NAME, &span.name));
             }
         }
         let n = n as i64;
-        sample.push(Sample { location_id, value: vec![n.saturating_mul(timing.period_ns), n], label });
+        b.sample(location_id, vec![n.saturating_mul(timing.period_ns), n], label);
     }
-    Profile {
-        sample_type: vec![ValueType { r#type: cpu, unit: ns }, ValueType { r#type: samples, unit: count }],
-        sample,
-        location,
-        function,
-        string_table: s.table,
-        time_nanos: timing.time_unix_ns,
-        duration_nanos: timing.duration_ns,
-        period_type: Some(ValueType { r#type: cpu, unit: ns }),
-        period: timing.period_ns,
-        default_sample_type: 0,
-        ..Default::default()
-    }
+    b.finish()
 }
 
 pub fn gzip(bytes: &[u8]) -> Vec<u8> {
@@ -171,8 +132,8 @@ pub fn gzip(bytes: &[u8]) -> Vec<u8> {
 /// out), with the series' own `container` in place of the sidecar's.
 pub fn series_labels(series: &Series, extra: &[(String, String)]) -> Vec<proto::LabelPair> {
     let mut labels = vec![
-        proto::LabelPair { name: "__name__".into(), value: "process_cpu".into() },
-        proto::LabelPair { name: "service_name".into(), value: series.service.to_string() },
+        proto::LabelPair { name: wire::NAME.into(), value: wire::PROCESS_CPU.into() },
+        proto::LabelPair { name: wire::SERVICE_NAME.into(), value: series.service.to_string() },
     ];
     let container = series.container.as_deref();
     labels.extend(extra.iter().filter_map(|(k, v)| {

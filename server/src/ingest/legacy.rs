@@ -1,6 +1,7 @@
 //! Pyroscope's legacy `POST /ingest`: `name=app.cpu{k=v,...}`, `from`/`until` (unit by digit
 //! count), `format` = `folded` (default), `lines` or `pprof` (raw or multipart), `sampleRate`.
 
+use spanprof_proto::labels as wire;
 use std::collections::HashMap;
 
 use crate::error::{Error, Reject, Result};
@@ -33,8 +34,8 @@ pub enum Format {
 
 /// Profile type suffixes Pyroscope appends to the app name (`app.cpu`), mapped to `__name__`.
 const TYPE_SUFFIXES: &[(&str, &str)] = &[
-    (".cpu", "process_cpu"),
-    (".itimer", "process_cpu"),
+    (".cpu", wire::PROCESS_CPU),
+    (".itimer", wire::PROCESS_CPU),
     (".wall", "wall"),
     (".alloc_objects", "memory"),
     (".alloc_space", "memory"),
@@ -52,9 +53,9 @@ pub fn parse_params(query: &str, now_ms: u64) -> Result<IngestParams> {
     let (app, mut labels) = parse_name(name)?;
 
     let mut span = None;
-    let span_label = labels.remove("span_id").or_else(|| labels.remove("profile_id"));
-    let trace_label = labels.remove("trace_id");
-    let span_name = labels.remove("span_name");
+    let span_label = labels.remove(wire::SPAN_ID).or_else(|| labels.remove(wire::PROFILE_ID));
+    let trace_label = labels.remove(wire::TRACE_ID);
+    let span_name = labels.remove(wire::SPAN_NAME);
     if let Some(v) = span_label {
         let id = ProfileId::parse(&v).map_err(|why| {
             Error::rejected(Reject::BadLabel, format!("span_id/profile_id {v:?} is no profile ID: {why}"))
@@ -68,9 +69,9 @@ pub fn parse_params(query: &str, now_ms: u64) -> Result<IngestParams> {
         span = Some(SpanContribution { profile_id: id, trace_id, span_name, stacks: StackCounts::new() });
     }
 
-    let mut kind = "process_cpu";
+    let mut kind = wire::PROCESS_CPU;
     let mut service = app.as_str();
-    let mut typed = labels.contains_key("__name__");
+    let mut typed = labels.contains_key(wire::NAME);
     for (suffix, k) in TYPE_SUFFIXES {
         if let Some(s) = app.strip_suffix(suffix) {
             service = s;
@@ -79,8 +80,8 @@ pub fn parse_params(query: &str, now_ms: u64) -> Result<IngestParams> {
             break;
         }
     }
-    labels.entry("service_name".into()).or_insert_with(|| service.to_owned());
-    labels.entry("__name__".into()).or_insert_with(|| kind.to_owned());
+    labels.entry(wire::SERVICE_NAME.into()).or_insert_with(|| service.to_owned());
+    labels.entry(wire::NAME.into()).or_insert_with(|| kind.to_owned());
 
     let until_ms = match q.get("until") {
         Some(v) => parse_timestamp_ms(v, "until")?,
@@ -300,7 +301,7 @@ pub fn build_batch(params: IngestParams, payload: &[u8], limits: &Limits) -> Res
             // Pyroscope's Node.js client sends its wall-time and heap profiles without a type
             // suffix: the profile says what it measures, as Pyroscope reads it.
             if !typed {
-                labels.insert("__name__".into(), split.measure.profile_type().into());
+                labels.insert(wire::NAME.into(), split.measure.profile_type().into());
             }
             (split.period_ns, split.frames, split.spans, split.process)
         }

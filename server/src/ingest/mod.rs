@@ -2,6 +2,7 @@
 //! [`SeriesBatch`](crate::model::SeriesBatch)es for the store. Everything here is pure: bytes and
 //! query strings in, batches or a [`Rejected`](crate::error::Error::Rejected) error out.
 
+use spanprof_proto::labels as wire;
 pub mod decode;
 pub mod legacy;
 pub mod pprof;
@@ -100,11 +101,11 @@ pub fn check_limits(batches: &[crate::model::SeriesBatch], limits: &Limits) -> c
 /// The profile type (`__name__`) whose samples make span profiles: CPU. Samples of other types
 /// (allocations, wall clock, …) with span labels stay in their series' whole-process profile,
 /// so a span's CPU flame graph never mixes in bytes or objects.
-pub const SPAN_PROFILE_TYPE: &str = "process_cpu";
+pub const SPAN_PROFILE_TYPE: &str = wire::PROCESS_CPU;
 
 /// Moves span samples of non-CPU series into the whole-process profile (see [`SPAN_PROFILE_TYPE`]).
 pub fn keep_spans_for_cpu_only(batch: &mut crate::model::SeriesBatch) {
-    if batch.labels.get("__name__").is_none_or(|n| n == SPAN_PROFILE_TYPE) {
+    if batch.labels.get(wire::NAME).is_none_or(|n| n == SPAN_PROFILE_TYPE) {
         return;
     }
     for span in std::mem::take(&mut batch.spans) {

@@ -3,6 +3,7 @@
 //! and the whole-process rest.
 
 use ahash::AHashMap as HashMap;
+use spanprof_proto::labels as wire;
 
 use prost::Message;
 
@@ -109,7 +110,7 @@ impl Measure {
     /// request did not say: Pyroscope's names.
     pub fn profile_type(self) -> &'static str {
         match self {
-            Measure::Cpu => "process_cpu",
+            Measure::Cpu => wire::PROCESS_CPU,
             Measure::Wall => "wall",
             Measure::Memory => "memory",
             Measure::Other => "other",
@@ -241,7 +242,7 @@ pub fn split(p: &Profile, forced_span: Option<&SpanContribution>) -> Result<Spli
     let unknown = table.intern("[unknown]");
     let key_of = |name: &str| p.string_table.iter().position(|k| k == name).map(|i| i as i64);
     let (k_span, k_profile, k_trace, k_name) =
-        (key_of("span_id"), key_of("profile_id"), key_of("trace_id"), key_of("span_name"));
+        (key_of(wire::SPAN_ID), key_of(wire::PROFILE_ID), key_of(wire::TRACE_ID), key_of(wire::SPAN_NAME));
 
     let mut spans: HashMap<SpanKey, StackCounts> = HashMap::new();
     let mut process = StackCounts::new();
@@ -372,54 +373,20 @@ pub fn split(p: &Profile, forced_span: Option<&SpanContribution>) -> Result<Spli
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::proto::pprof::{Label, Line, Sample, ValueType};
+    use crate::proto::pprof::{Line, ProfileBuilder, ValueType};
 
     /// Builds a pprof: `stacks` are (root-first frames, cpu ns, span labels).
     /// Root-first frames, CPU nanoseconds, sample labels.
     pub(crate) type StackSpec<'a> = (&'a [&'a str], i64, &'a [(&'a str, &'a str)]);
 
     pub(crate) fn build(stacks: &[StackSpec<'_>]) -> Profile {
-        let mut strings: Vec<String> = vec![String::new()];
-        let idx = |s: &str, strings: &mut Vec<String>| -> i64 {
-            if let Some(i) = strings.iter().position(|x| x == s) {
-                return i as i64;
-            }
-            strings.push(s.to_owned());
-            (strings.len() - 1) as i64
-        };
-        let cpu = idx("cpu", &mut strings);
-        let ns = idx("nanoseconds", &mut strings);
-        let mut p = Profile {
-            sample_type: vec![ValueType { r#type: cpu, unit: ns }],
-            period_type: Some(ValueType { r#type: cpu, unit: ns }),
-            period: 10_000_000,
-            ..Default::default()
-        };
-        let mut fn_ids: HashMap<String, u64> = HashMap::new();
+        let mut b = ProfileBuilder::new(&[("cpu", "nanoseconds")]).period("cpu", "nanoseconds", 10_000_000);
         for (frames, value, labels) in stacks {
-            let mut locs = Vec::new();
-            for f in frames.iter().rev() {
-                let next = fn_ids.len() as u64 + 1;
-                let id = *fn_ids.entry(f.to_string()).or_insert_with(|| {
-                    let name = idx(f, &mut strings);
-                    p.function.push(Function { id: next, name, ..Default::default() });
-                    p.location.push(Location {
-                        id: next,
-                        line: vec![Line { function_id: next, line: 1, column: 0 }],
-                        ..Default::default()
-                    });
-                    next
-                });
-                locs.push(id);
-            }
-            let label = labels
-                .iter()
-                .map(|(k, v)| Label { key: idx(k, &mut strings), str: idx(v, &mut strings), ..Default::default() })
-                .collect();
-            p.sample.push(Sample { location_id: locs, value: vec![*value], label });
+            let locations = frames.iter().rev().map(|f| b.name_location(f, 0)).collect();
+            let label = labels.iter().map(|(k, v)| b.label(k, v)).collect();
+            b.sample(locations, vec![*value], label);
         }
-        p.string_table = strings;
-        p
+        b.finish()
     }
 
     #[test]

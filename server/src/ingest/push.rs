@@ -2,6 +2,7 @@
 
 use base64::Engine;
 use prost::Message;
+use spanprof_proto::labels as wire;
 
 use crate::error::{Error, Reject, Result};
 use crate::model::{Labels, SeriesBatch};
@@ -78,10 +79,10 @@ pub fn to_batches(req: PushRequest, limits: &Limits, now_ms: u64) -> Result<Vec<
             }
             labels.insert(l.name, l.value);
         }
-        if labels.get("service_name").is_none_or(|s| s.is_empty()) {
-            labels.insert("service_name".into(), "unknown_service".into());
+        if labels.get(wire::SERVICE_NAME).is_none_or(|s| s.is_empty()) {
+            labels.insert(wire::SERVICE_NAME.into(), "unknown_service".into());
         }
-        labels.entry("__name__".into()).or_insert_with(|| "process_cpu".into());
+        labels.entry(wire::NAME.into()).or_insert_with(|| wire::PROCESS_CPU.into());
         for sample in series.samples {
             let profile = super::pprof::decode(&sample.raw_profile, limits.max_decompressed_bytes)
                 .map_err(|e| prefix(e, &format!("series {n}")))?;

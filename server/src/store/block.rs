@@ -26,6 +26,7 @@
 //! | `frames` | frame ID (4) | name |
 //! | `stacks` | stack ID (4) | `StackRecord` |
 
+use spanprof_proto::labels as wire;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
@@ -620,7 +621,7 @@ impl BlockBuilder {
             .map(|&(l, n)| (n.to_be_bytes().to_vec(), SeriesRecord::from_labels(l).encode_to_vec()))
             .collect();
         for (l, _) in &series {
-            if let Some(s) = l.get("service_name") {
+            if let Some(s) = l.get(wire::SERVICE_NAME) {
                 services.insert(s.clone());
             }
         }

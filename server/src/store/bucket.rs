@@ -3,6 +3,7 @@
 //! footers and pages. A block is `<prefix>/blocks/<id>/data` and `<prefix>/blocks/<id>/meta.json`;
 //! the meta object is written last, so a block exists once its meta does.
 
+use spanprof_proto::labels as wire;
 use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
@@ -491,7 +492,7 @@ impl BlockRead<'_> {
         for (last_seen_ms, profile_id, entry) in entries {
             let mut labels: crate::model::Labels =
                 self.label_set(entry.block_series, &mut sets).await?.into_iter().map(|l| (l.name, l.value)).collect();
-            labels.insert("service_name".into(), entry.service_name);
+            labels.insert(wire::SERVICE_NAME.into(), entry.service_name);
             let span_name = crate::model::rollup_span_name(&entry.span_name).to_owned();
             labels.insert(crate::selector::SPAN_NAME_LABEL.into(), span_name.clone());
             if matches(&labels) {

@@ -9,6 +9,7 @@
 //! and fsyncs the journal before anyone is answered; readers use snapshots, so a listing never
 //! sees half a commit.
 
+use spanprof_proto::labels as wire;
 use std::collections::BTreeSet;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -275,7 +276,7 @@ fn selected_series(r: &Snapshot, k: &Keyspaces, selector: &crate::selector::Sele
         Ok(rec.labels.into_iter().map(|l| (l.name, l.value)).collect())
     };
     let mut out = Vec::new();
-    if let Some(service) = selector.required("service_name") {
+    if let Some(service) = selector.required(wire::SERVICE_NAME) {
         for row in r.prefix(k.series_by_service.inner(), svc_prefix(service)) {
             let sid = u64_at_end(&row.key()?, 0)?;
             let Some(v) = r.get(k.series.inner(), sid.to_be_bytes())? else { continue };
@@ -545,7 +546,7 @@ fn series_id(w: &mut SingleWriterWriteTx<'_>, k: &Keyspaces, labels: &Labels) ->
         match w.get(k.series.inner(), id.to_be_bytes())? {
             None => {
                 w.insert(&k.series, id.to_be_bytes(), record.as_slice());
-                let service = labels.get("service_name").map(String::as_str).unwrap_or("");
+                let service = labels.get(wire::SERVICE_NAME).map(String::as_str).unwrap_or("");
                 w.insert(&k.series_by_service, svc_key(service, &[id]), []);
                 return Ok(id);
             }

@@ -1,6 +1,7 @@
 //! Pieces of the store apart from its engine: frame/stack interning, the merge of one span
 //! contribution into its stored record, profile ID keys, series identity and tuning constants.
 
+use spanprof_proto::labels as wire;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
@@ -417,7 +418,7 @@ pub(crate) fn span_labels(batch: &SeriesBatch) -> Vec<LabelPair> {
     batch
         .labels
         .iter()
-        .filter(|(k, _)| k.as_str() != "service_name" && k.as_str() != "__name__")
+        .filter(|(k, _)| k.as_str() != wire::SERVICE_NAME && k.as_str() != wire::NAME)
         .map(|(k, v)| LabelPair { name: k.clone(), value: v.clone() })
         .collect()
 }

@@ -1,7 +1,6 @@
 //! Shared helpers of the server's integration tests: a server on a real socket and pprof builders.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -10,7 +9,7 @@ use std::time::Duration;
 use prost::Message;
 use spanprof_server::Config;
 use spanprof_server::ingest::Limits;
-use spanprof_server::proto::pprof::{Function, Label, Line, Location, Profile, Sample, ValueType};
+use spanprof_server::proto::pprof::{Profile, ProfileBuilder, Sample};
 use spanprof_server::proto::push::{LabelPair, PushRequest, RawProfileSeries, RawSample};
 use spanprof_server::store::Retention;
 use spanprof_server::store::embedded::EmbeddedOptions;
@@ -142,47 +141,13 @@ impl Drop for ServerProcess {
 pub type StackSpec<'a> = (&'a [&'a str], i64, &'a [(&'a str, &'a str)]);
 
 pub fn pprof(stacks: &[StackSpec<'_>]) -> Profile {
-    let mut strings: Vec<String> = vec![String::new()];
-    let idx = |s: &str, strings: &mut Vec<String>| -> i64 {
-        if let Some(i) = strings.iter().position(|x| x == s) {
-            return i as i64;
-        }
-        strings.push(s.to_owned());
-        (strings.len() - 1) as i64
-    };
-    let cpu = idx("cpu", &mut strings);
-    let ns = idx("nanoseconds", &mut strings);
-    let mut p = Profile {
-        sample_type: vec![ValueType { r#type: cpu, unit: ns }],
-        period_type: Some(ValueType { r#type: cpu, unit: ns }),
-        period: 10_000_000,
-        ..Default::default()
-    };
-    let mut ids: HashMap<String, u64> = HashMap::new();
+    let mut b = ProfileBuilder::new(&[("cpu", "nanoseconds")]).period("cpu", "nanoseconds", 10_000_000);
     for (frames, samples, labels) in stacks {
-        let mut locs = Vec::new();
-        for f in frames.iter().rev() {
-            let next = ids.len() as u64 + 1;
-            let id = *ids.entry(f.to_string()).or_insert_with(|| {
-                let name = idx(f, &mut strings);
-                p.function.push(Function { id: next, name, ..Default::default() });
-                p.location.push(Location {
-                    id: next,
-                    line: vec![Line { function_id: next, line: 1, column: 0 }],
-                    ..Default::default()
-                });
-                next
-            });
-            locs.push(id);
-        }
-        let label = labels
-            .iter()
-            .map(|(k, v)| Label { key: idx(k, &mut strings), str: idx(v, &mut strings), ..Default::default() })
-            .collect();
-        p.sample.push(Sample { location_id: locs, value: vec![samples * 10_000_000], label });
+        let locations = frames.iter().rev().map(|f| b.name_location(f, 0)).collect();
+        let label = labels.iter().map(|(k, v)| b.label(k, v)).collect();
+        b.sample(locations, vec![samples * 10_000_000], label);
     }
-    p.string_table = strings;
-    p
+    b.finish()
 }
 
 pub fn gzip(data: &[u8]) -> Vec<u8> {
