@@ -20,6 +20,12 @@ pub enum Error {
     /// Sizes out of bounds, or a header that does not describe the file.
     #[error("invalid span-context layout: {0}")]
     Layout(String),
+    /// The file was written by an earlier process with the same PID (another start time).
+    #[error("{0}: stale span-context file (another process with this PID wrote it)")]
+    Stale(PathBuf),
+    /// The file is not owned by the process's user.
+    #[error("{path}: owned by uid {file_uid}, not by the process's uid {process_uid}: not trusted")]
+    Untrusted { path: PathBuf, file_uid: u32, process_uid: u32 },
     /// A malformed `SPANPROF_SERVICE_NAMES` (see [`crate::pod`]).
     #[error("invalid SPANPROF_SERVICE_NAMES: {0}")]
     ServiceNames(String),

@@ -200,12 +200,16 @@ pub fn clip_name(name: &str) -> &str {
     &name[..end]
 }
 
-/// The start time (clock ticks since boot) from the text of a `/proc/<pid>/stat` file: field 22,
-/// counted after the command name, which is in parentheses and may itself contain spaces or ')'.
-pub fn parse_stat_start_time(stat: &str) -> Option<u64> {
-    let after_comm = &stat[stat.rfind(')')? + 1..];
+/// The start time (field 22: clock ticks since boot) and command name (field 2) from the text of
+/// a `/proc/<pid>/stat` file. The command name is in parentheses and may itself contain spaces
+/// or ')': the fields after it are counted from the last ')'.
+pub fn parse_stat(stat: &str) -> Option<(u64, String)> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat.get(open + 1..close)?.to_owned();
     // Fields after the command start at field 3 (state); starttime is field 22.
-    after_comm.split_whitespace().nth(22 - 3)?.parse().ok()
+    let start = stat.get(close + 1..)?.split_whitespace().nth(22 - 3)?.parse().ok()?;
+    Some((start, comm))
 }
 
 #[cfg(test)]
@@ -239,9 +243,9 @@ mod tests {
     #[test]
     fn stat_start_time_survives_odd_command_names() {
         let stat = "4242 (my) app (x)) S 1 4242 4242 0 -1 4194560 100 0 0 0 5 3 0 0 20 0 4 0 987654 1000 200";
-        assert_eq!(parse_stat_start_time(stat), Some(987654));
-        assert_eq!(parse_stat_start_time("12 (short) S 1"), None);
-        assert_eq!(parse_stat_start_time("no parens"), None);
+        assert_eq!(parse_stat(stat), Some((987654, "my) app (x)".into())));
+        assert_eq!(parse_stat("12 (short) S 1"), None);
+        assert_eq!(parse_stat("no parens"), None);
     }
 
     #[test]

@@ -57,7 +57,7 @@ mod sys;
 mod writer;
 
 pub use error::{Error, Result};
-pub use reader::{Answer, Counters, Header, Reader, SlotIndex, SpanAt};
+pub use reader::{Answer, Counters, Header, Reader, SlotIndex};
 pub use sys::{current_tid, monotonic_ns};
 pub use writer::{Options, ThreadSlot, Writer, file_name};
 
@@ -72,11 +72,12 @@ impl NameRef {
     pub const NONE: NameRef = NameRef(0);
 }
 
-/// A local root span as published for a thread.
+/// A local root span as published for a thread, and as a reader finds it at a time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Root {
-    /// Non-zero: the profile ID.
+    /// Non-zero: the local root's span ID, which is the profile ID.
     pub span_id: u64,
     pub trace_id: u128,
+    /// Resolve with [`Reader::name`].
     pub name: NameRef,
 }

@@ -5,26 +5,16 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{Ordering, fence};
 
-use crate::NameRef;
 use crate::error::{Error, Result};
 use crate::layout::{self, Layout, entry, header, slot, state};
 use crate::sys::{Loads, Mapping};
-
-/// The root span a thread was running at the asked time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct SpanAt {
-    /// The local root's span ID = the profile ID.
-    pub span_id: u64,
-    pub trace_id: u128,
-    /// Resolve with [`Reader::name`].
-    pub name: NameRef,
-}
+use crate::{NameRef, Root};
 
 /// The answer of [`Reader::lookup`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Answer {
     /// The thread was inside this local root span.
-    Span(SpanAt),
+    Span(Root),
     /// The thread was known and inside no span.
     NoSpan,
     /// Cannot tell: the thread never registered (or not yet at that time), its ring has been
@@ -97,6 +87,28 @@ enum Step {
 }
 
 impl Reader {
+    /// Opens `pid`'s channel file in `dir` only when it is that very process's: its header names
+    /// the same PID and start time (a file an earlier process with the same PID left is
+    /// [`Error::Stale`]), and the process's user owns it (the directory is writable by every app
+    /// of a pod: a file another user put there is [`Error::Untrusted`]). `start_time` is field 22
+    /// of `/proc/<pid>/stat` ([`layout::parse_stat`]).
+    pub fn open_for(dir: &Path, pid: u32, start_time: u64) -> Result<Reader> {
+        use std::os::unix::fs::MetadataExt;
+        let path = dir.join(crate::file_name(pid));
+        let file_uid = std::fs::symlink_metadata(&path).map_err(|e| Error::io(&path, e))?.uid();
+        let proc = PathBuf::from(format!("/proc/{pid}"));
+        let process_uid = std::fs::metadata(&proc).map_err(|e| Error::io(&proc, e))?.uid();
+        if file_uid != process_uid {
+            return Err(Error::Untrusted { path, file_uid, process_uid });
+        }
+        let reader = Reader::open(&path)?;
+        let h = reader.header();
+        if h.pid != pid || h.start_time != start_time {
+            return Err(Error::Stale(path));
+        }
+        Ok(reader)
+    }
+
     /// Maps `path` read-only and checks its header.
     /// The file is the other process's and untrusted: a symbolic link is not followed, a FIFO or
     /// device does not block or count (only regular files are read), a header claiming more than
@@ -256,7 +268,7 @@ impl Reader {
     /// The transitions of thread `tid` still in its ring, oldest first, as `(t_monotonic_ns,
     /// root)` (`None`: no span from then on), from the newest slot that thread owns. For
     /// debugging and tests; a concurrent writer may make it miss entries it overwrote meanwhile.
-    pub fn history(&self, tid: u32) -> Vec<(u64, Option<SpanAt>)> {
+    pub fn history(&self, tid: u32) -> Vec<(u64, Option<Root>)> {
         let l = &self.header.layout;
         let w = self.map.loads();
         let mut best: Option<(u64, usize)> = None;
@@ -285,7 +297,7 @@ impl Reader {
             let name = NameRef(get(entry::NAME) as u32);
             fence(Ordering::Acquire);
             if seq1 == done_seq(n) && w.load(e + entry::SEQ, Ordering::Relaxed) == Some(seq1) {
-                out.push((t_ns, (span_id != 0).then_some(SpanAt { span_id, trace_id, name })));
+                out.push((t_ns, (span_id != 0).then_some(Root { span_id, trace_id, name })));
             }
         }
         out
@@ -364,8 +376,7 @@ impl Reader {
                 return Some(Answer::Unknown);
             }
             if t_ns <= t {
-                best =
-                    Some(if span_id == 0 { Answer::NoSpan } else { Answer::Span(SpanAt { span_id, trace_id, name }) });
+                best = Some(if span_id == 0 { Answer::NoSpan } else { Answer::Span(Root { span_id, trace_id, name }) });
                 lo = n + 1;
             } else {
                 hi = n;

@@ -75,7 +75,8 @@ impl Writer {
         )?;
         let start_time =
             fs::read_to_string("/proc/self/stat").map_err(|e| Error::io("/proc/self/stat", e)).and_then(|stat| {
-                layout::parse_stat_start_time(&stat)
+                layout::parse_stat(&stat)
+                    .map(|(start, _)| start)
                     .ok_or_else(|| Error::Layout("cannot parse the start time in /proc/self/stat".into()))
             })?;
         let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("spanctx");

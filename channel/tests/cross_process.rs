@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 
 use common::tick_after;
-use spanprof_channel::{Answer, Options, Reader, Root, SpanAt, Writer};
+use spanprof_channel::{Answer, Options, Reader, Root, Writer};
 
 const CHILD_DIR_ENV: &str = "SPANPROF_CHANNEL_TEST_CHILD_DIR";
 const TEST_NAME: &str = "file_written_by_one_process_is_read_by_another";
@@ -72,7 +72,7 @@ fn file_written_by_one_process_is_read_by_another() {
             let expected = if span_id == 0 {
                 Answer::NoSpan
             } else {
-                Answer::Span(SpanAt { span_id, trace_id, name: spanprof_channel::NameRef(name) })
+                Answer::Span(Root { span_id, trace_id, name: spanprof_channel::NameRef(name) })
             };
             assert_eq!(reader.lookup(tid, t), expected);
             assert_eq!(reader.lookup(tid, t + 1), expected);
@@ -86,7 +86,7 @@ fn file_written_by_one_process_is_read_by_another() {
     let reader = Reader::open(&path).unwrap();
     assert_eq!(reader.header().pid, pid);
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    assert_eq!(Some(reader.header().start_time), spanprof_channel::layout::parse_stat_start_time(&stat));
+    assert_eq!(Some(reader.header().start_time), spanprof_channel::layout::parse_stat(&stat).map(|(start, _)| start));
     let name = spanprof_channel::NameRef(truth[0].4);
     assert_eq!(reader.name(name).as_deref(), Some("CarHandler"));
     check(&reader);

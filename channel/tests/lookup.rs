@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 
 use common::{root, small, tick_after, writer};
-use spanprof_channel::{Answer, Error, NameRef, Options, Reader, SpanAt, Writer, monotonic_ns};
+use spanprof_channel::{Answer, Error, NameRef, Options, Reader, Root, Writer, monotonic_ns};
 
 /// `reader.lookup`, checked against a lookup through a slot index built now (the index must
 /// give the same answers for every time before it was built).
@@ -17,7 +17,7 @@ fn lookup(reader: &Reader, tid: u32, t: u64) -> Answer {
 }
 
 fn span(r: &spanprof_channel::Root) -> Answer {
-    Answer::Span(SpanAt { span_id: r.span_id, trace_id: r.trace_id, name: r.name })
+    Answer::Span(Root { span_id: r.span_id, trace_id: r.trace_id, name: r.name })
 }
 
 #[test]
@@ -209,11 +209,35 @@ fn header_identifies_the_process() {
     assert_eq!(h.version, 1);
     assert_eq!(h.clock_id, 1);
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-    assert_eq!(Some(h.start_time), spanprof_channel::layout::parse_stat_start_time(&stat));
+    assert_eq!(Some(h.start_time), spanprof_channel::layout::parse_stat(&stat).map(|(start, _)| start));
     assert_eq!(h.layout, *w.layout());
     // No temporary file is left behind.
     let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names.len(), 1, "{names:?}");
+}
+
+#[test]
+fn a_reader_opens_only_the_very_process_s_file_of_its_user() {
+    let (dir, w) = writer(Options::default());
+    let pid = std::process::id();
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let (start, _) = spanprof_channel::layout::parse_stat(&stat).unwrap();
+    let reader = Reader::open_for(dir.path(), pid, start).unwrap();
+    assert_eq!(reader.header().start_time, start);
+    // Another process that had this PID before: stale.
+    assert!(matches!(Reader::open_for(dir.path(), pid, start + 1), Err(Error::Stale(_))));
+    // No file: the I/O error says so.
+    let Err(Error::Io { source, .. }) = Reader::open_for(dir.path(), pid + 1, start) else { panic!("no file") };
+    assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+    // A file another user owns (root can hand it over; others cannot run this part).
+    use std::os::unix::fs::MetadataExt;
+    let me = std::fs::metadata("/proc/self").unwrap().uid();
+    if me == 0 && std::os::unix::fs::chown(w.path(), Some(4242), None).is_ok() {
+        let Err(Error::Untrusted { file_uid, process_uid, .. }) = Reader::open_for(dir.path(), pid, start) else {
+            panic!("a file of uid 4242 is not trusted")
+        };
+        assert_eq!((file_uid, process_uid), (4242, 0));
+    }
 }
 
 #[test]

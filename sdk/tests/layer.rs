@@ -5,7 +5,7 @@ use std::ffi::OsString;
 use std::sync::{Arc, Mutex};
 
 use spanprof::{RootSpan, SpanProfLayer, root_of};
-use spanprof_channel::{Answer, Reader, SpanAt, current_tid, monotonic_ns};
+use spanprof_channel::{Answer, Reader, Root, current_tid, monotonic_ns};
 use tracing::{Instrument, info_span};
 use tracing_subscriber::prelude::*;
 
@@ -25,7 +25,7 @@ fn now() -> u64 {
 
 fn root_id(answer: Answer) -> Option<u64> {
     match answer {
-        Answer::Span(SpanAt { span_id, .. }) => Some(span_id),
+        Answer::Span(Root { span_id, .. }) => Some(span_id),
         _ => None,
     }
 }

@@ -155,31 +155,22 @@ pub fn has_channel_file(dir: &Path, pid: u32) -> bool {
             .any(|e| e.file_type().is_ok_and(|t| t.is_dir()) && e.path().join(&name).exists())
 }
 
-/// Opens `<dir>/<pid>.spanctx` when it belongs to this very process (same PID and start time:
-/// a file left by an earlier process with the same PID is stale) and to its user: the directory
-/// is writable by every app of the pod, so a file another user put there is not trusted.
+/// Opens `<dir>/<pid>.spanctx` when it belongs to this very process and its user
+/// ([`Reader::open_for`]); a missing file or process is no channel, a stale one is logged at
+/// debug level, anything else (untrusted, unusable) is warned about once per file.
 pub fn open_channel(dir: &Path, pid: u32, start_time: u64) -> Option<IndexedReader> {
-    use std::os::unix::fs::MetadataExt;
-    let path = dir.join(spanprof_channel::file_name(pid));
-    let meta = std::fs::symlink_metadata(&path).ok()?;
-    let owner = std::fs::metadata(crate::procfs::proc_dir(pid)).ok()?.uid();
-    if meta.uid() != owner {
-        warn_once(&path, &format!("owned by uid {}, not by the process's uid {owner}: ignored", meta.uid()));
-        return None;
-    }
-    let reader = match Reader::open(&path) {
-        Ok(r) => r,
-        Err(e) => {
-            warn_once(&path, &format!("unusable channel file: {e}"));
-            return None;
+    match Reader::open_for(dir, pid, start_time) {
+        Ok(reader) => Some(IndexedReader::new(reader)),
+        Err(spanprof_channel::Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e @ spanprof_channel::Error::Stale(_)) => {
+            tracing::debug!(error = %e, "ignoring a channel file");
+            None
         }
-    };
-    let h = reader.header();
-    if h.pid != pid || h.start_time != start_time {
-        tracing::debug!(path = %path.display(), "stale channel file (another process with this PID)");
-        return None;
+        Err(e) => {
+            warn_once(&dir.join(spanprof_channel::file_name(pid)), &e.to_string());
+            None
+        }
     }
-    Some(IndexedReader::new(reader))
 }
 
 /// Logs a warning about `path` once (the discovery loop looks at the same files every pass),
@@ -200,7 +191,7 @@ pub fn warn_once(path: &Path, what: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use spanprof_channel::{Options, SpanAt, Writer};
+    use spanprof_channel::{Options, Root, Writer};
 
     struct Table(Vec<(u32, u64, Answer)>);
     impl SpanLookup for Table {
@@ -214,7 +205,7 @@ mod tests {
 
     #[test]
     fn answers_map_to_attributions() {
-        let span = SpanAt { span_id: 0xab, trace_id: 0xcd, name: NameRef(1) };
+        let span = Root { span_id: 0xab, trace_id: 0xcd, name: NameRef(1) };
         let mut c =
             Channel::new(Table(vec![(5, 100, Answer::NoSpan), (5, 200, Answer::Span(span)), (5, 300, Answer::NoSpan)]));
         assert_eq!(c.attribute(5, 150), Attribution::NoSpan);

@@ -39,15 +39,9 @@ fn parse_map_line(line: &str) -> Option<MapEntry> {
     })
 }
 
-/// Field 22 of `/proc/<pid>/stat` (start time in clock ticks since boot) and field 2 (comm).
-pub fn parse_stat(text: &str) -> Option<(u64, String)> {
-    let open = text.find('(')?;
-    let close = text.rfind(')')?;
-    let comm = text.get(open + 1..close)?.to_owned();
-    // After ")": field 3 (state) is the first; field 22 is the 20th.
-    let start = text.get(close + 1..)?.split_whitespace().nth(19)?.parse().ok()?;
-    Some((start, comm))
-}
+/// Field 22 of `/proc/<pid>/stat` (start time in clock ticks since boot) and field 2 (comm): the
+/// channel's parser, which stamps the same start time into every channel file.
+pub use spanprof_channel::layout::parse_stat;
 
 /// A process as seen in `/proc`: PID plus start time identifies it across PID reuse.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
