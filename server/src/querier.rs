@@ -214,13 +214,7 @@ where
         None
     };
     let store = s.store.clone();
-    let (result, partial) =
-        match tokio::task::spawn_blocking(move || crate::http::with_partial(|| answer(store.as_ref(), request, wire)))
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => return connect_error(&s, endpoint, Error::Storage(e.to_string())),
-        };
+    let (result, partial) = crate::http::blocking_partial(move || answer(store.as_ref(), request, wire)).await;
     let mut response = match result {
         Ok(Answer::Message(m)) => encoded(&m, wire, gzip),
         Ok(Answer::Pprof(bytes)) => raw_answer("application/proto", bytes, gzip),
