@@ -83,7 +83,7 @@ pub async fn run(config: Config, client: Client, shutdown: Option<tokio::sync::o
             Some(rx) => {
                 let _ = rx.await;
             }
-            None => wait_for_signal().await,
+            None => spanprof_cli::shutdown_signal().await,
         }
         tracing::info!("shutting down");
         let _ = stop_tx.send(true);
@@ -320,26 +320,4 @@ async fn refresh_certificate(
         tls::apply_ca_bundle(webhook_configs, &config.webhook_config_name, &ca).await?;
     }
     Ok(())
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

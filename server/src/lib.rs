@@ -134,7 +134,7 @@ pub async fn serve(
             Some(rx) => {
                 let _ = rx.await;
             }
-            None => shutdown_signal().await,
+            None => spanprof_cli::shutdown_signal().await,
         }
         ready.ready.store(false, Ordering::Release);
         tracing::info!("shutting down: finishing in-flight requests");
@@ -163,24 +163,6 @@ pub async fn serve(
     tokio::task::spawn_blocking(move || store.close()).await.map_err(|e| Error::Storage(e.to_string()))?;
     tracing::info!("store closed; bye");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
 
 fn now_ms() -> u64 {

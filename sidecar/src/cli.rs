@@ -7,9 +7,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::Config;
 use crate::agent::Targets;
-use crate::{Config, parse_duration};
 use clap::Parser;
+use spanprof_cli::{LogArgs, LogTo, parse_positive_duration};
 
 /// spanprof sampler sidecar: samples the app's threads, labels samples with their root span, pushes profiles.
 #[derive(Debug, Parser)]
@@ -25,7 +26,7 @@ pub struct Args {
     #[arg(long, env = "SPANPROF_SAMPLE_RATE_HZ", default_value_t = 100)]
     sample_rate_hz: u64,
     /// How often profiles are pushed (e.g. 10s, 500ms).
-    #[arg(long, env = "SPANPROF_UPLOAD_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "SPANPROF_UPLOAD_INTERVAL", default_value = "10s", value_parser = parse_positive_duration)]
     upload_interval: Duration,
     /// Sample only this process (repeatable). Default: every process of the PID namespace but the sidecar's own.
     #[arg(long = "pid", env = "SPANPROF_PIDS", value_delimiter = ',')]
@@ -60,28 +61,53 @@ pub struct Args {
     /// every app container reports); wins over the process's environment and --service-name.
     #[arg(long, env = "SPANPROF_SERVICE_NAMES", default_value = "")]
     service_names: String,
+    #[command(flatten)]
+    labels: LabelArgs,
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+/// The series labels every profile of the pod carries (the downward API sets them).
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "Series labels")]
+struct LabelArgs {
+    /// The pod's namespace (`metadata.namespace`).
     #[arg(long, env = "POD_NAMESPACE", default_value = "")]
     namespace: String,
+    /// The pod's name (`metadata.name`).
     #[arg(long, env = "POD_NAME", default_value = "")]
     pod: String,
     /// Container label of the profiles of processes whose own environment has no
     /// SPANPROF_CONTAINER_NAME (the operator sets it in every app container).
     #[arg(long, env = "SPANPROF_CONTAINER_NAME", default_value = "")]
     container: String,
+    /// The node's name (`spec.nodeName`).
     #[arg(long, env = "NODE_NAME", default_value = "")]
     node: String,
 }
 
 /// Parses the flags and environment, runs the sampler until SIGINT/SIGTERM.
 pub fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        // Colour codes only for a terminal: `kubectl logs` shows them as raw escapes.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let a = Args::parse();
-    let service_names = match spanprof_channel::pod::parse_service_names(&a.service_names) {
+    // Destructured whole: a flag added to Args and not used here fails to compile.
+    let Args {
+        server_url,
+        context_dir,
+        sample_rate_hz,
+        upload_interval,
+        pids,
+        require_channel,
+        stack_bytes,
+        max_buffer_bytes,
+        scope,
+        listen,
+        service_name,
+        service_names,
+        labels: LabelArgs { namespace, pod, container, node },
+        log,
+    } = Args::parse();
+    // The log goes to stderr: the sidecar's stdout is not its own to fill.
+    log.init(LogTo::Stderr);
+    let service_names = match spanprof_channel::pod::parse_service_names(&service_names) {
         Ok(names) => names,
         Err(e) => {
             eprintln!("spanprof-sidecar: --service-names: {e}");
@@ -89,22 +115,22 @@ pub fn main() -> ExitCode {
         }
     };
     let config = Config {
-        server_url: a.server_url,
-        context_dir: a.context_dir.filter(|d| !d.as_os_str().is_empty()),
-        sample_rate_hz: a.sample_rate_hz,
-        upload_interval: a.upload_interval,
-        targets: Targets { pids: a.pids, require_channel: a.require_channel },
-        stack_bytes: a.stack_bytes,
-        max_buffer_bytes: a.max_buffer_bytes,
-        scope: a.scope,
-        listen: a.listen,
-        service_name: a.service_name.filter(|s| !s.is_empty()),
+        server_url,
+        context_dir: context_dir.filter(|d| !d.as_os_str().is_empty()),
+        sample_rate_hz,
+        upload_interval,
+        targets: Targets { pids, require_channel },
+        stack_bytes,
+        max_buffer_bytes,
+        scope,
+        listen,
+        service_name: service_name.filter(|s| !s.is_empty()),
         service_names,
         series_labels: vec![
-            ("namespace".into(), a.namespace),
-            ("pod".into(), a.pod),
-            ("container".into(), a.container),
-            ("node".into(), a.node),
+            ("namespace".into(), namespace),
+            ("pod".into(), pod),
+            ("container".into(), container),
+            ("node".into(), node),
         ],
     };
     match crate::run(config) {

@@ -59,27 +59,6 @@ pub struct Config {
     pub series_labels: Vec<(String, String)>,
 }
 
-/// Parses durations such as `10s`, `500ms`, `2m` or `1.5` (seconds).
-pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
-    };
-    let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}: use e.g. 10s, 500ms, 1m"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("invalid duration unit in {s:?}: ms, s, m or h")),
-    };
-    if !(secs.is_finite() && secs > 0.0) {
-        return Err(format!("duration {s:?} must be positive"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
 impl Config {
     fn check(&self) -> Result<()> {
         if !(1..=10_000).contains(&self.sample_rate_hz) {
@@ -127,7 +106,7 @@ async fn open_sampler(config: &Config, metrics: &Metrics) -> Result<Option<perf:
         }
         tokio::select! {
             () = tokio::time::sleep(PERMISSION_RETRY) => {}
-            () = signalled() => return Ok(None),
+            () = spanprof_cli::shutdown_signal() => return Ok(None),
         }
     }
 }
@@ -222,21 +201,6 @@ async fn serve_http(listener: tokio::net::TcpListener, metrics: Arc<Metrics>, re
     axum::serve(listener, app).await.map_err(Error::Serve)
 }
 
-async fn signalled() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = ctrl_c.await;
-        }
-    }
-}
-
 /// How often the sidecar tries again to open perf events when they are not permitted.
 const PERMISSION_RETRY: Duration = Duration::from_secs(60);
 
@@ -320,7 +284,7 @@ pub fn run(config: Config) -> Result<()> {
         .map_err(Error::Serve)?;
     ready.store(true, Ordering::Release);
 
-    rt.block_on(signalled());
+    rt.block_on(spanprof_cli::shutdown_signal());
     tracing::info!("shutting down: uploading what is left");
     stop.store(true, Ordering::Release);
     let _ = sampling.join();
@@ -333,17 +297,6 @@ pub fn run(config: Config) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_durations() {
-        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
-        assert!(parse_duration("0s").is_err());
-        assert!(parse_duration("ten").is_err());
-        assert!(parse_duration("5d").is_err());
-    }
 
     #[test]
     fn health_fails_only_when_the_started_loop_stalls() {

@@ -340,7 +340,7 @@ fn operator_deployment_defaults_are_highly_available() {
         Some("/healthz")
     );
     let env = c.env.clone().unwrap_or_default();
-    let pod_name = env.iter().find(|e| e.name == "SPANPROF_POD_NAME").expect("SPANPROF_POD_NAME");
+    let pod_name = env.iter().find(|e| e.name == "POD_NAME").expect("POD_NAME");
     assert_eq!(
         pod_name.value_from.as_ref().and_then(|v| v.field_ref.as_ref()).map(|f| f.field_path.as_str()),
         Some("metadata.name")
