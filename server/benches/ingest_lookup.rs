@@ -1121,7 +1121,7 @@ fn small_blocks(url: &str) -> Option<usize> {
 async fn listed_blocks(client: &reqwest::Client, base: &str) -> (u64, u64) {
     let _ = get_text(client, &format!("{base}/api/v1/services")).await;
     let text = get_text(client, &format!("{base}/metrics")).await;
-    (metric(&text, "spanprof_bucket_blocks") as u64, metric(&text, "spanprof_bucket_block_bytes") as u64)
+    (metric(&text, "spanprof_server_bucket_blocks") as u64, metric(&text, "spanprof_server_bucket_block_bytes") as u64)
 }
 
 /// Waits until the server at `base` (compacting every second, no grace) has merged what it
@@ -1135,7 +1135,7 @@ async fn wait_for_compaction(client: &reqwest::Client, base: &str, url: &str) ->
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let text = get_text(client, &format!("{base}/metrics")).await;
-        let now = (metric(&text, "spanprof_blocks_compacted_total"), metric(&text, "spanprof_blocks_deleted_total"));
+        let now = (metric(&text, "spanprof_server_blocks_compacted_total"), metric(&text, "spanprof_server_blocks_deleted_total"));
         if now != last {
             changed = Instant::now();
             last = now;
@@ -1309,7 +1309,7 @@ async fn replicas_phase(args: &Args, url: &str, client: &reqwest::Client, worklo
         let r = run_ingest(client, &bases, &label, bodies.clone(), n as u64, samples, args.concurrency).await;
         let mut uploaded = 0.0;
         for b in &bases {
-            uploaded += metric(&get_text(client, &format!("{b}/metrics")).await, "spanprof_blocks_uploaded_total");
+            uploaded += metric(&get_text(client, &format!("{b}/metrics")).await, "spanprof_server_blocks_uploaded_total");
         }
         let mut stop = Duration::ZERO;
         for s in servers {
@@ -1565,7 +1565,7 @@ async fn bench(args: Args) {
     let disk_load = DiskFigures {
         file_bytes: file_after_load,
         alloc_bytes: alloc_after_load,
-        record_bytes: metric(&metrics_after_load, "spanprof_store_record_bytes"),
+        record_bytes: metric(&metrics_after_load, "spanprof_server_store_record_bytes"),
         samples: load_samples,
         span_profiles: span_profiles_created,
     };
@@ -1703,12 +1703,12 @@ async fn bench(args: Args) {
     let m = get_text(&client, &format!("{base}/metrics")).await;
     let total_samples = load_samples + merge_samples + mixed_samples;
     let mut problems = Vec::new();
-    let got_samples = metric(&m, "spanprof_ingested_samples") as u64;
+    let got_samples = metric(&m, "spanprof_server_ingested_samples") as u64;
     if got_samples != total_samples {
-        problems.push(format!("spanprof_ingested_samples = {got_samples}, pushed {total_samples}"));
+        problems.push(format!("spanprof_server_ingested_samples = {got_samples}, pushed {total_samples}"));
     }
-    let created = metric(&m, "spanprof_ingested_span_profiles_total{result=\"created\"}") as u64;
-    let merged = metric(&m, "spanprof_ingested_span_profiles_total{result=\"merged\"}") as u64;
+    let created = metric(&m, "spanprof_server_ingested_span_profiles_total{result=\"created\"}") as u64;
+    let merged = metric(&m, "spanprof_server_ingested_span_profiles_total{result=\"merged\"}") as u64;
     let want_created = span_profiles_created + mixed_spans;
     // With an object store, a push of a span ID that is in a block already starts a new local
     // part ("created"; queries merge the parts): only the sum is fixed.
@@ -1737,8 +1737,8 @@ async fn bench(args: Args) {
             break;
         }
     }
-    let record_bytes_final = metric(&m, "spanprof_store_record_bytes");
-    let span_profiles_final = metric(&m, "spanprof_store_span_profiles") as u64;
+    let record_bytes_final = metric(&m, "spanprof_server_store_record_bytes");
+    let span_profiles_final = metric(&m, "spanprof_server_store_span_profiles") as u64;
     let (file_final, alloc_final) = dir_bytes(&dir);
 
     let stop = Instant::now();

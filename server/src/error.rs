@@ -3,7 +3,7 @@
 use std::fmt;
 
 /// Why a request was rejected, as a short stable tag (the `reason` label of
-/// `spanprof_rejected_requests_total`).
+/// `spanprof_server_rejected_requests_total`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Reject {
     BadName,

@@ -58,7 +58,7 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("spanprof");
+        let mut registry = Registry::with_prefix("spanprof_server");
         let m = Metrics {
             ingest_requests: Family::default(),
             ingested_samples: Counter::default(),

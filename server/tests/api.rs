@@ -277,11 +277,11 @@ async fn health_metrics_and_ui_routes() {
     assert_eq!(reqwest::get(srv.url("/readyz")).await.unwrap().status(), 200);
     let m = reqwest::get(srv.url("/metrics")).await.unwrap().text().await.unwrap();
     for needle in [
-        "spanprof_ingested_samples_total 3",
-        "spanprof_ingested_span_profiles_total{result=\"created\"} 1",
-        "spanprof_rejected_requests_total{reason=\"unknown_format\"} 1",
-        "spanprof_store_span_profiles 1",
-        "spanprof_ingest_requests_total{protocol=\"push\"} 1",
+        "spanprof_server_ingested_samples_total 3",
+        "spanprof_server_ingested_span_profiles_total{result=\"created\"} 1",
+        "spanprof_server_rejected_requests_total{reason=\"unknown_format\"} 1",
+        "spanprof_server_store_span_profiles 1",
+        "spanprof_server_ingest_requests_total{protocol=\"push\"} 1",
     ] {
         assert!(m.contains(needle), "missing {needle:?} in\n{m}");
     }
@@ -344,7 +344,7 @@ async fn a_sample_label_that_is_no_id_costs_the_label_not_the_request() {
     assert_eq!(whole["samples"], 3);
     assert_eq!(find(&whole["flamegraph"], "poll").unwrap()["self"], 3);
     let metrics = reqwest::get(srv.url("/metrics")).await.unwrap().text().await.unwrap();
-    assert!(metrics.contains(r#"spanprof_ingest_dropped_labels_total{label="span_id"} 1"#), "{metrics}");
-    assert!(metrics.contains(r#"spanprof_ingest_dropped_labels_total{label="trace_id"} 1"#));
+    assert!(metrics.contains(r#"spanprof_server_ingest_dropped_labels_total{label="span_id"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"spanprof_server_ingest_dropped_labels_total{label="trace_id"} 1"#));
     srv.stop().await;
 }

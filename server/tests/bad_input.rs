@@ -155,7 +155,7 @@ async fn every_bad_request_is_a_clear_4xx_and_stores_nothing() {
         push(&srv.base, &push_request("ride", &pprof(&[(&["main", "a"], 2, &[("span_id", SPAN_A)])]))).await;
     assert_eq!(status, 200);
     let m = reqwest::get(srv.url("/metrics")).await.unwrap().text().await.unwrap();
-    assert!(m.contains("spanprof_rejected_requests_total{reason=\"too_large\"} 3"), "{m}");
+    assert!(m.contains("spanprof_server_rejected_requests_total{reason=\"too_large\"} 3"), "{m}");
     srv.stop().await;
 }
 

@@ -61,7 +61,7 @@ async fn metric(srv: &TestServer, name: &str) -> u64 {
 
 async fn wait_for_blocks(srv: &TestServer, n: u64) {
     for _ in 0..200 {
-        if metric(srv, "spanprof_blocks_uploaded_total").await >= n {
+        if metric(srv, "spanprof_server_blocks_uploaded_total").await >= n {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -88,7 +88,7 @@ async fn replicas_answer_from_every_block_with_one_id_merged() {
     ingest(&b, None, old, "main;idle 4\nmain;gc 1\n").await;
     ingest(&a, Some(SPAN_B), now_s(), "main;recent 4\n").await;
     wait_for_blocks(&b, 1).await;
-    assert_eq!(metric(&a, "spanprof_blocks_uploaded_total").await, 0);
+    assert_eq!(metric(&a, "spanprof_server_blocks_uploaded_total").await, 0);
 
     // a answers from its local data and b's block (once a's listing of the bucket, cached for
     // a few seconds, has it): the two pushes are one profile.
@@ -176,7 +176,7 @@ async fn replicas_answer_from_every_block_with_one_id_merged() {
     assert_eq!(status, 200, "{p}");
     assert_eq!(p["profile"]["samples"], 3, "a's part only: {p}");
     assert_eq!(p["partial"], true, "the answer says it misses a block: {p}");
-    assert!(metric(&c, "spanprof_block_read_errors_total").await >= 1);
+    assert!(metric(&c, "spanprof_server_block_read_errors_total").await >= 1);
     b.stop().await;
     c.stop().await;
 }
@@ -199,14 +199,14 @@ async fn compaction_merges_blocks_physically_and_deletes_them_after_the_grace() 
     // grace period later.
     for _ in 0..200 {
         let deleted =
-            metric(&a, "spanprof_blocks_deleted_total").await + metric(&b, "spanprof_blocks_deleted_total").await;
+            metric(&a, "spanprof_server_blocks_deleted_total").await + metric(&b, "spanprof_server_blocks_deleted_total").await;
         if deleted >= 2 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let compacted =
-        metric(&a, "spanprof_blocks_compacted_total").await + metric(&b, "spanprof_blocks_compacted_total").await;
+        metric(&a, "spanprof_server_blocks_compacted_total").await + metric(&b, "spanprof_server_blocks_compacted_total").await;
     assert_eq!(compacted, 2, "exactly one compactor merged the two blocks");
     // (Local files leave the emptied directories of deleted blocks behind.)
     let blocks: Vec<_> = bucket

@@ -77,9 +77,9 @@ async fn retention_deletes_profiles_older_than_the_age_limit() {
     let (status, _) = get_json(&format!("{}/api/v1/profiles/{SPAN_B}", srv.base)).await;
     assert_eq!(status, 200, "a fresh profile was deleted");
     let m = reqwest::get(format!("{}/metrics", srv.base)).await.unwrap().text().await.unwrap();
-    assert!(m.contains("spanprof_retention_deleted_total{kind=\"span_profile\"} 1"), "{m}");
+    assert!(m.contains("spanprof_server_retention_deleted_total{kind=\"span_profile\"} 1"), "{m}");
     // The old whole-process bucket and the old span's rollup bucket.
-    assert!(m.contains("spanprof_retention_deleted_total{kind=\"process_bucket\"} 2"), "{m}");
+    assert!(m.contains("spanprof_server_retention_deleted_total{kind=\"process_bucket\"} 2"), "{m}");
     srv.child.kill().unwrap();
     srv.child.wait().unwrap();
 }
@@ -144,7 +144,7 @@ async fn a_full_disk_is_reported_and_writes_resume_when_space_returns() {
         assert_eq!(code, 200, "acknowledged profile {} is readable", round + 1);
     }
     let metrics = reqwest::get(srv.url("/metrics")).await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("spanprof_store_write_failures_total"), "counted");
+    assert!(metrics.contains("spanprof_server_store_write_failures_total"), "counted");
 
     // Space returns: ready again and writes go through, without a restart.
     std::fs::remove_file(&filler).unwrap();

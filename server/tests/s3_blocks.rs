@@ -213,7 +213,7 @@ async fn three_replicas_share_a_seaweedfs_bucket_through_kill_9_and_an_outage() 
     let (status, p) = get_json(&r[1].url(&format!("/api/v1/profiles/{SPAN_B}"))).await;
     assert_eq!((status, &p["partial"]), (200, &serde_json::json!(true)), "{p}");
     assert_eq!(p["profile"]["samples"], 1, "r2's own part");
-    assert!(metric(&r[1], "spanprof_peer_errors_total").await >= 1);
+    assert!(metric(&r[1], "spanprof_server_peer_errors_total").await >= 1);
     r[0] = replica(&data, 0, &ports, port).await;
     assert_eq!(samples(&r[0], SPAN_B).await, 5, "acknowledged before kill -9, replayed");
     assert!(r[0].terminate().success(), "graceful stop (uploads the rest)");
@@ -228,16 +228,16 @@ async fn three_replicas_share_a_seaweedfs_bucket_through_kill_9_and_an_outage() 
     weed.stop();
     let span_c = "00000000000000cc";
     ingest(&r[1], span_c, old, "main;during_outage 5\n").await;
-    eventually("r2 to report the outage", 30, async || metric(&r[1], "spanprof_bucket_degraded").await == 1).await;
+    eventually("r2 to report the outage", 30, async || metric(&r[1], "spanprof_server_bucket_degraded").await == 1).await;
     let ready = reqwest::get(r[1].url("/readyz")).await.unwrap();
     assert_eq!(ready.status(), 200, "still taking data");
     assert!(ready.text().await.unwrap().contains("degraded"));
-    assert!(metric(&r[1], "spanprof_block_upload_failures_total").await >= 1);
-    assert!(metric(&r[1], "spanprof_local_generations_sealed").await >= 1, "waiting on local disk");
+    assert!(metric(&r[1], "spanprof_server_block_upload_failures_total").await >= 1);
+    assert!(metric(&r[1], "spanprof_server_local_generations_sealed").await >= 1, "waiting on local disk");
     assert_eq!(samples(&r[1], span_c).await, 5, "the sealed local data answers until it is uploaded");
     weed.run();
     weed.wait_ready().await;
-    eventually("the upload after the outage", 60, async || metric(&r[1], "spanprof_bucket_degraded").await == 0).await;
+    eventually("the upload after the outage", 60, async || metric(&r[1], "spanprof_server_bucket_degraded").await == 0).await;
     eventually("the outage's data on r3", 20, async || samples(&r[2], span_c).await == 5).await;
     assert_eq!(samples(&r[2], SPAN_A).await, 6);
 
@@ -249,8 +249,8 @@ async fn three_replicas_share_a_seaweedfs_bucket_through_kill_9_and_an_outage() 
     }
     let mut r3 = replica(&data, 2, &ports, port).await;
     assert_eq!(samples(&r3, SPAN_A).await, 6); // lists the bucket
-    let blocks_before = metric(&r3, "spanprof_bucket_blocks").await;
-    let bytes_before = metric(&r3, "spanprof_bucket_block_bytes").await;
+    let blocks_before = metric(&r3, "spanprof_server_bucket_blocks").await;
+    let bytes_before = metric(&r3, "spanprof_server_bucket_block_bytes").await;
     assert_eq!(blocks_before, 6, "a block for each stop or restart with local data");
     assert!(r3.terminate().success());
     let compacting = ["--block-interval", "1s", "--compaction-grace", "1s"];
@@ -264,8 +264,8 @@ async fn three_replicas_share_a_seaweedfs_bucket_through_kill_9_and_an_outage() 
         compacted = 0;
         let mut deleted = 0;
         for srv in &r {
-            compacted += metric(srv, "spanprof_blocks_compacted_total").await;
-            deleted += metric(srv, "spanprof_blocks_deleted_total").await;
+            compacted += metric(srv, "spanprof_server_blocks_compacted_total").await;
+            deleted += metric(srv, "spanprof_server_blocks_deleted_total").await;
         }
         if deleted >= blocks_before {
             break;
@@ -277,10 +277,10 @@ async fn three_replicas_share_a_seaweedfs_bucket_through_kill_9_and_an_outage() 
     let mut shrunk = None;
     for srv in &r {
         eventually("a fresh listing", 20, async || {
-            samples(srv, SPAN_A).await == 6 && metric(srv, "spanprof_bucket_blocks").await == 1
+            samples(srv, SPAN_A).await == 6 && metric(srv, "spanprof_server_bucket_blocks").await == 1
         })
         .await;
-        shrunk = Some(metric(srv, "spanprof_bucket_block_bytes").await);
+        shrunk = Some(metric(srv, "spanprof_server_bucket_block_bytes").await);
         assert_eq!(samples(srv, SPAN_B).await, 5);
         assert_eq!(samples(srv, span_c).await, 5);
         let (_, trace) = get_json(&srv.url(&format!("/api/v1/traces/{TRACE}"))).await;
