@@ -198,15 +198,15 @@ async fn compaction_merges_blocks_physically_and_deletes_them_after_the_grace() 
     // One of the two holds the lease and merges both blocks into one; the replaced ones go a
     // grace period later.
     for _ in 0..200 {
-        let deleted =
-            metric(&a, "spanprof_server_blocks_deleted_total").await + metric(&b, "spanprof_server_blocks_deleted_total").await;
+        let deleted = metric(&a, "spanprof_server_blocks_deleted_total").await
+            + metric(&b, "spanprof_server_blocks_deleted_total").await;
         if deleted >= 2 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let compacted =
-        metric(&a, "spanprof_server_blocks_compacted_total").await + metric(&b, "spanprof_server_blocks_compacted_total").await;
+    let compacted = metric(&a, "spanprof_server_blocks_compacted_total").await
+        + metric(&b, "spanprof_server_blocks_compacted_total").await;
     assert_eq!(compacted, 2, "exactly one compactor merged the two blocks");
     // (Local files leave the emptied directories of deleted blocks behind.)
     let blocks: Vec<_> = bucket

@@ -228,7 +228,8 @@ async fn three_replicas_share_a_seaweedfs_bucket_through_kill_9_and_an_outage() 
     weed.stop();
     let span_c = "00000000000000cc";
     ingest(&r[1], span_c, old, "main;during_outage 5\n").await;
-    eventually("r2 to report the outage", 30, async || metric(&r[1], "spanprof_server_bucket_degraded").await == 1).await;
+    eventually("r2 to report the outage", 30, async || metric(&r[1], "spanprof_server_bucket_degraded").await == 1)
+        .await;
     let ready = reqwest::get(r[1].url("/readyz")).await.unwrap();
     assert_eq!(ready.status(), 200, "still taking data");
     assert!(ready.text().await.unwrap().contains("degraded"));
@@ -237,7 +238,8 @@ async fn three_replicas_share_a_seaweedfs_bucket_through_kill_9_and_an_outage() 
     assert_eq!(samples(&r[1], span_c).await, 5, "the sealed local data answers until it is uploaded");
     weed.run();
     weed.wait_ready().await;
-    eventually("the upload after the outage", 60, async || metric(&r[1], "spanprof_server_bucket_degraded").await == 0).await;
+    eventually("the upload after the outage", 60, async || metric(&r[1], "spanprof_server_bucket_degraded").await == 0)
+        .await;
     eventually("the outage's data on r3", 20, async || samples(&r[2], span_c).await == 5).await;
     assert_eq!(samples(&r[2], SPAN_A).await, 6);
 
