@@ -1064,27 +1064,39 @@
 
   // ---- one span profile
 
-  async function renderProfile(rawId, opts = {}) {
-    mountNavSearch(true);
+  /**
+   * The start of a page of one ID, a span profile's or a trace's: the ID in lowercase in the URL,
+   * a loading page, then the API's answer — or the page that says why there is none (no samples
+   * yet, retried with `render`; a malformed ID; an error) and `null`.
+   */
+  async function loadIdPage(kind, rawId, opts, render) {
+    const trace = kind === 'trace';
+    const path = trace ? 'traces' : 'profiles';
     let id = rawId;
-    if (HEX16.test(id) && id !== id.toLowerCase()) {
+    if ((trace ? HEX32 : HEX16).test(id) && id !== id.toLowerCase()) {
       id = id.toLowerCase();
-      history.replaceState(null, '', `/profiles/${id}`);
+      history.replaceState(null, '', `/${path}/${id}`);
     }
-    if (!opts.quiet) setPage('Span profile', loadingEl('profile'));
-    let body;
+    if (!opts.quiet) setPage(trace ? 'Trace' : 'Span profile', loadingEl(kind));
     try {
-      body = await api(`/api/v1/profiles/${enc(id)}`);
+      return { id, body: await api(`/api/v1/${path}/${enc(id)}`) };
     } catch (e) {
       if (e.status === 404 && e.reason === 'no_samples') {
-        noSamplesPage('profile', id, (o) => renderProfile(id, o), opts.retriesLeft ?? 6);
+        noSamplesPage(kind, id, (o) => render(id, o), opts.retriesLeft ?? 6);
       } else if (e.status === 400) {
-        unknownIdPage('profile', id);
+        unknownIdPage(kind, id);
       } else {
-        errorPage('this span profile', e, () => renderProfile(id));
+        errorPage(trace ? 'this trace' : 'this span profile', e, () => render(id));
       }
-      return;
+      return null;
     }
+  }
+
+  async function renderProfile(rawId, opts = {}) {
+    mountNavSearch(true);
+    const loaded = await loadIdPage('profile', rawId, opts, renderProfile);
+    if (!loaded) return;
+    const { id, body } = loaded;
     const p = body.profile || {};
     const period = body.period_ns || DEFAULT_PERIOD_NS;
     const pid = p.profile_id || id;
@@ -1180,25 +1192,9 @@
 
   async function renderTrace(rawId, opts = {}) {
     mountNavSearch(true);
-    let id = rawId;
-    if (HEX32.test(id) && id !== id.toLowerCase()) {
-      id = id.toLowerCase();
-      history.replaceState(null, '', `/traces/${id}`);
-    }
-    if (!opts.quiet) setPage('Trace', loadingEl('trace'));
-    let body;
-    try {
-      body = await api(`/api/v1/traces/${enc(id)}`);
-    } catch (e) {
-      if (e.status === 404 && e.reason === 'no_samples') {
-        noSamplesPage('trace', id, (o) => renderTrace(id, o), opts.retriesLeft ?? 6);
-      } else if (e.status === 400) {
-        unknownIdPage('trace', id);
-      } else {
-        errorPage('this trace', e, () => renderTrace(id));
-      }
-      return;
-    }
+    const loaded = await loadIdPage('trace', rawId, opts, renderTrace);
+    if (!loaded) return;
+    const { id, body } = loaded;
     const tid = body.trace_id || id;
     const profiles = Array.isArray(body.profiles) ? body.profiles : [];
     const period = body.period_ns || DEFAULT_PERIOD_NS;
