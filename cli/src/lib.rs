@@ -89,6 +89,36 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// The content type of `/metrics` (OpenMetrics text, what prometheus-client renders).
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// What a binary's admin endpoints ask it.
+pub trait Admin: Send + Sync + 'static {
+    /// `/healthz`: `Err(why)` only when a restart helps (the kubelet restarts a failing container).
+    fn live(&self) -> Result<(), String>;
+    /// `/readyz`: `Err(why)` while it should get no traffic.
+    fn ready(&self) -> Result<(), String>;
+    /// `/metrics`: the OpenMetrics text.
+    fn metrics(&self) -> String;
+}
+
+/// `/healthz` (`ok`), `/readyz` (`ready`) and `/metrics` on a binary's admin port; a failing
+/// check answers 503 with its reason.
+pub fn admin_router(admin: std::sync::Arc<dyn Admin>) -> axum::Router {
+    use axum::http::{StatusCode, header};
+    use axum::response::IntoResponse;
+    use axum::routing::get;
+    let check = |r: Result<(), String>, ok: &'static str| match r {
+        Ok(()) => (StatusCode::OK, ok.to_owned()).into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
+    };
+    let (live, ready, metrics) = (admin.clone(), admin.clone(), admin);
+    axum::Router::new()
+        .route("/healthz", get(move || async move { check(live.live(), "ok") }))
+        .route("/readyz", get(move || async move { check(ready.ready(), "ready") }))
+        .route("/metrics", get(move || async move { ([(header::CONTENT_TYPE, OPENMETRICS)], metrics.metrics()) }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,5 +138,41 @@ mod tests {
         }
         assert!(parse_positive_duration("0s").is_err());
         assert_eq!(parse_positive_duration("365d").unwrap(), Duration::from_secs(365 * 86_400));
+    }
+
+    struct Fixed(Result<(), String>);
+
+    impl Admin for Fixed {
+        fn live(&self) -> Result<(), String> {
+            Ok(())
+        }
+        fn ready(&self) -> Result<(), String> {
+            self.0.clone()
+        }
+        fn metrics(&self) -> String {
+            "# EOF\n".into()
+        }
+    }
+
+    async fn get(router: &axum::Router, path: &str) -> (u16, String, String) {
+        use tower::ServiceExt;
+        let req = axum::http::Request::get(path).body(axum::body::Body::empty()).unwrap();
+        let res = router.clone().oneshot(req).await.unwrap();
+        let ct = res.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+        let status = res.status().as_u16();
+        let body = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
+        (status, ct, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn admin_endpoints_say_why_they_fail() {
+        let ready = admin_router(std::sync::Arc::new(Fixed(Ok(()))));
+        assert_eq!(get(&ready, "/healthz").await.2, "ok");
+        assert_eq!(get(&ready, "/readyz").await.0, 200);
+        let (status, ct, body) = get(&ready, "/metrics").await;
+        assert_eq!((status, ct.as_str(), body.as_str()), (200, OPENMETRICS, "# EOF\n"));
+        let waiting = admin_router(std::sync::Arc::new(Fixed(Err("cache not synced yet".into()))));
+        let (status, _, body) = get(&waiting, "/readyz").await;
+        assert_eq!((status, body.as_str()), (503, "cache not synced yet"));
     }
 }

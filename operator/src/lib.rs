@@ -21,11 +21,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
@@ -197,7 +192,7 @@ pub async fn run(config: Config, client: Client, shutdown: Option<tokio::sync::o
 
     // Probes and metrics.
     tracing::info!(addr = %config.metrics_listen, "metrics and probes listening");
-    let probes = axum::serve(metrics_listener, health_router(health)).with_graceful_shutdown(stopped());
+    let probes = axum::serve(metrics_listener, spanprof_cli::admin_router(health)).with_graceful_shutdown(stopped());
 
     let (probes, webhook, controller, elector) = tokio::join!(probes, webhook, controller_task, elector_task);
     probes?;
@@ -227,31 +222,29 @@ fn fallback_identity() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-fn health_router(health: Arc<Health>) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(render_metrics))
-        .with_state(health)
-}
+/// `/healthz` (the process serves), `/readyz` (it can answer admission requests as configured),
+/// `/metrics`.
+impl spanprof_cli::Admin for Health {
+    fn live(&self) -> std::result::Result<(), String> {
+        Ok(())
+    }
 
-async fn readyz(State(h): State<Arc<Health>>) -> Response {
-    let not_ready = if !h.resolver.is_ready() {
-        "no serving certificate yet"
-    } else if !h.profilings_synced.is_synced() {
-        "SpanProfiling cache not synced yet"
-    } else if !h.namespaces_synced.is_synced() {
-        // Without namespace labels the webhook could inject pods that Pod Security then rejects.
-        "namespace cache not synced yet"
-    } else {
-        return "ready".into_response();
-    };
-    (StatusCode::SERVICE_UNAVAILABLE, not_ready).into_response()
-}
+    fn ready(&self) -> std::result::Result<(), String> {
+        if !self.resolver.is_ready() {
+            Err("no serving certificate yet".into())
+        } else if !self.profilings_synced.is_synced() {
+            Err("SpanProfiling cache not synced yet".into())
+        } else if !self.namespaces_synced.is_synced() {
+            // Without namespace labels the webhook could inject pods that Pod Security then rejects.
+            Err("namespace cache not synced yet".into())
+        } else {
+            Ok(())
+        }
+    }
 
-async fn render_metrics(State(h): State<Arc<Health>>) -> Response {
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], h.metrics.render())
-        .into_response()
+    fn metrics(&self) -> String {
+        self.metrics.render()
+    }
 }
 
 fn unix_now() -> i64 {

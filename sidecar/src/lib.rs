@@ -165,40 +165,31 @@ fn liveness(since_beat: Option<Duration>) -> (axum::http::StatusCode, String) {
     }
 }
 
+/// The sampler's admin endpoints: alive while its loop runs ([`liveness`]), ready once sampling.
+struct Admin {
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+}
+
+impl spanprof_cli::Admin for Admin {
+    fn live(&self) -> std::result::Result<(), String> {
+        match liveness(self.metrics.since_beat()) {
+            (axum::http::StatusCode::OK, _) => Ok(()),
+            (_, why) => Err(why),
+        }
+    }
+
+    fn ready(&self) -> std::result::Result<(), String> {
+        if self.ready.load(Ordering::Acquire) { Ok(()) } else { Err("not ready".into()) }
+    }
+
+    fn metrics(&self) -> String {
+        self.metrics.render()
+    }
+}
+
 async fn serve_http(listener: tokio::net::TcpListener, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> Result<()> {
-    use axum::routing::get;
-    let health = Arc::clone(&metrics);
-    let app = axum::Router::new()
-        .route(
-            "/healthz",
-            get(move || {
-                let metrics = Arc::clone(&health);
-                async move { liveness(metrics.since_beat()) }
-            }),
-        )
-        .route(
-            "/readyz",
-            get(move || {
-                let ready = Arc::clone(&ready);
-                async move {
-                    if ready.load(Ordering::Acquire) {
-                        (axum::http::StatusCode::OK, "ready")
-                    } else {
-                        (axum::http::StatusCode::SERVICE_UNAVAILABLE, "not ready")
-                    }
-                }
-            }),
-        )
-        .route(
-            "/metrics",
-            get(move || {
-                let metrics = Arc::clone(&metrics);
-                async move {
-                    ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], metrics.render())
-                }
-            }),
-        );
-    axum::serve(listener, app).await.map_err(Error::Serve)
+    axum::serve(listener, spanprof_cli::admin_router(Arc::new(Admin { metrics, ready }))).await.map_err(Error::Serve)
 }
 
 /// How often the sidecar tries again to open perf events when they are not permitted.

@@ -48,8 +48,7 @@ pub(super) async fn metrics(State(s): St) -> Response {
         s.metrics.store_interned_bytes.set(stats.interned_bytes as i64);
         s.metrics.store_span_profiles.set(stats.span_profiles as i64);
     }
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], s.metrics.render())
-        .into_response()
+    ([(header::CONTENT_TYPE, spanprof_cli::OPENMETRICS)], s.metrics.render()).into_response()
 }
 
 /// A peer asks for this replica's own data (local store and the block it is uploading).
