@@ -34,28 +34,85 @@ fn mock_client() -> (Client, ApiHandle) {
     (Client::new(service, "default"), handle)
 }
 
-/// Takes the next request, checks method and path, answers `status` + `reply`, and returns the
-/// query string, content type and JSON body for further assertions.
-async fn expect(
-    handle: &mut ApiHandle,
-    method: &str,
-    path: &str,
-    status: u16,
-    reply: Value,
-) -> (String, String, Value) {
+/// An API request the operator is expected to make next, by what it does: each test states its
+/// exchanges as a sequence of these (the shape of controller-rs's `ApiServerVerifier`
+/// scenarios), and what every call of a kind must look like is checked here once.
+#[derive(Clone, Copy, Debug)]
+enum Call {
+    /// Server-side apply of a SpanProfiling's status (field manager, force, apply-patch).
+    ApplyStatus,
+    /// An Event about a SpanProfiling.
+    CreateEvent,
+    GetSecret,
+    CreateSecret,
+    ReplaceSecret,
+    GetWebhookConfig,
+    /// Server-side apply of the caBundle to the MutatingWebhookConfiguration.
+    ApplyWebhookConfig,
+    GetLease,
+    CreateLease,
+    ReplaceLease,
+}
+
+const STATUS_PATH: &str = "/apis/spanprof.dev/v1alpha1/namespaces/shop/spanprofilings/default/status";
+const EVENTS_PATH: &str = "/apis/events.k8s.io/v1/namespaces/shop/events";
+const SECRETS_PATH: &str = "/api/v1/namespaces/spanprof/secrets";
+const SECRET_PATH: &str = "/api/v1/namespaces/spanprof/secrets/spanprof-operator-tls";
+const WEBHOOK_CONFIG_PATH: &str =
+    "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/spanprof-operator";
+const LEASES_PATH: &str = "/apis/coordination.k8s.io/v1/namespaces/spanprof/leases";
+const LEASE_PATH: &str = "/apis/coordination.k8s.io/v1/namespaces/spanprof/leases/spanprof-operator";
+
+impl Call {
+    fn request_line(self) -> (&'static str, &'static str) {
+        match self {
+            Call::ApplyStatus => ("PATCH", STATUS_PATH),
+            Call::CreateEvent => ("POST", EVENTS_PATH),
+            Call::GetSecret => ("GET", SECRET_PATH),
+            Call::CreateSecret => ("POST", SECRETS_PATH),
+            Call::ReplaceSecret => ("PUT", SECRET_PATH),
+            Call::GetWebhookConfig => ("GET", WEBHOOK_CONFIG_PATH),
+            Call::ApplyWebhookConfig => ("PATCH", WEBHOOK_CONFIG_PATH),
+            Call::GetLease => ("GET", LEASE_PATH),
+            Call::CreateLease => ("POST", LEASES_PATH),
+            Call::ReplaceLease => ("PUT", LEASE_PATH),
+        }
+    }
+
+    /// Server-side applies: the operator owns its fields and takes them over (force).
+    fn is_apply(self) -> bool {
+        matches!(self, Call::ApplyStatus | Call::ApplyWebhookConfig)
+    }
+}
+
+/// What the operator sent.
+struct Sent {
+    query: String,
+    content_type: String,
+    body: Value,
+}
+
+/// Takes the next request, checks it is `call`, answers `status` + `reply`, and returns what was
+/// sent for further assertions.
+async fn expect(handle: &mut ApiHandle, call: Call, status: u16, reply: Value) -> Sent {
+    let (method, path) = call.request_line();
     let (req, send) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
         .await
-        .unwrap_or_else(|_| panic!("no request; expected {method} {path}"))
+        .unwrap_or_else(|_| panic!("no request; expected {call:?}: {method} {path}"))
         .expect("service dropped");
-    assert_eq!((req.method().as_str(), req.uri().path()), (method, path));
+    assert_eq!((req.method().as_str(), req.uri().path()), (method, path), "expected {call:?}");
     let query = req.uri().query().unwrap_or_default().to_owned();
     let content_type = req.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+    if call.is_apply() {
+        assert_eq!(sorted_query(&query), ["fieldManager=spanprof-operator", "force=true"], "{call:?}");
+        assert_eq!(content_type, "application/apply-patch+yaml", "{call:?}");
+    }
     let bytes = req.into_body().collect().await.unwrap().to_bytes();
     let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
     send.send_response(
         Response::builder().status(status).body(Body::from(serde_json::to_vec(&reply).unwrap())).unwrap(),
     );
-    (query, content_type, body)
+    Sent { query, content_type, body }
 }
 
 /// Nothing was sent (the client may already be gone, which closes the mock).
@@ -122,9 +179,6 @@ fn profiling(spec: SpanProfilingSpec) -> SpanProfiling {
     sp
 }
 
-const STATUS_PATH: &str = "/apis/spanprof.dev/v1alpha1/namespaces/shop/spanprofilings/default/status";
-const EVENTS_PATH: &str = "/apis/events.k8s.io/v1/namespaces/shop/events";
-
 fn sorted_query(q: &str) -> Vec<String> {
     let mut parts: Vec<String> = q.split('&').filter(|s| !s.is_empty()).map(str::to_owned).collect();
     parts.sort();
@@ -138,8 +192,8 @@ async fn new_profiling_gets_its_status_applied_and_a_ready_event() {
     let sp = Arc::new(profiling(SpanProfilingSpec::default()));
     let run = tokio::spawn(controller::reconcile(sp.clone(), ctx.clone()));
 
-    let (query, content_type, body) =
-        expect(&mut handle, "PATCH", STATUS_PATH, 200, serde_json::to_value(&*sp).unwrap()).await;
+    let Sent { query, content_type, body } =
+        expect(&mut handle, Call::ApplyStatus, 200, serde_json::to_value(&*sp).unwrap()).await;
     assert_eq!(sorted_query(&query), ["fieldManager=spanprof-operator", "force=true"]);
     assert_eq!(content_type, "application/apply-patch+yaml");
     assert_eq!(body["apiVersion"], "spanprof.dev/v1alpha1");
@@ -157,7 +211,7 @@ async fn new_profiling_gets_its_status_applied_and_a_ready_event() {
     assert!(ready["lastTransitionTime"].is_string());
     assert_eq!(body.as_object().unwrap().len(), 3, "only apiVersion, kind and status are applied: {body}");
 
-    let (_, _, event) = expect(&mut handle, "POST", EVENTS_PATH, 201, json!({})).await;
+    let Sent { body: event, .. } = expect(&mut handle, Call::CreateEvent, 201, json!({})).await;
     assert_eq!(event["type"], "Normal");
     assert_eq!(event["reason"], "Configured");
     assert_eq!(event["action"], "Reconcile");
@@ -205,12 +259,12 @@ async fn invalid_spec_is_reported_not_ready_with_a_warning_event() {
     sp.status = Some(before);
     let reply = serde_json::to_value(&sp).unwrap();
     let run = tokio::spawn(controller::reconcile(Arc::new(sp), ctx));
-    let (_, _, body) = expect(&mut handle, "PATCH", STATUS_PATH, 200, reply).await;
+    let Sent { body, .. } = expect(&mut handle, Call::ApplyStatus, 200, reply).await;
     let ready = &body["status"]["conditions"][0];
     assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("False"), Some("InvalidSpec")));
     assert!(ready["message"].as_str().unwrap().contains("ftp://files"));
     assert_ne!(ready["lastTransitionTime"], "2025-01-01T00:00:00Z");
-    let (_, _, event) = expect(&mut handle, "POST", EVENTS_PATH, 201, json!({})).await;
+    let Sent { body: event, .. } = expect(&mut handle, Call::CreateEvent, 201, json!({})).await;
     assert_eq!((event["type"].as_str(), event["reason"].as_str()), (Some("Warning"), Some("InvalidSpec")));
     run.await.unwrap().unwrap();
 }
@@ -224,7 +278,7 @@ async fn unchanged_condition_keeps_its_transition_time_and_publishes_no_event() 
         Some(controller::desired_status(&sp, &[], &defaults(), &SERVING, "2025-01-01T00:00:00Z".parse().unwrap()));
     let reply = serde_json::to_value(&sp).unwrap();
     let run = tokio::spawn(controller::reconcile(Arc::new(sp), ctx));
-    let (_, _, body) = expect(&mut handle, "PATCH", STATUS_PATH, 200, reply).await;
+    let Sent { body, .. } = expect(&mut handle, Call::ApplyStatus, 200, reply).await;
     assert_eq!(body["status"]["injectedPods"], 2);
     assert_eq!(body["status"]["conditions"][0]["lastTransitionTime"], "2025-01-01T00:00:00Z");
     run.await.unwrap().unwrap();
@@ -238,7 +292,7 @@ async fn api_errors_fail_the_reconcile_and_back_off_exponentially() {
     let sp = Arc::new(profiling(SpanProfilingSpec::default()));
     let run = tokio::spawn(controller::reconcile(sp.clone(), ctx.clone()));
     let failure = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": "etcd timeout", "reason": "InternalError", "code": 500});
-    expect(&mut handle, "PATCH", STATUS_PATH, 500, failure).await;
+    expect(&mut handle, Call::ApplyStatus, 500, failure).await;
     let err = run.await.unwrap().unwrap_err();
     assert!(err.to_string().contains("etcd timeout"), "{err}");
     let delays: Vec<Action> = (0..3).map(|_| controller::error_policy(sp.clone(), &err, ctx.clone())).collect();
@@ -257,7 +311,6 @@ fn injected_pods_map_to_their_profiling() {
 
 // --- TLS Secret and caBundle ---
 
-const SECRET_PATH: &str = "/api/v1/namespaces/spanprof/secrets/spanprof-operator-tls";
 const DAY: i64 = 86_400;
 
 fn store(client: Client) -> SecretStore {
@@ -290,8 +343,8 @@ async fn first_replica_creates_the_secret() {
     let (client, mut handle) = mock_client();
     let now = 1_750_000_000;
     let run = tokio::spawn(async move { store(client).ensure(now).await });
-    expect(&mut handle, "GET", SECRET_PATH, 404, not_found()).await;
-    let (_, _, body) = expect(&mut handle, "POST", "/api/v1/namespaces/spanprof/secrets", 201, json!({})).await;
+    expect(&mut handle, Call::GetSecret, 404, not_found()).await;
+    let Sent { body, .. } = expect(&mut handle, Call::CreateSecret, 201, json!({})).await;
     assert_eq!(body["type"], "kubernetes.io/tls");
     assert!(body["metadata"].get("resourceVersion").is_none());
     let secret: Secret = serde_json::from_value(body).unwrap();
@@ -315,10 +368,10 @@ async fn a_replica_losing_the_create_race_uses_the_winners_certificate() {
     )
     .unwrap();
     let run = tokio::spawn(async move { store(client).ensure(now + 1).await });
-    expect(&mut handle, "GET", SECRET_PATH, 404, not_found()).await;
+    expect(&mut handle, Call::GetSecret, 404, not_found()).await;
     let conflict_exists = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "AlreadyExists", "code": 409, "message": "already exists"});
-    expect(&mut handle, "POST", "/api/v1/namespaces/spanprof/secrets", 409, conflict_exists).await;
-    expect(&mut handle, "GET", SECRET_PATH, 200, stored(&winner, "12")).await;
+    expect(&mut handle, Call::CreateSecret, 409, conflict_exists).await;
+    expect(&mut handle, Call::GetSecret, 200, stored(&winner, "12")).await;
     assert_eq!(run.await.unwrap().unwrap(), Ensured::Existing(winner));
 }
 
@@ -331,13 +384,13 @@ async fn rotation_is_a_compare_and_swap_and_the_loser_rereads() {
     // 61 days in: less than a third of 90 days left.
     let now = issued + 61 * DAY;
     let run = tokio::spawn(async move { store(client).ensure(now).await });
-    expect(&mut handle, "GET", SECRET_PATH, 200, stored(&old, "41")).await;
-    let (_, _, put) = expect(&mut handle, "PUT", SECRET_PATH, 409, conflict()).await;
+    expect(&mut handle, Call::GetSecret, 200, stored(&old, "41")).await;
+    let Sent { body: put, .. } = expect(&mut handle, Call::ReplaceSecret, 409, conflict()).await;
     assert_eq!(put["metadata"]["resourceVersion"], "41", "the replace only wins if nobody wrote since the read");
     // Another replica rotated first; we adopt its bundle.
     let theirs =
         CertBundle::generate(&dns, now, Duration::from_secs(90 * DAY as u64), Some(old.ca_cert_pem.clone())).unwrap();
-    expect(&mut handle, "GET", SECRET_PATH, 200, stored(&theirs, "42")).await;
+    expect(&mut handle, Call::GetSecret, 200, stored(&theirs, "42")).await;
     let got = run.await.unwrap().unwrap();
     assert_eq!(got, Ensured::Existing(theirs.clone()));
     assert!(got.bundle().ca_bundle().contains(&old.ca_cert_pem), "the old CA stays trusted during the rotation");
@@ -350,8 +403,8 @@ async fn rotation_writes_a_new_bundle_keeping_the_previous_ca() {
     let old = CertBundle::generate(&dns, 1_750_000_000, Duration::from_secs(90 * DAY as u64), None).unwrap();
     let now = 1_750_000_000 + 70 * DAY;
     let run = tokio::spawn(async move { store(client).ensure(now).await });
-    expect(&mut handle, "GET", SECRET_PATH, 200, stored(&old, "41")).await;
-    let (_, _, put) = expect(&mut handle, "PUT", SECRET_PATH, 200, json!({})).await;
+    expect(&mut handle, Call::GetSecret, 200, stored(&old, "41")).await;
+    let Sent { body: put, .. } = expect(&mut handle, Call::ReplaceSecret, 200, json!({})).await;
     let written = CertBundle::from_secret(&serde_json::from_value(put).unwrap()).unwrap();
     assert_eq!(written.previous_ca_pem.as_deref(), Some(old.ca_cert_pem.as_str()));
     assert_eq!(written.not_after, now + 90 * DAY);
@@ -381,9 +434,8 @@ async fn ca_bundle_is_server_side_applied_to_our_webhook_only() {
     let run = tokio::spawn(async move {
         tls::apply_ca_bundle(&api, "spanprof-operator", "-----BEGIN CERTIFICATE-----\nx\n").await
     });
-    let path = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/spanprof-operator";
-    expect(&mut handle, "GET", path, 200, webhook_configuration("inject.spanprof.dev")).await;
-    let (query, content_type, body) = expect(&mut handle, "PATCH", path, 200, json!({})).await;
+    expect(&mut handle, Call::GetWebhookConfig, 200, webhook_configuration("inject.spanprof.dev")).await;
+    let Sent { query, content_type, body } = expect(&mut handle, Call::ApplyWebhookConfig, 200, json!({})).await;
     assert_eq!(sorted_query(&query), ["fieldManager=spanprof-operator", "force=true"]);
     assert_eq!(content_type, "application/apply-patch+yaml");
     assert_eq!(
@@ -413,7 +465,6 @@ fn webhook_configuration(entry: &str) -> Value {
 async fn a_missing_webhook_configuration_is_reported_as_missing_not_applied() {
     // The real cluster: a server-side apply to a deleted configuration failed with a confusing
     // validation error about fields the operator never sets.
-    let path = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/spanprof-operator";
     for (status, reply, says) in [
         (
             404,
@@ -425,7 +476,7 @@ async fn a_missing_webhook_configuration_is_reported_as_missing_not_applied() {
         let (client, mut handle) = mock_client();
         let api: Api<MutatingWebhookConfiguration> = Api::all(client);
         let run = tokio::spawn(async move { tls::apply_ca_bundle(&api, "spanprof-operator", "pem").await });
-        expect(&mut handle, "GET", path, status, reply).await;
+        expect(&mut handle, Call::GetWebhookConfig, status, reply).await;
         let err = run.await.unwrap().unwrap_err().to_string();
         assert!(err.contains(says) && err.contains("helm install"), "{err}");
         assert_no_request(&mut handle).await;
@@ -433,9 +484,6 @@ async fn a_missing_webhook_configuration_is_reported_as_missing_not_applied() {
 }
 
 // --- Leader election ---
-
-const LEASES_PATH: &str = "/apis/coordination.k8s.io/v1/namespaces/spanprof/leases";
-const LEASE_PATH: &str = "/apis/coordination.k8s.io/v1/namespaces/spanprof/leases/spanprof-operator";
 
 fn elector(client: Client) -> Elector {
     Elector {
@@ -470,8 +518,8 @@ async fn the_first_replica_creates_the_lease_holding_it() {
     let (client, mut handle) = mock_client();
     let now: Timestamp = "2025-06-01T10:00:00Z".parse().unwrap();
     let run = tokio::spawn(async move { elector(client).round(now).await });
-    expect(&mut handle, "GET", LEASE_PATH, 404, lease_not_found()).await;
-    let (_, content_type, body) = expect(&mut handle, "POST", LEASES_PATH, 201, json!({})).await;
+    expect(&mut handle, Call::GetLease, 404, lease_not_found()).await;
+    let Sent { content_type, body, .. } = expect(&mut handle, Call::CreateLease, 201, json!({})).await;
     assert_eq!(content_type, "application/json");
     assert_eq!(body["metadata"]["name"], "spanprof-operator");
     assert!(body["metadata"].get("resourceVersion").is_none(), "a create: {body}");
@@ -486,9 +534,9 @@ async fn the_first_replica_creates_the_lease_holding_it() {
 async fn losing_the_create_race_is_following() {
     let (client, mut handle) = mock_client();
     let run = tokio::spawn(async move { elector(client).round(Timestamp::now()).await });
-    expect(&mut handle, "GET", LEASE_PATH, 404, lease_not_found()).await;
+    expect(&mut handle, Call::GetLease, 404, lease_not_found()).await;
     let exists = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "AlreadyExists", "code": 409, "message": "already exists"});
-    expect(&mut handle, "POST", LEASES_PATH, 409, exists).await;
+    expect(&mut handle, Call::CreateLease, 409, exists).await;
     assert!(!run.await.unwrap().unwrap());
     assert_no_request(&mut handle).await;
 }
@@ -499,7 +547,7 @@ async fn a_fresh_lease_of_another_replica_is_not_taken_over() {
     let now: Timestamp = "2025-06-01T10:00:10Z".parse().unwrap();
     let run = tokio::spawn(async move { elector(client).round(now).await });
     let renewed = "2025-06-01T10:00:00Z".parse().unwrap();
-    expect(&mut handle, "GET", LEASE_PATH, 200, stored_lease("op-1", renewed, "41")).await;
+    expect(&mut handle, Call::GetLease, 200, stored_lease("op-1", renewed, "41")).await;
     assert!(!run.await.unwrap().unwrap());
     assert_no_request(&mut handle).await;
 }
@@ -510,8 +558,8 @@ async fn an_expired_lease_is_taken_over_by_a_conditional_replace() {
     let now: Timestamp = "2025-06-01T10:01:00Z".parse().unwrap();
     let run = tokio::spawn(async move { elector(client).round(now).await });
     let renewed = "2025-06-01T10:00:00Z".parse().unwrap();
-    expect(&mut handle, "GET", LEASE_PATH, 200, stored_lease("op-1", renewed, "41")).await;
-    let (_, _, body) = expect(&mut handle, "PUT", LEASE_PATH, 200, json!({})).await;
+    expect(&mut handle, Call::GetLease, 200, stored_lease("op-1", renewed, "41")).await;
+    let Sent { body, .. } = expect(&mut handle, Call::ReplaceLease, 200, json!({})).await;
     assert_eq!(body["metadata"]["resourceVersion"], "41", "only wins if nobody wrote since the read");
     let spec = &body["spec"];
     assert_eq!(spec["holderIdentity"], "op-0");
@@ -522,8 +570,8 @@ async fn an_expired_lease_is_taken_over_by_a_conditional_replace() {
     // The same race lost: another replica replaced it first.
     let (client, mut handle) = mock_client();
     let run = tokio::spawn(async move { elector(client).round(now).await });
-    expect(&mut handle, "GET", LEASE_PATH, 200, stored_lease("op-1", renewed, "41")).await;
-    expect(&mut handle, "PUT", LEASE_PATH, 409, conflict()).await;
+    expect(&mut handle, Call::GetLease, 200, stored_lease("op-1", renewed, "41")).await;
+    expect(&mut handle, Call::ReplaceLease, 409, conflict()).await;
     assert!(!run.await.unwrap().unwrap());
 }
 
@@ -533,8 +581,8 @@ async fn the_leader_renews_and_releases_on_shutdown() {
     let now: Timestamp = "2025-06-01T10:00:05Z".parse().unwrap();
     let run = tokio::spawn(async move { elector(client).round(now).await });
     let acquired = "2025-06-01T10:00:00Z".parse().unwrap();
-    expect(&mut handle, "GET", LEASE_PATH, 200, stored_lease("op-0", acquired, "50")).await;
-    let (_, _, body) = expect(&mut handle, "PUT", LEASE_PATH, 200, json!({})).await;
+    expect(&mut handle, Call::GetLease, 200, stored_lease("op-0", acquired, "50")).await;
+    let Sent { body, .. } = expect(&mut handle, Call::ReplaceLease, 200, json!({})).await;
     assert_eq!(body["metadata"]["resourceVersion"], "50");
     assert_eq!(micro_time(&body["spec"]["renewTime"]), now);
     assert_eq!(micro_time(&body["spec"]["acquireTime"]), acquired);
@@ -548,14 +596,14 @@ async fn the_leader_renews_and_releases_on_shutdown() {
     let task = tokio::spawn(elector(client).run(leader_tx, async {
         let _ = stop_rx.await;
     }));
-    expect(&mut handle, "GET", LEASE_PATH, 404, lease_not_found()).await;
-    let (_, _, created) = expect(&mut handle, "POST", LEASES_PATH, 201, json!({})).await;
+    expect(&mut handle, Call::GetLease, 404, lease_not_found()).await;
+    let Sent { body: created, .. } = expect(&mut handle, Call::CreateLease, 201, json!({})).await;
     leader_rx.wait_for(|l| *l).await.unwrap();
     stop_tx.send(()).unwrap();
     let mut current = created.clone();
     current["metadata"]["resourceVersion"] = json!("51");
-    expect(&mut handle, "GET", LEASE_PATH, 200, current).await;
-    let (_, _, released) = expect(&mut handle, "PUT", LEASE_PATH, 200, json!({})).await;
+    expect(&mut handle, Call::GetLease, 200, current).await;
+    let Sent { body: released, .. } = expect(&mut handle, Call::ReplaceLease, 200, json!({})).await;
     assert_eq!(released["metadata"]["resourceVersion"], "51");
     assert!(released["spec"].get("holderIdentity").is_none(), "{released}");
     task.await.unwrap();
@@ -586,8 +634,8 @@ async fn a_replica_that_does_not_lead_writes_no_status_and_no_events() {
     // Once it leads, the same reconcile applies the status and publishes the transition Event.
     leader_tx.send_replace(true);
     let run = tokio::spawn(controller::reconcile(sp.clone(), ctx));
-    expect(&mut handle, "PATCH", STATUS_PATH, 200, serde_json::to_value(&*sp).unwrap()).await;
-    let (_, _, event) = expect(&mut handle, "POST", EVENTS_PATH, 201, json!({})).await;
+    expect(&mut handle, Call::ApplyStatus, 200, serde_json::to_value(&*sp).unwrap()).await;
+    let Sent { body: event, .. } = expect(&mut handle, Call::CreateEvent, 201, json!({})).await;
     assert_eq!(event["reason"], "InvalidSpec");
     run.await.unwrap().unwrap();
 }
@@ -605,14 +653,14 @@ async fn renewing_the_lease_is_not_announced_as_gaining_leadership_again() {
     let task = tokio::spawn(Elector { timing: fast, ..elector(client) }.run(leader_tx, async {
         let _ = stop_rx.await;
     }));
-    expect(&mut handle, "GET", LEASE_PATH, 404, lease_not_found()).await;
-    let (_, _, created) = expect(&mut handle, "POST", LEASES_PATH, 201, json!({})).await;
+    expect(&mut handle, Call::GetLease, 404, lease_not_found()).await;
+    let Sent { body: created, .. } = expect(&mut handle, Call::CreateLease, 201, json!({})).await;
     assert_eq!(tokio::time::timeout(Duration::from_secs(5), gained.next()).await.unwrap(), Some(()));
     for rv in 2..6 {
         let mut current = created.clone();
         current["metadata"]["resourceVersion"] = json!(rv.to_string());
-        expect(&mut handle, "GET", LEASE_PATH, 200, current).await;
-        expect(&mut handle, "PUT", LEASE_PATH, 200, json!({})).await;
+        expect(&mut handle, Call::GetLease, 200, current).await;
+        expect(&mut handle, Call::ReplaceLease, 200, json!({})).await;
     }
     assert!(
         tokio::time::timeout(Duration::from_millis(100), gained.next()).await.is_err(),
