@@ -12,6 +12,7 @@
 pub mod agent;
 pub mod aggregate;
 pub mod cli;
+pub mod encode;
 pub mod error;
 pub mod join;
 pub mod metrics;
@@ -125,7 +126,7 @@ fn symbolize_loop(
     for batch in batches {
         symbolizer.resolve(&registry, batch.aggregate.frames());
         metrics.symbols_cached.set(symbolizer.cached() as i64);
-        let timing = aggregate::Timing {
+        let timing = encode::Timing {
             period_ns,
             time_unix_ns: batch.start.duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0),
             duration_ns: batch.duration.as_nanos() as i64,
@@ -135,12 +136,12 @@ fn symbolize_loop(
             .series
             .iter()
             .map(|(series, stacks)| {
-                let p = aggregate::build_profile(stacks, |f| symbolizer.names(&registry, f), timing);
-                (aggregate::series_labels(series, &config.series_labels), p)
+                let p = encode::build_profile(stacks, |f| symbolizer.names(&registry, f), timing);
+                (encode::series_labels(series, &config.series_labels), p)
             })
             .collect();
         n += 1;
-        let body = aggregate::push_request(profiles, &format!("{}-{n}", std::process::id()));
+        let body = encode::push_request(profiles, &format!("{}-{n}", std::process::id()));
         tracing::debug!(samples = batch.aggregate.samples(), bytes = body.len(), "interval ready");
         uploads.enqueue(body);
         // Once an interval (every 10 s by default), after this thread's biggest frees: a trim
