@@ -470,7 +470,7 @@ impl BlockBuilder {
         match self.spans.get_mut(key) {
             Some(old) => {
                 let part = SpanPart {
-                    counts,
+                    counts: &counts,
                     period_ns: rec.period_ns,
                     first_seen_ms: rec.first_seen_ms,
                     last_seen_ms: rec.last_seen_ms,
@@ -516,7 +516,7 @@ impl BlockBuilder {
         let labels: Vec<LabelPair> =
             s.labels.iter().map(|(k, v)| LabelPair { name: k.clone(), value: v.clone() }).collect();
         let part = SpanPart {
-            counts,
+            counts: &counts,
             period_ns: s.period_ns,
             first_seen_ms: s.first_seen_ms,
             last_seen_ms: s.last_seen_ms,

@@ -593,12 +593,11 @@ fn insert_batch(
         let id = id.as_slice();
         let counts =
             pending.counts(interner, &mut FjallInterns { w, k }, &batch.frames, &mut frame_ids, &span.stacks)?;
-        let incoming = counts.clone();
         // The transaction reads its own writes: an ID pushed twice in one group merges twice.
         let old = w.get(k.spans.inner(), id)?;
         let old_len = old.as_ref().map_or(0, |o| o.len());
         let MergedSpan { mut rec, old_last_seen, new_trace, gained_name } =
-            merge_span(old.as_deref(), batch, span, &span_labels, counts)?;
+            merge_span(old.as_deref(), batch, span, &span_labels, &counts)?;
         let old_rollup = rec.rollup_series;
         let name = crate::model::rollup_span_name(&rec.span_name);
         // A profile stays in the rollup series of its first push unless it gains its name.
@@ -625,9 +624,9 @@ fn insert_batch(
                 stats.span_profiles_merged += 1;
                 if old_rollup == 0 {
                     // Stored by a version that counted span samples per push: only this part.
-                    adds.add(new_key, &incoming, batch.period_ns, 1);
+                    adds.add(new_key, &counts, batch.period_ns, 1);
                 } else if k2(old_rollup, bucket_of(t)) == new_key {
-                    adds.add(new_key, &incoming, batch.period_ns, 1);
+                    adds.add(new_key, &counts, batch.period_ns, 1);
                     in_chunk = Some(rec.stat_chunk);
                 } else {
                     // The profile moves to the bucket of its new last-seen minute, whole.
@@ -640,7 +639,7 @@ fn insert_batch(
             _ => {
                 stats.span_profiles_created += 1;
                 *g.spans_delta += 1;
-                adds.add(new_key, &incoming, batch.period_ns, 1);
+                adds.add(new_key, &counts, batch.period_ns, 1);
             }
         }
         let entry = span_index::Entry {

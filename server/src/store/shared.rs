@@ -475,7 +475,7 @@ pub(crate) struct MergedSpan {
 /// One more part of a span profile, to merge into its record.
 pub(crate) struct SpanPart<'a> {
     /// Stack counts (of the record's stack IDs) at `period_ns`.
-    pub counts: Counts,
+    pub counts: &'a Counts,
     pub period_ns: u64,
     pub first_seen_ms: u64,
     pub last_seen_ms: u64,
@@ -499,7 +499,7 @@ impl SpanPart<'_> {
             labels: self.labels.to_vec(),
             ..Default::default()
         };
-        rec.set_stack_counts(&self.counts);
+        rec.set_stack_counts(self.counts);
         rec
     }
 
@@ -507,7 +507,13 @@ impl SpanPart<'_> {
     /// period and added, first/last seen widened, a trace ID, span name or label the record
     /// lacks taken. Returns the trace ID the record gained, if any.
     pub fn merge_into(self, rec: &mut SpanRecord) -> Result<Option<TraceId>> {
-        let incoming = rescaled(self.counts, self.period_ns, rec.period_ns);
+        let owned;
+        let incoming = if self.period_ns == rec.period_ns || rec.period_ns == 0 {
+            self.counts
+        } else {
+            owned = rescaled(self.counts.clone(), self.period_ns, rec.period_ns);
+            &owned
+        };
         rec.samples = rec.samples.saturating_add(incoming.iter().map(|c| c.1).sum());
         rec.first_seen_ms = rec.first_seen_ms.min(self.first_seen_ms);
         rec.last_seen_ms = rec.last_seen_ms.max(self.last_seen_ms);
@@ -524,7 +530,7 @@ impl SpanPart<'_> {
                 rec.labels.push(l.clone());
             }
         }
-        let merged = codec::merge_counts(&rec.stack_counts()?, &incoming);
+        let merged = codec::merge_counts(&rec.stack_counts()?, incoming);
         rec.set_stack_counts(&merged);
         Ok(new_trace)
     }
@@ -537,7 +543,7 @@ pub(crate) fn merge_span(
     batch: &SeriesBatch,
     span: &SpanContribution,
     span_labels: &[LabelPair],
-    counts: Counts,
+    counts: &Counts,
 ) -> Result<MergedSpan> {
     let part = SpanPart {
         counts,
