@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::Config;
-use crate::agent::Targets;
+use crate::discover::Targets;
 use clap::Parser;
 use spanprof_cli::{LogArgs, LogTo, parse_positive_duration};
 
@@ -49,7 +49,7 @@ pub struct Args {
     /// event per CPU, cheapest for the app; needs CAP_PERFMON), the rest per thread. `thread`:
     /// every thread gets events of its own.
     #[arg(long, env = "SPANPROF_SAMPLING_SCOPE", default_value = "auto")]
-    scope: crate::agent::Scope,
+    scope: crate::discover::Scope,
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "SPANPROF_SIDECAR_LISTEN", default_value = "0.0.0.0:4041")]
     listen: SocketAddr,

@@ -12,6 +12,7 @@
 pub mod agent;
 pub mod aggregate;
 pub mod cli;
+pub mod discover;
 pub mod encode;
 pub mod error;
 pub mod join;
@@ -34,7 +35,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 pub use error::{Error, Result};
 
-use agent::{Agent, AgentConfig, Batch, Targets};
+use agent::{Agent, AgentConfig, Batch};
+use discover::{Scope, Targets};
 use metrics::Metrics;
 use modules::Registry;
 use symbolize::Symbolizer;
@@ -51,7 +53,7 @@ pub struct Config {
     pub stack_bytes: u32,
     pub max_buffer_bytes: usize,
     /// Per cgroup where possible (cheapest for the app), or always per thread.
-    pub scope: agent::Scope,
+    pub scope: Scope,
     pub listen: SocketAddr,
     pub service_name: Option<String>,
     /// Each container's service name, `SPANPROF_SERVICE_NAMES` parsed (see `spanprof_channel::pod`).
@@ -254,12 +256,14 @@ pub fn run(config: Config) -> Result<()> {
         Arc::clone(&registry),
         Arc::clone(&metrics),
         AgentConfig {
-            targets: config.targets.clone(),
-            context_dir: config.context_dir.clone(),
-            service_name: config.service_name.clone(),
-            service_names: config.service_names.clone(),
+            discovery: discover::Config {
+                targets: config.targets.clone(),
+                context_dir: config.context_dir.clone(),
+                service_name: config.service_name.clone(),
+                service_names: config.service_names.clone(),
+                scope: config.scope,
+            },
             upload_interval: config.upload_interval,
-            scope: config.scope,
             // A fifth of what the per-CPU rings hold at full rate (about 1.3 s of samples); the
             // channel keeps 1,024 transitions per thread, i.e. 4,096 root-span changes per second
             // per thread can be joined. Measured: 100 ms cost 2 ms more sidecar CPU per 1,000

@@ -1,5 +1,7 @@
-//! Executable modules (ELF files and the vDSO): their unwind sections for framehop, the load-bias
-//! arithmetic, and a registry shared with the symbolizer.
+//! Executable modules (ELF files and the vDSO): a process's executable mappings read from
+//! `/proc/<pid>/maps` with their files loaded once (through `/proc/<pid>/root`), their unwind
+//! sections for framehop, the load-bias arithmetic, and a registry shared with the symbolizer.
+//! All the file and `/proc` reading of unwinding happens here; the unwinder is handed the result.
 
 use std::collections::HashMap;
 use std::ops::{Deref, Range};
@@ -9,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, SegmentFlags};
 
 use crate::error::{Error, Result};
+use crate::procfs;
 
 /// Section bytes shared between every process that maps the module.
 #[derive(Clone, Debug, Default)]
@@ -248,6 +251,79 @@ impl Registry {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// One executable mapping of a process and the module it maps.
+#[derive(Clone, Debug)]
+pub struct Mapping {
+    /// Where it is mapped (avma).
+    pub range: Range<u64>,
+    pub module: Arc<ModuleMeta>,
+    /// avma − svma: added to a module address to find it in the process.
+    pub bias: u64,
+    /// Whether `module.elf` gives unwind sections for this mapping (else frame pointers).
+    pub unwindable: bool,
+}
+
+/// The sidecar's own vDSO image (the kernel maps the same one into every process).
+fn own_vdso() -> Option<Arc<ElfInfo>> {
+    let maps = procfs::maps(std::process::id()).ok()?;
+    let v = maps.iter().find(|m| m.path == "[vdso]")?;
+    let bytes = procfs::read_own_memory(v.start, v.end).ok()?;
+    load_elf_bytes(&bytes, Path::new("[vdso]")).ok().map(Arc::new)
+}
+
+/// Loads a module the first time a process maps it: its file opened through the process's root
+/// (kept open for the symbolizer) and parsed.
+fn load(root: &Path, path: &str) -> Loaded {
+    if path == "[vdso]" {
+        return Loaded { elf: own_vdso(), ..Loaded::default() };
+    }
+    let path: PathBuf = root.join(path.trim_start_matches('/').trim_end_matches(" (deleted)"));
+    let file = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::debug!(path = %path.display(), error = %e, "module file unreadable");
+            return Loaded { open_path: Some(path), ..Loaded::default() };
+        }
+    };
+    let elf = match load_elf(&file, &path) {
+        Ok(elf) => Some(Arc::new(elf)),
+        Err(e) => {
+            tracing::debug!(error = %e, "module without unwind information");
+            None
+        }
+    };
+    Loaded { open_path: Some(path), file: Some(file), elf }
+}
+
+/// The executable file mappings of `pid` and the vDSO, sorted by address, each module loaded into
+/// `registry` the first time any process maps it.
+pub fn mapped(pid: u32, registry: &Registry) -> Result<Vec<Mapping>> {
+    const PAGE: u64 = 4096;
+    let maps = procfs::maps(pid)?;
+    let root = procfs::proc_dir(pid).join("root");
+    let mut mapped = Vec::new();
+    for m in maps.iter().filter(|m| m.exec) {
+        let vdso = m.path == "[vdso]";
+        if !(vdso || m.path.starts_with('/')) {
+            continue;
+        }
+        let key = ModuleKey { dev: m.dev.clone(), inode: m.inode, path: m.path.clone() };
+        let module = registry.get_or_insert(key, || load(&root, &m.path));
+        let range = m.start..m.end;
+        let (bias, unwindable) = match module.elf.as_ref() {
+            None => (m.start.wrapping_sub(m.offset), false),
+            // The vDSO image is mapped whole: file offsets are its memory offsets.
+            Some(elf) => match elf.bias(m.start, m.offset, true, PAGE) {
+                Some(bias) => (bias, true),
+                None => continue,
+            },
+        };
+        mapped.push(Mapping { range, module, bias, unwindable });
+    }
+    mapped.sort_by_key(|m| m.range.start);
+    Ok(mapped)
 }
 
 #[cfg(test)]

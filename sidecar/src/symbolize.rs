@@ -236,14 +236,14 @@ mod tests {
     #[test]
     fn resolves_own_functions_demangled_and_falls_back_to_offsets() {
         let registry = Registry::default();
-        let mut p = Process::new(std::process::id());
-        p.refresh(&registry).unwrap();
+        let mut p = Process::new();
+        p.set_modules(&crate::modules::mapped(std::process::id(), &registry).unwrap());
         let here = a_distinctly_named_function_for_symbolization as *const () as u64;
         assert_eq!(a_distinctly_named_function_for_symbolization(1), a_distinctly_named_function_for_symbolization(1));
         // Through the unwinder's own mapping of addresses to modules.
         let mut frames = Vec::new();
         let stack = [0u8; 64];
-        let _ = p.unwind(&registry, [0, 0x1000, here + 1], &stack, &mut frames);
+        let _ = p.unwind([0, 0x1000, here + 1], &stack, &mut frames);
         let key = frames[0];
         assert_ne!(key.module, FrameKey::NO_MODULE);
         let mut s = Symbolizer::new();
@@ -263,8 +263,8 @@ mod tests {
     #[test]
     fn vdso_frames_are_named_from_its_own_symbols() {
         let registry = Registry::default();
-        let mut p = Process::new(std::process::id());
-        p.refresh(&registry).unwrap();
+        let mut p = Process::new();
+        p.set_modules(&crate::modules::mapped(std::process::id(), &registry).unwrap());
         let vdso = (0..registry.len() as u32)
             .filter_map(|i| registry.get(i))
             .find(|m| m.name == "[vdso]")

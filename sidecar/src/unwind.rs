@@ -1,16 +1,13 @@
 //! Per-process unwinding with framehop: DWARF CFI from `.eh_frame`/`.eh_frame_hdr` of every
-//! executable mapping (read through `/proc/<pid>/root`), frame pointers where there is none.
+//! executable mapping, frame pointers where there is none. No I/O: the agent hands each process
+//! its mappings as [`crate::modules::mapped`] reads them (framehop's own rule).
 
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64};
 use framehop::{ExplicitModuleSectionInfo, FrameAddress, Module, Unwinder};
 
-use crate::error::Result;
-use crate::modules::{self, Bytes, ElfInfo, Loaded, ModuleKey, Registry};
-use crate::procfs;
+use crate::modules::{Bytes, ElfInfo, Mapping};
 
 /// One frame, as aggregated before symbolization: a module and an address in its own address
 /// space (svma, the lookup address of a return address: return address − 1), or a raw address.
@@ -46,7 +43,6 @@ struct Mapped {
 
 /// A process's modules and unwinder.
 pub struct Process {
-    pub pid: u32,
     unwinder: UnwinderX86_64<Bytes>,
     cache: CacheX86_64,
     mapped: Vec<Mapped>,
@@ -77,18 +73,15 @@ fn section_info(elf: &ElfInfo) -> ExplicitModuleSectionInfo<Bytes> {
     }
 }
 
-/// The sidecar's own vDSO image (the kernel maps the same one into every process).
-fn own_vdso() -> Option<Arc<ElfInfo>> {
-    let maps = procfs::maps(std::process::id()).ok()?;
-    let v = maps.iter().find(|m| m.path == "[vdso]")?;
-    let bytes = procfs::read_own_memory(v.start, v.end).ok()?;
-    modules::load_elf_bytes(&bytes, std::path::Path::new("[vdso]")).ok().map(Arc::new)
+impl Default for Process {
+    fn default() -> Self {
+        Process::new()
+    }
 }
 
 impl Process {
-    pub fn new(pid: u32) -> Process {
+    pub fn new() -> Process {
         Process {
-            pid,
             unwinder: UnwinderX86_64::new(),
             cache: CacheX86_64::new(),
             mapped: Vec::new(),
@@ -102,57 +95,36 @@ impl Process {
         self.dirty = true;
     }
 
-    /// Re-reads `/proc/<pid>/maps` and rebuilds the unwinder.
-    pub fn refresh(&mut self, registry: &Registry) -> Result<()> {
+    /// Whether the process's mappings should be read again before unwinding a sample at `ip`:
+    /// they changed (or were never read), or `ip` is in no known module; at most once per
+    /// [`REFRESH_EVERY`].
+    pub fn wants_modules(&self, ip: u64) -> bool {
+        let stale = self.refreshed.is_none_or(|t| t.elapsed() >= REFRESH_EVERY);
+        stale && (self.dirty || self.module_of(ip).is_none())
+    }
+
+    /// The mappings could not be read: keep the modules known, ask again after [`REFRESH_EVERY`].
+    pub fn keep_modules(&mut self) {
         self.refreshed = Some(Instant::now());
         self.dirty = false;
-        let maps = procfs::maps(self.pid)?;
-        let root = procfs::proc_dir(self.pid).join("root");
-        let page = 4096;
+    }
+
+    /// Rebuilds the unwinder from the process's mappings.
+    pub fn set_modules(&mut self, mappings: &[Mapping]) {
+        self.keep_modules();
         let mut unwinder = UnwinderX86_64::new();
-        let mut mapped = Vec::new();
-        for m in maps.iter().filter(|m| m.exec) {
-            let vdso = m.path == "[vdso]";
-            if !(vdso || m.path.starts_with('/')) {
-                continue;
+        let mut mapped = Vec::with_capacity(mappings.len());
+        for m in mappings {
+            if m.unwindable
+                && let Some(elf) = m.module.elf.as_ref()
+            {
+                unwinder.add_module(Module::new(m.module.name.clone(), m.range.clone(), m.bias, section_info(elf)));
             }
-            let key = ModuleKey { dev: m.dev.clone(), inode: m.inode, path: m.path.clone() };
-            let meta = registry.get_or_insert(key, || {
-                if vdso {
-                    return Loaded { elf: own_vdso(), ..Loaded::default() };
-                }
-                let path: PathBuf = root.join(m.path.trim_start_matches('/').trim_end_matches(" (deleted)"));
-                let file = match std::fs::File::open(&path) {
-                    Ok(f) => f,
-                    Err(e) => {
-                        tracing::debug!(path = %path.display(), error = %e, "module file unreadable");
-                        return Loaded { open_path: Some(path), ..Loaded::default() };
-                    }
-                };
-                let elf = match modules::load_elf(&file, &path) {
-                    Ok(elf) => Some(Arc::new(elf)),
-                    Err(e) => {
-                        tracing::debug!(error = %e, "module without unwind information");
-                        None
-                    }
-                };
-                Loaded { open_path: Some(path), file: Some(file), elf }
-            });
-            let Some(elf) = meta.elf.as_ref() else {
-                mapped.push(Mapped { range: m.start..m.end, module: meta.id, bias: m.start.wrapping_sub(m.offset) });
-                continue;
-            };
-            // The vDSO image is mapped whole: file offsets are its memory offsets.
-            let Some(bias) = elf.bias(m.start, m.offset, true, page) else {
-                continue;
-            };
-            unwinder.add_module(Module::new(meta.name.clone(), m.start..m.end, bias, section_info(elf)));
-            mapped.push(Mapped { range: m.start..m.end, module: meta.id, bias });
+            mapped.push(Mapped { range: m.range.clone(), module: m.module.id, bias: m.bias });
         }
         mapped.sort_by_key(|m| m.range.start);
         self.unwinder = unwinder;
         self.mapped = mapped;
-        Ok(())
     }
 
     fn module_of(&self, avma: u64) -> Option<&Mapped> {
@@ -166,15 +138,8 @@ impl Process {
 
     /// Unwinds one sample from its registers `[bp, sp, ip]` and user-stack copy; pushes the
     /// frames leaf first into `out`.
-    pub fn unwind(&mut self, registry: &Registry, regs: [u64; 3], stack: &[u8], out: &mut Vec<FrameKey>) -> Outcome {
+    pub fn unwind(&mut self, regs: [u64; 3], stack: &[u8], out: &mut Vec<FrameKey>) -> Outcome {
         let [bp, sp, ip] = regs;
-        let stale = self.refreshed.is_none_or(|t| t.elapsed() >= REFRESH_EVERY);
-        if stale
-            && (self.dirty || self.module_of(ip).is_none())
-            && let Err(e) = self.refresh(registry)
-        {
-            tracing::debug!(pid = self.pid, error = %e, "cannot read maps");
-        }
         let mut read_stack = |addr: u64| -> Result<u64, ()> {
             let off = usize::try_from(addr.checked_sub(sp).ok_or(())?).map_err(|_| ())?;
             let word = stack.get(off..off.checked_add(8).ok_or(())?).ok_or(())?;
@@ -227,7 +192,7 @@ mod tests {
 
     #[test]
     fn keys_map_addresses_into_module_space() {
-        let mut p = Process::new(1);
+        let mut p = Process::new();
         p.mapped = vec![
             Mapped { range: 0x1000..0x2000, module: 3, bias: 0x800 },
             Mapped { range: 0x5000..0x6000, module: 4, bias: 0x5000 },
@@ -239,11 +204,13 @@ mod tests {
     }
 
     #[test]
-    fn refresh_finds_the_own_binary_and_the_vdso() {
-        let registry = Registry::default();
-        let mut p = Process::new(std::process::id());
-        p.refresh(&registry).unwrap();
-        let here = refresh_finds_the_own_binary_and_the_vdso as *const () as u64;
+    fn its_own_mappings_give_the_own_binary_and_the_vdso() {
+        let registry = crate::modules::Registry::default();
+        let mut p = Process::new();
+        assert!(p.wants_modules(0));
+        p.set_modules(&crate::modules::mapped(std::process::id(), &registry).unwrap());
+        assert!(!p.wants_modules(0), "asked again at most once a second");
+        let here = its_own_mappings_give_the_own_binary_and_the_vdso as *const () as u64;
         let k = p.key(here);
         assert_ne!(k.module, FrameKey::NO_MODULE);
         let meta = registry.get(k.module).unwrap();

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use spanprof_sidecar::Config;
-use spanprof_sidecar::agent::Targets;
+use spanprof_sidecar::discover::Targets;
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
