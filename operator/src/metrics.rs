@@ -4,7 +4,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
+use spanprof_cli::metrics::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
@@ -30,27 +30,17 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("spanprof_operator");
-        let m = Metrics {
-            reconciles: Counter::default(),
-            reconcile_failures: Counter::default(),
-            admission_requests: Family::default(),
-            certificate_rotations: Counter::default(),
-            certificate_expiry: Gauge::default(),
-            leader: Gauge::default(),
-            registry: Registry::default(),
-        };
-        registry.register("reconciles", "SpanProfiling reconciliations", m.reconciles.clone());
-        registry.register("reconcile_failures", "Failed SpanProfiling reconciliations", m.reconcile_failures.clone());
-        registry.register("admission_requests", "Admission requests by outcome", m.admission_requests.clone());
-        registry.register("certificate_rotations", "Webhook certificates generated", m.certificate_rotations.clone());
-        registry.register(
-            "certificate_expiry_timestamp_seconds",
-            "Expiry of the webhook serving certificate",
-            m.certificate_expiry.clone(),
-        );
-        registry.register("leader", "1 while this replica is the leader", m.leader.clone());
-        Metrics { registry, ..m }
+        let mut r = Registry::new("operator");
+        Metrics {
+            reconciles: r.counter("reconciles", "SpanProfiling reconciliations"),
+            reconcile_failures: r.counter("reconcile_failures", "Failed SpanProfiling reconciliations"),
+            admission_requests: r.counters("admission_requests", "Admission requests by outcome"),
+            certificate_rotations: r.counter("certificate_rotations", "Webhook certificates generated"),
+            certificate_expiry: r
+                .gauge("certificate_expiry_timestamp_seconds", "Expiry of the webhook serving certificate"),
+            leader: r.gauge("leader", "1 while this replica is the leader"),
+            registry: r,
+        }
     }
 }
 
@@ -62,10 +52,7 @@ impl Metrics {
 
     /// The OpenMetrics text exposition.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        // Encoding into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        self.registry.render()
     }
 }
 

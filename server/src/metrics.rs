@@ -5,7 +5,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use spanprof_cli::metrics::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
@@ -58,59 +58,40 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("spanprof_server");
-        let m = Metrics {
-            ingest_requests: Family::default(),
-            ingested_samples: Counter::default(),
-            store_write_failures: Counter::default(),
-            span_profiles: Family::default(),
-            rejected_requests: Family::default(),
-            ingest_dropped_labels: Family::default(),
-            query_duration: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 14))),
-            retention_deleted: Family::default(),
-            store_file_bytes: Gauge::default(),
-            store_record_bytes: Gauge::default(),
-            store_interned_bytes: Gauge::default(),
-            store_span_profiles: Gauge::default(),
-            registry: Registry::default(),
-        };
-        registry.register("ingest_requests", "Ingest requests accepted, by protocol", m.ingest_requests.clone());
-        registry.register("ingested_samples", "Samples stored", m.ingested_samples.clone());
-        registry.register(
-            "store_write_failures",
-            "Inserts the store failed (full disk, I/O errors); nothing of them was stored",
-            m.store_write_failures.clone(),
-        );
-        registry.register(
-            "ingested_span_profiles",
-            "Span profile writes, by result (created or merged into an existing profile)",
-            m.span_profiles.clone(),
-        );
-        registry.register("rejected_requests", "Requests rejected, by reason", m.rejected_requests.clone());
-        registry.register(
-            "ingest_dropped_labels",
-            "Samples stored without a label that was not usable (span_id: stored as whole-process; trace_id: in the span profile without the trace), by label",
-            m.ingest_dropped_labels.clone(),
-        );
-        registry.register("query_duration_seconds", "Query API latency, by endpoint", m.query_duration.clone());
-        registry.register(
-            "retention_deleted",
-            "Rows deleted by retention, by kind (span_profile, process_bucket; frame and stack: no longer referenced)",
-            m.retention_deleted.clone(),
-        );
-        registry.register(
-            "store_file_bytes",
-            "Bytes the store's files occupy on disk (allocated blocks)",
-            m.store_file_bytes.clone(),
-        );
-        registry.register("store_record_bytes", "Bytes of stored profile records", m.store_record_bytes.clone());
-        registry.register(
-            "store_interned_bytes",
-            "Bytes of interned frame names and stacks (counted by --retention-bytes with the records)",
-            m.store_interned_bytes.clone(),
-        );
-        registry.register("store_span_profiles", "Span profiles stored", m.store_span_profiles.clone());
-        Metrics { registry, ..m }
+        let mut r = Registry::new("server");
+        let query_duration: Family<EndpointLabel, Histogram> =
+            Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 14)));
+        Metrics {
+            ingest_requests: r.counters("ingest_requests", "Ingest requests accepted, by protocol"),
+            ingested_samples: r.counter("ingested_samples", "Samples stored"),
+            store_write_failures: r.counter(
+                "store_write_failures",
+                "Inserts the store failed (full disk, I/O errors); nothing of them was stored",
+            ),
+            span_profiles: r.counters(
+                "ingested_span_profiles",
+                "Span profile writes, by result (created or merged into an existing profile)",
+            ),
+            rejected_requests: r.counters("rejected_requests", "Requests rejected, by reason"),
+            ingest_dropped_labels: r.counters(
+                "ingest_dropped_labels",
+                "Samples stored without a label that was not usable (span_id: stored as whole-process; trace_id: in the span profile without the trace), by label",
+            ),
+            query_duration: r.add("query_duration_seconds", "Query API latency, by endpoint", query_duration),
+            retention_deleted: r.counters(
+                "retention_deleted",
+                "Rows deleted by retention, by kind (span_profile, process_bucket; frame and stack: no longer referenced)",
+            ),
+            store_file_bytes: r
+                .gauge("store_file_bytes", "Bytes the store's files occupy on disk (allocated blocks)"),
+            store_record_bytes: r.gauge("store_record_bytes", "Bytes of stored profile records"),
+            store_interned_bytes: r.gauge(
+                "store_interned_bytes",
+                "Bytes of interned frame names and stacks (counted by --retention-bytes with the records)",
+            ),
+            store_span_profiles: r.gauge("store_span_profiles", "Span profiles stored"),
+            registry: r,
+        }
     }
 }
 
@@ -118,40 +99,40 @@ impl Metrics {
     /// Adds the object store's metrics (they count in `status`).
     pub fn register_bucket(&mut self, status: &crate::store::layered::BucketStatus) {
         let r = &mut self.registry;
-        r.register(
+        r.add(
             "bucket_degraded",
             "1 while the object store fails (uploads wait on local disk, queries may miss blocks)",
             status.degraded.clone(),
         );
-        r.register("blocks_uploaded", "Blocks cut from the local store and uploaded", status.blocks_uploaded.clone());
-        r.register("block_upload_failures", "Block uploads that failed (retried)", status.upload_failures.clone());
-        r.register("blocks_compacted", "Blocks merged into larger ones by compaction", status.blocks_compacted.clone());
-        r.register(
+        r.add("blocks_uploaded", "Blocks cut from the local store and uploaded", status.blocks_uploaded.clone());
+        r.add("block_upload_failures", "Block uploads that failed (retried)", status.upload_failures.clone());
+        r.add("blocks_compacted", "Blocks merged into larger ones by compaction", status.blocks_compacted.clone());
+        r.add(
             "blocks_deleted",
             "Replaced blocks compaction deleted after their grace period",
             status.blocks_deleted.clone(),
         );
-        r.register(
+        r.add(
             "bucket_blocks",
             "Blocks in the object store that queries read, as last listed",
             status.bucket_blocks.clone(),
         );
-        r.register(
+        r.add(
             "bucket_block_bytes",
             "Data bytes of the blocks in the object store that queries read, as last listed",
             status.bucket_block_bytes.clone(),
         );
-        r.register(
+        r.add(
             "local_generations_sealed",
             "Local generations sealed and waiting to be uploaded as blocks (more than one: uploads fall behind or fail)",
             status.sealed_generations.clone(),
         );
-        r.register(
+        r.add(
             "peer_errors",
             "Calls to peers that failed (the answer missed their local data)",
             status.peer_errors.clone(),
         );
-        r.register(
+        r.add(
             "block_read_errors",
             "Blocks left out of an answer because they could not be read or failed a checksum",
             status.block_read_errors.clone(),
@@ -168,9 +149,6 @@ impl Metrics {
 
     /// The OpenMetrics text exposition.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        self.registry.render()
     }
 }

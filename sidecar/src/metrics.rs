@@ -4,7 +4,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
+use spanprof_cli::metrics::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AttributionLabel {
@@ -46,103 +46,61 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("spanprof_sidecar");
-        let samples: Family<AttributionLabel, Counter> = Family::default();
+        let mut r = Registry::new("sidecar");
+        let samples: Family<AttributionLabel, Counter> = r.counters("samples", "Samples taken, by attribution");
         let by_attribution = ["span", "no_span", "unknown", "no_channel"].map(|a| {
             let label = AttributionLabel { attribution: a.to_owned() };
             (a, samples.get_or_create(&label).clone())
         });
-        let m = Metrics {
+        Metrics {
             samples,
             by_attribution,
-            unattributed: Counter::default(),
-            lost_records: Counter::default(),
-            throttled: Counter::default(),
-            unwind_failures: Counter::default(),
-            unwind_truncated: Counter::default(),
-            malformed_records: Counter::default(),
-            uploads: Counter::default(),
-            metrics_listen_failures: Counter::default(),
+            unattributed: r.counter(
+                "unattributed_samples",
+                "Samples the channel could not attribute (unknown or no channel): whole-process only",
+            ),
+            metrics_listen_failures: r.counter(
+                "metrics_listen_failures",
+                "The metrics address could not be bound; sampling went on without /metrics",
+            ),
+            lost_records: r.counter("lost_records", "Records the kernel dropped because a ring buffer was full"),
+            throttled: r.counter("throttled", "Throttle records (the kernel lowered the sampling rate)"),
+            unwind_failures: r.counter("unwind_failures", "Samples whose stack could not be unwound beyond the leaf"),
+            unwind_truncated: r.counter(
+                "unwind_truncated",
+                "Samples whose unwind stopped before the stack's end (stack copy too small, no unwind info)",
+            ),
+            malformed_records: r.counter("malformed_records", "Ring-buffer runs that could not be parsed"),
+            uploads: r.counter("uploads", "Uploads accepted by the server"),
+            push_errors: r.counter("push_errors", "Failed upload attempts (retried while buffered)"),
+            dropped_bytes: r.counter(
+                "dropped_bytes",
+                "Upload bytes dropped (oldest first) to stay within the buffer limit, or rejected",
+            ),
+            dropped_uploads: r.counter(
+                "dropped_uploads",
+                "Uploads dropped (buffer full, rejected by the server, or pipeline full)",
+            ),
+            buffered_bytes: r.gauge("buffered_bytes", "Upload bytes waiting to be pushed"),
+            attached_threads: r
+                .gauge("attached_threads", "Threads sampled through events of their own (per-thread scope)"),
+            attached_cgroups: r
+                .gauge("attached_cgroups", "Cgroups (containers) sampled as a whole, with one event per CPU"),
+            attached_processes: r.gauge("attached_processes", "Processes sampled"),
+            attach_errors: r.counter("attach_errors", "perf_event_open failures on a target thread"),
+            sampling_permitted: r.gauge(
+                "sampling_permitted",
+                "1 once perf events could be opened; 0 while they are not permitted (the sidecar stays up and retries every minute)",
+            ),
+            kernel_excluded: r.gauge(
+                "kernel_samples_excluded",
+                "1 when kernel-mode samples are excluded (no CAP_PERFMON): time in the kernel is not sampled",
+            ),
+            symbols_cached: r.gauge("symbols_cached", "Symbolized addresses in the cache"),
             heartbeat_ms: std::sync::atomic::AtomicU64::new(0),
             started: std::time::Instant::now(),
-            push_errors: Counter::default(),
-            dropped_bytes: Counter::default(),
-            dropped_uploads: Counter::default(),
-            buffered_bytes: Gauge::default(),
-            attached_threads: Gauge::default(),
-            attached_processes: Gauge::default(),
-            attached_cgroups: Gauge::default(),
-            attach_errors: Counter::default(),
-            kernel_excluded: Gauge::default(),
-            sampling_permitted: Gauge::default(),
-            symbols_cached: Gauge::default(),
-            registry: Registry::default(),
-        };
-        registry.register("samples", "Samples taken, by attribution", m.samples.clone());
-        registry.register(
-            "unattributed_samples",
-            "Samples the channel could not attribute (unknown or no channel): whole-process only",
-            m.unattributed.clone(),
-        );
-        registry.register(
-            "metrics_listen_failures",
-            "The metrics address could not be bound; sampling went on without /metrics",
-            m.metrics_listen_failures.clone(),
-        );
-        registry.register(
-            "lost_records",
-            "Records the kernel dropped because a ring buffer was full",
-            m.lost_records.clone(),
-        );
-        registry.register("throttled", "Throttle records (the kernel lowered the sampling rate)", m.throttled.clone());
-        registry.register(
-            "unwind_failures",
-            "Samples whose stack could not be unwound beyond the leaf",
-            m.unwind_failures.clone(),
-        );
-        registry.register(
-            "unwind_truncated",
-            "Samples whose unwind stopped before the stack's end (stack copy too small, no unwind info)",
-            m.unwind_truncated.clone(),
-        );
-        registry.register(
-            "malformed_records",
-            "Ring-buffer runs that could not be parsed",
-            m.malformed_records.clone(),
-        );
-        registry.register("uploads", "Uploads accepted by the server", m.uploads.clone());
-        registry.register("push_errors", "Failed upload attempts (retried while buffered)", m.push_errors.clone());
-        registry.register(
-            "dropped_bytes",
-            "Upload bytes dropped (oldest first) to stay within the buffer limit, or rejected",
-            m.dropped_bytes.clone(),
-        );
-        registry.register(
-            "dropped_uploads",
-            "Uploads dropped (buffer full, rejected by the server, or pipeline full)",
-            m.dropped_uploads.clone(),
-        );
-        registry.register("buffered_bytes", "Upload bytes waiting to be pushed", m.buffered_bytes.clone());
-        registry.register(
-            "attached_threads",
-            "Threads sampled through events of their own (per-thread scope)",
-            m.attached_threads.clone(),
-        );
-        registry.register(
-            "attached_cgroups",
-            "Cgroups (containers) sampled as a whole, with one event per CPU",
-            m.attached_cgroups.clone(),
-        );
-        registry.register("attached_processes", "Processes sampled", m.attached_processes.clone());
-        registry.register("attach_errors", "perf_event_open failures on a target thread", m.attach_errors.clone());
-        registry.register("sampling_permitted", "1 once perf events could be opened; 0 while they are not permitted (the sidecar stays up and retries every minute)", m.sampling_permitted.clone());
-        registry.register(
-            "kernel_samples_excluded",
-            "1 when kernel-mode samples are excluded (no CAP_PERFMON): time in the kernel is not sampled",
-            m.kernel_excluded.clone(),
-        );
-        registry.register("symbols_cached", "Symbolized addresses in the cache", m.symbols_cached.clone());
-        Metrics { registry, ..m }
+            registry: r,
+        }
     }
 }
 
@@ -174,12 +132,9 @@ impl Metrics {
         (ms > 0).then(|| self.started.elapsed().saturating_sub(std::time::Duration::from_millis(ms)))
     }
 
+    /// The OpenMetrics text exposition.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
-            out.clear();
-        }
-        out
+        self.registry.render()
     }
 }
 
