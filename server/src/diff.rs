@@ -3,16 +3,15 @@
 //! total, left self, right x offset, right total, right self, name index]`, offsets delta-encoded
 //! per side — bounded to `max_nodes` bars by the nodes' combined share of their sides.
 //!
-//! Pure: the HTTP layer loads the two sides, this compares them. Like [`crate::flame`], nothing
-//! here recurses.
+//! Pure: the HTTP layer loads the two sides, this compares them; the tree is cut and encoded by
+//! [`crate::flame`]'s code for any number of sides. Nothing here recurses.
 
-use std::cmp::Reverse;
 use std::sync::Arc;
 
 use ahash::AHashMap as HashMap;
 use serde::Serialize;
 
-use crate::flame::{OTHER_FRAME, ROOT_FRAME};
+use crate::flame::{self, Bars, Encoded, ROOT_FRAME};
 use crate::store::Stacks;
 
 /// A diff flame graph (see the module docs).
@@ -114,43 +113,28 @@ impl DiffTree {
             });
         }
     }
+}
 
-    /// Which nodes a graph of at most `max_nodes` bars keeps (0 = all): the heaviest, greedily,
-    /// while they and one `other` bar per parent with children left out fit.
-    fn kept(&self, weight: &[u64], max_nodes: usize) -> Vec<bool> {
-        let n = self.name.len();
-        if max_nodes == 0 || n <= max_nodes {
-            return vec![true; n];
-        }
-        let mut order: Vec<u32> = (1..n as u32).collect();
-        order.sort_unstable_by_key(|&i| (Reverse(weight[i as usize]), i));
-        let mut kept = vec![false; n];
-        let mut left_out = vec![0usize; n];
-        kept[0] = true;
-        left_out[0] = self.children[0].len();
-        let mut others = usize::from(left_out[0] > 0);
-        for (added, c) in order.into_iter().enumerate() {
-            let p = self.parent[c as usize] as usize;
-            if !kept[p] {
-                continue;
-            }
-            let mut others_after = others;
-            if left_out[p] == 1 {
-                others_after -= 1;
-            }
-            let grandchildren = self.children[c as usize].len();
-            if grandchildren > 0 {
-                others_after += 1;
-            }
-            if 1 + added + 1 + others_after > max_nodes {
-                break;
-            }
-            kept[c as usize] = true;
-            left_out[p] -= 1;
-            left_out[c as usize] = grandchildren;
-            others = others_after;
-        }
-        kept
+impl Bars<2> for DiffTree {
+    fn len(&self) -> usize {
+        self.name.len()
+    }
+    fn parent(&self, node: u32) -> u32 {
+        self.parent[node as usize]
+    }
+    fn children(&self, node: u32) -> &[u32] {
+        &self.children[node as usize]
+    }
+    fn values(&self, node: u32) -> ([u64; 2], [u64; 2]) {
+        let i = node as usize;
+        (self.total[i], self.self_value[i])
+    }
+    fn name(&self, node: u32) -> (u32, &Arc<str>) {
+        let id = self.name[node as usize];
+        (id, &self.names[id as usize])
+    }
+    fn name_count(&self) -> usize {
+        self.names.len()
     }
 }
 
@@ -159,76 +143,8 @@ pub fn diff(left: &Stacks, right: &Stacks, max_nodes: usize) -> DiffGraph {
     let mut tree = DiffTree::build(left, right);
     let weight = tree.weights();
     tree.order_children(&weight);
-    let kept = tree.kept(&weight, max_nodes);
-    let mut names: Vec<Arc<str>> = Vec::new();
-    let mut out_name = vec![u32::MAX; tree.names.len()];
-    let mut other_name = u32::MAX;
-    let mut levels: Vec<Vec<u64>> = Vec::new();
-    let mut level_end: Vec<[u64; 2]> = Vec::new();
-    let (mut bars, mut max_self, mut kept_count) = (0usize, 0u64, 0usize);
-
-    enum Bar {
-        Node(u32),
-        Other([u64; 2]),
-    }
-    // (bar, depth, [left x, right x]), popped left to right.
-    let mut stack: Vec<(Bar, usize, [u64; 2])> = vec![(Bar::Node(0), 0, [0, 0])];
-    let mut batch: Vec<(Bar, usize, [u64; 2])> = Vec::new();
-    while let Some((bar, depth, x)) = stack.pop() {
-        let (total, self_value, name) = match bar {
-            Bar::Node(i) => {
-                kept_count += 1;
-                let id = &mut out_name[tree.name[i as usize] as usize];
-                if *id == u32::MAX {
-                    names.push(tree.names[tree.name[i as usize] as usize].clone());
-                    *id = (names.len() - 1) as u32;
-                }
-                (tree.total[i as usize], tree.self_value[i as usize], *id)
-            }
-            Bar::Other(v) => {
-                if other_name == u32::MAX {
-                    names.push(Arc::from(OTHER_FRAME));
-                    other_name = (names.len() - 1) as u32;
-                }
-                (v, v, other_name)
-            }
-        };
-        if levels.len() <= depth {
-            levels.push(Vec::new());
-            level_end.push([0, 0]);
-        }
-        let end = level_end[depth];
-        levels[depth].extend([
-            x[0] - end[0],
-            total[0],
-            self_value[0],
-            x[1] - end[1],
-            total[1],
-            self_value[1],
-            u64::from(name),
-        ]);
-        level_end[depth] = [x[0] + total[0], x[1] + total[1]];
-        bars += 1;
-        max_self = max_self.max(self_value[0]).max(self_value[1]);
-        if let Bar::Node(i) = bar {
-            let mut cx = [x[0] + self_value[0], x[1] + self_value[1]];
-            let mut other = [0u64, 0u64];
-            batch.clear();
-            for &c in &tree.children[i as usize] {
-                let ct = tree.total[c as usize];
-                if kept[c as usize] {
-                    batch.push((Bar::Node(c), depth + 1, cx));
-                    cx = [cx[0] + ct[0], cx[1] + ct[1]];
-                } else {
-                    other = [other[0] + ct[0], other[1] + ct[1]];
-                }
-            }
-            if other != [0, 0] {
-                batch.push((Bar::Other(other), depth + 1, cx));
-            }
-            stack.extend(batch.drain(..).rev());
-        }
-    }
+    let kept = flame::kept(&tree, |i| weight[i as usize], max_nodes);
+    let Encoded { names, levels, max_self, bars, kept_nodes } = flame::encode(&tree, &kept);
     DiffGraph {
         names,
         levels,
@@ -236,7 +152,7 @@ pub fn diff(left: &Stacks, right: &Stacks, max_nodes: usize) -> DiffGraph {
         right_ticks: tree.total[0][1],
         max_self,
         nodes: bars,
-        dropped_nodes: tree.name.len() - kept_count,
+        dropped_nodes: tree.name.len() - kept_nodes,
     }
 }
 
@@ -331,7 +247,7 @@ mod tests {
             (0..50).map(|i| (vec![Arc::from("main"), Arc::from(format!("f{i}").as_str())], 50 - i)).collect();
         let g = diff(&left, &right, 10);
         assert!(g.nodes <= 10, "{} bars", g.nodes);
-        assert!(g.names.iter().any(|n| &**n == OTHER_FRAME));
+        assert!(g.names.iter().any(|n| &**n == crate::flame::OTHER_FRAME));
         let top: Vec<(String, u64, u64)> =
             values(&g).into_iter().filter(|(s, _, _)| s.matches(';').count() == 1).collect();
         assert_eq!(top.iter().map(|t| t.1).sum::<u64>(), g.left_ticks, "left total kept");

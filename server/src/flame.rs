@@ -254,118 +254,11 @@ impl CallTree {
         self.total.first().copied().unwrap_or(0)
     }
 
-    /// Which nodes a graph of at most `max_nodes` bars keeps (0 = all). The largest nodes are
-    /// kept (ties to the earlier one in the arena, so a parent before its child), greedily, while the kept nodes plus one `other`
-    /// bar for each kept parent with children left out still fit; a node's total is never
-    /// smaller than a child's, so the kept nodes always form a tree under the root.
-    fn kept(&self, max_nodes: usize) -> Vec<bool> {
-        let n = self.len();
-        if max_nodes == 0 || n <= max_nodes {
-            return vec![true; n];
-        }
-        let key = |&i: &u32| (Reverse(self.total[i as usize]), i);
-        let mut order: Vec<u32> = (1..n as u32).collect();
-        if max_nodes < order.len() {
-            order.select_nth_unstable_by_key(max_nodes, key);
-            order.truncate(max_nodes);
-        }
-        order.sort_unstable_by_key(key);
-        let child_count = |i: u32| self.children_of(i).len();
-        let mut kept = vec![false; n];
-        let mut left_out = vec![0usize; n];
-        kept[0] = true;
-        left_out[0] = child_count(0);
-        let mut others = usize::from(left_out[0] > 0);
-        // The root and the `added` nodes before `c` are kept.
-        for (added, c) in order.into_iter().enumerate() {
-            let kept_count = 1 + added;
-            let p = self.parent[c as usize] as usize;
-            let mut others_after = others;
-            if left_out[p] == 1 {
-                others_after -= 1;
-            }
-            let grandchildren = child_count(c);
-            if grandchildren > 0 {
-                others_after += 1;
-            }
-            if kept_count + 1 + others_after > max_nodes {
-                break;
-            }
-            kept[c as usize] = true;
-            left_out[p] -= 1;
-            left_out[c as usize] = grandchildren;
-            others = others_after;
-        }
-        kept
-    }
-
     /// The flame graph bounded to `max_nodes` bars (0 = every node): the children each kept node
     /// loses are merged into one `other` bar after its kept children, so every total stays exact.
     pub fn flamegraph(&self, max_nodes: usize) -> FlameGraph {
-        let kept = self.kept(max_nodes);
-        let mut names: Vec<Arc<str>> = Vec::new();
-        let mut out_name = vec![u32::MAX; self.names.len()];
-        let mut other_name = u32::MAX;
-        let mut levels: Vec<Vec<u64>> = Vec::new();
-        let mut level_end: Vec<u64> = Vec::new();
-        let mut bars = 0usize;
-        let mut max_self = 0u64;
-        let mut kept_count = 0usize;
-
-        enum Bar {
-            Node(u32),
-            Other(u64),
-        }
-        // (bar, depth, x), popped left to right.
-        let mut stack: Vec<(Bar, usize, u64)> = vec![(Bar::Node(0), 0, 0)];
-        let mut batch: Vec<(Bar, usize, u64)> = Vec::new();
-        while let Some((bar, depth, x)) = stack.pop() {
-            let (total, self_value, name) = match bar {
-                Bar::Node(i) => {
-                    let i = i as usize;
-                    kept_count += 1;
-                    let id = &mut out_name[self.name[i] as usize];
-                    if *id == u32::MAX {
-                        names.push(self.names[self.name[i] as usize].clone());
-                        *id = (names.len() - 1) as u32;
-                    }
-                    (self.total[i], self.self_value[i], *id)
-                }
-                Bar::Other(value) => {
-                    if other_name == u32::MAX {
-                        names.push(Arc::from(OTHER_FRAME));
-                        other_name = (names.len() - 1) as u32;
-                    }
-                    (value, value, other_name)
-                }
-            };
-            if levels.len() <= depth {
-                levels.push(Vec::new());
-                level_end.push(0);
-            }
-            levels[depth].extend([x - level_end[depth], total, self_value, u64::from(name)]);
-            level_end[depth] = x + total;
-            bars += 1;
-            max_self = max_self.max(self_value);
-            if let Bar::Node(i) = bar {
-                let mut cx = x + self_value;
-                let mut other = 0u64;
-                batch.clear();
-                for &c in self.children_of(i) {
-                    let ct = self.total[c as usize];
-                    if kept[c as usize] {
-                        batch.push((Bar::Node(c), depth + 1, cx));
-                        cx += ct;
-                    } else {
-                        other += ct;
-                    }
-                }
-                if other > 0 {
-                    batch.push((Bar::Other(other), depth + 1, cx));
-                }
-                stack.extend(batch.drain(..).rev());
-            }
-        }
+        let kept = kept(self, |i| self.total[i as usize], max_nodes);
+        let Encoded { names, levels, max_self, bars, kept_nodes } = encode(self, &kept);
         FlameGraph {
             names,
             levels,
@@ -373,7 +266,7 @@ impl CallTree {
             max_self,
             nodes: bars,
             total_nodes: self.len(),
-            dropped_nodes: self.len() - kept_count,
+            dropped_nodes: self.len() - kept_nodes,
             max_nodes,
         }
     }
@@ -392,6 +285,182 @@ impl CallTree {
         out.truncate(limit);
         out
     }
+}
+
+impl Bars<1> for CallTree {
+    fn len(&self) -> usize {
+        self.name.len()
+    }
+    fn parent(&self, node: u32) -> u32 {
+        self.parent[node as usize]
+    }
+    fn children(&self, node: u32) -> &[u32] {
+        self.children_of(node)
+    }
+    fn values(&self, node: u32) -> ([u64; 1], [u64; 1]) {
+        let i = node as usize;
+        ([self.total[i]], [self.self_value[i]])
+    }
+    fn name(&self, node: u32) -> (u32, &Arc<str>) {
+        let id = self.name[node as usize];
+        (id, &self.names[id as usize])
+    }
+    fn name_count(&self) -> usize {
+        self.names.len()
+    }
+}
+
+/// A call tree as truncation and the flamebearer encoding see it: node 0 is the root, and every
+/// node has `N` values, one per profile drawn (a flame graph has one, a diff two). The flame
+/// graph ([`CallTree`]) and the diff ([`crate::diff`]) are cut and encoded by the same code.
+pub(crate) trait Bars<const N: usize> {
+    /// Nodes, root included.
+    fn len(&self) -> usize;
+    fn parent(&self, node: u32) -> u32;
+    /// Children in drawing order (left to right).
+    fn children(&self, node: u32) -> &[u32];
+    /// `(total, self)` of each side.
+    fn values(&self, node: u32) -> ([u64; N], [u64; N]);
+    /// The node's name and its index among the tree's names.
+    fn name(&self, node: u32) -> (u32, &Arc<str>);
+    /// Distinct names of the tree.
+    fn name_count(&self) -> usize;
+}
+
+/// Which nodes a graph of at most `max_nodes` bars keeps (0 = all). The heaviest nodes are kept
+/// (ties to the earlier one in the arena, so a parent before its child), greedily, while the
+/// kept nodes plus one `other` bar for each kept parent with children left out still fit. A
+/// node never weighs less than its child, so the kept nodes always form a tree under the root.
+pub(crate) fn kept<const N: usize>(tree: &impl Bars<N>, weight: impl Fn(u32) -> u64, max_nodes: usize) -> Vec<bool> {
+    let n = tree.len();
+    if max_nodes == 0 || n <= max_nodes {
+        return vec![true; n];
+    }
+    let key = |&i: &u32| (Reverse(weight(i)), i);
+    let mut order: Vec<u32> = (1..n as u32).collect();
+    if max_nodes < order.len() {
+        order.select_nth_unstable_by_key(max_nodes, key);
+        order.truncate(max_nodes);
+    }
+    order.sort_unstable_by_key(key);
+    let child_count = |i: u32| tree.children(i).len();
+    let mut kept = vec![false; n];
+    let mut left_out = vec![0usize; n];
+    kept[0] = true;
+    left_out[0] = child_count(0);
+    let mut others = usize::from(left_out[0] > 0);
+    // The root and the `added` nodes before `c` are kept.
+    for (added, c) in order.into_iter().enumerate() {
+        let kept_count = 1 + added;
+        let p = tree.parent(c) as usize;
+        if !kept[p] {
+            continue;
+        }
+        let mut others_after = others;
+        if left_out[p] == 1 {
+            others_after -= 1;
+        }
+        let grandchildren = child_count(c);
+        if grandchildren > 0 {
+            others_after += 1;
+        }
+        if kept_count + 1 + others_after > max_nodes {
+            break;
+        }
+        kept[c as usize] = true;
+        left_out[p] -= 1;
+        left_out[c as usize] = grandchildren;
+        others = others_after;
+    }
+    kept
+}
+
+/// A tree drawn as flamebearer levels.
+pub(crate) struct Encoded {
+    pub names: Vec<Arc<str>>,
+    /// Per depth, per bar: `[x offset, total, self]` of each side, then the name index; offsets
+    /// delta-encoded per side (a bar's offset is its start minus the previous bar's end).
+    pub levels: Vec<Vec<u64>>,
+    /// The largest self value of any bar, any side.
+    pub max_self: u64,
+    /// Bars drawn, `other` bars included.
+    pub bars: usize,
+    /// Nodes of the tree drawn (the rest went into `other` bars).
+    pub kept_nodes: usize,
+}
+
+/// Draws the `kept` nodes of `tree`: a bar's children start at its `x + self` on each side, and
+/// the children a kept node loses are merged into one `other` bar after its kept children, so
+/// every total stays exact. Iterative: no stored profile can overflow a thread's stack.
+pub(crate) fn encode<const N: usize>(tree: &impl Bars<N>, kept: &[bool]) -> Encoded {
+    let mut names: Vec<Arc<str>> = Vec::new();
+    let mut out_name = vec![u32::MAX; tree.name_count()];
+    let mut other_name = u32::MAX;
+    let mut levels: Vec<Vec<u64>> = Vec::new();
+    let mut level_end: Vec<[u64; N]> = Vec::new();
+    let (mut bars, mut max_self, mut kept_nodes) = (0usize, 0u64, 0usize);
+
+    enum Bar<const N: usize> {
+        Node(u32),
+        Other([u64; N]),
+    }
+    // (bar, depth, x of each side), popped left to right.
+    let mut stack: Vec<(Bar<N>, usize, [u64; N])> = vec![(Bar::Node(0), 0, [0; N])];
+    let mut batch: Vec<(Bar<N>, usize, [u64; N])> = Vec::new();
+    while let Some((bar, depth, x)) = stack.pop() {
+        let (total, self_value, name) = match bar {
+            Bar::Node(i) => {
+                kept_nodes += 1;
+                let (id, name) = tree.name(i);
+                let out = &mut out_name[id as usize];
+                if *out == u32::MAX {
+                    names.push(name.clone());
+                    *out = (names.len() - 1) as u32;
+                }
+                let (total, self_value) = tree.values(i);
+                (total, self_value, *out)
+            }
+            Bar::Other(value) => {
+                if other_name == u32::MAX {
+                    names.push(Arc::from(OTHER_FRAME));
+                    other_name = (names.len() - 1) as u32;
+                }
+                (value, value, other_name)
+            }
+        };
+        if levels.len() <= depth {
+            levels.push(Vec::new());
+            level_end.push([0; N]);
+        }
+        let end = &mut level_end[depth];
+        let level = &mut levels[depth];
+        for side in 0..N {
+            level.extend([x[side] - end[side], total[side], self_value[side]]);
+            end[side] = x[side] + total[side];
+            max_self = max_self.max(self_value[side]);
+        }
+        level.push(u64::from(name));
+        bars += 1;
+        if let Bar::Node(i) = bar {
+            let mut cx: [u64; N] = std::array::from_fn(|side| x[side] + self_value[side]);
+            let mut other = [0u64; N];
+            batch.clear();
+            for &c in tree.children(i) {
+                let (ct, _) = tree.values(c);
+                if kept[c as usize] {
+                    batch.push((Bar::Node(c), depth + 1, cx));
+                    (0..N).for_each(|side| cx[side] += ct[side]);
+                } else {
+                    (0..N).for_each(|side| other[side] += ct[side]);
+                }
+            }
+            if other != [0; N] {
+                batch.push((Bar::Other(other), depth + 1, cx));
+            }
+            stack.extend(batch.drain(..).rev());
+        }
+    }
+    Encoded { names, levels, max_self, bars, kept_nodes }
 }
 
 #[cfg(test)]
