@@ -424,100 +424,73 @@
   }
 
   /**
-   * Builds the node tree of a flame graph from the API's encoding (Pyroscope's flamebearer):
-   * `levels[d]` holds the bars at depth d left to right as [x offset, total, self, name index],
-   * each offset counted from the end of the bar before it. A bar's parent is the bar one level up
-   * that spans its x; both levels are left to right, so one pass per level finds them.
+   * Decodes the API's flame-graph encoding (Pyroscope's flamebearer) into a node tree:
+   * `levels[d]` holds the bars at depth d left to right, each `[x offset, total, self]` for every
+   * one of `sides` profiles (1 for a flame graph, 2 for a diff), then the name index; each offset
+   * is counted from the end of the bar before it on that side. A bar's parent is the bar one
+   * level up that spans it on every side where it has samples; both levels are left to right,
+   * so one pass per level finds them. `make(name, totals, selfs)` builds each node.
    */
-  function treeFromLevels(fg) {
-    const empty = { name: 'total', self: 0, total: 0, children: [] };
+  function treeFromBars(fg, sides, make) {
+    const empty = make('total', new Array(sides).fill(0), new Array(sides).fill(0));
     if (!fg || typeof fg !== 'object' || !Array.isArray(fg.levels)) return empty;
     const names = Array.isArray(fg.names) ? fg.names : [];
     const merged = (fg.dropped_nodes || 0) > 0;
+    const width = 3 * sides + 1;
     let root = null;
     let prev = [];
     for (let d = 0; d < fg.levels.length; d++) {
       const v = Array.isArray(fg.levels[d]) ? fg.levels[d] : [];
       const cur = [];
-      let end = 0;
+      const end = new Array(sides).fill(0);
       let pi = 0;
-      for (let i = 0; i + 3 < v.length; i += 4) {
-        const x = end + (Number(v[i]) || 0);
-        const total = Number(v[i + 1]) || 0;
-        end = x + total;
-        const name = names[v[i + 3]];
-        const n = { name: name == null ? '(unknown)' : String(name), total, self: Number(v[i + 2]) || 0, children: [] };
-        if (d === 0) {
-          if (root) continue;
-          root = n;
-        } else {
-          while (pi < prev.length && prev[pi].x + prev[pi].n.total <= x) pi++;
-          const p = prev[pi];
-          if (!p || p.x > x) continue; // malformed: a bar outside every parent
-          if (merged && n.name === 'other') n.merged = true;
-          p.n.children.push(n);
+      for (let i = 0; i + width - 1 < v.length; i += width) {
+        const x = [];
+        const totals = [];
+        const selfs = [];
+        for (let k = 0; k < sides; k++) {
+          x.push(end[k] + (Number(v[i + 3 * k]) || 0));
+          totals.push(Number(v[i + 3 * k + 1]) || 0);
+          selfs.push(Number(v[i + 3 * k + 2]) || 0);
+          end[k] = x[k] + totals[k];
         }
-        cur.push({ n, x });
-      }
-      prev = cur;
-    }
-    return root || empty;
-  }
-
-  /**
-   * Builds the node tree of a diff flame graph (`/api/v1/diff`): per bar [left x, left total,
-   * left self, right x, right total, right self, name index], offsets delta-encoded per side.
-   * A node's width is its share of the left side plus its share of the right side, so both sides
-   * count alike whatever their sizes; `left`/`right` keep the samples.
-   */
-  function treeFromDiffLevels(fg) {
-    const L = Number(fg && fg.left_ticks) || 0;
-    const R = Number(fg && fg.right_ticks) || 0;
-    const share = (l, r) => (L ? l / L : 0) + (R ? r / R : 0);
-    const empty = { name: 'total', self: 0, total: 0, left: 0, right: 0, leftSelf: 0, rightSelf: 0, children: [] };
-    if (!fg || typeof fg !== 'object' || !Array.isArray(fg.levels)) return empty;
-    const names = Array.isArray(fg.names) ? fg.names : [];
-    const merged = (fg.dropped_nodes || 0) > 0;
-    let root = null;
-    let prev = [];
-    for (let d = 0; d < fg.levels.length; d++) {
-      const v = Array.isArray(fg.levels[d]) ? fg.levels[d] : [];
-      const cur = [];
-      let endL = 0;
-      let endR = 0;
-      let pi = 0;
-      for (let i = 0; i + 6 < v.length; i += 7) {
-        const xl = endL + (Number(v[i]) || 0);
-        const tl = Number(v[i + 1]) || 0;
-        const xr = endR + (Number(v[i + 3]) || 0);
-        const tr = Number(v[i + 4]) || 0;
-        endL = xl + tl;
-        endR = xr + tr;
-        const name = names[v[i + 6]];
-        const n = {
-          name: name == null ? '(unknown)' : String(name),
-          left: tl, right: tr, leftSelf: Number(v[i + 2]) || 0, rightSelf: Number(v[i + 5]) || 0, children: [],
-        };
-        n.total = share(n.left, n.right);
-        n.self = share(n.leftSelf, n.rightSelf);
+        const name = names[v[i + 3 * sides]];
+        const n = make(name == null ? '(unknown)' : String(name), totals, selfs);
         if (d === 0) {
           if (root) continue;
           root = n;
         } else {
-          // Parents come left to right on both sides, as their children do.
-          const holds = (q) => (tl === 0 || (q.xl <= xl && xl + tl <= q.xl + q.n.left))
-            && (tr === 0 || (q.xr <= xr && xr + tr <= q.xr + q.n.right));
+          const holds = (q) => totals.every((t, k) => t === 0 || (q.x[k] <= x[k] && x[k] + t <= q.x[k] + q.totals[k]));
           while (pi < prev.length && !holds(prev[pi])) pi++;
           const p = prev[pi];
           if (!p) { pi = 0; continue; } // malformed: a bar outside every parent
           if (merged && n.name === 'other') n.merged = true;
           p.n.children.push(n);
         }
-        cur.push({ n, xl, xr });
+        cur.push({ n, x, totals });
       }
       prev = cur;
     }
     return root || empty;
+  }
+
+  /** The node tree of a flame graph (`flamegraph` of the profile endpoints). */
+  function treeFromLevels(fg) {
+    return treeFromBars(fg, 1, (name, [total], [self]) => ({ name, total, self, children: [] }));
+  }
+
+  /**
+   * The node tree of a diff flame graph (`/api/v1/diff`). A node's width is its share of the
+   * left side plus its share of the right side, so both sides count alike whatever their sizes;
+   * `left`/`right` keep the samples.
+   */
+  function treeFromDiffLevels(fg) {
+    const L = Number(fg && fg.left_ticks) || 0;
+    const R = Number(fg && fg.right_ticks) || 0;
+    const share = (l, r) => (L ? l / L : 0) + (R ? r / R : 0);
+    return treeFromBars(fg, 2, (name, [left, right], [leftSelf, rightSelf]) => ({
+      name, left, right, leftSelf, rightSelf, total: share(left, right), self: share(leftSelf, rightSelf), children: [],
+    }));
   }
 
   /** How a node's share changed from the left side to the right one, in parts of 1. */
