@@ -49,6 +49,7 @@
 #![deny(unsafe_code)]
 
 pub mod error;
+pub mod ids;
 pub mod layout;
 pub mod pod;
 mod reader;

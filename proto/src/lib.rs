@@ -5,7 +5,8 @@
 //! `perftools.profiles.Profile` and `push.v1.PushRequest`, so no `protoc` is needed to build.
 #![forbid(unsafe_code)]
 
-pub mod ids;
+/// Span and trace IDs: one parse and one format (they live with the channel that carries them).
+pub use spanprof_channel::ids;
 pub mod json;
 pub mod labels;
 pub mod pprof;

@@ -72,6 +72,7 @@ pub use layer::{Builder, CONTEXT_DIR_ENV, PROFILE_URL_ENV, SpanProfLayer};
 #[cfg(feature = "opentelemetry")]
 pub use otel::{PROFILE_ID_ATTRIBUTE, PROFILE_URL_ATTRIBUTE};
 
+use spanprof_channel::ids::{SpanId, TraceId};
 use tracing_subscriber::registry::Registry;
 
 /// The local root a span belongs to.
@@ -85,12 +86,12 @@ pub struct RootSpan {
 impl RootSpan {
     /// The profile ID as 16 lowercase hex digits.
     pub fn profile_id_hex(&self) -> String {
-        format!("{:016x}", self.profile_id)
+        SpanId(self.profile_id).to_string()
     }
 
     /// The trace ID as 32 lowercase hex digits.
     pub fn trace_id_hex(&self) -> String {
-        format!("{:032x}", self.trace_id)
+        TraceId(self.trace_id).to_string()
     }
 
     /// `template` with every `{profile_id}` replaced by the profile ID.

@@ -1,5 +1,8 @@
 //! Span and trace IDs as every part of spanprof writes and reads them: 16 and 32 hex digits,
 //! shown in lowercase, read in either case; the all-zero ID is invalid (as in OpenTelemetry).
+//! Here, with the channel that carries them from the app to the sampler, so the SDK shows them
+//! the same way without depending on the wire formats; `spanprof-proto` re-exports this module
+//! (with the `serde` feature: an ID is its hex digits in JSON).
 
 use std::fmt;
 
@@ -46,12 +49,14 @@ impl fmt::Display for TraceId {
 }
 
 /// In JSON: the ID's hex digits.
+#[cfg(feature = "serde")]
 impl serde::Serialize for SpanId {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
     }
 }
 
+#[cfg(feature = "serde")]
 impl<'de> serde::Deserialize<'de> for SpanId {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
@@ -59,12 +64,14 @@ impl<'de> serde::Deserialize<'de> for SpanId {
     }
 }
 
+#[cfg(feature = "serde")]
 impl serde::Serialize for TraceId {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
     }
 }
 
+#[cfg(feature = "serde")]
 impl<'de> serde::Deserialize<'de> for TraceId {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
