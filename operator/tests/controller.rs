@@ -115,6 +115,45 @@ async fn expect(handle: &mut ApiHandle, call: Call, status: u16, reply: Value) -
     Sent { query, content_type, body }
 }
 
+/// How the API server refuses a call: the `Status` it answers with.
+#[derive(Clone, Copy, Debug)]
+enum Failure {
+    NotFound,
+    AlreadyExists,
+    /// The resourceVersion of a replace is not the stored one any more.
+    Conflict,
+    /// etcd failed.
+    Internal,
+}
+
+impl Failure {
+    fn status(self) -> (u16, &'static str, &'static str) {
+        match self {
+            Failure::NotFound => (404, "NotFound", "not found"),
+            Failure::AlreadyExists => (409, "AlreadyExists", "already exists"),
+            Failure::Conflict => (409, "Conflict", "the object has been modified"),
+            Failure::Internal => (500, "InternalError", "etcd timeout"),
+        }
+    }
+}
+
+impl Failure {
+    /// The HTTP status code and the `Status` body.
+    fn reply(self) -> (u16, Value) {
+        let (code, reason, message) = self.status();
+        (
+            code,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason, "code": code, "message": message}),
+        )
+    }
+}
+
+/// Takes the next request, checks it is `call`, and refuses it with `failure`.
+async fn refuse(handle: &mut ApiHandle, call: Call, failure: Failure) -> Sent {
+    let (code, status) = failure.reply();
+    expect(handle, call, code, status).await
+}
+
 /// Nothing was sent (the client may already be gone, which closes the mock).
 async fn assert_no_request(handle: &mut ApiHandle) {
     if let Ok(Some((req, _))) = tokio::time::timeout(Duration::from_millis(50), handle.next_request()).await {
@@ -291,8 +330,7 @@ async fn api_errors_fail_the_reconcile_and_back_off_exponentially() {
     let ctx = context(client);
     let sp = Arc::new(profiling(SpanProfilingSpec::default()));
     let run = tokio::spawn(controller::reconcile(sp.clone(), ctx.clone()));
-    let failure = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": "etcd timeout", "reason": "InternalError", "code": 500});
-    expect(&mut handle, Call::ApplyStatus, 500, failure).await;
+    refuse(&mut handle, Call::ApplyStatus, Failure::Internal).await;
     let err = run.await.unwrap().unwrap_err();
     assert!(err.to_string().contains("etcd timeout"), "{err}");
     let delays: Vec<Action> = (0..3).map(|_| controller::error_policy(sp.clone(), &err, ctx.clone())).collect();
@@ -323,14 +361,6 @@ fn store(client: Client) -> SecretStore {
     }
 }
 
-fn not_found() -> Value {
-    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "secrets \"spanprof-operator-tls\" not found"})
-}
-
-fn conflict() -> Value {
-    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409, "message": "the object has been modified"})
-}
-
 fn stored(bundle: &CertBundle, rv: &str) -> Value {
     let mut v = serde_json::to_value(bundle.to_secret("spanprof-operator-tls", "spanprof", Some(rv.into()))).unwrap();
     v["apiVersion"] = json!("v1");
@@ -343,7 +373,7 @@ async fn first_replica_creates_the_secret() {
     let (client, mut handle) = mock_client();
     let now = 1_750_000_000;
     let run = tokio::spawn(async move { store(client).ensure(now).await });
-    expect(&mut handle, Call::GetSecret, 404, not_found()).await;
+    refuse(&mut handle, Call::GetSecret, Failure::NotFound).await;
     let Sent { body, .. } = expect(&mut handle, Call::CreateSecret, 201, json!({})).await;
     assert_eq!(body["type"], "kubernetes.io/tls");
     assert!(body["metadata"].get("resourceVersion").is_none());
@@ -368,9 +398,8 @@ async fn a_replica_losing_the_create_race_uses_the_winners_certificate() {
     )
     .unwrap();
     let run = tokio::spawn(async move { store(client).ensure(now + 1).await });
-    expect(&mut handle, Call::GetSecret, 404, not_found()).await;
-    let conflict_exists = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "AlreadyExists", "code": 409, "message": "already exists"});
-    expect(&mut handle, Call::CreateSecret, 409, conflict_exists).await;
+    refuse(&mut handle, Call::GetSecret, Failure::NotFound).await;
+    refuse(&mut handle, Call::CreateSecret, Failure::AlreadyExists).await;
     expect(&mut handle, Call::GetSecret, 200, stored(&winner, "12")).await;
     assert_eq!(run.await.unwrap().unwrap(), Ensured::Existing(winner));
 }
@@ -385,7 +414,7 @@ async fn rotation_is_a_compare_and_swap_and_the_loser_rereads() {
     let now = issued + 61 * DAY;
     let run = tokio::spawn(async move { store(client).ensure(now).await });
     expect(&mut handle, Call::GetSecret, 200, stored(&old, "41")).await;
-    let Sent { body: put, .. } = expect(&mut handle, Call::ReplaceSecret, 409, conflict()).await;
+    let Sent { body: put, .. } = refuse(&mut handle, Call::ReplaceSecret, Failure::Conflict).await;
     assert_eq!(put["metadata"]["resourceVersion"], "41", "the replace only wins if nobody wrote since the read");
     // Another replica rotated first; we adopt its bundle.
     let theirs =
@@ -465,13 +494,9 @@ fn webhook_configuration(entry: &str) -> Value {
 async fn a_missing_webhook_configuration_is_reported_as_missing_not_applied() {
     // The real cluster: a server-side apply to a deleted configuration failed with a confusing
     // validation error about fields the operator never sets.
-    for (status, reply, says) in [
-        (
-            404,
-            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}),
-            "MutatingWebhookConfiguration spanprof-operator: not found",
-        ),
-        (200, webhook_configuration("someone-else.example.com"), "has no webhook named inject.spanprof.dev"),
+    for ((status, reply), says) in [
+        (Failure::NotFound.reply(), "MutatingWebhookConfiguration spanprof-operator: not found"),
+        ((200, webhook_configuration("someone-else.example.com")), "has no webhook named inject.spanprof.dev"),
     ] {
         let (client, mut handle) = mock_client();
         let api: Api<MutatingWebhookConfiguration> = Api::all(client);
@@ -505,10 +530,6 @@ fn stored_lease(holder: &str, renewed: Timestamp, rv: &str) -> Value {
     })
 }
 
-fn lease_not_found() -> Value {
-    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "leases \"spanprof-operator\" not found"})
-}
-
 fn micro_time(v: &Value) -> Timestamp {
     v.as_str().unwrap_or_else(|| panic!("not a time: {v}")).parse().unwrap()
 }
@@ -518,7 +539,7 @@ async fn the_first_replica_creates_the_lease_holding_it() {
     let (client, mut handle) = mock_client();
     let now: Timestamp = "2025-06-01T10:00:00Z".parse().unwrap();
     let run = tokio::spawn(async move { elector(client).round(now).await });
-    expect(&mut handle, Call::GetLease, 404, lease_not_found()).await;
+    refuse(&mut handle, Call::GetLease, Failure::NotFound).await;
     let Sent { content_type, body, .. } = expect(&mut handle, Call::CreateLease, 201, json!({})).await;
     assert_eq!(content_type, "application/json");
     assert_eq!(body["metadata"]["name"], "spanprof-operator");
@@ -534,9 +555,8 @@ async fn the_first_replica_creates_the_lease_holding_it() {
 async fn losing_the_create_race_is_following() {
     let (client, mut handle) = mock_client();
     let run = tokio::spawn(async move { elector(client).round(Timestamp::now()).await });
-    expect(&mut handle, Call::GetLease, 404, lease_not_found()).await;
-    let exists = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "AlreadyExists", "code": 409, "message": "already exists"});
-    expect(&mut handle, Call::CreateLease, 409, exists).await;
+    refuse(&mut handle, Call::GetLease, Failure::NotFound).await;
+    refuse(&mut handle, Call::CreateLease, Failure::AlreadyExists).await;
     assert!(!run.await.unwrap().unwrap());
     assert_no_request(&mut handle).await;
 }
@@ -571,7 +591,7 @@ async fn an_expired_lease_is_taken_over_by_a_conditional_replace() {
     let (client, mut handle) = mock_client();
     let run = tokio::spawn(async move { elector(client).round(now).await });
     expect(&mut handle, Call::GetLease, 200, stored_lease("op-1", renewed, "41")).await;
-    expect(&mut handle, Call::ReplaceLease, 409, conflict()).await;
+    refuse(&mut handle, Call::ReplaceLease, Failure::Conflict).await;
     assert!(!run.await.unwrap().unwrap());
 }
 
@@ -596,7 +616,7 @@ async fn the_leader_renews_and_releases_on_shutdown() {
     let task = tokio::spawn(elector(client).run(leader_tx, async {
         let _ = stop_rx.await;
     }));
-    expect(&mut handle, Call::GetLease, 404, lease_not_found()).await;
+    refuse(&mut handle, Call::GetLease, Failure::NotFound).await;
     let Sent { body: created, .. } = expect(&mut handle, Call::CreateLease, 201, json!({})).await;
     leader_rx.wait_for(|l| *l).await.unwrap();
     stop_tx.send(()).unwrap();
@@ -653,7 +673,7 @@ async fn renewing_the_lease_is_not_announced_as_gaining_leadership_again() {
     let task = tokio::spawn(Elector { timing: fast, ..elector(client) }.run(leader_tx, async {
         let _ = stop_rx.await;
     }));
-    expect(&mut handle, Call::GetLease, 404, lease_not_found()).await;
+    refuse(&mut handle, Call::GetLease, Failure::NotFound).await;
     let Sent { body: created, .. } = expect(&mut handle, Call::CreateLease, 201, json!({})).await;
     assert_eq!(tokio::time::timeout(Duration::from_secs(5), gained.next()).await.unwrap(), Some(()));
     for rv in 2..6 {
