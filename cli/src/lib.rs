@@ -1,10 +1,12 @@
 //! What every spanprof binary (server, operator, sidecar) shares around its `run`: one duration
 //! grammar for every flag, logging set up one way (`--log-json`, colours only on a terminal),
-//! waiting for SIGINT/SIGTERM, the admin endpoints and the metrics registry ([`metrics`]). `main.rs` parses its `Args`, builds its config and calls
+//! waiting for SIGINT/SIGTERM, the admin endpoints, the metrics registry ([`metrics`]) and the
+//! HTTP accept loop with its limits ([`serve`]). `main.rs` parses its `Args`, builds its config and calls
 //! `run`; this crate is the rest of `main.rs` written once.
 #![forbid(unsafe_code)]
 
 pub mod metrics;
+pub mod serve;
 
 use std::time::Duration;
 

@@ -188,7 +188,16 @@ pub async fn run(config: Config, client: Client, shutdown: Option<tokio::sync::o
     });
     let tls_config = tls::server_config(health.resolver.clone())?;
     tracing::info!(addr = %config.webhook_listen, "webhook listening (HTTPS)");
-    let webhook = tokio::spawn(webhook::serve_tls(webhook_listener, tls_config, webhook::router(state), stopped()));
+    // The API server gives a webhook call 10 s at most (its default `timeoutSeconds`): no request
+    // in flight at shutdown needs longer.
+    let limits = spanprof_cli::serve::Limits { drain: Duration::from_secs(10), ..Default::default() };
+    let webhook = tokio::spawn(spanprof_cli::serve::serve_tls(
+        webhook_listener,
+        tls_config,
+        webhook::router(state),
+        limits,
+        stopped(),
+    ));
 
     // Probes and metrics.
     tracing::info!(addr = %config.metrics_listen, "metrics and probes listening");

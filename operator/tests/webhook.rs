@@ -103,7 +103,8 @@ async fn start_with(spec: SpanProfilingSpec, known: &[(&str, Option<&str>)], def
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
     let config = tls::server_config(resolver.clone()).unwrap();
-    let task = tokio::spawn(webhook::serve_tls(listener, config, webhook::router(state), async {
+    let limits = spanprof_cli::serve::Limits::default();
+    let task = tokio::spawn(spanprof_cli::serve::serve_tls(listener, config, webhook::router(state), limits, async {
         let _ = stopped.await;
     }));
     Server { addr, resolver, ca: bundle.ca_bundle(), events, metrics, stop: Some(stop), task }

@@ -16,7 +16,6 @@ pub mod proto;
 pub mod querier;
 pub mod query;
 pub mod selector;
-pub mod serve;
 pub mod store;
 pub mod ui;
 
@@ -129,7 +128,7 @@ pub async fn serve(
     tracing::info!(listen = %listener.local_addr()?, data_dir = %config.data_dir.display(), "spanprof-server listening");
     state.ready.store(true, Ordering::Release);
     let ready = state.clone();
-    serve::serve(listener, app, async move {
+    spanprof_cli::serve::serve(listener, app, spanprof_cli::serve::Limits::default(), async move {
         match shutdown {
             Some(rx) => {
                 let _ = rx.await;

@@ -253,7 +253,7 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off() {
     let waited = tokio::task::spawn_blocking(move || {
         use std::io::{Read, Write};
         let mut conn = std::net::TcpStream::connect(addr).unwrap();
-        conn.set_read_timeout(Some(spanprof_server::serve::HEADER_TIMEOUT * 3)).unwrap();
+        conn.set_read_timeout(Some(spanprof_cli::serve::Limits::default().header_timeout * 3)).unwrap();
         // Slowloris: a request line and one header, then nothing.
         conn.write_all(b"POST /ingest?name=x.cpu HTTP/1.1\r\nHost: x\r\n").unwrap();
         let started = std::time::Instant::now();
@@ -264,7 +264,7 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off() {
     .await
     .unwrap();
     assert!(
-        waited < spanprof_server::serve::HEADER_TIMEOUT * 2,
+        waited < spanprof_cli::serve::Limits::default().header_timeout * 2,
         "the connection was held for {waited:?}, beyond the header timeout"
     );
     srv.stop().await;
