@@ -14,22 +14,43 @@
 //!
 //! # Service names
 //!
-//! [`SERVICE_NAMES_ENV`] holds `container=service` pairs separated by commas. Container names are
+//! [`env::SERVICE_NAMES`] holds `container=service` pairs separated by commas. Container names are
 //! DNS labels (no `=` or `,`); a service name may contain `=` but not `,`.
 
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
-/// The sampler's variable (and `--service-names` flag) with each container's service name.
-pub const SERVICE_NAMES_ENV: &str = "SPANPROF_SERVICE_NAMES";
+/// The environment the webhook gives the app containers and the sampler, spelled once for the
+/// operator that writes it and the SDK and sampler that read it (the sampler's flags take the
+/// same names through clap's `env`).
+pub mod env {
+    /// Apps and sampler: the directory of the span-context channel (the shared volume).
+    pub const CONTEXT_DIR: &str = "SPANPROF_CONTEXT_DIR";
+    /// Apps: profile URL template containing `{profile_id}` (the SDK's span attribute).
+    pub const PROFILE_URL: &str = "SPANPROF_PROFILE_URL";
+    /// Apps (their own, read by the sampler from their environment) and sampler (its default).
+    pub const SERVICE_NAME: &str = "SPANPROF_SERVICE_NAME";
+    /// Apps: each configured container's own name (the `container` series label).
+    pub const CONTAINER_NAME: &str = "SPANPROF_CONTAINER_NAME";
+    /// Sampler: each container's service name, `container=service,...` (see the module docs).
+    pub const SERVICE_NAMES: &str = "SPANPROF_SERVICE_NAMES";
+    /// Sampler: where profiles are pushed.
+    pub const SERVER_URL: &str = "SPANPROF_SERVER_URL";
+    pub const SAMPLE_RATE_HZ: &str = "SPANPROF_SAMPLE_RATE_HZ";
+    pub const UPLOAD_INTERVAL: &str = "SPANPROF_UPLOAD_INTERVAL";
+    /// Sampler: bytes of user stack copied with each sample.
+    pub const STACK_COPY_BYTES: &str = "SPANPROF_STACK_COPY_BYTES";
+    /// Sampler: its metrics and probes address.
+    pub const SIDECAR_LISTEN: &str = "SPANPROF_SIDECAR_LISTEN";
+}
 
 /// The directory, in the sampler's view of the context volume, where `container` writes.
 pub fn container_dir(context_dir: &Path, container: &str) -> PathBuf {
     context_dir.join(container)
 }
 
-/// `container=service,...` for [`SERVICE_NAMES_ENV`]. Fails on a container name that is not a
+/// `container=service,...` for [`env::SERVICE_NAMES`]. Fails on a container name that is not a
 /// DNS label or a service name that is empty or contains a comma.
 pub fn format_service_names<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<String> {
     let mut out = Vec::new();
@@ -40,7 +61,7 @@ pub fn format_service_names<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a st
     Ok(out.join(","))
 }
 
-/// Parses [`SERVICE_NAMES_ENV`]: empty means no pairs; whitespace around names is ignored.
+/// Parses [`env::SERVICE_NAMES`]: empty means no pairs; whitespace around names is ignored.
 pub fn parse_service_names(text: &str) -> Result<Vec<(String, String)>> {
     let mut out: Vec<(String, String)> = Vec::new();
     for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {

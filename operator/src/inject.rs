@@ -290,7 +290,7 @@ pub fn plan(
     }
     let listed = services.iter().filter(|(_, s)| !s.contains(',')).map(|(c, s)| (c.as_str(), s.as_str()));
     if let Ok(names) = spanprof_channel::pod::format_service_names(listed) {
-        add_env_unless_set(&mut sampler, plain_env(spanprof_channel::pod::SERVICE_NAMES_ENV, &names));
+        add_env_unless_set(&mut sampler, plain_env(ENV_SERVICE_NAMES, &names));
     }
     let port = sampler_metrics_port(&spec);
     add_env_unless_set(&mut sampler, plain_env(ENV_SIDECAR_LISTEN, &format!("0.0.0.0:{port}")));

@@ -20,20 +20,13 @@ pub const VOLUME_NAME: &str = "spanprof-context";
 /// Where [`VOLUME_NAME`] is mounted, in the sampler and in the app containers.
 pub const CONTEXT_DIR: &str = "/var/run/spanprof";
 
-pub const ENV_CONTEXT_DIR: &str = "SPANPROF_CONTEXT_DIR";
-pub const ENV_SERVICE_NAME: &str = "SPANPROF_SERVICE_NAME";
-pub const ENV_PROFILE_URL: &str = "SPANPROF_PROFILE_URL";
-/// Set in each configured app container to its own name; the sampler labels that container's
-/// profiles with it (`container` series label).
-pub const ENV_CONTAINER_NAME: &str = "SPANPROF_CONTAINER_NAME";
-pub const ENV_SERVER_URL: &str = "SPANPROF_SERVER_URL";
-pub const ENV_SAMPLE_RATE_HZ: &str = "SPANPROF_SAMPLE_RATE_HZ";
-pub const ENV_UPLOAD_INTERVAL: &str = "SPANPROF_UPLOAD_INTERVAL";
-/// Not in design.md's table: the sampler's user stack copy size (issue 4: "configurable").
-pub const ENV_STACK_COPY_BYTES: &str = "SPANPROF_STACK_COPY_BYTES";
-/// The sampler's metrics and probes address; the webhook picks a port no container of the pod
-/// declares.
-pub const ENV_SIDECAR_LISTEN: &str = "SPANPROF_SIDECAR_LISTEN";
+// The environment shared with the SDK and the sampler has its home in `spanprof_channel::pod::env`.
+pub use spanprof_channel::pod::env::{
+    CONTAINER_NAME as ENV_CONTAINER_NAME, CONTEXT_DIR as ENV_CONTEXT_DIR, PROFILE_URL as ENV_PROFILE_URL,
+    SAMPLE_RATE_HZ as ENV_SAMPLE_RATE_HZ, SERVER_URL as ENV_SERVER_URL, SERVICE_NAME as ENV_SERVICE_NAME,
+    SERVICE_NAMES as ENV_SERVICE_NAMES, SIDECAR_LISTEN as ENV_SIDECAR_LISTEN, STACK_COPY_BYTES as ENV_STACK_COPY_BYTES,
+    UPLOAD_INTERVAL as ENV_UPLOAD_INTERVAL,
+};
 /// The sampler's default metrics port, the first the webhook tries.
 pub const SAMPLER_METRICS_PORT: i32 = 4041;
 /// Where the kubelet mounts a ServiceAccount token; the sampler gets a mount there so none is added.

@@ -36,9 +36,9 @@ use crate::ids;
 
 /// Environment variable: directory of the span-context channel (the shared volume). Absent or
 /// empty: the layer does nothing.
-pub const CONTEXT_DIR_ENV: &str = "SPANPROF_CONTEXT_DIR";
+pub const CONTEXT_DIR_ENV: &str = spanprof_channel::pod::env::CONTEXT_DIR;
 /// Environment variable: profile URL template containing `{profile_id}`.
-pub const PROFILE_URL_ENV: &str = "SPANPROF_PROFILE_URL";
+pub const PROFILE_URL_ENV: &str = spanprof_channel::pod::env::PROFILE_URL;
 
 /// The local root of a span, kept in the span's extensions.
 #[derive(Clone, Copy, Debug)]

@@ -10,6 +10,7 @@ use std::time::Duration;
 use crate::Config;
 use crate::discover::Targets;
 use clap::Parser;
+use spanprof_channel::pod::env;
 use spanprof_cli::{LogArgs, LogTo, parse_positive_duration};
 
 /// spanprof sampler sidecar: samples the app's threads, labels samples with their root span, pushes profiles.
@@ -17,16 +18,16 @@ use spanprof_cli::{LogArgs, LogTo, parse_positive_duration};
 #[command(version, about)]
 pub struct Args {
     /// spanprof-server (or any Pyroscope) base URL to push to.
-    #[arg(long, env = "SPANPROF_SERVER_URL", default_value = "http://spanprof-server:4040")]
+    #[arg(long, env = env::SERVER_URL, default_value = "http://spanprof-server:4040")]
     server_url: String,
     /// Directory of the span-context channel files (the shared volume).
-    #[arg(long, env = "SPANPROF_CONTEXT_DIR")]
+    #[arg(long, env = env::CONTEXT_DIR)]
     context_dir: Option<PathBuf>,
     /// Samples per second of CPU time, per thread.
-    #[arg(long, env = "SPANPROF_SAMPLE_RATE_HZ", default_value_t = 100)]
+    #[arg(long, env = env::SAMPLE_RATE_HZ, default_value_t = 100)]
     sample_rate_hz: u64,
     /// How often profiles are pushed (e.g. 10s, 500ms).
-    #[arg(long, env = "SPANPROF_UPLOAD_INTERVAL", default_value = "10s", value_parser = parse_positive_duration)]
+    #[arg(long, env = env::UPLOAD_INTERVAL, default_value = "10s", value_parser = parse_positive_duration)]
     upload_interval: Duration,
     /// Sample only this process (repeatable). Default: every process of the PID namespace but the sidecar's own.
     #[arg(long = "pid", env = "SPANPROF_PIDS", value_delimiter = ',')]
@@ -38,7 +39,7 @@ pub struct Args {
     #[arg(
         long = "stack-copy-bytes",
         alias = "stack-bytes",
-        env = "SPANPROF_STACK_COPY_BYTES",
+        env = env::STACK_COPY_BYTES,
         default_value_t = 16384
     )]
     stack_bytes: u32,
@@ -51,15 +52,15 @@ pub struct Args {
     #[arg(long, env = "SPANPROF_SAMPLING_SCOPE", default_value = "auto")]
     scope: crate::discover::Scope,
     /// Address of /healthz, /readyz and /metrics.
-    #[arg(long, env = "SPANPROF_SIDECAR_LISTEN", default_value = "0.0.0.0:4041")]
+    #[arg(long, env = env::SIDECAR_LISTEN, default_value = "0.0.0.0:4041")]
     listen: SocketAddr,
     /// Service name of the profiles of processes whose own environment has no
     /// SPANPROF_SERVICE_NAME (default: each process's command name).
-    #[arg(long, env = "SPANPROF_SERVICE_NAME")]
+    #[arg(long, env = env::SERVICE_NAME)]
     service_name: Option<String>,
     /// Each container's service name, `container=service,...` (the operator sets it from what
     /// every app container reports); wins over the process's environment and --service-name.
-    #[arg(long, env = "SPANPROF_SERVICE_NAMES", default_value = "")]
+    #[arg(long, env = env::SERVICE_NAMES, default_value = "")]
     service_names: String,
     #[command(flatten)]
     labels: LabelArgs,
@@ -79,7 +80,7 @@ struct LabelArgs {
     pod: String,
     /// Container label of the profiles of processes whose own environment has no
     /// SPANPROF_CONTAINER_NAME (the operator sets it in every app container).
-    #[arg(long, env = "SPANPROF_CONTAINER_NAME", default_value = "")]
+    #[arg(long, env = env::CONTAINER_NAME, default_value = "")]
     container: String,
     /// The node's name (`spec.nodeName`).
     #[arg(long, env = "NODE_NAME", default_value = "")]

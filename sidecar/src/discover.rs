@@ -52,8 +52,7 @@ impl std::str::FromStr for Scope {
 }
 
 /// The variables of a target's own environment that label its profiles.
-pub const ENV_SERVICE_NAME: &str = "SPANPROF_SERVICE_NAME";
-pub const ENV_CONTAINER_NAME: &str = "SPANPROF_CONTAINER_NAME";
+pub use spanprof_channel::pod::env::{CONTAINER_NAME as ENV_CONTAINER_NAME, SERVICE_NAME as ENV_SERVICE_NAME};
 
 /// What discovery looks for and how it names what it finds.
 #[derive(Clone, Debug, Default)]
