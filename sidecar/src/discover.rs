@@ -163,8 +163,9 @@ pub struct Discovery {
     /// Processes found not to be targets (kernel threads, `pause`, no channel yet…), so the next
     /// pass does not read their files again. Rebuilt on every pass.
     passed_over: HashSet<ProcId>,
-    /// Cgroups sampled as a whole (the sampler's, mirrored for new processes).
-    covered_cgroups: HashSet<CgroupId>,
+    /// Cgroups sampled as a whole (the sampler's, mirrored for new processes), and their
+    /// hierarchy.
+    covered_cgroups: HashMap<CgroupId, procfs::Hierarchy>,
     /// Cgroup events were refused (no CAP_PERFMON): per-thread events from then on.
     cgroup_refused: bool,
     warned_permission: bool,
@@ -179,7 +180,7 @@ impl Discovery {
             metrics,
             own_pid: std::process::id(),
             passed_over: HashSet::new(),
-            covered_cgroups: HashSet::new(),
+            covered_cgroups: HashMap::new(),
             cgroup_refused: false,
             warned_permission: false,
             warned_file_descriptors: false,
@@ -245,7 +246,7 @@ impl Discovery {
                         service = %p.series.service,
                         container = p.series.container.as_deref().unwrap_or(""),
                         channel = p.channel.is_some(),
-                        scope = if p.cgroup.is_some() { "cgroup" } else { "thread" },
+                        scope = self.scope_of(&p),
                         "attaching"
                     );
                 } else {
@@ -291,8 +292,27 @@ impl Discovery {
         sampler.prune(|pid, tid| procfs::proc_dir(pid).join("task").join(tid.to_string()).exists());
         self.churn.report();
         self.metrics.attached_processes.set(procs.len() as i64);
+        let mut by_scope = [("cgroup_v2", 0i64), ("cgroup_v1", 0), ("thread", 0)];
+        for p in procs.values() {
+            let scope = self.scope_of(p);
+            if let Some(n) = by_scope.iter_mut().find(|(s, _)| *s == scope) {
+                n.1 += 1;
+            }
+        }
+        for (scope, n) in by_scope {
+            self.metrics.set_scope_processes(scope, n);
+        }
         self.metrics.attached_threads.set(sampler.thread_count() as i64);
         self.metrics.attached_cgroups.set(sampler.cgroup_count() as i64);
+    }
+
+    /// How `p` is sampled: `cgroup_v2`, `cgroup_v1` (its cgroup as a whole, through that
+    /// hierarchy) or `thread` (events of its own on each thread).
+    fn scope_of(&self, p: &Proc) -> &'static str {
+        match p.cgroup.and_then(|id| self.covered_cgroups.get(&id)) {
+            Some(h) => h.as_str(),
+            None => "thread",
+        }
     }
 
     /// Stops sampling `pid`, and its cgroup once no other target is in it.
@@ -317,7 +337,7 @@ impl Discovery {
         if self.config.scope != Scope::Auto || self.cgroup_refused {
             return None;
         }
-        let (dir, members) = procfs::cgroup_of(pid)?;
+        let procfs::CgroupDir { path: dir, hierarchy, members } = procfs::cgroup_of(pid)?;
         let file = std::fs::File::open(&dir).ok()?;
         let id = cgroup_id(&file)?;
         if sampler.samples_cgroup(id) {
@@ -331,8 +351,8 @@ impl Discovery {
         }
         match sampler.attach_cgroup(id, &file) {
             Ok(()) => {
-                tracing::info!(pid, dir = %dir.display(), "sampling the target's cgroup");
-                self.covered_cgroups.insert(id);
+                tracing::info!(pid, dir = %dir.display(), hierarchy = hierarchy.as_str(), "sampling the target's cgroup");
+                self.covered_cgroups.insert(id, hierarchy);
                 Some(id)
             }
             Err(Error::PerfNotPermitted(hint)) => {
@@ -434,9 +454,9 @@ impl Discovery {
         if self.covered_cgroups.is_empty() {
             return None;
         }
-        let (dir, _) = procfs::cgroup_of(pid)?;
-        let id = cgroup_id(&std::fs::File::open(dir).ok()?)?;
-        self.covered_cgroups.contains(&id).then_some(id)
+        let dir = procfs::cgroup_of(pid)?;
+        let id = cgroup_id(&std::fs::File::open(dir.path).ok()?)?;
+        self.covered_cgroups.contains_key(&id).then_some(id)
     }
 
     /// Whether `pid` is, or may become, a target (asked of every process in a cgroup before the

@@ -7,6 +7,12 @@ use prometheus_client::metrics::gauge::Gauge;
 use spanprof_cli::metrics::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScopeLabel {
+    /// `cgroup_v2`, `cgroup_v1` or `thread`.
+    pub scope: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AttributionLabel {
     /// `span`, `no_span`, `unknown` (channel could not tell), `no_channel` (process has none).
     pub attribution: String,
@@ -32,6 +38,8 @@ pub struct Metrics {
     pub attached_threads: Gauge,
     pub attached_processes: Gauge,
     pub attached_cgroups: Gauge,
+    /// Processes sampled, by how: per cgroup (v2 or v1 hierarchy) or per thread.
+    pub scope_processes: Family<ScopeLabel, Gauge>,
     pub attach_errors: Counter,
     pub kernel_excluded: Gauge,
     pub sampling_permitted: Gauge,
@@ -87,6 +95,11 @@ impl Default for Metrics {
             attached_cgroups: r
                 .gauge("attached_cgroups", "Cgroups (containers) sampled as a whole, with one event per CPU"),
             attached_processes: r.gauge("attached_processes", "Processes sampled"),
+            scope_processes: r.add(
+                "sampling_scope_processes",
+                "Processes sampled, by scope: their cgroup as a whole through the v2 or the v1 perf_event hierarchy (cgroup_v2, cgroup_v1), or events on each thread (thread)",
+                Family::default(),
+            ),
             attach_errors: r.counter("attach_errors", "perf_event_open failures on a target thread"),
             sampling_permitted: r.gauge(
                 "sampling_permitted",
@@ -118,6 +131,11 @@ impl Metrics {
                 self.samples.get_or_create(&AttributionLabel { attribution: attribution.to_owned() }).inc();
             }
         }
+    }
+
+    /// Sets how many processes are sampled with `scope` (`cgroup_v2`, `cgroup_v1`, `thread`).
+    pub fn set_scope_processes(&self, scope: &str, n: i64) {
+        self.scope_processes.get_or_create(&ScopeLabel { scope: scope.to_owned() }).set(n);
     }
 
     /// The sampling loop is alive (called once per round, at least every second).

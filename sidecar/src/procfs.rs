@@ -205,29 +205,112 @@ pub fn parse_pid_list(text: &str) -> Vec<u32> {
     text.lines().filter_map(|l| l.trim().parse().ok()).collect()
 }
 
-/// The directory of the cgroup (v2) `pid` is in, and the processes in it, when the sidecar can
-/// reach it: through its own cgroup mount (same cgroup namespace as the target, e.g. on a host),
-/// or through the target's mount as the target sees it (`/proc/<pid>/root/sys/fs/cgroup` in a
-/// container with a cgroup namespace of its own). Checked by finding `pid` in its `cgroup.procs`.
-pub fn cgroup_of(pid: u32) -> Option<(PathBuf, Vec<u32>)> {
-    let own_view = || -> Option<PathBuf> {
-        let text = read_small(&proc_dir(pid).join("cgroup"))?;
-        let path = parse_cgroup_v2_path(&text)?;
-        if path.contains("/..") {
-            return None;
+/// The cgroup v1 path of the `perf_event` controller in a `/proc/<pid>/cgroup` text (a line
+/// `N:…perf_event…:/path`): present when `perf_event` is bound to a v1 hierarchy, and then
+/// cgroup events go through that hierarchy's directories, not the v2 ones.
+pub fn parse_cgroup_v1_perf_event_path(text: &str) -> Option<&str> {
+    text.lines().find_map(|l| {
+        let mut parts = l.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        controllers.split(',').any(|c| c == "perf_event").then_some(path.trim())
+    })
+}
+
+/// The mounts of a v1 `perf_event` hierarchy in a `/proc/<pid>/mountinfo` text: each mount's
+/// root (the cgroup it shows, `/` for the whole hierarchy; a container's own cgroup where the
+/// runtime bind-mounts it, as Kubernetes nodes on cgroup v1 do) and its mount point.
+pub fn parse_perf_event_v1_mounts(mountinfo: &str) -> Vec<(&str, &str)> {
+    mountinfo.lines().filter_map(perf_event_v1_mount).collect()
+}
+
+/// One mountinfo line's v1 `perf_event` mount: (root, mount point).
+fn perf_event_v1_mount(l: &str) -> Option<(&str, &str)> {
+    let (fields, fs) = l.split_once(" - ")?;
+    let mut fs = fs.split_whitespace();
+    if fs.next()? != "cgroup" {
+        return None;
+    }
+    let options = fs.nth(1)?;
+    if !options.split(',').any(|o| o == "perf_event") {
+        return None;
+    }
+    let mut f = fields.split_whitespace();
+    let root = f.nth(3)?;
+    let point = f.next()?;
+    // Paths with spaces are escaped (`\040`): not a cgroup or mount point we would find.
+    (!root.contains('\\') && !point.contains('\\')).then_some((root, point))
+}
+
+/// Where the cgroup at `path` is under a mount of its hierarchy whose root is `root` and mount
+/// point `point` (as the mount's owner sees it): `None` when the mount does not show it.
+fn under_mount(root: &str, point: &str, path: &str) -> Option<PathBuf> {
+    let rest = if root == "/" { path } else { path.strip_prefix(root)? };
+    if !(rest.is_empty() || rest.starts_with('/')) || rest.split('/').any(|c| c == "..") {
+        return None;
+    }
+    Some(Path::new(point).join(rest.trim_start_matches('/')))
+}
+
+/// The cgroup hierarchy perf events of a cgroup go through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Hierarchy {
+    /// The unified hierarchy (`perf_event` is implicit there).
+    V2,
+    /// A v1 hierarchy with the `perf_event` controller.
+    V1,
+}
+
+impl Hierarchy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hierarchy::V2 => "cgroup_v2",
+            Hierarchy::V1 => "cgroup_v1",
         }
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-        let point = parse_cgroup2_mount(&mounts)?;
-        Some(Path::new(point).join(path.trim_start_matches('/')))
+    }
+}
+
+/// The cgroup a process is in, as perf events reach it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CgroupDir {
+    pub path: PathBuf,
+    pub hierarchy: Hierarchy,
+    /// The processes in it (as the sidecar's PID namespace numbers them; 0: outside it).
+    pub members: Vec<u32>,
+}
+
+/// The directory of the cgroup `pid` is in for perf events, and the processes in it, when the
+/// sidecar can reach it: in the v1 `perf_event` hierarchy when the controller is bound to one
+/// (the process's `/proc/<pid>/cgroup` names it), else in the v2 hierarchy. Each through the
+/// sidecar's own mount of the hierarchy (same cgroup namespace as the target, e.g. on a host), or
+/// through the target's mount as the target sees it (`/proc/<pid>/root/sys/fs/cgroup…`: a
+/// container's own cgroup, bind-mounted by the runtime on v1 or the root of its cgroup namespace
+/// on v2). Checked by finding `pid` in its `cgroup.procs`.
+pub fn cgroup_of(pid: u32) -> Option<CgroupDir> {
+    let text = read_small(&proc_dir(pid).join("cgroup"))?;
+    let own_mounts = || std::fs::read_to_string("/proc/self/mountinfo").ok();
+    let target_mounts = || std::fs::read_to_string(proc_dir(pid).join("mountinfo")).ok();
+    let in_target = |point: PathBuf| proc_dir(pid).join("root").join(point.strip_prefix("/").unwrap_or(&point));
+    let (hierarchy, candidates): (Hierarchy, Vec<PathBuf>) = match parse_cgroup_v1_perf_event_path(&text) {
+        Some(path) => {
+            let under = |mounts: Option<String>| -> Vec<PathBuf> {
+                let mounts = mounts.unwrap_or_default();
+                let found = parse_perf_event_v1_mounts(&mounts);
+                found.into_iter().filter_map(|(root, point)| under_mount(root, point, path)).collect()
+            };
+            let own = under(own_mounts());
+            let target = under(target_mounts()).into_iter().map(in_target);
+            (Hierarchy::V1, own.into_iter().chain(target).collect())
+        }
+        None => {
+            let path = parse_cgroup_v2_path(&text)?;
+            let own = own_mounts().and_then(|m| under_mount("/", parse_cgroup2_mount(&m)?, path));
+            let target = target_mounts().and_then(|m| Some(in_target(PathBuf::from(parse_cgroup2_mount(&m)?))));
+            (Hierarchy::V2, [own, target].into_iter().flatten().collect())
+        }
     };
-    let target_view = || -> Option<PathBuf> {
-        let mounts = std::fs::read_to_string(proc_dir(pid).join("mountinfo")).ok()?;
-        let point = parse_cgroup2_mount(&mounts)?;
-        Some(proc_dir(pid).join("root").join(point.trim_start_matches('/')))
-    };
-    [own_view(), target_view()].into_iter().flatten().find_map(|dir| {
-        let members = parse_pid_list(&std::fs::read_to_string(dir.join("cgroup.procs")).ok()?);
-        members.contains(&pid).then_some((dir, members))
+    candidates.into_iter().find_map(|path| {
+        let members = parse_pid_list(&std::fs::read_to_string(path.join("cgroup.procs")).ok()?);
+        members.contains(&pid).then_some(CgroupDir { path, hierarchy, members })
     })
 }
 
@@ -252,6 +335,46 @@ mod tests {
         assert_eq!(parse_cgroup2_mount(mountinfo), Some("/sys/fs/cgroup/unified"));
         assert_eq!(parse_cgroup2_mount("24 1 8:1 / / rw - ext4 /dev/sda1 rw\n"), None);
         assert_eq!(parse_pid_list("12\n0\n\n345\n"), [12, 0, 345]);
+    }
+
+    /// A Kubernetes node on cgroup v1: the container runtime bind-mounts each container's own
+    /// cgroup at `/sys/fs/cgroup/<controller>` (the mount's root is that cgroup).
+    #[test]
+    fn reads_v1_perf_event_paths_and_mounts() {
+        let ctr = "/kubepods/burstable/pod0d3f/4b1c9e";
+        let cgroup = format!("12:pids:{ctr}\n6:cpu,cpuacct:{ctr}\n3:perf_event:{ctr}\n1:name=systemd:{ctr}\n0::/\n");
+        assert_eq!(parse_cgroup_v1_perf_event_path(&cgroup), Some(ctr));
+        assert_eq!(parse_cgroup_v1_perf_event_path("2:cpu,perf_event,cpuacct:/a\n"), Some("/a"));
+        assert_eq!(parse_cgroup_v1_perf_event_path("0::/kubepods.slice/x\n"), None, "v2 only");
+        assert_eq!(parse_cgroup_v1_perf_event_path("3:perf_event_x:/a\n"), None);
+        let in_container = format!(
+            "\
+700 690 0:60 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs rw,mode=755
+705 700 0:31 {ctr} /sys/fs/cgroup/cpu,cpuacct ro,nosuid - cgroup cgroup rw,cpu,cpuacct
+708 700 0:34 {ctr} /sys/fs/cgroup/perf_event ro,nosuid,nodev,noexec,relatime master:16 - cgroup cgroup rw,perf_event
+"
+        );
+        let [(root, point)] = parse_perf_event_v1_mounts(&in_container)[..] else { panic!("one mount") };
+        assert_eq!((root, point), (ctr, "/sys/fs/cgroup/perf_event"));
+        assert_eq!(under_mount(root, point, ctr), Some(PathBuf::from("/sys/fs/cgroup/perf_event")));
+        assert_eq!(
+            under_mount(root, point, &format!("{ctr}/child")),
+            Some(PathBuf::from("/sys/fs/cgroup/perf_event/child"))
+        );
+        assert_eq!(under_mount(root, point, "/kubepods/burstable/pod0d3f/other"), None, "a sibling is not shown");
+        assert_eq!(under_mount(root, point, &format!("{ctr}x")), None, "a prefix is not a parent");
+        let on_host = "35 25 0:34 / /sys/fs/cgroup/perf_event rw,nosuid - cgroup cgroup rw,perf_event\n";
+        let [(root, point)] = parse_perf_event_v1_mounts(on_host)[..] else { panic!("one mount") };
+        assert_eq!(under_mount(root, point, ctr), Some(PathBuf::from(format!("/sys/fs/cgroup/perf_event{ctr}"))));
+        assert_eq!(parse_perf_event_v1_mounts("31 30 0:27 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n"), []);
+        assert_eq!(parse_perf_event_v1_mounts("41 30 0:28 / /u rw - cgroup2 cgroup2 rw,perf_event\n"), []);
+        assert_eq!(parse_perf_event_v1_mounts(&format!("{on_host}{in_container}")).len(), 2);
+    }
+
+    #[test]
+    fn our_own_cgroup_is_found_with_us_in_it() {
+        let own = cgroup_of(std::process::id()).expect("the test's own cgroup is reachable");
+        assert!(own.members.contains(&std::process::id()), "{own:?}");
     }
 
     #[test]
