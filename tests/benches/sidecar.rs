@@ -10,7 +10,9 @@
 //! `cargo bench -p spanprof-e2e --bench sidecar -- [--rounds 4] [--phase-secs 20]
 //!  [--load-rps 200] [--work-scale 1.0] [--steady-secs 60] [--perf-secs 30]` (root or CAP_PERFMON; results in
 //! BENCHMARKS.md). Each demo runs in a cgroup v2 directory of its own, as a container does, so
-//! the sidecar samples it per cgroup; `E2E_SCOPE=thread` measures per-thread events instead.
+//! the sidecar samples it per cgroup; `E2E_SCOPE=thread` measures per-thread events instead, and
+//! `E2E_CGROUPS=v1` puts the demos' cgroups in a v1 `perf_event` hierarchy (mounted for the run),
+//! as on a cgroup v1 node.
 //! Work per CPU-second is used rather than wall-clock throughput because the
 //! load generator sends a fixed rate: the sampler's cost shows up as CPU per order.
 
@@ -168,7 +170,12 @@ fn main() {
     let pair = [start_demo(Some(ctx.path()), &o, half), start_demo(Some(ctx.path()), &o, half)];
     // Each demo in a cgroup of its own, as each container is in Kubernetes: the sidecar samples
     // the cgroup as a whole (unless E2E_SCOPE=thread is set for a per-thread comparison).
-    let cgroups = [Cgroup::new("spanprof-bench-demo0"), Cgroup::new("spanprof-bench-demo1")];
+    let v1 = (std::env::var("E2E_CGROUPS").as_deref() == Ok("v1")).then(PerfEventV1::new);
+    let new_cgroup = |name: &str| match &v1 {
+        Some(v1) => v1.cgroup(name),
+        None => Cgroup::new(name),
+    };
+    let cgroups = [new_cgroup("spanprof-bench-demo0"), new_cgroup("spanprof-bench-demo1")];
     for (cg, demo) in cgroups.iter().zip(&pair) {
         cg.add(demo.proc.pid());
     }
@@ -210,7 +217,7 @@ fn main() {
     let pairs: Vec<f64> = ratios.chunks_exact(2).map(|p| (1.0 - (p[0] * p[1]).sqrt()) * 100.0).collect();
 
     let demo = start_demo(Some(ctx.path()), &o, o.load_rps);
-    let steady_cgroup = Cgroup::new("spanprof-bench-steady");
+    let steady_cgroup = new_cgroup("spanprof-bench-steady");
     steady_cgroup.add(demo.proc.pid());
     std::thread::sleep(Duration::from_secs(5));
     // The sidecar's own cost at steady state: one long-running sampler, after its caches warmed.
@@ -221,7 +228,11 @@ fn main() {
     let (s1, c1) = (metric(metrics, "spanprof_sidecar_samples_total"), thread_cpu_secs(sidecar.pid()));
     let (samples, sidecar_cpu) = (s1 - s0, c1 - c0);
     let (rss, hwm) = rss_mib(sidecar.pid());
-    let scope = if metric(metrics, "spanprof_sidecar_attached_cgroups") > 0 { "per cgroup" } else { "per thread" };
+    let scopes = ["cgroup_v2", "cgroup_v1", "thread"];
+    let scope = scopes
+        .into_iter()
+        .find(|s| metric(metrics, &format!("spanprof_sidecar_sampling_scope_processes{{scope=\"{s}\"}}")) > 0)
+        .unwrap_or("none");
     sidecar.terminate();
     drop(demo);
     drop(steady_cgroup);

@@ -229,88 +229,6 @@ fn a_container_cgroup_is_sampled_as_a_whole_with_exact_attribution() {
     assert_attribution_is_exact(port, &windows);
 }
 
-/// The v1 `perf_event` hierarchy of a cgroup v1 node, made on this machine for one test: the
-/// controller is bound to a v1 hierarchy mounted at a temporary directory, with one child cgroup.
-/// On drop: the child is removed and the hierarchy unmounted, so `perf_event` goes back to the
-/// unified hierarchy the other tests sample through (waited for).
-struct PerfEventV1 {
-    mount: tempfile::TempDir,
-    child: std::path::PathBuf,
-    mounted: bool,
-    /// `perf_event` was in no v1 hierarchy before (hierarchy ID 0 in `/proc/cgroups`).
-    was_unified: bool,
-}
-
-fn perf_event_hierarchy() -> Option<u32> {
-    let text = std::fs::read_to_string("/proc/cgroups").ok()?;
-    text.lines().find_map(|l| l.strip_prefix("perf_event\t")?.split('\t').next()?.parse().ok())
-}
-
-impl PerfEventV1 {
-    fn new(name: &str) -> PerfEventV1 {
-        let was_unified = perf_event_hierarchy() == Some(0);
-        let mount = tempfile::tempdir().unwrap();
-        let mut v1 = PerfEventV1 {
-            child: mount.path().join(format!("{name}-{}", std::process::id())),
-            mount,
-            mounted: false,
-            was_unified,
-        };
-        v1.mount_on_host();
-        std::fs::create_dir(&v1.child).unwrap();
-        v1
-    }
-
-    fn mount_on_host(&mut self) {
-        let status = Command::new("mount")
-            .args(["-t", "cgroup", "-o", "perf_event", "spanprof-e2e"])
-            .arg(self.mount.path())
-            .status()
-            .unwrap();
-        assert!(
-            status.success(),
-            "mounting a v1 perf_event hierarchy (needs root and perf_event free of the unified hierarchy's use)"
-        );
-        self.mounted = true;
-    }
-
-    /// The host stops seeing the hierarchy: only a process's own mount of it is left.
-    fn unmount_from_host(&mut self) {
-        assert!(Command::new("umount").arg(self.mount.path()).status().unwrap().success());
-        self.mounted = false;
-    }
-}
-
-impl Drop for PerfEventV1 {
-    fn drop(&mut self) {
-        if !self.mounted {
-            self.mount_on_host();
-        }
-        // The workload may take a moment to leave the cgroup after it is killed.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::fs::remove_dir(&self.child).is_err() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        // The kernel frees an unmounted hierarchy only if it had no child at the unmount — a
-        // removed child lingers while the sampler's events still hold it — and asynchronously:
-        // unmount, and mount again to retry, until `perf_event` is back on the unified hierarchy.
-        loop {
-            let _ = Command::new("umount").arg(self.mount.path()).status();
-            let retry = Instant::now() + Duration::from_millis(500);
-            while self.was_unified && perf_event_hierarchy() != Some(0) && Instant::now() < retry {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if !self.was_unified || perf_event_hierarchy() == Some(0) || Instant::now() >= deadline {
-                break;
-            }
-            let _ = Command::new("mount")
-                .args(["-t", "cgroup", "-o", "perf_event", "spanprof-e2e"])
-                .arg(self.mount.path())
-                .status();
-        }
-    }
-}
-
 /// A Kubernetes node on cgroup v1: `perf_event` is bound to a v1 hierarchy, and the app's cgroup
 /// is reachable only through the app's own mount of it (the runtime bind-mounts the container's
 /// cgroup, so the mount's root is not `/`); the sampler has no v1 mount of its own. It samples
@@ -319,22 +237,23 @@ impl Drop for PerfEventV1 {
 #[test]
 fn a_cgroup_v1_container_is_sampled_as_a_whole_through_its_own_mount() {
     let (_serial, _data, ctx, port, _server) = serve();
-    let mut v1 = PerfEventV1::new("spanprof-e2e-v1");
+    let mut v1 = PerfEventV1::new();
+    let cgroup = v1.cgroup("spanprof-e2e-v1");
     let view = tempfile::tempdir().unwrap();
     // The workload's mount namespace as a v1 container's: its own cgroup bind-mounted, the whole
     // hierarchy not mounted; it joins the cgroup before its threads start.
     let script = format!(
         "mount --bind {child} {view} && umount {whole} && echo $$ > {view}/cgroup.procs && exec \"$@\"",
-        child = v1.child.display(),
+        child = cgroup.dir().display(),
         view = view.path().display(),
-        whole = v1.mount.path().display()
+        whole = v1.path().display()
     );
     let mut w = start_workload_under(
         &["unshare", "--mount", "--propagation", "private", "sh", "-c", &script, "sh"],
         Some(ctx.path()),
         &[("E2E_THREADS", "2"), ("E2E_SPANS", "16"), ("E2E_SPAN_MS", "60"), ("E2E_THREAD_DELAY_MS", "1000")],
     );
-    let members = std::fs::read_to_string(v1.child.join("cgroup.procs")).unwrap();
+    let members = std::fs::read_to_string(cgroup.dir().join("cgroup.procs")).unwrap();
     assert_eq!(members.trim(), w.proc.pid().to_string(), "the workload is alone in its v1 cgroup");
     v1.unmount_from_host();
     let (sidecar, metrics) = start_sidecar(port, Some(ctx.path()), Some(w.proc.pid()), &[]);
@@ -349,6 +268,7 @@ fn a_cgroup_v1_container_is_sampled_as_a_whole_through_its_own_mount() {
     assert_eq!(threads, 0, "per-thread events besides the cgroup's");
     assert_attribution_is_exact(port, &windows);
     drop(w);
+    v1.mount_on_host();
 }
 
 #[test]

@@ -131,16 +131,24 @@ pub struct Cgroup {
 }
 
 impl Cgroup {
-    /// Panics when no cgroup v2 hierarchy is mounted (the tests that need one say so).
+    /// A new cgroup in the v2 hierarchy. Panics when none is mounted (the tests that need one say
+    /// so).
     pub fn new(name: &str) -> Cgroup {
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        let root = std::path::PathBuf::from(
-            spanprof_sidecar::procfs::parse_cgroup2_mount(&mounts)
-                .expect("a cgroup v2 hierarchy mounted (cgroup-scoped sampling is tested in one)"),
-        );
+        let root = spanprof_sidecar::procfs::parse_cgroup2_mount(&mounts)
+            .expect("a cgroup v2 hierarchy mounted (cgroup-scoped sampling is tested in one)");
+        Cgroup::in_hierarchy(Path::new(root), name)
+    }
+
+    /// A new cgroup under the hierarchy mounted at `root`.
+    pub fn in_hierarchy(root: &Path, name: &str) -> Cgroup {
         let dir = root.join(format!("{name}-{}", std::process::id()));
         std::fs::create_dir(&dir).unwrap();
-        Cgroup { root, dir }
+        Cgroup { root: root.to_owned(), dir }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Moves process `pid` (all its threads) into this cgroup.
@@ -161,5 +169,102 @@ impl Drop for Cgroup {
             let _ = std::fs::write(self.root.join("cgroup.procs"), pid);
         }
         let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// The v1 `perf_event` hierarchy of a cgroup v1 node, made on this machine: the controller bound
+/// to a v1 hierarchy mounted at a temporary directory, while this lives. On drop its cgroups are
+/// removed and it is unmounted, so `perf_event` goes back to the unified hierarchy that the other
+/// tests sample through (waited for).
+pub struct PerfEventV1 {
+    mount: tempfile::TempDir,
+    mounted: bool,
+    /// `perf_event` was in no v1 hierarchy before (hierarchy 0 in `/proc/cgroups`).
+    was_unified: bool,
+}
+
+/// The hierarchy `perf_event` is bound to (`/proc/cgroups`; 0: the unified one).
+pub fn perf_event_hierarchy() -> Option<u32> {
+    let text = std::fs::read_to_string("/proc/cgroups").ok()?;
+    text.lines().find_map(|l| l.strip_prefix("perf_event\t")?.split('\t').next()?.parse().ok())
+}
+
+impl PerfEventV1 {
+    pub fn new() -> PerfEventV1 {
+        let was_unified = perf_event_hierarchy() == Some(0);
+        let mut v1 = PerfEventV1 { mount: tempfile::tempdir().unwrap(), mounted: false, was_unified };
+        assert!(v1.try_mount(), "mounting a v1 perf_event hierarchy (needs root)");
+        v1
+    }
+
+    pub fn path(&self) -> &Path {
+        self.mount.path()
+    }
+
+    /// A new cgroup in it (drop it before the hierarchy).
+    pub fn cgroup(&self, name: &str) -> Cgroup {
+        Cgroup::in_hierarchy(self.path(), name)
+    }
+
+    fn try_mount(&mut self) -> bool {
+        let mounted = Command::new("mount")
+            .args(["-t", "cgroup", "-o", "perf_event", "spanprof-e2e"])
+            .arg(self.mount.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        self.mounted |= mounted;
+        mounted
+    }
+
+    /// The host sees the hierarchy again (mounting it again finds the same one).
+    pub fn mount_on_host(&mut self) {
+        if !self.mounted {
+            assert!(self.try_mount(), "mounting the v1 perf_event hierarchy again");
+        }
+    }
+
+    /// The host stops seeing the hierarchy: only a process's own mount of it is left.
+    pub fn unmount_from_host(&mut self) {
+        assert!(Command::new("umount").arg(self.mount.path()).status().unwrap().success());
+        self.mounted = false;
+    }
+}
+
+impl Drop for PerfEventV1 {
+    fn drop(&mut self) {
+        if !self.mounted && !self.try_mount() {
+            return;
+        }
+        // Cgroups left by a failed test: their processes back to the root, then removed (a
+        // process may take a moment to leave after it is killed).
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let children = || -> Vec<std::path::PathBuf> {
+            let entries =
+                std::fs::read_dir(self.mount.path()).map(|d| d.flatten().collect()).unwrap_or_else(|_| Vec::new());
+            entries.into_iter().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()).collect()
+        };
+        while !children().is_empty() && Instant::now() < deadline {
+            for dir in children() {
+                for pid in std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default().lines() {
+                    let _ = std::fs::write(self.mount.path().join("cgroup.procs"), pid);
+                }
+                let _ = std::fs::remove_dir(&dir);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // The kernel frees an unmounted hierarchy only if it had no child at the unmount — a
+        // removed child lingers while the sampler's events still hold it — and asynchronously:
+        // unmount, and mount again to retry, until `perf_event` is back on the unified hierarchy.
+        loop {
+            let _ = Command::new("umount").arg(self.mount.path()).status();
+            let retry = Instant::now() + Duration::from_millis(500);
+            while self.was_unified && perf_event_hierarchy() != Some(0) && Instant::now() < retry {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if !self.was_unified || perf_event_hierarchy() == Some(0) || Instant::now() >= deadline {
+                break;
+            }
+            let _ = self.try_mount();
+        }
     }
 }
