@@ -135,9 +135,7 @@ impl Failure {
             Failure::Internal => (500, "InternalError", "etcd timeout"),
         }
     }
-}
 
-impl Failure {
     /// The HTTP status code and the `Status` body.
     fn reply(self) -> (u16, Value) {
         let (code, reason, message) = self.status();

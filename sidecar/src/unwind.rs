@@ -99,8 +99,8 @@ impl Process {
     /// they changed (or were never read), or `ip` is in no known module; at most once per
     /// [`REFRESH_EVERY`].
     pub fn wants_modules(&self, ip: u64) -> bool {
-        let stale = self.refreshed.is_none_or(|t| t.elapsed() >= REFRESH_EVERY);
-        stale && (self.dirty || self.module_of(ip).is_none())
+        // The clock last: most samples fall in a known module of an unchanged process.
+        (self.dirty || self.module_of(ip).is_none()) && self.refreshed.is_none_or(|t| t.elapsed() >= REFRESH_EVERY)
     }
 
     /// The mappings could not be read: keep the modules known, ask again after [`REFRESH_EVERY`].
