@@ -17,9 +17,12 @@ pub enum Answer {
     Span(Root),
     /// The thread was known and inside no span.
     NoSpan,
-    /// Cannot tell: the thread never registered (or not yet at that time), its ring has been
-    /// overwritten past `t`, or the slot changed under the reader. Such samples stay unattributed.
+    /// Cannot tell: the thread never registered (or not yet at that time), or the slot changed
+    /// under the reader. Such samples stay unattributed.
     Unknown,
+    /// Cannot tell because the thread's ring has been overwritten past `t`: the reader came too
+    /// late for this thread's rate of root-span changes (reading sooner would have known).
+    Overwritten,
 }
 
 /// What the header of a channel file says.
@@ -385,12 +388,12 @@ impl Reader {
         Some(match best {
             Some(answer) => answer,
             // Entries at or before `t` were overwritten.
-            None if lost => Answer::Unknown,
+            None if lost => Answer::Overwritten,
             // Every transition of this owner still in the ring is after `t`. If the ring still
             // holds the owner's first one, the thread was in no span since it registered; else
             // the transitions around `t` were overwritten.
             None if lowest == first => Answer::NoSpan,
-            None => Answer::Unknown,
+            None => Answer::Overwritten,
         })
     }
 }

@@ -67,8 +67,8 @@ fn overrun_answers_unknown_never_a_wrong_span() {
     for (i, &t) in times.iter().enumerate() {
         let answer = lookup(&reader, tid, t);
         if i < 12 {
-            assert_eq!(answer, Answer::Unknown, "transition {i} was overwritten");
-            assert_eq!(lookup(&reader, tid, t + 1), Answer::Unknown);
+            assert_eq!(answer, Answer::Overwritten, "transition {i} was overwritten");
+            assert_eq!(lookup(&reader, tid, t + 1), Answer::Overwritten);
         } else {
             assert_eq!(answer, span(&root(100 + i as u64, NameRef::NONE)), "transition {i} is still in the ring");
         }
@@ -77,7 +77,7 @@ fn overrun_answers_unknown_never_a_wrong_span() {
     for i in 20..100u64 {
         tick_after(slot.record(Some(&root(100 + i, NameRef::NONE))));
     }
-    assert_eq!(lookup(&reader, tid, times[19]), Answer::Unknown);
+    assert_eq!(lookup(&reader, tid, times[19]), Answer::Overwritten);
 }
 
 #[test]

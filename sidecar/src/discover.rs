@@ -391,9 +391,13 @@ impl Discovery {
                 }
             }
             let attached = sampler.attach_thread(pid, tid);
-            clean &= attached.is_ok();
+            clean &= matches!(attached, Ok(()) | Err(Error::ThreadGone { .. }));
             match attached {
                 Ok(()) => {}
+                // Listed a moment ago, exited since: nothing was missed.
+                Err(Error::ThreadGone { tid }) => {
+                    tracing::debug!(pid, tid, "thread exited before it could be attached");
+                }
                 Err(Error::PerfNotPermitted(hint)) => {
                     self.metrics.attach_errors.inc();
                     if !self.warned_permission {

@@ -13,6 +13,9 @@ pub enum Error {
          and the open-file limit is {limit}; raise the sidecar container's nofile limit"
     )]
     FileDescriptors { cpus: usize, limit: String, source: std::io::Error },
+    /// The thread exited between being listed and its events being opened.
+    #[error("thread {tid} exited before it could be sampled")]
+    ThreadGone { tid: u32 },
     #[error("perf_event_open for {what}: {source}")]
     Perf { what: String, source: std::io::Error },
     #[error("{path}: {source}")]

@@ -21,8 +21,11 @@ pub enum Attribution {
     Span(SpanLabels),
     /// The thread was in no span: whole-process profile only.
     NoSpan,
-    /// The channel cannot tell (overrun, unregistered thread): counted, unattributed.
+    /// The channel cannot tell (unregistered thread, slot in flux): counted, unattributed.
     Unknown,
+    /// The thread's span history was overwritten before the sample was joined (the rings were
+    /// drained too late for its rate of root-span changes): counted, unattributed.
+    Late,
     /// The process has no (valid) channel file.
     NoChannel,
 }
@@ -102,6 +105,7 @@ impl<L: SpanLookup> Channel<L> {
             }
             Answer::NoSpan => Attribution::NoSpan,
             Answer::Unknown => Attribution::Unknown,
+            Answer::Overwritten => Attribution::Late,
         }
     }
 }

@@ -14,8 +14,15 @@ pub struct ScopeLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AttributionLabel {
-    /// `span`, `no_span`, `unknown` (channel could not tell), `no_channel` (process has none).
+    /// `span`, `no_span`, `unknown` (channel could not tell), `late` (the thread's span history
+    /// was overwritten before the sample was joined), `no_channel` (process has none).
     pub attribution: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleCacheLabel {
+    /// `hit`, `miss_stale` (the modules were reloaded since) or `miss` (new address or slot taken).
+    pub result: String,
 }
 
 /// Every metric the sidecar exports (prefix `spanprof_sidecar_`).
@@ -23,13 +30,17 @@ pub struct Metrics {
     registry: Registry,
     pub samples: Family<AttributionLabel, Counter>,
     /// The `samples` counters of the usual attributions.
-    by_attribution: [(&'static str, Counter); 4],
+    by_attribution: [(&'static str, Counter); 5],
     pub unattributed: Counter,
     pub lost_records: Counter,
     pub throttled: Counter,
     pub unwind_failures: Counter,
     pub unwind_truncated: Counter,
     pub malformed_records: Counter,
+    /// Unwind-rule cache lookups: `[hit, miss_stale, miss]`.
+    pub rule_cache: [Counter; 3],
+    /// A process's mappings read again (they changed, or an address fell outside every module).
+    pub module_reloads: Counter,
     pub uploads: Counter,
     pub push_errors: Counter,
     pub dropped_bytes: Counter,
@@ -56,16 +67,27 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut r = Registry::new("sidecar");
         let samples: Family<AttributionLabel, Counter> = r.counters("samples", "Samples taken, by attribution");
-        let by_attribution = ["span", "no_span", "unknown", "no_channel"].map(|a| {
+        let by_attribution = ["span", "no_span", "unknown", "late", "no_channel"].map(|a| {
             let label = AttributionLabel { attribution: a.to_owned() };
             (a, samples.get_or_create(&label).clone())
         });
+        let rule_cache: Family<RuleCacheLabel, Counter> = r.counters(
+            "unwind_rule_cache_lookups",
+            "Unwind-rule cache lookups per frame: hit, miss (DWARF CFI evaluated for a new address or a taken slot), miss_stale (the process's modules were reloaded since)",
+        );
+        let rule_cache = ["hit", "miss_stale", "miss"]
+            .map(|r| rule_cache.get_or_create(&RuleCacheLabel { result: r.to_owned() }).clone());
         Metrics {
             samples,
+            rule_cache,
+            module_reloads: r.counter(
+                "module_reloads",
+                "Times a process's mappings were read again (they changed, or an address fell outside every known module)",
+            ),
             by_attribution,
             unattributed: r.counter(
                 "unattributed_samples",
-                "Samples the channel could not attribute (unknown or no channel): whole-process only",
+                "Samples the channel could not attribute (unknown, late or no channel): whole-process only",
             ),
             metrics_listen_failures: r.counter(
                 "metrics_listen_failures",
@@ -118,7 +140,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Counts a sample under its attribution (`span`, `no_span`, `unknown`, `no_channel`).
+    /// Counts a sample under its attribution (`span`, `no_span`, `unknown`, `late`, `no_channel`).
     pub fn sample(&self, attribution: &'static str) {
         // One sample at a time from the sampling thread: remember the four counters rather than
         // building a label and hashing it into the family for every sample.

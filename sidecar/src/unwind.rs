@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64};
-use framehop::{ExplicitModuleSectionInfo, FrameAddress, Module, Unwinder};
+use framehop::{CacheStats, ExplicitModuleSectionInfo, FrameAddress, Module, Unwinder};
 
 use crate::modules::{Bytes, ElfInfo, Mapping};
 
@@ -44,10 +44,27 @@ struct Mapped {
 /// A process's modules and unwinder.
 pub struct Process {
     unwinder: UnwinderX86_64<Bytes>,
-    cache: CacheX86_64,
+    /// framehop's rule cache is direct-mapped with 509 slots (`address % 509`); a tokio + axum
+    /// service's stacks touch a few thousand return addresses, so one such cache misses about one
+    /// lookup in six, each miss a DWARF CFI evaluation. [`RuleCaches`] picks one of several caches
+    /// by the address's next digits, which makes them one direct-mapped cache of
+    /// `509 × RULE_CACHES` slots.
+    caches: RuleCaches,
     mapped: Vec<Mapped>,
     dirty: bool,
     refreshed: Option<Instant>,
+    /// The rule cache's counts when last reported ([`Process::rule_cache_since_last`]).
+    reported: CacheStats,
+}
+
+/// Rule-cache lookups of the unwinder: a miss means DWARF CFI evaluated for an address.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleCacheCounts {
+    pub hits: u64,
+    /// Misses on an address seen before whose rule was dropped because the modules were reloaded.
+    pub stale: u64,
+    /// Other misses: a new address, or its slot held another address.
+    pub other: u64,
 }
 
 /// How often a process's maps are re-read at most when an address falls outside every module.
@@ -83,10 +100,11 @@ impl Process {
     pub fn new() -> Process {
         Process {
             unwinder: UnwinderX86_64::new(),
-            cache: CacheX86_64::new(),
+            caches: RuleCaches::new(),
             mapped: Vec::new(),
             dirty: true,
             refreshed: None,
+            reported: CacheStats::default(),
         }
     }
 
@@ -127,6 +145,17 @@ impl Process {
         self.mapped = mapped;
     }
 
+    /// Rule-cache lookups since the last call.
+    pub fn rule_cache_since_last(&mut self) -> RuleCacheCounts {
+        let (now, was) = (self.caches.stats(), std::mem::replace(&mut self.reported, self.caches.stats()));
+        RuleCacheCounts {
+            hits: now.hit_count - was.hit_count,
+            stale: now.miss_wrong_modules_count - was.miss_wrong_modules_count,
+            other: (now.miss_empty_slot_count + now.miss_wrong_address_count)
+                - (was.miss_empty_slot_count + was.miss_wrong_address_count),
+        }
+    }
+
     fn module_of(&self, avma: u64) -> Option<&Mapped> {
         module_of(&self.mapped, avma)
     }
@@ -146,29 +175,58 @@ impl Process {
             Ok(u64::from_le_bytes(word.try_into().map_err(|_| ())?))
         };
         let mapped = &self.mapped;
-        let mut frames =
-            self.unwinder.iter_frames(ip, UnwindRegsX86_64::new(ip, sp, bp), &mut self.cache, &mut read_stack);
+        let mut regs = UnwindRegsX86_64::new(ip, sp, bp);
+        let mut frame = FrameAddress::InstructionPointer(ip);
         let mut n = 0usize;
         loop {
-            match frames.next() {
-                Ok(Some(f)) => {
-                    n += 1;
-                    out.push(key_in(
-                        mapped,
-                        match f {
-                            FrameAddress::InstructionPointer(_) => f.address(),
-                            FrameAddress::ReturnAddress(_) => f.address_for_lookup(),
-                        },
-                    ));
-                    if n > 512 {
-                        break Outcome::Truncated;
-                    }
-                }
+            n += 1;
+            let lookup = frame.address_for_lookup();
+            out.push(key_in(mapped, lookup));
+            if n > 512 {
+                break Outcome::Truncated;
+            }
+            let cache = self.caches.for_address(lookup);
+            match self.unwinder.unwind_frame(frame, &mut regs, cache, &mut read_stack) {
+                Ok(Some(ra)) => match FrameAddress::from_return_address(ra) {
+                    Some(next) => frame = next,
+                    None if n <= 1 => break Outcome::Failed,
+                    None => break Outcome::Truncated,
+                },
                 Ok(None) => break Outcome::Complete,
                 Err(_) if n <= 1 => break Outcome::Failed,
                 Err(_) => break Outcome::Truncated,
             }
         }
+    }
+}
+
+/// How many framehop rule caches a process has (see [`Process`]'s `caches`).
+const RULE_CACHES: usize = 16;
+/// framehop's slots per rule cache (its `CACHE_ENTRY_COUNT`; a slot is `address % 509`).
+const RULE_CACHE_SLOTS: u64 = 509;
+
+/// Several framehop rule caches used as one larger direct-mapped cache: an address always goes
+/// to the same cache (chosen by `address / 509`), and within it to framehop's slot `address % 509`.
+struct RuleCaches(Box<[CacheX86_64]>);
+
+impl RuleCaches {
+    fn new() -> RuleCaches {
+        RuleCaches((0..RULE_CACHES).map(|_| CacheX86_64::new()).collect())
+    }
+
+    fn for_address(&mut self, lookup_address: u64) -> &mut CacheX86_64 {
+        // The modulo keeps the index in range, so the indexing cannot panic.
+        let i = (lookup_address / RULE_CACHE_SLOTS) as usize % self.0.len();
+        &mut self.0[i]
+    }
+
+    fn stats(&self) -> CacheStats {
+        self.0.iter().map(CacheX86_64::stats).fold(CacheStats::default(), |a, b| CacheStats {
+            hit_count: a.hit_count + b.hit_count,
+            miss_empty_slot_count: a.miss_empty_slot_count + b.miss_empty_slot_count,
+            miss_wrong_modules_count: a.miss_wrong_modules_count + b.miss_wrong_modules_count,
+            miss_wrong_address_count: a.miss_wrong_address_count + b.miss_wrong_address_count,
+        })
     }
 }
 

@@ -228,6 +228,10 @@ fn main() {
     let (s1, c1) = (metric(metrics, "spanprof_sidecar_samples_total"), thread_cpu_secs(sidecar.pid()));
     let (samples, sidecar_cpu) = (s1 - s0, c1 - c0);
     let (rss, hwm) = rss_mib(sidecar.pid());
+    let lookups =
+        |r: &str| metric(metrics, &format!("spanprof_sidecar_unwind_rule_cache_lookups_total{{result=\"{r}\"}}"));
+    let (hits, stale, missed) = (lookups("hit"), lookups("miss_stale"), lookups("miss"));
+    let reloads = metric(metrics, "spanprof_sidecar_module_reloads_total");
     let scopes = ["cgroup_v2", "cgroup_v1", "thread"];
     let scope = scopes
         .into_iter()
@@ -254,6 +258,10 @@ fn main() {
         sidecar_cpu * 100.0 / o.steady.as_secs_f64()
     );
     println!("| sidecar RSS at steady state / peak | {rss:.1} MiB / {hwm:.1} MiB |");
+    println!(
+        "| unwind-rule cache (whole run) | {:.1} % hits ({hits} hits, {missed} misses, {stale} stale after {reloads} module reloads) |",
+        hits as f64 * 100.0 / (hits + stale + missed).max(1) as f64
+    );
 
     compare_with_perf(server_port, &o);
 }

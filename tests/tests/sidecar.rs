@@ -302,6 +302,41 @@ fn without_a_channel_the_whole_process_profile_still_works() {
     assert!(alpha > 5 && beta > 5, "whole-process profile: alpha {alpha}, beta {beta}");
 }
 
+/// The sampler drains its rings once a second. A thread that changes its root span 2,000 times a
+/// second overwrites its 1,024-entry span history in half that: its older samples come back
+/// `late`, and the sampler must then drain often enough that they stop coming.
+#[test]
+fn a_thread_changing_spans_faster_than_a_second_of_history_makes_the_sampler_drain_sooner() {
+    let (_serial, _data, ctx, port, _server) = serve();
+    // One busy thread, back-to-back root spans of 1 ms (two transitions each), for up to 30 s.
+    let w = start_workload(
+        Some(ctx.path()),
+        &[
+            ("E2E_THREADS", "1"),
+            ("E2E_SPANS", "30000"),
+            ("E2E_SPAN_US", "1000"),
+            ("E2E_GAP_MS", "0"),
+            ("E2E_QUIET", "1"),
+        ],
+    );
+    let (sidecar, metrics) = start_sidecar(port, Some(ctx.path()), Some(w.proc.pid()), &[]);
+    let late = || metric(metrics, "spanprof_sidecar_samples_total{attribution=\"late\"}");
+    let in_spans = || metric(metrics, "spanprof_sidecar_samples_total{attribution=\"span\"}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while late() == 0 {
+        assert!(Instant::now() < deadline, "no sample was late at a drain a second apart: the test proves nothing");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The drain under way when the first late sample was found may still bring a few.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (late_before, spans_before) = (late(), in_spans());
+    std::thread::sleep(Duration::from_secs(4));
+    let (late_after, spans_after) = (late(), in_spans());
+    sidecar.terminate();
+    assert_eq!(late_after, late_before, "samples still came too late after the sampler noticed");
+    assert!(spans_after > spans_before + 200, "span samples {spans_before} → {spans_after} in 4 s of a busy thread");
+}
+
 #[test]
 fn every_thread_is_sampled_under_a_low_soft_open_file_limit() {
     let (_serial, _data, ctx, port, _server) = serve();
@@ -310,7 +345,9 @@ fn every_thread_is_sampled_under_a_low_soft_open_file_limit() {
     let threads = 40;
     let mut w = start_workload(
         Some(ctx.path()),
-        &[("E2E_THREADS", &threads.to_string()), ("E2E_SPANS", "6"), ("E2E_SPAN_MS", "40")],
+        // 8 spans of 40 ms, 200 ms apart: alive (at least 1.9 s) when the attach is checked, and
+        // few enough at a time on CPU that most spans get a sample.
+        &[("E2E_THREADS", &threads.to_string()), ("E2E_SPANS", "8"), ("E2E_SPAN_MS", "40"), ("E2E_GAP_MS", "200")],
     );
     let (sidecar, metrics) =
         start_sidecar_under(&["prlimit", "--nofile=32:"], port, Some(ctx.path()), Some(w.proc.pid()), &[]);

@@ -256,10 +256,15 @@ impl Sampler {
             return Ok(());
         }
         let kind = self.sampling_kind(false);
-        let events = self.open_on_every_cpu(
+        let events = match self.open_on_every_cpu(
             |cpu| EventFd::open(kind, tid as i32, cpu),
             |cpu| format!("thread {tid} of process {pid} on CPU {cpu}"),
-        )?;
+        ) {
+            Err(Error::Perf { source, .. }) if source.raw_os_error() == Some(libc::ESRCH) => {
+                return Err(Error::ThreadGone { tid });
+            }
+            other => other?,
+        };
         self.targets.entry(pid).or_default().threads.insert(tid, events);
         Ok(())
     }

@@ -2,8 +2,10 @@
 //! own functions (`spin_alpha`/`burn_alpha`, `spin_beta`/`burn_beta`) and nowhere else, and print
 //! each span's window: `window tid=… span_id=… name=… start_ns=… end_ns=… cpu_ns=…` (the
 //! thread's on-CPU time inside the span).
-//! Settings: `E2E_THREADS` (2), `E2E_SPANS` (spans per thread, 20), `E2E_SPAN_MS` (60),
-//! `E2E_THREAD_DELAY_MS` (0: threads start after that delay, to test threads created after attach).
+//! Settings: `E2E_THREADS` (2), `E2E_SPANS` (spans per thread, 20), `E2E_SPAN_MS` (60; or
+//! `E2E_SPAN_US` in microseconds), `E2E_GAP_MS` (15: the pause between spans),
+//! `E2E_THREAD_DELAY_MS` (0: threads start after that delay, to test threads created after attach),
+//! `E2E_QUIET` (1: print no windows, for runs of many short spans nobody reads).
 #![forbid(unsafe_code)]
 
 use std::hint::black_box;
@@ -35,8 +37,8 @@ fn burn_beta(n: u64) -> f64 {
 }
 
 #[inline(never)]
-fn spin_alpha(ms: u64) -> u64 {
-    let end = Instant::now() + Duration::from_millis(ms);
+fn spin_alpha(length: Duration) -> u64 {
+    let end = Instant::now() + length;
     let mut acc = 0u64;
     while Instant::now() < end {
         acc = acc.wrapping_add(burn_alpha(acc));
@@ -45,8 +47,8 @@ fn spin_alpha(ms: u64) -> u64 {
 }
 
 #[inline(never)]
-fn spin_beta(ms: u64) -> f64 {
-    let end = Instant::now() + Duration::from_millis(ms);
+fn spin_beta(length: Duration) -> f64 {
+    let end = Instant::now() + length;
     let mut acc = 0.0;
     while Instant::now() < end {
         acc += burn_beta(acc as u64);
@@ -69,8 +71,10 @@ fn env(k: &str, d: u64) -> u64 {
 fn main() -> anyhow::Result<()> {
     let layer = spanprof::SpanProfLayer::from_env()?;
     tracing_subscriber::registry().with(layer).init();
-    let (threads, spans, ms, delay) =
-        (env("E2E_THREADS", 2), env("E2E_SPANS", 20), env("E2E_SPAN_MS", 60), env("E2E_THREAD_DELAY_MS", 0));
+    let (threads, spans, delay) = (env("E2E_THREADS", 2), env("E2E_SPANS", 20), env("E2E_THREAD_DELAY_MS", 0));
+    let length = Duration::from_micros(env("E2E_SPAN_US", env("E2E_SPAN_MS", 60) * 1000));
+    let gap = Duration::from_millis(env("E2E_GAP_MS", 15));
+    let quiet = env("E2E_QUIET", 0) == 1;
     println!("ready pid={}", std::process::id());
     std::thread::sleep(Duration::from_millis(delay));
     let handles: Vec<_> = (0..threads)
@@ -85,22 +89,24 @@ fn main() -> anyhow::Result<()> {
                     let start = spanprof_channel::monotonic_ns();
                     let cpu0 = thread_cpu_ns();
                     if alpha {
-                        spin_alpha(ms);
+                        spin_alpha(length);
                     } else {
-                        spin_beta(ms);
+                        spin_beta(length);
                     }
                     let cpu = thread_cpu_ns().saturating_sub(cpu0);
                     let end = spanprof_channel::monotonic_ns();
                     drop(guard);
-                    let id = root.map(|r| r.profile_id_hex()).unwrap_or_default();
-                    let name = if alpha { "alpha" } else { "beta" };
-                    let mut out = std::io::stdout().lock();
-                    let _ = writeln!(
-                        out,
-                        "window tid={tid} span_id={id} name={name} start_ns={start} end_ns={end} cpu_ns={cpu}"
-                    );
-                    let _ = out.flush();
-                    std::thread::sleep(Duration::from_millis(15));
+                    if !quiet {
+                        let id = root.map(|r| r.profile_id_hex()).unwrap_or_default();
+                        let name = if alpha { "alpha" } else { "beta" };
+                        let mut out = std::io::stdout().lock();
+                        let _ = writeln!(
+                            out,
+                            "window tid={tid} span_id={id} name={name} start_ns={start} end_ns={end} cpu_ns={cpu}"
+                        );
+                        let _ = out.flush();
+                    }
+                    std::thread::sleep(gap);
                 }
             })
         })
