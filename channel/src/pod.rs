@@ -43,6 +43,9 @@ pub mod env {
     pub const STACK_COPY_BYTES: &str = "SPANPROF_STACK_COPY_BYTES";
     /// Sampler: its metrics and probes address.
     pub const SIDECAR_LISTEN: &str = "SPANPROF_SIDECAR_LISTEN";
+    /// Sampler: how many CPUs the sampled containers may use together (the sum of their CPU
+    /// limits, a decimal such as `2.5`), which sizes its ring buffers. Unset: no limit.
+    pub const APP_CPUS: &str = "SPANPROF_APP_CPUS";
 }
 
 /// The directory, in the sampler's view of the context volume, where `container` writes.

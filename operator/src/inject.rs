@@ -292,6 +292,9 @@ pub fn plan(
     if let Ok(names) = spanprof_channel::pod::format_service_names(listed) {
         add_env_unless_set(&mut sampler, plain_env(ENV_SERVICE_NAMES, &names));
     }
+    if let Some(cpus) = app_cpus(&spec, &selected) {
+        add_env_unless_set(&mut sampler, plain_env(ENV_APP_CPUS, &cpus));
+    }
     let port = sampler_metrics_port(&spec);
     add_env_unless_set(&mut sampler, plain_env(ENV_SIDECAR_LISTEN, &format!("0.0.0.0:{port}")));
     // A stalled sampling loop fails /healthz; the kubelet then restarts the sampler alone. Not
@@ -502,6 +505,34 @@ fn env_from_warning(c: &Container, injected: &[&EnvVar]) -> Option<String> {
 }
 
 /// Names of the app containers to configure: the annotation's list, else the spec's, else all.
+/// How many CPUs the `selected` containers may use together, for [`ENV_APP_CPUS`] (it sizes the
+/// sampler's rings): the sum of their CPU limits, or `None` when one has none (it may use every
+/// CPU of the node) or a limit is not a plain quantity.
+fn app_cpus(spec: &PodSpec, selected: &[String]) -> Option<String> {
+    let mut millis = 0u64;
+    for c in spec.containers.iter().filter(|c| selected.contains(&c.name)) {
+        let limit = c.resources.as_ref()?.limits.as_ref()?.get("cpu")?;
+        millis = millis.checked_add(cpu_millis(&limit.0)?)?;
+    }
+    (millis > 0).then(|| format!("{}", millis as f64 / 1000.0))
+}
+
+/// A CPU quantity in millicores: `2`, `1.5`, `500m` (Kubernetes rounds CPU up to 1m). `None` for
+/// other forms (exponents, binary suffixes), which CPU limits do not use in practice.
+fn cpu_millis(quantity: &str) -> Option<u64> {
+    let q = quantity.trim();
+    let (number, scale) = match q.strip_suffix('m') {
+        Some(n) => (n, 1.0),
+        None => (q, 1000.0),
+    };
+    if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return None;
+    }
+    let value: f64 = number.parse().ok()?;
+    let millis = (value * scale).ceil();
+    (millis.is_finite() && millis <= u64::MAX as f64).then_some(millis as u64)
+}
+
 fn selected_containers(pod: &Pod, sp: &SpanProfiling) -> Result<Vec<String>, Skip> {
     let all: Vec<String> = pod.spec.iter().flat_map(|s| s.containers.iter().map(|c| c.name.clone())).collect();
     let requested: Vec<String> = match pod.annotations().get(ANNOTATION_CONTAINER_NAMES) {

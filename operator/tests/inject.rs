@@ -371,6 +371,35 @@ fn spec_containers_select_and_the_annotation_wins_over_them() {
     );
 }
 
+/// The value of `name` in the injected sampler's environment.
+fn sampler_var(pod: &Value, name: &str) -> Option<String> {
+    let spec = &pod["spec"];
+    let all = spec["initContainers"].as_array().into_iter().chain(spec["containers"].as_array()).flatten();
+    let sampler = all.into_iter().find(|c| c["name"] == "spanprof-sampler").expect("sampler injected");
+    let env = sampler["env"].as_array()?;
+    env.iter().find(|e| e["name"] == name).map(|e| e["value"].as_str().unwrap_or_default().to_owned())
+}
+
+#[test]
+fn the_sampler_is_told_how_many_cpus_the_sampled_containers_may_use() {
+    let all = [profiling("shop", "default", SpanProfilingSpec::default())];
+    let mut pod = two_container_pod(json!({"spanprof.dev/inject": "true"}));
+    pod["spec"]["containers"][0]["resources"] = json!({"limits": {"cpu": "1500m", "memory": "1Gi"}});
+    pod["spec"]["containers"][1]["resources"] = json!({"limits": {"cpu": "1"}});
+    assert_eq!(sampler_var(&run(&pod, "shop", &all).unwrap(), "SPANPROF_APP_CPUS").as_deref(), Some("2.5"));
+    // Only the selected containers count.
+    pod["metadata"]["annotations"]["spanprof.dev/container-names"] = json!("ride");
+    assert_eq!(sampler_var(&run(&pod, "shop", &all).unwrap(), "SPANPROF_APP_CPUS").as_deref(), Some("1.5"));
+    pod["spec"]["containers"][0]["resources"] = json!({"limits": {"cpu": "0.25"}});
+    assert_eq!(sampler_var(&run(&pod, "shop", &all).unwrap(), "SPANPROF_APP_CPUS").as_deref(), Some("0.25"));
+    // A selected container without a CPU limit may use every CPU of the node: nothing to tell.
+    pod["spec"]["containers"][0]["resources"] = json!({"requests": {"cpu": "1"}});
+    assert_eq!(sampler_var(&run(&pod, "shop", &all).unwrap(), "SPANPROF_APP_CPUS"), None);
+    // Nor with a quantity in a form CPU limits do not use.
+    pod["spec"]["containers"][0]["resources"] = json!({"limits": {"cpu": "2e3m"}});
+    assert_eq!(sampler_var(&run(&pod, "shop", &all).unwrap(), "SPANPROF_APP_CPUS"), None);
+}
+
 #[test]
 fn a_selection_naming_no_container_is_not_injected() {
     let pod = two_container_pod(json!({"spanprof.dev/inject": "true", "spanprof.dev/container-names": "web"}));

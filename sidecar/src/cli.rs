@@ -51,6 +51,11 @@ pub struct Args {
     /// every thread gets events of its own.
     #[arg(long, env = "SPANPROF_SAMPLING_SCOPE", default_value = "auto")]
     scope: crate::discover::Scope,
+    /// How many CPUs the sampled containers may use together (the operator sets the sum of their
+    /// CPU limits): the per-CPU rings then hold that many CPUs' second of samples between them
+    /// (at least a quarter second each), not a second each. Unset: a second each.
+    #[arg(long, env = env::APP_CPUS, value_parser = parse_cpus)]
+    app_cpus: Option<f64>,
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = env::SIDECAR_LISTEN, default_value = "0.0.0.0:4041")]
     listen: SocketAddr,
@@ -87,6 +92,14 @@ struct LabelArgs {
     node: String,
 }
 
+/// A positive, finite number of CPUs (`0.5`, `2`).
+fn parse_cpus(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(n) if n.is_finite() && n > 0.0 => Ok(n),
+        _ => Err(format!("{text:?} is not a positive number of CPUs")),
+    }
+}
+
 /// Parses the flags and environment, runs the sampler until SIGINT/SIGTERM.
 pub fn main() -> ExitCode {
     // Destructured whole: a flag added to Args and not used here fails to compile.
@@ -100,6 +113,7 @@ pub fn main() -> ExitCode {
         stack_bytes,
         max_buffer_bytes,
         scope,
+        app_cpus,
         listen,
         service_name,
         service_names,
@@ -124,6 +138,7 @@ pub fn main() -> ExitCode {
         stack_bytes,
         max_buffer_bytes,
         scope,
+        app_cpus,
         listen,
         service_name: service_name.filter(|s| !s.is_empty()),
         service_names,

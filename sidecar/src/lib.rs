@@ -54,6 +54,8 @@ pub struct Config {
     pub max_buffer_bytes: usize,
     /// Per cgroup where possible (cheapest for the app), or always per thread.
     pub scope: Scope,
+    /// How many CPUs the sampled containers may use together (sizes the rings); `None`: all.
+    pub app_cpus: Option<f64>,
     pub listen: SocketAddr,
     pub service_name: Option<String>,
     /// Each container's service name, `SPANPROF_SERVICE_NAMES` parsed (see `spanprof_channel::pod`).
@@ -89,12 +91,14 @@ impl Config {
 /// It says what to grant, shows `sampling_permitted 0` and tries again every minute. `None`:
 /// signalled meanwhile.
 async fn open_sampler(config: &Config, metrics: &Metrics) -> Result<Option<perf::Sampler>> {
-    let settings = perf::Settings { freq_hz: config.sample_rate_hz, stack_bytes: config.stack_bytes };
+    let settings =
+        perf::Settings { freq_hz: config.sample_rate_hz, stack_bytes: config.stack_bytes, app_cpus: config.app_cpus };
     let mut warned = false;
     loop {
         match perf::Sampler::new(settings) {
             Ok(s) => {
                 metrics.sampling_permitted.set(1);
+                metrics.ring_bytes.set(i64::try_from(s.ring_bytes()).unwrap_or(i64::MAX));
                 return Ok(Some(s));
             }
             Err(Error::PerfNotPermitted(hint)) => {

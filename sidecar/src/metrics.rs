@@ -53,6 +53,8 @@ pub struct Metrics {
     pub scope_processes: Family<ScopeLabel, Gauge>,
     pub attach_errors: Counter,
     pub kernel_excluded: Gauge,
+    /// Bytes of perf ring buffer mapped, all CPUs together.
+    pub ring_bytes: Gauge,
     pub sampling_permitted: Gauge,
     pub symbols_cached: Gauge,
     /// The metrics address could not be bound (the sidecar samples on without it).
@@ -132,6 +134,10 @@ impl Default for Metrics {
                 "1 when kernel-mode samples are excluded (no CAP_PERFMON): time in the kernel is not sampled",
             ),
             symbols_cached: r.gauge("symbols_cached", "Symbolized addresses in the cache"),
+            ring_bytes: r.gauge(
+                "ring_bytes",
+                "Bytes of perf ring buffer mapped for all CPUs together (locked kernel memory, not counted in RSS)",
+            ),
             heartbeat_ms: std::sync::atomic::AtomicU64::new(0),
             started: std::time::Instant::now(),
             registry: r,

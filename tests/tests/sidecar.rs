@@ -337,6 +337,28 @@ fn a_thread_changing_spans_faster_than_a_second_of_history_makes_the_sampler_dra
     assert!(spans_after > spans_before + 200, "span samples {spans_before} → {spans_after} in 4 s of a busy thread");
 }
 
+/// Rings sized by what the targets may use: with a CPU limit of half a CPU the per-CPU rings
+/// hold a quarter second each (the floor) instead of a second, and sampling goes on.
+#[test]
+fn a_cpu_limit_makes_the_rings_smaller() {
+    let (_serial, _data, ctx, port, _server) = serve();
+    let mut w = start_workload(Some(ctx.path()), &[("E2E_SPANS", "10"), ("E2E_SPAN_MS", "60")]);
+    let (limited, limited_metrics) =
+        start_sidecar(port, Some(ctx.path()), Some(w.proc.pid()), &[("E2E_APP_CPUS", "0.5")]);
+    let (unlimited, unlimited_metrics) = start_sidecar(port, Some(ctx.path()), Some(w.proc.pid()), &[]);
+    w.windows();
+    std::thread::sleep(Duration::from_millis(1200));
+    let ring_bytes = |m| metric(m, "spanprof_sidecar_ring_bytes");
+    let (small, full) = (ring_bytes(limited_metrics), ring_bytes(unlimited_metrics));
+    let sampled = metric(limited_metrics, "spanprof_sidecar_samples_total");
+    limited.terminate();
+    unlimited.terminate();
+    // A second of 100 Hz samples of 16 KiB stacks is 2 MiB a CPU once rounded to a power of two.
+    assert!(full > 0 && full % (2 << 20) == 0, "rings of a second each: {full} bytes");
+    assert_eq!(small * 4, full, "a quarter second each");
+    assert!(sampled > 10, "{sampled} samples through the small rings");
+}
+
 #[test]
 fn every_thread_is_sampled_under_a_low_soft_open_file_limit() {
     let (_serial, _data, ctx, port, _server) = serve();

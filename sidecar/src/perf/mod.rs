@@ -20,6 +20,25 @@ pub struct Settings {
     pub freq_hz: u64,
     /// User-stack bytes copied per sample (multiple of 8, below 64 KiB).
     pub stack_bytes: u32,
+    /// How many CPUs the targets may use together (their CPU limits); `None`: every CPU.
+    pub app_cpus: Option<f64>,
+}
+
+/// The least a ring holds, in seconds of one busy CPU's samples: the kernel wakes the loop at
+/// half a ring, so a smaller ring means more wakeups (each costs tens of microseconds) on a CPU
+/// the targets keep busy.
+const RING_SECONDS_MIN: f64 = 0.25;
+
+/// How many seconds of one busy CPU's samples each of `rings` per-CPU rings holds: together a
+/// second of samples for every CPU the targets can use (`app_cpus`, all when unknown), at most a
+/// second and at least [`RING_SECONDS_MIN`] each. Samples of a target land in the ring of the CPU
+/// it ran on, at most one CPU's worth each, so a limit of 2 CPUs on a 64-CPU node needs no 64
+/// full rings.
+pub fn ring_seconds(app_cpus: Option<f64>, rings: usize) -> f64 {
+    match app_cpus {
+        Some(cpus) if cpus.is_finite() && cpus > 0.0 && rings > 0 => (cpus / rings as f64).clamp(RING_SECONDS_MIN, 1.0),
+        _ => 1.0,
+    }
 }
 
 #[derive(Default)]
@@ -33,6 +52,8 @@ struct Target {
 /// The sampler: rings per CPU and the events of every attached process.
 pub struct Sampler {
     rings: Vec<(i32, Ring)>,
+    /// Bytes of all rings together.
+    ring_bytes: usize,
     targets: HashMap<u32, Target>,
     settings: Settings,
     exclude_kernel: bool,
@@ -129,9 +150,11 @@ impl Sampler {
     pub fn new(settings: Settings) -> Result<Sampler> {
         let record_bytes = u64::from(settings.stack_bytes) + 128;
         let pages_for = |bytes: u64| (bytes.div_ceil(sys::page_size() as u64) as usize).next_power_of_two();
-        // A second of samples per CPU: the loop drains every 250 ms and is woken at half a ring.
-        let wanted = pages_for(settings.freq_hz.max(1) * record_bytes).max(16);
+        // Up to a second of samples per CPU (see `ring_seconds`): the loop drains once a second
+        // and is woken at half a ring.
         let cpus = online_cpus();
+        let second = (settings.freq_hz.max(1) * record_bytes) as f64;
+        let wanted = pages_for((second * ring_seconds(settings.app_cpus, cpus.len())) as u64).max(16);
         let open_file_limit = match sys::raise_soft_limit(SoftLimit::OpenFiles) {
             Ok(limit) => {
                 tracing::info!(
@@ -178,6 +201,13 @@ impl Sampler {
                 }
             }
         };
+        tracing::info!(
+            rings = rings.len(),
+            ring_kib = pages * sys::page_size() / 1024,
+            total_kib = rings.len() * pages * sys::page_size() / 1024,
+            app_cpus = settings.app_cpus,
+            "perf rings mapped (locked kernel memory, not counted in RSS)"
+        );
         if pages < wanted {
             tracing::warn!(
                 ring_kib = pages * sys::page_size() / 1024,
@@ -208,14 +238,21 @@ impl Sampler {
                 return Err(Error::Perf { what: "a CPU-clock sampling event".into(), source: e });
             }
         };
+        let ring_bytes = rings.len() * pages * sys::page_size();
         Ok(Sampler {
             rings,
+            ring_bytes,
             targets: HashMap::new(),
             settings,
             exclude_kernel,
             open_file_limit,
             cgroups: HashMap::new(),
         })
+    }
+
+    /// Bytes of ring buffer mapped, all CPUs together.
+    pub fn ring_bytes(&self) -> usize {
+        self.ring_bytes
     }
 
     pub fn excludes_kernel(&self) -> bool {
@@ -404,6 +441,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn rings_hold_a_second_for_each_cpu_the_targets_may_use() {
+        // No limit: a second per CPU.
+        assert_eq!(ring_seconds(None, 64), 1.0);
+        // 2 CPUs on a 64-CPU node: the floor, a quarter of what no limit takes.
+        assert_eq!(ring_seconds(Some(2.0), 64), RING_SECONDS_MIN);
+        // 24 CPUs on 64: their two dozen seconds spread over the rings.
+        assert_eq!(ring_seconds(Some(24.0), 64), 0.375);
+        // A limit above the CPUs there are, or nonsense: a second each.
+        assert_eq!(ring_seconds(Some(8.0), 2), 1.0);
+        assert_eq!(ring_seconds(Some(f64::NAN), 2), 1.0);
+        assert_eq!(ring_seconds(Some(0.0), 2), 1.0);
+    }
+
+    #[test]
     fn parses_cpu_lists() {
         assert_eq!(parse_cpu_list("0-3,5,7-8\n"), vec![0, 1, 2, 3, 5, 7, 8]);
         assert_eq!(parse_cpu_list("0"), vec![0]);
@@ -420,7 +471,7 @@ mod tests {
     /// Samples a busy thread of this very process: real perf events, real records.
     #[test]
     fn samples_a_busy_thread_of_this_process() {
-        let mut s = Sampler::new(Settings { freq_hz: 200, stack_bytes: 8192 })
+        let mut s = Sampler::new(Settings { freq_hz: 200, stack_bytes: 8192, app_cpus: None })
             .expect("perf_event_open (root or CAP_PERFMON needed)");
         s.start().unwrap();
         let pid = std::process::id();
