@@ -56,6 +56,11 @@ pub struct Args {
     /// (at least a quarter second each), not a second each. Unset: a second each.
     #[arg(long, env = env::APP_CPUS, value_parser = parse_cpus)]
     app_cpus: Option<f64>,
+    /// Also name the functions inlined at each frame (from DWARF line tables, as `perf report`
+    /// does; an optimised Rust build inlines most small functions). Costs more symbolization CPU
+    /// and memory (BENCHMARKS.md, "Inlined frames").
+    #[arg(long, env = "SPANPROF_INLINED_FRAMES")]
+    inlined_frames: bool,
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = env::SIDECAR_LISTEN, default_value = "0.0.0.0:4041")]
     listen: SocketAddr,
@@ -114,6 +119,7 @@ pub fn main() -> ExitCode {
         max_buffer_bytes,
         scope,
         app_cpus,
+        inlined_frames,
         listen,
         service_name,
         service_names,
@@ -139,6 +145,7 @@ pub fn main() -> ExitCode {
         max_buffer_bytes,
         scope,
         app_cpus,
+        inlined_frames,
         listen,
         service_name: service_name.filter(|s| !s.is_empty()),
         service_names,

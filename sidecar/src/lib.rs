@@ -56,6 +56,8 @@ pub struct Config {
     pub scope: Scope,
     /// How many CPUs the sampled containers may use together (sizes the rings); `None`: all.
     pub app_cpus: Option<f64>,
+    /// Name the functions inlined at each frame too (DWARF line tables), as `perf report` does.
+    pub inlined_frames: bool,
     pub listen: SocketAddr,
     pub service_name: Option<String>,
     /// Each container's service name, `SPANPROF_SERVICE_NAMES` parsed (see `spanprof_channel::pod`).
@@ -126,7 +128,7 @@ fn symbolize_loop(
     metrics: Arc<Metrics>,
     config: Config,
 ) {
-    let mut symbolizer = Symbolizer::new();
+    let mut symbolizer = Symbolizer::new().show_inlined(config.inlined_frames);
     let period_ns = 1_000_000_000 / config.sample_rate_hz as i64;
     let mut n = 0u64;
     for batch in batches {

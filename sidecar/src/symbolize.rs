@@ -18,8 +18,9 @@ use blazesym::symbolize::{Input, Symbolized};
 use crate::modules::Registry;
 use crate::unwind::FrameKey;
 
-/// Names of one frame, innermost (inlined) first, as pprof's `Location.line` wants them (one
-/// name today: physical frames only).
+/// Names of one frame, innermost (inlined) first, as pprof's `Location.line` wants them: the
+/// physical function alone, or with the functions inlined at that address when
+/// [`Symbolizer::show_inlined`] is on.
 pub type Names = Arc<[Arc<str>]>;
 
 /// Entries kept at most; past that the cache starts over (bounded memory).
@@ -33,6 +34,9 @@ pub struct Symbolizer {
     /// directory, held open so it outlives the process, and a symbolizer that searches it first.
     in_root: HashMap<(u64, u64), (std::fs::File, blazesym::symbolize::Symbolizer)>,
     cache: HashMap<FrameKey, Names>,
+    /// A symbolizer reading DWARF line tables for the functions inlined at each address; `None`:
+    /// physical frames only.
+    inlined: Option<blazesym::symbolize::Symbolizer>,
 }
 
 /// Target roots with debug directories kept at most (each holds a blazesym cache).
@@ -60,7 +64,28 @@ impl Symbolizer {
 
     /// A symbolizer whose own debug directories (searched after a target's) are `dirs`.
     pub fn with_own_debug_dirs(dirs: Vec<PathBuf>) -> Symbolizer {
-        Symbolizer { inner: blazesym_with(&dirs), own_debug_dirs: dirs, in_root: HashMap::new(), cache: HashMap::new() }
+        Symbolizer {
+            inner: blazesym_with(&dirs),
+            own_debug_dirs: dirs,
+            in_root: HashMap::new(),
+            cache: HashMap::new(),
+            inlined: None,
+        }
+    }
+
+    /// Also names the functions inlined at each address (from DWARF line tables, as `perf report`
+    /// shows them), innermost first before the physical function. Costs a DWARF lookup per new
+    /// address and the memory of the parsed line tables (BENCHMARKS.md, "Inlined frames").
+    pub fn show_inlined(mut self, on: bool) -> Symbolizer {
+        self.inlined = on.then(|| {
+            blazesym::symbolize::Symbolizer::builder()
+                .enable_code_info(true)
+                .enable_inlined_fns(true)
+                .enable_demangling(true)
+                .set_debug_dirs(Some(&self.own_debug_dirs))
+                .build()
+        });
+        self
     }
 
     /// The symbolizer for modules of the process whose root is `root`: one that looks for debug
@@ -156,6 +181,14 @@ impl Symbolizer {
                 names[i] = n;
             }
         }
+        if let Some(inlined) = &self.inlined {
+            for (names, calls) in names.iter_mut().zip(inlined_calls(inlined, path, addrs)) {
+                if let (Some(n), false) = (names.as_mut(), calls.is_empty()) {
+                    // Innermost first; the physical function (named as above) last.
+                    *n = calls.into_iter().rev().chain(n.iter().cloned()).collect();
+                }
+            }
+        }
         names
     }
 }
@@ -192,6 +225,27 @@ fn symbolize(
         Err(e) => {
             tracing::debug!(path = %path.display(), error = %e, "symbolization failed");
             vec![None; addrs.len()]
+        }
+    }
+}
+
+/// The functions inlined at each of `addrs` in the ELF file at `path`, outermost first (empty
+/// where none is, or the file has no DWARF).
+fn inlined_calls(symbolizer: &blazesym::symbolize::Symbolizer, path: &Path, addrs: &[u64]) -> Vec<Vec<Arc<str>>> {
+    let mut elf = Elf::new(path);
+    elf.debug_syms = true;
+    match symbolizer.symbolize(&Source::Elf(elf), Input::VirtOffset(addrs)) {
+        Ok(syms) if syms.len() == addrs.len() => syms
+            .into_iter()
+            .map(|s| match s {
+                Symbolized::Sym(sym) => sym.inlined.iter().map(|f| Arc::from(f.name.as_ref())).collect(),
+                Symbolized::Unknown(_) => Vec::new(),
+            })
+            .collect(),
+        Ok(_) => vec![Vec::new(); addrs.len()],
+        Err(e) => {
+            tracing::debug!(path = %path.display(), error = %e, "inlined-function lookup failed");
+            vec![Vec::new(); addrs.len()]
         }
     }
 }
@@ -258,6 +312,42 @@ mod tests {
         assert_eq!(&*s.names(&registry, FrameKey::KERNEL)[0], "[kernel]");
         assert_eq!(&*fallback_name(&registry, FrameKey { module: FrameKey::NO_MODULE, addr: 0x42 }), "0x42");
         assert!(s.cached() >= 2);
+    }
+
+    #[inline(always)]
+    fn an_inlined_helper_for_symbolization(x: u64) -> u64 {
+        std::hint::black_box(x).wrapping_mul(0x9e37_79b9).rotate_left(13)
+    }
+
+    #[inline(never)]
+    fn calls_an_inlined_helper_for_symbolization(x: u64) -> u64 {
+        an_inlined_helper_for_symbolization(x) ^ an_inlined_helper_for_symbolization(x + 1)
+    }
+
+    #[test]
+    fn inlined_functions_are_named_innermost_first_when_asked() {
+        let registry = Registry::default();
+        let mut p = Process::new();
+        p.set_modules(&crate::modules::mapped(std::process::id(), &registry).unwrap());
+        let here = calls_an_inlined_helper_for_symbolization as *const () as u64;
+        assert_ne!(calls_an_inlined_helper_for_symbolization(1), 0);
+        let mut frames = Vec::new();
+        let _ = p.unwind([0, 0x1000, here], &[0u8; 64], &mut frames);
+        let start = frames[0];
+        let keys: Vec<FrameKey> = (0..256).map(|d| FrameKey { module: start.module, addr: start.addr + d }).collect();
+        let mut plain = Symbolizer::new();
+        plain.resolve(&registry, &keys);
+        assert!(keys.iter().all(|k| plain.names(&registry, *k).len() == 1), "physical frames only by default");
+        let mut s = Symbolizer::new().show_inlined(true);
+        s.resolve(&registry, &keys);
+        let names = keys
+            .iter()
+            .map(|k| s.names(&registry, *k))
+            .find(|n| n.len() > 1)
+            .expect("an address of the inlined helper named with it");
+        assert!(names[0].ends_with("an_inlined_helper_for_symbolization"), "{names:?}");
+        assert!(names.last().unwrap().ends_with("calls_an_inlined_helper_for_symbolization"), "{names:?}");
+        assert_eq!(names.len(), 2, "{names:?}");
     }
 
     #[test]

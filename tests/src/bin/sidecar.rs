@@ -3,7 +3,8 @@
 //! with a channel file), `E2E_LISTEN` (metrics), `E2E_UPLOAD_INTERVAL_MS` (1000), `E2E_SERVICE`
 //! (`e2e`), `E2E_SAMPLE_RATE_HZ` (100), `E2E_STACK_BYTES` (16384; the benchmark's cost breakdown
 //! varies these two), `E2E_SCOPE` (`auto`; `thread` for per-thread events only), `E2E_MAX_BUFFER_BYTES` (8 MiB),
-//! `E2E_APP_CPUS` (unset: the targets' CPU limit, which sizes the rings).
+//! `E2E_APP_CPUS` (unset: the targets' CPU limit, which sizes the rings), `E2E_INLINED_FRAMES`
+//! (`1`: name inlined functions too).
 #![forbid(unsafe_code)]
 
 use std::time::Duration;
@@ -32,6 +33,7 @@ fn main() -> anyhow::Result<()> {
         stack_bytes: var("E2E_STACK_BYTES").map(|v| v.parse()).transpose()?.unwrap_or(16384),
         max_buffer_bytes: var("E2E_MAX_BUFFER_BYTES").map(|v| v.parse()).transpose()?.unwrap_or(8 << 20),
         app_cpus: var("E2E_APP_CPUS").map(|v| v.parse()).transpose()?,
+        inlined_frames: var("E2E_INLINED_FRAMES").is_some_and(|v| v == "1"),
         scope: var("E2E_SCOPE").map(|v| v.parse()).transpose().map_err(anyhow::Error::msg)?.unwrap_or_default(),
         listen: var("E2E_LISTEN").unwrap_or_else(|| "127.0.0.1:0".into()).parse()?,
         service_name: Some(var("E2E_SERVICE").unwrap_or_else(|| "e2e".into())),
