@@ -379,6 +379,22 @@ fn inclusive(stacks: &[(Stack, u64)], function: &str) -> f64 {
     with as f64 / total.max(1) as f64
 }
 
+/// CPU seconds (user + system) of this process's children that have been waited for, from
+/// `/proc/self/stat` (cutime, cstime: fields 16 and 17, in 10 ms ticks).
+fn waited_children_cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    (f[13].parse::<u64>().unwrap() + f[14].parse::<u64>().unwrap()) as f64 / 100.0
+}
+
+/// The stacks `perf script` prints of `data`, and the CPU seconds it took.
+fn perf_script_timed(data: &Path, inline: bool) -> (Vec<(Stack, u64)>, f64) {
+    let before = waited_children_cpu_secs();
+    let stacks = perf_script(data, inline);
+    (stacks, waited_children_cpu_secs() - before)
+}
+
 fn perf_script(data: &Path, inline: bool) -> Vec<(Stack, u64)> {
     let mut cmd = Command::new("perf");
     cmd.arg("script");
@@ -406,6 +422,7 @@ fn compare_with_perf(server_port: u16, o: &Opts) {
         &[("E2E_UPLOAD_INTERVAL_MS", "10000"), ("E2E_SERVICE", "perfcmp")],
     );
     let started = Instant::now();
+    let children_before = waited_children_cpu_secs();
     let status = Command::new("perf")
         .args(["record", "-q", "-F", "100", "--call-graph", "dwarf,16384", "-p"])
         .arg(demo.proc.pid().to_string())
@@ -416,17 +433,29 @@ fn compare_with_perf(server_port: u16, o: &Opts) {
         .status()
         .unwrap();
     assert!(status.success(), "perf record failed");
+    let record_cpu = waited_children_cpu_secs() - children_before;
+    // Its whole life: starting, reading symbols the first time, every sample.
+    let sidecar_cpu = thread_cpu_secs(sidecar.pid());
     sidecar.terminate(); // uploads what it has
     drop(demo);
     let record_secs = started.elapsed().as_secs_f64();
-    let perf = perf_script(&perf_data, false);
-    let perf_inline = perf_script(&perf_data, true);
+    let (perf, script_cpu) = perf_script_timed(&perf_data, false);
+    let (perf_inline, script_inline_cpu) = perf_script_timed(&perf_data, true);
     let ours = folded_stacks(&process_folded(server_port, "perfcmp"));
     let (p, pi, s) = (summarize(&perf), summarize(&perf_inline), summarize(&ours));
     println!("\nsame process, same {record_secs:.0} s, both at 100 Hz with a 16 KiB stack copy:\n");
     println!("| | spanprof-sidecar | perf (inlined frames expanded) | perf --no-inline |");
     println!("|---|---|---|---|");
     println!("| samples | {} | {} | |", s.samples, p.samples);
+    let per_1000 = |cpu: f64, n: u64| cpu * 1e6 / n.max(1) as f64;
+    println!(
+        "| CPU per 1,000 samples (ms) | {:.1} (whole life) | record {:.1} + script {:.1} | record {:.1} + script {:.1} |",
+        per_1000(sidecar_cpu, s.samples),
+        per_1000(record_cpu, p.samples),
+        per_1000(script_inline_cpu, p.samples),
+        per_1000(record_cpu, p.samples),
+        per_1000(script_cpu, p.samples)
+    );
     println!(
         "| user frames per sample, mean / median | {:.1} / {:.0} | {:.1} / {:.0} | {:.1} / {:.0} |",
         s.mean_depth, s.median_depth, pi.mean_depth, pi.median_depth, p.mean_depth, p.median_depth

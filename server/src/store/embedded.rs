@@ -596,7 +596,7 @@ fn insert_batch(
         // The transaction reads its own writes: an ID pushed twice in one group merges twice.
         let old = w.get(k.spans.inner(), id)?;
         let old_len = old.as_ref().map_or(0, |o| o.len());
-        let MergedSpan { mut rec, old_last_seen, new_trace, gained_name } =
+        let MergedSpan { mut rec, old_last_seen, new_trace, gained_name, counts: merged } =
             merge_span(old.as_deref(), batch, span, &span_labels, &counts)?;
         let old_rollup = rec.rollup_series;
         let name = crate::model::rollup_span_name(&rec.span_name);
@@ -617,8 +617,8 @@ fn insert_batch(
         let new_key = k2(rec.rollup_series, bucket_of(rec.last_seen_ms));
         // Where the profile's index entry is now, if it has one.
         let mut in_chunk = None;
-        match (old_last_seen, old.as_deref()) {
-            (Some(t), Some(old_bytes)) => {
+        match (old_last_seen, merged) {
+            (Some(t), Some(merged)) => {
                 w.remove(&k.spans_by_time, time_key(t, id));
                 w.remove(&k.spans_by_service, svc_time_key(&rec.service_name, t, id));
                 stats.span_profiles_merged += 1;
@@ -629,11 +629,11 @@ fn insert_batch(
                     adds.add(new_key, &counts, batch.period_ns, 1);
                     in_chunk = Some(rec.stat_chunk);
                 } else {
-                    // The profile moves to the bucket of its new last-seen minute, whole.
-                    let before: SpanRecord = codec::decode(old_bytes, "span")?;
-                    adds.add(k2(old_rollup, bucket_of(t)), &before.stack_counts()?, before.period_ns, -1);
-                    adds.add(new_key, &rec.stack_counts()?, rec.period_ns, 1);
-                    g.index.remove(w, k, (old_rollup, bucket_of(t), before.stat_chunk), id)?;
+                    // The profile moves to the bucket of its new last-seen minute, whole (its
+                    // index chunk is still the one it had: `put` below has not moved it yet).
+                    adds.add(k2(old_rollup, bucket_of(t)), &merged.before, merged.before_period_ns, -1);
+                    adds.add(new_key, &merged.after, rec.period_ns, 1);
+                    g.index.remove(w, k, (old_rollup, bucket_of(t), rec.stat_chunk), id)?;
                 }
             }
             _ => {

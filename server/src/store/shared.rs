@@ -470,6 +470,18 @@ pub(crate) struct MergedSpan {
     pub new_trace: Option<TraceId>,
     /// The stored record had no span name and this part gave it one.
     pub gained_name: bool,
+    /// The stack counts before and after, when a stored record was merged into.
+    pub counts: Option<MergeCounts>,
+}
+
+/// Stack counts of a stored span record before and after a merge, decoded once: a merge that
+/// moves the profile to another rollup bucket takes the ones before out of the old bucket and
+/// adds the ones after to the new.
+pub(crate) struct MergeCounts {
+    pub before: Counts,
+    /// The stored record's period.
+    pub before_period_ns: u64,
+    pub after: Counts,
 }
 
 /// One more part of a span profile, to merge into its record.
@@ -507,6 +519,13 @@ impl SpanPart<'_> {
     /// period and added, first/last seen widened, a trace ID, span name or label the record
     /// lacks taken. Returns the trace ID the record gained, if any.
     pub fn merge_into(self, rec: &mut SpanRecord) -> Result<Option<TraceId>> {
+        let stored = rec.stack_counts()?;
+        Ok(self.merge_onto(rec, &stored).0)
+    }
+
+    /// [`SpanPart::merge_into`] of a record whose stack counts are `stored`; also returns the
+    /// merged counts.
+    fn merge_onto(self, rec: &mut SpanRecord, stored: &Counts) -> (Option<TraceId>, Counts) {
         let owned;
         let incoming = if self.period_ns == rec.period_ns || rec.period_ns == 0 {
             self.counts
@@ -530,9 +549,9 @@ impl SpanPart<'_> {
                 rec.labels.push(l.clone());
             }
         }
-        let merged = codec::merge_counts(&rec.stack_counts()?, incoming);
+        let merged = codec::merge_counts(stored, incoming);
         rec.set_stack_counts(&merged);
-        Ok(new_trace)
+        (new_trace, merged)
     }
 }
 
@@ -560,14 +579,22 @@ pub(crate) fn merge_span(
             let mut rec: SpanRecord = codec::decode(old_bytes, "span")?;
             let old_last_seen = Some(rec.last_seen_ms);
             let unnamed = rec.span_name.is_empty();
-            let new_trace = part.merge_into(&mut rec)?;
-            Ok(MergedSpan { gained_name: unnamed && !rec.span_name.is_empty(), rec, old_last_seen, new_trace })
+            let (before, before_period_ns) = (rec.stack_counts()?, rec.period_ns);
+            let (new_trace, after) = part.merge_onto(&mut rec, &before);
+            Ok(MergedSpan {
+                gained_name: unnamed && !rec.span_name.is_empty(),
+                rec,
+                old_last_seen,
+                new_trace,
+                counts: Some(MergeCounts { before, before_period_ns, after }),
+            })
         }
         None => Ok(MergedSpan {
             rec: part.into_record(),
             old_last_seen: None,
             new_trace: span.trace_id,
             gained_name: false,
+            counts: None,
         }),
     }
 }
