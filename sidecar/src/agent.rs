@@ -28,15 +28,15 @@ const DISCOVERY_EVERY: Duration = Duration::from_secs(1);
 /// root-span changes than that in this time loses the attribution of its earlier samples; those
 /// come back as [`Attribution::Late`] and the loop then drains every `poll_interval` for
 /// [`LATE_HOLD`]. The kernel wakes the loop early whenever a ring is half full.
-pub const IDLE_POLL_MAX: Duration = Duration::from_secs(1);
+pub const DRAIN_EVERY: Duration = Duration::from_secs(1);
 
 /// How long the loop keeps draining every `poll_interval` after a sample was joined too late.
 const LATE_HOLD: Duration = Duration::from_secs(60);
 
 /// The pause before the next drain: `fast` while a sample was joined too late in the last
-/// [`LATE_HOLD`], else [`IDLE_POLL_MAX`].
+/// [`LATE_HOLD`], else [`DRAIN_EVERY`].
 fn next_pause(late_recently: bool, fast: Duration) -> Duration {
-    if late_recently { fast } else { IDLE_POLL_MAX.max(fast) }
+    if late_recently { fast } else { DRAIN_EVERY.max(fast) }
 }
 
 /// One interval's samples, on their way to the symbolizer.
@@ -106,7 +106,7 @@ impl Agent {
     ///
     /// Every wakeup costs the sidecar tens of microseconds (a VM timer and two context switches),
     /// so the rings are drained once a second, or every `poll_interval` while threads change root
-    /// spans too fast for that (see [`IDLE_POLL_MAX`]). The kernel wakes the loop early when a
+    /// spans too fast for that (see [`DRAIN_EVERY`]). The kernel wakes the loop early when a
     /// ring is half full.
     pub fn run(mut self, stop: &AtomicBool, batches: SyncSender<Batch>) {
         let mut buf = Vec::new();
@@ -288,7 +288,7 @@ mod tests {
     #[test]
     fn drains_once_a_second_unless_samples_came_too_late() {
         let fast = Duration::from_millis(250);
-        assert_eq!(next_pause(false, fast), IDLE_POLL_MAX);
+        assert_eq!(next_pause(false, fast), DRAIN_EVERY);
         assert_eq!(next_pause(true, fast), fast);
         // A configured interval longer than the cap is kept.
         let slow = Duration::from_secs(3);
