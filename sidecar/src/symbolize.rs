@@ -211,13 +211,34 @@ fn symbolize(
     debug_syms: bool,
     addrs: &[u64],
 ) -> Vec<Option<Names>> {
+    each_symbol(symbolizer, path, debug_syms, addrs, |sym| Arc::from([Arc::from(sym.name.as_ref())]))
+}
+
+/// The functions inlined at each of `addrs` in the ELF file at `path`, outermost first (empty
+/// where none is, or the file has no DWARF).
+fn inlined_calls(symbolizer: &blazesym::symbolize::Symbolizer, path: &Path, addrs: &[u64]) -> Vec<Vec<Arc<str>>> {
+    each_symbol(symbolizer, path, true, addrs, |sym| sym.inlined.iter().map(|f| Arc::from(f.name.as_ref())).collect())
+        .into_iter()
+        .map(Option::unwrap_or_default)
+        .collect()
+}
+
+/// `what` of the symbol at each of `addrs` (virtual offsets) in the ELF file at `path`; `None`
+/// where no symbol is, or the file cannot be read (logged at debug level).
+fn each_symbol<T: Clone>(
+    symbolizer: &blazesym::symbolize::Symbolizer,
+    path: &Path,
+    debug_syms: bool,
+    addrs: &[u64],
+    what: impl Fn(&blazesym::symbolize::Sym<'_>) -> T,
+) -> Vec<Option<T>> {
     let mut elf = Elf::new(path);
     elf.debug_syms = debug_syms;
     match symbolizer.symbolize(&Source::Elf(elf), Input::VirtOffset(addrs)) {
         Ok(syms) if syms.len() == addrs.len() => syms
             .into_iter()
             .map(|s| match s {
-                Symbolized::Sym(sym) => Some(Arc::from([Arc::from(sym.name.as_ref())])),
+                Symbolized::Sym(sym) => Some(what(&sym)),
                 Symbolized::Unknown(_) => None,
             })
             .collect(),
@@ -225,27 +246,6 @@ fn symbolize(
         Err(e) => {
             tracing::debug!(path = %path.display(), error = %e, "symbolization failed");
             vec![None; addrs.len()]
-        }
-    }
-}
-
-/// The functions inlined at each of `addrs` in the ELF file at `path`, outermost first (empty
-/// where none is, or the file has no DWARF).
-fn inlined_calls(symbolizer: &blazesym::symbolize::Symbolizer, path: &Path, addrs: &[u64]) -> Vec<Vec<Arc<str>>> {
-    let mut elf = Elf::new(path);
-    elf.debug_syms = true;
-    match symbolizer.symbolize(&Source::Elf(elf), Input::VirtOffset(addrs)) {
-        Ok(syms) if syms.len() == addrs.len() => syms
-            .into_iter()
-            .map(|s| match s {
-                Symbolized::Sym(sym) => sym.inlined.iter().map(|f| Arc::from(f.name.as_ref())).collect(),
-                Symbolized::Unknown(_) => Vec::new(),
-            })
-            .collect(),
-        Ok(_) => vec![Vec::new(); addrs.len()],
-        Err(e) => {
-            tracing::debug!(path = %path.display(), error = %e, "inlined-function lookup failed");
-            vec![Vec::new(); addrs.len()]
         }
     }
 }
