@@ -621,7 +621,7 @@ fn hostile_channel_files_neither_crash_nor_stall_the_sampler() {
     // Two apps; the first will truncate its own channel file (which may well kill it, as its
     // writer maps the file too), the second keeps working.
     let (mut hostile, mut healthy) = (start_workload(Some(ctx.path()), &vars), start_workload(Some(ctx.path()), &vars));
-    let hostile_pid = hostile.proc.pid();
+    let (hostile_pid, healthy_pid) = (hostile.proc.pid(), healthy.proc.pid());
     // Their span logs are read on the side, so they never block on a full pipe.
     let readers = [
         std::thread::spawn(move || {
@@ -655,7 +655,14 @@ fn hostile_channel_files_neither_crash_nor_stall_the_sampler() {
     std::thread::sleep(Duration::from_secs(2));
     let after = samples();
     assert!(after > before, "sampling stalled after the hostile files ({before} → {after})");
-    drop(readers);
+    // Both apps would run on for half a minute, into later tests: stop them, then reap them (a
+    // reader returns at the end of its pipe and hands its workload back to be dropped).
+    for pid in [hostile_pid, healthy_pid] {
+        let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+    }
+    for r in readers {
+        drop(r.join());
+    }
 }
 
 #[test]
