@@ -282,6 +282,16 @@ mod tests {
     use super::*;
     use crate::unwind::Process;
 
+    /// The frame key of address `avma` of this very process, through the unwinder's own mapping
+    /// of addresses to modules.
+    fn own_frame(registry: &Registry, avma: u64) -> FrameKey {
+        let mut p = Process::new();
+        p.set_modules(&crate::modules::mapped(std::process::id(), registry).unwrap());
+        let mut frames = Vec::new();
+        let _ = p.unwind([0, 0x1000, avma], &[0u8; 64], &mut frames);
+        frames[0]
+    }
+
     #[inline(never)]
     fn a_distinctly_named_function_for_symbolization(x: u64) -> u64 {
         std::hint::black_box(x.wrapping_mul(0x9e37_79b9).rotate_left(7))
@@ -290,15 +300,9 @@ mod tests {
     #[test]
     fn resolves_own_functions_demangled_and_falls_back_to_offsets() {
         let registry = Registry::default();
-        let mut p = Process::new();
-        p.set_modules(&crate::modules::mapped(std::process::id(), &registry).unwrap());
         let here = a_distinctly_named_function_for_symbolization as *const () as u64;
         assert_eq!(a_distinctly_named_function_for_symbolization(1), a_distinctly_named_function_for_symbolization(1));
-        // Through the unwinder's own mapping of addresses to modules.
-        let mut frames = Vec::new();
-        let stack = [0u8; 64];
-        let _ = p.unwind([0, 0x1000, here + 1], &stack, &mut frames);
-        let key = frames[0];
+        let key = own_frame(&registry, here + 1);
         assert_ne!(key.module, FrameKey::NO_MODULE);
         let mut s = Symbolizer::new();
         let unknown = FrameKey { module: key.module, addr: 0x7fff_ffff_0000 };
@@ -327,13 +331,9 @@ mod tests {
     #[test]
     fn inlined_functions_are_named_innermost_first_when_asked() {
         let registry = Registry::default();
-        let mut p = Process::new();
-        p.set_modules(&crate::modules::mapped(std::process::id(), &registry).unwrap());
         let here = calls_an_inlined_helper_for_symbolization as *const () as u64;
         assert_ne!(calls_an_inlined_helper_for_symbolization(1), 0);
-        let mut frames = Vec::new();
-        let _ = p.unwind([0, 0x1000, here], &[0u8; 64], &mut frames);
-        let start = frames[0];
+        let start = own_frame(&registry, here);
         let keys: Vec<FrameKey> = (0..256).map(|d| FrameKey { module: start.module, addr: start.addr + d }).collect();
         let mut plain = Symbolizer::new();
         plain.resolve(&registry, &keys);
