@@ -4,10 +4,10 @@
 //!
 //! One directory `spanprof.fjall` in the data directory, one keyspace per index. Tuple keys are
 //! encoded big-endian (and strings length-prefixed) so byte order is tuple order and range and
-//! reverse scans work. One writer thread group-commits inserts in a single-writer
-//! transaction (which reads its own writes, so several inserts of one span ID in a group merge)
-//! and fsyncs the journal before anyone is answered; readers use snapshots, so a listing never
-//! sees half a commit.
+//! reverse scans work. One writer thread group-commits inserts in one atomic write batch
+//! ([`Writes`], whose reads see the group's own writes, so several inserts of one span ID in a
+//! group merge) and fsyncs the journal before anyone is answered; readers use snapshots, so a
+//! listing never sees half a commit.
 
 use spanprof_proto::labels as wire;
 use std::collections::BTreeSet;
@@ -20,8 +20,8 @@ use std::thread::JoinHandle;
 
 use ahash::AHashMap as HashMap;
 use fjall::{
-    KeyspaceCreateOptions, PersistMode, Readable, SingleWriterTxDatabase, SingleWriterTxKeyspace, SingleWriterWriteTx,
-    Snapshot,
+    KeyspaceCreateOptions, PersistMode, Readable, SingleWriterTxDatabase, SingleWriterTxKeyspace, Snapshot, UserKey,
+    UserValue,
 };
 use prost::Message;
 
@@ -45,7 +45,7 @@ use crate::model::{Labels, ProfileId, SeriesBatch, TraceId, rescale_count};
 pub struct EmbeddedOptions {
     /// Inserts waiting for the writer at most; more are refused (HTTP 503) rather than queued.
     pub queue_depth: usize,
-    /// Most inserts committed together in one transaction.
+    /// Most inserts committed together in one write batch.
     pub max_group: usize,
     /// fjall's block cache, bytes.
     pub cache_bytes: usize,
@@ -229,7 +229,11 @@ fn u32_key(key: &[u8]) -> Result<u32> {
 }
 
 fn counter(r: &impl Readable, k: &Keyspaces, name: &str) -> Result<u64> {
-    match r.get(k.meta.inner(), name)? {
+    counter_value(name, r.get(k.meta.inner(), name)?)
+}
+
+fn counter_value(name: &str, stored: Option<UserValue>) -> Result<u64> {
+    match stored {
         Some(v) => {
             <[u8; 8]>::try_from(&*v).map(u64::from_be_bytes).map_err(|_| Error::Corrupt(format!("counter {name}")))
         }
@@ -237,13 +241,88 @@ fn counter(r: &impl Readable, k: &Keyspaces, name: &str) -> Result<u64> {
     }
 }
 
-fn add_counter(w: &mut SingleWriterWriteTx<'_>, k: &Keyspaces, name: &str, delta: i64) -> Result<()> {
+fn add_counter(w: &mut Writes<'_>, k: &Keyspaces, name: &str, delta: i64) -> Result<()> {
     if delta == 0 {
         return Ok(());
     }
-    let cur = counter(w, k, name)?;
+    let cur = counter_value(name, w.get(&k.meta, name)?)?;
     w.insert(&k.meta, name, cur.saturating_add_signed(delta).to_be_bytes());
     Ok(())
+}
+
+/// What the writer changes in one step (an insert group, a retention step, a sweep chunk): the
+/// last write of each key, kept in memory where the step's own reads find it, then committed as
+/// one atomic write batch with the journal fsynced before anyone is answered. The writer thread
+/// is the only writer, so what a read finds beneath is everything committed before the step. (A
+/// read-your-writes transaction kept the same writes in a skiplist of its own and inserted each
+/// into the memtable again at commit: ~40 % of the writer's CPU, BENCHMARKS.md.)
+struct Writes<'k> {
+    db: &'k fjall::Database,
+    /// Per keyspace written: key → its new value, `None` for a removal.
+    changes: Vec<(fjall::Keyspace, HashMap<UserKey, Option<UserValue>>)>,
+}
+
+impl<'k> Writes<'k> {
+    fn new(k: &'k Keyspaces) -> Self {
+        Writes { db: k.db.inner(), changes: Vec::new() }
+    }
+
+    fn changes_of(&self, ks: &SingleWriterTxKeyspace) -> Option<&HashMap<UserKey, Option<UserValue>>> {
+        self.changes.iter().find(|(written, _)| written == ks.inner()).map(|(_, changes)| changes)
+    }
+
+    fn changes_mut(&mut self, ks: &SingleWriterTxKeyspace) -> &mut HashMap<UserKey, Option<UserValue>> {
+        let i = match self.changes.iter().position(|(written, _)| written == ks.inner()) {
+            Some(i) => i,
+            None => {
+                self.changes.push((ks.inner().clone(), HashMap::new()));
+                self.changes.len() - 1
+            }
+        };
+        &mut self.changes[i].1
+    }
+
+    /// The value of `key`: this step's write, else what is committed.
+    fn get(&self, ks: &SingleWriterTxKeyspace, key: impl AsRef<[u8]>) -> Result<Option<UserValue>> {
+        let key = key.as_ref();
+        if let Some(change) = self.changes_of(ks).and_then(|changes| changes.get(key)) {
+            return Ok(change.clone());
+        }
+        Ok(ks.get(key)?)
+    }
+
+    fn insert(&mut self, ks: &SingleWriterTxKeyspace, key: impl Into<UserKey>, value: impl Into<UserValue>) {
+        self.changes_mut(ks).insert(key.into(), Some(value.into()));
+    }
+
+    fn remove(&mut self, ks: &SingleWriterTxKeyspace, key: impl Into<UserKey>) {
+        self.changes_mut(ks).insert(key.into(), None);
+    }
+
+    /// The committed rows of `ks` under `prefix`, in key order. Scans do not see this step's
+    /// writes, so a scan of a keyspace the step has written to is refused: every step scans
+    /// before it writes there (the span index is written at the end of a group).
+    fn committed_prefix(&self, ks: &SingleWriterTxKeyspace, prefix: &[u8]) -> Result<fjall::Iter> {
+        if self.changes_of(ks).is_some_and(|changes| !changes.is_empty()) {
+            return Err(Error::Storage(format!("internal: a scan of {} after writing to it", ks.inner().name())));
+        }
+        Ok(ks.inner().prefix(prefix))
+    }
+
+    /// Writes every change atomically (readers' snapshots see all or none) and fsyncs the journal.
+    fn commit(self) -> Result<()> {
+        let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
+        for (ks, changes) in self.changes {
+            for (key, value) in changes {
+                match value {
+                    Some(value) => batch.insert(&ks, key, value),
+                    None => batch.remove(&ks, key),
+                }
+            }
+        }
+        batch.commit()?;
+        Ok(())
+    }
 }
 
 enum Command {
@@ -403,9 +482,9 @@ impl Drop for EmbeddedStore {
     }
 }
 
-/// Writes a transaction's new frames and stacks into their keyspaces.
+/// Writes a group's new frames and stacks into their keyspaces.
 struct FjallInterns<'a, 'tx> {
-    w: &'a mut SingleWriterWriteTx<'tx>,
+    w: &'a mut Writes<'tx>,
     k: &'a Keyspaces,
 }
 
@@ -462,7 +541,7 @@ fn writer_loop(
                     }
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "insert transaction failed; nothing of it was stored");
+                    tracing::error!(error = %e, "insert group commit failed; nothing of it was stored");
                     // A full disk, and fjall refusing every later write once poisoned by one:
                     // health reports it until a write succeeds again.
                     let text = e.to_string();
@@ -504,13 +583,13 @@ fn writer_loop(
     }
 }
 
-/// Applies a group of inserts in one transaction and commits it durably (journal fsynced).
+/// Applies a group of inserts and commits them atomically and durably (journal fsynced).
 fn insert_group(
     k: &Keyspaces,
     interner: &mut Interner,
     inserts: &[(Vec<SeriesBatch>, SyncSender<Result<InsertStats>>)],
 ) -> Result<Vec<InsertStats>> {
-    let mut w = k.db.write_tx().durability(Some(PersistMode::SyncAll));
+    let mut w = Writes::new(k);
     let mut pending = PendingInterns::new(interner);
     let mut stats = Vec::with_capacity(inserts.len());
     let mut bytes_delta: i64 = 0;
@@ -539,11 +618,11 @@ fn insert_group(
     Ok(stats)
 }
 
-fn series_id(w: &mut SingleWriterWriteTx<'_>, k: &Keyspaces, labels: &Labels) -> Result<u64> {
+fn series_id(w: &mut Writes<'_>, k: &Keyspaces, labels: &Labels) -> Result<u64> {
     let mut id = series_id_seed(labels);
     let record = SeriesRecord::from_labels(labels).encode_to_vec();
     loop {
-        match w.get(k.series.inner(), id.to_be_bytes())? {
+        match w.get(&k.series, id.to_be_bytes())? {
             None => {
                 w.insert(&k.series, id.to_be_bytes(), record.as_slice());
                 let service = labels.get(wire::SERVICE_NAME).map(String::as_str).unwrap_or("");
@@ -556,7 +635,7 @@ fn series_id(w: &mut SingleWriterWriteTx<'_>, k: &Keyspaces, labels: &Labels) ->
     }
 }
 
-/// What an insert group accumulates beside its transaction, written once at its end.
+/// What an insert group accumulates beside its writes, written once at its end.
 struct Group<'g> {
     adds: &'g mut BucketAdds,
     index: &'g mut IndexChanges,
@@ -564,9 +643,9 @@ struct Group<'g> {
     spans_delta: &'g mut i64,
 }
 
-/// Writes one batch into the group's transaction.
+/// Writes one batch into the group's writes.
 fn insert_batch(
-    w: &mut SingleWriterWriteTx<'_>,
+    w: &mut Writes<'_>,
     k: &Keyspaces,
     interner: &Interner,
     pending: &mut PendingInterns,
@@ -593,8 +672,8 @@ fn insert_batch(
         let id = id.as_slice();
         let counts =
             pending.counts(interner, &mut FjallInterns { w, k }, &batch.frames, &mut frame_ids, &span.stacks)?;
-        // The transaction reads its own writes: an ID pushed twice in one group merges twice.
-        let old = w.get(k.spans.inner(), id)?;
+        // The group reads its own writes: an ID pushed twice in one group merges twice.
+        let old = w.get(&k.spans, id)?;
         let old_len = old.as_ref().map_or(0, |o| o.len());
         let MergedSpan { mut rec, old_last_seen, new_trace, gained_name, counts: merged } =
             merge_span(old.as_deref(), batch, span, &span_labels, &counts)?;
@@ -677,15 +756,10 @@ struct IndexChanges {
 }
 
 impl IndexChanges {
-    fn chunk(
-        &mut self,
-        w: &SingleWriterWriteTx<'_>,
-        k: &Keyspaces,
-        key: [u8; 20],
-    ) -> Result<&mut Vec<span_index::Entry>> {
+    fn chunk(&mut self, w: &Writes<'_>, k: &Keyspaces, key: [u8; 20]) -> Result<&mut Vec<span_index::Entry>> {
         if !self.chunks.contains_key(&key) {
             let (_, minute, _) = span_index::decode_chunk_key(&key)?;
-            let loaded = match w.get(k.span_index.inner(), key)? {
+            let loaded = match w.get(&k.span_index, key)? {
                 Some(bytes) => (span_index::decode_chunk(minute, &bytes)?, bytes.len()),
                 None => (Vec::new(), 0),
             };
@@ -695,11 +769,11 @@ impl IndexChanges {
     }
 
     /// The number of the last chunk of (series, minute); 0 when it has none.
-    fn last_chunk(&mut self, w: &SingleWriterWriteTx<'_>, k: &Keyspaces, series: u64, minute: u64) -> Result<u32> {
+    fn last_chunk(&mut self, w: &Writes<'_>, k: &Keyspaces, series: u64, minute: u64) -> Result<u32> {
         if let Some(&n) = self.last.get(&(series, minute)) {
             return Ok(n);
         }
-        let n = match w.prefix(&k.span_index, k2(series, minute)).next_back() {
+        let n = match w.committed_prefix(&k.span_index, &k2(series, minute))?.next_back() {
             Some(row) => span_index::decode_chunk_key(&row.key()?)?.2,
             None => 0,
         };
@@ -711,7 +785,7 @@ impl IndexChanges {
     /// there, else appended to the last chunk (a new one when that is full). Returns its chunk.
     fn put(
         &mut self,
-        w: &SingleWriterWriteTx<'_>,
+        w: &Writes<'_>,
         k: &Keyspaces,
         series: u64,
         minute: u64,
@@ -737,7 +811,7 @@ impl IndexChanges {
     /// Takes profile `id` out of chunk `(series, minute, chunk)`.
     fn remove(
         &mut self,
-        w: &SingleWriterWriteTx<'_>,
+        w: &Writes<'_>,
         k: &Keyspaces,
         (series, minute, chunk): (u64, u64, u32),
         id: &[u8],
@@ -747,7 +821,7 @@ impl IndexChanges {
     }
 
     /// Writes every changed chunk; returns the record bytes that added.
-    fn write(self, w: &mut SingleWriterWriteTx<'_>, k: &Keyspaces) -> Result<i64> {
+    fn write(self, w: &mut Writes<'_>, k: &Keyspaces) -> Result<i64> {
         let mut delta = 0i64;
         for (key, (entries, old_len)) in self.chunks {
             if entries.is_empty() {
@@ -784,10 +858,10 @@ impl BucketAdds {
 
     /// Merges every change into its stored record (a record left empty is deleted; nothing is
     /// taken from a record that is gone); returns the record bytes that added.
-    fn write(self, w: &mut SingleWriterWriteTx<'_>, k: &Keyspaces) -> Result<i64> {
+    fn write(self, w: &mut Writes<'_>, k: &Keyspaces) -> Result<i64> {
         let mut delta = 0i64;
         for (key, (changes, period_ns)) in self.0 {
-            let old = w.get(k.process.inner(), key)?;
+            let old = w.get(&k.process, key)?;
             let (stored, period) = match &old {
                 Some(bytes) => {
                     let rec: StacksRecord = codec::decode(bytes, "process bucket")?;
@@ -865,27 +939,27 @@ fn apply_changes(stored: &Counts, changes: &[(u32, i128)]) -> Counts {
 
 /// The first `n` keys of an index keyed by a time and then `decode`'s rest, decoded.
 fn oldest<T>(
-    w: &SingleWriterWriteTx<'_>,
+    w: &Writes<'_>,
     ks: &SingleWriterTxKeyspace,
     n: usize,
     decode: impl Fn(&[u8]) -> Result<(u64, T)>,
 ) -> Result<Vec<(u64, T)>> {
     let mut out = Vec::with_capacity(n.min(1024));
-    for row in w.iter(ks.inner()).take(n) {
+    for row in w.committed_prefix(ks, &[])?.take(n) {
         out.push(decode(&row.key()?)?);
     }
     Ok(out)
 }
 
-/// Deletes unreferenced frame and stack rows, [`GC_SWEEP_ROWS`] per transaction, and forgets
+/// Deletes unreferenced frame and stack rows, [`GC_SWEEP_ROWS`] per commit, and forgets
 /// each chunk in the interner once it is committed.
 fn sweep(k: &Keyspaces, interner: &mut Interner, doomed: GcCandidates) -> Result<GcStats> {
     let mut stats = GcStats::default();
     for chunk in doomed.stacks.chunks(GC_SWEEP_ROWS) {
-        let mut w = k.db.write_tx().durability(Some(PersistMode::SyncAll));
+        let mut w = Writes::new(k);
         let mut gone = Vec::with_capacity(chunk.len());
         for &id in chunk {
-            if let Some(record) = w.get(k.stacks.inner(), id.to_be_bytes())? {
+            if let Some(record) = w.get(&k.stacks, id.to_be_bytes())? {
                 w.remove(&k.stacks, id.to_be_bytes());
                 gone.push((id, record));
             }
@@ -897,10 +971,10 @@ fn sweep(k: &Keyspaces, interner: &mut Interner, doomed: GcCandidates) -> Result
         }
     }
     for chunk in doomed.frames.chunks(GC_SWEEP_ROWS) {
-        let mut w = k.db.write_tx().durability(Some(PersistMode::SyncAll));
+        let mut w = Writes::new(k);
         let mut gone = Vec::with_capacity(chunk.len());
         for &id in chunk {
-            if let Some(name) = w.get(k.frames.inner(), id.to_be_bytes())? {
+            if let Some(name) = w.get(&k.frames, id.to_be_bytes())? {
                 w.remove(&k.frames, id.to_be_bytes());
                 gone.push((id, name));
             }
@@ -919,11 +993,11 @@ fn sweep(k: &Keyspaces, interner: &mut Interner, doomed: GcCandidates) -> Result
 /// limit counts the records and the `interned` frame and stack bytes.
 fn retention_step(k: &Keyspaces, policy: &Retention, now_ms: u64, interned: u64) -> Result<RetentionStats> {
     let mut stats = RetentionStats::default();
-    let mut w = k.db.write_tx().durability(Some(PersistMode::SyncAll));
+    let mut w = Writes::new(k);
     let mut bytes_delta = 0i64;
     let mut spans_delta = 0i64;
     let cutoff = policy.max_age.map(|a| now_ms.saturating_sub(a.as_millis() as u64));
-    let mut size = SizeEstimate::new(counter(&w, k, RECORD_BYTES)?, interned);
+    let mut size = SizeEstimate::new(counter_value(RECORD_BYTES, w.get(&k.meta, RECORD_BYTES)?)?, interned);
     // A step deletes at most RETENTION_STEP_ROWS rows, so the oldest that many entries of each
     // index are all it can reach: read them once rather than re-scanning past the tombstones
     // this step leaves at the front of the index after every delete.
@@ -964,7 +1038,7 @@ fn retention_step(k: &Keyspaces, policy: &Retention, now_ms: u64, interned: u64)
             bi += 1;
             w.remove(&k.process_by_time, k2(bucket, sid));
             stats.process_buckets_deleted += 1;
-            let old = w.get(k.process.inner(), k2(sid, bucket))?.map(|v| v.len());
+            let old = w.get(&k.process, k2(sid, bucket))?.map(|v| v.len());
             w.remove(&k.process, k2(sid, bucket));
             old.unwrap_or(0) as u64
         };
@@ -983,13 +1057,13 @@ fn retention_step(k: &Keyspaces, policy: &Retention, now_ms: u64, interned: u64)
 /// Deletes a span's record, its index entries and its samples from its rollup bucket (into
 /// `adds`); returns the bytes freed.
 fn delete_span(
-    w: &mut SingleWriterWriteTx<'_>,
+    w: &mut Writes<'_>,
     k: &Keyspaces,
     (adds, index): (&mut BucketAdds, &mut IndexChanges),
     id: &[u8],
     last_seen: u64,
 ) -> Result<u64> {
-    let Some(bytes) = w.get(k.spans.inner(), id)? else { return Ok(0) };
+    let Some(bytes) = w.get(&k.spans, id)? else { return Ok(0) };
     w.remove(&k.spans, id);
     let rec: SpanRecord = codec::decode(&bytes, "span")?;
     w.remove(&k.spans_by_service, svc_time_key(&rec.service_name, last_seen, id));
@@ -1398,5 +1472,40 @@ impl ProfileStore for EmbeddedStore {
 
     fn close(&self) {
         EmbeddedStore::close(self);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_step_reads_its_own_writes_and_readers_see_them_only_once_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = Keyspaces::open(dir.path(), 1 << 20).unwrap();
+        let mut first = Writes::new(&k);
+        first.insert(&k.spans, *b"a", *b"1");
+        first.insert(&k.spans, *b"b", *b"2");
+        first.commit().unwrap();
+
+        let mut w = Writes::new(&k);
+        w.insert(&k.spans, *b"a", *b"3");
+        w.remove(&k.spans, *b"b");
+        w.insert(&k.meta, *b"c", *b"4");
+        assert_eq!(w.get(&k.spans, b"a").unwrap().as_deref(), Some(&b"3"[..]));
+        assert_eq!(w.get(&k.spans, b"b").unwrap(), None, "removed in this step");
+        assert_eq!(w.get(&k.meta, b"c").unwrap().as_deref(), Some(&b"4"[..]));
+        // A scan would not see the step's writes: refused rather than wrong.
+        assert!(w.committed_prefix(&k.spans, b"").is_err());
+        assert_eq!(w.committed_prefix(&k.stacks, b"").unwrap().count(), 0);
+
+        let before = k.db.read_tx();
+        assert_eq!(before.get(k.spans.inner(), b"a").unwrap().as_deref(), Some(&b"1"[..]), "nothing before commit");
+        w.commit().unwrap();
+        let after = k.db.read_tx();
+        assert_eq!(after.get(k.spans.inner(), b"a").unwrap().as_deref(), Some(&b"3"[..]));
+        assert_eq!(after.get(k.spans.inner(), b"b").unwrap(), None);
+        assert_eq!(after.get(k.meta.inner(), b"c").unwrap().as_deref(), Some(&b"4"[..]));
+        assert_eq!(before.get(k.spans.inner(), b"b").unwrap().as_deref(), Some(&b"2"[..]), "a snapshot stays put");
     }
 }
