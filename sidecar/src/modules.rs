@@ -37,7 +37,9 @@ pub struct Segment {
 #[derive(Clone, Debug, Default)]
 pub struct ElfInfo {
     pub segments: Vec<Segment>,
-    pub text: Option<(Range<u64>, Bytes)>,
+    /// Where `.text` is (svma): CFI may encode addresses relative to it. Its bytes are not kept:
+    /// framehop analyses instructions only for Mach-O and PE images, never for ELF.
+    pub text: Option<Range<u64>>,
     pub eh_frame: Option<(Range<u64>, Bytes)>,
     pub eh_frame_hdr: Option<(Range<u64>, Bytes)>,
     /// DWARF CFI outside `.eh_frame`: Go binaries have only this (zlib-compressed by default).
@@ -51,21 +53,15 @@ pub struct ElfInfo {
 /// A `.debug_frame` larger than this (uncompressed) is ignored.
 const MAX_DEBUG_FRAME_BYTES: u64 = 64 << 20;
 
-/// `.text` larger than this is not copied (framehop then skips prologue/epilogue analysis).
-const MAX_TEXT_BYTES: u64 = 32 << 20;
-
 fn parse<'d, R: object::ReadRef<'d>>(data: R, path: &Path) -> Result<ElfInfo> {
     let bad = |e: object::Error| Error::Elf { path: path.to_owned(), message: e.to_string() };
     let file = object::File::parse(data).map_err(bad)?;
-    let section = |name: &str, copy: bool| -> Result<Option<(Range<u64>, Bytes)>> {
+    let range = |name: &str| file.section_by_name(name).map(|s| s.address()..s.address() + s.size());
+    let section = |name: &str| -> Result<Option<(Range<u64>, Bytes)>> {
         let Some(s) = file.section_by_name(name) else {
             return Ok(None);
         };
-        let range = s.address()..s.address() + s.size();
-        if !copy || s.size() > MAX_TEXT_BYTES {
-            return Ok(None);
-        }
-        Ok(Some((range, Bytes(Arc::from(s.data().map_err(bad)?)))))
+        Ok(Some((s.address()..s.address() + s.size(), Bytes(Arc::from(s.data().map_err(bad)?)))))
     };
     let segments = file
         .segments()
@@ -82,12 +78,12 @@ fn parse<'d, R: object::ReadRef<'d>>(data: R, path: &Path) -> Result<ElfInfo> {
     };
     Ok(ElfInfo {
         segments,
-        text: section(".text", true)?,
-        eh_frame: section(".eh_frame", true)?,
-        eh_frame_hdr: section(".eh_frame_hdr", true)?,
+        text: range(".text"),
+        eh_frame: section(".eh_frame")?,
+        eh_frame_hdr: section(".eh_frame_hdr")?,
         debug_frame,
         symbols: Vec::new(),
-        got: file.section_by_name(".got").map(|s| s.address()..s.address() + s.size()),
+        got: range(".got"),
     })
 }
 
@@ -370,7 +366,7 @@ mod tests {
         let m = maps.iter().find(|m| m.exec && Path::new(&m.path) == canon).unwrap();
         let bias = elf.bias(m.start, m.offset, true, 4096).unwrap();
         let here = loads_its_own_binary_and_finds_unwind_sections as *const () as u64;
-        let text = &elf.text.as_ref().unwrap().0;
+        let text = elf.text.as_ref().unwrap();
         assert!(text.contains(&(here - bias)), "{:x} not in {:x?}", here - bias, text);
     }
 

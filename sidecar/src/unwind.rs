@@ -73,13 +73,11 @@ const REFRESH_EVERY: Duration = Duration::from_secs(1);
 fn section_info(elf: &ElfInfo) -> ExplicitModuleSectionInfo<Bytes> {
     let split =
         |s: &Option<(std::ops::Range<u64>, Bytes)>| (s.as_ref().map(|s| s.0.clone()), s.as_ref().map(|s| s.1.clone()));
-    let (text_svma, text) = split(&elf.text);
     let (eh_frame_svma, eh_frame) = split(&elf.eh_frame);
     let (eh_frame_hdr_svma, eh_frame_hdr) = split(&elf.eh_frame_hdr);
     ExplicitModuleSectionInfo {
         base_svma: 0,
-        text_svma,
-        text,
+        text_svma: elf.text.clone(),
         got_svma: elf.got.clone(),
         eh_frame_svma,
         eh_frame,
@@ -273,7 +271,7 @@ mod tests {
         assert_ne!(k.module, FrameKey::NO_MODULE);
         let meta = registry.get(k.module).unwrap();
         assert!(meta.elf.is_some());
-        let text = &meta.elf.as_ref().unwrap().text.as_ref().unwrap().0;
+        let text = meta.elf.as_ref().unwrap().text.as_ref().unwrap();
         assert!(text.contains(&k.addr));
         assert!((0..registry.len() as u32).any(|i| registry.get(i).unwrap().name == "[vdso]"));
     }
