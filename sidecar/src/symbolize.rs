@@ -31,9 +31,13 @@ pub struct Symbolizer {
     /// The sampler's own debug directories (`/usr/lib/debug`, `/lib/debug`).
     own_debug_dirs: Vec<PathBuf>,
     /// Per target root that has a `/usr/lib/debug` (identified by its device and inode): the
-    /// directory, held open so it outlives the process, and a symbolizer that searches it first.
-    in_root: HashMap<(u64, u64), (std::fs::File, blazesym::symbolize::Symbolizer)>,
+    /// directory, held open so it outlives the process, a symbolizer that searches it first, and
+    /// the directories that one searches.
+    in_root: HashMap<(u64, u64), (std::fs::File, blazesym::symbolize::Symbolizer, Vec<PathBuf>)>,
     cache: HashMap<FrameKey, Names>,
+    /// Per ELF file named from: the name perf would pick for each address with several C names
+    /// (see [`preferred_aliases`]).
+    aliases: HashMap<PathBuf, Arc<HashMap<u64, Arc<str>>>>,
     /// A symbolizer reading DWARF line tables for the functions inlined at each address; `None`:
     /// physical frames only.
     inlined: Option<blazesym::symbolize::Symbolizer>,
@@ -69,6 +73,7 @@ impl Symbolizer {
             own_debug_dirs: dirs,
             in_root: HashMap::new(),
             cache: HashMap::new(),
+            aliases: HashMap::new(),
             inlined: None,
         }
     }
@@ -88,16 +93,22 @@ impl Symbolizer {
         self
     }
 
+    /// The symbolizer with the sampler's own debug directories, and those.
+    fn own(&self) -> (&blazesym::symbolize::Symbolizer, &[PathBuf]) {
+        (&self.inner, &self.own_debug_dirs)
+    }
+
     /// The symbolizer for modules of the process whose root is `root`: one that looks for debug
     /// files (by build ID, then debug link) in the target's own `/usr/lib/debug` first — where an
     /// image with e.g. `libc6-dbg` has them — then in the sampler's.
-    fn for_root(&mut self, root: Option<&Path>) -> &blazesym::symbolize::Symbolizer {
+    /// Returns it with the debug directories it searches, in order.
+    fn for_root(&mut self, root: Option<&Path>) -> (&blazesym::symbolize::Symbolizer, &[PathBuf]) {
         let dir = root
             .and_then(|r| crate::procfs::resolve_in_root(r, Path::new("/usr/lib/debug")))
             .and_then(|d| std::fs::File::open(d).ok())
             .filter(|f| f.metadata().is_ok_and(|m| m.is_dir()));
-        let Some(dir) = dir else { return &self.inner };
-        let Ok(m) = dir.metadata() else { return &self.inner };
+        let Some(dir) = dir else { return self.own() };
+        let Ok(m) = dir.metadata() else { return self.own() };
         let key = (m.dev(), m.ino());
         if !self.in_root.contains_key(&key) {
             if self.in_root.len() >= MAX_ROOTS {
@@ -109,11 +120,11 @@ impl Symbolizer {
             let mut dirs = vec![PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()))];
             dirs.extend(self.own_debug_dirs.iter().cloned());
             let symbolizer = blazesym_with(&dirs);
-            self.in_root.insert(key, (dir, symbolizer));
+            self.in_root.insert(key, (dir, symbolizer, dirs));
         }
         match self.in_root.get(&key) {
-            Some((_, s)) => s,
-            None => &self.inner,
+            Some((_, s, dirs)) => (s, dirs),
+            None => self.own(),
         }
     }
 
@@ -169,15 +180,29 @@ impl Symbolizer {
     }
 
     /// Names of `addrs` in the ELF file at `path` of a process whose root is `root`: the symbol
-    /// table, then DWARF, embedded or in a debug file (the target's first, see [`Self::for_root`]);
-    /// `None` where nothing names an address.
+    /// table, then the symbol table of its debug file (found by build ID, the target's first, see
+    /// [`Self::for_root`]), then DWARF, embedded or in a debug file; `None` where nothing names
+    /// an address. A debug file's symbol table names what a stripped library does not export (as
+    /// perf does) without DWARF, whose sections blazesym inflates and keeps in memory: ~12 MiB
+    /// for libc6-dbg's libc.
     pub fn names_in(&mut self, path: &Path, root: Option<&Path>, addrs: &[u64]) -> Vec<Option<Names>> {
-        let mut names: Vec<Option<Names>> = symbolize(&self.inner, path, false, addrs);
-        let missing: Vec<usize> = (0..addrs.len()).filter(|&i| names[i].is_none()).collect();
-        if !missing.is_empty() {
-            let again: Vec<u64> = missing.iter().map(|&i| addrs[i]).collect();
-            let with_debug = self.for_root(root);
-            for (i, n) in missing.into_iter().zip(symbolize(with_debug, path, true, &again)) {
+        let mut names: Vec<Option<Names>> = self.symbol_names(path, addrs);
+        let missing = |names: &[Option<Names>]| (0..addrs.len()).filter(|&i| names[i].is_none()).collect::<Vec<_>>();
+        let mut todo = missing(&names);
+        if !todo.is_empty()
+            && let Some(debug_file) = debug_file_by_build_id(path, self.for_root(root).1)
+        {
+            let again: Vec<u64> = todo.iter().map(|&i| addrs[i]).collect();
+            for (&i, n) in todo.iter().zip(self.symbol_names(&debug_file, &again)) {
+                names[i] = n;
+            }
+            todo = missing(&names);
+        }
+        if !todo.is_empty() {
+            let again: Vec<u64> = todo.iter().map(|&i| addrs[i]).collect();
+            let with_debug = self.for_root(root).0;
+            let named = each_symbol(with_debug, path, true, &again, |sym| Arc::from([Arc::from(sym.name.as_ref())]));
+            for (i, n) in todo.into_iter().zip(named) {
                 names[i] = n;
             }
         }
@@ -193,6 +218,15 @@ impl Symbolizer {
     }
 }
 
+/// The debug file of the ELF file at `path` by its build ID, `.build-id/<first byte>/<rest>.debug`
+/// in the first of `dirs` that has it.
+fn debug_file_by_build_id(path: &Path, dirs: &[PathBuf]) -> Option<PathBuf> {
+    let id = blazesym::helper::read_elf_build_id(path).ok()??;
+    let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    let (first, rest) = (hex.get(..2)?, hex.get(2..).filter(|r| !r.is_empty())?);
+    dirs.iter().map(|d| d.join(".build-id").join(first).join(format!("{rest}.debug"))).find(|p| p.is_file())
+}
+
 fn blazesym_with(debug_dirs: &[PathBuf]) -> blazesym::symbolize::Symbolizer {
     blazesym::symbolize::Symbolizer::builder()
         // Physical frames only, as `perf --no-inline` shows them: inlined-call frames would
@@ -204,14 +238,59 @@ fn blazesym_with(debug_dirs: &[PathBuf]) -> blazesym::symbolize::Symbolizer {
         .build()
 }
 
-/// Names of `addrs` (virtual offsets) in the ELF file at `path`; `None` where unknown.
-fn symbolize(
-    symbolizer: &blazesym::symbolize::Symbolizer,
-    path: &Path,
-    debug_syms: bool,
-    addrs: &[u64],
-) -> Vec<Option<Names>> {
-    each_symbol(symbolizer, path, debug_syms, addrs, |sym| Arc::from([Arc::from(sym.name.as_ref())]))
+impl Symbolizer {
+    /// Names of `addrs` (virtual offsets) from the symbol tables of the ELF file at `path`, an
+    /// alias named as perf names it; `None` where unknown.
+    fn symbol_names(&mut self, path: &Path, addrs: &[u64]) -> Vec<Option<Names>> {
+        if self.aliases.len() >= MAX_ALIAS_FILES {
+            self.aliases.clear();
+        }
+        let aliases = Arc::clone(self.aliases.entry(path.to_owned()).or_insert_with(|| {
+            let read = std::fs::File::open(path).ok().and_then(|f| preferred_aliases(&object::ReadCache::new(&f)));
+            Arc::new(read.unwrap_or_default())
+        }));
+        each_symbol(&self.inner, path, false, addrs, |sym| {
+            let name = aliases.get(&sym.addr).cloned().unwrap_or_else(|| Arc::from(sym.name.as_ref()));
+            Arc::from([name])
+        })
+    }
+}
+
+/// Files whose aliases are kept at most; past that the table starts over.
+const MAX_ALIAS_FILES: usize = 256;
+
+/// For each address where the symbol tables of an ELF image name one function several times
+/// (glibc: `clone3` and `__clone3`; `poll`, weak, and `__poll`), the name perf shows, by its rules:
+/// a sized symbol, then a non-weak one, then a global one, then the fewest leading underscores,
+/// then the longest name. Only C names: which of several mangled aliases (functions the compiler
+/// merged) is shown is left to the symbolizer, which demangles them. `None`: not a readable ELF.
+fn preferred_aliases<'d, R: object::ReadRef<'d>>(data: R) -> Option<HashMap<u64, Arc<str>>> {
+    use object::{Object, ObjectSymbol};
+    let file = object::File::parse(data).ok()?;
+    let mut funcs: Vec<(u64, bool, bool, bool, &str)> = file
+        .symbols()
+        .chain(file.dynamic_symbols())
+        .filter(|s| s.kind() == object::SymbolKind::Text && s.is_definition())
+        .filter_map(|s| Some((s.address(), s.size() > 0, !s.is_weak(), s.is_global(), s.name().ok()?)))
+        .filter(|f| !f.4.is_empty())
+        .collect();
+    funcs.sort_unstable_by_key(|f| f.0);
+    let rank = |f: &(u64, bool, bool, bool, &str)| {
+        let underscores = f.4.bytes().take_while(|&b| b == b'_').count();
+        (f.1, f.2, f.3, std::cmp::Reverse(underscores), f.4.len())
+    };
+    let mangled = |name: &str| name.starts_with("_Z") || name.starts_with("_R");
+    let mut out = HashMap::new();
+    for same in funcs.chunk_by(|a, b| a.0 == b.0) {
+        let distinct = same.iter().any(|f| f.4 != same[0].4);
+        if distinct
+            && !same.iter().any(|f| mangled(f.4))
+            && let Some(best) = same.iter().max_by_key(|f| rank(f))
+        {
+            out.insert(best.0, Arc::from(best.4));
+        }
+    }
+    Some(out)
 }
 
 /// The functions inlined at each of `addrs` in the ELF file at `path`, outermost first (empty
@@ -369,11 +448,9 @@ mod tests {
         assert_eq!(&*s.names(&registry, key)[0], "clock_gettime");
     }
 
-    /// The libc this test runs on, and its debug file (the host's libc6-dbg): the debug file is
-    /// placed only inside a fake target root, so naming glibc's internals proves it was found
-    /// there. Skips nothing: a machine without libc6-dbg fails, with the package to install.
-    #[test]
-    fn debug_files_are_found_inside_the_targets_root() {
+    /// The libc this test runs on, its debug file (the host's libc6-dbg) and its build ID in hex.
+    /// Skips nothing: a machine without libc6-dbg fails, with the package to install.
+    fn libc_and_its_debug_file() -> (String, PathBuf, String) {
         let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
         let libc = maps
             .lines()
@@ -385,6 +462,37 @@ mod tests {
         let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
         let debug = PathBuf::from(format!("/usr/lib/debug/.build-id/{}/{}.debug", &hex[..2], &hex[2..]));
         assert!(debug.exists(), "{} missing: install libc6-dbg (scripts/test does)", debug.display());
+        (libc, debug, hex)
+    }
+
+    /// The address (virtual offset) of symbol `name` in the ELF file at `path`.
+    fn address_of(path: &Path, name: &str) -> u64 {
+        let inspector = blazesym::inspect::Inspector::new();
+        let found = inspector
+            .lookup(&blazesym::inspect::source::Source::Elf(blazesym::inspect::source::Elf::new(path)), &[name])
+            .unwrap();
+        found[0].first().unwrap_or_else(|| panic!("{name} in {}", path.display())).addr
+    }
+
+    /// glibc names several functions twice; the sampler shows the name perf shows.
+    #[test]
+    fn aliases_are_named_as_perf_names_them() {
+        let (libc, debug, _) = libc_and_its_debug_file();
+        let mut s = Symbolizer::new();
+        let name = |s: &mut Symbolizer, addr: u64| {
+            s.names_in(Path::new(&libc), None, &[addr])[0].clone().unwrap()[0].to_string()
+        };
+        // Two local names, from the debug file's symbol table: the one with fewer underscores.
+        assert_eq!(name(&mut s, address_of(&debug, "__clone3") + 4), "clone3");
+        // An exported function, from libc's own table: the global name over the weak alias.
+        assert_eq!(name(&mut s, address_of(Path::new(&libc), "poll") + 4), "__poll");
+    }
+
+    /// The debug file is placed only inside a fake target root, so naming glibc's internals
+    /// proves it was found there.
+    #[test]
+    fn debug_files_are_found_inside_the_targets_root() {
+        let (libc, debug, hex) = libc_and_its_debug_file();
 
         let root = tempfile::tempdir().unwrap();
         let lib_in_root = root.path().join("lib/libc.so.6");
@@ -394,14 +502,7 @@ mod tests {
         std::fs::create_dir_all(debug_in_root.parent().unwrap()).unwrap();
         std::fs::copy(&debug, &debug_in_root).unwrap();
 
-        let inspector = blazesym::inspect::Inspector::new();
-        let found = inspector
-            .lookup(
-                &blazesym::inspect::source::Source::Elf(blazesym::inspect::source::Elf::new(&debug)),
-                &["start_thread"],
-            )
-            .unwrap();
-        let addr = found[0].first().expect("start_thread in the debug file").addr;
+        let addr = address_of(&debug, "start_thread");
 
         // The sampler has no debug files of its own here.
         let mut s = Symbolizer::with_own_debug_dirs(Vec::new());
