@@ -138,9 +138,9 @@ pub struct Function {
 #[derive(Debug, Default)]
 pub struct ProfileBuilder {
     profile: Profile,
-    strings: std::collections::HashMap<String, i64>,
-    functions: std::collections::HashMap<String, u64>,
-    name_locations: std::collections::HashMap<(String, u64), u64>,
+    strings: ahash::AHashMap<String, i64>,
+    functions: ahash::AHashMap<String, u64>,
+    name_locations: ahash::AHashMap<(String, u64), u64>,
 }
 
 impl ProfileBuilder {

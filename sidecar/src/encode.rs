@@ -10,6 +10,7 @@ use spanprof_proto::ids::{SpanId, TraceId};
 use spanprof_proto::labels as wire;
 
 use crate::aggregate::{Series, StackKey};
+use crate::join::SpanLabels;
 use crate::proto::{self, Line, Profile, ProfileBuilder};
 use crate::symbolize::Names;
 use crate::unwind::FrameKey;
@@ -34,6 +35,8 @@ pub fn build_profile(stacks: &HashMap<StackKey, u64>, names: impl Fn(FrameKey) -
     // Deterministic output: sort the stacks.
     let mut sorted: Vec<_> = stacks.iter().collect();
     sorted.sort_by(|a, b| (&a.0.span, &a.0.frames).cmp(&(&b.0.span, &b.0.frames)));
+    // The labels of the span the last sample had: a span's samples are adjacent once sorted.
+    let mut span_labels: Option<(&SpanLabels, Vec<proto::Label>)> = None;
     for (key, &n) in sorted {
         let mut location_id = Vec::with_capacity(key.frames.len());
         for &f in key.frames.iter() {
@@ -51,14 +54,23 @@ pub fn build_profile(stacks: &HashMap<StackKey, u64>, names: impl Fn(FrameKey) -
             };
             location_id.push(id);
         }
-        let mut label = Vec::new();
-        if let Some(span) = &key.span {
-            label.push(b.label(wire::SPAN_ID, &SpanId(span.span_id).to_string()));
-            label.push(b.label(wire::TRACE_ID, &TraceId(span.trace_id).to_string()));
-            if !span.name.is_empty() {
-                label.push(b.label(wire::SPAN_NAME, &span.name));
-            }
-        }
+        let label = match &key.span {
+            None => Vec::new(),
+            Some(span) => match &span_labels {
+                Some((last, labels)) if *last == span => labels.clone(),
+                _ => {
+                    let mut labels = vec![
+                        b.label(wire::SPAN_ID, &SpanId(span.span_id).to_string()),
+                        b.label(wire::TRACE_ID, &TraceId(span.trace_id).to_string()),
+                    ];
+                    if !span.name.is_empty() {
+                        labels.push(b.label(wire::SPAN_NAME, &span.name));
+                    }
+                    span_labels = Some((span, labels.clone()));
+                    labels
+                }
+            },
+        };
         let n = n as i64;
         b.sample(location_id, vec![n.saturating_mul(timing.period_ns), n], label);
     }
