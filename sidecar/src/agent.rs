@@ -272,7 +272,9 @@ impl State {
         if self.aggregate.is_empty() {
             return;
         }
-        let batch = Batch { aggregate: std::mem::take(&mut self.aggregate), start: wall, duration: started.elapsed() };
+        let next = Aggregate::next_after(&self.aggregate);
+        let batch =
+            Batch { aggregate: std::mem::replace(&mut self.aggregate, next), start: wall, duration: started.elapsed() };
         if batches.try_send(batch).is_err() {
             // The symbolizer is behind: drop this interval rather than grow without bound.
             self.metrics.dropped_uploads.inc();

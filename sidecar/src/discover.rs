@@ -84,7 +84,8 @@ pub struct Proc {
 }
 
 /// The processes being sampled, by PID.
-pub type Procs = HashMap<u32, Proc>;
+/// Looked up per sample: hashed with aHash, not SipHash (the keys are our own PIDs).
+pub type Procs = ahash::AHashMap<u32, Proc>;
 
 /// The labels of a process's profiles. The container: the directory of the context volume the
 /// process sees (`by_volume`; needs nothing the sampler lacks), else where its channel file is

@@ -1,8 +1,11 @@
 //! Joining samples to the span-context channel: which local root span was thread `tid` running
 //! at the sample's time? A span, no span (whole-process only), or unknown (never guessed).
 
-use std::collections::HashMap;
 use std::path::Path;
+
+// Looked up per sample: aHash, not SipHash (names the target wrote are no DoS risk to a table
+// that only holds this target's names).
+use ahash::AHashMap as HashMap;
 use std::sync::Arc;
 
 use spanprof_channel::{Answer, NameRef, Reader, SlotIndex};
