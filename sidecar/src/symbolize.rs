@@ -3,6 +3,7 @@
 //! C++ names come demangled; what cannot be resolved is named `module+0xoffset`, never dropped.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 
 // Keys here are hashed once per sample (whole stacks) or per frame: SipHash's DoS resistance buys
 // nothing for our own data and costs several times more.
@@ -34,6 +35,12 @@ pub struct Symbolizer {
     /// directory, held open so it outlives the process, a symbolizer that searches it first, and
     /// the directories that one searches.
     in_root: HashMap<(u64, u64), (std::fs::File, blazesym::symbolize::Symbolizer, Vec<PathBuf>)>,
+    /// Per module, the functions whose extent is known, by start address: (end, names). Any
+    /// address inside one is named without asking blazesym again: a leaf frame's address is
+    /// nearly unique per sample, its function is not.
+    functions: HashMap<u32, BTreeMap<u64, (u64, Names)>>,
+    /// Names of the frames looked up (not those named from a known function: leaf addresses
+    /// would fill it).
     cache: HashMap<FrameKey, Names>,
     /// Per ELF file named from: the name perf would pick for each address with several C names
     /// (see [`preferred_aliases`]).
@@ -72,6 +79,7 @@ impl Symbolizer {
             inner: blazesym_with(&dirs),
             own_debug_dirs: dirs,
             in_root: HashMap::new(),
+            functions: HashMap::new(),
             cache: HashMap::new(),
             aliases: HashMap::new(),
             inlined: None,
@@ -128,32 +136,47 @@ impl Symbolizer {
         }
     }
 
+    /// Frames looked up and functions known so far.
     pub fn cached(&self) -> usize {
-        self.cache.len()
+        self.cache.len() + self.functions.values().map(BTreeMap::len).sum::<usize>()
     }
 
-    /// Resolves every frame of `frames` not cached yet.
+    /// The names of frame `f` if it was looked up or is inside a known function. Looked-up
+    /// frames first: return addresses repeat in every stack, and a hash lookup is the cheaper.
+    fn known(&self, f: &FrameKey) -> Option<&Names> {
+        self.cache.get(f).or_else(|| {
+            let (_, (end, names)) = self.functions.get(&f.module)?.range(..=f.addr).next_back()?;
+            (f.addr < *end).then_some(names)
+        })
+    }
+
+    /// Resolves every frame of `frames` not known yet.
     pub fn resolve<'a>(&mut self, registry: &Registry, frames: impl IntoIterator<Item = &'a FrameKey>) {
-        if self.cache.len() > MAX_CACHED {
+        if self.cached() > MAX_CACHED {
             self.cache.clear();
+            self.functions.clear();
         }
         let mut todo: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
         for f in frames {
-            if !self.cache.contains_key(f) {
+            if self.known(f).is_none() {
                 todo.entry(f.module).or_default().push(f.addr);
             }
         }
         for (module, mut addrs) in todo {
             addrs.sort_unstable();
             addrs.dedup();
-            let names = self.lookup(registry, module, &addrs);
-            for (addr, names) in addrs.into_iter().zip(names) {
+            let named = self.lookup(registry, module, &addrs);
+            for (addr, (names, function)) in addrs.into_iter().zip(named) {
+                if let Some(f) = function.filter(|f| f.contains(&addr)) {
+                    self.functions.entry(module).or_default().insert(f.start, (f.end, Arc::clone(&names)));
+                }
                 self.cache.insert(FrameKey { module, addr }, names);
             }
         }
     }
 
-    fn lookup(&mut self, registry: &Registry, module: u32, addrs: &[u64]) -> Vec<Names> {
+    /// Names of `addrs` in `module`, each with the extent of the function they name all of.
+    fn lookup(&mut self, registry: &Registry, module: u32, addrs: &[u64]) -> Vec<(Names, Option<Range<u64>>)> {
         let meta = registry.get(module);
         let fallback = |addr: u64| -> Names { Arc::from([fallback_name(registry, FrameKey { module, addr })]) };
         let Some(path) = meta.as_ref().and_then(|m| m.symbol_path()) else {
@@ -162,8 +185,8 @@ impl Symbolizer {
             return addrs
                 .iter()
                 .map(|&a| match elf.as_ref().and_then(|e| e.symbol(a)) {
-                    Some(name) => Arc::from([Arc::clone(name)]),
-                    None => fallback(a),
+                    Some(name) => (Arc::from([Arc::clone(name)]), None),
+                    None => (fallback(a), None),
                 })
                 .collect();
         };
@@ -172,10 +195,10 @@ impl Symbolizer {
         // (`debug = "line-tables-only"`) names it `compute_route` only. DWARF (embedded, or
         // through a debug link such as libc6-dbg) names what the symbol table does not have.
         let root = meta.as_ref().and_then(|m| m.open_path.as_deref()).and_then(target_root);
-        self.names_in(&path, root.as_deref(), addrs)
+        self.named_in(&path, root.as_deref(), addrs)
             .into_iter()
             .zip(addrs)
-            .map(|(n, &addr)| n.unwrap_or_else(|| fallback(addr)))
+            .map(|(n, &addr)| n.unwrap_or_else(|| (fallback(addr), None)))
             .collect()
     }
 
@@ -186,8 +209,14 @@ impl Symbolizer {
     /// perf does) without DWARF, whose sections blazesym inflates and keeps in memory: ~12 MiB
     /// for libc6-dbg's libc.
     pub fn names_in(&mut self, path: &Path, root: Option<&Path>, addrs: &[u64]) -> Vec<Option<Names>> {
-        let mut names: Vec<Option<Names>> = self.symbol_names(path, addrs);
-        let missing = |names: &[Option<Names>]| (0..addrs.len()).filter(|&i| names[i].is_none()).collect::<Vec<_>>();
+        self.named_in(path, root, addrs).into_iter().map(|n| n.map(|(names, _)| names)).collect()
+    }
+
+    /// [`Self::names_in`], each with the extent of the function its names hold for all of (with
+    /// inlined calls shown, names differ within a function: none).
+    fn named_in(&mut self, path: &Path, root: Option<&Path>, addrs: &[u64]) -> Vec<Option<Named>> {
+        let mut names: Vec<Option<Named>> = self.symbol_names(path, addrs);
+        let missing = |names: &[Option<Named>]| (0..addrs.len()).filter(|&i| names[i].is_none()).collect::<Vec<_>>();
         let mut todo = missing(&names);
         if !todo.is_empty()
             && let Some(debug_file) = debug_file_by_build_id(path, self.for_root(root).1)
@@ -201,16 +230,21 @@ impl Symbolizer {
         if !todo.is_empty() {
             let again: Vec<u64> = todo.iter().map(|&i| addrs[i]).collect();
             let with_debug = self.for_root(root).0;
-            let named = each_symbol(with_debug, path, true, &again, |sym| Arc::from([Arc::from(sym.name.as_ref())]));
+            let named = each_symbol(with_debug, path, true, &again, |sym| {
+                (Arc::from([Arc::from(sym.name.as_ref())]) as Names, extent(sym))
+            });
             for (i, n) in todo.into_iter().zip(named) {
                 names[i] = n;
             }
         }
         if let Some(inlined) = &self.inlined {
             for (names, calls) in names.iter_mut().zip(inlined_calls(inlined, path, addrs)) {
-                if let (Some(n), false) = (names.as_mut(), calls.is_empty()) {
-                    // Innermost first; the physical function (named as above) last.
-                    *n = calls.into_iter().rev().chain(n.iter().cloned()).collect();
+                if let Some((n, function)) = names.as_mut() {
+                    *function = None;
+                    if !calls.is_empty() {
+                        // Innermost first; the physical function (named as above) last.
+                        *n = calls.into_iter().rev().chain(n.iter().cloned()).collect();
+                    }
                 }
             }
         }
@@ -241,7 +275,7 @@ fn blazesym_with(debug_dirs: &[PathBuf]) -> blazesym::symbolize::Symbolizer {
 impl Symbolizer {
     /// Names of `addrs` (virtual offsets) from the symbol tables of the ELF file at `path`, an
     /// alias named as perf names it; `None` where unknown.
-    fn symbol_names(&mut self, path: &Path, addrs: &[u64]) -> Vec<Option<Names>> {
+    fn symbol_names(&mut self, path: &Path, addrs: &[u64]) -> Vec<Option<Named>> {
         if self.aliases.len() >= MAX_ALIAS_FILES {
             self.aliases.clear();
         }
@@ -251,9 +285,18 @@ impl Symbolizer {
         }));
         each_symbol(&self.inner, path, false, addrs, |sym| {
             let name = aliases.get(&sym.addr).cloned().unwrap_or_else(|| Arc::from(sym.name.as_ref()));
-            Arc::from([name])
+            (Arc::from([name]) as Names, extent(sym))
         })
     }
+}
+
+/// Names of a frame, with the extent (virtual offsets) of the function they name all of.
+type Named = (Names, Option<Range<u64>>);
+
+/// Where the function `sym` names lies, when its size is known.
+fn extent(sym: &blazesym::symbolize::Sym<'_>) -> Option<Range<u64>> {
+    let size = sym.size.filter(|&s| s > 0)?;
+    Some(sym.addr..sym.addr.checked_add(size as u64)?)
 }
 
 /// Files whose aliases are kept at most; past that the table starts over.
@@ -332,7 +375,7 @@ fn each_symbol<T: Clone>(
 impl Symbolizer {
     /// The names of a resolved frame (resolve first).
     pub fn names(&self, registry: &Registry, f: FrameKey) -> Names {
-        match self.cache.get(&f) {
+        match self.known(&f) {
             Some(n) => Arc::clone(n),
             None => Arc::from([fallback_name(registry, f)]),
         }
@@ -395,6 +438,25 @@ mod tests {
         assert_eq!(&*s.names(&registry, FrameKey::KERNEL)[0], "[kernel]");
         assert_eq!(&*fallback_name(&registry, FrameKey { module: FrameKey::NO_MODULE, addr: 0x42 }), "0x42");
         assert!(s.cached() >= 2);
+    }
+
+    /// A leaf frame's address is nearly unique per sample: once one address of a function is
+    /// named, every other address in it is named from the function's extent, not looked up.
+    #[test]
+    fn other_addresses_of_a_named_function_are_named_without_a_lookup() {
+        let registry = Registry::default();
+        let here = a_distinctly_named_function_for_symbolization as *const () as u64;
+        let key = own_frame(&registry, here + 1);
+        let mut s = Symbolizer::new();
+        s.resolve(&registry, [&key]);
+        let cached = s.cached();
+        let other = FrameKey { module: key.module, addr: key.addr + 2 };
+        assert!(s.names(&registry, other)[0].ends_with("a_distinctly_named_function_for_symbolization"));
+        s.resolve(&registry, [&other]);
+        assert_eq!(s.cached(), cached, "nothing new to cache");
+        // Past the function's end: not named from it.
+        let far = FrameKey { module: key.module, addr: key.addr + (1 << 20) };
+        assert!(!s.names(&registry, far)[0].ends_with("a_distinctly_named_function_for_symbolization"));
     }
 
     #[inline(always)]
