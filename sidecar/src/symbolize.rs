@@ -45,6 +45,9 @@ pub struct Symbolizer {
     /// Per ELF file named from: the name perf would pick for each address with several C names
     /// (see [`preferred_aliases`]).
     aliases: HashMap<PathBuf, Arc<HashMap<u64, Arc<str>>>>,
+    /// Per ELF file and target root: its debug file found by build ID, or none (asked again
+    /// every interval otherwise: addresses nothing names stay unnamed).
+    debug_files: HashMap<(PathBuf, Option<PathBuf>), Option<PathBuf>>,
     /// A symbolizer reading DWARF line tables for the functions inlined at each address; `None`:
     /// physical frames only.
     inlined: Option<blazesym::symbolize::Symbolizer>,
@@ -82,6 +85,7 @@ impl Symbolizer {
             functions: HashMap::new(),
             cache: HashMap::new(),
             aliases: HashMap::new(),
+            debug_files: HashMap::new(),
             inlined: None,
         }
     }
@@ -219,7 +223,7 @@ impl Symbolizer {
         let missing = |names: &[Option<Named>]| (0..addrs.len()).filter(|&i| names[i].is_none()).collect::<Vec<_>>();
         let mut todo = missing(&names);
         if !todo.is_empty()
-            && let Some(debug_file) = debug_file_by_build_id(path, self.for_root(root).1)
+            && let Some(debug_file) = self.debug_file(path, root)
         {
             let again: Vec<u64> = todo.iter().map(|&i| addrs[i]).collect();
             for (&i, n) in todo.iter().zip(self.symbol_names(&debug_file, &again)) {
@@ -249,6 +253,22 @@ impl Symbolizer {
             }
         }
         names
+    }
+}
+
+impl Symbolizer {
+    /// [`debug_file_by_build_id`] in the directories of [`Self::for_root`], remembered.
+    fn debug_file(&mut self, path: &Path, root: Option<&Path>) -> Option<PathBuf> {
+        let key = (path.to_owned(), root.map(Path::to_owned));
+        if let Some(found) = self.debug_files.get(&key) {
+            return found.clone();
+        }
+        if self.debug_files.len() >= MAX_ALIAS_FILES {
+            self.debug_files.clear();
+        }
+        let found = debug_file_by_build_id(path, self.for_root(root).1);
+        self.debug_files.insert(key, found.clone());
+        found
     }
 }
 
@@ -299,7 +319,7 @@ fn extent(sym: &blazesym::symbolize::Sym<'_>) -> Option<Range<u64>> {
     Some(sym.addr..sym.addr.checked_add(size as u64)?)
 }
 
-/// Files whose aliases are kept at most; past that the table starts over.
+/// Files whose aliases (and debug files) are kept at most; past that the table starts over.
 const MAX_ALIAS_FILES: usize = 256;
 
 /// For each address where the symbol tables of an ELF image name one function several times
