@@ -133,7 +133,7 @@ impl Default for Metrics {
                 "kernel_samples_excluded",
                 "1 when kernel-mode samples are excluded (no CAP_PERFMON): time in the kernel is not sampled",
             ),
-            symbols_cached: r.gauge("symbols_cached", "Symbolized addresses in the cache"),
+            symbols_cached: r.gauge("symbols_cached", "Return addresses and functions the symbolizer has named (its name cache)"),
             ring_bytes: r.gauge(
                 "ring_bytes",
                 "Bytes of perf ring buffer mapped for all CPUs together (locked kernel memory, not counted in RSS)",
